@@ -1,0 +1,572 @@
+//! Configuration: one TOML file, every key overridable by `SITEBOOT_*`
+//! environment variables (DESIGN §2). Keys are read one by one so that any
+//! bad value is reported with the key (and the variable) that carried it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::node::{BootMethod, Workflow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid value for `{key}` (from {origin}): {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("unknown configuration key `{key}` (from {origin})")]
+    UnknownKey { key: String, origin: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineDefault {
+    Local,
+    Discovery,
+    LastKnown,
+}
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base URL nodes use to reach the agent; `None` = derive it per request.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CentralConfig {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub check_interval: Duration,
+    pub request_timeout: Duration,
+    pub boot_lookup_deadline: Duration,
+    pub failure_threshold: u32,
+    pub recovery_threshold: u32,
+    pub heartbeat_interval: Duration,
+    pub sync_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub max_items: u64,
+    pub batch_size: u32,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub site_id: String,
+    pub data_dir: PathBuf,
+    pub tftp: TftpConfig,
+    pub http: HttpConfig,
+    pub templates_dir: PathBuf,
+    pub central: CentralConfig,
+    pub offline_default_action: OfflineDefault,
+    pub queue: QueueConfig,
+    pub admin_token_file: PathBuf,
+    /// Standalone workflows (`[workflows.<id>]`), by id.
+    pub workflows: BTreeMap<String, Workflow>,
+}
+
+/// The known keys: section → keys. Top-level keys live under "".
+const KEYS: &[(&str, &[&str])] = &[
+    ("", &["site_id", "data_dir"]),
+    ("tftp", &["listen", "root", "max_sessions"]),
+    ("http", &["listen", "public_url"]),
+    ("templates", &["dir"]),
+    (
+        "central",
+        &[
+            "url",
+            "token_file",
+            "check_interval",
+            "request_timeout",
+            "boot_lookup_deadline",
+            "failure_threshold",
+            "recovery_threshold",
+            "heartbeat_interval",
+            "sync_interval",
+        ],
+    ),
+    ("offline", &["default_action"]),
+    (
+        "queue",
+        &["max_items", "batch_size", "max_retries", "retry_base", "retry_max"],
+    ),
+    ("admin", &["token_file"]),
+];
+
+/// Environment variables with the prefix that are not configuration keys.
+const NON_KEY_VARIABLES: &[&str] = &["SITEBOOT_LOG"];
+
+/// One raw value and where it came from, for error messages.
+struct RawValue {
+    value: toml::Value,
+    origin: String,
+}
+
+struct Source {
+    values: HashMap<String, RawValue>,
+    workflows: Option<toml::Value>,
+    file_origin: String,
+}
+
+impl Config {
+    /// Loads `file` (if any) and applies the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Loads with an explicit environment (tests use this).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut source = match file {
+            Some(path) => Source::from_file(path)?,
+            None => Source {
+                values: HashMap::new(),
+                workflows: None,
+                file_origin: "built-in defaults".into(),
+            },
+        };
+        source.apply_env(env)?;
+        source.build()
+    }
+}
+
+impl Source {
+    fn from_file(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    fn from_toml(text: &str, path: &Path) -> Result<Source, ConfigError> {
+        let origin = path.display().to_string();
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut values = HashMap::new();
+        let mut workflows = None;
+        for (name, value) in table {
+            if name == "workflows" {
+                workflows = Some(value);
+                continue;
+            }
+            match value {
+                toml::Value::Table(section) if is_section(&name) => {
+                    for (key, value) in section {
+                        let full = format!("{name}.{key}");
+                        if !is_key(&name, &key) {
+                            return Err(ConfigError::UnknownKey { key: full, origin });
+                        }
+                        values.insert(
+                            full,
+                            RawValue {
+                                value,
+                                origin: origin.clone(),
+                            },
+                        );
+                    }
+                }
+                value if is_key("", &name) => {
+                    values.insert(
+                        name,
+                        RawValue {
+                            value,
+                            origin: origin.clone(),
+                        },
+                    );
+                }
+                _ => return Err(ConfigError::UnknownKey { key: name, origin }),
+            }
+        }
+        Ok(Source {
+            values,
+            workflows,
+            file_origin: origin,
+        })
+    }
+
+    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SITEBOOT_") else {
+                continue;
+            };
+            if NON_KEY_VARIABLES.contains(&name.as_str()) {
+                continue;
+            }
+            let lower = rest.to_ascii_lowercase();
+            let key = env_key(&lower).ok_or_else(|| ConfigError::UnknownKey {
+                key: lower.clone(),
+                origin: format!("environment variable {name}"),
+            })?;
+            self.values.insert(
+                key,
+                RawValue {
+                    value: toml::Value::String(value),
+                    origin: format!("environment variable {name}"),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self
+                .values
+                .get(key)
+                .map(|raw| raw.origin.clone())
+                .unwrap_or_else(|| self.file_origin.clone()),
+            message: message.into(),
+        }
+    }
+
+    fn string(&self, key: &str, default: &str) -> Result<String, ConfigError> {
+        match self.values.get(key) {
+            None => Ok(default.to_string()),
+            Some(RawValue {
+                value: toml::Value::String(s),
+                ..
+            }) => Ok(s.clone()),
+            Some(_) => Err(self.invalid(key, "expected a string")),
+        }
+    }
+
+    fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        let value = self.string(key, "")?;
+        Ok(if value.trim().is_empty() { None } else { Some(value) })
+    }
+
+    fn integer(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let value = match self.values.get(key) {
+            None => return Ok(default),
+            Some(RawValue {
+                value: toml::Value::Integer(i),
+                ..
+            }) => u64::try_from(*i).map_err(|_| self.invalid(key, format!("{i} is negative")))?,
+            Some(RawValue {
+                value: toml::Value::String(s),
+                ..
+            }) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| self.invalid(key, format!("{s:?} is not a whole number")))?,
+            Some(_) => return Err(self.invalid(key, "expected a whole number")),
+        };
+        if value < min || value > max {
+            return Err(self.invalid(key, format!("{value} is outside {min}..={max}")));
+        }
+        Ok(value)
+    }
+
+    fn duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
+        let text = self.string(key, default)?;
+        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+            self.invalid(key, format!("{text:?} is not a duration such as 250ms, 30s or 5m ({e})"))
+        })?;
+        if duration.is_zero() {
+            return Err(self.invalid(key, "must be greater than zero"));
+        }
+        Ok(duration)
+    }
+
+    fn socket_addr(&self, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let text = self.string(key, default)?;
+        // `:69` is accepted as "all addresses, port 69".
+        let normalised = if text.starts_with(':') {
+            format!("0.0.0.0{text}")
+        } else {
+            text.clone()
+        };
+        normalised.parse().map_err(|_| {
+            self.invalid(key, format!("{text:?} is not an address such as 0.0.0.0:8080 or :69"))
+        })
+    }
+
+    fn url(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        let Some(url) = self.optional_string(key)? else {
+            return Ok(None);
+        };
+        let url = url.trim().trim_end_matches('/').to_string();
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| self.invalid(key, format!("{url:?} must start with http:// or https://")))?;
+        if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(key, format!("{url:?} is not a valid URL")));
+        }
+        Ok(Some(url))
+    }
+
+    fn build(self) -> Result<Config, ConfigError> {
+        let site_id = self.string("site_id", "default")?;
+        if site_id.is_empty()
+            || !site_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(self.invalid("site_id", format!("{site_id:?}: use letters, digits, '-', '_' or '.'")));
+        }
+        let data_dir = PathBuf::from(self.string("data_dir", "./siteboot-data")?);
+        let offline_default_action = match self.string("offline.default_action", "local")?.as_str() {
+            "local" => OfflineDefault::Local,
+            "discovery" => OfflineDefault::Discovery,
+            "last_known" => OfflineDefault::LastKnown,
+            other => {
+                return Err(self.invalid(
+                    "offline.default_action",
+                    format!("{other:?}: expected local, discovery or last_known"),
+                ));
+            }
+        };
+        let admin_token_file = match self.optional_string("admin.token_file")? {
+            Some(path) => PathBuf::from(path),
+            None => data_dir.join("admin.token"),
+        };
+        let config = Config {
+            tftp: TftpConfig {
+                listen: self.socket_addr("tftp.listen", "0.0.0.0:6969")?,
+                root: PathBuf::from(self.string("tftp.root", "boot-assets")?),
+                max_sessions: self.integer("tftp.max_sessions", 1024, 1, 65536)? as usize,
+            },
+            http: HttpConfig {
+                listen: self.socket_addr("http.listen", "0.0.0.0:8080")?,
+                public_url: self.url("http.public_url")?,
+            },
+            templates_dir: PathBuf::from(self.string("templates.dir", "templates")?),
+            central: CentralConfig {
+                url: self.url("central.url")?,
+                token_file: self.optional_string("central.token_file")?.map(PathBuf::from),
+                check_interval: self.duration("central.check_interval", "30s")?,
+                request_timeout: self.duration("central.request_timeout", "5s")?,
+                boot_lookup_deadline: self.duration("central.boot_lookup_deadline", "300ms")?,
+                failure_threshold: self.integer("central.failure_threshold", 3, 1, 1000)? as u32,
+                recovery_threshold: self.integer("central.recovery_threshold", 1, 1, 1000)? as u32,
+                heartbeat_interval: self.duration("central.heartbeat_interval", "60s")?,
+                sync_interval: self.duration("central.sync_interval", "300s")?,
+            },
+            offline_default_action,
+            queue: QueueConfig {
+                max_items: self.integer("queue.max_items", 100_000, 1, u32::MAX as u64)?,
+                batch_size: self.integer("queue.batch_size", 50, 1, 10_000)? as u32,
+                max_retries: self.integer("queue.max_retries", 10, 0, 1000)? as u32,
+                retry_base: self.duration("queue.retry_base", "1s")?,
+                retry_max: self.duration("queue.retry_max", "5m")?,
+            },
+            admin_token_file,
+            workflows: self.workflows()?,
+            site_id,
+            data_dir,
+        };
+        Ok(config)
+    }
+
+    fn workflows(&self) -> Result<BTreeMap<String, Workflow>, ConfigError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct WorkflowEntry {
+            name: Option<String>,
+            method: BootMethod,
+            #[serde(default)]
+            kernel: String,
+            #[serde(default)]
+            initrd: Vec<String>,
+            #[serde(default)]
+            cmdline: String,
+            url: Option<String>,
+            #[serde(default)]
+            offline_safe: bool,
+        }
+        let mut out = BTreeMap::new();
+        let Some(value) = &self.workflows else {
+            return Ok(out);
+        };
+        let toml::Value::Table(table) = value else {
+            return Err(self.invalid("workflows", "expected tables [workflows.<id>]"));
+        };
+        for (id, entry) in table {
+            let key = format!("workflows.{id}");
+            let entry: WorkflowEntry = entry
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| self.invalid(&key, e.message().to_string()))?;
+            let workflow = Workflow {
+                id: id.clone(),
+                name: entry.name.unwrap_or_else(|| id.clone()),
+                method: entry.method,
+                kernel: entry.kernel,
+                initrd: entry.initrd,
+                cmdline: entry.cmdline,
+                url: entry.url,
+                offline_safe: entry.offline_safe,
+            };
+            workflow
+                .validate()
+                .map_err(|e| self.invalid(&key, e.to_string()))?;
+            out.insert(id.clone(), workflow);
+        }
+        Ok(out)
+    }
+}
+
+fn is_section(name: &str) -> bool {
+    !name.is_empty() && KEYS.iter().any(|(section, _)| *section == name)
+}
+
+fn is_key(section: &str, key: &str) -> bool {
+    KEYS.iter()
+        .any(|(s, keys)| *s == section && keys.contains(&key))
+}
+
+/// Maps `tftp_max_sessions` to `tftp.max_sessions`, `site_id` to `site_id`.
+fn env_key(lower: &str) -> Option<String> {
+    for (section, keys) in KEYS {
+        if section.is_empty() {
+            if keys.contains(&lower) {
+                return Some(lower.to_string());
+            }
+        } else if let Some(key) = lower
+            .strip_prefix(section)
+            .and_then(|rest| rest.strip_prefix('_'))
+            && keys.contains(&key)
+        {
+            return Some(format!("{section}.{key}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut source = Source::from_toml(toml, Path::new("test.toml"))?;
+        source.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+        source.build()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.site_id, "default");
+        assert_eq!(c.data_dir, PathBuf::from("./siteboot-data"));
+        assert_eq!(c.tftp.listen.to_string(), "0.0.0.0:6969");
+        assert_eq!(c.tftp.root, PathBuf::from("boot-assets"));
+        assert_eq!(c.tftp.max_sessions, 1024);
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.http.public_url, None);
+        assert_eq!(c.central.url, None);
+        assert_eq!(c.central.boot_lookup_deadline, Duration::from_millis(300));
+        assert_eq!(c.central.check_interval, Duration::from_secs(30));
+        assert_eq!(c.central.failure_threshold, 3);
+        assert_eq!(c.offline_default_action, OfflineDefault::Local);
+        assert_eq!(c.queue.max_items, 100_000);
+        assert_eq!(c.queue.retry_max, Duration::from_secs(300));
+        assert_eq!(c.admin_token_file, PathBuf::from("./siteboot-data/admin.token"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            "site_id = \"fra1\"\n[tftp]\nlisten = \":69\"\nmax_sessions = 10\n",
+            &[
+                ("SITEBOOT_TFTP_MAX_SESSIONS", "20"),
+                ("SITEBOOT_SITE_ID", "ams2"),
+                ("SITEBOOT_CENTRAL_BOOT_LOOKUP_DEADLINE", "250ms"),
+                ("SITEBOOT_HTTP_PUBLIC_URL", "http://10.0.2.2:8080/"),
+                ("SITEBOOT_LOG", "debug"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.site_id, "ams2");
+        assert_eq!(c.tftp.listen.to_string(), "0.0.0.0:69");
+        assert_eq!(c.tftp.max_sessions, 20);
+        assert_eq!(c.central.boot_lookup_deadline, Duration::from_millis(250));
+        assert_eq!(c.http.public_url.as_deref(), Some("http://10.0.2.2:8080"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_origin() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[tftp]\nmax_sessions = 0\n", &[], "tftp.max_sessions"),
+            ("[tftp]\nmax_sessions = \"many\"\n", &[], "tftp.max_sessions"),
+            ("", &[("SITEBOOT_CENTRAL_CHECK_INTERVAL", "soon")], "central.check_interval"),
+            ("[http]\nlisten = \"nowhere\"\n", &[], "http.listen"),
+            ("[offline]\ndefault_action = \"reinstall\"\n", &[], "offline.default_action"),
+            ("[central]\nurl = \"ftp://x\"\n", &[], "central.url"),
+            ("site_id = \"a b\"\n", &[], "site_id"),
+            ("[queue]\nretry_base = \"0s\"\n", &[], "queue.retry_base"),
+        ];
+        for (toml, env, key) in cases {
+            let err = load(toml, env).expect_err(key).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        let err = load("", &[("SITEBOOT_CENTRAL_CHECK_INTERVAL", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SITEBOOT_CENTRAL_CHECK_INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(matches!(
+            load("[tftp]\nlisen = \"x\"\n", &[]),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            load("", &[("SITEBOOT_TFTP_LISEN", "x")]),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(matches!(load("colour = 1\n", &[]), Err(ConfigError::UnknownKey { .. })));
+    }
+
+    #[test]
+    fn workflows_are_read_and_checked() {
+        let c = load(
+            "[workflows.ubuntu]\nmethod = \"kernel\"\nkernel = \"ubuntu/vmlinuz\"\ninitrd = [\"ubuntu/initrd\"]\ncmdline = \"quiet\"\n",
+            &[],
+        )
+        .unwrap();
+        let wf = &c.workflows["ubuntu"];
+        assert_eq!(wf.name, "ubuntu");
+        assert_eq!(wf.initrd, vec!["ubuntu/initrd".to_string()]);
+        assert!(!wf.offline_safe);
+        let err = load("[workflows.bad]\nmethod = \"kernel\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("workflows.bad"), "{err}");
+        let err = load("[workflows.bad]\nmethod = \"teleport\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("workflows.bad"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = load("[tftp\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("test.toml"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! siteboot: a site-local network-boot agent.
+
+pub mod config;
+pub mod mac;
+pub mod node;
