@@ -1,0 +1,542 @@
+//! Answering a node's boot request: look the node up, decide (DESIGN §4),
+//! render the script. A boot answer is never an error: whatever fails, the
+//! node gets a script that boots its local disk, and the failure is logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, OfflineDefault};
+use crate::decision::{self, Action, Connectivity, Decision, DecisionContext};
+use crate::mac::Mac;
+use crate::node::{Node, NodeState, Workflow};
+use crate::store::{LastScript, Store, StoreError};
+use crate::templates::{
+    BootstrapContext, ImageView, NodeView, OfflineView, ScriptContext, Templates, WorkflowView,
+};
+
+/// Where the data behind an answer came from (the status line's `source=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    Cache,
+    Offline,
+    Standalone,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Live => "live",
+            Source::Cache => "cache",
+            Source::Offline => "offline",
+            Source::Standalone => "standalone",
+        }
+    }
+}
+
+/// The facts iPXE sends with a boot request.
+#[derive(Debug, Clone, Default)]
+pub struct BootFacts {
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootAnswer {
+    pub script: String,
+    pub source: Source,
+    pub action: Action,
+    pub state: Option<NodeState>,
+}
+
+/// How often iPXE's bootstrap retries the boot service before local boot.
+const BOOTSTRAP_RETRIES: u32 = 3;
+const BOOTSTRAP_RETRY_DELAY_S: u32 = 2;
+
+pub struct BootService {
+    site_id: String,
+    offline_default: OfflineDefault,
+    workflows: HashMap<String, Workflow>,
+    store: Store,
+    templates: RwLock<Arc<Templates>>,
+    recorder: Option<mpsc::Sender<(Mac, LastScript)>>,
+}
+
+impl BootService {
+    pub fn new(config: &Config, store: Store, templates: Templates) -> BootService {
+        BootService {
+            site_id: config.site_id.clone(),
+            offline_default: config.offline_default_action,
+            workflows: config
+                .workflows
+                .iter()
+                .map(|(id, wf)| (id.clone(), wf.clone()))
+                .collect(),
+            store,
+            templates: RwLock::new(Arc::new(templates)),
+            recorder: None,
+        }
+    }
+
+    /// Starts the background writer of last-served scripts (needs a tokio
+    /// runtime). Without it, nothing is recorded (the CLI's `render`).
+    pub fn start_recorder(&mut self) {
+        let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
+        tokio::spawn(record_last_scripts(self.store.clone(), rx));
+        self.recorder = Some(tx);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn templates(&self) -> Arc<Templates> {
+        match self.templates.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
+    pub fn bootstrap(&self, base_url: &str) -> String {
+        let ctx = BootstrapContext {
+            base_url: base_url.to_string(),
+            site_id: self.site_id.clone(),
+            retries: BOOTSTRAP_RETRIES,
+            retry_delay_s: BOOTSTRAP_RETRY_DELAY_S,
+        };
+        match self.templates().render_bootstrap(&ctx) {
+            Ok(script) => script,
+            Err(e) => {
+                tracing::error!(error = %e, "bootstrap template failed; serving local boot");
+                fallback_script(None, None, Source::Standalone)
+            }
+        }
+    }
+
+    /// Answers a boot request (standalone: the local store is the truth).
+    /// Side effects: an unknown MAC is stored as `discovered`; serving an
+    /// install marks the node `installing` so that its next boot (into the
+    /// freshly installed disk) is not another install; the script is
+    /// recorded for `last_known`.
+    pub async fn boot(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
+        let source = Source::Standalone;
+        let node = match self.lookup_or_discover(mac, facts).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!(%mac, error = %e, "node store failed; serving local boot");
+                return fallback_answer(mac, None, source);
+            }
+        };
+        let workflow = self.workflow_for(&node).await;
+        let decision = decision::decide(
+            Some(&node),
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity: Connectivity::Online,
+                offline_default: self.offline_default,
+                last_known_replayable: false,
+            },
+        );
+        let answer = self.render(&node, facts, &decision, source, base_url, None);
+        if answer.action == Action::Install {
+            self.mark_installing(mac).await;
+        }
+        self.record(mac, &answer, &decision);
+        answer
+    }
+
+    /// What `mac` would get now, without side effects (`siteboot render`).
+    pub async fn preview(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        offline: bool,
+        base_url: &str,
+    ) -> Result<BootAnswer, StoreError> {
+        let store = self.store.clone();
+        let node = store.call(move |s| s.get_node(mac)).await?;
+        let now = OffsetDateTime::now_utc();
+        let node_or_new = node
+            .clone()
+            .unwrap_or_else(|| Node::new_local(mac, NodeState::Discovered, now));
+        let workflow = self.workflow_for(&node_or_new).await;
+        let last = if offline {
+            store.call(move |s| s.get_last_script(mac)).await?
+        } else {
+            None
+        };
+        let replayable = last.as_ref().is_some_and(|l| self.replayable(l));
+        let connectivity = if offline {
+            Connectivity::Offline
+        } else {
+            Connectivity::Online
+        };
+        // Online, an unknown MAC would be stored as discovered first; offline
+        // it stays unknown and gets the offline default.
+        let decide_node = if offline { node.as_ref() } else { Some(&node_or_new) };
+        let decision = decision::decide(
+            decide_node,
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity,
+                offline_default: self.offline_default,
+                last_known_replayable: replayable,
+            },
+        );
+        let (source, offline_view) = if offline {
+            let since = rfc3339(now);
+            (
+                Source::Offline,
+                Some(OfflineView {
+                    since,
+                    duration: "0s".into(),
+                    cached_at: rfc3339(node_or_new.updated_at),
+                }),
+            )
+        } else {
+            (Source::Standalone, None)
+        };
+        if decision.action == Action::LastKnown
+            && let Some(last) = last
+        {
+            return Ok(self.replay(&node_or_new, facts, &last, source, base_url, offline_view));
+        }
+        Ok(self.render(&node_or_new, facts, &decision, source, base_url, offline_view))
+    }
+
+    fn replayable(&self, last: &LastScript) -> bool {
+        !last.destructive
+            || last
+                .workflow_id
+                .as_ref()
+                .and_then(|id| self.workflows.get(id))
+                .is_some_and(|wf| wf.offline_safe)
+    }
+
+    async fn lookup_or_discover(&self, mac: Mac, facts: &BootFacts) -> Result<Node, StoreError> {
+        let arch = facts.arch.clone();
+        self.store
+            .call(move |s| {
+                if let Some(node) = s.get_node(mac)? {
+                    return Ok(node);
+                }
+                let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
+                node.arch = arch.filter(|a| is_plain_token(a));
+                let stored = s.insert_node_if_absent(&node)?;
+                tracing::info!(%mac, id = %stored.id, "new node discovered");
+                Ok(stored)
+            })
+            .await
+    }
+
+    async fn workflow_for(&self, node: &Node) -> Option<Workflow> {
+        let id = node.workflow_id.clone()?;
+        if let Some(wf) = self.workflows.get(&id) {
+            return Some(wf.clone());
+        }
+        let lookup = id.clone();
+        match self.store.call(move |s| s.get_workflow(&lookup)).await {
+            Ok(Some(wf)) => Some(wf),
+            Ok(None) => {
+                tracing::warn!(mac = %node.mac, workflow = %id, "node's workflow is not defined");
+                None
+            }
+            Err(e) => {
+                tracing::error!(mac = %node.mac, workflow = %id, error = %e, "workflow lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn mark_installing(&self, mac: Mac) {
+        let result = self
+            .store
+            .call(move |s| {
+                s.update_node(mac, |n| {
+                    n.state = NodeState::Installing;
+                    n.updated_at = OffsetDateTime::now_utc();
+                    n.version += 1;
+                })
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(%mac, error = %e, "could not mark node installing");
+        }
+    }
+
+    fn record(&self, mac: Mac, answer: &BootAnswer, decision: &Decision) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let body = strip_header(&answer.script);
+        let entry = LastScript {
+            script: body.to_string(),
+            served_at: OffsetDateTime::now_utc(),
+            action: answer.action.as_str().to_string(),
+            destructive: answer.action.is_destructive(),
+            workflow_id: decision.workflow.as_ref().map(|w| w.id.clone()),
+        };
+        // Never make a boot wait for bookkeeping: a full queue drops the entry.
+        if recorder.try_send((mac, entry)).is_err() {
+            tracing::warn!(%mac, "last-script recorder is behind; entry dropped");
+        }
+    }
+
+    fn render(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        decision: &Decision,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> BootAnswer {
+        let ctx = self.context(node, facts, decision, source, base_url, offline);
+        let templates = self.templates();
+        let rendered = templates.render_header(&ctx).and_then(|header| {
+            templates
+                .render_body(decision.action.as_str(), &ctx)
+                .map(|body| header + &body)
+        });
+        match rendered {
+            Ok(script) => BootAnswer {
+                script,
+                source,
+                action: decision.action,
+                state: Some(node.state),
+            },
+            Err(e) => {
+                tracing::error!(mac = %node.mac, action = decision.action.as_str(), error = %e,
+                    "script template failed; serving the built-in local-boot script");
+                fallback_answer(node.mac, Some(node.state), source)
+            }
+        }
+    }
+
+    fn replay(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        last: &LastScript,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> BootAnswer {
+        let decision = Decision {
+            action: Action::LastKnown,
+            banner: decision::Banner::None,
+            workflow: None,
+        };
+        let ctx = self.context(node, facts, &decision, source, base_url, offline);
+        match self.templates().render_header(&ctx) {
+            Ok(header) => BootAnswer {
+                script: format!(
+                    "{header}echo siteboot: replaying the script served at {}\n{}",
+                    rfc3339(last.served_at),
+                    last.script
+                ),
+                source,
+                action: Action::LastKnown,
+                state: Some(node.state),
+            },
+            Err(e) => {
+                tracing::error!(mac = %node.mac, error = %e, "header template failed");
+                fallback_answer(node.mac, Some(node.state), source)
+            }
+        }
+    }
+
+    fn context(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        decision: &Decision,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> ScriptContext {
+        ScriptContext {
+            site_id: self.site_id.clone(),
+            base_url: base_url.to_string(),
+            mac: node.mac.to_string(),
+            mac_hyphen: node.mac.hyphenated(),
+            state: node.state.as_str().to_string(),
+            action: decision.action.as_str().to_string(),
+            source: source.as_str().to_string(),
+            arch: facts.arch.clone().or_else(|| node.arch.clone()),
+            platform: facts.platform.clone(),
+            hostname: node.hostname.clone(),
+            node: Some(NodeView {
+                id: node.id.clone(),
+                hostname: node.hostname.clone(),
+                group_id: node.group_id.clone(),
+                tags: node.tags.clone(),
+            }),
+            workflow: decision.workflow.as_ref().map(|wf| workflow_view(wf, base_url)),
+            banner: decision.banner.as_str().map(str::to_string),
+            offline,
+        }
+    }
+}
+
+fn workflow_view(wf: &Workflow, base_url: &str) -> WorkflowView {
+    WorkflowView {
+        id: wf.id.clone(),
+        name: wf.name.clone(),
+        method: match wf.method {
+            crate::node::BootMethod::Kernel => "kernel",
+            crate::node::BootMethod::Sanboot => "sanboot",
+            crate::node::BootMethod::Chain => "chain",
+        }
+        .to_string(),
+        kernel_url: asset_url(&wf.kernel, base_url),
+        initrds: wf
+            .initrd
+            .iter()
+            .map(|path| {
+                let url = asset_url(path, base_url);
+                ImageView {
+                    name: image_name(&url),
+                    url,
+                }
+            })
+            .collect(),
+        cmdline: wf.cmdline.clone(),
+        url: wf.url.as_ref().map(|u| asset_url(u, base_url)),
+    }
+}
+
+/// Absolute URLs are used as they are; anything else is a path under the
+/// agent's `/assets/`.
+pub fn asset_url(path: &str, base_url: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_string()
+    } else {
+        format!("{base_url}/assets/{}", path.trim_start_matches('/'))
+    }
+}
+
+fn image_name(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    without_query
+        .rsplit('/')
+        .next()
+        .unwrap_or(without_query)
+        .to_string()
+}
+
+fn is_plain_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// The script body after the header (for `last_known` replays, which get
+/// a fresh header).
+fn strip_header(script: &str) -> &str {
+    let mut rest = script;
+    for prefix in ["#!ipxe\n", "echo siteboot: mac="] {
+        if let Some(after) = rest.strip_prefix(prefix) {
+            rest = after;
+            if prefix.starts_with("echo") {
+                rest = rest.split_once('\n').map(|(_, tail)| tail).unwrap_or("");
+            }
+        }
+    }
+    rest
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> BootAnswer {
+    BootAnswer {
+        script: fallback_script(Some(mac), state, source),
+        source,
+        action: Action::Local,
+        state,
+    }
+}
+
+/// The script served when templates or the store fail: boots the local
+/// disk, never anything destructive. Deliberately not a template.
+pub fn fallback_script(mac: Option<Mac>, state: Option<NodeState>, source: Source) -> String {
+    let status = match mac {
+        Some(mac) => format!(
+            "echo siteboot: mac={mac} state={} action=local source={}\n",
+            state.map(NodeState::as_str).unwrap_or("unknown"),
+            source.as_str()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "#!ipxe\n{status}echo *** siteboot ERROR: could not build this node's script (see the agent log); booting local disk ***\n\
+         iseq ${{platform}} efi && exit 0 ||\nsanboot --no-describe --drive 0x80 || exit 0\n"
+    )
+}
+
+/// Bound of the recorder's queue; past it entries are dropped, not waited for.
+const RECORDER_QUEUE: usize = 8192;
+/// How long the recorder gathers entries before one commit.
+const RECORDER_BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Writes last-served scripts in batches: one commit per window, however
+/// many nodes booted in it.
+async fn record_last_scripts(store: Store, mut rx: mpsc::Receiver<(Mac, LastScript)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch: HashMap<Mac, LastScript> = HashMap::new();
+        batch.insert(first.0, first.1);
+        let deadline = tokio::time::Instant::now() + RECORDER_BATCH_WINDOW;
+        while let Ok(Some((mac, entry))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            batch.insert(mac, entry);
+        }
+        let entries: Vec<_> = batch.into_iter().collect();
+        let count = entries.len();
+        if let Err(e) = store.call(move |s| s.put_last_scripts(&entries)).await {
+            tracing::error!(error = %e, count, "could not record last-served scripts");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_urls() {
+        assert_eq!(asset_url("ubuntu/vmlinuz", "http://a:8080"), "http://a:8080/assets/ubuntu/vmlinuz");
+        assert_eq!(asset_url("/x", "http://a"), "http://a/assets/x");
+        assert_eq!(asset_url("http://mirror/k", "http://a"), "http://mirror/k");
+        assert_eq!(image_name("http://a/assets/u/initrd.gz?x=1"), "initrd.gz");
+    }
+
+    #[test]
+    fn header_is_stripped_for_replay() {
+        let script = "#!ipxe\necho siteboot: mac=52:54:00:00:00:01 state=active action=local source=live\necho body\n";
+        assert_eq!(strip_header(script), "echo body\n");
+        assert_eq!(strip_header("echo other\n"), "echo other\n");
+    }
+
+    #[test]
+    fn fallback_script_boots_locally_with_a_status_line() {
+        let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
+        let s = fallback_script(Some(mac), Some(NodeState::Pending), Source::Standalone);
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("echo siteboot: mac=52:54:00:00:00:09 state=pending action=local source=standalone\n"));
+        assert!(s.contains("sanboot --no-describe --drive 0x80"));
+        assert!(!s.contains("kernel"));
+    }
+}
