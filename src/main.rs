@@ -1,1 +1,264 @@
-fn main() {}
+//! The `siteboot` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+
+use siteboot::agent;
+use siteboot::boot::BootFacts;
+use siteboot::config::Config;
+use siteboot::mac::Mac;
+use siteboot::node::{self, Node, NodeState};
+use siteboot::store::Store;
+
+#[derive(Parser)]
+#[command(name = "siteboot", version, about = "Site-local network-boot agent (TFTP + HTTP + iPXE)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (TFTP and HTTP servers).
+    Serve {
+        /// TOML configuration file; without it, built-in defaults (standalone).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the script a node would get now, without running a server.
+    Render {
+        #[arg(long)]
+        mac: String,
+        /// iPXE ${buildarch} (i386, x86_64, arm64).
+        #[arg(long)]
+        arch: Option<String>,
+        /// iPXE ${platform} (pcbios, efi).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Render as if the controller were unreachable.
+        #[arg(long)]
+        offline: bool,
+        /// Agent URL to put in the script (default: http.public_url, else
+        /// http://127.0.0.1:<http port>).
+        #[arg(long)]
+        base_url: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Edit the local node store directly (the agent must be stopped).
+    Nodes {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: NodesCommand,
+    },
+    /// Validate the configuration and templates, then exit.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List the nodes in the store.
+    List,
+    /// Add a node.
+    Add {
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        state: String,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Workflow id (a [workflows.<id>] of the config).
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Change a node's state.
+    SetState {
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        state: String,
+    },
+    /// Remove a node.
+    Remove {
+        #[arg(long)]
+        mac: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SITEBOOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("siteboot: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("siteboot: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(load_config(config.as_ref())?).await,
+        Command::Render {
+            mac,
+            arch,
+            platform,
+            offline,
+            base_url,
+            config,
+        } => {
+            let config = load_config(config.as_ref())?;
+            let mac = parse_mac(&mac)?;
+            let boot = agent::open_services(&config)?;
+            let base_url = base_url
+                .or_else(|| config.http.public_url.clone())
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()));
+            let facts = BootFacts {
+                arch,
+                platform,
+                ..BootFacts::default()
+            };
+            let answer = boot.preview(mac, &facts, offline, &base_url).await?;
+            print!("{}", answer.script);
+            Ok(())
+        }
+        Command::Nodes { config, action } => nodes(load_config(config.as_ref())?, action),
+        Command::CheckConfig { config } => {
+            let config = load_config(config.as_ref())?;
+            siteboot::templates::Templates::load(&config.templates_dir)?;
+            println!(
+                "configuration OK: site_id={} mode={} http={} tftp={} data_dir={} workflows={}",
+                config.site_id,
+                if config.central.url.is_some() { "central" } else { "standalone" },
+                config.http.listen,
+                config.tftp.listen,
+                config.data_dir.display(),
+                config.workflows.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    Ok(Config::load(path.map(PathBuf::as_path))?)
+}
+
+fn parse_mac(text: &str) -> Result<Mac> {
+    Ok(text.parse::<Mac>()?)
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let (_listening, handle) = agent::start(config, shutdown_signal()).await?;
+    handle.await.context("agent task failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn nodes(config: Config, action: NodesCommand) -> Result<()> {
+    let store = Store::open(&config.data_dir)?;
+    match action {
+        NodesCommand::List => {
+            let nodes = store.list_nodes()?;
+            println!("{:<17}  {:<14}  {:<20}  {:<12}  ID", "MAC", "STATE", "HOSTNAME", "WORKFLOW");
+            for n in &nodes {
+                println!(
+                    "{:<17}  {:<14}  {:<20}  {:<12}  {}",
+                    n.mac,
+                    n.state,
+                    n.hostname.as_deref().unwrap_or("-"),
+                    n.workflow_id.as_deref().unwrap_or("-"),
+                    n.id
+                );
+            }
+            eprintln!("{} node(s)", nodes.len());
+        }
+        NodesCommand::Add {
+            mac,
+            state,
+            hostname,
+            workflow,
+        } => {
+            let mac = parse_mac(&mac)?;
+            let state: NodeState = state.parse()?;
+            if let Some(h) = &hostname {
+                node::validate_hostname(h).map_err(anyhow::Error::msg)?;
+            }
+            if let Some(id) = &workflow
+                && !config.workflows.contains_key(id)
+                && store.get_workflow(id)?.is_none()
+            {
+                bail!("unknown workflow {id:?}: define [workflows.{id}] in the configuration file");
+            }
+            let mut new = Node::new_local(mac, state, OffsetDateTime::now_utc());
+            new.hostname = hostname;
+            new.workflow_id = workflow;
+            let stored = store.insert_node_if_absent(&new)?;
+            if stored.id != new.id {
+                bail!("node {mac} already exists (state {}); use `siteboot nodes set-state`", stored.state);
+            }
+            println!("added {mac} state={state} id={}", stored.id);
+        }
+        NodesCommand::SetState { mac, state } => {
+            let mac = parse_mac(&mac)?;
+            let state: NodeState = state.parse()?;
+            let node = store.update_node(mac, |n| {
+                n.state = state;
+                n.updated_at = OffsetDateTime::now_utc();
+                n.version += 1;
+            })?;
+            println!("{mac} state={} version={}", node.state, node.version);
+        }
+        NodesCommand::Remove { mac } => {
+            let mac = parse_mac(&mac)?;
+            if !store.remove_node(mac)? {
+                bail!("no node with MAC {mac}");
+            }
+            println!("removed {mac}");
+        }
+    }
+    Ok(())
+}
