@@ -1,0 +1,270 @@
+//! Test harness: runs the real `siteboot` binary on 127.0.0.1 with its own
+//! data directory, and the real clients (curl, tftp, atftp, QEMU) against it.
+//! A missing client is a failure, never a skip.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_siteboot");
+
+/// Fails the test (does not skip it) when a client program is missing.
+pub fn require_tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => path,
+        None => panic!(
+            "required client `{name}` is not installed; run scripts/install-test-deps.sh (the test fails rather than skipping)"
+        ),
+    }
+}
+
+/// A port that was free a moment ago (for settings that must be known
+/// before the agent starts, such as a public URL naming the port).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub struct AgentBuilder {
+    dir: tempfile::TempDir,
+    config: String,
+    env: Vec<(String, String)>,
+    http_listen: String,
+}
+
+pub struct Agent {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub tftp: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl AgentBuilder {
+    pub fn new() -> AgentBuilder {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("boot-assets")).expect("mkdir boot-assets");
+        std::fs::create_dir(dir.path().join("templates")).expect("mkdir templates");
+        AgentBuilder {
+            dir,
+            config: String::new(),
+            env: Vec::new(),
+            http_listen: "127.0.0.1:0".into(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Extra TOML appended to the generated configuration file.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_listen = format!("127.0.0.1:{port}");
+        self
+    }
+
+    pub fn asset(self, name: &str, bytes: &[u8]) -> Self {
+        let path = self.dir.path().join("boot-assets").join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir asset dir");
+        }
+        std::fs::write(path, bytes).expect("write asset");
+        self
+    }
+
+    pub fn template(self, name: &str, text: &str) -> Self {
+        std::fs::write(self.dir.path().join("templates").join(name), text).expect("write template");
+        self
+    }
+
+    fn config_path(&self) -> PathBuf {
+        let path = self.dir.path().join("siteboot.toml");
+        let text = format!(
+            "data_dir = \"{dir}/data\"\n[tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{dir}/boot-assets\"\n\
+             [http]\nlisten = \"{http}\"\n[templates]\ndir = \"{dir}/templates\"\n{extra}",
+            dir = self.dir.path().display(),
+            http = self.http_listen,
+            extra = self.config
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Runs `siteboot <args> --config <generated>` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let config = self.config_path();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&config);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run siteboot")
+    }
+
+    /// Like [`cli`], asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "siteboot {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `siteboot serve` and waits until it listens.
+    pub fn start(self) -> Agent {
+        let config = self.config_path();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("SITEBOOT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn siteboot serve");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if line.contains("siteboot agent listening") {
+                        let http = field(&line, "http=").expect("http= in listening line");
+                        let tftp = field(&line, "tftp=").expect("tftp= in listening line");
+                        return Agent {
+                            child,
+                            dir: self.dir,
+                            http,
+                            tftp,
+                            stderr: rx,
+                        };
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("agent did not start; its output:\n{}", seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Runs `siteboot serve` expecting it to fail at start-up; returns stderr.
+    pub fn start_fails(self) -> String {
+        let config = self.config_path();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--config").arg(&config);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run siteboot serve");
+        assert!(!out.status.success(), "serve was expected to fail at start-up");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    let start = line.find(key)? + key.len();
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+impl Agent {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn assets_dir(&self) -> PathBuf {
+        self.dir.path().join("boot-assets")
+    }
+
+    /// Log lines the agent has written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl and returns (HTTP status, headers, body bytes).
+pub fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    require_tool("curl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let headers = dir.path().join("headers");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-D"])
+        .arg(&headers)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|b| *b == b'\n').expect("status suffix");
+    let status: u16 = String::from_utf8_lossy(&body[split + 1..]).trim().parse().expect("status");
+    body.truncate(split);
+    let headers = std::fs::read_to_string(headers).unwrap_or_default();
+    (status, headers, body)
+}
+
+pub fn curl_text(url: &str) -> (u16, String) {
+    let (status, _, body) = curl(&[url]);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Deterministic pseudo-random bytes (so failures are reproducible).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,331 @@
+//! Real TFTP clients (tftp-hpa, atftp, curl) and raw firmware-style packet
+//! sequences against the running agent.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{AgentBuilder, pattern, require_tool};
+
+const UNDIONLY: &str = "/usr/lib/ipxe/undionly.kpxe";
+
+fn undionly() -> Vec<u8> {
+    std::fs::read(UNDIONLY).unwrap_or_else(|e| {
+        panic!("{UNDIONLY} is missing ({e}): install Debian's ipxe package (scripts/install-test-deps.sh)")
+    })
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+#[test]
+fn tftp_hpa_fetches_undionly_byte_identical() {
+    require_tool("tftp");
+    let agent = AgentBuilder::new().start();
+    let out = agent.dir.path().join("undionly.out");
+    let result = Command::new("tftp")
+        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "get", "undionly.kpxe"])
+        .arg(&out)
+        .output()
+        .expect("run tftp");
+    // tftp-hpa exits 0 even on errors: the bytes are the verdict.
+    assert_eq!(read(&out), undionly(), "tftp-hpa output: {result:?}");
+}
+
+#[test]
+fn curl_tftp_fetches_undionly_byte_identical() {
+    let agent = AgentBuilder::new().start();
+    let (_, _, body) = common::curl(&[&format!("tftp://127.0.0.1:{}/undionly.kpxe", agent.tftp.port())]);
+    assert_eq!(body, undionly());
+}
+
+#[test]
+fn atftp_with_blksize_1468_and_windowsize_16() {
+    require_tool("atftp");
+    let data = pattern(3_000_000, 7);
+    let agent = AgentBuilder::new().asset("big.bin", &data).start();
+    let out = agent.dir.path().join("big.out");
+    let result = Command::new("atftp")
+        .args(["--option", "blksize 1468", "--option", "windowsize 16", "--get", "-r", "big.bin", "-l"])
+        .arg(&out)
+        .args(["127.0.0.1", &agent.tftp.port().to_string()])
+        .output()
+        .expect("run atftp");
+    assert!(result.status.success(), "atftp: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(read(&out), data);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = agent.log_lines().join("\n");
+    assert!(log.contains("blksize=1468 windowsize=16"), "window not negotiated:\n{log}");
+}
+
+#[test]
+fn block_numbers_roll_over_past_65535_at_blksize_512() {
+    // 65535 blocks of 512 bytes is 33,553,920 bytes; go well past it.
+    let data = pattern(65_536 * 512 + 70_000, 11);
+    let agent = AgentBuilder::new().asset("rollover.bin", &data).start();
+    let out = agent.dir.path().join("rollover.out");
+    let (_, _, _) = common::curl(&[
+        "--tftp-blksize",
+        "512",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+        &format!("tftp://127.0.0.1:{}/rollover.bin", agent.tftp.port()),
+    ]);
+    let got = read(&out);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "content differs after rollover");
+}
+
+/// A raw client socket with a receive timeout, so a missing answer fails
+/// the test instead of hanging it.
+fn raw_client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    socket
+}
+
+fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    p.extend_from_slice(name.as_bytes());
+    p.push(0);
+    p.extend_from_slice(b"octet\0");
+    for (k, v) in options {
+        p.extend_from_slice(k.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = socket.recv_from(&mut buf).expect("no answer from the server");
+    buf.truncate(n);
+    (buf, from)
+}
+
+fn opcode(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[0], p[1]])
+}
+
+fn oack_options(p: &[u8]) -> Vec<String> {
+    p[2..]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Receives a whole file after an OACK was acknowledged with ACK 0.
+fn receive_file(socket: &UdpSocket, server: SocketAddr, blksize: usize) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut expected: u16 = 1;
+    loop {
+        let (p, from) = recv(socket);
+        assert_eq!(from, server, "packet from another transfer id");
+        assert_eq!(opcode(&p), 3, "expected DATA, got {p:?}");
+        let block = u16::from_be_bytes([p[2], p[3]]);
+        if block == expected {
+            data.extend_from_slice(&p[4..]);
+            expected = expected.wrapping_add(1);
+        }
+        socket.send_to(&[0, 4, p[2], p[3]], server).expect("ack");
+        if p.len() - 4 < blksize {
+            return data;
+        }
+    }
+}
+
+/// UEFI firmware asks for the size first (RRQ with tsize 0), aborts with
+/// ERROR 8 when it has it, then sends the real RRQ from the same port.
+#[test]
+fn firmware_tsize_probe_then_error_then_rrq_from_same_port() {
+    let expected = undionly();
+    let agent = AgentBuilder::new().start();
+    let client = raw_client();
+    client.send_to(&rrq("undionly.kpxe", &[("tsize", "0"), ("blksize", "1468")]), agent.tftp).expect("send");
+    let (oack, probe_tid) = recv(&client);
+    assert_eq!(opcode(&oack), 6, "expected OACK");
+    let options = oack_options(&oack);
+    assert!(
+        options.windows(2).any(|w| w[0] == "tsize" && w[1] == expected.len().to_string()),
+        "tsize missing from {options:?}"
+    );
+    let mut error = vec![0, 5, 0, 8];
+    error.extend_from_slice(b"tsize probe done\0");
+    client.send_to(&error, probe_tid).expect("send error");
+
+    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    let (oack, tid) = recv(&client);
+    assert_eq!(opcode(&oack), 6, "expected OACK for the real request, got {oack:?}");
+    assert_ne!(tid, probe_tid, "the real transfer must use a new transfer id");
+    client.send_to(&[0, 4, 0, 0], tid).expect("ack 0");
+    assert_eq!(receive_file(&client, tid, 1468), expected);
+
+    // The probe session ended on the ERROR: nothing more may arrive from it
+    // (async-tftp 0.4 keeps retransmitting its OACK here for minutes).
+    client.set_read_timeout(Some(Duration::from_millis(2500))).expect("timeout");
+    let mut buf = [0u8; 2048];
+    while let Ok((_, from)) = client.recv_from(&mut buf) {
+        assert_ne!(from, probe_tid, "probe session still sending after the client's ERROR");
+    }
+}
+
+/// The same firmware retransmitting its RRQ (slow network) must not end
+/// up with two transfers fighting over one client port.
+#[test]
+fn repeated_rrq_from_one_port_replaces_the_session() {
+    let expected = undionly();
+    let agent = AgentBuilder::new().start();
+    let client = raw_client();
+    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    let (_, first_tid) = recv(&client);
+    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    let (mut p, mut tid) = recv(&client);
+    // Skip a retransmitted OACK of the first session, if one was in flight.
+    while tid == first_tid {
+        (p, tid) = recv(&client);
+    }
+    assert_eq!(opcode(&p), 6);
+    client.send_to(&[0, 4, 0, 0], tid).expect("ack 0");
+    let mut data = Vec::new();
+    let mut expected_block: u16 = 1;
+    loop {
+        let (p, from) = recv(&client);
+        if from == first_tid {
+            continue; // the replaced session may have had a packet queued
+        }
+        assert_eq!(opcode(&p), 3);
+        let block = u16::from_be_bytes([p[2], p[3]]);
+        if block == expected_block {
+            data.extend_from_slice(&p[4..]);
+            expected_block += 1;
+        }
+        client.send_to(&[0, 4, p[2], p[3]], tid).expect("ack");
+        if p.len() - 4 < 1468 {
+            break;
+        }
+    }
+    assert_eq!(data, expected);
+}
+
+fn expect_error(agent_tftp: SocketAddr, packet: &[u8]) -> (u16, String) {
+    let client = raw_client();
+    client.send_to(packet, agent_tftp).expect("send");
+    let (p, _) = recv(&client);
+    assert_eq!(opcode(&p), 5, "expected an ERROR packet, got {p:?}");
+    let code = u16::from_be_bytes([p[2], p[3]]);
+    let message = String::from_utf8_lossy(&p[4..]).trim_end_matches('\0').to_string();
+    (code, message)
+}
+
+#[test]
+fn traversal_and_symlink_escapes_are_refused() {
+    let builder = AgentBuilder::new().asset("inside.bin", b"inside");
+    let secret = builder.path().join("secret.txt");
+    std::fs::write(&secret, b"top secret").expect("write secret");
+    std::os::unix::fs::symlink(&secret, builder.path().join("boot-assets/leak.txt")).expect("symlink");
+    std::os::unix::fs::symlink(builder.path(), builder.path().join("boot-assets/updir")).expect("symlink");
+    let agent = builder.start();
+    for name in [
+        "../secret.txt",
+        "/../secret.txt",
+        "..\\secret.txt",
+        "sub/../../secret.txt",
+        "leak.txt",
+        "updir/secret.txt",
+        "/etc/passwd",
+        "../../../../../../etc/passwd",
+    ] {
+        let (code, message) = expect_error(agent.tftp, &rrq(name, &[]));
+        assert!(code == 1 || code == 2, "{name}: code {code} {message}");
+    }
+    // And through a real client: nothing is written.
+    require_tool("tftp");
+    let out = agent.dir.path().join("leak.out");
+    let _ = Command::new("tftp")
+        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "get", "leak.txt"])
+        .arg(&out)
+        .output()
+        .expect("run tftp");
+    assert!(!read(&out).starts_with(b"top secret"));
+    // The legitimate file still works.
+    let client = raw_client();
+    client.send_to(&rrq("inside.bin", &[]), agent.tftp).expect("send");
+    let (p, _) = recv(&client);
+    assert_eq!(&p[..4], &[0, 3, 0, 1]);
+    assert_eq!(&p[4..], b"inside");
+}
+
+#[test]
+fn write_requests_are_refused() {
+    let agent = AgentBuilder::new().start();
+    let mut wrq = rrq("upload.bin", &[]);
+    wrq[1] = 2;
+    let (code, message) = expect_error(agent.tftp, &wrq);
+    assert_eq!(code, 2, "{message}");
+    assert!(message.contains("read-only"), "{message}");
+    // tftp-hpa's put reports the server's error.
+    require_tool("tftp");
+    let local = agent.dir.path().join("upload.bin");
+    std::fs::write(&local, b"payload").expect("write");
+    let out = Command::new("tftp")
+        .current_dir(agent.dir.path())
+        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "put", "upload.bin"])
+        .output()
+        .expect("run tftp");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("read-only"), "tftp put output: {text}");
+    assert!(!agent.assets_dir().join("upload.bin").exists());
+}
+
+#[test]
+fn malformed_requests_and_missing_files_get_errors() {
+    let agent = AgentBuilder::new().start();
+    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x']);
+    assert_eq!(code, 4);
+    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x', 0, b'o', b'c', b't', b'e', b't', 0, b'b', 0]);
+    assert_eq!(code, 4);
+    let (code, message) = expect_error(agent.tftp, &rrq("no-such-file.bin", &[]));
+    assert_eq!(code, 1, "{message}");
+    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x', 0, b'm', b'a', b'i', b'l', 0]);
+    assert_eq!(code, 4);
+}
+
+#[test]
+fn session_limit_refuses_the_excess_request() {
+    let agent = AgentBuilder::new()
+        .config("")
+        .env("SITEBOOT_TFTP_MAX_SESSIONS", "1")
+        .start();
+    // First client takes the only slot and never acknowledges.
+    let holder = raw_client();
+    holder.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    let (p, _) = recv(&holder);
+    assert_eq!(opcode(&p), 6);
+    let (code, message) = expect_error(agent.tftp, &rrq("undionly.kpxe", &[]));
+    assert_eq!(code, 0);
+    assert!(message.contains("busy"), "{message}");
+}
+
+#[test]
+fn boot_ipxe_over_tftp_is_the_rendered_bootstrap() {
+    let agent = AgentBuilder::new().start();
+    for name in ["boot.ipxe", "autoexec.ipxe"] {
+        let (_, _, body) = common::curl(&[&format!("tftp://127.0.0.1:{}/{name}", agent.tftp.port())]);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("#!ipxe\n"), "{text}");
+        // No public_url: the address the request reached, with the HTTP port.
+        assert!(
+            text.contains(&format!("chain --autofree http://127.0.0.1:{}/api/v1/boot?mac=${{net0/mac}}", agent.http.port())),
+            "{text}"
+        );
+    }
+}
