@@ -64,7 +64,12 @@ pub async fn start(
         addr: config.http.listen,
         source,
     })?;
-    let files = BootFiles::new(boot.clone(), roots.clone(), config.http.public_url.clone(), http_addr.port());
+    let files = BootFiles::new(
+        boot.clone(),
+        roots.clone(),
+        config.http.public_url.clone(),
+        http_addr.port(),
+    );
     let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, files)
         .await
         .map_err(|source| StartError::Bind {
@@ -96,7 +101,9 @@ pub async fn start(
     );
     let handle = tokio::spawn(async move {
         let tftp_task = tokio::spawn(tftp.run());
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "http server failed");
         }

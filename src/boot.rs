@@ -182,7 +182,11 @@ impl BootService {
         };
         // Online, an unknown MAC would be stored as discovered first; offline
         // it stays unknown and gets the offline default.
-        let decide_node = if offline { node.as_ref() } else { Some(&node_or_new) };
+        let decide_node = if offline {
+            node.as_ref()
+        } else {
+            Some(&node_or_new)
+        };
         let decision = decision::decide(
             decide_node,
             workflow.as_ref(),
@@ -210,7 +214,14 @@ impl BootService {
         {
             return Ok(self.replay(&node_or_new, facts, &last, source, base_url, offline_view));
         }
-        Ok(self.render(&node_or_new, facts, &decision, source, base_url, offline_view))
+        Ok(self.render(
+            &node_or_new,
+            facts,
+            &decision,
+            source,
+            base_url,
+            offline_view,
+        ))
     }
 
     fn replayable(&self, last: &LastScript) -> bool {
@@ -229,7 +240,8 @@ impl BootService {
                 if let Some(node) = s.get_node(mac)? {
                     return Ok(node);
                 }
-                let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
+                let mut node =
+                    Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
                 node.arch = arch.filter(|a| is_plain_token(a));
                 let stored = s.insert_node_if_absent(&node)?;
                 tracing::info!(%mac, id = %stored.id, "new node discovered");
@@ -381,7 +393,10 @@ impl BootService {
                 group_id: node.group_id.clone(),
                 tags: node.tags.clone(),
             }),
-            workflow: decision.workflow.as_ref().map(|wf| workflow_view(wf, base_url)),
+            workflow: decision
+                .workflow
+                .as_ref()
+                .map(|wf| workflow_view(wf, base_url)),
             banner: decision.banner.as_str().map(str::to_string),
             offline,
         }
@@ -517,7 +532,10 @@ mod tests {
 
     #[test]
     fn asset_urls() {
-        assert_eq!(asset_url("ubuntu/vmlinuz", "http://a:8080"), "http://a:8080/assets/ubuntu/vmlinuz");
+        assert_eq!(
+            asset_url("ubuntu/vmlinuz", "http://a:8080"),
+            "http://a:8080/assets/ubuntu/vmlinuz"
+        );
         assert_eq!(asset_url("/x", "http://a"), "http://a/assets/x");
         assert_eq!(asset_url("http://mirror/k", "http://a"), "http://mirror/k");
         assert_eq!(image_name("http://a/assets/u/initrd.gz?x=1"), "initrd.gz");
@@ -535,7 +553,9 @@ mod tests {
         let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
         let s = fallback_script(Some(mac), Some(NodeState::Pending), Source::Standalone);
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("echo siteboot: mac=52:54:00:00:00:09 state=pending action=local source=standalone\n"));
+        assert!(s.contains(
+            "echo siteboot: mac=52:54:00:00:00:09 state=pending action=local source=standalone\n"
+        ));
         assert!(s.contains("sanboot --no-describe --drive 0x80"));
         assert!(!s.contains("kernel"));
     }

@@ -21,7 +21,9 @@ pub fn served_roots(operator_root: &Path) -> Vec<ServedRoot> {
     let mut roots = Vec::new();
     match ServedRoot::new(operator_root) {
         Some(root) => roots.push(root),
-        None => tracing::warn!(root = %operator_root.display(), "tftp.root does not exist; serving system iPXE files only"),
+        None => {
+            tracing::warn!(root = %operator_root.display(), "tftp.root does not exist; serving system iPXE files only")
+        }
     }
     roots.extend(
         SYSTEM_IPXE_DIRS

@@ -109,7 +109,13 @@ const KEYS: &[(&str, &[&str])] = &[
     ("offline", &["default_action"]),
     (
         "queue",
-        &["max_items", "batch_size", "max_retries", "retry_base", "retry_max"],
+        &[
+            "max_items",
+            "batch_size",
+            "max_retries",
+            "retry_base",
+            "retry_max",
+        ],
     ),
     ("admin", &["token_file"]),
 ];
@@ -164,10 +170,12 @@ impl Source {
 
     fn from_toml(text: &str, path: &Path) -> Result<Source, ConfigError> {
         let origin = path.display().to_string();
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         let mut values = HashMap::new();
         let mut workflows = None;
         for (name, value) in table {
@@ -210,7 +218,10 @@ impl Source {
         })
     }
 
-    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("SITEBOOT_") else {
                 continue;
@@ -259,7 +270,11 @@ impl Source {
 
     fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
         let value = self.string(key, "")?;
-        Ok(if value.trim().is_empty() { None } else { Some(value) })
+        Ok(if value.trim().is_empty() {
+            None
+        } else {
+            Some(value)
+        })
     }
 
     fn integer(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -287,7 +302,10 @@ impl Source {
     fn duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
         let text = self.string(key, default)?;
         let duration = humantime::parse_duration(text.trim()).map_err(|e| {
-            self.invalid(key, format!("{text:?} is not a duration such as 250ms, 30s or 5m ({e})"))
+            self.invalid(
+                key,
+                format!("{text:?} is not a duration such as 250ms, 30s or 5m ({e})"),
+            )
         })?;
         if duration.is_zero() {
             return Err(self.invalid(key, "must be greater than zero"));
@@ -304,7 +322,10 @@ impl Source {
             text.clone()
         };
         normalised.parse().map_err(|_| {
-            self.invalid(key, format!("{text:?} is not an address such as 0.0.0.0:8080 or :69"))
+            self.invalid(
+                key,
+                format!("{text:?} is not an address such as 0.0.0.0:8080 or :69"),
+            )
         })
     }
 
@@ -316,7 +337,9 @@ impl Source {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"))
-            .ok_or_else(|| self.invalid(key, format!("{url:?} must start with http:// or https://")))?;
+            .ok_or_else(|| {
+                self.invalid(key, format!("{url:?} must start with http:// or https://"))
+            })?;
         if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(self.invalid(key, format!("{url:?} is not a valid URL")));
         }
@@ -330,10 +353,14 @@ impl Source {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(self.invalid("site_id", format!("{site_id:?}: use letters, digits, '-', '_' or '.'")));
+            return Err(self.invalid(
+                "site_id",
+                format!("{site_id:?}: use letters, digits, '-', '_' or '.'"),
+            ));
         }
         let data_dir = PathBuf::from(self.string("data_dir", "./siteboot-data")?);
-        let offline_default_action = match self.string("offline.default_action", "local")?.as_str() {
+        let offline_default_action = match self.string("offline.default_action", "local")?.as_str()
+        {
             "local" => OfflineDefault::Local,
             "discovery" => OfflineDefault::Discovery,
             "last_known" => OfflineDefault::LastKnown,
@@ -361,7 +388,9 @@ impl Source {
             templates_dir: PathBuf::from(self.string("templates.dir", "templates")?),
             central: CentralConfig {
                 url: self.url("central.url")?,
-                token_file: self.optional_string("central.token_file")?.map(PathBuf::from),
+                token_file: self
+                    .optional_string("central.token_file")?
+                    .map(PathBuf::from),
                 check_interval: self.duration("central.check_interval", "30s")?,
                 request_timeout: self.duration("central.request_timeout", "5s")?,
                 boot_lookup_deadline: self.duration("central.boot_lookup_deadline", "300ms")?,
@@ -488,7 +517,10 @@ mod tests {
         assert_eq!(c.offline_default_action, OfflineDefault::Local);
         assert_eq!(c.queue.max_items, 100_000);
         assert_eq!(c.queue.retry_max, Duration::from_secs(300));
-        assert_eq!(c.admin_token_file, PathBuf::from("./siteboot-data/admin.token"));
+        assert_eq!(
+            c.admin_token_file,
+            PathBuf::from("./siteboot-data/admin.token")
+        );
     }
 
     #[test]
@@ -514,12 +546,25 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key_and_origin() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[tftp]\nmax_sessions = 0\n", &[], "tftp.max_sessions"),
-            ("[tftp]\nmax_sessions = \"many\"\n", &[], "tftp.max_sessions"),
-            ("", &[("SITEBOOT_CENTRAL_CHECK_INTERVAL", "soon")], "central.check_interval"),
+            (
+                "[tftp]\nmax_sessions = \"many\"\n",
+                &[],
+                "tftp.max_sessions",
+            ),
+            (
+                "",
+                &[("SITEBOOT_CENTRAL_CHECK_INTERVAL", "soon")],
+                "central.check_interval",
+            ),
             ("[http]\nlisten = \"nowhere\"\n", &[], "http.listen"),
-            ("[offline]\ndefault_action = \"reinstall\"\n", &[], "offline.default_action"),
+            (
+                "[offline]\ndefault_action = \"reinstall\"\n",
+                &[],
+                "offline.default_action",
+            ),
             ("[central]\nurl = \"ftp://x\"\n", &[], "central.url"),
             ("site_id = \"a b\"\n", &[], "site_id"),
             ("[queue]\nretry_base = \"0s\"\n", &[], "queue.retry_base"),
@@ -544,7 +589,10 @@ mod tests {
             load("", &[("SITEBOOT_TFTP_LISEN", "x")]),
             Err(ConfigError::UnknownKey { .. })
         ));
-        assert!(matches!(load("colour = 1\n", &[]), Err(ConfigError::UnknownKey { .. })));
+        assert!(matches!(
+            load("colour = 1\n", &[]),
+            Err(ConfigError::UnknownKey { .. })
+        ));
     }
 
     #[test]

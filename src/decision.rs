@@ -153,7 +153,9 @@ fn offline_default(ctx: DecisionContext) -> Decision {
     match ctx.offline_default {
         OfflineDefault::Local => Decision::local(Banner::None),
         OfflineDefault::Discovery => Decision::plain(Action::Discovery),
-        OfflineDefault::LastKnown if ctx.last_known_replayable => Decision::plain(Action::LastKnown),
+        OfflineDefault::LastKnown if ctx.last_known_replayable => {
+            Decision::plain(Action::LastKnown)
+        }
         OfflineDefault::LastKnown => Decision::local(Banner::None),
     }
 }
@@ -196,7 +198,11 @@ mod tests {
     const ON: Connectivity = Connectivity::Online;
     const OFF: Connectivity = Connectivity::Offline;
 
-    fn action(state: Option<NodeState>, wf: Option<&Workflow>, c: DecisionContext) -> (Action, Banner) {
+    fn action(
+        state: Option<NodeState>,
+        wf: Option<&Workflow>,
+        c: DecisionContext,
+    ) -> (Action, Banner) {
         let n = state.map(node);
         let d = decide(n.as_ref(), wf, c);
         (d.action, d.banner)
@@ -207,9 +213,18 @@ mod tests {
         let c = ctx(ON, OfflineDefault::Local);
         let wf = workflow(false);
         assert_eq!(action(None, None, c).0, Action::Discovery);
-        assert_eq!(action(Some(NodeState::Discovered), None, c).0, Action::Discovery);
-        assert_eq!(action(Some(NodeState::Pending), Some(&wf), c).0, Action::Install);
-        assert_eq!(action(Some(NodeState::Pending), None, c).0, Action::Discovery);
+        assert_eq!(
+            action(Some(NodeState::Discovered), None, c).0,
+            Action::Discovery
+        );
+        assert_eq!(
+            action(Some(NodeState::Pending), Some(&wf), c).0,
+            Action::Install
+        );
+        assert_eq!(
+            action(Some(NodeState::Pending), None, c).0,
+            Action::Discovery
+        );
         assert_eq!(
             action(Some(NodeState::Installing), None, c),
             (Action::Local, Banner::InstallInProgress)
@@ -226,9 +241,16 @@ mod tests {
             NodeState::CloningTarget,
             NodeState::Deprovisioning,
         ] {
-            assert_eq!(action(Some(s), Some(&wf), c), (Action::Local, Banner::None), "{s}");
+            assert_eq!(
+                action(Some(s), Some(&wf), c),
+                (Action::Local, Banner::None),
+                "{s}"
+            );
         }
-        assert_eq!(action(Some(NodeState::Reprovision), Some(&wf), c).0, Action::Install);
+        assert_eq!(
+            action(Some(NodeState::Reprovision), Some(&wf), c).0,
+            Action::Install
+        );
         assert_eq!(
             action(Some(NodeState::Reprovision), None, c),
             (Action::Local, Banner::NoWorkflow)
@@ -242,14 +264,26 @@ mod tests {
         let unsafe_wf = workflow(false);
         let safe_wf = workflow(true);
         assert_eq!(action(None, None, c).0, Action::Local);
-        assert_eq!(action(Some(NodeState::Discovered), None, c).0, Action::Local);
+        assert_eq!(
+            action(Some(NodeState::Discovered), None, c).0,
+            Action::Local
+        );
         assert_eq!(
             action(Some(NodeState::Pending), Some(&unsafe_wf), c),
             (Action::Local, Banner::Hold)
         );
-        assert_eq!(action(Some(NodeState::Pending), Some(&safe_wf), c).0, Action::Install);
-        assert_eq!(action(Some(NodeState::Pending), None, c), (Action::Local, Banner::None));
-        assert_eq!(action(Some(NodeState::Reprovision), Some(&safe_wf), c).0, Action::Local);
+        assert_eq!(
+            action(Some(NodeState::Pending), Some(&safe_wf), c).0,
+            Action::Install
+        );
+        assert_eq!(
+            action(Some(NodeState::Pending), None, c),
+            (Action::Local, Banner::None)
+        );
+        assert_eq!(
+            action(Some(NodeState::Reprovision), Some(&safe_wf), c).0,
+            Action::Local
+        );
         assert_eq!(action(Some(NodeState::Retired), None, c).0, Action::Retired);
         assert_eq!(
             action(Some(NodeState::Installing), None, c),
@@ -276,7 +310,12 @@ mod tests {
     #[test]
     fn only_install_is_destructive() {
         assert!(Action::Install.is_destructive());
-        for a in [Action::Local, Action::Discovery, Action::Retired, Action::LastKnown] {
+        for a in [
+            Action::Local,
+            Action::Discovery,
+            Action::Retired,
+            Action::LastKnown,
+        ] {
             assert!(!a.is_destructive());
         }
     }

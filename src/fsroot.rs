@@ -6,7 +6,9 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
-    #[error("path {0:?} is not allowed (empty, '..', backslash, drive letter or control character)")]
+    #[error(
+        "path {0:?} is not allowed (empty, '..', backslash, drive letter or control character)"
+    )]
     Forbidden(String),
     #[error("file {0:?} not found")]
     NotFound(String),
@@ -35,7 +37,9 @@ pub fn sanitise(requested: &str) -> Result<PathBuf, PathError> {
         match component {
             Component::Normal(part) => clean.push(part),
             Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(forbidden()),
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(forbidden());
+            }
         }
     }
     if clean.as_os_str().is_empty() {
@@ -130,9 +134,15 @@ mod tests {
             "a\nb",
             "/..",
         ] {
-            assert!(matches!(sanitise(bad), Err(PathError::Forbidden(_))), "{bad:?}");
+            assert!(
+                matches!(sanitise(bad), Err(PathError::Forbidden(_))),
+                "{bad:?}"
+            );
         }
-        assert_eq!(sanitise("/undionly.kpxe").unwrap(), PathBuf::from("undionly.kpxe"));
+        assert_eq!(
+            sanitise("/undionly.kpxe").unwrap(),
+            PathBuf::from("undionly.kpxe")
+        );
         assert_eq!(sanitise("a/./b").unwrap(), PathBuf::from("a/b"));
     }
 
@@ -149,9 +159,18 @@ mod tests {
         let roots = vec![ServedRoot::new(&root).unwrap()];
         assert!(resolve_in(&roots, "ok.bin").is_ok());
         assert!(resolve_in(&roots, "inside-link").is_ok());
-        assert_eq!(resolve_in(&roots, "leak"), Err(PathError::Escapes("leak".into())));
-        assert_eq!(resolve_in(&roots, "sub"), Err(PathError::NotAFile("sub".into())));
-        assert_eq!(resolve_in(&roots, "nope"), Err(PathError::NotFound("nope".into())));
+        assert_eq!(
+            resolve_in(&roots, "leak"),
+            Err(PathError::Escapes("leak".into()))
+        );
+        assert_eq!(
+            resolve_in(&roots, "sub"),
+            Err(PathError::NotAFile("sub".into()))
+        );
+        assert_eq!(
+            resolve_in(&roots, "nope"),
+            Err(PathError::NotFound("nope".into()))
+        );
     }
 
     #[test]
@@ -159,8 +178,15 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         std::fs::write(b.path().join("x"), b"x").unwrap();
-        let roots = vec![ServedRoot::new(a.path()).unwrap(), ServedRoot::new(b.path()).unwrap()];
-        assert!(resolve_in(&roots, "x").unwrap().starts_with(b.path().canonicalize().unwrap()));
+        let roots = vec![
+            ServedRoot::new(a.path()).unwrap(),
+            ServedRoot::new(b.path()).unwrap(),
+        ];
+        assert!(
+            resolve_in(&roots, "x")
+                .unwrap()
+                .starts_with(b.path().canonicalize().unwrap())
+        );
         assert!(ServedRoot::new(Path::new("/nonexistent/dir")).is_none());
     }
 

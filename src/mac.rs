@@ -149,7 +149,10 @@ mod tests {
     #[test]
     fn serialises_as_lower_case_colon_string() {
         let mac: Mac = "52-54-00-AB-CD-EF".parse().unwrap();
-        assert_eq!(serde_json::to_string(&mac).unwrap(), format!("\"{EXPECTED}\""));
+        assert_eq!(
+            serde_json::to_string(&mac).unwrap(),
+            format!("\"{EXPECTED}\"")
+        );
         let back: Mac = serde_json::from_str("\"525400ABCDEF\"").unwrap();
         assert_eq!(back, mac);
         assert!(serde_json::from_str::<Mac>("[82,84,0,171,205,239]").is_err());

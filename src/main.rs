@@ -14,7 +14,11 @@ use siteboot::node::{self, Node, NodeState};
 use siteboot::store::Store;
 
 #[derive(Parser)]
-#[command(name = "siteboot", version, about = "Site-local network-boot agent (TFTP + HTTP + iPXE)")]
+#[command(
+    name = "siteboot",
+    version,
+    about = "Site-local network-boot agent (TFTP + HTTP + iPXE)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,7 +158,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!(
                 "configuration OK: site_id={} mode={} http={} tftp={} data_dir={} workflows={}",
                 config.site_id,
-                if config.central.url.is_some() { "central" } else { "standalone" },
+                if config.central.url.is_some() {
+                    "central"
+                } else {
+                    "standalone"
+                },
                 config.http.listen,
                 config.tftp.listen,
                 config.data_dir.display(),
@@ -203,7 +211,10 @@ fn nodes(config: Config, action: NodesCommand) -> Result<()> {
     match action {
         NodesCommand::List => {
             let nodes = store.list_nodes()?;
-            println!("{:<17}  {:<14}  {:<20}  {:<12}  ID", "MAC", "STATE", "HOSTNAME", "WORKFLOW");
+            println!(
+                "{:<17}  {:<14}  {:<20}  {:<12}  ID",
+                "MAC", "STATE", "HOSTNAME", "WORKFLOW"
+            );
             for n in &nodes {
                 println!(
                     "{:<17}  {:<14}  {:<20}  {:<12}  {}",
@@ -238,7 +249,10 @@ fn nodes(config: Config, action: NodesCommand) -> Result<()> {
             new.workflow_id = workflow;
             let stored = store.insert_node_if_absent(&new)?;
             if stored.id != new.id {
-                bail!("node {mac} already exists (state {}); use `siteboot nodes set-state`", stored.state);
+                bail!(
+                    "node {mac} already exists (state {}); use `siteboot nodes set-state`",
+                    stored.state
+                );
             }
             println!("added {mac} state={state} id={}", stored.id);
         }

@@ -67,7 +67,9 @@ impl fmt::Display for NodeState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown node state {0:?}; valid states: discovered, pending, installing, install_failed, installed, active, reprovision, deprovisioning, migrating, serving_source, cloning_target, retired")]
+#[error(
+    "unknown node state {0:?}; valid states: discovered, pending, installing, install_failed, installed, active, reprovision, deprovisioning, migrating, serving_source, cloning_target, retired"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for NodeState {
@@ -162,15 +164,21 @@ impl Workflow {
     /// Checks that the fields the method needs are present.
     pub fn validate(&self) -> Result<(), WorkflowError> {
         match self.method {
-            BootMethod::Kernel if self.kernel.trim().is_empty() => Err(WorkflowError::MissingKernel {
-                id: self.id.clone(),
-            }),
+            BootMethod::Kernel if self.kernel.trim().is_empty() => {
+                Err(WorkflowError::MissingKernel {
+                    id: self.id.clone(),
+                })
+            }
             BootMethod::Sanboot | BootMethod::Chain
                 if self.url.as_deref().is_none_or(|u| u.trim().is_empty()) =>
             {
                 Err(WorkflowError::MissingUrl {
                     id: self.id.clone(),
-                    method: if self.method == BootMethod::Sanboot { "sanboot" } else { "chain" },
+                    method: if self.method == BootMethod::Sanboot {
+                        "sanboot"
+                    } else {
+                        "chain"
+                    },
                 })
             }
             _ => Ok(()),
@@ -187,7 +195,9 @@ pub fn validate_hostname(hostname: &str) -> Result<(), String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
@@ -221,7 +231,15 @@ mod tests {
     #[test]
     fn hostnames_are_checked() {
         assert!(validate_hostname("web-01.rack3").is_ok());
-        for bad in ["", "a b", "x\nchain http://evil", "-lead", "a..b", "x||y", "a;b"] {
+        for bad in [
+            "",
+            "a b",
+            "x\nchain http://evil",
+            "-lead",
+            "a..b",
+            "x||y",
+            "a;b",
+        ] {
             assert!(validate_hostname(bad).is_err(), "{bad:?}");
         }
     }

@@ -160,7 +160,11 @@ impl Store {
         if found != SCHEMA_VERSION {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_str())?;
-            tracing::info!(from = found, to = SCHEMA_VERSION, "database schema migrated");
+            tracing::info!(
+                from = found,
+                to = SCHEMA_VERSION,
+                "database schema migrated"
+            );
         }
         txn.commit()?;
         Ok(())
@@ -385,9 +389,14 @@ mod tests {
     fn second_open_of_the_same_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().expect("second open must fail");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-        assert!(err.to_string().contains("in use by another siteboot process"));
+        assert!(
+            err.to_string()
+                .contains("in use by another siteboot process")
+        );
     }
 
     #[test]
@@ -396,11 +405,17 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let txn = store.db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(SCHEMA_KEY, "99").unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, "99")
+                .unwrap();
             txn.commit().unwrap();
         }
         let err = Store::open(dir.path()).err().expect("must refuse");
-        assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -437,7 +452,10 @@ mod tests {
             })
             .collect();
         store.put_last_scripts(&batch).unwrap();
-        let got = store.get_last_script(Mac::new([0x52, 0x54, 0, 0, 0, 2])).unwrap().unwrap();
+        let got = store
+            .get_last_script(Mac::new([0x52, 0x54, 0, 0, 0, 2]))
+            .unwrap()
+            .unwrap();
         assert_eq!(got.script, "#!ipxe\necho 2\n");
     }
 }

@@ -16,18 +16,39 @@ use serde::Serialize;
 
 /// Built-in templates: (name, source).
 const BUILT_IN: &[(&str, &str)] = &[
-    ("_header.ipxe.j2", include_str!("../templates/_header.ipxe.j2")),
-    ("_status.ipxe.j2", include_str!("../templates/_status.ipxe.j2")),
+    (
+        "_header.ipxe.j2",
+        include_str!("../templates/_header.ipxe.j2"),
+    ),
+    (
+        "_status.ipxe.j2",
+        include_str!("../templates/_status.ipxe.j2"),
+    ),
     (
         "_offline_banner.ipxe.j2",
         include_str!("../templates/_offline_banner.ipxe.j2"),
     ),
-    ("_localboot.ipxe.j2", include_str!("../templates/_localboot.ipxe.j2")),
-    ("bootstrap.ipxe.j2", include_str!("../templates/bootstrap.ipxe.j2")),
-    ("install.ipxe.j2", include_str!("../templates/install.ipxe.j2")),
+    (
+        "_localboot.ipxe.j2",
+        include_str!("../templates/_localboot.ipxe.j2"),
+    ),
+    (
+        "bootstrap.ipxe.j2",
+        include_str!("../templates/bootstrap.ipxe.j2"),
+    ),
+    (
+        "install.ipxe.j2",
+        include_str!("../templates/install.ipxe.j2"),
+    ),
     ("local.ipxe.j2", include_str!("../templates/local.ipxe.j2")),
-    ("discovery.ipxe.j2", include_str!("../templates/discovery.ipxe.j2")),
-    ("retired.ipxe.j2", include_str!("../templates/retired.ipxe.j2")),
+    (
+        "discovery.ipxe.j2",
+        include_str!("../templates/discovery.ipxe.j2"),
+    ),
+    (
+        "retired.ipxe.j2",
+        include_str!("../templates/retired.ipxe.j2"),
+    ),
 ];
 
 pub const HEADER: &str = "_header.ipxe.j2";
@@ -313,15 +334,24 @@ mod tests {
             cached_at: "2026-11-22T09:00:00Z".into(),
         });
         let header = t.render_header(&offline).unwrap();
-        assert!(header.contains("*** siteboot OFFLINE: central unreachable since 2026-11-22T10:00:00Z ***"));
+        assert!(
+            header.contains(
+                "*** siteboot OFFLINE: central unreachable since 2026-11-22T10:00:00Z ***"
+            )
+        );
     }
 
     #[test]
     fn install_script_carries_kernel_initrd_and_bootif() {
         let t = Templates::built_in().unwrap();
-        let body = t.render_body("install", &sample_context("install", "kernel", false)).unwrap();
+        let body = t
+            .render_body("install", &sample_context("install", "kernel", false))
+            .unwrap();
         assert!(body.contains("kernel http://192.0.2.1:8080/assets/sample/vmlinuz initrd=initrd.img console=ttyS0 BOOTIF=01-52-54-00-00-00-01"), "{body}");
-        assert!(body.contains("initrd http://192.0.2.1:8080/assets/sample/initrd.img"), "{body}");
+        assert!(
+            body.contains("initrd http://192.0.2.1:8080/assets/sample/initrd.img"),
+            "{body}"
+        );
         assert!(!body.contains("\n\n\n"), "blank-line noise: {body}");
     }
 
@@ -354,12 +384,11 @@ mod tests {
     #[test]
     fn broken_operator_template_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("local.ipxe.j2"),
-            "echo ok\necho {{ mac }\n",
-        )
-        .unwrap();
-        let err = Templates::load(dir.path()).err().expect("must fail").to_string();
+        std::fs::write(dir.path().join("local.ipxe.j2"), "echo ok\necho {{ mac }\n").unwrap();
+        let err = Templates::load(dir.path())
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains("local.ipxe.j2:2:"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
     }
@@ -372,20 +401,31 @@ mod tests {
             "echo one\necho two\necho {{ no_such_field }}\n",
         )
         .unwrap();
-        let err = Templates::load(dir.path()).err().expect("must fail").to_string();
+        let err = Templates::load(dir.path())
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains("discovery.ipxe.j2:3:"), "{err}");
     }
 
     #[test]
     fn operator_template_overrides_built_in() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("retired.ipxe.j2"), "echo custom retired {{ mac }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("retired.ipxe.j2"),
+            "echo custom retired {{ mac }}\n",
+        )
+        .unwrap();
         let t = Templates::load(dir.path()).unwrap();
         assert_eq!(
             t.render_body("retired", &ctx()).unwrap(),
             "echo custom retired 52:54:00:00:00:01\n"
         );
-        assert!(t.origin("retired.ipxe.j2").unwrap().contains(&dir.path().display().to_string()));
+        assert!(
+            t.origin("retired.ipxe.j2")
+                .unwrap()
+                .contains(&dir.path().display().to_string())
+        );
         assert_eq!(t.origin("local.ipxe.j2"), Some("built-in local.ipxe.j2"));
     }
 }

@@ -28,7 +28,15 @@ fn tftp_hpa_fetches_undionly_byte_identical() {
     let agent = AgentBuilder::new().start();
     let out = agent.dir.path().join("undionly.out");
     let result = Command::new("tftp")
-        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "get", "undionly.kpxe"])
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &agent.tftp.port().to_string(),
+            "-c",
+            "get",
+            "undionly.kpxe",
+        ])
         .arg(&out)
         .output()
         .expect("run tftp");
@@ -39,7 +47,10 @@ fn tftp_hpa_fetches_undionly_byte_identical() {
 #[test]
 fn curl_tftp_fetches_undionly_byte_identical() {
     let agent = AgentBuilder::new().start();
-    let (_, _, body) = common::curl(&[&format!("tftp://127.0.0.1:{}/undionly.kpxe", agent.tftp.port())]);
+    let (_, _, body) = common::curl(&[&format!(
+        "tftp://127.0.0.1:{}/undionly.kpxe",
+        agent.tftp.port()
+    )]);
     assert_eq!(body, undionly());
 }
 
@@ -50,16 +61,32 @@ fn atftp_with_blksize_1468_and_windowsize_16() {
     let agent = AgentBuilder::new().asset("big.bin", &data).start();
     let out = agent.dir.path().join("big.out");
     let result = Command::new("atftp")
-        .args(["--option", "blksize 1468", "--option", "windowsize 16", "--get", "-r", "big.bin", "-l"])
+        .args([
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 16",
+            "--get",
+            "-r",
+            "big.bin",
+            "-l",
+        ])
         .arg(&out)
         .args(["127.0.0.1", &agent.tftp.port().to_string()])
         .output()
         .expect("run atftp");
-    assert!(result.status.success(), "atftp: {}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "atftp: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     assert_eq!(read(&out), data);
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.log_lines().join("\n");
-    assert!(log.contains("blksize=1468 windowsize=16"), "window not negotiated:\n{log}");
+    assert!(
+        log.contains("blksize=1468 windowsize=16"),
+        "window not negotiated:\n{log}"
+    );
 }
 
 #[test]
@@ -106,7 +133,9 @@ fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
 
 fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; 70_000];
-    let (n, from) = socket.recv_from(&mut buf).expect("no answer from the server");
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .expect("no answer from the server");
     buf.truncate(n);
     (buf, from)
 }
@@ -150,31 +179,52 @@ fn firmware_tsize_probe_then_error_then_rrq_from_same_port() {
     let expected = undionly();
     let agent = AgentBuilder::new().start();
     let client = raw_client();
-    client.send_to(&rrq("undionly.kpxe", &[("tsize", "0"), ("blksize", "1468")]), agent.tftp).expect("send");
+    client
+        .send_to(
+            &rrq("undionly.kpxe", &[("tsize", "0"), ("blksize", "1468")]),
+            agent.tftp,
+        )
+        .expect("send");
     let (oack, probe_tid) = recv(&client);
     assert_eq!(opcode(&oack), 6, "expected OACK");
     let options = oack_options(&oack);
     assert!(
-        options.windows(2).any(|w| w[0] == "tsize" && w[1] == expected.len().to_string()),
+        options
+            .windows(2)
+            .any(|w| w[0] == "tsize" && w[1] == expected.len().to_string()),
         "tsize missing from {options:?}"
     );
     let mut error = vec![0, 5, 0, 8];
     error.extend_from_slice(b"tsize probe done\0");
     client.send_to(&error, probe_tid).expect("send error");
 
-    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    client
+        .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+        .expect("send");
     let (oack, tid) = recv(&client);
-    assert_eq!(opcode(&oack), 6, "expected OACK for the real request, got {oack:?}");
-    assert_ne!(tid, probe_tid, "the real transfer must use a new transfer id");
+    assert_eq!(
+        opcode(&oack),
+        6,
+        "expected OACK for the real request, got {oack:?}"
+    );
+    assert_ne!(
+        tid, probe_tid,
+        "the real transfer must use a new transfer id"
+    );
     client.send_to(&[0, 4, 0, 0], tid).expect("ack 0");
     assert_eq!(receive_file(&client, tid, 1468), expected);
 
     // The probe session ended on the ERROR: nothing more may arrive from it
     // (async-tftp 0.4 keeps retransmitting its OACK here for minutes).
-    client.set_read_timeout(Some(Duration::from_millis(2500))).expect("timeout");
+    client
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .expect("timeout");
     let mut buf = [0u8; 2048];
     while let Ok((_, from)) = client.recv_from(&mut buf) {
-        assert_ne!(from, probe_tid, "probe session still sending after the client's ERROR");
+        assert_ne!(
+            from, probe_tid,
+            "probe session still sending after the client's ERROR"
+        );
     }
 }
 
@@ -185,9 +235,13 @@ fn repeated_rrq_from_one_port_replaces_the_session() {
     let expected = undionly();
     let agent = AgentBuilder::new().start();
     let client = raw_client();
-    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    client
+        .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+        .expect("send");
     let (_, first_tid) = recv(&client);
-    client.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    client
+        .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+        .expect("send");
     let (mut p, mut tid) = recv(&client);
     // Skip a retransmitted OACK of the first session, if one was in flight.
     while tid == first_tid {
@@ -222,7 +276,9 @@ fn expect_error(agent_tftp: SocketAddr, packet: &[u8]) -> (u16, String) {
     let (p, _) = recv(&client);
     assert_eq!(opcode(&p), 5, "expected an ERROR packet, got {p:?}");
     let code = u16::from_be_bytes([p[2], p[3]]);
-    let message = String::from_utf8_lossy(&p[4..]).trim_end_matches('\0').to_string();
+    let message = String::from_utf8_lossy(&p[4..])
+        .trim_end_matches('\0')
+        .to_string();
     (code, message)
 }
 
@@ -231,8 +287,10 @@ fn traversal_and_symlink_escapes_are_refused() {
     let builder = AgentBuilder::new().asset("inside.bin", b"inside");
     let secret = builder.path().join("secret.txt");
     std::fs::write(&secret, b"top secret").expect("write secret");
-    std::os::unix::fs::symlink(&secret, builder.path().join("boot-assets/leak.txt")).expect("symlink");
-    std::os::unix::fs::symlink(builder.path(), builder.path().join("boot-assets/updir")).expect("symlink");
+    std::os::unix::fs::symlink(&secret, builder.path().join("boot-assets/leak.txt"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(builder.path(), builder.path().join("boot-assets/updir"))
+        .expect("symlink");
     let agent = builder.start();
     for name in [
         "../secret.txt",
@@ -251,14 +309,24 @@ fn traversal_and_symlink_escapes_are_refused() {
     require_tool("tftp");
     let out = agent.dir.path().join("leak.out");
     let _ = Command::new("tftp")
-        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "get", "leak.txt"])
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &agent.tftp.port().to_string(),
+            "-c",
+            "get",
+            "leak.txt",
+        ])
         .arg(&out)
         .output()
         .expect("run tftp");
     assert!(!read(&out).starts_with(b"top secret"));
     // The legitimate file still works.
     let client = raw_client();
-    client.send_to(&rrq("inside.bin", &[]), agent.tftp).expect("send");
+    client
+        .send_to(&rrq("inside.bin", &[]), agent.tftp)
+        .expect("send");
     let (p, _) = recv(&client);
     assert_eq!(&p[..4], &[0, 3, 0, 1]);
     assert_eq!(&p[4..], b"inside");
@@ -278,10 +346,22 @@ fn write_requests_are_refused() {
     std::fs::write(&local, b"payload").expect("write");
     let out = Command::new("tftp")
         .current_dir(agent.dir.path())
-        .args(["-m", "binary", "127.0.0.1", &agent.tftp.port().to_string(), "-c", "put", "upload.bin"])
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &agent.tftp.port().to_string(),
+            "-c",
+            "put",
+            "upload.bin",
+        ])
         .output()
         .expect("run tftp");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("read-only"), "tftp put output: {text}");
     assert!(!agent.assets_dir().join("upload.bin").exists());
 }
@@ -291,7 +371,10 @@ fn malformed_requests_and_missing_files_get_errors() {
     let agent = AgentBuilder::new().start();
     let (code, _) = expect_error(agent.tftp, &[0, 1, b'x']);
     assert_eq!(code, 4);
-    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x', 0, b'o', b'c', b't', b'e', b't', 0, b'b', 0]);
+    let (code, _) = expect_error(
+        agent.tftp,
+        &[0, 1, b'x', 0, b'o', b'c', b't', b'e', b't', 0, b'b', 0],
+    );
     assert_eq!(code, 4);
     let (code, message) = expect_error(agent.tftp, &rrq("no-such-file.bin", &[]));
     assert_eq!(code, 1, "{message}");
@@ -307,7 +390,9 @@ fn session_limit_refuses_the_excess_request() {
         .start();
     // First client takes the only slot and never acknowledges.
     let holder = raw_client();
-    holder.send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp).expect("send");
+    holder
+        .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+        .expect("send");
     let (p, _) = recv(&holder);
     assert_eq!(opcode(&p), 6);
     let (code, message) = expect_error(agent.tftp, &rrq("undionly.kpxe", &[]));
@@ -319,12 +404,16 @@ fn session_limit_refuses_the_excess_request() {
 fn boot_ipxe_over_tftp_is_the_rendered_bootstrap() {
     let agent = AgentBuilder::new().start();
     for name in ["boot.ipxe", "autoexec.ipxe"] {
-        let (_, _, body) = common::curl(&[&format!("tftp://127.0.0.1:{}/{name}", agent.tftp.port())]);
+        let (_, _, body) =
+            common::curl(&[&format!("tftp://127.0.0.1:{}/{name}", agent.tftp.port())]);
         let text = String::from_utf8_lossy(&body);
         assert!(text.starts_with("#!ipxe\n"), "{text}");
         // No public_url: the address the request reached, with the HTTP port.
         assert!(
-            text.contains(&format!("chain --autofree http://127.0.0.1:{}/api/v1/boot?mac=${{net0/mac}}", agent.http.port())),
+            text.contains(&format!(
+                "chain --autofree http://127.0.0.1:{}/api/v1/boot?mac=${{net0/mac}}",
+                agent.http.port()
+            )),
             "{text}"
         );
     }

@@ -20,7 +20,10 @@ pub enum RangeRequest {
     /// errors, which RFC 9110 lets a server ignore).
     Full,
     /// Inclusive byte range.
-    Partial { start: u64, end: u64 },
+    Partial {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
 }
 
@@ -67,7 +70,11 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     }
 }
 
-pub async fn serve(roots: Arc<Vec<ServedRoot>>, requested: String, headers: &HeaderMap) -> Response {
+pub async fn serve(
+    roots: Arc<Vec<ServedRoot>>,
+    requested: String,
+    headers: &HeaderMap,
+) -> Response {
     let lookup = requested.clone();
     let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
     let path = match resolved {
@@ -92,7 +99,9 @@ pub async fn serve(roots: Arc<Vec<ServedRoot>>, requested: String, headers: &Hea
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match parse_range(range_header, len) {
         RangeRequest::Full => (StatusCode::OK, 0, len),
-        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeRequest::Partial { start, end } => {
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
         RangeRequest::Unsatisfiable => {
             let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -110,11 +119,15 @@ pub async fn serve(roots: Arc<Vec<ServedRoot>>, requested: String, headers: &Hea
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+        && let Ok(value) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
     {
         h.insert(header::CONTENT_RANGE, value);
     }
@@ -134,11 +147,26 @@ mod tests {
     fn range_parsing() {
         use RangeRequest::*;
         assert_eq!(parse_range(None, 100), Full);
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Partial { start: 0, end: 9 });
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range(Some("bytes=-1000"), 100), Partial { start: 0, end: 99 });
-        assert_eq!(parse_range(Some("bytes=50-5000"), 100), Partial { start: 50, end: 99 });
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-1000"), 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-5000"), 100),
+            Partial { start: 50, end: 99 }
+        );
         assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Full);

@@ -52,7 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// The agent URL nodes should use: `http.public_url`, else what the client
 /// called us by (its `Host` header), which must look like a host name.
-fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
+fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, String> {
     if let Some(url) = &state.public_url {
         return Ok(url.clone());
     }
@@ -68,16 +68,19 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
     if plausible {
         Ok(format!("http://{host}"))
     } else {
-        Err(bad_request(&format!(
+        Err(format!(
             "missing or invalid Host header {host:?}; set http.public_url"
-        )))
+        ))
     }
 }
 
 fn script_response(script: String, source: Option<&'static str>) -> Response {
     let mut response = script.into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(source) = source {
         h.insert("x-siteboot-source", HeaderValue::from_static(source));
@@ -92,7 +95,7 @@ fn bad_request(message: &str) -> Response {
 async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match base_url(&state, &headers) {
         Ok(url) => script_response(state.boot.bootstrap(&url), None),
-        Err(response) => response,
+        Err(message) => bad_request(&message),
     }
 }
 
@@ -118,7 +121,7 @@ async fn boot(
     };
     let base = match base_url(&state, &headers) {
         Ok(url) => url,
-        Err(response) => return response,
+        Err(message) => return bad_request(&message),
     };
     let facts = BootFacts {
         arch: fact(&query, "arch"),
@@ -157,7 +160,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         Ok(count) => count,
         Err(e) => {
             tracing::error!(error = %e, "status: cannot count nodes");
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("store error: {e}\n")).into_response();
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store error: {e}\n"),
+            )
+                .into_response();
         }
     };
     axum::Json(json!({

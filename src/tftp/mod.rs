@@ -99,21 +99,32 @@ impl<P: FileProvider> TftpServer<P> {
                 Ok(Packet::ReadRequest(request)) => self.start_session(peer, request),
                 Ok(Packet::WriteRequest(request)) => {
                     tracing::warn!(%peer, file = %request.filename, "tftp write request refused");
-                    self.reply_error(peer, ErrorCode::AccessViolation, "siteboot TFTP is read-only")
-                        .await;
+                    self.reply_error(
+                        peer,
+                        ErrorCode::AccessViolation,
+                        "siteboot TFTP is read-only",
+                    )
+                    .await;
                 }
                 Ok(_) => {} // stray DATA/ACK/ERROR for a finished session
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "malformed tftp request");
-                    self.reply_error(peer, ErrorCode::IllegalOperation, &format!("malformed request: {e}"))
-                        .await;
+                    self.reply_error(
+                        peer,
+                        ErrorCode::IllegalOperation,
+                        &format!("malformed request: {e}"),
+                    )
+                    .await;
                 }
             }
         }
     }
 
     async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
-        let _ = self.socket.send_to(&packet::error(code, message), peer).await;
+        let _ = self
+            .socket
+            .send_to(&packet::error(code, message), peer)
+            .await;
     }
 
     fn start_session(&self, peer: SocketAddr, request: packet::Request) {
@@ -121,7 +132,10 @@ impl<P: FileProvider> TftpServer<P> {
             let socket = self.socket.clone();
             tokio::spawn(async move {
                 let _ = socket
-                    .send_to(&packet::error(ErrorCode::IllegalOperation, "only octet mode is served"), peer)
+                    .send_to(
+                        &packet::error(ErrorCode::IllegalOperation, "only octet mode is served"),
+                        peer,
+                    )
                     .await;
             });
             return;
@@ -131,7 +145,10 @@ impl<P: FileProvider> TftpServer<P> {
             let socket = self.socket.clone();
             tokio::spawn(async move {
                 let _ = socket
-                    .send_to(&packet::error(ErrorCode::NotDefined, "server busy, retry later"), peer)
+                    .send_to(
+                        &packet::error(ErrorCode::NotDefined, "server busy, retry later"),
+                        peer,
+                    )
                     .await;
             });
             return;
@@ -140,7 +157,11 @@ impl<P: FileProvider> TftpServer<P> {
         let provider = self.provider.clone();
         let sessions = self.sessions.clone();
         let limits = self.limits;
-        let bind_ip = self.socket.local_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let bind_ip = self
+            .socket
+            .local_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         // The table lock is held across spawn so the session cannot finish
         // (and remove itself) before it is registered.
         let mut table = match sessions.lock() {
@@ -209,7 +230,9 @@ async fn serve_one<P: FileProvider>(
         Ok(Outcome::ClientAborted { code }) => tracing::debug!(
             %peer, file = %request.filename, code, "tftp transfer ended by client"
         ),
-        Err(e) => tracing::warn!(%peer, file = %request.filename, error = %e, "tftp transfer failed"),
+        Err(e) => {
+            tracing::warn!(%peer, file = %request.filename, error = %e, "tftp transfer failed")
+        }
     }
 }
 

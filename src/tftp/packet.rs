@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(req.mode, "octet");
         assert_eq!(
             req.options,
-            vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]
+            vec![
+                ("blksize".into(), "1468".into()),
+                ("tsize".into(), "0".into())
+            ]
         );
     }
 
@@ -215,7 +218,10 @@ mod tests {
             Packet::parse(b"\x00\x01f\x00octet\x00blksize\x00"),
             Err(PacketError::OptionWithoutValue(_))
         ));
-        assert_eq!(Packet::parse(&[0, 1, 0xff, 0, b'o', 0]), Err(PacketError::NotUtf8));
+        assert_eq!(
+            Packet::parse(&[0, 1, 0xff, 0, b'o', 0]),
+            Err(PacketError::NotUtf8)
+        );
     }
 
     #[test]
@@ -227,7 +233,10 @@ mod tests {
                 message: "nope".into()
             }
         );
-        assert_eq!(Packet::parse(&ack(65535)).unwrap(), Packet::Ack { block: 65535 });
+        assert_eq!(
+            Packet::parse(&ack(65535)).unwrap(),
+            Packet::Ack { block: 65535 }
+        );
         assert_eq!(
             Packet::parse(&data(7, b"xyz")).unwrap(),
             Packet::Data {

@@ -126,7 +126,10 @@ pub async fn transfer<R: AsyncRead + Unpin>(
             let len = read_block(&mut reader, &mut block_buf).await?;
             reading_done = len < neg.blksize;
             bytes += len as u64;
-            window.push_back((next_block, packet::data(next_block as u16, &block_buf[..len])));
+            window.push_back((
+                next_block,
+                packet::data(next_block as u16, &block_buf[..len]),
+            ));
             next_block += 1;
         }
         if window.is_empty() {
@@ -200,7 +203,10 @@ async fn await_ack(
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.
-async fn read_block<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_block<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         let n = reader.read(&mut buf[filled..]).await?;
@@ -222,14 +228,22 @@ mod tests {
     use super::*;
 
     fn opts(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn negotiation_accepts_valid_options_and_drops_the_rest() {
         let limits = Limits::default();
         let n = negotiate(
-            &opts(&[("blksize", "1468"), ("tsize", "0"), ("timeout", "3"), ("windowsize", "16"), ("multicast", "")]),
+            &opts(&[
+                ("blksize", "1468"),
+                ("tsize", "0"),
+                ("timeout", "3"),
+                ("windowsize", "16"),
+                ("multicast", ""),
+            ]),
             74213,
             &limits,
         );
@@ -238,9 +252,18 @@ mod tests {
         assert_eq!(n.timeout, Duration::from_secs(3));
         assert_eq!(
             n.acknowledged,
-            opts(&[("blksize", "1468"), ("tsize", "74213"), ("timeout", "3"), ("windowsize", "16")])
+            opts(&[
+                ("blksize", "1468"),
+                ("tsize", "74213"),
+                ("timeout", "3"),
+                ("windowsize", "16")
+            ])
         );
-        let n = negotiate(&opts(&[("blksize", "4"), ("timeout", "0"), ("windowsize", "x")]), 1, &limits);
+        let n = negotiate(
+            &opts(&[("blksize", "4"), ("timeout", "0"), ("windowsize", "x")]),
+            1,
+            &limits,
+        );
         assert_eq!((n.blksize, n.windowsize), (512, 1));
         assert!(n.acknowledged.is_empty());
         let n = negotiate(&opts(&[("windowsize", "65535")]), 1, &limits);
@@ -267,7 +290,8 @@ mod tests {
         };
         let neg = negotiate(&opts(&[("blksize", "512")]), data.len() as u64, &limits);
         let body = data.clone();
-        let srv = tokio::spawn(async move { transfer(&server, body.as_slice(), &neg, &limits).await });
+        let srv =
+            tokio::spawn(async move { transfer(&server, body.as_slice(), &neg, &limits).await });
         let mut got = Vec::new();
         let mut buf = vec![0u8; 2048];
         let mut dropped = false;
@@ -292,7 +316,10 @@ mod tests {
             }
         }
         assert_eq!(got, data);
-        assert_eq!(srv.await.unwrap().unwrap(), Outcome::Completed { bytes: 2000 });
+        assert_eq!(
+            srv.await.unwrap().unwrap(),
+            Outcome::Completed { bytes: 2000 }
+        );
     }
 
     #[tokio::test]
@@ -300,12 +327,22 @@ mod tests {
         let (server, client) = pair().await;
         let limits = Limits::default();
         let neg = negotiate(&opts(&[("tsize", "0")]), 10, &limits);
-        let srv = tokio::spawn(async move { transfer(&server, &b"0123456789"[..], &neg, &limits).await });
+        let srv =
+            tokio::spawn(async move { transfer(&server, &b"0123456789"[..], &neg, &limits).await });
         let mut buf = vec![0u8; 512];
         let n = client.recv(&mut buf).await.unwrap();
-        assert!(matches!(Packet::parse(&buf[..n]).unwrap(), Packet::OptionAck { .. }));
-        client.send(&packet::error(ErrorCode::OptionNegotiation, "tsize only")).await.unwrap();
-        assert_eq!(srv.await.unwrap().unwrap(), Outcome::ClientAborted { code: 8 });
+        assert!(matches!(
+            Packet::parse(&buf[..n]).unwrap(),
+            Packet::OptionAck { .. }
+        ));
+        client
+            .send(&packet::error(ErrorCode::OptionNegotiation, "tsize only"))
+            .await
+            .unwrap();
+        assert_eq!(
+            srv.await.unwrap().unwrap(),
+            Outcome::ClientAborted { code: 8 }
+        );
     }
 
     #[tokio::test]
@@ -317,7 +354,9 @@ mod tests {
             ..Limits::default()
         };
         let neg = negotiate(&[], 3, &limits);
-        let err = transfer(&server, &b"abc"[..], &neg, &limits).await.unwrap_err();
+        let err = transfer(&server, &b"abc"[..], &neg, &limits)
+            .await
+            .unwrap_err();
         assert!(matches!(err, TransferError::TimedOut(2)), "{err}");
     }
 }

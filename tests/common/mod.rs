@@ -179,6 +179,7 @@ impl AgentBuilder {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("agent did not start; its output:\n{}", seen.join("\n"));
                 }
             }
@@ -194,7 +195,10 @@ impl AgentBuilder {
             cmd.env(k, v);
         }
         let out = cmd.output().expect("run siteboot serve");
-        assert!(!out.status.success(), "serve was expected to fail at start-up");
+        assert!(
+            !out.status.success(),
+            "serve was expected to fail at start-up"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
@@ -242,10 +246,20 @@ pub fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
         .args(args)
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut body = out.stdout;
-    let split = body.iter().rposition(|b| *b == b'\n').expect("status suffix");
-    let status: u16 = String::from_utf8_lossy(&body[split + 1..]).trim().parse().expect("status");
+    let split = body
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("status suffix");
+    let status: u16 = String::from_utf8_lossy(&body[split + 1..])
+        .trim()
+        .parse()
+        .expect("status");
     body.truncate(split);
     let headers = std::fs::read_to_string(headers).unwrap_or_default();
     (status, headers, body)

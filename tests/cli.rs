@@ -1,0 +1,286 @@
+//! The `siteboot` command line: node store editing, render, check-config.
+
+mod common;
+
+use common::AgentBuilder;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn nodes_add_list_set_state_remove() {
+    let b = AgentBuilder::new();
+    let out = b.cli_ok(&[
+        "nodes",
+        "add",
+        "--mac",
+        "52-54-00-AB-CD-01",
+        "--state",
+        "active",
+        "--hostname",
+        "web-01",
+    ]);
+    assert!(
+        out.contains("added 52:54:00:ab:cd:01 state=active"),
+        "{out}"
+    );
+    let list = b.cli_ok(&["nodes", "list"]);
+    assert!(
+        list.contains("52:54:00:ab:cd:01") && list.contains("active") && list.contains("web-01"),
+        "{list}"
+    );
+    let out = b.cli_ok(&[
+        "nodes",
+        "set-state",
+        "--mac",
+        "525400abcd01",
+        "--state",
+        "reprovision",
+    ]);
+    assert!(out.contains("state=reprovision version=2"), "{out}");
+    assert!(b.cli_ok(&["nodes", "list"]).contains("reprovision"));
+    b.cli_ok(&["nodes", "remove", "--mac", "52:54:00:ab:cd:01"]);
+    assert!(!b.cli_ok(&["nodes", "list"]).contains("52:54:00:ab:cd:01"));
+}
+
+#[test]
+fn nodes_refuse_bad_input_clearly() {
+    let b = AgentBuilder::new().config("[workflows.ubuntu]\nmethod = \"kernel\"\nkernel = \"k\"\n");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "nodes",
+                "add",
+                "--mac",
+                "52:54:00:zz:00:01",
+                "--state",
+                "active",
+            ],
+            "invalid MAC address \"52:54:00:zz:00:01\"",
+        ),
+        (
+            &[
+                "nodes",
+                "add",
+                "--mac",
+                "52:54:00:00:00:01",
+                "--state",
+                "exploded",
+            ],
+            "unknown node state \"exploded\"",
+        ),
+        (
+            &[
+                "nodes",
+                "add",
+                "--mac",
+                "52:54:00:00:00:01",
+                "--state",
+                "active",
+                "--hostname",
+                "a;b",
+            ],
+            "invalid hostname",
+        ),
+        (
+            &[
+                "nodes",
+                "add",
+                "--mac",
+                "52:54:00:00:00:01",
+                "--state",
+                "pending",
+                "--workflow",
+                "nope",
+            ],
+            "unknown workflow \"nope\"",
+        ),
+        (
+            &[
+                "nodes",
+                "set-state",
+                "--mac",
+                "52:54:00:00:00:09",
+                "--state",
+                "active",
+            ],
+            "no node with MAC 52:54:00:00:00:09",
+        ),
+        (
+            &["nodes", "remove", "--mac", "52:54:00:00:00:09"],
+            "no node with MAC",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = b.cli(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    b.cli_ok(&[
+        "nodes",
+        "add",
+        "--mac",
+        "52:54:00:00:00:01",
+        "--state",
+        "pending",
+        "--workflow",
+        "ubuntu",
+    ]);
+    let out = b.cli(&[
+        "nodes",
+        "add",
+        "--mac",
+        "52:54:00:00:00:01",
+        "--state",
+        "active",
+    ]);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(
+        b.cli_ok(&["nodes", "list"]).contains("pending"),
+        "duplicate add must not change the node"
+    );
+}
+
+#[test]
+fn nodes_refuse_while_the_agent_holds_the_database() {
+    let b = AgentBuilder::new();
+    b.cli_ok(&[
+        "nodes",
+        "add",
+        "--mac",
+        "52:54:00:00:00:01",
+        "--state",
+        "active",
+    ]);
+    let config = b.path().join("siteboot.toml");
+    let agent = b.start();
+    let out = std::process::Command::new(common::BIN)
+        .args(["nodes", "list", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("in use by another siteboot process"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    drop(agent);
+}
+
+#[test]
+fn nodes_read_the_same_environment_as_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("envdata");
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .env("SITEBOOT_DATA_DIR", &data)
+            .current_dir(dir.path())
+            .output()
+            .expect("run")
+    };
+    assert!(
+        run(&[
+            "nodes",
+            "add",
+            "--mac",
+            "52:54:00:00:00:05",
+            "--state",
+            "active"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        data.join("siteboot.redb").exists(),
+        "SITEBOOT_DATA_DIR ignored"
+    );
+    let list = run(&["nodes", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("52:54:00:00:00:05"));
+    let bad = std::process::Command::new(common::BIN)
+        .args(["nodes", "list"])
+        .env("SITEBOOT_TFTP_MAX_SESSIONS", "lots")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("tftp.max_sessions"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    let b = AgentBuilder::new().env("SITEBOOT_CENTRAL_BOOT_LOOKUP_DEADLINE", "quick");
+    let err = b.start_fails();
+    assert!(err.contains("central.boot_lookup_deadline"), "{err}");
+    assert!(
+        err.contains("SITEBOOT_CENTRAL_BOOT_LOOKUP_DEADLINE"),
+        "{err}"
+    );
+    let b = AgentBuilder::new().config("[offline]\ndefault_action = \"reinstall\"\n");
+    let out = b.cli(&["check-config"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("offline.default_action"),
+        "{}",
+        stderr(&out)
+    );
+    let ok = AgentBuilder::new().cli_ok(&["check-config"]);
+    assert!(
+        ok.contains("configuration OK") && ok.contains("mode=standalone"),
+        "{ok}"
+    );
+}
+
+#[test]
+fn render_prints_the_script_without_a_server() {
+    let b = AgentBuilder::new().config(
+        "[workflows.ubuntu]\nmethod = \"kernel\"\nkernel = \"u/vmlinuz\"\ninitrd = [\"u/initrd\"]\n",
+    );
+    b.cli_ok(&[
+        "nodes",
+        "add",
+        "--mac",
+        "52:54:00:00:00:07",
+        "--state",
+        "pending",
+        "--workflow",
+        "ubuntu",
+    ]);
+    let online = b.cli_ok(&[
+        "render",
+        "--mac",
+        "52-54-00-00-00-07",
+        "--base-url",
+        "http://10.1.2.3:8080",
+    ]);
+    assert!(
+        online.contains(
+            "echo siteboot: mac=52:54:00:00:00:07 state=pending action=install source=standalone"
+        ),
+        "{online}"
+    );
+    assert!(
+        online.contains("kernel http://10.1.2.3:8080/assets/u/vmlinuz"),
+        "{online}"
+    );
+    // Offline, a workflow that is not offline_safe is held.
+    let offline = b.cli_ok(&["render", "--mac", "52:54:00:00:00:07", "--offline"]);
+    assert!(offline.contains("action=local source=offline"), "{offline}");
+    assert!(
+        offline.contains("*** siteboot OFFLINE: central unreachable since "),
+        "{offline}"
+    );
+    assert!(offline.contains("HOLD"), "{offline}");
+    // render has no side effects: the node is still pending.
+    assert!(b.cli_ok(&["nodes", "list"]).contains("pending"));
+    let out = b.cli(&["render", "--mac", "nonsense"]);
+    assert!(stderr(&out).contains("invalid MAC address \"nonsense\""));
+}

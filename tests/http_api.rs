@@ -1,0 +1,415 @@
+//! The HTTP API with curl: bootstrap, every row of the standalone decision
+//! table, bad MACs, assets with Range, traversal, template failures.
+
+mod common;
+
+use common::{AgentBuilder, curl, curl_text};
+
+const WORKFLOWS: &str = r#"
+[workflows.ubuntu]
+name = "Ubuntu 24.04"
+method = "kernel"
+kernel = "ubuntu/vmlinuz"
+initrd = ["ubuntu/initrd.gz"]
+cmdline = "console=ttyS0 autoinstall"
+
+[workflows.iso]
+method = "sanboot"
+url = "http://mirror.example/rescue.iso"
+
+[workflows.evil]
+method = "kernel"
+kernel = "k"
+cmdline = "quiet || shell"
+"#;
+
+fn status_line(mac: &str, state: &str, action: &str) -> String {
+    format!("echo siteboot: mac={mac} state={state} action={action} source=standalone\n")
+}
+
+fn boot(agent: &common::Agent, mac: &str) -> (u16, String, String) {
+    let (status, headers, body) = curl(&[&agent.url(&format!(
+        "/api/v1/boot?mac={mac}&arch=x86_64&platform=efi&serial=&uuid="
+    ))]);
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn mac(n: u8) -> String {
+    format!("52:54:00:00:10:{n:02x}")
+}
+
+#[test]
+fn every_row_of_the_standalone_decision_table() {
+    let builder = AgentBuilder::new().config(WORKFLOWS);
+    let rows: &[(u8, &str, Option<&str>)] = &[
+        (1, "discovered", None),
+        (2, "pending", Some("ubuntu")),
+        (3, "pending", None),
+        (4, "installing", None),
+        (5, "install_failed", None),
+        (6, "installed", None),
+        (7, "active", Some("ubuntu")),
+        (8, "migrating", None),
+        (9, "serving_source", None),
+        (10, "cloning_target", None),
+        (11, "deprovisioning", None),
+        (12, "reprovision", Some("iso")),
+        (13, "reprovision", None),
+        (14, "retired", None),
+    ];
+    for (n, state, workflow) in rows {
+        let m = mac(*n);
+        let mut args = vec!["nodes", "add", "--mac", &m, "--state", state];
+        if let Some(wf) = workflow {
+            args.extend(["--workflow", wf]);
+        }
+        builder.cli_ok(&args);
+    }
+    let agent = builder.start();
+    let expect = |n: u8, state: &str, action: &str, must: &[&str], must_not: &[&str]| {
+        let (status, headers, body) = boot(&agent, &mac(n));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("#!ipxe\n"), "{body}");
+        let line = status_line(&mac(n), state, action);
+        assert_eq!(
+            body.matches("echo siteboot: mac=").count(),
+            1,
+            "one status line:\n{body}"
+        );
+        assert!(body.contains(&line), "expected {line:?} in:\n{body}");
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("x-siteboot-source: standalone"),
+            "{headers}"
+        );
+        for needle in must {
+            assert!(body.contains(needle), "expected {needle:?} in:\n{body}");
+        }
+        for needle in must_not {
+            assert!(!body.contains(needle), "unexpected {needle:?} in:\n{body}");
+        }
+    };
+    let local = "sanboot --no-describe --drive 0x80";
+    expect(
+        1,
+        "discovered",
+        "discovery",
+        &["/assets/discovery/vmlinuz"],
+        &[],
+    );
+    expect(
+        2,
+        "pending",
+        "install",
+        &[
+            &format!(
+                "kernel http://{}/assets/ubuntu/vmlinuz initrd=initrd.gz console=ttyS0 autoinstall BOOTIF=01-52-54-00-00-10-02",
+                agent.http
+            ),
+            &format!("initrd http://{}/assets/ubuntu/initrd.gz", agent.http),
+            "boot ||",
+        ],
+        &[],
+    );
+    // Serving the install marked the node installing: its next boot (into
+    // the new system) is local, with a warning, not a second install.
+    expect(2, "installing", "local", &["WARNING", local], &["kernel "]);
+    expect(3, "pending", "discovery", &["discovery/vmlinuz"], &[]);
+    expect(4, "installing", "local", &["WARNING", local], &["kernel "]);
+    expect(
+        5,
+        "install_failed",
+        "local",
+        &["ERROR: the last install failed", local],
+        &["kernel "],
+    );
+    for (n, state) in [
+        (6, "installed"),
+        (7, "active"),
+        (8, "migrating"),
+        (9, "serving_source"),
+        (10, "cloning_target"),
+        (11, "deprovisioning"),
+    ] {
+        expect(
+            n,
+            state,
+            "local",
+            &[local],
+            &["kernel ", "WARNING", "ERROR"],
+        );
+    }
+    expect(
+        12,
+        "reprovision",
+        "install",
+        &["sanboot http://mirror.example/rescue.iso"],
+        &[],
+    );
+    expect(
+        13,
+        "reprovision",
+        "local",
+        &["no workflow is assigned", local],
+        &["kernel "],
+    );
+    expect(
+        14,
+        "retired",
+        "retired",
+        &["RETIRED", "goto siteboot_retired"],
+        &[local, "kernel "],
+    );
+}
+
+#[test]
+fn unknown_mac_is_stored_as_discovered() {
+    let agent = AgentBuilder::new().start();
+    for form in [
+        "52-54-00-AA-00-01",
+        "525400aa0001",
+        "52%3A54%3A00%3Aaa%3A00%3A01",
+    ] {
+        let (status, _, body) = boot(&agent, form);
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(&status_line("52:54:00:aa:00:01", "discovered", "discovery")),
+            "{body}"
+        );
+    }
+    let (_, status) = curl_text(&agent.url("/api/v1/status"));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["nodes_cached"], 1, "{status}");
+    assert_eq!(status["mode"], "standalone");
+    assert_eq!(status["site_id"], "default");
+    assert_eq!(status["queue"]["pending"], 0);
+}
+
+#[test]
+fn bad_macs_get_a_clear_400() {
+    let agent = AgentBuilder::new().start();
+    for (query, quoted) in [
+        ("mac=zz", "\"zz\""),
+        ("mac=52:54:00:12:34", "\"52:54:00:12:34\""),
+        ("mac=52:54:00:12:34:56:78", "\"52:54:00:12:34:56:78\""),
+        (
+            "mac=52:54:00:12:34:56%0Achain%20http://evil",
+            "\"52:54:00:12:34:56\\nchain http://evil\"",
+        ),
+        ("mac=", "\"\""),
+    ] {
+        let (status, body) = curl_text(&agent.url(&format!("/api/v1/boot?{query}")));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body.contains("invalid MAC address") && body.contains(quoted),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = curl_text(&agent.url("/api/v1/boot?arch=x86_64"));
+    assert_eq!(status, 400);
+    assert!(body.contains("missing query parameter mac"), "{body}");
+    let (_, status) = curl_text(&agent.url("/api/v1/status"));
+    assert!(
+        status.contains("\"nodes_cached\":0"),
+        "bad requests must store nothing: {status}"
+    );
+}
+
+#[test]
+fn bootstrap_chains_with_the_node_facts() {
+    let agent = AgentBuilder::new().start();
+    let (status, body) = curl_text(&agent.url("/boot.ipxe"));
+    assert_eq!(status, 200);
+    assert!(body.starts_with("#!ipxe\n"));
+    assert!(body.contains(&format!(
+        "chain --autofree http://{}/api/v1/boot?mac=${{net0/mac}}&uuid=${{uuid:uristring}}&arch=${{buildarch}}&platform=${{platform}}",
+        agent.http
+    )), "{body}");
+    assert!(body.contains("goto siteboot_retry"), "retries: {body}");
+    assert!(
+        body.contains("sanboot --no-describe --drive 0x80"),
+        "local fallback: {body}"
+    );
+    // A Host header that is not a host name is refused, not interpolated.
+    let (status, _, _) = curl(&["-H", "Host: evil|shell", &agent.url("/boot.ipxe")]);
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn public_url_overrides_the_host_header() {
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_HTTP_PUBLIC_URL", "http://10.0.2.2:8080")
+        .start();
+    let (_, body) = curl_text(&agent.url("/boot.ipxe"));
+    assert!(
+        body.contains("chain --autofree http://10.0.2.2:8080/api/v1/boot?"),
+        "{body}"
+    );
+}
+
+#[test]
+fn assets_support_single_ranges() {
+    let data = common::pattern(10_000, 3);
+    let agent = AgentBuilder::new().asset("os/vmlinuz", &data).start();
+    let url = agent.url("/assets/os/vmlinuz");
+    let (status, headers, body) = curl(&[&url]);
+    assert_eq!(status, 200);
+    assert_eq!(body, data);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("accept-ranges: bytes")
+    );
+
+    let (status, headers, body) = curl(&["-H", "Range: bytes=100-199", &url]);
+    assert_eq!(status, 206);
+    assert_eq!(body, &data[100..200]);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-range: bytes 100-199/10000"),
+        "{headers}"
+    );
+
+    let (status, _, body) = curl(&["-H", "Range: bytes=-10", &url]);
+    assert_eq!(status, 206);
+    assert_eq!(body, &data[9990..]);
+
+    let (status, _, body) = curl(&["-H", "Range: bytes=9000-", &url]);
+    assert_eq!(status, 206);
+    assert_eq!(body, &data[9000..]);
+
+    let (status, headers, _) = curl(&["-H", "Range: bytes=20000-", &url]);
+    assert_eq!(status, 416);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-range: bytes */10000"),
+        "{headers}"
+    );
+
+    // curl's own resume (-C) uses Range too.
+    let partial = agent.dir.path().join("partial");
+    std::fs::write(&partial, &data[..4000]).expect("write partial");
+    let (status, _, _) = curl(&["-C", "-", "-o", partial.to_str().expect("path"), &url]);
+    assert_eq!(status, 206);
+    assert_eq!(std::fs::read(&partial).expect("read"), data);
+}
+
+#[test]
+fn assets_refuse_traversal_and_symlink_escapes() {
+    let builder = AgentBuilder::new().asset("ok.bin", b"ok");
+    std::fs::write(builder.path().join("secret.txt"), b"top secret").expect("secret");
+    std::os::unix::fs::symlink(
+        builder.path().join("secret.txt"),
+        builder.path().join("boot-assets/leak"),
+    )
+    .expect("symlink");
+    let agent = builder.start();
+    for path in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/..%2fsecret.txt",
+        "/assets/a/..%2f..%2fsecret.txt",
+        "/assets/..%5csecret.txt",
+        "/assets/leak",
+    ] {
+        let (status, _, body) = curl(&["--path-as-is", &agent.url(path)]);
+        assert!(status == 403 || status == 404, "{path}: {status}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("top secret"),
+            "{path} leaked"
+        );
+    }
+    let (status, _, _) = curl(&[&agent.url("/assets/missing.bin")]);
+    assert_eq!(status, 404);
+    let (status, _, body) = curl(&[&agent.url("/assets/ok.bin")]);
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+}
+
+#[test]
+fn injected_workflow_values_yield_the_safe_local_script() {
+    let builder = AgentBuilder::new().config(WORKFLOWS);
+    builder.cli_ok(&[
+        "nodes",
+        "add",
+        "--mac",
+        &mac(1),
+        "--state",
+        "pending",
+        "--workflow",
+        "evil",
+    ]);
+    let agent = builder.start();
+    let (status, _, body) = boot(&agent, &mac(1));
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&status_line(&mac(1), "pending", "local")),
+        "{body}"
+    );
+    assert!(
+        body.contains("could not build this node's script"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("shell"),
+        "injected command reached the script:\n{body}"
+    );
+    assert!(!body.contains("kernel"), "{body}");
+}
+
+#[test]
+fn runtime_template_error_serves_the_safe_local_script() {
+    // Renders fine with the start-up sample data (which has tags), fails
+    // for a node without tags.
+    let builder = AgentBuilder::new().template(
+        "local.ipxe.j2",
+        "echo first tag {{ node.tags[0] }}\nsanboot --no-describe --drive 0x80\n",
+    );
+    builder.cli_ok(&["nodes", "add", "--mac", &mac(2), "--state", "active"]);
+    let agent = builder.start();
+    let (status, _, body) = boot(&agent, &mac(2));
+    assert_eq!(status, 200);
+    assert!(body.starts_with("#!ipxe\n"));
+    assert!(
+        body.contains(&status_line(&mac(2), "active", "local")),
+        "{body}"
+    );
+    assert!(
+        body.contains("could not build this node's script"),
+        "{body}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = agent.log_lines().join("\n");
+    assert!(
+        log.contains("script template failed"),
+        "error not logged:\n{log}"
+    );
+    assert!(
+        log.contains("local.ipxe.j2:1"),
+        "log lacks file and line:\n{log}"
+    );
+}
+
+#[test]
+fn broken_operator_template_stops_start_up_with_file_and_line() {
+    let builder = AgentBuilder::new().template(
+        "install.ipxe.j2",
+        "echo fine\necho fine\n{% if workflow %}\nkernel {{ workflow.kernel_url }\n",
+    );
+    let path = builder.path().join("templates/install.ipxe.j2");
+    let stderr = builder.start_fails();
+    assert!(
+        stderr.contains(&format!("{}:4", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn health_answers() {
+    let agent = AgentBuilder::new().start();
+    let (status, body) = curl_text(&agent.url("/health"));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+}
