@@ -31,7 +31,7 @@ pub enum StartError {
 pub fn open_services(config: &Config) -> Result<BootService, StartError> {
     let templates = Templates::load(&config.templates_dir)?;
     let store = Store::open(&config.data_dir)?;
-    Ok(BootService::new(config, store, templates))
+    Ok(BootService::new(config, store, templates)?)
 }
 
 /// The running agent's sockets, for tests and logs.

@@ -13,6 +13,8 @@ use crate::config::{Config, OfflineDefault};
 use crate::decision::{self, Action, Connectivity, Decision, DecisionContext};
 use crate::mac::Mac;
 use crate::node::{Node, NodeState, Workflow};
+use crate::nodes::NodeCache;
+use crate::script_cache::ScriptCache;
 use crate::store::{LastScript, Store, StoreError};
 use crate::templates::{
     BootstrapContext, ImageView, NodeView, OfflineView, ScriptContext, Templates, WorkflowView,
@@ -65,14 +67,20 @@ pub struct BootService {
     site_id: String,
     offline_default: OfflineDefault,
     workflows: HashMap<String, Workflow>,
-    store: Store,
+    nodes: NodeCache,
+    scripts: ScriptCache,
     templates: RwLock<Arc<Templates>>,
     recorder: Option<mpsc::Sender<(Mac, LastScript)>>,
 }
 
 impl BootService {
-    pub fn new(config: &Config, store: Store, templates: Templates) -> BootService {
-        BootService {
+    /// Loads the node cache from `store` (blocking: call at start-up).
+    pub fn new(
+        config: &Config,
+        store: Store,
+        templates: Templates,
+    ) -> Result<BootService, StoreError> {
+        Ok(BootService {
             site_id: config.site_id.clone(),
             offline_default: config.offline_default_action,
             workflows: config
@@ -80,22 +88,27 @@ impl BootService {
                 .iter()
                 .map(|(id, wf)| (id.clone(), wf.clone()))
                 .collect(),
-            store,
+            nodes: NodeCache::load(store)?,
+            scripts: ScriptCache::default(),
             templates: RwLock::new(Arc::new(templates)),
             recorder: None,
-        }
+        })
     }
 
     /// Starts the background writer of last-served scripts (needs a tokio
     /// runtime). Without it, nothing is recorded (the CLI's `render`).
     pub fn start_recorder(&mut self) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
-        tokio::spawn(record_last_scripts(self.store.clone(), rx));
+        tokio::spawn(record_last_scripts(self.nodes.store().clone(), rx));
         self.recorder = Some(tx);
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        self.nodes.store()
+    }
+
+    pub fn nodes(&self) -> &NodeCache {
+        &self.nodes
     }
 
     fn templates(&self) -> Arc<Templates> {
@@ -136,6 +149,9 @@ impl BootService {
                 return fallback_answer(mac, None, source);
             }
         };
+        if let Some(answer) = self.scripts.get(&node, facts, base_url) {
+            return answer;
+        }
         let workflow = self.workflow_for(&node).await;
         let decision = decision::decide(
             Some(&node),
@@ -148,7 +164,10 @@ impl BootService {
         );
         let answer = self.render(&node, facts, &decision, source, base_url, None);
         if answer.action == Action::Install {
+            // The node changes state, so this answer is never reused.
             self.mark_installing(mac).await;
+        } else {
+            self.scripts.put(node, facts, base_url, &answer);
         }
         self.record(mac, &answer, &decision);
         answer
@@ -162,8 +181,8 @@ impl BootService {
         offline: bool,
         base_url: &str,
     ) -> Result<BootAnswer, StoreError> {
-        let store = self.store.clone();
-        let node = store.call(move |s| s.get_node(mac)).await?;
+        let store = self.store().clone();
+        let node = self.nodes.get(mac).map(|n| (*n).clone());
         let now = OffsetDateTime::now_utc();
         let node_or_new = node
             .clone()
@@ -233,21 +252,19 @@ impl BootService {
                 .is_some_and(|wf| wf.offline_safe)
     }
 
-    async fn lookup_or_discover(&self, mac: Mac, facts: &BootFacts) -> Result<Node, StoreError> {
-        let arch = facts.arch.clone();
-        self.store
-            .call(move |s| {
-                if let Some(node) = s.get_node(mac)? {
-                    return Ok(node);
-                }
-                let mut node =
-                    Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
-                node.arch = arch.filter(|a| is_plain_token(a));
-                let stored = s.insert_node_if_absent(&node)?;
-                tracing::info!(%mac, id = %stored.id, "new node discovered");
-                Ok(stored)
-            })
-            .await
+    async fn lookup_or_discover(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+    ) -> Result<Arc<Node>, StoreError> {
+        if let Some(node) = self.nodes.get(mac) {
+            return Ok(node);
+        }
+        let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
+        node.arch = facts.arch.clone().filter(|a| is_plain_token(a));
+        let stored = self.nodes.insert_if_absent(node).await?;
+        tracing::info!(%mac, id = %stored.id, "new node discovered");
+        Ok(stored)
     }
 
     async fn workflow_for(&self, node: &Node) -> Option<Workflow> {
@@ -256,7 +273,7 @@ impl BootService {
             return Some(wf.clone());
         }
         let lookup = id.clone();
-        match self.store.call(move |s| s.get_workflow(&lookup)).await {
+        match self.store().call(move |s| s.get_workflow(&lookup)).await {
             Ok(Some(wf)) => Some(wf),
             Ok(None) => {
                 tracing::warn!(mac = %node.mac, workflow = %id, "node's workflow is not defined");
@@ -271,13 +288,11 @@ impl BootService {
 
     async fn mark_installing(&self, mac: Mac) {
         let result = self
-            .store
-            .call(move |s| {
-                s.update_node(mac, |n| {
-                    n.state = NodeState::Installing;
-                    n.updated_at = OffsetDateTime::now_utc();
-                    n.version += 1;
-                })
+            .nodes
+            .update(mac, |n| {
+                n.state = NodeState::Installing;
+                n.updated_at = OffsetDateTime::now_utc();
+                n.version += 1;
             })
             .await;
         if let Err(e) = result {
@@ -508,15 +523,35 @@ const RECORDER_QUEUE: usize = 8192;
 /// How long the recorder gathers entries before one commit.
 const RECORDER_BATCH_WINDOW: Duration = Duration::from_millis(100);
 
+/// A script identical to the one recorded for a MAC is written again only
+/// after this long: a node that reboots with the same answer costs no disk
+/// write, and `served_at` is at most this stale.
+const RECORD_REFRESH: time::Duration = time::Duration::minutes(10);
+
 /// Writes last-served scripts in batches: one commit per window, however
 /// many nodes booted in it.
 async fn record_last_scripts(store: Store, mut rx: mpsc::Receiver<(Mac, LastScript)>) {
+    let mut recorded: HashMap<Mac, (u64, OffsetDateTime)> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut batch: HashMap<Mac, LastScript> = HashMap::new();
-        batch.insert(first.0, first.1);
+        let mut take = |mac: Mac, entry: LastScript| {
+            let digest = digest(&entry);
+            if let Some((previous, at)) = recorded.get(&mac)
+                && *previous == digest
+                && entry.served_at - *at < RECORD_REFRESH
+            {
+                return;
+            }
+            recorded.insert(mac, (digest, entry.served_at));
+            batch.insert(mac, entry);
+        };
+        take(first.0, first.1);
         let deadline = tokio::time::Instant::now() + RECORDER_BATCH_WINDOW;
         while let Ok(Some((mac, entry))) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            batch.insert(mac, entry);
+            take(mac, entry);
+        }
+        if batch.is_empty() {
+            continue;
         }
         let entries: Vec<_> = batch.into_iter().collect();
         let count = entries.len();
@@ -524,6 +559,15 @@ async fn record_last_scripts(store: Store, mut rx: mpsc::Receiver<(Mac, LastScri
             tracing::error!(error = %e, count, "could not record last-served scripts");
         }
     }
+}
+
+fn digest(entry: &LastScript) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    entry.action.hash(&mut hasher);
+    entry.script.hash(&mut hasher);
+    entry.workflow_id.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::boot::BootService;
 use crate::fsroot::{self, PathError, ServedRoot};
+use crate::tftp::content::Content;
 use crate::tftp::{FileProvider, OpenError, OpenedFile};
 
 /// Where Debian's `ipxe` package puts `undionly.kpxe`, `ipxe.efi`, `snponly.efi`.
@@ -83,7 +84,7 @@ impl FileProvider for BootFiles {
             let script = self.boot.bootstrap(&self.base_url_for(local)).into_bytes();
             return Ok(OpenedFile {
                 size: script.len() as u64,
-                reader: Box::new(std::io::Cursor::new(script)),
+                content: Content::Memory(script.into()),
             });
         }
         let roots = self.roots.clone();
@@ -95,18 +96,19 @@ impl FileProvider for BootFiles {
                 PathError::NotFound(_) => OpenError::NotFound(e.to_string()),
                 _ => OpenError::Forbidden(e.to_string()),
             })?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| OpenError::Io(format!("cannot open {filename:?}: {e}")))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| OpenError::Io(format!("cannot stat {filename:?}: {e}")))?
-            .len();
-        // Large reads amortise the blocking-pool hop tokio makes per read.
-        Ok(OpenedFile {
-            reader: Box::new(tokio::io::BufReader::with_capacity(256 * 1024, file)),
-            size,
-        })
+        let name = filename.to_string();
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| OpenError::Io(format!("cannot open {name:?}: {e}")))?;
+            let size = file
+                .metadata()
+                .map_err(|e| OpenError::Io(format!("cannot stat {name:?}: {e}")))?
+                .len();
+            Ok::<_, OpenError>(OpenedFile {
+                content: Content::File(file),
+                size,
+            })
+        });
+        opened.await.map_err(|e| OpenError::Io(e.to_string()))?
     }
 }

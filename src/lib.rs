@@ -9,6 +9,8 @@ pub mod fsroot;
 pub mod http;
 pub mod mac;
 pub mod node;
+pub mod nodes;
+pub mod script_cache;
 pub mod store;
 pub mod templates;
 pub mod tftp;

@@ -6,6 +6,7 @@
 //! behind one mutex and trails tftpd-hpa in throughput. Everything outside
 //! this module sees only [`TftpServer`] and [`FileProvider`].
 
+pub mod content;
 pub mod packet;
 pub mod session;
 
@@ -16,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::AsyncRead;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -26,7 +26,7 @@ use session::{Limits, Outcome};
 
 /// A file opened for one transfer.
 pub struct OpenedFile {
-    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub content: content::Content,
     pub size: u64,
 }
 
@@ -60,6 +60,45 @@ pub struct TftpServer<P: FileProvider> {
     sessions: Arc<SessionTable>,
     next_id: AtomicU64,
     limits: Limits,
+    executors: Executors,
+}
+
+/// Single-threaded runtimes, one per core, that run the transfers.
+///
+/// A lockstep transfer is a ping-pong of one datagram each way; on tokio's
+/// work-stealing scheduler every wake-up may hop threads and wake idle
+/// workers, which costs more than the transfer's own system calls. Pinning
+/// each session to one single-threaded runtime keeps it on one thread.
+struct Executors {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicU64,
+}
+
+impl Executors {
+    fn start() -> std::io::Result<Executors> {
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut handles = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("siteboot-tftp-{index}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(Executors {
+            handles,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    fn next(&self) -> &tokio::runtime::Handle {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.handles.len();
+        &self.handles[index]
+    }
 }
 
 impl<P: FileProvider> TftpServer<P> {
@@ -72,6 +111,7 @@ impl<P: FileProvider> TftpServer<P> {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             limits: Limits::default(),
+            executors: Executors::start()?,
         })
     }
 
@@ -168,7 +208,7 @@ impl<P: FileProvider> TftpServer<P> {
             Ok(table) => table,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let handle = tokio::spawn({
+        let handle = self.executors.next().spawn({
             let sessions = sessions.clone();
             async move {
                 serve_one(provider.as_ref(), peer, bind_ip, request, &limits).await;
@@ -221,7 +261,14 @@ async fn serve_one<P: FileProvider>(
         }
     };
     let neg = session::negotiate(&request.options, file.size, limits);
-    match session::transfer(&socket, file.reader, &neg, limits).await {
+    match session::transfer(
+        &socket,
+        content::ChunkReader::new(file.content),
+        &neg,
+        limits,
+    )
+    .await
+    {
         Ok(Outcome::Completed { bytes }) => tracing::info!(
             %peer, file = %request.filename, bytes, blksize = neg.blksize,
             windowsize = neg.windowsize, ms = started.elapsed().as_millis() as u64,

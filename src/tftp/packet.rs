@@ -143,6 +143,12 @@ pub fn data(block: u16, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// The 4-byte header of a DATA packet.
+pub fn data_header(block: u16) -> [u8; 4] {
+    let [hi, lo] = block.to_be_bytes();
+    [0, OP_DATA as u8, hi, lo]
+}
+
 pub fn ack(block: u16) -> Bytes {
     let mut buf = BytesMut::with_capacity(4);
     buf.put_u16(OP_ACK);

@@ -4,11 +4,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use super::content::ChunkReader;
 use super::packet::{self, ErrorCode, Packet};
 
 /// Server-side bounds on what a client may negotiate.
@@ -20,6 +19,8 @@ pub struct Limits {
     pub max_retries: u32,
     pub max_blksize: usize,
     pub max_windowsize: usize,
+    /// Bound of blksize × windowsize (see [`negotiate`]).
+    pub max_window_bytes: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +34,7 @@ impl Default for Limits {
             // Large windows only pile up drops on a busy switch; 64 blocks
             // of 1468 bytes already fill a gigabit link's BDP here.
             max_windowsize: 64,
+            max_window_bytes: 64 * 1024,
         }
     }
 }
@@ -71,11 +73,21 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
                 out.acknowledged.push((name.clone(), number.to_string()));
             }
             "windowsize" if (1..=65535).contains(&number) => {
-                let size = (number as usize).min(limits.max_windowsize);
-                out.windowsize = size;
-                out.acknowledged.push((name.clone(), size.to_string()));
+                // Sized after blksize is known (it may come later).
+                out.windowsize = (number as usize).min(limits.max_windowsize);
+                out.acknowledged.push((name.clone(), String::new()));
             }
             _ => {}
+        }
+    }
+    // A window must fit the client's socket buffer: on Linux a 212 KiB
+    // default holds about twelve 8 KiB datagrams, and every datagram beyond
+    // that is dropped and costs a full retransmission timeout.
+    let byte_cap = (limits.max_window_bytes / out.blksize).max(1);
+    out.windowsize = out.windowsize.min(byte_cap);
+    for (name, value) in &mut out.acknowledged {
+        if name == "windowsize" {
+            *value = out.windowsize.to_string();
         }
     }
     out
@@ -99,9 +111,9 @@ pub enum TransferError {
 
 /// Runs the transfer on `socket`, which is connected to the client, so the
 /// kernel already drops packets from any other transfer ID.
-pub async fn transfer<R: AsyncRead + Unpin>(
+pub async fn transfer(
     socket: &UdpSocket,
-    mut reader: R,
+    mut reader: ChunkReader,
     neg: &Negotiated,
     limits: &Limits,
 ) -> Result<Outcome, TransferError> {
@@ -114,22 +126,27 @@ pub async fn transfer<R: AsyncRead + Unpin>(
     }
 
     // Blocks sent but not yet acknowledged, oldest first: (absolute block
-    // number, packet). Block numbers on the wire wrap from 65535 to 0.
-    let mut window: VecDeque<(u64, Bytes)> = VecDeque::with_capacity(neg.windowsize);
+    // number, DATA packet). Block numbers on the wire wrap from 65535 to 0.
+    // Packet buffers are recycled through `spare`: no allocation per block.
+    let mut window: VecDeque<(u64, Vec<u8>)> = VecDeque::with_capacity(neg.windowsize);
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(neg.windowsize);
     let mut next_block: u64 = 1;
     let mut reading_done = false;
     let mut bytes: u64 = 0;
     let mut retries = 0u32;
-    let mut block_buf = vec![0u8; neg.blksize];
+    // One timer, re-armed each round, rather than a new one per block.
+    let timer = tokio::time::sleep(neg.timeout);
+    tokio::pin!(timer);
     loop {
         while window.len() < neg.windowsize && !reading_done {
-            let len = read_block(&mut reader, &mut block_buf).await?;
+            let mut buf = spare.pop().unwrap_or_else(|| vec![0u8; 4 + neg.blksize]);
+            buf.resize(4 + neg.blksize, 0);
+            let len = reader.read(&mut buf[4..]).await?;
+            buf.truncate(4 + len);
+            buf[..4].copy_from_slice(&packet::data_header(next_block as u16));
             reading_done = len < neg.blksize;
             bytes += len as u64;
-            window.push_back((
-                next_block,
-                packet::data(next_block as u16, &block_buf[..len]),
-            ));
+            window.push_back((next_block, buf));
             next_block += 1;
         }
         if window.is_empty() {
@@ -141,11 +158,12 @@ pub async fn transfer<R: AsyncRead + Unpin>(
             socket.send(data).await?;
         }
 
-        let deadline = Instant::now() + neg.timeout;
+        timer.as_mut().reset(Instant::now() + neg.timeout);
         loop {
-            let received = tokio::time::timeout_at(deadline, socket.recv(&mut recv_buf)).await;
-            let len = match received {
-                Err(_elapsed) => {
+            let len = tokio::select! {
+                biased;
+                received = socket.recv(&mut recv_buf) => received?,
+                () = &mut timer => {
                     retries += 1;
                     if retries > limits.max_retries {
                         send_error(socket, ErrorCode::NotDefined, "timed out").await;
@@ -153,7 +171,6 @@ pub async fn transfer<R: AsyncRead + Unpin>(
                     }
                     break;
                 }
-                Ok(result) => result?,
             };
             match Packet::parse(&recv_buf[..len]) {
                 Ok(Packet::Ack { block }) => {
@@ -162,7 +179,7 @@ pub async fn transfer<R: AsyncRead + Unpin>(
                     // is sent again (RFC 7440). Stale ACKs are ignored, never
                     // answered, to avoid the Sorcerer's Apprentice bug.
                     if let Some(pos) = window.iter().position(|(abs, _)| *abs as u16 == block) {
-                        window.drain(..=pos);
+                        spare.extend(window.drain(..=pos).map(|(_, buf)| buf));
                         retries = 0;
                         break;
                     }
@@ -200,22 +217,6 @@ async fn await_ack(
     }
     send_error(socket, ErrorCode::NotDefined, "timed out").await;
     Err(TransferError::TimedOut(limits.max_retries))
-}
-
-/// Fills `buf` unless the file ends first; returns the bytes read.
-async fn read_block<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = reader.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
 }
 
 pub async fn send_error(socket: &UdpSocket, code: ErrorCode, message: &str) {
@@ -268,6 +269,21 @@ mod tests {
         assert!(n.acknowledged.is_empty());
         let n = negotiate(&opts(&[("windowsize", "65535")]), 1, &limits);
         assert_eq!(n.windowsize, limits.max_windowsize);
+        // 16 blocks of 8 KiB would overflow a default socket buffer.
+        let n = negotiate(
+            &opts(&[("windowsize", "16"), ("blksize", "8192")]),
+            1,
+            &limits,
+        );
+        assert_eq!(n.windowsize, 8);
+        assert_eq!(
+            n.acknowledged,
+            opts(&[("windowsize", "8"), ("blksize", "8192")])
+        );
+    }
+
+    fn reader(bytes: Vec<u8>) -> ChunkReader {
+        ChunkReader::new(crate::tftp::content::Content::Memory(bytes.into()))
     }
 
     async fn pair() -> (UdpSocket, UdpSocket) {
@@ -290,8 +306,7 @@ mod tests {
         };
         let neg = negotiate(&opts(&[("blksize", "512")]), data.len() as u64, &limits);
         let body = data.clone();
-        let srv =
-            tokio::spawn(async move { transfer(&server, body.as_slice(), &neg, &limits).await });
+        let srv = tokio::spawn(async move { transfer(&server, reader(body), &neg, &limits).await });
         let mut got = Vec::new();
         let mut buf = vec![0u8; 2048];
         let mut dropped = false;
@@ -327,8 +342,9 @@ mod tests {
         let (server, client) = pair().await;
         let limits = Limits::default();
         let neg = negotiate(&opts(&[("tsize", "0")]), 10, &limits);
-        let srv =
-            tokio::spawn(async move { transfer(&server, &b"0123456789"[..], &neg, &limits).await });
+        let srv = tokio::spawn(async move {
+            transfer(&server, reader(b"0123456789".to_vec()), &neg, &limits).await
+        });
         let mut buf = vec![0u8; 512];
         let n = client.recv(&mut buf).await.unwrap();
         assert!(matches!(
@@ -354,7 +370,7 @@ mod tests {
             ..Limits::default()
         };
         let neg = negotiate(&[], 3, &limits);
-        let err = transfer(&server, &b"abc"[..], &neg, &limits)
+        let err = transfer(&server, reader(b"abc".to_vec()), &neg, &limits)
             .await
             .unwrap_err();
         assert!(matches!(err, TransferError::TimedOut(2)), "{err}");

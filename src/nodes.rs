@@ -1,0 +1,124 @@
+//! The node cache: every node of the redb store, also held in memory.
+//!
+//! A boot request reads its node from memory, so a boot storm costs no disk
+//! reads and no hop to the blocking pool; every write goes to redb first
+//! (durably) and only then to memory, under one lock so that memory and disk
+//! never disagree about which write came last.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::mac::Mac;
+use crate::node::Node;
+use crate::store::{Store, StoreError};
+
+type NodeMap = HashMap<Mac, Arc<Node>>;
+
+pub struct NodeCache {
+    store: Store,
+    nodes: Arc<RwLock<NodeMap>>,
+    /// Serialises write-then-publish, see the module comment.
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl NodeCache {
+    /// Loads every node (blocking; at start-up).
+    pub fn load(store: Store) -> Result<NodeCache, StoreError> {
+        let nodes = store
+            .list_nodes()?
+            .into_iter()
+            .map(|node| (node.mac, Arc::new(node)))
+            .collect();
+        Ok(NodeCache {
+            store,
+            nodes: Arc::new(RwLock::new(nodes)),
+            write_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn get(&self, mac: Mac) -> Option<Arc<Node>> {
+        read(&self.nodes).get(&mac).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.nodes).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores `node` unless its MAC is known; returns the node now stored.
+    pub async fn insert_if_absent(&self, node: Node) -> Result<Arc<Node>, StoreError> {
+        self.write(move |store| store.insert_node_if_absent(&node))
+            .await
+    }
+
+    /// Changes a stored node in one transaction.
+    pub async fn update(
+        &self,
+        mac: Mac,
+        change: impl FnOnce(&mut Node) + Send + 'static,
+    ) -> Result<Arc<Node>, StoreError> {
+        self.write(move |store| store.update_node(mac, change))
+            .await
+    }
+
+    async fn write(
+        &self,
+        work: impl FnOnce(&Store) -> Result<Node, StoreError> + Send + 'static,
+    ) -> Result<Arc<Node>, StoreError> {
+        let nodes = self.nodes.clone();
+        let lock = self.write_lock.clone();
+        self.store
+            .call(move |store| {
+                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let node = Arc::new(work(store)?);
+                write(&nodes).insert(node.mac, node.clone());
+                Ok(node)
+            })
+            .await
+    }
+}
+
+fn read(map: &RwLock<NodeMap>) -> std::sync::RwLockReadGuard<'_, NodeMap> {
+    map.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(map: &RwLock<NodeMap>) -> std::sync::RwLockWriteGuard<'_, NodeMap> {
+    map.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeState;
+    use time::OffsetDateTime;
+
+    #[tokio::test]
+    async fn writes_reach_disk_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        {
+            let cache = NodeCache::load(Store::open(dir.path()).unwrap()).unwrap();
+            assert!(cache.get(mac).is_none());
+            let node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
+            let stored = cache.insert_if_absent(node.clone()).await.unwrap();
+            assert_eq!(stored.id, node.id);
+            let again = Node::new_local(mac, NodeState::Active, OffsetDateTime::now_utc());
+            assert_eq!(cache.insert_if_absent(again).await.unwrap().id, node.id);
+            cache
+                .update(mac, |n| n.state = NodeState::Active)
+                .await
+                .unwrap();
+            assert_eq!(cache.get(mac).unwrap().state, NodeState::Active);
+            assert_eq!(cache.len(), 1);
+        }
+        let reloaded = NodeCache::load(Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(reloaded.get(mac).unwrap().state, NodeState::Active);
+    }
+}
