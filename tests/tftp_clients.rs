@@ -81,11 +81,39 @@ fn atftp_with_blksize_1468_and_windowsize_16() {
         String::from_utf8_lossy(&result.stderr)
     );
     assert_eq!(read(&out), data);
+    // 16 blocks of 8 KiB would overflow atftp's socket buffer: the agent
+    // offers a window of 8 instead (64 KiB), and atftp follows the OACK.
+    let out8 = agent.dir.path().join("big8.out");
+    let result = Command::new("atftp")
+        .args([
+            "--option",
+            "blksize 8192",
+            "--option",
+            "windowsize 16",
+            "--get",
+            "-r",
+            "big.bin",
+            "-l",
+        ])
+        .arg(&out8)
+        .args(["127.0.0.1", &agent.tftp.port().to_string()])
+        .output()
+        .expect("run atftp");
+    assert!(
+        result.status.success(),
+        "atftp: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(read(&out8), data);
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.log_lines().join("\n");
     assert!(
         log.contains("blksize=1468 windowsize=16"),
         "window not negotiated:\n{log}"
+    );
+    assert!(
+        log.contains("blksize=8192 windowsize=8"),
+        "window not capped:\n{log}"
     );
 }
 

@@ -134,7 +134,9 @@ pub async fn transfer(
     let mut reading_done = false;
     let mut bytes: u64 = 0;
     let mut retries = 0u32;
-    // One timer, re-armed each round, rather than a new one per block.
+    // One timer for the whole transfer, re-armed only when it fires: each
+    // round just moves `round_deadline`, which costs no timer-wheel update
+    // per block.
     let timer = tokio::time::sleep(neg.timeout);
     tokio::pin!(timer);
     loop {
@@ -158,12 +160,17 @@ pub async fn transfer(
             socket.send(data).await?;
         }
 
-        timer.as_mut().reset(Instant::now() + neg.timeout);
+        let round_deadline = Instant::now() + neg.timeout;
         loop {
             let len = tokio::select! {
                 biased;
                 received = socket.recv(&mut recv_buf) => received?,
                 () = &mut timer => {
+                    if Instant::now() < round_deadline {
+                        timer.as_mut().reset(round_deadline);
+                        continue;
+                    }
+                    timer.as_mut().reset(round_deadline + neg.timeout);
                     retries += 1;
                     if retries > limits.max_retries {
                         send_error(socket, ErrorCode::NotDefined, "timed out").await;
