@@ -19,6 +19,10 @@ pub enum StartError {
     Templates(#[from] TemplateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Central(#[from] crate::central::client::ClientError),
+    #[error("admin token: {0}")]
+    AdminToken(String),
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -49,7 +53,17 @@ pub async fn start(
 ) -> Result<(Listening, tokio::task::JoinHandle<()>), StartError> {
     let mut boot = open_services(&config)?;
     boot.start_recorder();
+    let link = match &config.central.url {
+        Some(url) => {
+            let link = central_link(&config, url, boot.store().clone())?;
+            boot.set_central(link.0.clone());
+            Some(link)
+        }
+        None => None,
+    };
     let boot = Arc::new(boot);
+    let admin_token = crate::http::admin::load_or_create_token(&config.admin_token_file)
+        .map_err(StartError::AdminToken)?;
     let roots = Arc::new(bootfiles::served_roots(&config.tftp.root));
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -83,19 +97,40 @@ pub async fn start(
         source,
     })?;
 
+    let sync = link.map(|(link, token)| {
+        let agent_url = config
+            .http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| agent_url_from(http_addr));
+        crate::central::tasks::spawn(
+            link,
+            boot.clone(),
+            crate::central::tasks::LinkSettings {
+                central: config.central.clone(),
+                site_id: config.site_id.clone(),
+                agent_url,
+                token,
+                data_dir: config.data_dir.clone(),
+                templates_dir: config.templates_dir.clone(),
+            },
+        )
+    });
     let state = Arc::new(AppState {
         boot,
         roots,
         public_url: config.http.public_url.clone(),
         site_id: config.site_id.clone(),
         started: Instant::now(),
+        admin_token,
+        sync,
     });
     let app = http::router(state);
     tracing::info!(
         http = %http_addr,
         tftp = %tftp_addr,
         site_id = %config.site_id,
-        mode = "standalone",
+        mode = if config.central.url.is_some() { "central" } else { "standalone" },
         data_dir = %config.data_dir.display(),
         "siteboot agent listening"
     );
@@ -117,4 +152,61 @@ pub async fn start(
         },
         handle,
     ))
+}
+
+type Link = (Arc<crate::central::link::CentralLink>, Option<String>);
+
+fn central_link(
+    config: &Config,
+    url: &str,
+    store: crate::store::Store,
+) -> Result<Link, StartError> {
+    use crate::central::client::HttpController;
+    use crate::connectivity::{Monitor, Transition};
+    let controller = HttpController::new(
+        url,
+        config.central.token_file.as_deref(),
+        config.central.request_timeout,
+    )?;
+    let token = controller.token().map(str::to_string);
+    let monitor = Monitor::new(
+        config.central.failure_threshold,
+        config.central.recovery_threshold,
+        time::OffsetDateTime::now_utc(),
+    );
+    let on_transition = Box::new(move |transition: Transition| {
+        let store = store.clone();
+        let (kind, detail) = match transition {
+            Transition::WentOnline => ("online", "controller reachable"),
+            Transition::WentOffline => ("offline", "controller unreachable"),
+        };
+        tokio::spawn(async move {
+            let now = time::OffsetDateTime::now_utc();
+            let _ = store
+                .call(move |s| s.append_sync_log(kind, detail, now))
+                .await;
+        });
+    });
+    let link = crate::central::link::CentralLink::new(
+        Arc::new(controller),
+        monitor,
+        config.site_id.clone(),
+        config.central.boot_lookup_deadline,
+        on_transition,
+    );
+    tracing::info!(url, "central controller configured");
+    Ok((Arc::new(link), token))
+}
+
+/// The URL the controller is told to reach this agent at when
+/// `http.public_url` is unset.
+fn agent_url_from(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }

@@ -9,12 +9,14 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use crate::central::link::CentralLink;
 use crate::config::{Config, OfflineDefault};
 use crate::decision::{self, Action, Connectivity, Decision, DecisionContext};
 use crate::mac::Mac;
 use crate::node::{Node, NodeState, Workflow};
 use crate::nodes::NodeCache;
 use crate::script_cache::ScriptCache;
+use crate::stats::BootStats;
 use crate::store::{LastScript, Store, StoreError};
 use crate::templates::{
     BootstrapContext, ImageView, NodeView, OfflineView, ScriptContext, Templates, WorkflowView,
@@ -69,6 +71,8 @@ pub struct BootService {
     workflows: HashMap<String, Workflow>,
     nodes: NodeCache,
     scripts: ScriptCache,
+    stats: BootStats,
+    central: Option<Arc<CentralLink>>,
     templates: RwLock<Arc<Templates>>,
     recorder: Option<mpsc::Sender<(Mac, LastScript)>>,
 }
@@ -90,6 +94,8 @@ impl BootService {
                 .collect(),
             nodes: NodeCache::load(store)?,
             scripts: ScriptCache::default(),
+            stats: BootStats::default(),
+            central: None,
             templates: RwLock::new(Arc::new(templates)),
             recorder: None,
         })
@@ -109,6 +115,39 @@ impl BootService {
 
     pub fn nodes(&self) -> &NodeCache {
         &self.nodes
+    }
+
+    pub fn stats(&self) -> &BootStats {
+        &self.stats
+    }
+
+    /// Connects the service to a controller (before it serves).
+    pub fn set_central(&mut self, link: Arc<CentralLink>) {
+        self.central = Some(link);
+    }
+
+    pub fn central(&self) -> Option<&Arc<CentralLink>> {
+        self.central.as_ref()
+    }
+
+    /// Loads the templates again; on error the old ones stay in use.
+    pub fn reload_templates(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(), crate::templates::TemplateError> {
+        let templates = Templates::load(dir)?;
+        *self.templates.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(templates);
+        self.scripts.clear();
+        Ok(())
+    }
+
+    /// Forgets rendered scripts (one MAC or all), so the next boot decides
+    /// afresh.
+    pub fn invalidate(&self, mac: Option<Mac>) {
+        match mac {
+            Some(mac) => self.scripts.forget(mac),
+            None => self.scripts.clear(),
+        }
     }
 
     fn templates(&self) -> Arc<Templates> {
@@ -141,6 +180,17 @@ impl BootService {
     /// freshly installed disk) is not another install; the script is
     /// recorded for `last_known`.
     pub async fn boot(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
+        let _active = self.stats.begin(mac);
+        let answer = match self.central.clone() {
+            None => self.boot_standalone(mac, facts, base_url).await,
+            Some(link) => self.boot_with_controller(&link, mac, facts, base_url).await,
+        };
+        self.stats
+            .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        answer
+    }
+
+    async fn boot_standalone(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
         let source = Source::Standalone;
         let node = match self.lookup_or_discover(mac, facts).await {
             Ok(node) => node,
@@ -149,7 +199,132 @@ impl BootService {
                 return fallback_answer(mac, None, source);
             }
         };
-        if let Some(answer) = self.scripts.get(&node, facts, base_url) {
+        self.answer(mac, Some(node), facts, base_url, source, true)
+            .await
+    }
+
+    /// DESIGN §1/§4 with a controller: fresh data if it comes within the
+    /// deadline (`live`), else the cached record (`cache`); while the
+    /// controller is unreachable, the offline column (`offline`).
+    async fn boot_with_controller(
+        &self,
+        link: &Arc<CentralLink>,
+        mac: Mac,
+        facts: &BootFacts,
+        base_url: &str,
+    ) -> BootAnswer {
+        if !link.monitor().is_online() {
+            return self.answer_offline(link, mac, facts, base_url).await;
+        }
+        let (node, source) = match link.resolve(mac, facts, &self.nodes).await {
+            Some(Ok(node)) => (Some(node), Source::Live),
+            Some(Err(e)) => {
+                tracing::debug!(%mac, error = %e, "answering from the cache");
+                if !link.monitor().is_online() {
+                    return self.answer_offline(link, mac, facts, base_url).await;
+                }
+                (self.nodes.get(mac), Source::Cache)
+            }
+            None => (self.nodes.get(mac), Source::Cache),
+        };
+        // An unknown MAC whose registration has not come back yet is
+        // treated as discovered (harmless) without being stored here; the
+        // background lookup registers and caches it.
+        self.answer(mac, node, facts, base_url, source, false).await
+    }
+
+    async fn answer_offline(
+        &self,
+        link: &CentralLink,
+        mac: Mac,
+        facts: &BootFacts,
+        base_url: &str,
+    ) -> BootAnswer {
+        let node = self.nodes.get(mac);
+        let now = OffsetDateTime::now_utc();
+        let state = link.monitor().state();
+        let since = state.offline_since.unwrap_or(now);
+        let offline = OfflineView {
+            since: rfc3339(since),
+            // Whole seconds: "1h 2m 3s", not nanoseconds.
+            duration: humantime::format_duration(std::time::Duration::from_secs(
+                state.offline_duration(now).unwrap_or_default().as_secs(),
+            ))
+            .to_string(),
+            cached_at: node
+                .as_ref()
+                .and_then(|n| n.cached_at)
+                .map(rfc3339)
+                .unwrap_or_else(|| "never".into()),
+        };
+        let last = if self.offline_default == OfflineDefault::LastKnown {
+            self.store()
+                .call(move |s| s.get_last_script(mac))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let workflow = match &node {
+            Some(n) => self.workflow_for(n).await,
+            None => None,
+        };
+        let decision = decision::decide(
+            node.as_deref(),
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity: Connectivity::Offline,
+                offline_default: self.offline_default,
+                last_known_replayable: last.as_ref().is_some_and(|l| self.replayable(l)),
+            },
+        );
+        let shown = node
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| Node::new_local(mac, NodeState::Discovered, now));
+        if decision.action == Action::LastKnown
+            && let Some(last) = last
+        {
+            return self.replay(
+                &shown,
+                facts,
+                &last,
+                Source::Offline,
+                base_url,
+                Some(offline),
+            );
+        }
+        self.render(
+            &shown,
+            facts,
+            &decision,
+            Source::Offline,
+            base_url,
+            Some(offline),
+        )
+    }
+
+    /// Decides and renders for a known (or, with `None`, unknown) node
+    /// with the online column, reusing a cached rendering when valid.
+    async fn answer(
+        &self,
+        mac: Mac,
+        node: Option<Arc<Node>>,
+        facts: &BootFacts,
+        base_url: &str,
+        source: Source,
+        standalone: bool,
+    ) -> BootAnswer {
+        let node = match node {
+            Some(node) => node,
+            None => Arc::new(Node::new_local(
+                mac,
+                NodeState::Discovered,
+                OffsetDateTime::now_utc(),
+            )),
+        };
+        if let Some(answer) = self.scripts.get(&node, facts, base_url, source) {
             return answer;
         }
         let workflow = self.workflow_for(&node).await;
@@ -163,10 +338,12 @@ impl BootService {
             },
         );
         let answer = self.render(&node, facts, &decision, source, base_url, None);
-        if answer.action == Action::Install {
-            // The node changes state, so this answer is never reused.
+        if answer.action == Action::Install && standalone {
+            // Standalone, the agent owns the state: the node changes state,
+            // so this answer is never reused. With a controller, the
+            // installer's reports move the state there.
             self.mark_installing(mac).await;
-        } else {
+        } else if answer.action != Action::Install {
             self.scripts.put(node, facts, base_url, &answer);
         }
         self.record(mac, &answer, &decision);

@@ -101,6 +101,36 @@ pub struct Node {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub version: u64,
+    /// When this agent last took the record from the controller.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub cached_at: Option<OffsetDateTime>,
+    /// Set when a full sync no longer listed the node (kept, not dropped).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub missing_central_since: Option<OffsetDateTime>,
+}
+
+impl Node {
+    /// Equal as the controller sees it (ignoring this agent's bookkeeping).
+    pub fn same_as_central(&self, other: &Node) -> bool {
+        self.id == other.id
+            && self.mac == other.mac
+            && self.hostname == other.hostname
+            && self.state == other.state
+            && self.arch == other.arch
+            && self.workflow_id == other.workflow_id
+            && self.group_id == other.group_id
+            && self.tags == other.tags
+            && self.updated_at == other.updated_at
+            && self.version == other.version
+    }
 }
 
 impl Node {
@@ -117,6 +147,8 @@ impl Node {
             tags: Vec::new(),
             updated_at: now,
             version: 1,
+            cached_at: None,
+            missing_central_since: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError};
 
 type NodeMap = HashMap<Mac, Arc<Node>>;
 
+#[derive(Clone)]
 pub struct NodeCache {
     store: Store,
     nodes: Arc<RwLock<NodeMap>>,
@@ -66,6 +67,80 @@ impl NodeCache {
     ) -> Result<Arc<Node>, StoreError> {
         self.write(move |store| store.update_node(mac, change))
             .await
+    }
+
+    /// Takes the controller's record of a node. An unchanged record keeps
+    /// the cached `Arc` (so rendered scripts stay valid) and costs no write.
+    pub async fn upsert_central(&self, node: Node) -> Result<Arc<Node>, StoreError> {
+        if let Some(cached) = self.get(node.mac)
+            && cached.same_as_central(&node)
+            && cached.missing_central_since.is_none()
+        {
+            return Ok(cached);
+        }
+        self.write(move |store| {
+            let mut node = node;
+            node.cached_at = Some(time::OffsetDateTime::now_utc());
+            node.missing_central_since = None;
+            store.put_node(&node)?;
+            Ok(node)
+        })
+        .await
+    }
+
+    /// Applies a sync page: stores changed nodes; after a full sync, marks
+    /// cached controller nodes it did not list. Returns (changed, marked).
+    pub async fn apply_sync(
+        &self,
+        nodes: Vec<Node>,
+        full: bool,
+    ) -> Result<(usize, usize), StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        let listed: std::collections::HashSet<Mac> = nodes.iter().map(|n| n.mac).collect();
+        let mut changed: Vec<Node> = nodes
+            .into_iter()
+            .filter(|node| {
+                self.get(node.mac)
+                    .is_none_or(|c| !c.same_as_central(node) || c.missing_central_since.is_some())
+            })
+            .map(|mut node| {
+                node.cached_at = Some(now);
+                node
+            })
+            .collect();
+        let count_changed = changed.len();
+        let mut marked = 0;
+        if full {
+            for cached in read(&self.nodes).values() {
+                // Nodes first seen here (local-…) were never the controller's.
+                if !listed.contains(&cached.mac)
+                    && !cached.id.starts_with("local-")
+                    && cached.missing_central_since.is_none()
+                {
+                    let mut node = (**cached).clone();
+                    node.missing_central_since = Some(now);
+                    changed.push(node);
+                    marked += 1;
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok((0, 0));
+        }
+        let nodes = self.nodes.clone();
+        let lock = self.write_lock.clone();
+        self.store
+            .call(move |store| {
+                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                store.put_nodes(&changed)?;
+                let mut map = write(&nodes);
+                for node in changed {
+                    map.insert(node.mac, Arc::new(node));
+                }
+                Ok(())
+            })
+            .await?;
+        Ok((count_changed, marked))
     }
 
     async fn write(

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::boot::{BootAnswer, BootFacts};
+use crate::boot::{BootAnswer, BootFacts, Source};
 use crate::mac::Mac;
 use crate::node::Node;
 
@@ -35,13 +35,20 @@ pub struct ScriptCache {
 }
 
 impl ScriptCache {
-    pub fn get(&self, node: &Arc<Node>, facts: &BootFacts, base_url: &str) -> Option<BootAnswer> {
+    pub fn get(
+        &self,
+        node: &Arc<Node>,
+        facts: &BootFacts,
+        base_url: &str,
+        source: Source,
+    ) -> Option<BootAnswer> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let entry = entries.get(&node.mac)?;
         let valid = Arc::ptr_eq(&entry.node, node)
             && entry.arch == facts.arch
             && entry.platform == facts.platform
             && entry.base_url == base_url
+            && entry.answer.source == source
             && entry.rendered_at.elapsed() < MAX_AGE;
         valid.then(|| entry.answer.clone())
     }
@@ -62,6 +69,13 @@ impl ScriptCache {
                 node,
             },
         );
+    }
+
+    pub fn forget(&self, mac: Mac) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&mac);
     }
 
     /// Forgets everything (templates reloaded).
@@ -102,17 +116,25 @@ mod tests {
             ..BootFacts::default()
         };
         cache.put(node.clone(), &facts, "http://a", &answer("one"));
-        assert_eq!(cache.get(&node, &facts, "http://a").unwrap().script, "one");
-        assert!(cache.get(&node, &facts, "http://b").is_none());
+        let s = Source::Standalone;
+        assert_eq!(
+            cache.get(&node, &facts, "http://a", s).unwrap().script,
+            "one"
+        );
+        assert!(cache.get(&node, &facts, "http://a", Source::Live).is_none());
+        assert!(cache.get(&node, &facts, "http://b", s).is_none());
         assert!(
             cache
-                .get(&node, &BootFacts::default(), "http://a")
+                .get(&node, &BootFacts::default(), "http://a", s)
                 .is_none()
         );
         // Same content, new record (a write happened): not valid.
         let rewritten = Arc::new((*node).clone());
-        assert!(cache.get(&rewritten, &facts, "http://a").is_none());
+        assert!(cache.get(&rewritten, &facts, "http://a", s).is_none());
+        cache.forget(node.mac);
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
+        cache.put(node.clone(), &facts, "http://a", &answer("one"));
         cache.clear();
-        assert!(cache.get(&node, &facts, "http://a").is_none());
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
     }
 }

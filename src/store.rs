@@ -18,23 +18,46 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 const LAST_SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("last_scripts");
+/// Sync and connectivity events, oldest first, by sequence number.
+const SYNC_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("sync_log");
+/// How many sync-log entries are kept.
+const SYNC_LOG_KEEP: u64 = 1000;
 
 const SCHEMA_KEY: &str = "schema_version";
 /// The schema this build writes. Bump it and add a step to [`MIGRATIONS`]
 /// whenever a table or record layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` takes a database from schema `n` to `n + 1`; schema 0 is a
 /// new, empty file.
-const MIGRATIONS: &[Migration] = &[create_schema_v1];
+const MIGRATIONS: &[Migration] = &[create_schema_v1, add_sync_log_v2];
 
 fn create_schema_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(NODES)?;
     txn.open_table(WORKFLOWS)?;
     txn.open_table(LAST_SCRIPTS)?;
     Ok(())
+}
+
+/// v2: the controller link's sync log.
+fn add_sync_log_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SYNC_LOG)?;
+    Ok(())
+}
+
+/// One sync-log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncLogEntry {
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `full_sync`, `incremental_sync`, `node_error`, `online`, `offline`,
+    /// `registered`, `command` …
+    pub kind: String,
+    pub detail: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +360,66 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A small named value of the agent's own (cursor, registration …).
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn put_meta(&self, entries: &[(&str, &str)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META)?;
+            for (key, value) in entries {
+                table.insert(*key, *value)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Appends to the sync log, dropping the oldest entries past the bound.
+    pub fn append_sync_log(
+        &self,
+        kind: &str,
+        detail: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SYNC_LOG)?;
+            let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let entry = SyncLogEntry {
+                seq,
+                at,
+                kind: kind.to_string(),
+                detail: detail.to_string(),
+            };
+            table.insert(seq, encode(&entry).as_slice())?;
+            if seq > SYNC_LOG_KEEP {
+                let cutoff = seq - SYNC_LOG_KEEP;
+                table.retain_in(..=cutoff, |_, _| false)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` sync-log entries, newest first.
+    pub fn sync_log(&self, limit: usize) -> Result<Vec<SyncLogEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SYNC_LOG)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev().take(limit) {
+            let (key, value) = entry?;
+            out.push(decode(&key.value().to_string(), value.value())?);
+        }
+        Ok(out)
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs to JSON cannot fail: no maps with
     // non-string keys, no custom serialisers that error.
@@ -430,6 +513,44 @@ mod tests {
         txn.commit().unwrap();
         let err = store.get_node(mac("52:54:00:00:00:02")).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn sync_log_is_bounded_and_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        for i in 0..(SYNC_LOG_KEEP + 5) {
+            store
+                .append_sync_log("full_sync", &format!("n{i}"), now)
+                .unwrap();
+        }
+        let log = store.sync_log(3).unwrap();
+        assert_eq!(log[0].detail, format!("n{}", SYNC_LOG_KEEP + 4));
+        assert_eq!(log.len(), 3);
+        assert_eq!(store.sync_log(10_000).unwrap().len() as u64, SYNC_LOG_KEEP);
+        store.put_meta(&[("cursor", "c1")]).unwrap();
+        assert_eq!(store.get_meta("cursor").unwrap().as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn schema_v1_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(SYNC_LOG).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, "1")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        store
+            .append_sync_log("online", "", OffsetDateTime::now_utc())
+            .unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The agent's HTTP API (axum): bootstrap, boot scripts, assets, health and
 //! status (DESIGN §5).
 
+pub mod admin;
 pub mod assets;
 
 use std::collections::HashMap;
@@ -32,10 +33,21 @@ pub struct AppState {
     pub public_url: Option<String>,
     pub site_id: String,
     pub started: Instant,
+    pub admin_token: String,
+    /// Present when a controller is configured.
+    pub sync: Option<crate::central::tasks::SyncHandle>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/sync", axum::routing::post(admin::sync))
+        .route("/api/v1/sync/log", get(admin::sync_log))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
     Router::new()
+        .merge(admin)
         .route("/boot.ipxe", get(bootstrap))
         .route("/api/v1/boot", get(boot))
         .route("/assets/{*path}", get(asset))
@@ -150,31 +162,44 @@ async fn asset(
     assets::serve(state.roots.clone(), path, &headers).await
 }
 
-async fn health() -> Response {
-    axum::Json(json!({"status": "ok", "mode": "standalone"})).into_response()
+/// `standalone`, `online` or `offline`.
+fn mode(state: &AppState) -> &'static str {
+    match state.boot.central() {
+        None => "standalone",
+        Some(link) if link.monitor().is_online() => "online",
+        Some(_) => "offline",
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"status": "ok", "mode": mode(&state)})).into_response()
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Response {
-    let nodes_cached = state.boot.store().call(|s| s.count_nodes()).await;
-    let nodes_cached = match nodes_cached {
-        Ok(count) => count,
-        Err(e) => {
-            tracing::error!(error = %e, "status: cannot count nodes");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("store error: {e}\n"),
-            )
-                .into_response();
-        }
+    let nodes_cached = state.boot.nodes().len();
+    let link = state.boot.central().map(|l| l.monitor().state());
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = |t: Option<time::OffsetDateTime>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
     };
+    let last_sync_at = state
+        .boot
+        .store()
+        .call(|s| s.get_meta(crate::central::sync::META_LAST_SYNC))
+        .await
+        .ok()
+        .flatten();
     axum::Json(json!({
         "site_id": state.site_id,
-        "mode": "standalone",
-        "online": false,
-        "last_online_at": null,
-        "offline_since": null,
-        "offline_duration_s": 0,
-        "last_sync_at": null,
+        "mode": mode(&state),
+        "online": link.as_ref().is_some_and(|l| l.online),
+        "last_online_at": stamp(link.as_ref().and_then(|l| l.last_online_at)),
+        "offline_since": stamp(link.as_ref().and_then(|l| l.offline_since)),
+        "offline_duration_s": link.as_ref().and_then(|l| l.offline_duration(now)).map(|d| d.as_secs()).unwrap_or(0),
+        "last_sync_at": last_sync_at,
         "nodes_cached": nodes_cached,
         "queue": {"pending": 0, "in_flight": 0, "failed": 0},
         "conflicts_pending": 0,

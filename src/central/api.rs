@@ -1,0 +1,122 @@
+//! Wire types of the central controller API v1 (DESIGN §6).
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, Workflow};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Registration {
+    pub site_id: String,
+    pub token: String,
+    pub agent_url: String,
+    pub agent_version: String,
+    pub capabilities: Vec<String>,
+}
+
+/// The controller's settings for this agent, as registration returns them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    #[serde(default)]
+    pub site_id: Option<String>,
+    #[serde(default)]
+    pub site_name: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub heartbeat_interval: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistrationReply {
+    pub success: bool,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub config: AgentSettings,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Heartbeat {
+    pub site_id: String,
+    pub timestamp: String,
+    pub agent_version: String,
+    pub uptime_seconds: u64,
+    pub services: ServicesStatus,
+    pub nodes_seen_last_hour: u64,
+    pub active_boots: u64,
+    pub cache_hit_rate: f64,
+    pub disk_usage_percent: f64,
+    pub pending_sync_items: u64,
+    pub failed_sync_items: u64,
+    pub last_sync_at: Option<String>,
+    pub conflicts_pending: u64,
+    pub last_offline_duration_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServicesStatus {
+    pub tftp: bool,
+    pub http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct HeartbeatReply {
+    #[serde(default)]
+    pub acknowledged: bool,
+    #[serde(default)]
+    pub server_time: Option<String>,
+    #[serde(default)]
+    pub commands: Vec<Command>,
+}
+
+/// A command the controller sends back with a heartbeat.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Command {
+    pub command: String,
+    #[serde(default)]
+    pub params: serde_json::Value,
+}
+
+/// A page of the site's nodes. Entries stay raw JSON here so that one
+/// malformed node is recorded as that node's error, not the page's.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodePage {
+    pub data: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub workflows: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeList {
+    pub data: Vec<Node>,
+}
+
+/// Parses one entry of a page; the error names what was wrong.
+pub fn parse_node(value: &serde_json::Value) -> Result<Node, String> {
+    Node::deserialize(value).map_err(|e| e.to_string())
+}
+
+pub fn parse_workflow(value: &serde_json::Value) -> Result<Workflow, String> {
+    let workflow = Workflow::deserialize(value).map_err(|e| e.to_string())?;
+    workflow.validate().map_err(|e| e.to_string())?;
+    Ok(workflow)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeEnvelope {
+    pub data: Node,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewNode {
+    pub mac_address: String,
+    pub arch: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub system_uuid: Option<String>,
+    pub site_id: String,
+}

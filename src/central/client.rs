@@ -1,0 +1,222 @@
+//! [`Controller`] over HTTP with reqwest (rustls, no OpenSSL).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::api::{
+    Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, Registration,
+    RegistrationReply,
+};
+use super::{BoxFuture, CentralError, Controller};
+use crate::mac::Mac;
+use crate::node::Node;
+
+/// Bodies larger than this are refused as garbage rather than buffered.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read central.token_file {path}: {source}")]
+    Token {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+pub struct HttpController {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl HttpController {
+    /// `base` is `central.url`; every call is bounded by `timeout`.
+    pub fn new(
+        base: &str,
+        token_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let token = match token_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ClientError::Token {
+                        path: path.to_path_buf(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("siteboot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(HttpController {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), CentralError> {
+        let mut response = builder.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(CentralError::Garbage(format!(
+                    "response body over {MAX_BODY} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<T, CentralError> {
+        let (status, body) = self.send(builder).await?;
+        if !status.is_success() {
+            return Err(rejected(status, &body));
+        }
+        decode(&body)
+    }
+}
+
+fn unreachable(e: reqwest::Error) -> CentralError {
+    CentralError::Unreachable(e.to_string())
+}
+
+fn rejected(status: StatusCode, body: &[u8]) -> CentralError {
+    let text = String::from_utf8_lossy(body);
+    CentralError::Rejected {
+        status: status.as_u16(),
+        body: text.chars().take(500).collect(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CentralError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let excerpt: String = String::from_utf8_lossy(body).chars().take(120).collect();
+        CentralError::Garbage(format!("{e} (body starts {excerpt:?})"))
+    })
+}
+
+impl Controller for HttpController {
+    fn health(&self) -> BoxFuture<'_, Result<(), CentralError>> {
+        Box::pin(async move {
+            let (status, body) = self
+                .send(self.request(reqwest::Method::GET, "/health"))
+                .await?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(rejected(status, &body))
+            }
+        })
+    }
+
+    fn register(
+        &self,
+        request: &Registration,
+    ) -> BoxFuture<'_, Result<RegistrationReply, CentralError>> {
+        let builder = self
+            .request(reqwest::Method::POST, "/api/v1/agents/register")
+            .json(request);
+        Box::pin(async move {
+            let reply: RegistrationReply = self.call(builder).await?;
+            if reply.success {
+                Ok(reply)
+            } else {
+                Err(CentralError::Rejected {
+                    status: 200,
+                    body: reply
+                        .message
+                        .unwrap_or_else(|| "registration refused".into()),
+                })
+            }
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        heartbeat: &Heartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, CentralError>> {
+        let builder = self
+            .request(reqwest::Method::POST, "/api/v1/agents/heartbeat")
+            .json(heartbeat);
+        Box::pin(self.call(builder))
+    }
+
+    fn site_nodes(
+        &self,
+        site_id: &str,
+        since: Option<&str>,
+    ) -> BoxFuture<'_, Result<NodePage, CentralError>> {
+        let mut builder = self.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/sites/{site_id}/nodes"),
+        );
+        if let Some(cursor) = since {
+            builder = builder.query(&[("since", cursor)]);
+        }
+        Box::pin(self.call(builder))
+    }
+
+    fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>> {
+        let builder = self
+            .request(reqwest::Method::GET, "/api/v1/nodes")
+            .query(&[("mac", mac.to_string())]);
+        Box::pin(async move {
+            let list: NodeList = self.call(builder).await?;
+            // Only an exact match counts: a controller that filters loosely
+            // must not hand this MAC another node's state.
+            Ok(list.data.into_iter().find(|node| node.mac == mac))
+        })
+    }
+
+    fn create_node(&self, request: &NewNode) -> BoxFuture<'_, Result<Node, CentralError>> {
+        let builder = self
+            .request(reqwest::Method::POST, "/api/v1/nodes")
+            .json(request);
+        let mac = request.mac_address.parse::<Mac>();
+        Box::pin(async move {
+            let (status, body) = self.send(builder).await?;
+            if status == StatusCode::CONFLICT {
+                let mac = mac.map_err(|e| CentralError::Garbage(e.to_string()))?;
+                return self.node_by_mac(mac).await?.ok_or_else(|| {
+                    CentralError::Garbage("409 for a node it then does not list".into())
+                });
+            }
+            if !status.is_success() {
+                return Err(rejected(status, &body));
+            }
+            Ok(decode::<NodeEnvelope>(&body)?.data)
+        })
+    }
+}
