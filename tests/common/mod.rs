@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod controller;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -281,4 +283,31 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Polls `check` until it holds; panics with `what` after `limit` (a guard
+/// against hanging, not a speed assertion).
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        if started.elapsed() > limit {
+            panic!("gave up waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent's admin token (created at start in its data directory).
+pub fn admin_token(agent: &Agent) -> String {
+    std::fs::read_to_string(agent.data_dir().join("admin.token"))
+        .expect("admin token file")
+        .trim()
+        .to_string()
+}
+
+/// GET a JSON document.
+pub fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = curl_text(url);
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
 }

@@ -1,0 +1,408 @@
+//! The agent against a fake controller over real HTTP: registration,
+//! heartbeat, connectivity, sync, online boot decisions with the lookup
+//! deadline and coalescing, garbage answers, heartbeat commands.
+
+mod common;
+
+use std::time::Duration;
+
+use common::controller::{FakeController, Mode};
+use common::{AgentBuilder, admin_token, curl, get_json, wait_until};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn central_config(controller: &FakeController) -> String {
+    format!(
+        "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"1s\"\n\
+         boot_lookup_deadline = \"300ms\"\nfailure_threshold = 2\nrecovery_threshold = 1\n\
+         heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n",
+        controller.url()
+    )
+}
+
+fn boot(agent: &common::Agent, mac: &str) -> (String, String) {
+    let (status, headers, body) =
+        curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64"))]);
+    assert_eq!(status, 200);
+    let source = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-siteboot-source:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (String::from_utf8_lossy(&body).into_owned(), source)
+}
+
+fn mode(agent: &common::Agent) -> String {
+    get_json(&agent.url("/api/v1/status"))["mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn registers_and_heartbeats_with_real_values() {
+    let controller = FakeController::start();
+    controller.set_node("52:54:00:00:20:01", "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "registration", || {
+        !controller
+            .calls_to("POST", "/api/v1/agents/register")
+            .is_empty()
+    });
+    let registration = &controller.calls_to("POST", "/api/v1/agents/register")[0];
+    assert_eq!(registration.body["site_id"], "fra1");
+    assert_eq!(
+        registration.body["agent_version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let (body, source) = boot(&agent, "52:54:00:00:20:01");
+    assert_eq!(source, "live");
+    assert!(
+        body.contains("siteboot: mac=52:54:00:00:20:01 state=active action=local source=live"),
+        "{body}"
+    );
+    boot(&agent, "52:54:00:00:20:02");
+    wait_until(LONG, "a heartbeat counting both nodes", || {
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .iter()
+            .any(|c| c.body["nodes_seen_last_hour"] == 2)
+    });
+    let beat = controller
+        .calls_to("POST", "/api/v1/agents/heartbeat")
+        .into_iter()
+        .rfind(|c| c.body["nodes_seen_last_hour"] == 2)
+        .expect("heartbeat");
+    let b = &beat.body;
+    assert_eq!(b["site_id"], "fra1");
+    assert!(
+        b["disk_usage_percent"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0 && p <= 100.0),
+        "{b}"
+    );
+    assert_eq!(b["active_boots"], 0);
+    assert!(b["uptime_seconds"].as_u64().is_some(), "{b}");
+    assert!(
+        b["last_sync_at"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("20")),
+        "{b}"
+    );
+    assert!(b["cache_hit_rate"].as_f64().is_some(), "{b}");
+    for field in [
+        "pending_sync_items",
+        "failed_sync_items",
+        "conflicts_pending",
+        "services",
+        "timestamp",
+    ] {
+        assert!(!b[field].is_null(), "{field} missing: {b}");
+    }
+}
+
+#[test]
+fn cold_start_with_the_controller_down_then_registration_when_it_appears() {
+    let controller = FakeController::start();
+    controller.down();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    assert_eq!(mode(&agent), "offline");
+    let (body, source) = boot(&agent, "52:54:00:00:21:01");
+    assert_eq!(source, "offline");
+    assert!(body.contains("action=local source=offline"), "{body}");
+    assert!(
+        body.contains("*** siteboot OFFLINE: central unreachable since "),
+        "{body}"
+    );
+    controller.up();
+    wait_until(LONG, "registration after the controller appeared", || {
+        !controller
+            .calls_to("POST", "/api/v1/agents/register")
+            .is_empty()
+    });
+    wait_until(LONG, "online", || mode(&agent) == "online");
+}
+
+#[test]
+fn offline_after_the_threshold_online_after_recovery_logged_once_each() {
+    let controller = FakeController::start();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let status = get_json(&agent.url("/api/v1/status"));
+    assert!(status["offline_since"].as_str().is_some(), "{status}");
+    assert_eq!(status["online"], false);
+    // Probes keep failing every 200 ms; the transition is logged once.
+    std::thread::sleep(Duration::from_millis(800));
+    controller.up();
+    wait_until(LONG, "online again", || mode(&agent) == "online");
+    let token = admin_token(&agent);
+    let log = get_json_auth(&agent.url("/api/v1/sync/log?limit=1000"), &token);
+    let kinds: Vec<&str> = log["data"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .rev()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| *k == "online" || *k == "offline")
+        .collect();
+    assert_eq!(kinds, ["online", "offline", "online"], "{log}");
+}
+
+fn get_json_auth(url: &str, token: &str) -> serde_json::Value {
+    let (status, _, body) = curl(&["-H", &format!("Authorization: Bearer {token}"), url]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("json")
+}
+
+fn post_sync(agent: &common::Agent, token: &str, full: bool) -> serde_json::Value {
+    let (status, _, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url(&format!("/api/v1/sync?full={full}")),
+    ]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("json")
+}
+
+#[test]
+fn full_and_incremental_sync() {
+    let controller = FakeController::start();
+    controller.add_workflow(
+        json!({"id": "ubuntu", "name": "Ubuntu", "method": "kernel", "kernel": "u/vmlinuz"}),
+    );
+    controller.set_node("52:54:00:00:22:01", "active", None);
+    controller.set_node("52:54:00:00:22:02", "pending", Some("ubuntu"));
+    controller.set_raw_node(
+        "broken",
+        json!({"id": "x", "mac": "not-a-mac", "state": "active"}),
+    );
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    let token = admin_token(&agent);
+    // The admin API wants the token.
+    let (status, _, _) = curl(&["-X", "POST", &agent.url("/api/v1/sync?full=true")]);
+    assert_eq!(status, 401);
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let report = post_sync(&agent, &token, true);
+    assert_eq!(report["received"], 2, "{report}");
+    assert_eq!(report["workflows"], 1, "{report}");
+    assert_eq!(
+        report["errors"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(get_json(&agent.url("/api/v1/status"))["nodes_cached"], 2);
+
+    controller.set_raw_node("broken", json!(null));
+    controller.remove_node("broken");
+    controller.set_node("52:54:00:00:22:03", "installed", None);
+    let report = post_sync(&agent, &token, false);
+    assert_eq!(
+        report["received"], 1,
+        "only the change since the cursor: {report}"
+    );
+    let last = controller
+        .calls_to("GET", "/api/v1/sites/fra1/nodes")
+        .pop()
+        .expect("call");
+    assert!(
+        last.query.contains("since="),
+        "incremental sync sends the cursor: {:?}",
+        last.query
+    );
+
+    controller.remove_node("52:54:00:00:22:01");
+    let report = post_sync(&agent, &token, true);
+    assert_eq!(report["marked_missing"], 1, "{report}");
+    assert_eq!(
+        get_json(&agent.url("/api/v1/status"))["nodes_cached"],
+        3,
+        "marked, not dropped"
+    );
+    let log = get_json_auth(&agent.url("/api/v1/sync/log"), &token);
+    let text = log.to_string();
+    assert!(
+        text.contains("full_sync")
+            && text.contains("incremental_sync")
+            && text.contains("node_error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn slow_controller_answers_from_cache_and_refreshes_in_the_background() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:23:01";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let (_, source) = boot(&agent, mac);
+    assert_eq!(source, "live");
+    controller.set_node(mac, "retired", None);
+    controller.set_mode(Mode::Slow(Duration::from_millis(700)));
+    let (body, source) = boot(&agent, mac);
+    assert_eq!(source, "cache");
+    assert!(
+        body.contains("state=active action=local source=cache"),
+        "{body}"
+    );
+    // (slower than the 300 ms deadline, faster than the 1 s request timeout)
+    // The lookup finishes in the background and updates the cache.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (body, source) = boot(&agent, mac);
+    assert_eq!(source, "cache");
+    assert!(
+        body.contains("state=retired action=retired source=cache"),
+        "{body}"
+    );
+}
+
+#[test]
+fn concurrent_boots_for_one_mac_make_one_controller_call() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:24:01";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    controller.set_mode(Mode::Slow(Duration::from_millis(800)));
+    let before = controller.calls_to("GET", "/api/v1/nodes").len();
+    let url = agent.url(&format!("/api/v1/boot?mac={mac}"));
+    let mut args = vec![
+        "-Z".to_string(),
+        "--parallel-max".into(),
+        "100".into(),
+        "-o".into(),
+        "/dev/null".into(),
+    ];
+    for _ in 0..100 {
+        args.push(url.clone());
+    }
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(&args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let lookups = controller.calls_to("GET", "/api/v1/nodes").len() - before;
+    assert_eq!(lookups, 1, "100 concurrent boots must share one lookup");
+}
+
+#[test]
+fn garbage_and_errors_never_panic_or_poison_the_cache() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:25:01";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    boot(&agent, mac);
+    for bad in [Mode::Garbage, Mode::Erroring] {
+        controller.set_mode(bad);
+        for _ in 0..3 {
+            let (body, source) = boot(&agent, mac);
+            assert_eq!(source, "cache", "{bad:?}");
+            assert!(
+                body.contains("state=active action=local"),
+                "{bad:?}: {body}"
+            );
+        }
+        // A controller that answers (even badly) is up.
+        assert_eq!(mode(&agent), "online", "{bad:?}");
+    }
+    controller.set_mode(Mode::Healthy);
+    let (body, source) = boot(&agent, mac);
+    assert_eq!(source, "live");
+    assert!(body.contains("state=active"), "{body}");
+    let log = agent.log_lines().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn unknown_mac_is_registered_at_the_controller() {
+    let controller = FakeController::start();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let (body, source) = boot(&agent, "52-54-00-00-26-01");
+    assert_eq!(source, "live");
+    assert!(
+        body.contains("mac=52:54:00:00:26:01 state=discovered action=discovery source=live"),
+        "{body}"
+    );
+    let created = controller.calls_to("POST", "/api/v1/nodes");
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].body["mac_address"], "52:54:00:00:26:01");
+    assert_eq!(created[0].body["site_id"], "fra1");
+    assert!(controller.node("52:54:00:00:26:01").is_some());
+}
+
+#[test]
+fn heartbeat_commands_take_effect() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:27:01";
+    controller.set_node(mac, "retired", None);
+    let builder = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller));
+    let template = builder.path().join("templates/retired.ipxe.j2");
+    let agent = builder.start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let (body, _) = boot(&agent, mac);
+    assert!(body.contains("RETIRED"), "{body}");
+    std::fs::write(&template, "echo custom retirement notice\n").expect("write template");
+    let syncs_before = controller.calls_to("GET", "/api/v1/sites/fra1/nodes").len();
+    controller.queue_command(json!({"command": "reload_templates", "params": {}}));
+    controller.queue_command(json!({"command": "sync", "params": {"full": true}}));
+    wait_until(LONG, "reloaded template in use", || {
+        boot(&agent, mac).0.contains("custom retirement notice")
+    });
+    wait_until(LONG, "a full sync on command", || {
+        controller
+            .calls_to("GET", "/api/v1/sites/fra1/nodes")
+            .iter()
+            .skip(syncs_before)
+            .any(|c| !c.query.contains("since="))
+    });
+    // A controller that forgot the agent gets a new registration.
+    let registrations = controller.calls_to("POST", "/api/v1/agents/register").len();
+    controller.forget_agent(true);
+    wait_until(LONG, "re-registration after 404", || {
+        controller.calls_to("POST", "/api/v1/agents/register").len() > registrations
+    });
+    controller.forget_agent(false);
+}

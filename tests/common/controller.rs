@@ -1,0 +1,299 @@
+//! A fake central controller speaking DESIGN §6 over real HTTP on
+//! 127.0.0.1, recording every call. It can be made healthy, slow, erroring,
+//! garbage-answering, or down (its socket closed).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Healthy,
+    /// Answers after this long.
+    Slow(Duration),
+    /// 500 to everything.
+    Erroring,
+    /// 200 with a body that is not JSON.
+    Garbage,
+}
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: BTreeMap<String, Value>,
+    workflows: Vec<Value>,
+    /// Sync generation per MAC, for `since` cursors.
+    changed_at: BTreeMap<String, u64>,
+    generation: u64,
+    calls: Vec<Call>,
+    commands: Vec<Value>,
+    heartbeat_interval: u64,
+    /// Answer heartbeats with 404 (the controller forgot this agent).
+    forget_agent: bool,
+    next_id: u64,
+}
+
+pub struct FakeController {
+    inner: Arc<Mutex<Inner>>,
+    mode: Arc<Mutex<Mode>>,
+    pub addr: SocketAddr,
+    runtime: tokio::runtime::Runtime,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+type Shared = (Arc<Mutex<Inner>>, Arc<Mutex<Mode>>);
+
+impl FakeController {
+    pub fn start() -> FakeController {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let controller = FakeController {
+            inner: Arc::new(Mutex::new(Inner {
+                heartbeat_interval: 1,
+                ..Inner::default()
+            })),
+            mode: Arc::new(Mutex::new(Mode::Healthy)),
+            addr,
+            runtime,
+            server: Mutex::new(None),
+        };
+        controller.serve(listener);
+        controller
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let shared: Shared = (self.inner.clone(), self.mode.clone());
+        let app = Router::new().fallback(handle).with_state(shared);
+        let handle = self.runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        *self.server.lock().expect("lock") = Some(handle);
+    }
+
+    /// Closes the socket: connections are refused until `up`.
+    pub fn down(&self) {
+        if let Some(handle) = self.server.lock().expect("lock").take() {
+            handle.abort();
+            self.runtime.block_on(async {
+                let _ = handle.await;
+            });
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn up(&self) {
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(self.addr))
+            .expect("rebind");
+        self.serve(listener);
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().expect("lock") = mode;
+    }
+
+    pub fn set_node(&self, mac: &str, state: &str, workflow: Option<&str>) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.next_id += 1;
+        inner.generation += 1;
+        let generation = inner.generation;
+        let version = inner
+            .nodes
+            .get(mac)
+            .and_then(|n| n["version"].as_u64())
+            .unwrap_or(0)
+            + 1;
+        let id = inner
+            .nodes
+            .get(mac)
+            .and_then(|n| n["id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("node-{mac}"));
+        inner.nodes.insert(
+            mac.to_string(),
+            json!({
+                "id": id, "mac": mac, "state": state, "workflow_id": workflow,
+                "tags": [], "updated_at": "2026-11-22T10:00:00Z", "version": version
+            }),
+        );
+        inner.changed_at.insert(mac.to_string(), generation);
+    }
+
+    pub fn remove_node(&self, mac: &str) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.nodes.remove(mac);
+        inner.changed_at.remove(mac);
+    }
+
+    /// Puts a raw (possibly malformed) node entry in the site list.
+    pub fn set_raw_node(&self, key: &str, value: Value) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.generation += 1;
+        let generation = inner.generation;
+        inner.nodes.insert(key.to_string(), value);
+        inner.changed_at.insert(key.to_string(), generation);
+    }
+
+    pub fn add_workflow(&self, workflow: Value) {
+        self.inner.lock().expect("lock").workflows.push(workflow);
+    }
+
+    pub fn queue_command(&self, command: Value) {
+        self.inner.lock().expect("lock").commands.push(command);
+    }
+
+    pub fn forget_agent(&self, forget: bool) {
+        self.inner.lock().expect("lock").forget_agent = forget;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().expect("lock").calls.clone()
+    }
+
+    pub fn calls_to(&self, method: &str, path_prefix: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method && c.path.starts_with(path_prefix))
+            .collect()
+    }
+
+    pub fn node(&self, mac: &str) -> Option<Value> {
+        self.inner.lock().expect("lock").nodes.get(mac).cloned()
+    }
+}
+
+impl Drop for FakeController {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn query_map(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.replace("%3A", ":").replace("%3a", ":").to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn handle(
+    State((inner, mode)): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or("").to_string();
+    inner.lock().expect("lock").calls.push(Call {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: body_json.clone(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    });
+    let current = *mode.lock().expect("lock");
+    match current {
+        Mode::Slow(delay) => tokio::time::sleep(delay).await,
+        Mode::Erroring => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
+        Mode::Healthy => {}
+    }
+    let mut inner = inner.lock().expect("lock");
+    let q = query_map(&query);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/health") => (StatusCode::OK, "ok").into_response(),
+        ("POST", "/api/v1/agents/register") => axum::Json(json!({
+            "success": true, "message": "welcome",
+            "config": {"site_id": body_json["site_id"], "site_name": "Test site",
+                       "heartbeat_interval": inner.heartbeat_interval}
+        }))
+        .into_response(),
+        ("POST", "/api/v1/agents/heartbeat") => {
+            if inner.forget_agent {
+                return (StatusCode::NOT_FOUND, "unknown agent").into_response();
+            }
+            let commands: Vec<Value> = inner.commands.drain(..).collect();
+            axum::Json(json!({"acknowledged": true, "server_time": "2026-11-22T10:00:00Z", "commands": commands}))
+                .into_response()
+        }
+        ("GET", "/api/v1/nodes") => {
+            let mac = q.get("mac").cloned().unwrap_or_default();
+            let data: Vec<Value> = inner.nodes.get(&mac).cloned().into_iter().collect();
+            axum::Json(json!({"data": data, "total": data.len()})).into_response()
+        }
+        ("POST", "/api/v1/nodes") => {
+            let mac = body_json["mac_address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(existing) = inner.nodes.get(&mac) {
+                return (
+                    StatusCode::CONFLICT,
+                    axum::Json(json!({"error": "exists", "data": existing})),
+                )
+                    .into_response();
+            }
+            inner.generation += 1;
+            let generation = inner.generation;
+            let node = json!({
+                "id": format!("node-{mac}"), "mac": mac, "state": "discovered",
+                "tags": [], "updated_at": "2026-11-22T10:00:00Z", "version": 1
+            });
+            inner.nodes.insert(mac.clone(), node.clone());
+            inner.changed_at.insert(mac, generation);
+            (StatusCode::CREATED, axum::Json(json!({"data": node}))).into_response()
+        }
+        ("GET", p) if p.starts_with("/api/v1/sites/") && p.ends_with("/nodes") => {
+            let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let data: Vec<Value> = inner
+                .nodes
+                .iter()
+                .filter(|(mac, _)| inner.changed_at.get(*mac).copied().unwrap_or(0) > since)
+                .map(|(_, node)| node.clone())
+                .collect();
+            axum::Json(json!({
+                "data": data, "workflows": inner.workflows,
+                "cursor": inner.generation.to_string(), "total": inner.nodes.len()
+            }))
+            .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
+    }
+}
