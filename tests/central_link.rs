@@ -406,3 +406,48 @@ fn heartbeat_commands_take_effect() {
     });
     controller.forget_agent(false);
 }
+
+#[test]
+fn install_assets_missing_here_are_proxied_from_the_controller() {
+    let controller = FakeController::start();
+    let kernel = common::pattern(300_000, 5);
+    controller.add_file("debian/vmlinuz", &kernel);
+    controller.add_workflow(json!({"id": "debian", "name": "Debian", "method": "kernel",
+        "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"]}));
+    let mac = "52:54:00:00:28:01";
+    controller.set_node(mac, "pending", Some("debian"));
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .asset("local.bin", b"local")
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let kernel_url = format!("http://{}/assets/debian/vmlinuz", agent.http);
+    // The workflow arrives with the first sync, right after start.
+    wait_until(LONG, "an install script", || {
+        boot(&agent, mac)
+            .0
+            .contains(&format!("kernel {kernel_url}"))
+    });
+    let (body, source) = boot(&agent, mac);
+    assert_eq!(source, "live");
+    assert!(body.contains("action=install source=live"), "{body}");
+    let (status, headers, bytes) = curl(&[&kernel_url]);
+    assert_eq!(status, 200);
+    assert!(bytes == kernel, "proxied kernel differs");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-checksum-sha256: fake-sum-300000"),
+        "{headers}"
+    );
+    let (status, _, _) = curl(&[&agent.url("/assets/debian/initrd.gz")]);
+    assert_eq!(status, 404, "missing at the controller too");
+    let (status, _, bytes) = curl(&[&agent.url("/assets/local.bin")]);
+    assert_eq!((status, bytes.as_slice()), (200, b"local".as_slice()));
+    let (status, _, _) = curl(&["--path-as-is", &agent.url("/assets/../etc/passwd")]);
+    assert_eq!(status, 403, "traversal is refused before any proxying");
+    controller.down();
+    let (status, _, _) = curl(&[&kernel_url]);
+    assert_eq!(status, 502);
+}

@@ -10,7 +10,7 @@ use super::api::{
     Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, Registration,
     RegistrationReply,
 };
-use super::{BoxFuture, CentralError, Controller};
+use super::{BoxFuture, CentralError, Controller, RemoteFile};
 use crate::mac::Mac;
 use crate::node::Node;
 
@@ -197,6 +197,32 @@ impl Controller for HttpController {
             // Only an exact match counts: a controller that filters loosely
             // must not hand this MAC another node's state.
             Ok(list.data.into_iter().find(|node| node.mac == mac))
+        })
+    }
+
+    fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
+        let builder = self.request(reqwest::Method::GET, &format!("/api/v1/files/{path}"));
+        Box::pin(async move {
+            use futures_util::TryStreamExt;
+            let response = builder.send().await.map_err(unreachable)?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(rejected(status, &body));
+            }
+            let sha256 = response
+                .headers()
+                .get("x-checksum-sha256")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok(Some(RemoteFile {
+                length: response.content_length(),
+                sha256,
+                body: Box::pin(response.bytes_stream().map_err(std::io::Error::other)),
+            }))
         })
     }
 

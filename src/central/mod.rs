@@ -61,4 +61,17 @@ pub trait Controller: Send + Sync + 'static {
     fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>>;
     /// Registers a node; an existing one (409) is fetched and returned.
     fn create_node(&self, request: &NewNode) -> BoxFuture<'_, Result<Node, CentralError>>;
+    /// A file of the controller's (`GET /api/v1/files/{path}`), streamed;
+    /// `Ok(None)` if it has no such file.
+    fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>>;
+}
+
+/// A file being streamed from the controller.
+pub struct RemoteFile {
+    pub length: Option<u64>,
+    /// `X-Checksum-SHA256`, passed on to the node.
+    pub sha256: Option<String>,
+    pub body: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
+    >,
 }

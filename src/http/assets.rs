@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::bootfiles;
+use crate::central::link::CentralLink;
 use crate::fsroot::{PathError, ServedRoot};
 
 /// What a `Range` header asks of a file of a given length.
@@ -74,11 +75,15 @@ pub async fn serve(
     roots: Arc<Vec<ServedRoot>>,
     requested: String,
     headers: &HeaderMap,
+    link: Option<&CentralLink>,
 ) -> Response {
     let lookup = requested.clone();
     let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
     let path = match resolved {
         Ok(Ok(path)) => path,
+        Ok(Err(PathError::NotFound(_))) if link.is_some() => {
+            return proxy(link, &requested).await;
+        }
         Ok(Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_)))) => {
             return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
         }
@@ -132,6 +137,54 @@ pub async fn serve(
         h.insert(header::CONTENT_RANGE, value);
     }
     response
+}
+
+/// Streams a file the agent does not have from the controller (the
+/// content cache that will keep such files comes later). Range is not
+/// honoured here: the whole file is sent with 200, which RFC 9110 allows.
+async fn proxy(link: Option<&CentralLink>, requested: &str) -> Response {
+    let Some(link) = link else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    // Only paths that passed the same sanitising as local files go out.
+    if crate::fsroot::sanitise(requested).is_err() {
+        return (StatusCode::FORBIDDEN, "path not allowed\n").into_response();
+    }
+    let fetched = link.observe(
+        link.controller()
+            .fetch_file(requested.trim_start_matches('/'))
+            .await,
+    );
+    match fetched {
+        Ok(Some(file)) => {
+            let mut response = Response::new(Body::from_stream(file.body));
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Some(len) = file.length {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            if let Some(sum) = file.sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                h.insert("x-checksum-sha256", sum);
+            }
+            response
+        }
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            format!("file {requested:?} not found here or at the controller\n"),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(path = requested, error = %e, "asset proxy failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot fetch {requested:?} from the controller: {e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 fn internal(message: String) -> Response {

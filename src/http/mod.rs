@@ -159,7 +159,13 @@ async fn asset(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    assets::serve(state.roots.clone(), path, &headers).await
+    assets::serve(
+        state.roots.clone(),
+        path,
+        &headers,
+        state.boot.central().map(|l| l.as_ref()),
+    )
+    .await
 }
 
 /// `standalone`, `online` or `offline`.

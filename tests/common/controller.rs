@@ -47,6 +47,7 @@ struct Inner {
     /// Answer heartbeats with 404 (the controller forgot this agent).
     forget_agent: bool,
     next_id: u64,
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 pub struct FakeController {
@@ -167,6 +168,15 @@ impl FakeController {
 
     pub fn queue_command(&self, command: Value) {
         self.inner.lock().expect("lock").commands.push(command);
+    }
+
+    /// Serves `bytes` at `GET /api/v1/files/{path}`.
+    pub fn add_file(&self, path: &str, bytes: &[u8]) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .files
+            .insert(path.to_string(), bytes.to_vec());
     }
 
     pub fn forget_agent(&self, forget: bool) {
@@ -293,6 +303,17 @@ async fn handle(
                 "cursor": inner.generation.to_string(), "total": inner.nodes.len()
             }))
             .into_response()
+        }
+        ("GET", p) if p.starts_with("/api/v1/files/") => {
+            match inner.files.get(&p["/api/v1/files/".len()..]) {
+                Some(bytes) => (
+                    StatusCode::OK,
+                    [("x-checksum-sha256", format!("fake-sum-{}", bytes.len()))],
+                    bytes.clone(),
+                )
+                    .into_response(),
+                None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+            }
         }
         _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
