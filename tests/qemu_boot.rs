@@ -231,3 +231,35 @@ fn console_wrap_is_undone() {
     assert_eq!(console_lines(raw.as_bytes())[1], long);
     assert_eq!(console_lines(raw.as_bytes())[2], "y");
 }
+
+#[test]
+fn bios_ipxe_pending_node_at_the_controller_gets_a_live_install() {
+    use common::controller::FakeController;
+    let controller = FakeController::start();
+    let mac = "52:54:00:5b:00:04";
+    controller.add_workflow(serde_json::json!({
+        "id": "debian", "name": "debian", "method": "kernel",
+        "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"], "cmdline": "console=ttyS0"
+    }));
+    controller.set_node(mac, "pending", Some("debian"));
+    let port = free_tcp_port();
+    let builder = AgentBuilder::new().config(&format!(
+        "[central]\nurl = \"{}\"\ncheck_interval = \"1s\"\nrequest_timeout = \"2s\"\n",
+        controller.url()
+    ));
+    let lines = boot_and_expect(
+        builder,
+        port,
+        Firmware::Bios,
+        mac,
+        &format!("siteboot: mac={mac} state=pending action=install source=live"),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("siteboot: installing debian")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(!controller.calls_to("GET", "/api/v1/nodes").is_empty());
+}
