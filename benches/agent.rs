@@ -15,6 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/controller.rs"]
+#[allow(dead_code)]
+mod controller;
+
 use siteboot::mac::Mac;
 use siteboot::node::{Node, NodeState};
 use siteboot::store::Store;
@@ -69,11 +73,19 @@ fn main() {
     if wanted("http") {
         http_benchmark(work.path());
     }
+    if wanted("central") {
+        central_benchmark(work.path());
+    }
 }
 
 fn start_agent(dir: &Path, root: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    start_agent_with(dir, root, &[])
+}
+
+fn start_agent_with(dir: &Path, root: &Path, env: &[(&str, String)]) -> (Proc, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_siteboot"))
         .arg("serve")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("SITEBOOT_DATA_DIR", dir.join("data"))
         .env("SITEBOOT_TFTP_ROOT", root)
         .envs(
@@ -436,6 +448,106 @@ fn print_row(name: &str, r: &LoadResult) {
 enum Endpoint {
     Boot,
     Health,
+}
+
+fn populate(dir: &Path, macs: &[Mac]) {
+    let store = Store::open(&dir.join("data")).expect("store");
+    let now = time::OffsetDateTime::now_utc();
+    let nodes: Vec<Node> = macs
+        .iter()
+        .map(|mac| Node::new_local(*mac, NodeState::Active, now))
+        .collect();
+    store.put_nodes(&nodes).expect("populate");
+}
+
+fn agent_mode(http: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{http}/api/v1/status")])
+        .output()
+        .expect("curl");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    status["mode"].as_str().unwrap_or_default().to_string()
+}
+
+fn wait_for_mode(http: SocketAddr, mode: &str, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if agent_mode(http) == mode {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// DESIGN §1: a boot never waits on the controller longer than the lookup
+/// deadline. Latency with a healthy, a slow (2 s) and a dead controller,
+/// then how long the agent takes to notice a dead controller.
+fn central_benchmark(dir: &Path) {
+    let macs: Vec<Mac> = (0..NODES)
+        .map(|i| Mac::new([0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
+        .collect();
+    let controller = controller::FakeController::start();
+    for mac in &macs {
+        controller.set_node(&mac.to_string(), "active", None);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "/api/v1/boot with a controller (deadline 300 ms), {NODES} nodes, {CLIENTS} concurrent clients, {}s each",
+        HTTP_MEASURE.as_secs()
+    );
+    println!("{:<40} {:>10} {:>9} {:>9} {:>9}", "controller", "req/s", "p50 ms", "p99 ms", "max ms");
+    let cases: [(&str, Option<controller::Mode>); 3] = [
+        ("(a) healthy (target p99 < 5 ms)", Some(controller::Mode::Healthy)),
+        ("(b) answers after 2 s (p99 < 305 ms)", Some(controller::Mode::Slow(Duration::from_secs(2)))),
+        ("(c) dead (target p99 < 305 ms)", None),
+    ];
+    for (name, mode) in cases {
+        let case_dir = dir.join(format!("central-{}", &name[1..2]));
+        std::fs::create_dir_all(&case_dir).expect("mkdir");
+        populate(&case_dir, &macs);
+        match mode {
+            Some(mode) => {
+                controller.up_if_down();
+                controller.set_mode(mode);
+            }
+            None => controller.down(),
+        }
+        let env = [
+            ("SITEBOOT_CENTRAL_URL", controller.url()),
+            ("SITEBOOT_SITE_ID", "bench".to_string()),
+        ];
+        let (_agent, http, _) = start_agent_with(&case_dir, &case_dir.join("boot-assets"), &env);
+        if mode == Some(controller::Mode::Healthy) {
+            wait_for_mode(http, "online", Duration::from_secs(30)).expect("agent online");
+        }
+        let result = runtime.block_on(load(http, macs.clone(), Endpoint::Boot));
+        print_row(name, &result);
+    }
+    controller.up_if_down();
+    controller.set_mode(controller::Mode::Healthy);
+    println!("\nTime from the controller's socket closing to mode=offline (no boot traffic: probes only)");
+    for (name, interval) in [("defaults (check_interval 30s, threshold 3)", None), ("check_interval 1s", Some("1s"))] {
+        let case_dir = dir.join(format!("offline-{}", interval.unwrap_or("default")));
+        std::fs::create_dir_all(&case_dir).expect("mkdir");
+        let mut env = vec![("SITEBOOT_CENTRAL_URL", controller.url())];
+        if let Some(interval) = interval {
+            env.push(("SITEBOOT_CENTRAL_CHECK_INTERVAL", interval.to_string()));
+        }
+        controller.up_if_down();
+        let (_agent, http, _) = start_agent_with(&case_dir, &case_dir.join("boot-assets"), &env);
+        wait_for_mode(http, "online", Duration::from_secs(60)).expect("agent online");
+        controller.down();
+        match wait_for_mode(http, "offline", Duration::from_secs(180)) {
+            Some(took) => println!("{name:<44} {:>8.1} s", took.as_secs_f64()),
+            None => println!("{name:<44} not offline after 180 s"),
+        }
+    }
+    println!();
 }
 
 async fn load(http: SocketAddr, macs: Vec<Mac>, endpoint: Endpoint) -> LoadResult {

@@ -117,6 +117,12 @@ impl FakeController {
         self.serve(listener);
     }
 
+    pub fn up_if_down(&self) {
+        if self.server.lock().expect("lock").is_none() {
+            self.up();
+        }
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         *self.mode.lock().expect("lock") = mode;
     }
