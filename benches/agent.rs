@@ -82,7 +82,11 @@ fn start_agent(dir: &Path, root: &Path) -> (Proc, SocketAddr, SocketAddr) {
     start_agent_with(dir, root, &[])
 }
 
-fn start_agent_with(dir: &Path, root: &Path, env: &[(&str, String)]) -> (Proc, SocketAddr, SocketAddr) {
+fn start_agent_with(
+    dir: &Path,
+    root: &Path,
+    env: &[(&str, String)],
+) -> (Proc, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_siteboot"))
         .arg("serve")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -462,7 +466,12 @@ fn populate(dir: &Path, macs: &[Mac]) {
 
 fn agent_mode(http: SocketAddr) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", &format!("http://{http}/api/v1/status")])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{http}/api/v1/status"),
+        ])
         .output()
         .expect("curl");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -500,10 +509,19 @@ fn central_benchmark(dir: &Path) {
         "/api/v1/boot with a controller (deadline 300 ms), {NODES} nodes, {CLIENTS} concurrent clients, {}s each",
         HTTP_MEASURE.as_secs()
     );
-    println!("{:<40} {:>10} {:>9} {:>9} {:>9}", "controller", "req/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>9}",
+        "controller", "req/s", "p50 ms", "p99 ms", "max ms"
+    );
     let cases: [(&str, Option<controller::Mode>); 3] = [
-        ("(a) healthy (target p99 < 5 ms)", Some(controller::Mode::Healthy)),
-        ("(b) answers after 2 s (p99 < 305 ms)", Some(controller::Mode::Slow(Duration::from_secs(2)))),
+        (
+            "(a) healthy (target p99 < 5 ms)",
+            Some(controller::Mode::Healthy),
+        ),
+        (
+            "(b) answers after 2 s (p99 < 305 ms)",
+            Some(controller::Mode::Slow(Duration::from_secs(2))),
+        ),
         ("(c) dead (target p99 < 305 ms)", None),
     ];
     for (name, mode) in cases {
@@ -530,8 +548,13 @@ fn central_benchmark(dir: &Path) {
     }
     controller.up_if_down();
     controller.set_mode(controller::Mode::Healthy);
-    println!("\nTime from the controller's socket closing to mode=offline (no boot traffic: probes only)");
-    for (name, interval) in [("defaults (check_interval 30s, threshold 3)", None), ("check_interval 1s", Some("1s"))] {
+    println!(
+        "\nTime from the controller's socket closing to mode=offline (no boot traffic: probes only)"
+    );
+    for (name, interval) in [
+        ("defaults (check_interval 30s, threshold 3)", None),
+        ("check_interval 1s", Some("1s")),
+    ] {
         let case_dir = dir.join(format!("offline-{}", interval.unwrap_or("default")));
         std::fs::create_dir_all(&case_dir).expect("mkdir");
         let mut env = vec![("SITEBOOT_CENTRAL_URL", controller.url())];

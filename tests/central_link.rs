@@ -398,6 +398,17 @@ fn heartbeat_commands_take_effect() {
             .skip(syncs_before)
             .any(|c| !c.query.contains("since="))
     });
+    // invalidate {mac}: the agent fetches that node again at once.
+    let lookups = controller.calls_to("GET", "/api/v1/nodes").len();
+    controller.queue_command(json!({"command": "invalidate", "params": {"mac": mac}}));
+    wait_until(LONG, "a lookup after invalidate", || {
+        controller.calls_to("GET", "/api/v1/nodes").len() > lookups
+    });
+    let sync_log = get_json_auth(&agent.url("/api/v1/sync/log"), &admin_token(&agent)).to_string();
+    assert!(
+        sync_log.contains("invalidate") && sync_log.contains("reload_templates"),
+        "{sync_log}"
+    );
     // A controller that forgot the agent gets a new registration.
     let registrations = controller.calls_to("POST", "/api/v1/agents/register").len();
     controller.forget_agent(true);
