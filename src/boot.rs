@@ -240,21 +240,33 @@ impl BootService {
         facts: &BootFacts,
         base_url: &str,
     ) -> BootAnswer {
-        let node = self.nodes.get(mac);
         let now = OffsetDateTime::now_utc();
         let state = link.monitor().state();
         let since = state.offline_since.unwrap_or(now);
+        let duration = state.offline_duration(now).unwrap_or_default();
+        self.render_offline(mac, facts, base_url, since, duration)
+            .await
+    }
+
+    /// The offline column of DESIGN §4 from the cached record, with the
+    /// OFFLINE banner (also `siteboot render --offline`).
+    async fn render_offline(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        base_url: &str,
+        since: OffsetDateTime,
+        duration: Duration,
+    ) -> BootAnswer {
+        let node = self.nodes.get(mac);
         let offline = OfflineView {
             since: rfc3339(since),
             // Whole seconds: "1h 2m 3s", not nanoseconds.
-            duration: humantime::format_duration(std::time::Duration::from_secs(
-                state.offline_duration(now).unwrap_or_default().as_secs(),
-            ))
-            .to_string(),
+            duration: humantime::format_duration(Duration::from_secs(duration.as_secs()))
+                .to_string(),
             cached_at: node
                 .as_ref()
-                .and_then(|n| n.cached_at)
-                .map(rfc3339)
+                .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
                 .unwrap_or_else(|| "never".into()),
         };
         let last = if self.offline_default == OfflineDefault::LastKnown {
@@ -279,10 +291,9 @@ impl BootService {
                 last_known_replayable: last.as_ref().is_some_and(|l| self.replayable(l)),
             },
         );
-        let shown = node
-            .as_deref()
-            .cloned()
-            .unwrap_or_else(|| Node::new_local(mac, NodeState::Discovered, now));
+        let shown = node.as_deref().cloned().unwrap_or_else(|| {
+            Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
+        });
         if decision.action == Action::LastKnown
             && let Some(last) = last
         {
@@ -358,66 +369,36 @@ impl BootService {
         offline: bool,
         base_url: &str,
     ) -> Result<BootAnswer, StoreError> {
-        let store = self.store().clone();
-        let node = self.nodes.get(mac).map(|n| (*n).clone());
-        let now = OffsetDateTime::now_utc();
-        let node_or_new = node
-            .clone()
-            .unwrap_or_else(|| Node::new_local(mac, NodeState::Discovered, now));
-        let workflow = self.workflow_for(&node_or_new).await;
-        let last = if offline {
-            store.call(move |s| s.get_last_script(mac)).await?
-        } else {
-            None
-        };
-        let replayable = last.as_ref().is_some_and(|l| self.replayable(l));
-        let connectivity = if offline {
-            Connectivity::Offline
-        } else {
-            Connectivity::Online
-        };
-        // Online, an unknown MAC would be stored as discovered first; offline
-        // it stays unknown and gets the offline default.
-        let decide_node = if offline {
-            node.as_ref()
-        } else {
-            Some(&node_or_new)
-        };
+        if offline {
+            let now = OffsetDateTime::now_utc();
+            return Ok(self
+                .render_offline(mac, facts, base_url, now, Duration::ZERO)
+                .await);
+        }
+        // Online, an unknown MAC would be stored as discovered first.
+        let node = self
+            .nodes
+            .get(mac)
+            .map(|n| (*n).clone())
+            .unwrap_or_else(|| {
+                Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
+            });
+        let workflow = self.workflow_for(&node).await;
         let decision = decision::decide(
-            decide_node,
+            Some(&node),
             workflow.as_ref(),
             DecisionContext {
-                connectivity,
+                connectivity: Connectivity::Online,
                 offline_default: self.offline_default,
-                last_known_replayable: replayable,
+                last_known_replayable: false,
             },
         );
-        let (source, offline_view) = if offline {
-            let since = rfc3339(now);
-            (
-                Source::Offline,
-                Some(OfflineView {
-                    since,
-                    duration: "0s".into(),
-                    cached_at: rfc3339(node_or_new.updated_at),
-                }),
-            )
+        let source = if self.central.is_some() {
+            Source::Cache
         } else {
-            (Source::Standalone, None)
+            Source::Standalone
         };
-        if decision.action == Action::LastKnown
-            && let Some(last) = last
-        {
-            return Ok(self.replay(&node_or_new, facts, &last, source, base_url, offline_view));
-        }
-        Ok(self.render(
-            &node_or_new,
-            facts,
-            &decision,
-            source,
-            base_url,
-            offline_view,
-        ))
+        Ok(self.render(&node, facts, &decision, source, base_url, None))
     }
 
     fn replayable(&self, last: &LastScript) -> bool {
