@@ -159,6 +159,11 @@ impl Store {
         &self.path
     }
 
+    /// The database, for modules that keep tables of their own (the queue).
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     fn migrate(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let found = {

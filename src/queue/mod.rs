@@ -1,0 +1,669 @@
+//! The durable queue of changes for the controller (DESIGN §7): redb
+//! tables, ordered so that registrations go before state updates before
+//! events and each node's items keep their order, bounded with a drop
+//! policy that only ever drops events. Every enqueue is committed durably
+//! before it is acknowledged; [`writer`] groups concurrent enqueues into
+//! one commit.
+
+pub mod writer;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::{Store, StoreError};
+
+/// (priority, sequence) → item. Key order is send order.
+const QUEUE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("queue");
+/// id (= sequence) → priority, to find an item by id.
+const QUEUE_IDS: TableDefinition<u64, u8> = TableDefinition::new("queue_ids");
+/// Counters: next sequence, items per status, events dropped.
+const QUEUE_COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("queue_counters");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Registration,
+    StateUpdate,
+    Event,
+}
+
+impl Kind {
+    fn priority(self) -> u8 {
+        match self {
+            Kind::Registration => 0,
+            Kind::StateUpdate => 1,
+            Kind::Event => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InFlight,
+    Failed,
+    Conflict,
+}
+
+impl Status {
+    fn counter(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InFlight => "in_flight",
+            Status::Failed => "failed",
+            Status::Conflict => "conflict",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: u64,
+    pub kind: Kind,
+    /// The node's MAC.
+    pub node: String,
+    pub payload: serde_json::Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub attempts: u32,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_attempt_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub status: Status,
+    /// Not sent again before this (backoff).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub kind: Kind,
+    pub node: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub conflict: u64,
+    pub total: u64,
+    pub dropped_events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(
+        "the queue is full ({0} items) and holds no event that could make room; \
+         the change was not accepted"
+    )]
+    Full(u64),
+    #[error("no queue item {0}")]
+    NotFound(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn db_err(e: impl Into<redb::Error>) -> QueueError {
+    QueueError::Store(StoreError::Db(e.into()))
+}
+
+fn decode(bytes: &[u8]) -> Result<Item, QueueError> {
+    serde_json::from_slice(bytes).map_err(|source| {
+        QueueError::Store(StoreError::Corrupt {
+            key: "queue item".into(),
+            source,
+        })
+    })
+}
+
+fn encode(item: &Item) -> Vec<u8> {
+    serde_json::to_vec(item).unwrap_or_default()
+}
+
+/// The queue's tables in the agent's store. All calls block.
+#[derive(Clone)]
+pub struct Queue {
+    store: Store,
+    max_items: u64,
+}
+
+type Counters<'t> = redb::Table<'t, &'static str, u64>;
+
+fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), QueueError> {
+    let current = counters
+        .get(name)
+        .map_err(db_err)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let next = (current as i64 + delta).max(0) as u64;
+    counters.insert(name, next).map_err(db_err)?;
+    Ok(())
+}
+
+impl Queue {
+    /// Opens the queue tables; items left `in_flight` by a crash are
+    /// `pending` again.
+    pub fn open(store: Store, max_items: u64) -> Result<Queue, QueueError> {
+        let queue = Queue { store, max_items };
+        queue.recover_in_flight()?;
+        Ok(queue)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn recover_in_flight(&self) -> Result<usize, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut recovered = 0;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut stale = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let item = decode(value.value())?;
+                if item.status == Status::InFlight {
+                    stale.push((key.value(), item));
+                }
+            }
+            for (key, mut item) in stale {
+                item.status = Status::Pending;
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                bump(&mut counters, "in_flight", -1)?;
+                bump(&mut counters, "pending", 1)?;
+                recovered += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "queue items in flight at the last stop are pending again"
+            );
+        }
+        Ok(recovered)
+    }
+
+    /// Appends items in one durable commit; each gets its id or an error.
+    pub fn enqueue_many(
+        &self,
+        items: Vec<NewItem>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Result<u64, QueueError>>, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut results = Vec::with_capacity(items.len());
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            for new in items {
+                let total = counters
+                    .get("total")
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                if total >= self.max_items
+                    && !drop_oldest_event(&mut queue, &mut ids, &mut counters)?
+                {
+                    results.push(Err(QueueError::Full(total)));
+                    continue;
+                }
+                let seq = counters
+                    .get("next_id")
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
+                counters.insert("next_id", seq + 1).map_err(db_err)?;
+                let item = Item {
+                    id: seq,
+                    kind: new.kind,
+                    node: new.node,
+                    payload: new.payload,
+                    created_at: now,
+                    attempts: 0,
+                    last_attempt_at: None,
+                    last_error: None,
+                    status: Status::Pending,
+                    not_before: None,
+                };
+                queue
+                    .insert((new.kind.priority(), seq), encode(&item).as_slice())
+                    .map_err(db_err)?;
+                ids.insert(seq, new.kind.priority()).map_err(db_err)?;
+                bump(&mut counters, "pending", 1)?;
+                bump(&mut counters, "total", 1)?;
+                results.push(Ok(seq));
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(results)
+    }
+
+    /// Takes up to `limit` items that may be sent now, in send order, and
+    /// marks them in flight. An item waits while an earlier item of its
+    /// node is still pending or in flight, so a node's order holds.
+    pub fn take_batch(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut taken = Vec::new();
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut blocked = std::collections::HashSet::new();
+            let mut chosen = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let item = decode(value.value())?;
+                match item.status {
+                    Status::Pending
+                        if !blocked.contains(&item.node)
+                            && item.not_before.is_none_or(|t| t <= now) =>
+                    {
+                        blocked.insert(item.node.clone());
+                        chosen.push((key.value(), item));
+                        if chosen.len() >= limit {
+                            break;
+                        }
+                    }
+                    Status::Pending | Status::InFlight => {
+                        blocked.insert(item.node.clone());
+                    }
+                    Status::Failed | Status::Conflict => {}
+                }
+            }
+            for (key, mut item) in chosen {
+                item.status = Status::InFlight;
+                item.attempts += 1;
+                item.last_attempt_at = Some(now);
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                bump(&mut counters, "pending", -1)?;
+                bump(&mut counters, "in_flight", 1)?;
+                taken.push(item);
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(taken)
+    }
+
+    fn update(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Item) -> Option<Status>,
+    ) -> Result<Option<Item>, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let result = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let priority = ids
+                .get(id)
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .ok_or(QueueError::NotFound(id))?;
+            let key = (priority, id);
+            let mut item = {
+                let bytes = queue
+                    .get(key)
+                    .map_err(db_err)?
+                    .ok_or(QueueError::NotFound(id))?;
+                decode(bytes.value())?
+            };
+            let before = item.status;
+            match change(&mut item) {
+                // None: remove the item.
+                None => {
+                    queue.remove(key).map_err(db_err)?;
+                    ids.remove(id).map_err(db_err)?;
+                    bump(&mut counters, before.counter(), -1)?;
+                    bump(&mut counters, "total", -1)?;
+                    None
+                }
+                Some(after) => {
+                    item.status = after;
+                    queue
+                        .insert(key, encode(&item).as_slice())
+                        .map_err(db_err)?;
+                    if before != after {
+                        bump(&mut counters, before.counter(), -1)?;
+                        bump(&mut counters, after.counter(), 1)?;
+                    }
+                    Some(item)
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(result)
+    }
+
+    /// The controller took the item: it leaves the queue.
+    pub fn ack(&self, id: u64) -> Result<(), QueueError> {
+        self.update(id, |_| None).map(|_| ())
+    }
+
+    /// A send failed. `retry_at` None: the failure is final (`failed`, the
+    /// error kept); else pending again from then.
+    pub fn fail(
+        &self,
+        id: u64,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<Option<Item>, QueueError> {
+        let error = error.to_string();
+        self.update(id, move |item| {
+            item.last_error = Some(error);
+            item.not_before = retry_at;
+            Some(if retry_at.is_some() {
+                Status::Pending
+            } else {
+                Status::Failed
+            })
+        })
+    }
+
+    /// The controller reported a conflict for the item.
+    pub fn mark_conflict(&self, id: u64, error: &str) -> Result<Option<Item>, QueueError> {
+        let error = error.to_string();
+        self.update(id, move |item| {
+            item.last_error = Some(error);
+            Some(Status::Conflict)
+        })
+    }
+
+    /// An operator's retry: pending again now, attempts kept.
+    pub fn retry(&self, id: u64) -> Result<Option<Item>, QueueError> {
+        self.update(id, |item| {
+            item.not_before = None;
+            Some(Status::Pending)
+        })
+    }
+
+    pub fn delete(&self, id: u64) -> Result<(), QueueError> {
+        self.update(id, |_| None).map(|_| ())
+    }
+
+    /// Removes every failed item; returns how many.
+    pub fn clear_failed(&self) -> Result<u64, QueueError> {
+        let failed: Vec<u64> = self
+            .list(Some(Status::Failed), 0, usize::MAX)?
+            .into_iter()
+            .map(|item| item.id)
+            .collect();
+        for id in &failed {
+            self.delete(*id)?;
+        }
+        Ok(failed.len() as u64)
+    }
+
+    /// Items in send order, optionally of one status.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for entry in queue.iter().map_err(db_err)? {
+            let (_, value) = entry.map_err(db_err)?;
+            let item = decode(value.value())?;
+            if status.is_some_and(|s| s != item.status) {
+                continue;
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(item);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let counters = match txn.open_table(QUEUE_COUNTERS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Stats::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let get = |name: &str| -> Result<u64, QueueError> {
+            Ok(counters
+                .get(name)
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        Ok(Stats {
+            pending: get("pending")?,
+            in_flight: get("in_flight")?,
+            failed: get("failed")?,
+            conflict: get("conflict")?,
+            total: get("total")?,
+            dropped_events: get("dropped_events")?,
+        })
+    }
+}
+
+/// Makes room by dropping the oldest event; false if there is none.
+fn drop_oldest_event(
+    queue: &mut redb::Table<'_, (u8, u64), &'static [u8]>,
+    ids: &mut redb::Table<'_, u64, u8>,
+    counters: &mut Counters<'_>,
+) -> Result<bool, QueueError> {
+    let priority = Kind::Event.priority();
+    let oldest = {
+        let mut range = queue
+            .range((priority, 0)..=(priority, u64::MAX))
+            .map_err(db_err)?;
+        match range.next() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(db_err)?;
+                Some((key.value(), decode(value.value())?.status))
+            }
+            None => None,
+        }
+    };
+    let Some((key, status)) = oldest else {
+        return Ok(false);
+    };
+    queue.remove(key).map_err(db_err)?;
+    ids.remove(key.1).map_err(db_err)?;
+    bump(counters, status.counter(), -1)?;
+    bump(counters, "total", -1)?;
+    bump(counters, "dropped_events", 1)?;
+    tracing::warn!(id = key.1, "queue full: oldest event dropped");
+    Ok(true)
+}
+
+/// Exponential backoff with jitter: between half and all of
+/// `base × 2^(attempts-1)`, capped at `max`.
+pub fn backoff(
+    attempts: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    random: u64,
+) -> std::time::Duration {
+    let exponent = attempts.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << exponent).min(max);
+    let half = full / 2;
+    let jitter_ms = half.as_millis() as u64;
+    half + std::time::Duration::from_millis(if jitter_ms == 0 {
+        0
+    } else {
+        random % (jitter_ms + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn queue(max: u64) -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, Queue::open(store, max).unwrap())
+    }
+
+    fn item(kind: Kind, node: &str, n: u32) -> NewItem {
+        NewItem {
+            kind,
+            node: node.into(),
+            payload: serde_json::json!({ "n": n }),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20000)
+    }
+
+    #[test]
+    fn priorities_then_fifo_and_one_item_per_node_at_a_time() {
+        let (_d, q) = queue(100);
+        let ids = q
+            .enqueue_many(
+                vec![
+                    item(Kind::Event, "a", 1),
+                    item(Kind::StateUpdate, "a", 2),
+                    item(Kind::Registration, "b", 3),
+                    item(Kind::StateUpdate, "b", 4),
+                    item(Kind::Event, "c", 5),
+                ],
+                now(),
+            )
+            .unwrap();
+        assert!(ids.iter().all(Result::is_ok));
+        let batch = q.take_batch(10, now()).unwrap();
+        let order: Vec<(Kind, &str)> = batch.iter().map(|i| (i.kind, i.node.as_str())).collect();
+        // b's registration first; a's state update; c's event. b's state
+        // update and a's event wait for their node's earlier item.
+        assert_eq!(
+            order,
+            [
+                (Kind::Registration, "b"),
+                (Kind::StateUpdate, "a"),
+                (Kind::Event, "c")
+            ]
+        );
+        for i in &batch {
+            q.ack(i.id).unwrap();
+        }
+        let next: Vec<u32> = q
+            .take_batch(10, now())
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["n"].as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(next, [4, 1]);
+    }
+
+    #[test]
+    fn failures_back_off_then_fail_for_good() {
+        let (_d, q) = queue(100);
+        let id = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "a", 1)], now())
+            .unwrap()[0]
+            .as_ref()
+            .copied()
+            .unwrap();
+        q.take_batch(1, now()).unwrap();
+        let later = now() + time::Duration::seconds(30);
+        q.fail(id, "503", Some(later)).unwrap();
+        assert!(q.take_batch(1, now()).unwrap().is_empty(), "backing off");
+        assert_eq!(q.take_batch(1, later).unwrap()[0].attempts, 2);
+        let item = q.fail(id, "400 invalid transition", None).unwrap().unwrap();
+        assert_eq!(item.status, Status::Failed);
+        assert_eq!(item.last_error.as_deref(), Some("400 invalid transition"));
+        assert_eq!(q.stats().unwrap().failed, 1);
+        q.retry(id).unwrap();
+        assert_eq!(q.stats().unwrap().pending, 1);
+        q.take_batch(1, now()).unwrap();
+        q.fail(id, "400", None).unwrap();
+        assert_eq!(q.clear_failed().unwrap(), 1);
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_event_never_a_state_change() {
+        let (_d, q) = queue(3);
+        q.enqueue_many(
+            vec![
+                item(Kind::Event, "a", 1),
+                item(Kind::Event, "a", 2),
+                item(Kind::StateUpdate, "b", 3),
+            ],
+            now(),
+        )
+        .unwrap();
+        let r = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "c", 4)], now())
+            .unwrap();
+        assert!(r[0].is_ok());
+        let kept: Vec<u64> = q
+            .list(None, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(kept, [3, 4, 2], "event 1 dropped");
+        q.enqueue_many(vec![item(Kind::Registration, "d", 5)], now())
+            .unwrap();
+        // Now no event is left to drop: a state change is refused, not lost silently.
+        let r = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "e", 6)], now())
+            .unwrap();
+        assert!(matches!(r[0], Err(QueueError::Full(3))), "{:?}", r[0]);
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.total, stats.dropped_events), (3, 2));
+    }
+
+    #[test]
+    fn in_flight_items_are_pending_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+            q.enqueue_many(
+                vec![item(Kind::Event, "a", 1), item(Kind::Event, "b", 2)],
+                now(),
+            )
+            .unwrap();
+            assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
+            assert_eq!(q.stats().unwrap().in_flight, 2);
+        }
+        let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.pending, stats.in_flight), (2, 0));
+        assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(300);
+        for attempts in 1..=12 {
+            let full = base.saturating_mul(1 << (attempts - 1)).min(max);
+            for random in [0u64, 7, u64::MAX] {
+                let d = backoff(attempts, base, max, random);
+                assert!(d >= full / 2 && d <= full, "{attempts}: {d:?}");
+            }
+        }
+        assert_eq!(backoff(40, base, max, 0), Duration::from_secs(150));
+    }
+}
