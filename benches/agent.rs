@@ -76,6 +76,9 @@ fn main() {
     if wanted("central") {
         central_benchmark(work.path());
     }
+    if wanted("queue") {
+        queue_benchmark(work.path());
+    }
 }
 
 fn start_agent(dir: &Path, root: &Path) -> (Proc, SocketAddr, SocketAddr) {
@@ -571,6 +574,79 @@ fn central_benchmark(dir: &Path) {
         }
     }
     println!();
+}
+
+/// Acknowledged (durably committed) enqueues per second, one writer and
+/// 16 concurrent ones through the group-commit writer, next to the raw
+/// rate of single-item redb commits on the same disk.
+fn queue_benchmark(dir: &Path) {
+    use siteboot::queue::{Kind, NewItem, Queue, writer::QueueWriter};
+    const ITEMS: usize = 2000;
+    let item = |n: usize| NewItem {
+        kind: Kind::StateUpdate,
+        node: format!("52:54:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
+        payload: serde_json::json!({"state": "active", "n": n}),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let raw_dir = dir.join("queue-raw");
+    let raw = {
+        let store = Store::open(&raw_dir).expect("store");
+        let started = Instant::now();
+        for n in 0..ITEMS {
+            let node = Node::new_local(
+                Mac::new([0x52, 0x54, 0, 9, (n >> 8) as u8, n as u8]),
+                NodeState::Active,
+                time::OffsetDateTime::now_utc(),
+            );
+            store.put_node(&node).expect("commit");
+        }
+        ITEMS as f64 / started.elapsed().as_secs_f64()
+    };
+    let mut rates = Vec::new();
+    for (case, writers) in [("single", 1usize), ("concurrent", 16)] {
+        let queue = Queue::open(
+            Store::open(&dir.join(format!("queue-{case}"))).expect("store"),
+            1_000_000,
+        )
+        .expect("queue");
+        let rate = runtime.block_on(async {
+            let writer = QueueWriter::start(queue);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let writer = writer.clone();
+                tasks.push(tokio::spawn(async move {
+                    for n in (w..ITEMS).step_by(writers) {
+                        writer.enqueue(item(n)).await.expect("enqueue");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("writer task");
+            }
+            ITEMS as f64 / started.elapsed().as_secs_f64()
+        });
+        rates.push(rate);
+    }
+    println!("Durable queue, {ITEMS} acknowledged enqueues (each committed before its answer)");
+    println!("{:<44} {:>12}", "", "items/s");
+    println!(
+        "{:<44} {:>12.0}",
+        "raw redb, one item per durable commit", raw
+    );
+    println!("{:<44} {:>12.0}", "queue, 1 client", rates[0]);
+    println!(
+        "{:<44} {:>12.0}",
+        "queue, 16 concurrent clients (group commit)", rates[1]
+    );
+    println!(
+        "concurrent / single: {:.1}x (target >= 5x)\n",
+        rates[1] / rates[0]
+    );
 }
 
 async fn load(http: SocketAddr, macs: Vec<Mac>, endpoint: Endpoint) -> LoadResult {
