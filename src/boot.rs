@@ -338,16 +338,7 @@ impl BootService {
         if let Some(answer) = self.scripts.get(&node, facts, base_url, source) {
             return answer;
         }
-        let workflow = self.workflow_for(&node).await;
-        let decision = decision::decide(
-            Some(&node),
-            workflow.as_ref(),
-            DecisionContext {
-                connectivity: Connectivity::Online,
-                offline_default: self.offline_default,
-                last_known_replayable: false,
-            },
-        );
+        let decision = self.decide_online(&node).await;
         let answer = self.render(&node, facts, &decision, source, base_url, None);
         if answer.action == Action::Install && standalone {
             // Standalone, the agent owns the state: the node changes state,
@@ -383,22 +374,27 @@ impl BootService {
             .unwrap_or_else(|| {
                 Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
             });
-        let workflow = self.workflow_for(&node).await;
-        let decision = decision::decide(
-            Some(&node),
-            workflow.as_ref(),
-            DecisionContext {
-                connectivity: Connectivity::Online,
-                offline_default: self.offline_default,
-                last_known_replayable: false,
-            },
-        );
+        let decision = self.decide_online(&node).await;
         let source = if self.central.is_some() {
             Source::Cache
         } else {
             Source::Standalone
         };
         Ok(self.render(&node, facts, &decision, source, base_url, None))
+    }
+
+    /// The online column of DESIGN §4 for a known node.
+    async fn decide_online(&self, node: &Node) -> Decision {
+        let workflow = self.workflow_for(node).await;
+        decision::decide(
+            Some(node),
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity: Connectivity::Online,
+                offline_default: self.offline_default,
+                last_known_replayable: false,
+            },
+        )
     }
 
     fn replayable(&self, last: &LastScript) -> bool {
