@@ -395,23 +395,17 @@ fn http_benchmark(dir: &Path) {
     let macs: Vec<Mac> = (0..NODES)
         .map(|i| Mac::new([0x52, 0x54, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
         .collect();
-    {
-        let store = Store::open(&dir.join("data")).expect("store");
-        let now = time::OffsetDateTime::now_utc();
-        let states = [
+    populate(
+        &dir,
+        &macs,
+        &[
             NodeState::Active,
             NodeState::Installed,
             NodeState::Discovered,
             NodeState::InstallFailed,
             NodeState::Retired,
-        ];
-        let nodes: Vec<Node> = macs
-            .iter()
-            .enumerate()
-            .map(|(i, mac)| Node::new_local(*mac, states[i % states.len()], now))
-            .collect();
-        store.put_nodes(&nodes).expect("populate");
-    }
+        ],
+    );
     let (_agent, http, _) = start_agent(&dir, &dir.join("boot-assets"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -457,12 +451,14 @@ enum Endpoint {
     Health,
 }
 
-fn populate(dir: &Path, macs: &[Mac]) {
+/// Stores a node for each MAC, cycling through `states`.
+fn populate(dir: &Path, macs: &[Mac], states: &[NodeState]) {
     let store = Store::open(&dir.join("data")).expect("store");
     let now = time::OffsetDateTime::now_utc();
     let nodes: Vec<Node> = macs
         .iter()
-        .map(|mac| Node::new_local(*mac, NodeState::Active, now))
+        .enumerate()
+        .map(|(i, mac)| Node::new_local(*mac, states[i % states.len()], now))
         .collect();
     store.put_nodes(&nodes).expect("populate");
 }
@@ -530,7 +526,7 @@ fn central_benchmark(dir: &Path) {
     for (name, mode) in cases {
         let case_dir = dir.join(format!("central-{}", &name[1..2]));
         std::fs::create_dir_all(&case_dir).expect("mkdir");
-        populate(&case_dir, &macs);
+        populate(&case_dir, &macs, &[NodeState::Active]);
         match mode {
             Some(mode) => {
                 controller.up_if_down();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -314,11 +314,6 @@ impl Store {
         Ok(nodes)
     }
 
-    pub fn count_nodes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(NODES)?.len()?)
-    }
-
     pub fn put_workflows(&self, workflows: &[Workflow]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
@@ -455,7 +450,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let node = Node::new_local(m, NodeState::Active, OffsetDateTime::now_utc());
             store.put_node(&node).unwrap();
-            assert_eq!(store.count_nodes().unwrap(), 1);
+            assert_eq!(store.list_nodes().unwrap().len(), 1);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);

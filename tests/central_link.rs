@@ -21,6 +21,16 @@ fn central_config(controller: &FakeController) -> String {
     )
 }
 
+/// An agent for site fra1 linked to `controller`, once it is online.
+fn online_agent(controller: &FakeController) -> common::Agent {
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    agent
+}
+
 fn boot(agent: &common::Agent, mac: &str) -> (String, String) {
     let (status, headers, body) =
         curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64"))]);
@@ -137,11 +147,7 @@ fn cold_start_with_the_controller_down_then_registration_when_it_appears() {
 #[test]
 fn offline_after_the_threshold_online_after_recovery_logged_once_each() {
     let controller = FakeController::start();
-    let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
-        .start();
-    wait_until(LONG, "online", || mode(&agent) == "online");
+    let agent = online_agent(&controller);
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
     let status = get_json(&agent.url("/api/v1/status"));
@@ -254,11 +260,7 @@ fn slow_controller_answers_from_cache_and_refreshes_in_the_background() {
     let controller = FakeController::start();
     let mac = "52:54:00:00:23:01";
     controller.set_node(mac, "active", None);
-    let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
-        .start();
-    wait_until(LONG, "online", || mode(&agent) == "online");
+    let agent = online_agent(&controller);
     let (_, source) = boot(&agent, mac);
     assert_eq!(source, "live");
     controller.set_node(mac, "retired", None);
@@ -285,11 +287,7 @@ fn concurrent_boots_for_one_mac_make_one_controller_call() {
     let controller = FakeController::start();
     let mac = "52:54:00:00:24:01";
     controller.set_node(mac, "active", None);
-    let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
-        .start();
-    wait_until(LONG, "online", || mode(&agent) == "online");
+    let agent = online_agent(&controller);
     controller.set_mode(Mode::Slow(Duration::from_millis(800)));
     let before = controller.calls_to("GET", "/api/v1/nodes").len();
     let url = agent.url(&format!("/api/v1/boot?mac={mac}"));
@@ -323,11 +321,7 @@ fn garbage_and_errors_never_panic_or_poison_the_cache() {
     let controller = FakeController::start();
     let mac = "52:54:00:00:25:01";
     controller.set_node(mac, "active", None);
-    let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
-        .start();
-    wait_until(LONG, "online", || mode(&agent) == "online");
+    let agent = online_agent(&controller);
     boot(&agent, mac);
     for bad in [Mode::Garbage, Mode::Erroring] {
         controller.set_mode(bad);
@@ -353,11 +347,7 @@ fn garbage_and_errors_never_panic_or_poison_the_cache() {
 #[test]
 fn unknown_mac_is_registered_at_the_controller() {
     let controller = FakeController::start();
-    let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
-        .start();
-    wait_until(LONG, "online", || mode(&agent) == "online");
+    let agent = online_agent(&controller);
     let (body, source) = boot(&agent, "52-54-00-00-26-01");
     assert_eq!(source, "live");
     assert!(

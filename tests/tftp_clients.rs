@@ -54,56 +54,35 @@ fn curl_tftp_fetches_undionly_byte_identical() {
     assert_eq!(body, undionly());
 }
 
+/// Fetches `name` with atftp at the given block and window size.
+fn atftp_get(agent: &common::Agent, name: &str, blksize: u32, window: u32, out: &Path) {
+    let result = Command::new("atftp")
+        .args(["--option", &format!("blksize {blksize}")])
+        .args(["--option", &format!("windowsize {window}")])
+        .args(["--get", "-r", name, "-l"])
+        .arg(out)
+        .args(["127.0.0.1", &agent.tftp.port().to_string()])
+        .output()
+        .expect("run atftp");
+    assert!(
+        result.status.success(),
+        "atftp: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
 #[test]
 fn atftp_with_blksize_1468_and_windowsize_16() {
     require_tool("atftp");
     let data = pattern(3_000_000, 7);
     let agent = AgentBuilder::new().asset("big.bin", &data).start();
     let out = agent.dir.path().join("big.out");
-    let result = Command::new("atftp")
-        .args([
-            "--option",
-            "blksize 1468",
-            "--option",
-            "windowsize 16",
-            "--get",
-            "-r",
-            "big.bin",
-            "-l",
-        ])
-        .arg(&out)
-        .args(["127.0.0.1", &agent.tftp.port().to_string()])
-        .output()
-        .expect("run atftp");
-    assert!(
-        result.status.success(),
-        "atftp: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    atftp_get(&agent, "big.bin", 1468, 16, &out);
     assert_eq!(read(&out), data);
     // 16 blocks of 8 KiB would overflow atftp's socket buffer: the agent
     // offers a window of 8 instead (64 KiB), and atftp follows the OACK.
     let out8 = agent.dir.path().join("big8.out");
-    let result = Command::new("atftp")
-        .args([
-            "--option",
-            "blksize 8192",
-            "--option",
-            "windowsize 16",
-            "--get",
-            "-r",
-            "big.bin",
-            "-l",
-        ])
-        .arg(&out8)
-        .args(["127.0.0.1", &agent.tftp.port().to_string()])
-        .output()
-        .expect("run atftp");
-    assert!(
-        result.status.success(),
-        "atftp: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    atftp_get(&agent, "big.bin", 8192, 16, &out8);
     assert_eq!(read(&out8), data);
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.log_lines().join("\n");

@@ -369,15 +369,6 @@ impl Queue {
         })
     }
 
-    /// The controller reported a conflict for the item.
-    pub fn mark_conflict(&self, id: u64, error: &str) -> Result<Option<Item>, QueueError> {
-        let error = error.to_string();
-        self.update(id, move |item| {
-            item.last_error = Some(error);
-            Some(Status::Conflict)
-        })
-    }
-
     /// An operator's retry: pending again now, attempts kept.
     pub fn retry(&self, id: u64) -> Result<Option<Item>, QueueError> {
         self.update(id, |item| {
