@@ -582,6 +582,7 @@ fn queue_benchmark(dir: &Path) {
         kind: Kind::StateUpdate,
         node: format!("52:54:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
         payload: serde_json::json!({"state": "active", "n": n}),
+        key: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

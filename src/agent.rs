@@ -9,6 +9,8 @@ use crate::boot::BootService;
 use crate::bootfiles::{self, BootFiles};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::outbox::Outbox;
+use crate::outbox::replay::ReplaySettings;
 use crate::store::{Store, StoreError};
 use crate::templates::{TemplateError, Templates};
 use crate::tftp::TftpServer;
@@ -61,6 +63,31 @@ pub async fn start(
         }
         None => None,
     };
+    let queue = crate::queue::Queue::open(boot.store().clone(), config.queue.max_items).map_err(
+        |e| match e {
+            crate::queue::QueueError::Store(e) => StartError::Store(e),
+            other => StartError::Store(StoreError::Task(other.to_string())),
+        },
+    )?;
+    let outbox = Arc::new(Outbox::new(
+        queue,
+        boot.nodes().clone(),
+        link.as_ref().map(|(link, _)| link.clone()),
+    ));
+    boot.set_outbox(outbox.clone());
+    if let Some((link, _)) = &link {
+        tokio::spawn(crate::outbox::replay::run(
+            outbox.clone(),
+            link.clone(),
+            ReplaySettings {
+                batch_size: config.queue.batch_size as usize,
+                max_retries: config.queue.max_retries,
+                retry_base: config.queue.retry_base,
+                retry_max: config.queue.retry_max,
+                period: config.central.check_interval,
+            },
+        ));
+    }
     let boot = Arc::new(boot);
     let admin_token = crate::http::admin::load_or_create_token(&config.admin_token_file)
         .map_err(StartError::AdminToken)?;
@@ -124,6 +151,7 @@ pub async fn start(
         started: Instant::now(),
         admin_token,
         sync,
+        outbox,
     });
     let app = http::router(state);
     tracing::info!(

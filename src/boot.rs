@@ -9,12 +9,13 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::central::link::CentralLink;
+use crate::central::link::{CentralLink, LookupError};
 use crate::config::{Config, OfflineDefault};
 use crate::decision::{self, Action, Connectivity, Decision, DecisionContext};
 use crate::mac::Mac;
 use crate::node::{Node, NodeState, Workflow};
 use crate::nodes::NodeCache;
+use crate::outbox::Outbox;
 use crate::script_cache::ScriptCache;
 use crate::stats::BootStats;
 use crate::store::{LastScript, Store, StoreError};
@@ -75,6 +76,8 @@ pub struct BootService {
     central: Option<Arc<CentralLink>>,
     templates: RwLock<Arc<Templates>>,
     recorder: Option<mpsc::Sender<(Mac, LastScript)>>,
+    /// Where boot events and offline registrations go (with a controller).
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl BootService {
@@ -98,6 +101,7 @@ impl BootService {
             central: None,
             templates: RwLock::new(Arc::new(templates)),
             recorder: None,
+            outbox: None,
         })
     }
 
@@ -128,6 +132,15 @@ impl BootService {
 
     pub fn central(&self) -> Option<&Arc<CentralLink>> {
         self.central.as_ref()
+    }
+
+    /// Connects the outbox (before it serves).
+    pub fn set_outbox(&mut self, outbox: Arc<Outbox>) {
+        self.outbox = Some(outbox);
+    }
+
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.outbox.as_ref()
     }
 
     /// Loads the templates again; on error the old ones stay in use.
@@ -187,6 +200,9 @@ impl BootService {
         };
         self.stats
             .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        if let Some(outbox) = &self.outbox {
+            outbox.boot_event(mac, &answer);
+        }
         answer
     }
 
@@ -220,6 +236,9 @@ impl BootService {
             Some(Ok(node)) => (Some(node), Source::Live),
             Some(Err(e)) => {
                 tracing::debug!(%mac, error = %e, "answering from the cache");
+                if matches!(&e, LookupError::Central(c) if c.is_unreachable()) {
+                    self.register_offline(mac, facts).await;
+                }
                 if !link.monitor().is_online() {
                     return self.answer_offline(link, mac, facts, base_url).await;
                 }
@@ -240,12 +259,26 @@ impl BootService {
         facts: &BootFacts,
         base_url: &str,
     ) -> BootAnswer {
+        self.register_offline(mac, facts).await;
         let now = OffsetDateTime::now_utc();
         let state = link.monitor().state();
         let since = state.offline_since.unwrap_or(now);
         let duration = state.offline_duration(now).unwrap_or_default();
         self.render_offline(mac, facts, base_url, since, duration)
             .await
+    }
+
+    /// DESIGN §4, unknown MAC offline: the registration is queued and the
+    /// node cached as discovered under a local id.
+    async fn register_offline(&self, mac: Mac, facts: &BootFacts) {
+        if self.nodes.get(mac).is_some() {
+            return;
+        }
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.register_local(mac, facts).await
+        {
+            tracing::error!(%mac, error = %e, "offline registration not queued");
+        }
     }
 
     /// The offline column of DESIGN §4 from the cached record, with the
@@ -618,7 +651,7 @@ fn image_name(url: &str) -> String {
         .to_string()
 }
 
-fn is_plain_token(text: &str) -> bool {
+pub(crate) fn is_plain_token(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 64
         && text

@@ -12,6 +12,7 @@ pub mod http;
 pub mod mac;
 pub mod node;
 pub mod nodes;
+pub mod outbox;
 pub mod queue;
 pub mod script_cache;
 pub mod stats;

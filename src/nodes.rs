@@ -45,6 +45,11 @@ impl NodeCache {
         read(&self.nodes).get(&mac).cloned()
     }
 
+    /// Every cached node (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        read(&self.nodes).values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         read(&self.nodes).len()
     }
@@ -69,6 +74,15 @@ impl NodeCache {
             .await
     }
 
+    /// Stores `node` as it is (replacing the MAC's record).
+    pub async fn put(&self, node: Node) -> Result<Arc<Node>, StoreError> {
+        self.write(move |store| {
+            store.put_node(&node)?;
+            Ok(node)
+        })
+        .await
+    }
+
     /// Takes the controller's record of a node. An unchanged record keeps
     /// the cached `Arc` (so rendered scripts stay valid) and costs no write.
     pub async fn upsert_central(&self, node: Node) -> Result<Arc<Node>, StoreError> {
@@ -89,16 +103,20 @@ impl NodeCache {
     }
 
     /// Applies a sync page: stores changed nodes; after a full sync, marks
-    /// cached controller nodes it did not list. Returns (changed, marked).
+    /// cached controller nodes it did not list. Nodes in `protected` hold
+    /// local changes still queued for the controller and are left as they
+    /// are until those are sent. Returns (changed, marked).
     pub async fn apply_sync(
         &self,
         nodes: Vec<Node>,
         full: bool,
+        protected: &std::collections::HashSet<Mac>,
     ) -> Result<(usize, usize), StoreError> {
         let now = time::OffsetDateTime::now_utc();
         let listed: std::collections::HashSet<Mac> = nodes.iter().map(|n| n.mac).collect();
         let mut changed: Vec<Node> = nodes
             .into_iter()
+            .filter(|node| !protected.contains(&node.mac))
             .filter(|node| {
                 self.get(node.mac)
                     .is_none_or(|c| !c.same_as_central(node) || c.missing_central_since.is_some())
@@ -114,6 +132,7 @@ impl NodeCache {
             for cached in read(&self.nodes).values() {
                 // Nodes first seen here (local-…) were never the controller's.
                 if !listed.contains(&cached.mac)
+                    && !protected.contains(&cached.mac)
                     && !cached.id.starts_with("local-")
                     && cached.missing_central_since.is_none()
                 {

@@ -110,7 +110,7 @@ pub struct NodeEnvelope {
     pub data: Node,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewNode {
     pub mac_address: String,
     pub arch: Option<String>,
@@ -119,4 +119,103 @@ pub struct NewNode {
     pub serial_number: Option<String>,
     pub system_uuid: Option<String>,
     pub site_id: String,
+}
+
+/// `PATCH /api/v1/nodes/{id}/state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub state: crate::node::NodeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// The node's version this change was made against (DESIGN §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+}
+
+/// Installer and boot progress (`POST /api/v1/report`), PureBoot's
+/// `NodeReport`. Fields this agent does not interpret are kept and passed
+/// on unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub mac_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation_status: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Report events, as PureBoot names them.
+pub const REPORT_EVENTS: [&str; 7] = [
+    "boot_started",
+    "install_started",
+    "install_progress",
+    "install_complete",
+    "install_failed",
+    "first_boot",
+    "heartbeat",
+];
+
+impl NodeReport {
+    /// The event, from `event` or PureBoot's legacy `installation_status`.
+    pub fn effective_event(&self) -> Option<&str> {
+        if let Some(event) = self.event.as_deref() {
+            return Some(event);
+        }
+        match self.installation_status.as_deref()? {
+            "started" => Some("install_started"),
+            "progress" => Some("install_progress"),
+            "complete" => Some("install_complete"),
+            "failed" => Some("install_failed"),
+            _ => None,
+        }
+    }
+
+    /// The state the report moves the node to, as the controller would.
+    pub fn implied_state(&self) -> Option<crate::node::NodeState> {
+        use crate::node::NodeState;
+        match self.effective_event()? {
+            "install_started" => Some(NodeState::Installing),
+            "install_complete" => Some(NodeState::Installed),
+            "install_failed" => Some(NodeState::InstallFailed),
+            "first_boot" => Some(NodeState::Active),
+            _ => None,
+        }
+    }
+
+    /// Checks what the agent relies on; the error says what is wrong.
+    pub fn validate(&self) -> Result<crate::mac::Mac, String> {
+        let mac = self
+            .mac_address
+            .parse::<crate::mac::Mac>()
+            .map_err(|e| format!("mac_address: {e}"))?;
+        if let Some(event) = &self.event
+            && !REPORT_EVENTS.contains(&event.as_str())
+        {
+            return Err(format!(
+                "unknown event {event:?}; valid: {}",
+                REPORT_EVENTS.join(", ")
+            ));
+        }
+        if let Some(status) = &self.installation_status
+            && !["started", "progress", "complete", "failed"].contains(&status.as_str())
+        {
+            return Err(format!(
+                "unknown installation_status {status:?}; valid: started, progress, complete, failed"
+            ));
+        }
+        if self.effective_event().is_none() {
+            return Err("a report needs an event (or installation_status)".into());
+        }
+        Ok(mac)
+    }
 }

@@ -7,12 +7,14 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::api::{
-    Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, Registration,
-    RegistrationReply,
+    Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, NodeReport, Registration,
+    RegistrationReply, StateChange,
 };
 use super::{BoxFuture, CentralError, Controller, RemoteFile};
 use crate::mac::Mac;
 use crate::node::Node;
+
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// Bodies larger than this are refused as garbage rather than buffered.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -226,10 +228,17 @@ impl Controller for HttpController {
         })
     }
 
-    fn create_node(&self, request: &NewNode) -> BoxFuture<'_, Result<Node, CentralError>> {
-        let builder = self
+    fn create_node(
+        &self,
+        request: &NewNode,
+        idempotency_key: Option<&str>,
+    ) -> BoxFuture<'_, Result<Node, CentralError>> {
+        let mut builder = self
             .request(reqwest::Method::POST, "/api/v1/nodes")
             .json(request);
+        if let Some(key) = idempotency_key {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
         let mac = request.mac_address.parse::<Mac>();
         Box::pin(async move {
             let (status, body) = self.send(builder).await?;
@@ -243,6 +252,54 @@ impl Controller for HttpController {
                 return Err(rejected(status, &body));
             }
             Ok(decode::<NodeEnvelope>(&body)?.data)
+        })
+    }
+
+    fn set_state(
+        &self,
+        node_id: &str,
+        change: &StateChange,
+        idempotency_key: &str,
+    ) -> BoxFuture<'_, Result<Node, CentralError>> {
+        // The id goes into the path: refuse anything that could leave it.
+        let safe = !node_id.is_empty()
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        let builder = self
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/nodes/{node_id}/state"),
+            )
+            .header(IDEMPOTENCY_KEY, idempotency_key)
+            .json(change);
+        let node_id = node_id.to_string();
+        Box::pin(async move {
+            if !safe {
+                return Err(CentralError::Garbage(format!(
+                    "node id {node_id:?} is not usable in a URL"
+                )));
+            }
+            Ok(self.call::<NodeEnvelope>(builder).await?.data)
+        })
+    }
+
+    fn report(
+        &self,
+        report: &NodeReport,
+        idempotency_key: &str,
+    ) -> BoxFuture<'_, Result<(), CentralError>> {
+        let builder = self
+            .request(reqwest::Method::POST, "/api/v1/report")
+            .header(IDEMPOTENCY_KEY, idempotency_key)
+            .json(report);
+        Box::pin(async move {
+            let (status, body) = self.send(builder).await?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(rejected(status, &body))
+            }
         })
     }
 }

@@ -141,7 +141,7 @@ impl CentralLink {
                     system_uuid: facts.uuid.clone(),
                     site_id: self.site_id.clone(),
                 };
-                let created = self.observe(self.controller.create_node(&request).await)?;
+                let created = self.observe(self.controller.create_node(&request, None).await)?;
                 tracing::info!(%mac, id = %created.id, "new node registered at the controller");
                 created
             }

@@ -12,7 +12,10 @@ use std::pin::Pin;
 
 use crate::mac::Mac;
 use crate::node::Node;
-use api::{Heartbeat, HeartbeatReply, NewNode, NodePage, Registration, RegistrationReply};
+use api::{
+    Heartbeat, HeartbeatReply, NewNode, NodePage, NodeReport, Registration, RegistrationReply,
+    StateChange,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -60,7 +63,25 @@ pub trait Controller: Send + Sync + 'static {
     /// `Ok(None)`: the controller does not know the MAC.
     fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>>;
     /// Registers a node; an existing one (409) is fetched and returned.
-    fn create_node(&self, request: &NewNode) -> BoxFuture<'_, Result<Node, CentralError>>;
+    /// `idempotency_key` is sent with replayed (and replayable) writes.
+    fn create_node(
+        &self,
+        request: &NewNode,
+        idempotency_key: Option<&str>,
+    ) -> BoxFuture<'_, Result<Node, CentralError>>;
+    /// `PATCH /api/v1/nodes/{id}/state`; the controller's node comes back.
+    fn set_state(
+        &self,
+        node_id: &str,
+        change: &StateChange,
+        idempotency_key: &str,
+    ) -> BoxFuture<'_, Result<Node, CentralError>>;
+    /// `POST /api/v1/report`.
+    fn report(
+        &self,
+        report: &NodeReport,
+        idempotency_key: &str,
+    ) -> BoxFuture<'_, Result<(), CentralError>>;
     /// A file of the controller's (`GET /api/v1/files/{path}`), streamed;
     /// `Ok(None)` if it has no such file.
     fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>>;

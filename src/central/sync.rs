@@ -30,6 +30,7 @@ pub async fn run(
     link: &CentralLink,
     nodes: &NodeCache,
     full: bool,
+    protected: &std::collections::HashSet<crate::mac::Mac>,
 ) -> Result<SyncReport, LookupError> {
     let store = nodes.store().clone();
     let cursor = if full {
@@ -74,7 +75,7 @@ pub async fn run(
     // A full sync whose page had bad entries cannot tell "missing" from
     // "unreadable", so it marks nothing.
     let (changed, marked) = nodes
-        .apply_sync(received, full && errors.is_empty())
+        .apply_sync(received, full && errors.is_empty(), protected)
         .await?;
     let now = OffsetDateTime::now_utc();
     let stamp = now

@@ -214,6 +214,13 @@ impl Tasks {
             .ok()
             .flatten()
             .unwrap_or(0.0);
+        let queue = match self.boot.outbox() {
+            Some(outbox) => outbox.stats().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "queue counts unavailable for the heartbeat");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
         Heartbeat {
             site_id: self.settings.site_id.clone(),
             timestamp: OffsetDateTime::now_utc()
@@ -229,8 +236,8 @@ impl Tasks {
             active_boots: stats.active_boots(),
             cache_hit_rate: stats.cache_hit_rate(),
             disk_usage_percent: disk,
-            pending_sync_items: 0,
-            failed_sync_items: 0,
+            pending_sync_items: queue.pending + queue.in_flight,
+            failed_sync_items: queue.failed + queue.conflict,
             last_sync_at,
             conflicts_pending: 0,
             last_offline_duration_seconds: self
@@ -316,7 +323,20 @@ impl Tasks {
     }
 
     async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
-        let result = sync::run(&self.link, self.boot.nodes(), full).await;
+        let protected = match self.boot.outbox() {
+            Some(outbox) => {
+                let queue = outbox.queue().clone();
+                tokio::task::spawn_blocking(move || queue.nodes_with_changes())
+                    .await
+                    .map_err(|e| LookupError::Store(e.to_string()))?
+                    .map_err(|e| LookupError::Store(e.to_string()))?
+                    .iter()
+                    .filter_map(|mac| mac.parse::<Mac>().ok())
+                    .collect()
+            }
+            None => Default::default(),
+        };
+        let result = sync::run(&self.link, self.boot.nodes(), full, &protected).await;
         match &result {
             Ok(report) if report.changed > 0 || report.marked_missing > 0 => {
                 self.boot.invalidate(None)

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod assets;
+pub mod queue;
+pub mod writes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,12 +38,30 @@ pub struct AppState {
     pub admin_token: String,
     /// Present when a controller is configured.
     pub sync: Option<crate::central::tasks::SyncHandle>,
+    pub outbox: Arc<crate::outbox::Outbox>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/v1/sync", axum::routing::post(admin::sync))
         .route("/api/v1/sync/log", get(admin::sync_log))
+        .route("/api/v1/nodes", get(writes::list_nodes))
+        .route("/api/v1/nodes/{mac}", get(writes::get_node))
+        .route(
+            "/api/v1/nodes/{mac}/state",
+            axum::routing::patch(writes::set_state),
+        )
+        .route("/api/v1/queue", get(queue::list))
+        .route("/api/v1/queue/stats", get(queue::stats))
+        .route(
+            "/api/v1/queue/clear-failed",
+            axum::routing::post(queue::clear_failed),
+        )
+        .route("/api/v1/queue/{id}", axum::routing::delete(queue::delete))
+        .route(
+            "/api/v1/queue/{id}/retry",
+            axum::routing::post(queue::retry),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
@@ -51,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/boot.ipxe", get(bootstrap))
         .route("/api/v1/boot", get(boot))
         .route("/assets/{*path}", get(asset))
+        .route("/api/v1/report", axum::routing::post(writes::report))
         .route("/health", get(health))
         .route("/api/v1/status", get(status))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
@@ -198,6 +219,10 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         .await
         .ok()
         .flatten();
+    let queue = state.outbox.stats().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "queue counts unavailable");
+        Default::default()
+    });
     axum::Json(json!({
         "site_id": state.site_id,
         "mode": mode(&state),
@@ -207,7 +232,13 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "offline_duration_s": link.as_ref().and_then(|l| l.offline_duration(now)).map(|d| d.as_secs()).unwrap_or(0),
         "last_sync_at": last_sync_at,
         "nodes_cached": nodes_cached,
-        "queue": {"pending": 0, "in_flight": 0, "failed": 0},
+        "queue": {
+            "pending": queue.pending,
+            "in_flight": queue.in_flight,
+            "failed": queue.failed,
+            "conflict": queue.conflict,
+            "dropped_events": queue.dropped_events,
+        },
         "conflicts_pending": 0,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),

@@ -19,6 +19,13 @@ const QUEUE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("queue");
 const QUEUE_IDS: TableDefinition<u64, u8> = TableDefinition::new("queue_ids");
 /// Counters: next sequence, items per status, events dropped.
 const QUEUE_COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("queue_counters");
+/// Node → number of its items still to send (pending or in flight). Kept
+/// in the same transactions as the items, so it never drifts: a write for
+/// a node listed here must queue behind its items, not overtake them.
+const QUEUE_NODES: TableDefinition<&str, u64> = TableDefinition::new("queue_nodes");
+/// This database's queue instance id, the prefix of idempotency keys, so
+/// that a recreated database never reuses a key the controller has seen.
+const META_INSTANCE: &str = "queue_instance";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +63,26 @@ impl Status {
             Status::Conflict => "conflict",
         }
     }
+
+    /// Still to be sent (counts in [`QUEUE_NODES`]).
+    fn is_active(self) -> bool {
+        matches!(self, Status::Pending | Status::InFlight)
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Status::Pending),
+            "in_flight" => Ok(Status::InFlight),
+            "failed" => Ok(Status::Failed),
+            "conflict" => Ok(Status::Conflict),
+            other => Err(format!(
+                "unknown queue status {other:?}; valid: pending, in_flight, failed, conflict"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +92,9 @@ pub struct Item {
     /// The node's MAC.
     pub node: String,
     pub payload: serde_json::Value,
+    /// Sent as `Idempotency-Key` with every attempt.
+    #[serde(default)]
+    pub key: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub attempts: u32,
@@ -82,6 +112,30 @@ pub struct NewItem {
     pub kind: Kind,
     pub node: String,
     pub payload: serde_json::Value,
+    /// The idempotency key a direct attempt already used, so that a replay
+    /// of a write the controller may have applied is recognised; None: the
+    /// queue's own `<instance>-<id>`.
+    pub key: Option<String>,
+}
+
+/// A change to one item: its new status, or None to remove it.
+type Change = Box<dyn FnOnce(&mut Item) -> Option<Status> + Send>;
+/// An item's status before a change, and the item after it (None: gone).
+type Updated = (Option<Status>, Option<Item>);
+
+/// How one send of a batch ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The controller took it: the item leaves the queue.
+    Ack,
+    /// Try again from `at` (a 5xx or garbage answer).
+    RetryAt { error: String, at: OffsetDateTime },
+    /// Never reached the controller: pending again, the attempt not counted.
+    Unsent { error: String },
+    /// Final: `failed` with the controller's error kept.
+    Failed { error: String },
+    /// Final: `conflict` (DESIGN §8).
+    Conflict { error: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -129,9 +183,11 @@ fn encode(item: &Item) -> Vec<u8> {
 pub struct Queue {
     store: Store,
     max_items: u64,
+    instance: String,
 }
 
 type Counters<'t> = redb::Table<'t, &'static str, u64>;
+type Items<'t> = redb::Table<'t, (u8, u64), &'static [u8]>;
 
 fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), QueueError> {
     let current = counters
@@ -140,7 +196,38 @@ fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), Queue
         .map(|v| v.value())
         .unwrap_or(0);
     let next = (current as i64 + delta).max(0) as u64;
-    counters.insert(name, next).map_err(db_err)?;
+    if next == 0 {
+        counters.remove(name).map_err(db_err)?;
+    } else {
+        counters.insert(name, next).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The [`QUEUE_NODES`] key counting a node's registrations and state
+/// changes only (the plain MAC counts all its items).
+fn changes_key(node: &str) -> String {
+    format!("{node}/changes")
+}
+
+/// Keeps [`QUEUE_NODES`] in step with a status change of one item.
+fn track_node(
+    nodes: &mut Counters<'_>,
+    item: &Item,
+    before: Option<Status>,
+    after: Option<Status>,
+) -> Result<(), QueueError> {
+    let was = before.is_some_and(Status::is_active);
+    let is = after.is_some_and(Status::is_active);
+    let delta = match (was, is) {
+        (false, true) => 1,
+        (true, false) => -1,
+        _ => return Ok(()),
+    };
+    bump(nodes, &item.node, delta)?;
+    if item.kind != Kind::Event {
+        bump(nodes, &changes_key(&item.node), delta)?;
+    }
     Ok(())
 }
 
@@ -148,7 +235,19 @@ impl Queue {
     /// Opens the queue tables; items left `in_flight` by a crash are
     /// `pending` again.
     pub fn open(store: Store, max_items: u64) -> Result<Queue, QueueError> {
-        let queue = Queue { store, max_items };
+        let instance = match store.get_meta(META_INSTANCE)? {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                store.put_meta(&[(META_INSTANCE, &id)])?;
+                id
+            }
+        };
+        let queue = Queue {
+            store,
+            max_items,
+            instance,
+        };
         queue.recover_in_flight()?;
         Ok(queue)
     }
@@ -157,12 +256,19 @@ impl Queue {
         &self.store
     }
 
+    /// A fresh idempotency key of this queue's instance (for direct sends
+    /// that may end up queued).
+    pub fn direct_key(&self) -> String {
+        format!("{}-d{}", self.instance, uuid::Uuid::new_v4().simple())
+    }
+
     fn recover_in_flight(&self) -> Result<usize, QueueError> {
         let txn = self.store.db().begin_write().map_err(db_err)?;
         let mut recovered = 0;
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            txn.open_table(QUEUE_NODES).map_err(db_err)?;
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
             let mut stale = Vec::new();
             for entry in queue.iter().map_err(db_err)? {
@@ -204,6 +310,7 @@ impl Queue {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
             for new in items {
                 let total = counters
                     .get("total")
@@ -211,7 +318,7 @@ impl Queue {
                     .map(|v| v.value())
                     .unwrap_or(0);
                 if total >= self.max_items
-                    && !drop_oldest_event(&mut queue, &mut ids, &mut counters)?
+                    && !drop_oldest_event(&mut queue, &mut ids, &mut counters, &mut nodes)?
                 {
                     results.push(Err(QueueError::Full(total)));
                     continue;
@@ -225,6 +332,9 @@ impl Queue {
                 let item = Item {
                     id: seq,
                     kind: new.kind,
+                    key: new
+                        .key
+                        .unwrap_or_else(|| format!("{}-{seq}", self.instance)),
                     node: new.node,
                     payload: new.payload,
                     created_at: now,
@@ -240,6 +350,7 @@ impl Queue {
                 ids.insert(seq, new.kind.priority()).map_err(db_err)?;
                 bump(&mut counters, "pending", 1)?;
                 bump(&mut counters, "total", 1)?;
+                track_node(&mut nodes, &item, None, Some(Status::Pending))?;
                 results.push(Ok(seq));
             }
         }
@@ -294,54 +405,127 @@ impl Queue {
         Ok(taken)
     }
 
-    fn update(
-        &self,
-        id: u64,
-        change: impl FnOnce(&mut Item) -> Option<Status>,
-    ) -> Result<Option<Item>, QueueError> {
+    /// When the next backed-off item becomes sendable, if any is waiting.
+    pub fn next_retry_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut earliest: Option<OffsetDateTime> = None;
+        for entry in queue.iter().map_err(db_err)? {
+            let (_, value) = entry.map_err(db_err)?;
+            let item = decode(value.value())?;
+            if item.status == Status::Pending
+                && let Some(at) = item.not_before
+            {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// Applies one change to each listed item in one commit. A change
+    /// returning None removes the item. Returns the items as they are now
+    /// (None: removed or missing).
+    fn update_many(&self, changes: Vec<(u64, Change)>) -> Result<Vec<Updated>, QueueError> {
         let txn = self.store.db().begin_write().map_err(db_err)?;
-        let result = {
+        let mut results = Vec::with_capacity(changes.len());
+        {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-            let priority = ids
-                .get(id)
-                .map_err(db_err)?
-                .map(|v| v.value())
-                .ok_or(QueueError::NotFound(id))?;
-            let key = (priority, id);
-            let mut item = {
-                let bytes = queue
-                    .get(key)
-                    .map_err(db_err)?
-                    .ok_or(QueueError::NotFound(id))?;
-                decode(bytes.value())?
-            };
-            let before = item.status;
-            match change(&mut item) {
-                // None: remove the item.
-                None => {
-                    queue.remove(key).map_err(db_err)?;
-                    ids.remove(id).map_err(db_err)?;
-                    bump(&mut counters, before.counter(), -1)?;
-                    bump(&mut counters, "total", -1)?;
-                    None
-                }
-                Some(after) => {
-                    item.status = after;
-                    queue
-                        .insert(key, encode(&item).as_slice())
-                        .map_err(db_err)?;
-                    if before != after {
+            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            for (id, change) in changes {
+                let Some(priority) = ids.get(id).map_err(db_err)?.map(|v| v.value()) else {
+                    results.push((None, None));
+                    continue;
+                };
+                let key = (priority, id);
+                let mut item = {
+                    let Some(bytes) = queue.get(key).map_err(db_err)? else {
+                        results.push((None, None));
+                        continue;
+                    };
+                    decode(bytes.value())?
+                };
+                let before = item.status;
+                match change(&mut item) {
+                    None => {
+                        queue.remove(key).map_err(db_err)?;
+                        ids.remove(id).map_err(db_err)?;
                         bump(&mut counters, before.counter(), -1)?;
-                        bump(&mut counters, after.counter(), 1)?;
+                        bump(&mut counters, "total", -1)?;
+                        track_node(&mut nodes, &item, Some(before), None)?;
+                        results.push((Some(before), None));
                     }
-                    Some(item)
+                    Some(after) => {
+                        item.status = after;
+                        queue
+                            .insert(key, encode(&item).as_slice())
+                            .map_err(db_err)?;
+                        if before != after {
+                            bump(&mut counters, before.counter(), -1)?;
+                            bump(&mut counters, after.counter(), 1)?;
+                        }
+                        track_node(&mut nodes, &item, Some(before), Some(after))?;
+                        results.push((Some(before), Some(item)));
+                    }
                 }
             }
-        };
+        }
         txn.commit().map_err(db_err)?;
-        Ok(result)
+        Ok(results)
+    }
+
+    fn update(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Item) -> Option<Status> + Send + 'static,
+    ) -> Result<Option<Item>, QueueError> {
+        match self.update_many(vec![(id, Box::new(change))])?.pop() {
+            Some((Some(_), item)) => Ok(item),
+            _ => Err(QueueError::NotFound(id)),
+        }
+    }
+
+    /// Records how each send of a batch ended, in one commit.
+    pub fn settle(&self, outcomes: Vec<(u64, Outcome)>) -> Result<Vec<Option<Item>>, QueueError> {
+        let changes = outcomes
+            .into_iter()
+            .map(|(id, outcome)| {
+                let change: Change = Box::new(move |item: &mut Item| match outcome {
+                    Outcome::Ack => None,
+                    Outcome::RetryAt { error, at } => {
+                        item.last_error = Some(error);
+                        item.not_before = Some(at);
+                        Some(Status::Pending)
+                    }
+                    Outcome::Unsent { error } => {
+                        item.last_error = Some(error);
+                        item.attempts = item.attempts.saturating_sub(1);
+                        Some(Status::Pending)
+                    }
+                    Outcome::Failed { error } => {
+                        item.last_error = Some(error);
+                        item.not_before = None;
+                        Some(Status::Failed)
+                    }
+                    Outcome::Conflict { error } => {
+                        item.last_error = Some(error);
+                        item.not_before = None;
+                        Some(Status::Conflict)
+                    }
+                });
+                (id, change)
+            })
+            .collect();
+        Ok(self
+            .update_many(changes)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
     }
 
     /// The controller took the item: it leaves the queue.
@@ -369,9 +553,13 @@ impl Queue {
         })
     }
 
-    /// An operator's retry: pending again now, attempts kept.
+    /// An operator's retry: pending again now, attempts kept. An item in
+    /// flight is left alone (its send is under way).
     pub fn retry(&self, id: u64) -> Result<Option<Item>, QueueError> {
         self.update(id, |item| {
+            if item.status == Status::InFlight {
+                return Some(Status::InFlight);
+            }
             item.not_before = None;
             Some(Status::Pending)
         })
@@ -388,10 +576,98 @@ impl Queue {
             .into_iter()
             .map(|item| item.id)
             .collect();
-        for id in &failed {
-            self.delete(*id)?;
+        let changes = failed
+            .iter()
+            .map(|id| {
+                let change: Change = Box::new(|item: &mut Item| {
+                    // Retried meanwhile: keep it.
+                    (item.status != Status::Failed).then_some(item.status)
+                });
+                (*id, change)
+            })
+            .collect();
+        let removed = self
+            .update_many(changes)?
+            .into_iter()
+            .filter(|(before, after)| before.is_some() && after.is_none())
+            .count();
+        Ok(removed as u64)
+    }
+
+    /// Rewrites `node_id` in the payloads of `node`'s items from a local id
+    /// to the controller's (after its registration was accepted). Returns
+    /// how many items changed.
+    pub fn remap(&self, node: &str, from: &str, to: &str) -> Result<usize, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut changed = 0;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut rewrites = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let mut item = decode(value.value())?;
+                if item.node == node
+                    && item.payload.get("node_id").and_then(|v| v.as_str()) == Some(from)
+                {
+                    item.payload["node_id"] = serde_json::Value::String(to.to_string());
+                    rewrites.push((key.value(), item));
+                }
+            }
+            for (key, item) in rewrites {
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                changed += 1;
+            }
         }
-        Ok(failed.len() as u64)
+        txn.commit().map_err(db_err)?;
+        Ok(changed)
+    }
+
+    /// Does `node` have items still to send?
+    pub fn has_active(&self, node: &str) -> Result<bool, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        match txn.open_table(QUEUE_NODES) {
+            Ok(table) => Ok(table.get(node).map_err(db_err)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Every node with registrations or state changes still to send: its
+    /// cached record holds local changes the controller has not seen.
+    pub fn nodes_with_changes(&self) -> Result<std::collections::HashSet<String>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let table = match txn.open_table(QUEUE_NODES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = std::collections::HashSet::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            if let Some(node) = key.value().strip_suffix("/changes") {
+                out.insert(node.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<Item>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let (ids, queue) = match (txn.open_table(QUEUE_IDS), txn.open_table(QUEUE)) {
+            (Ok(ids), Ok(queue)) => (ids, queue),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
+            (Err(e), _) | (_, Err(e)) => return Err(db_err(e)),
+        };
+        let Some(priority) = ids.get(id).map_err(db_err)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        match queue.get((priority, id)).map_err(db_err)? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
     }
 
     /// Items in send order, optionally of one status.
@@ -419,10 +695,10 @@ impl Queue {
                 skipped += 1;
                 continue;
             }
-            out.push(item);
             if out.len() >= limit {
                 break;
             }
+            out.push(item);
         }
         Ok(out)
     }
@@ -454,9 +730,10 @@ impl Queue {
 
 /// Makes room by dropping the oldest event; false if there is none.
 fn drop_oldest_event(
-    queue: &mut redb::Table<'_, (u8, u64), &'static [u8]>,
+    queue: &mut Items<'_>,
     ids: &mut redb::Table<'_, u64, u8>,
     counters: &mut Counters<'_>,
+    nodes: &mut Counters<'_>,
 ) -> Result<bool, QueueError> {
     let priority = Kind::Event.priority();
     let oldest = {
@@ -466,19 +743,20 @@ fn drop_oldest_event(
         match range.next() {
             Some(entry) => {
                 let (key, value) = entry.map_err(db_err)?;
-                Some((key.value(), decode(value.value())?.status))
+                Some((key.value(), decode(value.value())?))
             }
             None => None,
         }
     };
-    let Some((key, status)) = oldest else {
+    let Some((key, item)) = oldest else {
         return Ok(false);
     };
     queue.remove(key).map_err(db_err)?;
     ids.remove(key.1).map_err(db_err)?;
-    bump(counters, status.counter(), -1)?;
+    bump(counters, item.status.counter(), -1)?;
     bump(counters, "total", -1)?;
     bump(counters, "dropped_events", 1)?;
+    track_node(nodes, &item, Some(item.status), None)?;
     tracing::warn!(id = key.1, "queue full: oldest event dropped");
     Ok(true)
 }
@@ -518,6 +796,7 @@ mod tests {
             kind,
             node: node.into(),
             payload: serde_json::json!({ "n": n }),
+            key: None,
         }
     }
 

@@ -99,6 +99,7 @@ mod tests {
                         kind: Kind::Event,
                         node: format!("node-{}", n % 7),
                         payload: serde_json::json!({ "n": n }),
+                        key: None,
                     })
                     .await
                     .unwrap()

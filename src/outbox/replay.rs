@@ -1,0 +1,360 @@
+//! Sends the durable queue to the controller (DESIGN §7): on the
+//! offline→online transition, when an item is queued while online, when a
+//! backed-off item is due, and every `period`. Items go in batches of
+//! `queue.batch_size` (one per node at a time, so a node's order holds),
+//! each with its `Idempotency-Key`:
+//!
+//! - success: acked (a registration first remaps `local-<uuid>` to the
+//!   controller's id in the cache and in the node's later items);
+//! - unreachable: the item is pending again, its attempt not counted, and
+//!   the round stops until the next trigger;
+//! - 5xx, garbage, 401/403/408/429: backoff with jitter between
+//!   `queue.retry_base` and `queue.retry_max`, `failed` after
+//!   `queue.max_retries` attempts;
+//! - another 4xx: `failed` with the controller's answer kept; a 409 on a
+//!   state change is a `conflict` (DESIGN §8).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{OP_REGISTER, OP_REPORT, OP_SET_STATE, Outbox};
+use crate::central::CentralError;
+use crate::central::api::{NewNode, NodeReport, StateChange};
+use crate::central::link::CentralLink;
+use crate::mac::Mac;
+use crate::node::Node;
+use crate::queue::{Item, Outcome, QueueError, backoff};
+
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    pub batch_size: usize,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Flush attempt period even without a trigger.
+    pub period: Duration,
+}
+
+/// 4xx answers that say "not now" rather than "never".
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429)
+}
+
+/// Wall-clock time that advances with tokio's clock (so a paused test
+/// clock drives backoff), anchored once at start.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    wall: OffsetDateTime,
+    mono: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            wall: OffsetDateTime::now_utc(),
+            mono: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.wall + self.mono.elapsed()
+    }
+
+    fn instant_at(&self, at: OffsetDateTime) -> tokio::time::Instant {
+        let offset: Duration = (at - self.wall).try_into().unwrap_or(Duration::ZERO);
+        self.mono + offset
+    }
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundEnd {
+    /// Nothing is sendable now.
+    Drained,
+    /// The controller could not be reached.
+    Unreachable,
+}
+
+/// Runs forever (spawn it).
+pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySettings) {
+    let clock = Clock::start();
+    let wake = outbox.wake_handle();
+    let mut link_state = link.monitor().subscribe();
+    loop {
+        if link.monitor().is_online() {
+            match replay_round(&outbox, &link, &settings, clock).await {
+                Ok(RoundEnd::Drained) => {}
+                Ok(RoundEnd::Unreachable) => {
+                    tracing::info!("controller unreachable; replay waits for it");
+                }
+                Err(e) => tracing::error!(error = %e, "queue replay failed"),
+            }
+        }
+        let queue = outbox.queue().clone();
+        let next_retry = tokio::task::spawn_blocking(move || queue.next_retry_at())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let mut deadline = tokio::time::Instant::now() + settings.period;
+        if let Some(at) = next_retry {
+            deadline = deadline.min(clock.instant_at(at));
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            changed = link_state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Sends batches until nothing is sendable or the controller is gone.
+pub async fn replay_round(
+    outbox: &Outbox,
+    link: &CentralLink,
+    settings: &ReplaySettings,
+    clock: Clock,
+) -> Result<RoundEnd, QueueError> {
+    loop {
+        let queue = outbox.queue().clone();
+        let now = clock.now();
+        let limit = settings.batch_size.max(1);
+        let batch = blocking(move || queue.take_batch(limit, now)).await?;
+        if batch.is_empty() {
+            return Ok(RoundEnd::Drained);
+        }
+        let sends = batch.iter().map(|item| send(outbox, link, item));
+        let results = futures_util::future::join_all(sends).await;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut unreachable = false;
+        for (item, result) in batch.iter().zip(results) {
+            let outcome = match result {
+                Ok(registered) => {
+                    if let Some(node) = registered {
+                        // Before the ack: a crash in between resends the
+                        // registration (same key), never loses the remap.
+                        remap(outbox, item, node).await?;
+                    }
+                    Outcome::Ack
+                }
+                Err(e) => judge(item, e, settings, clock.now()),
+            };
+            if matches!(outcome, Outcome::Unsent { .. }) {
+                unreachable = true;
+            }
+            log_outcome(item, &outcome);
+            outcomes.push((item.id, outcome));
+        }
+        let queue = outbox.queue().clone();
+        blocking(move || queue.settle(outcomes)).await?;
+        if unreachable {
+            return Ok(RoundEnd::Unreachable);
+        }
+    }
+}
+
+fn log_outcome(item: &Item, outcome: &Outcome) {
+    match outcome {
+        Outcome::Ack => tracing::debug!(id = item.id, node = %item.node, "queue item delivered"),
+        Outcome::RetryAt { error, at } => {
+            tracing::warn!(id = item.id, node = %item.node, attempts = item.attempts, %error, retry_at = %at, "queue item will be retried")
+        }
+        Outcome::Unsent { error } => {
+            tracing::debug!(id = item.id, node = %item.node, %error, "queue item not sent")
+        }
+        Outcome::Failed { error } => {
+            tracing::error!(id = item.id, node = %item.node, %error, "queue item failed for good")
+        }
+        Outcome::Conflict { error } => {
+            tracing::warn!(id = item.id, node = %item.node, %error, "queue item conflicts with the controller")
+        }
+    }
+}
+
+/// Why a send did not succeed.
+#[derive(Debug)]
+enum SendError {
+    Central(CentralError),
+    /// The item cannot be sent as it is (retried: something may fix it,
+    /// such as the node's registration being accepted).
+    NotReady(String),
+    /// The stored payload is unreadable: never sendable.
+    Malformed(String),
+}
+
+/// Sends one item; a registration returns the controller's node.
+async fn send(outbox: &Outbox, link: &CentralLink, item: &Item) -> Result<Option<Node>, SendError> {
+    let op = item
+        .payload
+        .get("op")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let controller = link.controller();
+    match op {
+        OP_REGISTER => {
+            let request: NewNode = field(item, "request")?;
+            let node = link
+                .observe(controller.create_node(&request, Some(&item.key)).await)
+                .map_err(SendError::Central)?;
+            Ok(Some(node))
+        }
+        OP_SET_STATE => {
+            let change: StateChange = field(item, "change")?;
+            let node_id = current_node_id(outbox, item)?;
+            let node = link
+                .observe(controller.set_state(&node_id, &change, &item.key).await)
+                .map_err(SendError::Central)?;
+            take_response(outbox, node).await;
+            Ok(None)
+        }
+        OP_REPORT => {
+            let report: NodeReport = field(item, "report")?;
+            link.observe(controller.report(&report, &item.key).await)
+                .map_err(SendError::Central)?;
+            Ok(None)
+        }
+        other => Err(SendError::Malformed(format!("unknown op {other:?}"))),
+    }
+}
+
+fn field<T: serde::de::DeserializeOwned>(item: &Item, name: &str) -> Result<T, SendError> {
+    let value = item
+        .payload
+        .get(name)
+        .ok_or_else(|| SendError::Malformed(format!("payload has no {name}")))?;
+    serde_json::from_value(value.clone())
+        .map_err(|e| SendError::Malformed(format!("payload {name}: {e}")))
+}
+
+/// The controller id to address: the payload's, unless it is still local
+/// and the cache has learned the controller's id since (by a sync).
+fn current_node_id(outbox: &Outbox, item: &Item) -> Result<String, SendError> {
+    let stored = item
+        .payload
+        .get("node_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| SendError::Malformed("payload has no node_id".into()))?;
+    if !stored.starts_with("local-") {
+        return Ok(stored.to_string());
+    }
+    let cached = item
+        .node
+        .parse::<Mac>()
+        .ok()
+        .and_then(|mac| outbox.nodes().get(mac))
+        .map(|node| node.id.clone())
+        .filter(|id| !id.starts_with("local-"));
+    cached.ok_or_else(|| {
+        SendError::NotReady(format!(
+            "node {stored} is not registered at the controller yet"
+        ))
+    })
+}
+
+/// A state change's answer updates the cache, unless the cache already
+/// shows a later local change (its own item will bring the cache back in
+/// line when it is sent).
+async fn take_response(outbox: &Outbox, node: Node) {
+    let Some(cached) = outbox.nodes().get(node.mac) else {
+        return;
+    };
+    if cached.state != node.state {
+        return;
+    }
+    if let Err(e) = outbox.nodes().upsert_central(node).await {
+        tracing::warn!(error = %e, "controller's answer not cached");
+    }
+}
+
+/// After a registration is accepted: the node's local id becomes the
+/// controller's, in its later queue items and in the cache.
+async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueError> {
+    let local_id = item
+        .payload
+        .get("node_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let queue = outbox.queue().clone();
+    let node = item.node.clone();
+    let to = central.id.clone();
+    let from = local_id.clone();
+    let changed = blocking(move || queue.remap(&node, &from, &to)).await?;
+    let cached = outbox.nodes().get(central.mac);
+    let result = match cached {
+        // Local changes made since are queued behind the registration:
+        // keep the cached state, take the controller's identity.
+        Some(cached) if cached.id == local_id && changed > 0 => {
+            let mut merged = (*cached).clone();
+            merged.id = central.id.clone();
+            merged.version = central.version;
+            merged.cached_at = Some(OffsetDateTime::now_utc());
+            outbox.nodes().put(merged).await.map(|_| ())
+        }
+        _ => outbox
+            .nodes()
+            .upsert_central(central.clone())
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(mac = %central.mac, error = %e, "remapped node not cached");
+    }
+    tracing::info!(mac = %central.mac, from = %local_id, to = %central.id, later_items = changed,
+        "queued registration accepted; local id remapped");
+    Ok(())
+}
+
+/// The outcome of a failed send.
+fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDateTime) -> Outcome {
+    let retry = |error: String| {
+        if item.attempts >= settings.max_retries {
+            Outcome::Failed {
+                error: format!("{error} (gave up after {} attempts)", item.attempts),
+            }
+        } else {
+            let random = uuid::Uuid::new_v4().as_u64_pair().0;
+            let wait = backoff(
+                item.attempts,
+                settings.retry_base,
+                settings.retry_max,
+                random,
+            );
+            Outcome::RetryAt {
+                error,
+                at: now + wait,
+            }
+        }
+    };
+    match error {
+        SendError::Central(CentralError::Unreachable(e)) => Outcome::Unsent { error: e },
+        SendError::Central(e @ CentralError::Rejected { status, .. }) => {
+            let text = e.to_string();
+            let op = item.payload.get("op").and_then(|v| v.as_str());
+            if status == 409 && op == Some(OP_SET_STATE) {
+                Outcome::Conflict { error: text }
+            } else if (400..500).contains(&status) && !retryable_status(status) {
+                Outcome::Failed { error: text }
+            } else {
+                retry(text)
+            }
+        }
+        SendError::Central(e @ CentralError::Garbage(_)) => retry(e.to_string()),
+        SendError::NotReady(e) => retry(e),
+        SendError::Malformed(e) => Outcome::Failed { error: e },
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))?
+}
