@@ -32,6 +32,30 @@ pub struct Call {
     pub query: String,
     pub body: Value,
     pub authorization: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A write the controller applied (a repeated idempotency key is answered
+/// from the first application and not recorded again).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// `register`, `set_state` or `report`.
+    pub op: String,
+    pub key: Option<String>,
+    pub mac: String,
+    pub body: Value,
+}
+
+/// A scripted answer for the next `times` requests whose path contains
+/// `path_contains` (and, if set, whose body mentions `body_contains`).
+#[derive(Debug, Clone)]
+struct Injection {
+    method: String,
+    path_contains: String,
+    body_contains: Option<String>,
+    status: u16,
+    delay: Duration,
+    times: u32,
 }
 
 #[derive(Default)]
@@ -48,6 +72,10 @@ struct Inner {
     forget_agent: bool,
     next_id: u64,
     files: BTreeMap<String, Vec<u8>>,
+    injections: Vec<Injection>,
+    /// Idempotency key → the answer first given.
+    answered: BTreeMap<String, (u16, Value)>,
+    applied: Vec<Applied>,
 }
 
 pub struct FakeController {
@@ -200,6 +228,33 @@ impl FakeController {
             .collect()
     }
 
+    /// The next `times` matching requests get `status` (after `delay`)
+    /// instead of being processed. Status 0: only the delay, then the
+    /// request is processed normally.
+    pub fn inject(
+        &self,
+        method: &str,
+        path_contains: &str,
+        body_contains: Option<&str>,
+        status: u16,
+        delay: Duration,
+        times: u32,
+    ) {
+        self.inner.lock().expect("lock").injections.push(Injection {
+            method: method.to_string(),
+            path_contains: path_contains.to_string(),
+            body_contains: body_contains.map(str::to_string),
+            status,
+            delay,
+            times,
+        });
+    }
+
+    /// Writes applied, in order.
+    pub fn applied(&self) -> Vec<Applied> {
+        self.inner.lock().expect("lock").applied.clone()
+    }
+
     pub fn node(&self, mac: &str) -> Option<Value> {
         self.inner.lock().expect("lock").nodes.get(mac).cloned()
     }
@@ -234,6 +289,51 @@ async fn handle(
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let injected = {
+        let mut guard = inner.lock().expect("lock");
+        let body_text = body_json.to_string();
+        let found = guard.injections.iter_mut().find(|i| {
+            i.times > 0
+                && i.method == method.as_str()
+                && path.contains(&i.path_contains)
+                && i.body_contains
+                    .as_ref()
+                    .is_none_or(|b| body_text.contains(b))
+        });
+        found.map(|i| {
+            i.times -= 1;
+            (i.status, i.delay)
+        })
+    };
+    if let Some((status, delay)) = injected {
+        tokio::time::sleep(delay).await;
+        if status != 0 {
+            inner.lock().expect("lock").calls.push(Call {
+                method: method.to_string(),
+                path: path.clone(),
+                query: query.clone(),
+                body: body_json.clone(),
+                authorization: None,
+                idempotency_key: idempotency_key.clone(),
+            });
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                code,
+                axum::Json(json!({"error": format!("injected {status}")})),
+            )
+                .into_response();
+        }
+    }
+    if let Some(key) = &idempotency_key
+        && let Some((status, answer)) = inner.lock().expect("lock").answered.get(key).cloned()
+    {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        return (code, axum::Json(answer)).into_response();
+    }
     inner.lock().expect("lock").calls.push(Call {
         method: method.to_string(),
         path: path.clone(),
@@ -243,6 +343,7 @@ async fn handle(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        idempotency_key: idempotency_key.clone(),
     });
     let current = *mode.lock().expect("lock");
     match current {
@@ -293,8 +394,74 @@ async fn handle(
                 "tags": [], "updated_at": "2026-11-22T10:00:00Z", "version": 1
             });
             inner.nodes.insert(mac.clone(), node.clone());
-            inner.changed_at.insert(mac, generation);
-            (StatusCode::CREATED, axum::Json(json!({"data": node}))).into_response()
+            inner.changed_at.insert(mac.clone(), generation);
+            let answer = json!({"data": node});
+            record(
+                &mut inner,
+                "register",
+                &idempotency_key,
+                &mac,
+                &body_json,
+                201,
+                &answer,
+            );
+            (StatusCode::CREATED, axum::Json(answer)).into_response()
+        }
+        ("PATCH", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/state") => {
+            let id = &p["/api/v1/nodes/".len()..p.len() - "/state".len()];
+            let Some(mac) = inner
+                .nodes
+                .iter()
+                .find(|(_, n)| n["id"].as_str() == Some(id))
+                .map(|(mac, _)| mac.clone())
+            else {
+                return (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": format!("no node {id}")})),
+                )
+                    .into_response();
+            };
+            let Some(state) = body_json["state"].as_str().map(str::to_string) else {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": "state missing"})),
+                )
+                    .into_response();
+            };
+            inner.generation += 1;
+            let generation = inner.generation;
+            let node = inner.nodes.get_mut(&mac).expect("found above");
+            node["state"] = Value::String(state);
+            node["version"] = json!(node["version"].as_u64().unwrap_or(0) + 1);
+            let answer = json!({"data": node.clone()});
+            inner.changed_at.insert(mac.clone(), generation);
+            record(
+                &mut inner,
+                "set_state",
+                &idempotency_key,
+                &mac,
+                &body_json,
+                200,
+                &answer,
+            );
+            axum::Json(answer).into_response()
+        }
+        ("POST", "/api/v1/report") => {
+            let mac = body_json["mac_address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let answer = json!({"success": true});
+            record(
+                &mut inner,
+                "report",
+                &idempotency_key,
+                &mac,
+                &body_json,
+                200,
+                &answer,
+            );
+            axum::Json(answer).into_response()
         }
         ("GET", p) if p.starts_with("/api/v1/sites/") && p.ends_with("/nodes") => {
             let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -323,4 +490,24 @@ async fn handle(
         }
         _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
+}
+
+fn record(
+    inner: &mut Inner,
+    op: &str,
+    key: &Option<String>,
+    mac: &str,
+    body: &Value,
+    status: u16,
+    answer: &Value,
+) {
+    if let Some(key) = key {
+        inner.answered.insert(key.clone(), (status, answer.clone()));
+    }
+    inner.applied.push(Applied {
+        op: op.to_string(),
+        key: key.clone(),
+        mac: mac.to_string(),
+        body: body.clone(),
+    });
 }

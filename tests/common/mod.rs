@@ -52,6 +52,8 @@ pub struct Agent {
     pub http: SocketAddr,
     pub tftp: SocketAddr,
     stderr: mpsc::Receiver<String>,
+    config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl AgentBuilder {
@@ -140,52 +142,7 @@ impl AgentBuilder {
     /// Starts `siteboot serve` and waits until it listens.
     pub fn start(self) -> Agent {
         let config = self.config_path();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("SITEBOOT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn siteboot serve");
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => {
-                    if line.contains("siteboot agent listening") {
-                        let http = field(&line, "http=").expect("http= in listening line");
-                        let tftp = field(&line, "tftp=").expect("tftp= in listening line");
-                        return Agent {
-                            child,
-                            dir: self.dir,
-                            http,
-                            tftp,
-                            stderr: rx,
-                        };
-                    }
-                    seen.push(line);
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("agent did not start; its output:\n{}", seen.join("\n"));
-                }
-            }
-        }
+        spawn_agent(self.dir, config, self.env)
     }
 
     /// Runs `siteboot serve` expecting it to fail at start-up; returns stderr.
@@ -205,6 +162,57 @@ impl AgentBuilder {
     }
 }
 
+fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String)>) -> Agent {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("SITEBOOT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn siteboot serve");
+    let stderr = child.stderr.take().expect("stderr pipe");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                if line.contains("siteboot agent listening") {
+                    let http = field(&line, "http=").expect("http= in listening line");
+                    let tftp = field(&line, "tftp=").expect("tftp= in listening line");
+                    return Agent {
+                        child,
+                        dir,
+                        http,
+                        tftp,
+                        stderr: rx,
+                        config,
+                        env,
+                    };
+                }
+                seen.push(line);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent did not start; its output:\n{}", seen.join("\n"));
+            }
+        }
+    }
+}
+
 fn field(line: &str, key: &str) -> Option<SocketAddr> {
     let start = line.find(key)? + key.len();
     line[start..].split_whitespace().next()?.parse().ok()
@@ -221,6 +229,18 @@ impl Agent {
 
     pub fn assets_dir(&self) -> PathBuf {
         self.dir.path().join("boot-assets")
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up) and starts it
+    /// again on the same configuration and data directory.
+    pub fn kill_and_restart(mut self) -> Agent {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let config = self.config.clone();
+        let env = self.env.clone();
+        drop(self);
+        spawn_agent(dir, config, env)
     }
 
     /// Log lines the agent has written so far.

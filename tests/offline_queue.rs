@@ -1,0 +1,616 @@
+//! Offline operation against a fake controller over real HTTP (DESIGN §4,
+//! §5, §7): writes queued while the controller is gone and answered 202,
+//! the cache taking them at once, replay with failures (500, 400, slow),
+//! the registration remap, the queue admin API, a cold start with the
+//! controller down, and acknowledged writes surviving SIGKILL.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::controller::FakeController;
+use common::{AgentBuilder, admin_token, curl, get_json, wait_until};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn central_config(controller: &FakeController) -> String {
+    format!(
+        "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+         boot_lookup_deadline = \"300ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
+         heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n\
+         [queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\nmax_retries = 5\nbatch_size = 20\n",
+        controller.url()
+    )
+}
+
+fn status(agent: &common::Agent) -> Value {
+    get_json(&agent.url("/api/v1/status"))
+}
+
+fn mode(agent: &common::Agent) -> String {
+    status(agent)["mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A minimal HTTP/1.1 client (one request per connection) so that the
+/// crash test can write as fast as the agent answers; an I/O error means
+/// the write was not acknowledged.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn call(agent: &common::Agent, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let token = admin_token(agent);
+    let (status, text) =
+        http(agent.http, method, path, Some(&token), body.as_ref()).expect("agent answers");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+fn set_state(agent: &common::Agent, mac: &str, state: &str, comment: &str) -> (u16, Value) {
+    call(
+        agent,
+        "PATCH",
+        &format!("/api/v1/nodes/{mac}/state"),
+        Some(json!({"state": state, "comment": comment})),
+    )
+}
+
+fn boot(agent: &common::Agent, mac: &str) -> String {
+    let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64"))]);
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Every item in the agent's queue (all pages).
+fn queue_items(agent: &common::Agent) -> Vec<Value> {
+    let mut items = Vec::new();
+    loop {
+        let (status, page) = call(
+            agent,
+            "GET",
+            &format!("/api/v1/queue?offset={}&limit=1000", items.len()),
+            None,
+        );
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        if data.is_empty() {
+            return items;
+        }
+        items.extend(data);
+    }
+}
+
+fn queue_stats(agent: &common::Agent) -> Value {
+    let (status, stats) = call(agent, "GET", "/api/v1/queue/stats", None);
+    assert_eq!(status, 200, "{stats}");
+    stats
+}
+
+fn drained(agent: &common::Agent) -> bool {
+    let stats = queue_stats(agent);
+    stats["pending"] == 0 && stats["in_flight"] == 0
+}
+
+/// An agent linked to `controller`, online with its nodes synced.
+fn synced_agent(controller: &FakeController, macs: &[&str]) -> common::Agent {
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "nodes synced", || {
+        macs.iter().all(|mac| {
+            let (status, _) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+            status == 200
+        })
+    });
+    agent
+}
+
+#[test]
+fn offline_writes_are_queued_then_replayed_through_500_400_slow_and_a_remap() {
+    let controller = FakeController::start();
+    let (a, b, c) = (
+        "52:54:00:00:40:01",
+        "52:54:00:00:40:02",
+        "52:54:00:00:40:03",
+    );
+    controller.set_node(a, "active", None);
+    controller.set_node(b, "active", None);
+    let agent = synced_agent(&controller, &[a, b]);
+
+    // Online, a state change goes straight to the controller.
+    let (code, answer) = set_state(&agent, a, "installed", "online change");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["status"], "sent");
+    assert_eq!(controller.node(a).expect("a")["state"], "installed");
+
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+
+    // Offline: 202 queued, and the cache shows the change at once.
+    let (code, answer) = set_state(&agent, a, "reprovision", "offline a");
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    assert_eq!(answer["offline"], true);
+    assert!(answer["queue_id"].as_u64().is_some(), "{answer}");
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{a}"), None);
+    assert_eq!(node["data"]["state"], "reprovision");
+    // ... and the next (offline) boot sees it: reprovision offline is a
+    // local boot, never a reinstall from stale state.
+    let script = boot(&agent, a);
+    assert!(
+        script.contains(&format!(
+            "mac={a} state=reprovision action=local source=offline"
+        )),
+        "{script}"
+    );
+    let (code, _) = set_state(&agent, b, "installed", "offline b");
+    assert_eq!(code, 202);
+    // An unknown MAC offline: cached under a local id, registration queued.
+    let script = boot(&agent, c);
+    assert!(
+        script.contains(&format!(
+            "mac={c} state=discovered action=local source=offline"
+        )),
+        "{script}"
+    );
+    let (_, node_c) = call(&agent, "GET", &format!("/api/v1/nodes/{c}"), None);
+    let local_id = node_c["data"]["id"].as_str().expect("id").to_string();
+    assert!(local_id.starts_with("local-"), "{node_c}");
+    let (code, answer) = set_state(&agent, c, "pending", "offline c");
+    assert_eq!(code, 202, "{answer}");
+    // An installer report, offline.
+    let (code, answer) = call(
+        &agent,
+        "POST",
+        "/api/v1/report",
+        Some(json!({"mac_address": b, "event": "install_progress", "message": "50%"})),
+    );
+    assert_eq!(code, 202, "{answer}");
+
+    let items = queue_items(&agent);
+    let kinds: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap_or(""),
+                i["node"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    // Registration first, then state updates in order, then events.
+    assert_eq!(kinds[0], ("registration", c), "{kinds:?}");
+    assert_eq!(
+        &kinds[1..4],
+        &[
+            ("state_update", a),
+            ("state_update", b),
+            ("state_update", c)
+        ]
+    );
+    assert!(kinds[4..].iter().all(|(k, _)| *k == "event"), "{kinds:?}");
+    assert_eq!(status(&agent)["queue"]["pending"], items.len());
+
+    // The controller comes back: a's change fails twice with 500, b's is
+    // refused with 400, c's registration is slow.
+    controller.inject(
+        "PATCH",
+        &format!("node-{a}/state"),
+        None,
+        500,
+        Duration::ZERO,
+        2,
+    );
+    controller.inject(
+        "PATCH",
+        &format!("node-{b}/state"),
+        None,
+        400,
+        Duration::ZERO,
+        1,
+    );
+    controller.inject(
+        "POST",
+        "/api/v1/nodes",
+        None,
+        0,
+        Duration::from_millis(800),
+        1,
+    );
+    controller.up();
+    wait_until(LONG, "queue replayed", || drained(&agent));
+
+    assert_eq!(controller.node(a).expect("a")["state"], "reprovision");
+    assert_eq!(
+        controller.node(b).expect("b")["state"],
+        "active",
+        "400 left b alone"
+    );
+    let at_c = controller.node(c).expect("c registered");
+    assert_eq!(
+        at_c["state"], "pending",
+        "c's change followed its registration"
+    );
+    // The change for c went to the controller's id, not the local one.
+    let c_patches = controller.calls_to("PATCH", &format!("/api/v1/nodes/node-{c}/state"));
+    assert_eq!(c_patches.len(), 1);
+    assert!(
+        controller
+            .calls_to("PATCH", &format!("/api/v1/nodes/{local_id}"))
+            .is_empty()
+    );
+    let (_, node_c) = call(&agent, "GET", &format!("/api/v1/nodes/{c}"), None);
+    assert_eq!(node_c["data"]["id"], format!("node-{c}"), "cache remapped");
+
+    // Exactly once per idempotency key, the retried 500s included.
+    let applied = controller.applied();
+    let a_changes: Vec<_> = applied
+        .iter()
+        .filter(|w| w.op == "set_state" && w.mac == a && w.body["comment"] == "offline a")
+        .collect();
+    assert_eq!(a_changes.len(), 1);
+    let a_attempts = controller.calls_to("PATCH", &format!("/api/v1/nodes/node-{a}/state"));
+    let keys: BTreeSet<_> = a_attempts
+        .iter()
+        .filter(|call| call.body["comment"] == "offline a")
+        .map(|call| call.idempotency_key.clone().expect("key sent"))
+        .collect();
+    assert_eq!(keys.len(), 1, "every attempt carries the same key");
+    // Boot events arrived for the offline boots.
+    let boot_events: BTreeSet<_> = applied
+        .iter()
+        .filter(|w| w.op == "report" && w.body["event"] == "boot_started")
+        .map(|w| w.mac.clone())
+        .collect();
+    assert!(
+        boot_events.contains(a) && boot_events.contains(c),
+        "{boot_events:?}"
+    );
+
+    // b's item failed with the controller's answer kept.
+    let stats = queue_stats(&agent);
+    assert_eq!(stats["failed"], 1, "{stats}");
+    let (_, failed) = call(&agent, "GET", "/api/v1/queue?status=failed", None);
+    let item = &failed["data"][0];
+    assert_eq!(item["node"], b);
+    assert!(
+        item["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("injected 400"),
+        "{item}"
+    );
+    // An operator retries it: now it goes through.
+    let id = item["id"].as_u64().expect("id");
+    let (code, _) = call(&agent, "POST", &format!("/api/v1/queue/{id}/retry"), None);
+    assert_eq!(code, 200);
+    wait_until(LONG, "retried item delivered", || {
+        queue_stats(&agent)["total"] == 0
+    });
+    assert_eq!(controller.node(b).expect("b")["state"], "installed");
+    assert_eq!(status(&agent)["queue"]["failed"], 0);
+}
+
+#[test]
+fn queue_admin_api_refuses_bad_input_and_needs_the_token() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:41:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent(&controller, &[mac]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let (code, answer) = set_state(&agent, mac, "installed", "x");
+    assert_eq!(code, 202, "{answer}");
+
+    for (method, path) in [
+        ("GET", "/api/v1/queue"),
+        ("GET", "/api/v1/queue/stats"),
+        ("POST", "/api/v1/queue/1/retry"),
+        ("DELETE", "/api/v1/queue/1"),
+        ("POST", "/api/v1/queue/clear-failed"),
+        ("PATCH", "/api/v1/nodes/52:54:00:00:41:01/state"),
+    ] {
+        let (code, _) = http(
+            agent.http,
+            method,
+            path,
+            None,
+            Some(&json!({"state": "active"})),
+        )
+        .expect("answer");
+        assert_eq!(code, 401, "{method} {path} without a token");
+    }
+    let bad = [
+        ("GET", "/api/v1/queue?status=lost", None, 400),
+        ("GET", "/api/v1/queue?limit=0", None, 400),
+        ("GET", "/api/v1/queue?offset=-1", None, 400),
+        ("POST", "/api/v1/queue/abc/retry", None, 400),
+        ("POST", "/api/v1/queue/999999/retry", None, 404),
+        ("DELETE", "/api/v1/queue/999999", None, 404),
+        (
+            "PATCH",
+            "/api/v1/nodes/not-a-mac/state",
+            Some(json!({"state": "active"})),
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/52:54:00:00:41:99/state",
+            Some(json!({"state": "active"})),
+            404,
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/52:54:00:00:41:01/state",
+            Some(json!({"state": "exploded"})),
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/52:54:00:00:41:01/state",
+            Some(json!({"stat": "active"})),
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/52:54:00:00:41:01/state",
+            Some(json!("not an object")),
+            400,
+        ),
+    ];
+    for (method, path, body, expected) in bad {
+        let (code, answer) = call(&agent, method, path, body);
+        assert_eq!(code, expected, "{method} {path}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    // Reports: bad MAC, unknown event, not JSON, too large. Nothing queued.
+    let before = queue_stats(&agent)["total"].clone();
+    for body in [
+        json!({"mac_address": "zz", "event": "install_complete"}),
+        json!({"mac_address": mac, "event": "exploded"}),
+        json!({"mac_address": mac}),
+    ] {
+        let (code, answer) =
+            http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer");
+        assert_eq!(code, 400, "{body}: {answer}");
+    }
+    let huge =
+        json!({"mac_address": mac, "event": "install_progress", "message": "x".repeat(100_000)});
+    let (code, _) = http(agent.http, "POST", "/api/v1/report", None, Some(&huge)).expect("answer");
+    assert_eq!(code, 413);
+    assert_eq!(queue_stats(&agent)["total"], before);
+
+    // Paging and the status filter.
+    for n in 0..5 {
+        set_state(&agent, mac, "active", &format!("page {n}"));
+    }
+    let (_, page) = call(
+        &agent,
+        "GET",
+        "/api/v1/queue?status=pending&offset=2&limit=2",
+        None,
+    );
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["total"], 6);
+    assert_eq!(page["data"][0]["payload"]["change"]["comment"], "page 1");
+    // Delete one.
+    let id = page["data"][0]["id"].as_u64().expect("id");
+    let (code, _) = call(&agent, "DELETE", &format!("/api/v1/queue/{id}"), None);
+    assert_eq!(code, 200);
+    assert_eq!(queue_stats(&agent)["total"], 5);
+    let (code, cleared) = call(&agent, "POST", "/api/v1/queue/clear-failed", None);
+    assert_eq!((code, cleared["cleared"].as_u64()), (200, Some(0)));
+}
+
+#[test]
+fn cold_start_with_the_controller_down_queues_and_replays_on_arrival() {
+    let controller = FakeController::start();
+    controller.down();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .config("[offline]\ndefault_action = \"discovery\"\n")
+        .start();
+    let mac = "52:54:00:00:42:01";
+    assert_eq!(mode(&agent), "offline");
+    let script = boot(&agent, mac);
+    assert!(
+        script.contains(&format!(
+            "mac={mac} state=discovered action=discovery source=offline"
+        )),
+        "{script}"
+    );
+    assert!(
+        script.contains("*** siteboot OFFLINE: central unreachable since "),
+        "{script}"
+    );
+    wait_until(LONG, "registration and boot event queued", || {
+        queue_stats(&agent)["pending"] == 2
+    });
+    assert_eq!(status(&agent)["queue"]["pending"], 2);
+    controller.up();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "queue replayed", || queue_stats(&agent)["total"] == 0);
+    assert!(controller.node(mac).is_some(), "registration arrived");
+    let applied = controller.applied();
+    assert!(
+        applied
+            .iter()
+            .any(|w| w.op == "report" && w.mac == mac && w.body["metadata"]["source"] == "offline"),
+        "boot event arrived: {applied:?}"
+    );
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+    assert_eq!(node["data"]["id"], format!("node-{mac}"));
+}
+
+/// A tiny deterministic generator for kill moments (the seed is printed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
+    let controller = FakeController::start();
+    let macs: Vec<String> = (0..8).map(|n| format!("52:54:00:00:43:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    let mac_refs: Vec<&str> = macs.iter().map(String::as_str).collect();
+    let mut agent = synced_agent(&controller, &mac_refs);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    println!("kill-moment seed {seed}");
+    let mut random = XorShift(seed);
+    // comment → the agent's answer (200 sent, or 202 with a queue id).
+    let mut acknowledged: BTreeMap<String, Value> = BTreeMap::new();
+    for round in 0..20 {
+        // Even rounds: controller gone, writes queue up. Odd rounds: it is
+        // back, so replay runs while new writes arrive and the kill lands.
+        if round % 2 == 0 {
+            controller.down();
+        } else {
+            controller.up_if_down();
+        }
+        let token = admin_token(&agent);
+        let addr = agent.http;
+        let writer_macs = macs.clone();
+        let writer = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for n in 0.. {
+                let mac = &writer_macs[n % writer_macs.len()];
+                let comment = format!("r{round}-w{n}");
+                let state = if n % 2 == 0 { "installed" } else { "active" };
+                let body = json!({"state": state, "comment": comment});
+                match http(
+                    addr,
+                    "PATCH",
+                    &format!("/api/v1/nodes/{mac}/state"),
+                    Some(&token),
+                    Some(&body),
+                ) {
+                    Ok((code @ (200 | 202), text)) => {
+                        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        acked.push((comment, code, answer));
+                    }
+                    Ok((code, text)) => panic!("write refused {code}: {text}"),
+                    Err(_) => return acked, // the agent is gone
+                }
+            }
+            acked
+        });
+        let delay = 150 + random.next() % 600;
+        std::thread::sleep(Duration::from_millis(delay));
+        agent = agent.kill_and_restart();
+        let acked = writer.join().expect("writer thread");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: no write was acknowledged"
+        );
+        for (comment, code, answer) in acked {
+            if code == 202 {
+                assert!(answer["queue_id"].as_u64().is_some(), "{answer}");
+            }
+            acknowledged.insert(comment, answer);
+        }
+        // Queue first, then the controller: an item that leaves the queue
+        // in between was delivered before it was acked.
+        let queued: BTreeSet<String> = queue_items(&agent)
+            .iter()
+            .filter_map(|i| {
+                i["payload"]["change"]["comment"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        let delivered = delivered_counts(&controller);
+        for comment in acknowledged.keys() {
+            let at_controller = delivered.get(comment).copied().unwrap_or(0);
+            assert!(
+                queued.contains(comment) || at_controller == 1,
+                "round {round}: acknowledged write {comment} is neither queued nor delivered"
+            );
+            assert!(
+                at_controller <= 1,
+                "{comment} applied {at_controller} times"
+            );
+        }
+    }
+    controller.up_if_down();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    let delivered = delivered_counts(&controller);
+    for comment in acknowledged.keys() {
+        assert_eq!(
+            delivered.get(comment).copied(),
+            Some(1),
+            "{comment} must reach the controller exactly once"
+        );
+    }
+    println!(
+        "{} acknowledged writes over 20 SIGKILL rounds, all delivered once",
+        acknowledged.len()
+    );
+}
+
+/// comment → how many times the controller applied a write carrying it.
+fn delivered_counts(controller: &FakeController) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for write in controller.applied() {
+        if write.op == "set_state"
+            && let Some(comment) = write.body["comment"].as_str()
+        {
+            *counts.entry(comment.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
