@@ -358,3 +358,274 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::central::api::{
+        Heartbeat, HeartbeatReply, NodePage, Registration, RegistrationReply,
+    };
+    use crate::central::{BoxFuture, Controller, RemoteFile};
+    use crate::connectivity::Monitor;
+    use crate::nodes::NodeCache;
+    use crate::queue::{Kind, NewItem, Queue, Status};
+    use crate::store::Store;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Answers reports from a script; records when each call came (on
+    /// tokio's clock, which these tests pause).
+    #[derive(Default)]
+    struct ScriptedController {
+        answers: Mutex<VecDeque<Result<(), CentralError>>>,
+        calls: Mutex<Vec<(String, tokio::time::Instant)>>,
+    }
+
+    fn unused<T: Send + 'static>() -> BoxFuture<'static, Result<T, CentralError>> {
+        Box::pin(async { Err(CentralError::Garbage("not scripted".into())) })
+    }
+
+    impl Controller for ScriptedController {
+        fn health(&self) -> BoxFuture<'_, Result<(), CentralError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn register(
+            &self,
+            _: &Registration,
+        ) -> BoxFuture<'_, Result<RegistrationReply, CentralError>> {
+            unused()
+        }
+        fn heartbeat(&self, _: &Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, CentralError>> {
+            unused()
+        }
+        fn site_nodes(
+            &self,
+            _: &str,
+            _: Option<&str>,
+        ) -> BoxFuture<'_, Result<NodePage, CentralError>> {
+            unused()
+        }
+        fn node_by_mac(&self, _: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>> {
+            unused()
+        }
+        fn create_node(
+            &self,
+            _: &NewNode,
+            _: Option<&str>,
+        ) -> BoxFuture<'_, Result<Node, CentralError>> {
+            unused()
+        }
+        fn set_state(
+            &self,
+            _: &str,
+            _: &StateChange,
+            _: &str,
+        ) -> BoxFuture<'_, Result<Node, CentralError>> {
+            unused()
+        }
+        fn report(&self, report: &NodeReport, _: &str) -> BoxFuture<'_, Result<(), CentralError>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((report.mac_address.clone(), tokio::time::Instant::now()));
+            let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            Box::pin(async move { answer })
+        }
+        fn fetch_file(&self, _: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
+            unused()
+        }
+    }
+
+    fn server_error() -> Result<(), CentralError> {
+        Err(CentralError::Rejected {
+            status: 503,
+            body: "busy".into(),
+        })
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        controller: Arc<ScriptedController>,
+        outbox: Arc<Outbox>,
+        link: Arc<CentralLink>,
+    }
+
+    fn setup(answers: Vec<Result<(), CentralError>>) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let queue = Queue::open(store.clone(), 1000).unwrap();
+        let controller = Arc::new(ScriptedController::default());
+        *controller.answers.lock().unwrap() = answers.into();
+        let monitor = Monitor::new(1, 1, OffsetDateTime::now_utc());
+        monitor.record(true, OffsetDateTime::now_utc());
+        let link = Arc::new(CentralLink::new(
+            controller.clone(),
+            monitor,
+            "t".into(),
+            Duration::from_millis(300),
+            Box::new(|_| {}),
+        ));
+        let nodes = NodeCache::load(store).unwrap();
+        let outbox = Arc::new(Outbox::new(queue, nodes, Some(link.clone())));
+        Setup {
+            _dir: dir,
+            controller,
+            outbox,
+            link,
+        }
+    }
+
+    fn report_item(mac: &str) -> NewItem {
+        NewItem {
+            kind: Kind::Event,
+            node: mac.into(),
+            payload: serde_json::json!({"op": OP_REPORT, "report": {
+                "mac_address": mac, "event": "boot_started"}}),
+            key: None,
+        }
+    }
+
+    fn settings(max_retries: u32) -> ReplaySettings {
+        ReplaySettings {
+            batch_size: 10,
+            max_retries,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            period: Duration::from_secs(3600),
+        }
+    }
+
+    async fn wait_calls(controller: &ScriptedController, n: usize) {
+        for _ in 0..100_000 {
+            if controller.calls.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_back_off_exponentially_with_jitter_then_deliver() {
+        let s = setup(vec![server_error(), server_error(), server_error(), Ok(())]);
+        s.outbox
+            .queue()
+            .enqueue_many(
+                vec![report_item("52:54:00:00:00:01")],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        tokio::spawn(run(s.outbox.clone(), s.link.clone(), settings(10)));
+        wait_calls(&s.controller, 4).await;
+        let times: Vec<_> = s
+            .controller
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1)
+            .collect();
+        // Attempt n waits between half and all of base × 2^(n-1); the
+        // tolerance covers this test's own 10 ms polling timer.
+        for (n, pair) in times.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let full = Duration::from_secs(1 << n);
+            assert!(
+                gap >= full / 2 && gap <= full + Duration::from_millis(20),
+                "retry {n}: waited {gap:?}, expected {:?}..={full:?}",
+                full / 2
+            );
+        }
+        for _ in 0..100 {
+            if s.outbox.queue().stats().unwrap().total == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("delivered item not acked: {:?}", s.outbox.queue().stats());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_fail_at_once_and_errors_fail_after_max_retries() {
+        let s = setup(vec![
+            Err(CentralError::Rejected {
+                status: 422,
+                body: "bad report".into(),
+            }),
+            server_error(),
+            server_error(),
+            server_error(),
+        ]);
+        let queue = s.outbox.queue().clone();
+        queue
+            .enqueue_many(
+                vec![report_item("52:54:00:00:00:01")],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        queue
+            .enqueue_many(
+                vec![report_item("52:54:00:00:00:02")],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        tokio::spawn(run(s.outbox.clone(), s.link.clone(), settings(3)));
+        wait_calls(&s.controller, 4).await;
+        for _ in 0..1000 {
+            if queue.stats().unwrap().failed == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let failed = queue.list(Some(Status::Failed), 0, 10).unwrap();
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert!(
+            failed[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("422: bad report")
+        );
+        assert_eq!(failed[0].attempts, 1);
+        assert!(
+            failed[1]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("gave up after 3 attempts"),
+            "{:?}",
+            failed[1]
+        );
+        assert_eq!(s.controller.calls.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_stops_the_round_without_counting_an_attempt() {
+        let s = setup(vec![Err(CentralError::Unreachable("refused".into()))]);
+        let queue = s.outbox.queue().clone();
+        queue
+            .enqueue_many(
+                vec![report_item("52:54:00:00:00:01")],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        let end = replay_round(&s.outbox, &s.link, &settings(3), Clock::start())
+            .await
+            .unwrap();
+        assert_eq!(end, RoundEnd::Unreachable);
+        let items = queue.list(None, 0, 10).unwrap();
+        assert_eq!(items[0].status, Status::Pending);
+        assert_eq!(items[0].attempts, 0);
+        assert!(
+            !s.link.monitor().is_online(),
+            "the failure counted as a probe"
+        );
+        // Next round (the scripted answers are used up: success).
+        s.link.monitor().record(true, OffsetDateTime::now_utc());
+        let end = replay_round(&s.outbox, &s.link, &settings(3), Clock::start())
+            .await
+            .unwrap();
+        assert_eq!(end, RoundEnd::Drained);
+        assert_eq!(queue.stats().unwrap().total, 0);
+    }
+}

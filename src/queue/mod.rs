@@ -936,4 +936,134 @@ mod tests {
         }
         assert_eq!(backoff(40, base, max, 0), Duration::from_secs(150));
     }
+
+    #[test]
+    fn node_tracking_follows_every_status_change() {
+        let (_d, q) = queue(100);
+        q.enqueue_many(
+            vec![item(Kind::Event, "a", 1), item(Kind::StateUpdate, "b", 2)],
+            now(),
+        )
+        .unwrap();
+        assert!(q.has_active("a").unwrap() && q.has_active("b").unwrap());
+        assert!(!q.has_active("c").unwrap());
+        let changed = q.nodes_with_changes().unwrap();
+        assert_eq!(
+            changed.into_iter().collect::<Vec<_>>(),
+            ["b"],
+            "events do not count"
+        );
+        let batch = q.take_batch(10, now()).unwrap();
+        assert!(q.has_active("a").unwrap(), "in flight still counts");
+        let later = now() + time::Duration::seconds(5);
+        q.settle(vec![
+            (
+                batch[0].id,
+                Outcome::Failed {
+                    error: "400".into(),
+                },
+            ),
+            (batch[1].id, Outcome::Ack),
+        ])
+        .unwrap();
+        assert!(!q.has_active("a").unwrap() && !q.has_active("b").unwrap());
+        assert!(q.nodes_with_changes().unwrap().is_empty());
+        // An operator's retry makes it count again.
+        let failed = q.list(Some(Status::Failed), 0, 10).unwrap();
+        q.retry(failed[0].id).unwrap();
+        assert!(q.has_active(&failed[0].node).unwrap());
+        let batch = q.take_batch(10, now()).unwrap();
+        q.settle(vec![(
+            batch[0].id,
+            Outcome::RetryAt {
+                error: "503".into(),
+                at: later,
+            },
+        )])
+        .unwrap();
+        assert!(
+            q.has_active(&failed[0].node).unwrap(),
+            "backing off still counts"
+        );
+        q.delete(batch[0].id).unwrap();
+        assert!(!q.has_active(&failed[0].node).unwrap());
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn unsent_items_keep_their_attempt_count_and_keys_are_stable() {
+        let (_d, q) = queue(100);
+        let mut keyed = item(Kind::StateUpdate, "a", 1);
+        keyed.key = Some("direct-key".into());
+        q.enqueue_many(vec![keyed, item(Kind::StateUpdate, "b", 2)], now())
+            .unwrap();
+        let batch = q.take_batch(10, now()).unwrap();
+        assert_eq!(batch[0].key, "direct-key");
+        assert!(batch[1].key.ends_with(&format!("-{}", batch[1].id)));
+        let after = q
+            .settle(
+                batch
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.id,
+                            Outcome::Unsent {
+                                error: "refused".into(),
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        for item in after.into_iter().flatten() {
+            assert_eq!((item.status, item.attempts), (Status::Pending, 0));
+        }
+        let again = q.take_batch(10, now()).unwrap();
+        assert_eq!(again[1].key, batch[1].key, "same key on every attempt");
+    }
+
+    #[test]
+    fn remap_rewrites_only_that_nodes_local_id() {
+        let (_d, q) = queue(100);
+        let with_id = |node: &str, id: &str| NewItem {
+            kind: Kind::StateUpdate,
+            node: node.into(),
+            payload: serde_json::json!({"node_id": id}),
+            key: None,
+        };
+        q.enqueue_many(
+            vec![
+                with_id("a", "local-1"),
+                with_id("a", "local-1"),
+                with_id("b", "local-1"),
+                with_id("a", "other"),
+            ],
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.remap("a", "local-1", "node-7").unwrap(), 2);
+        let ids: Vec<String> = q
+            .list(None, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["node_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["node-7", "node-7", "local-1", "other"]);
+    }
+
+    #[test]
+    fn clear_failed_removes_failed_items_and_counts_them() {
+        let (_d, q) = queue(100);
+        q.enqueue_many(
+            vec![item(Kind::Event, "a", 1), item(Kind::Event, "b", 2)],
+            now(),
+        )
+        .unwrap();
+        for i in q.take_batch(10, now()).unwrap() {
+            q.fail(i.id, "400", None).unwrap();
+        }
+        assert_eq!(q.clear_failed().unwrap(), 2);
+        assert!(matches!(q.retry(1), Err(QueueError::NotFound(1))));
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
 }
