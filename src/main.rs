@@ -1,5 +1,7 @@
 //! The `siteboot` command line.
 
+mod queue_cli;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -58,6 +60,17 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: NodesCommand,
+    },
+    /// Inspect and repair the durable queue of changes for the controller
+    /// (through the running agent, or directly while it is stopped).
+    Queue {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The running agent's URL (default: http://127.0.0.1:<http port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: queue_cli::QueueCommand,
     },
     /// Validate the configuration and templates, then exit.
     CheckConfig {
@@ -152,6 +165,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Nodes { config, action } => nodes(load_config(config.as_ref())?, action),
+        Command::Queue {
+            config,
+            url,
+            action,
+        } => queue_cli::run(load_config(config.as_ref())?, url, action).await,
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             siteboot::templates::Templates::load(&config.templates_dir)?;

@@ -614,3 +614,63 @@ fn delivered_counts(controller: &FakeController) -> BTreeMap<String, usize> {
     }
     counts
 }
+
+fn cli_json(out: std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "siteboot queue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+#[test]
+fn queue_cli_works_through_the_running_agent_and_directly_when_stopped() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:44:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent(&controller, &[mac]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for n in 0..3 {
+        let (code, _) = set_state(&agent, mac, "installed", &format!("cli {n}"));
+        assert_eq!(code, 202);
+    }
+    // Through the agent (it holds the database).
+    let url = agent.url("");
+    let stats = cli_json(agent.cli(&["queue", "stats", "--url", &url]));
+    assert_eq!(stats["pending"], 3, "{stats}");
+    let listed = cli_json(agent.cli(&["queue", "list", "--status", "pending", "--url", &url]));
+    let first = listed["data"][0]["id"].as_u64().expect("id");
+    assert_eq!(listed["data"][0]["payload"]["change"]["comment"], "cli 0");
+    let deleted = cli_json(agent.cli(&["queue", "delete", &first.to_string(), "--url", &url]));
+    assert_eq!(deleted["deleted"], first);
+    let out = agent.cli(&["queue", "retry", "999999", "--url", &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = agent.cli(&["queue", "list", "--status", "lost"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown queue status"));
+
+    // Stopped: the same commands open the database directly.
+    let stopped = agent.stop();
+    let stats = cli_json(stopped.cli(&["queue", "stats"]));
+    assert_eq!(stats["pending"], 2, "{stats}");
+    let cleared = cli_json(stopped.cli(&["queue", "clear-failed"]));
+    assert_eq!(cleared["cleared"], 0);
+    let out = stopped.cli(&["queue", "delete", "999999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no queue item 999999"));
+    // Restarted with the controller back, the two items are delivered.
+    controller.up();
+    let agent = stopped.start();
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    let delivered = delivered_counts(&controller);
+    assert_eq!(delivered.get("cli 0"), None, "deleted item never sent");
+    assert_eq!(delivered.get("cli 1"), Some(&1));
+    assert_eq!(delivered.get("cli 2"), Some(&1));
+}

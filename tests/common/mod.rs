@@ -231,6 +231,29 @@ impl Agent {
         self.dir.path().join("boot-assets")
     }
 
+    /// Runs `siteboot <args> --config <this agent's config>` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&self.config);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run siteboot")
+    }
+
+    /// Stops the agent (SIGKILL) and keeps its directory, for commands
+    /// that need the database to themselves.
+    pub fn stop(mut self) -> StoppedAgent {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        StoppedAgent {
+            dir,
+            config: self.config.clone(),
+            env: self.env.clone(),
+        }
+    }
+
     /// Kills the agent with SIGKILL (no chance to clean up) and starts it
     /// again on the same configuration and data directory.
     pub fn kill_and_restart(mut self) -> Agent {
@@ -246,6 +269,28 @@ impl Agent {
     /// Log lines the agent has written so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
+    }
+}
+
+/// An agent's directory and configuration, without a running process.
+pub struct StoppedAgent {
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl StoppedAgent {
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&self.config);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run siteboot")
+    }
+
+    pub fn start(self) -> Agent {
+        spawn_agent(self.dir, self.config, self.env)
     }
 }
 
