@@ -141,8 +141,21 @@ fn boot_and_expect(
             &format!("http://10.0.2.2:{port}"),
         )
         .start();
+    boot_vm_and_expect(agent.dir.path(), port, firmware, mac, wanted)
+}
+
+/// Boots one VM against an agent already listening on `port` (with
+/// `public_url` http://10.0.2.2:port); returns the console once `wanted`
+/// appeared, checking it is the only status line.
+fn boot_vm_and_expect(
+    dir: &Path,
+    port: u16,
+    firmware: Firmware,
+    mac: &str,
+    wanted: &str,
+) -> Vec<String> {
     let bootfile = format!("http://10.0.2.2:{port}/boot.ipxe");
-    let (mut vm, serial) = start_vm(firmware, mac, &bootfile, agent.dir.path());
+    let (mut vm, serial) = start_vm(firmware, mac, &bootfile, dir);
     let lines = wait_for_line(&mut vm, &serial, wanted);
     let statuses = lines
         .iter()
@@ -262,4 +275,90 @@ fn bios_ipxe_pending_node_at_the_controller_gets_a_live_install() {
         lines.join("\n")
     );
     assert!(!controller.calls_to("GET", "/api/v1/nodes").is_empty());
+}
+
+#[test]
+fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
+    use common::controller::FakeController;
+    use common::{get_json, wait_until};
+    let controller = FakeController::start();
+    let active = "52:54:00:5b:00:05";
+    let unknown = "52:54:00:5b:00:06";
+    controller.set_node(active, "active", None);
+    let port = free_tcp_port();
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = AgentBuilder::new()
+        .config(&format!(
+            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+             failure_threshold = 1\n[offline]\ndefault_action = \"discovery\"\n",
+            controller.url()
+        ))
+        .http_port(port)
+        .env(
+            "SITEBOOT_HTTP_PUBLIC_URL",
+            &format!("http://10.0.2.2:{port}"),
+        )
+        .start();
+    let status = || get_json(&agent.url("/api/v1/status"));
+    let limit = Duration::from_secs(60);
+    wait_until(limit, "online and synced", || {
+        status()["mode"] == "online" && status()["nodes_cached"] == 1
+    });
+    controller.down();
+    wait_until(limit, "offline", || status()["mode"] == "offline");
+
+    let lines = boot_vm_and_expect(
+        agent.dir.path(),
+        port,
+        Firmware::Bios,
+        active,
+        &format!("siteboot: mac={active} state=active action=local source=offline"),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("*** siteboot OFFLINE: central unreachable since ")),
+        "{}",
+        lines.join("\n")
+    );
+    boot_vm_and_expect(
+        agent.dir.path(),
+        port,
+        Firmware::Bios,
+        unknown,
+        &format!("siteboot: mac={unknown} state=discovered action=discovery source=offline"),
+    );
+    assert!(controller.node(unknown).is_none());
+
+    controller.up();
+    wait_until(limit, "queue replayed", || {
+        let s = status();
+        s["mode"] == "online" && s["queue"]["pending"] == 0 && s["queue"]["in_flight"] == 0
+    });
+    assert!(
+        controller.node(unknown).is_some(),
+        "the queued registration arrived"
+    );
+    let booted: Vec<(String, String)> = controller
+        .applied()
+        .into_iter()
+        .filter(|w| w.op == "report" && w.body["event"] == "boot_started")
+        .map(|w| {
+            (
+                w.mac,
+                w.body["metadata"]["source"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    for mac in [active, unknown] {
+        assert!(
+            booted
+                .iter()
+                .any(|(m, source)| m == mac && source == "offline"),
+            "boot event of {mac} arrived: {booted:?}"
+        );
+    }
 }
