@@ -162,6 +162,22 @@ impl NodeCache {
         Ok((count_changed, marked))
     }
 
+    /// Runs a blocking store write that changes nodes (returned with its
+    /// value) under the write lock, then publishes them: for writers that
+    /// commit nodes in a transaction of their own (the queue).
+    pub fn write_blocking<T, E>(
+        &self,
+        work: impl FnOnce() -> Result<(T, Vec<Node>), E>,
+    ) -> Result<T, E> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, changed) = work()?;
+        let mut map = write(&self.nodes);
+        for node in changed {
+            map.insert(node.mac, Arc::new(node));
+        }
+        Ok(value)
+    }
+
     async fn write(
         &self,
         work: impl FnOnce(&Store) -> Result<Node, StoreError> + Send + 'static,

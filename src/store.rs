@@ -113,6 +113,27 @@ redb_error_into_store_error!(
     redb::CommitError
 );
 
+/// Sets a cached node's state inside a caller's transaction (the queue's,
+/// so that a queued change and its cache update commit together). A MAC
+/// not in the store is left alone: None.
+pub(crate) fn set_state_in(
+    txn: &redb::WriteTransaction,
+    mac: Mac,
+    state: crate::node::NodeState,
+    now: time::OffsetDateTime,
+) -> Result<Option<Node>, StoreError> {
+    let key = mac.to_string();
+    let mut table = txn.open_table(NODES)?;
+    let mut node = match table.get(key.as_str())? {
+        Some(bytes) => decode::<Node>(&key, bytes.value())?,
+        None => return Ok(None),
+    };
+    node.state = state;
+    node.updated_at = now;
+    table.insert(key.as_str(), encode(&node).as_slice())?;
+    Ok(Some(node))
+}
+
 /// What the agent served a MAC last, for `offline.default_action = last_known`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastScript {

@@ -79,7 +79,7 @@ impl Outbox {
     /// Needs a tokio runtime (starts the queue's group-commit writer).
     pub fn new(queue: Queue, nodes: NodeCache, link: Option<Arc<CentralLink>>) -> Outbox {
         Outbox {
-            writer: QueueWriter::start(queue.clone()),
+            writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
             queue,
             nodes,
             link,
@@ -175,9 +175,9 @@ impl Outbox {
                 node: mac.to_string(),
                 payload: json!({"op": OP_SET_STATE, "node_id": node.id, "change": change}),
                 key,
+                local_state: Some(change.state),
             })
             .await?;
-        self.apply_locally(mac, change.state).await;
         Ok(Written::Queued {
             id,
             offline: !self.online(),
@@ -236,11 +236,9 @@ impl Outbox {
                 node: mac.to_string(),
                 payload: json!({"op": OP_REPORT, "report": report}),
                 key,
+                local_state: implied,
             })
             .await?;
-        if let Some(state) = implied {
-            self.apply_locally(mac, state).await;
-        }
         Ok(Written::Queued {
             id,
             offline: !self.online(),
@@ -304,6 +302,7 @@ impl Outbox {
             node: mac.to_string(),
             payload: json!({"op": OP_REPORT, "report": report}),
             key,
+            local_state: None,
         })
         .await?;
         Ok(())
@@ -372,6 +371,7 @@ impl Outbox {
             node: mac.to_string(),
             payload: json!({"op": OP_REGISTER, "node_id": node.id, "request": request}),
             key: None,
+            local_state: None,
         })
         .await?;
         let stored = self.nodes.insert_if_absent(node).await?;
@@ -379,8 +379,9 @@ impl Outbox {
         Ok(stored)
     }
 
-    /// The queued change, applied to the cache for the next boot. Failing
-    /// here loses nothing (the item is queued); it is logged.
+    /// A change the controller took, applied to the cache for the next
+    /// boot (until the next sync brings the controller's record). Failing
+    /// here loses nothing; it is logged.
     async fn apply_locally(&self, mac: Mac, state: NodeState) {
         if self.nodes.get(mac).is_none() {
             return;

@@ -83,7 +83,9 @@ pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySe
     let wake = outbox.wake_handle();
     let mut link_state = link.monitor().subscribe();
     loop {
-        if link.monitor().is_online() {
+        let online = link.monitor().is_online();
+        let mut deadline = tokio::time::Instant::now() + settings.period;
+        if online {
             match replay_round(&outbox, &link, &settings, clock).await {
                 Ok(RoundEnd::Drained) => {}
                 Ok(RoundEnd::Unreachable) => {
@@ -91,19 +93,24 @@ pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySe
                 }
                 Err(e) => tracing::error!(error = %e, "queue replay failed"),
             }
-        }
-        let queue = outbox.queue().clone();
-        let next_retry = tokio::task::spawn_blocking(move || queue.next_retry_at())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        let mut deadline = tokio::time::Instant::now() + settings.period;
-        if let Some(at) = next_retry {
-            deadline = deadline.min(clock.instant_at(at));
+            // Only while online: the scan is O(queue), and offline nothing
+            // is sent anyway.
+            let queue = outbox.queue().clone();
+            let next_retry = tokio::task::spawn_blocking(move || queue.next_retry_at())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            if let Some(at) = next_retry {
+                deadline = deadline.min(clock.instant_at(at));
+            }
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            // Offline, new items wait for the transition.
+            _ = wake.notified(), if online => {
+                // A burst of writes becomes one round.
+                tokio::time::sleep(WAKE_COALESCE).await;
+            }
             changed = link_state.changed() => {
                 if changed.is_err() {
                     return;
@@ -113,6 +120,9 @@ pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySe
         }
     }
 }
+
+/// How long a wake-up waits for more writes before a round starts.
+const WAKE_COALESCE: Duration = Duration::from_millis(10);
 
 /// Sends batches until nothing is sendable or the controller is gone.
 pub async fn replay_round(
@@ -482,6 +492,7 @@ mod tests {
             payload: serde_json::json!({"op": OP_REPORT, "report": {
                 "mac_address": mac, "event": "boot_started"}}),
             key: None,
+            local_state: None,
         }
     }
 

@@ -116,7 +116,14 @@ pub struct NewItem {
     /// of a write the controller may have applied is recognised; None: the
     /// queue's own `<instance>-<id>`.
     pub key: Option<String>,
+    /// A state for the cached node (`node`'s MAC), written in the same
+    /// commit as the item: the cache and the queue never disagree, even
+    /// after a crash.
+    pub local_state: Option<crate::node::NodeState>,
 }
+
+/// One item's enqueue: its id, or why it was refused.
+pub type Enqueued = Result<u64, QueueError>;
 
 /// A change to one item: its new status, or None to remove it.
 type Change = Box<dyn FnOnce(&mut Item) -> Option<Status> + Send>;
@@ -304,8 +311,19 @@ impl Queue {
         items: Vec<NewItem>,
         now: OffsetDateTime,
     ) -> Result<Vec<Result<u64, QueueError>>, QueueError> {
+        self.enqueue_batch(items, now).map(|(results, _)| results)
+    }
+
+    /// [`Queue::enqueue_many`], also returning the cached nodes whose
+    /// `local_state` was written in the same commit.
+    pub fn enqueue_batch(
+        &self,
+        items: Vec<NewItem>,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Enqueued>, Vec<crate::node::Node>), QueueError> {
         let txn = self.store.db().begin_write().map_err(db_err)?;
         let mut results = Vec::with_capacity(items.len());
+        let mut changed_nodes = Vec::new();
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
@@ -351,11 +369,17 @@ impl Queue {
                 bump(&mut counters, "pending", 1)?;
                 bump(&mut counters, "total", 1)?;
                 track_node(&mut nodes, &item, None, Some(Status::Pending))?;
+                if let (Some(state), Ok(mac)) =
+                    (new.local_state, item.node.parse::<crate::mac::Mac>())
+                    && let Some(node) = crate::store::set_state_in(&txn, mac, state, now)?
+                {
+                    changed_nodes.push(node);
+                }
                 results.push(Ok(seq));
             }
         }
         txn.commit().map_err(db_err)?;
-        Ok(results)
+        Ok((results, changed_nodes))
     }
 
     /// Takes up to `limit` items that may be sent now, in send order, and
@@ -797,6 +821,7 @@ mod tests {
             node: node.into(),
             payload: serde_json::json!({ "n": n }),
             key: None,
+            local_state: None,
         }
     }
 
@@ -1030,6 +1055,7 @@ mod tests {
             node: node.into(),
             payload: serde_json::json!({"node_id": id}),
             key: None,
+            local_state: None,
         };
         q.enqueue_many(
             vec![
@@ -1065,5 +1091,39 @@ mod tests {
         assert_eq!(q.clear_failed().unwrap(), 2);
         assert!(matches!(q.retry(1), Err(QueueError::NotFound(1))));
         assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn a_local_state_commits_with_its_item_and_not_without_it() {
+        let (_d, q) = queue(1);
+        let mac: crate::mac::Mac = "52:54:00:00:00:07".parse().unwrap();
+        q.store()
+            .put_node(&crate::node::Node::new_local(
+                mac,
+                crate::node::NodeState::Active,
+                now(),
+            ))
+            .unwrap();
+        let change = |n: u32| NewItem {
+            local_state: Some(crate::node::NodeState::Reprovision),
+            ..item(Kind::StateUpdate, "52:54:00:00:00:07", n)
+        };
+        let (results, nodes) = q.enqueue_batch(vec![change(1)], now()).unwrap();
+        assert!(results[0].is_ok());
+        assert_eq!(nodes[0].state, crate::node::NodeState::Reprovision);
+        assert_eq!(
+            q.store().get_node(mac).unwrap().unwrap().state,
+            crate::node::NodeState::Reprovision
+        );
+        // Full, nothing to drop: refused, and the cache is not touched.
+        let mut refused = change(2);
+        refused.local_state = Some(crate::node::NodeState::Retired);
+        let (results, nodes) = q.enqueue_batch(vec![refused], now()).unwrap();
+        assert!(matches!(results[0], Err(QueueError::Full(1))));
+        assert!(nodes.is_empty());
+        assert_eq!(
+            q.store().get_node(mac).unwrap().unwrap().state,
+            crate::node::NodeState::Reprovision
+        );
     }
 }

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NewItem, Queue, QueueError};
+use crate::nodes::NodeCache;
 
 /// Most items in one commit.
 const MAX_BATCH: usize = 1024;
@@ -21,8 +22,18 @@ pub struct QueueWriter {
 impl QueueWriter {
     /// Starts the writer task (needs a tokio runtime).
     pub fn start(queue: Queue) -> QueueWriter {
+        QueueWriter::spawn(queue, None)
+    }
+
+    /// Like [`QueueWriter::start`]; items' `local_state` changes are also
+    /// published to `cache` (after their commit, under its write lock).
+    pub fn start_with_cache(queue: Queue, cache: NodeCache) -> QueueWriter {
+        QueueWriter::spawn(queue, Some(cache))
+    }
+
+    fn spawn(queue: Queue, cache: Option<NodeCache>) -> QueueWriter {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(queue, rx));
+        tokio::spawn(run(queue, cache, rx));
         QueueWriter { tx }
     }
 
@@ -39,7 +50,7 @@ impl QueueWriter {
     }
 }
 
-async fn run(queue: Queue, mut rx: mpsc::Receiver<Request>) {
+async fn run(queue: Queue, cache: Option<NodeCache>, mut rx: mpsc::Receiver<Request>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -50,9 +61,15 @@ async fn run(queue: Queue, mut rx: mpsc::Receiver<Request>) {
         }
         let (items, replies): (Vec<NewItem>, Vec<_>) = batch.into_iter().unzip();
         let q = queue.clone();
-        let written =
-            tokio::task::spawn_blocking(move || q.enqueue_many(items, OffsetDateTime::now_utc()))
-                .await;
+        let cache = cache.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let now = OffsetDateTime::now_utc();
+            match cache {
+                Some(cache) => cache.write_blocking(|| q.enqueue_batch(items, now)),
+                None => q.enqueue_many(items, now),
+            }
+        })
+        .await;
         match written {
             Ok(Ok(results)) => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -100,6 +117,7 @@ mod tests {
                         node: format!("node-{}", n % 7),
                         payload: serde_json::json!({ "n": n }),
                         key: None,
+                        local_state: None,
                     })
                     .await
                     .unwrap()
