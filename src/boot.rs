@@ -315,13 +315,17 @@ impl BootService {
             Some(n) => self.workflow_for(n).await,
             None => None,
         };
+        let last_known_replayable = match &last {
+            Some(l) => self.replayable(l).await,
+            None => false,
+        };
         let decision = decision::decide(
             node.as_deref(),
             workflow.as_ref(),
             DecisionContext {
                 connectivity: Connectivity::Offline,
                 offline_default: self.offline_default,
-                last_known_replayable: last.as_ref().is_some_and(|l| self.replayable(l)),
+                last_known_replayable,
             },
         );
         let shown = node.as_deref().cloned().unwrap_or_else(|| {
@@ -430,13 +434,23 @@ impl BootService {
         )
     }
 
-    fn replayable(&self, last: &LastScript) -> bool {
-        !last.destructive
-            || last
-                .workflow_id
-                .as_ref()
-                .and_then(|id| self.workflows.get(id))
-                .is_some_and(|wf| wf.offline_safe)
+    /// DESIGN §4 `last_known`: a destructive script is replayed only if
+    /// its workflow (the config's, else the controller's as last synced)
+    /// is `offline_safe`.
+    async fn replayable(&self, last: &LastScript) -> bool {
+        if !last.destructive {
+            return true;
+        }
+        let Some(id) = last.workflow_id.clone() else {
+            return false;
+        };
+        if let Some(wf) = self.workflows.get(&id) {
+            return wf.offline_safe;
+        }
+        matches!(
+            self.store().call(move |s| s.get_workflow(&id)).await,
+            Ok(Some(wf)) if wf.offline_safe
+        )
     }
 
     async fn lookup_or_discover(

@@ -317,6 +317,15 @@ fn offline_writes_are_queued_then_replayed_through_500_400_slow_and_a_remap() {
             .contains("injected 400"),
         "{item}"
     );
+    // The heartbeat carries the counts.
+    wait_until(LONG, "heartbeat with the failed item", || {
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .last()
+            .is_some_and(|hb| {
+                hb.body["failed_sync_items"] == 1 && hb.body["pending_sync_items"] == 0
+            })
+    });
     // An operator retries it: now it goes through.
     let id = item["id"].as_u64().expect("id");
     let (code, _) = call(&agent, "POST", &format!("/api/v1/queue/{id}/retry"), None);
@@ -673,4 +682,116 @@ fn queue_cli_works_through_the_running_agent_and_directly_when_stopped() {
     assert_eq!(delivered.get("cli 0"), None, "deleted item never sent");
     assert_eq!(delivered.get("cli 1"), Some(&1));
     assert_eq!(delivered.get("cli 2"), Some(&1));
+}
+
+#[test]
+fn last_known_replays_only_what_is_safe_offline() {
+    let controller = FakeController::start();
+    for (id, safe) in [("debian", false), ("rescue", true)] {
+        controller.add_workflow(json!({
+            "id": id, "name": id, "method": "kernel", "kernel": format!("{id}/vmlinuz"),
+            "initrd": [], "cmdline": "console=ttyS0", "offline_safe": safe
+        }));
+    }
+    let (looked_at, destructive, safe, never) = (
+        "52:54:00:00:45:01",
+        "52:54:00:00:45:02",
+        "52:54:00:00:45:03",
+        "52:54:00:00:45:04",
+    );
+    controller.set_node(looked_at, "discovered", None);
+    controller.set_node(destructive, "pending", Some("debian"));
+    controller.set_node(safe, "pending", Some("rescue"));
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .env("SITEBOOT_OFFLINE_DEFAULT_ACTION", "last_known")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let online: Vec<String> = [looked_at, destructive, safe]
+        .iter()
+        .map(|mac| boot(&agent, mac))
+        .collect();
+    assert!(
+        online[0].contains("action=discovery source=live"),
+        "{}",
+        online[0]
+    );
+    assert!(
+        online[1].contains("action=install source=live"),
+        "{}",
+        online[1]
+    );
+    assert!(
+        online[2].contains("action=install source=live"),
+        "{}",
+        online[2]
+    );
+    // The controller puts the two back to discovered; the agent syncs.
+    controller.set_node(destructive, "discovered", None);
+    controller.set_node(safe, "discovered", None);
+    let (code, _) = call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert_eq!(code, 200);
+    // Give the last-script recorder its batch window, then go offline.
+    std::thread::sleep(Duration::from_millis(500));
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+
+    let replay = boot(&agent, looked_at);
+    assert!(
+        replay.contains(&format!(
+            "mac={looked_at} state=discovered action=last_known source=offline"
+        )),
+        "{replay}"
+    );
+    assert!(replay.contains("*** siteboot OFFLINE: central unreachable since "));
+    assert!(
+        replay.contains("siteboot: replaying the script served at "),
+        "{replay}"
+    );
+    // A destructive script whose workflow is not offline_safe: local boot.
+    let refused = boot(&agent, destructive);
+    assert!(
+        refused.contains(&format!(
+            "mac={destructive} state=discovered action=local source=offline"
+        )),
+        "{refused}"
+    );
+    assert!(!refused.contains("debian/vmlinuz"), "{refused}");
+    // An offline_safe workflow's install is replayed.
+    let replayed = boot(&agent, safe);
+    assert!(
+        replayed.contains("action=last_known source=offline"),
+        "{replayed}"
+    );
+    assert!(replayed.contains("rescue/vmlinuz"), "{replayed}");
+    // A MAC never served: local boot.
+    let unseen = boot(&agent, never);
+    assert!(
+        unseen.contains(&format!(
+            "mac={never} state=discovered action=local source=offline"
+        )),
+        "{unseen}"
+    );
+}
+
+#[test]
+fn offline_templates_are_operator_overridable() {
+    let controller = FakeController::start();
+    controller.down();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .template(
+            "_offline_banner.ipxe.j2",
+            "echo *** siteboot OFFLINE: central unreachable since {{ offline.since }} ***\n\
+             echo call the NOC: site {{ site_id }} has been cut off for {{ offline.duration }}\n",
+        )
+        .start();
+    let script = boot(&agent, "52:54:00:00:46:01");
+    assert!(script.contains("source=offline"), "{script}");
+    assert!(
+        script.contains("echo call the NOC: site fra1 has been cut off for "),
+        "{script}"
+    );
 }
