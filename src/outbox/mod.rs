@@ -35,6 +35,11 @@ use crate::store::StoreError;
 /// are queued (a boot storm must not become a storm of controller calls).
 const DIRECT_EVENT_SENDS: usize = 32;
 
+/// Boot events waiting to be sent or queued, at most; past this (a boot
+/// storm faster than the disk) further events are dropped and counted —
+/// events are what DESIGN §7 lets the agent drop, never state changes.
+const EVENT_BACKLOG: usize = 4096;
+
 /// The payload's `op`: which controller call replays the item.
 pub const OP_REGISTER: &str = "register";
 pub const OP_SET_STATE: &str = "set_state";
@@ -71,6 +76,8 @@ pub struct Outbox {
     link: Option<Arc<CentralLink>>,
     wake: Arc<Notify>,
     direct_events: Arc<Semaphore>,
+    event_backlog: Arc<Semaphore>,
+    events_shed: std::sync::atomic::AtomicU64,
     /// MACs whose local registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
@@ -85,6 +92,8 @@ impl Outbox {
             link,
             wake: Arc::new(Notify::new()),
             direct_events: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
+            event_backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
+            events_shed: std::sync::atomic::AtomicU64::new(0),
             registering: Mutex::new(HashSet::new()),
         }
     }
@@ -251,6 +260,18 @@ impl Outbox {
         if self.link.is_none() {
             return;
         }
+        let Ok(permit) = self.event_backlog.clone().try_acquire_owned() else {
+            let shed = 1 + self
+                .events_shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if shed.is_power_of_two() {
+                tracing::warn!(
+                    shed,
+                    "boot events arrive faster than they can be queued; dropping some"
+                );
+            }
+            return;
+        };
         let now = OffsetDateTime::now_utc();
         let report = NodeReport {
             mac_address: mac.to_string(),
@@ -277,6 +298,7 @@ impl Outbox {
             if let Err(e) = outbox.send_event(mac, report).await {
                 tracing::error!(%mac, error = %e, "boot event lost");
             }
+            drop(permit);
         });
     }
 
