@@ -630,16 +630,14 @@ fn queue_benchmark(dir: &Path) {
         });
         rates.push(rate);
     }
-    println!("Durable queue, {ITEMS} acknowledged enqueues (each committed before its answer)");
-    println!("{:<44} {:>12}", "", "items/s");
-    println!(
-        "{:<44} {:>12.0}",
-        "raw redb, one item per durable commit", raw
-    );
-    println!("{:<44} {:>12.0}", "queue, 1 client", rates[0]);
-    println!(
-        "{:<44} {:>12.0}",
-        "queue, 16 concurrent clients (group commit)", rates[1]
+    print_rates(
+        &format!("Durable queue, {ITEMS} acknowledged enqueues (each committed before its answer)"),
+        "items/s",
+        &[
+            ("raw redb, one item per durable commit", raw),
+            ("queue, 1 client", rates[0]),
+            ("queue, 16 concurrent clients (group commit)", rates[1]),
+        ],
     );
     println!(
         "concurrent / single: {:.1}x (target >= 5x)\n",
@@ -706,16 +704,14 @@ fn api_enqueue_benchmark(dir: &Path, runtime: &tokio::runtime::Runtime, raw: f64
         });
         rates.push(rate);
     }
-    println!("Offline state changes through the API, {WRITES} acknowledged 202s");
-    println!("{:<44} {:>12}", "", "writes/s");
-    println!(
-        "{:<44} {:>12.0}",
-        "raw redb, one item per durable commit", raw
-    );
-    println!("{:<44} {:>12.0}", "PATCH …/state, 1 client", rates[0]);
-    println!(
-        "{:<44} {:>12.0}",
-        "PATCH …/state, 16 concurrent clients", rates[1]
+    print_rates(
+        &format!("Offline state changes through the API, {WRITES} acknowledged 202s"),
+        "writes/s",
+        &[
+            ("raw redb, one item per durable commit", raw),
+            ("PATCH …/state, 1 client", rates[0]),
+            ("PATCH …/state, 16 concurrent clients", rates[1]),
+        ],
     );
     println!("concurrent / single: {:.1}x\n", rates[1] / rates[0]);
 }
@@ -821,6 +817,14 @@ fn replay_benchmark(dir: &Path, raw: f64) {
     );
 }
 
+fn print_rates(title: &str, unit: &str, rows: &[(&str, f64)]) {
+    println!("{title}");
+    println!("{:<44} {:>12}", "", unit);
+    for (name, rate) in rows {
+        println!("{name:<44} {rate:>12.0}");
+    }
+}
+
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -905,32 +909,7 @@ async fn load(http: SocketAddr, macs: Vec<Mac>, endpoint: Endpoint) -> LoadResul
     }
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body; panics on anything else.
+/// Reads one HTTP/1.1 200 response with a Content-Length body; panics on anything else.
 async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) {
-    let mut filled = 0;
-    loop {
-        let n = stream.read(&mut buf[filled..]).await.expect("read");
-        assert!(n > 0, "server closed the connection");
-        filled += n;
-        let text = &buf[..filled];
-        if let Some(head_end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&text[..head_end]).to_ascii_lowercase();
-            assert!(
-                head.starts_with("http/1.1 200"),
-                "unexpected response: {head}"
-            );
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("content-length");
-            let total = head_end + 4 + len;
-            while filled < total {
-                let n = stream.read(&mut buf[filled..]).await.expect("read body");
-                assert!(n > 0, "short body");
-                filled += n;
-            }
-            return;
-        }
-    }
+    read_status(stream, buf, "http/1.1 200").await;
 }

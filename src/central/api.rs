@@ -110,6 +110,7 @@ pub struct NodeEnvelope {
     pub data: Node,
 }
 
+/// `POST /api/v1/nodes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewNode {
     pub mac_address: String,
@@ -119,6 +120,25 @@ pub struct NewNode {
     pub serial_number: Option<String>,
     pub system_uuid: Option<String>,
     pub site_id: String,
+}
+
+impl NewNode {
+    /// The registration of `mac` with the facts iPXE sent.
+    pub fn from_facts(
+        mac: crate::mac::Mac,
+        facts: &crate::boot::BootFacts,
+        site_id: &str,
+    ) -> NewNode {
+        NewNode {
+            mac_address: mac.to_string(),
+            arch: facts.arch.clone(),
+            vendor: facts.manufacturer.clone(),
+            model: facts.product.clone(),
+            serial_number: facts.serial.clone(),
+            system_uuid: facts.uuid.clone(),
+            site_id: site_id.to_string(),
+        }
+    }
 }
 
 /// `PATCH /api/v1/nodes/{id}/state`.

@@ -132,15 +132,7 @@ impl CentralLink {
         let node = match found {
             Some(node) => node,
             None => {
-                let request = NewNode {
-                    mac_address: mac.to_string(),
-                    arch: facts.arch.clone(),
-                    vendor: facts.manufacturer.clone(),
-                    model: facts.product.clone(),
-                    serial_number: facts.serial.clone(),
-                    system_uuid: facts.uuid.clone(),
-                    site_id: self.site_id.clone(),
-                };
+                let request = NewNode::from_facts(mac, facts, &self.site_id);
                 let created = self.observe(self.controller.create_node(&request, None).await)?;
                 tracing::info!(%mac, id = %created.id, "new node registered at the controller");
                 created

@@ -376,15 +376,7 @@ impl Outbox {
             .arch
             .clone()
             .filter(|a| crate::boot::is_plain_token(a));
-        let request = NewNode {
-            mac_address: mac.to_string(),
-            arch: facts.arch.clone(),
-            vendor: facts.manufacturer.clone(),
-            model: facts.product.clone(),
-            serial_number: facts.serial.clone(),
-            system_uuid: facts.uuid.clone(),
-            site_id,
-        };
+        let request = NewNode::from_facts(mac, facts, &site_id);
         // Queued first: a crash between the two writes leaves a
         // registration without a cached node (harmless: the controller's
         // record is cached when it is accepted), never the reverse.

@@ -119,13 +119,7 @@ impl AgentBuilder {
 
     /// Runs `siteboot <args> --config <generated>` to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let config = self.config_path();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--config").arg(&config);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run siteboot")
+        run_cli(&self.config_path(), &self.env, args)
     }
 
     /// Like [`cli`], asserting success; returns stdout.
@@ -160,6 +154,15 @@ impl AgentBuilder {
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
+}
+
+fn run_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run siteboot")
 }
 
 fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String)>) -> Agent {
@@ -233,12 +236,7 @@ impl Agent {
 
     /// Runs `siteboot <args> --config <this agent's config>` to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--config").arg(&self.config);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run siteboot")
+        run_cli(&self.config, &self.env, args)
     }
 
     /// Stops the agent (SIGKILL) and keeps its directory, for commands
@@ -281,12 +279,7 @@ pub struct StoppedAgent {
 
 impl StoppedAgent {
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--config").arg(&self.config);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run siteboot")
+        run_cli(&self.config, &self.env, args)
     }
 
     pub fn start(self) -> Agent {
