@@ -122,6 +122,9 @@ pub struct NewItem {
     pub local_state: Option<crate::node::NodeState>,
 }
 
+/// An item with its table key (priority, id).
+type KeyedItem = ((u8, u64), Item);
+
 /// One item's enqueue: its id, or why it was refused.
 pub type Enqueued = Result<u64, QueueError>;
 
@@ -382,6 +385,20 @@ impl Queue {
         Ok((results, changed_nodes))
     }
 
+    /// The items [`Queue::take_batch`] would take now, without taking them.
+    pub fn peek(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(sendable(&queue, limit, now)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
+    }
+
     /// Takes up to `limit` items that may be sent now, in send order, and
     /// marks them in flight. An item waits while an earlier item of its
     /// node is still pending or in flight, so a node's order holds.
@@ -391,28 +408,7 @@ impl Queue {
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-            let mut blocked = std::collections::HashSet::new();
-            let mut chosen = Vec::new();
-            for entry in queue.iter().map_err(db_err)? {
-                let (key, value) = entry.map_err(db_err)?;
-                let item = decode(value.value())?;
-                match item.status {
-                    Status::Pending
-                        if !blocked.contains(&item.node)
-                            && item.not_before.is_none_or(|t| t <= now) =>
-                    {
-                        blocked.insert(item.node.clone());
-                        chosen.push((key.value(), item));
-                        if chosen.len() >= limit {
-                            break;
-                        }
-                    }
-                    Status::Pending | Status::InFlight => {
-                        blocked.insert(item.node.clone());
-                    }
-                    Status::Failed | Status::Conflict => {}
-                }
-            }
+            let chosen = sendable(&queue, limit, now)?;
             for (key, mut item) in chosen {
                 item.status = Status::InFlight;
                 item.attempts += 1;
@@ -752,6 +748,38 @@ impl Queue {
     }
 }
 
+/// Up to `limit` pending items due at `now`, in send order, at most one
+/// per node and none behind an earlier pending or in-flight item of its
+/// node.
+fn sendable(
+    queue: &impl ReadableTable<(u8, u64), &'static [u8]>,
+    limit: usize,
+    now: OffsetDateTime,
+) -> Result<Vec<KeyedItem>, QueueError> {
+    let mut blocked = std::collections::HashSet::new();
+    let mut chosen = Vec::new();
+    for entry in queue.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        let item = decode(value.value())?;
+        match item.status {
+            Status::Pending
+                if !blocked.contains(&item.node) && item.not_before.is_none_or(|t| t <= now) =>
+            {
+                blocked.insert(item.node.clone());
+                chosen.push((key.value(), item));
+                if chosen.len() >= limit {
+                    break;
+                }
+            }
+            Status::Pending | Status::InFlight => {
+                blocked.insert(item.node.clone());
+            }
+            Status::Failed | Status::Conflict => {}
+        }
+    }
+    Ok(chosen)
+}
+
 /// Makes room by dropping the oldest event; false if there is none.
 fn drop_oldest_event(
     queue: &mut Items<'_>,
@@ -845,7 +873,18 @@ mod tests {
             )
             .unwrap();
         assert!(ids.iter().all(Result::is_ok));
+        let peeked = q.peek(10, now()).unwrap();
         let batch = q.take_batch(10, now()).unwrap();
+        assert_eq!(
+            peeked.len(),
+            batch.len(),
+            "peek shows what take_batch takes"
+        );
+        assert!(peeked.iter().zip(&batch).all(|(p, b)| p.id == b.id));
+        assert!(
+            q.peek(10, now()).unwrap().is_empty(),
+            "the rest waits behind the items in flight"
+        );
         let order: Vec<(Kind, &str)> = batch.iter().map(|i| (i.kind, i.node.as_str())).collect();
         // b's registration first; a's state update; c's event. b's state
         // update and a's event wait for their node's earlier item.
