@@ -639,4 +639,78 @@ mod tests {
         assert_eq!(end, RoundEnd::Drained);
         assert_eq!(queue.stats().unwrap().total, 0);
     }
+
+    #[test]
+    fn every_kind_of_failure_is_judged_as_the_rules_say() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let item = |op: &str, attempts: u32| Item {
+            id: 1,
+            kind: Kind::StateUpdate,
+            node: "52:54:00:00:00:01".into(),
+            payload: serde_json::json!({"op": op}),
+            key: "k".into(),
+            created_at: now,
+            attempts,
+            last_attempt_at: None,
+            last_error: None,
+            status: Status::InFlight,
+            not_before: None,
+        };
+        let rejected = |status: u16| {
+            SendError::Central(CentralError::Rejected {
+                status,
+                body: "no".into(),
+            })
+        };
+        let s = settings(3);
+        let judged = |op: &str, attempts: u32, e: SendError| judge(&item(op, attempts), e, &s, now);
+        assert!(matches!(
+            judged(OP_SET_STATE, 1, rejected(409)),
+            Outcome::Conflict { .. }
+        ));
+        assert!(matches!(
+            judged(OP_REPORT, 1, rejected(409)),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            judged(OP_SET_STATE, 1, rejected(400)),
+            Outcome::Failed { .. }
+        ));
+        for status in [401, 403, 408, 429, 500, 503] {
+            assert!(
+                matches!(
+                    judged(OP_SET_STATE, 1, rejected(status)),
+                    Outcome::RetryAt { .. }
+                ),
+                "{status}"
+            );
+        }
+        let garbage = || SendError::Central(CentralError::Garbage("<html>".into()));
+        match judged(OP_REPORT, 2, garbage()) {
+            Outcome::RetryAt { at, .. } => {
+                assert!(at >= now + Duration::from_secs(1) && at <= now + Duration::from_secs(2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judged(OP_REPORT, 3, garbage()),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            judged(
+                OP_REPORT,
+                1,
+                SendError::Central(CentralError::Unreachable("x".into()))
+            ),
+            Outcome::Unsent { .. }
+        ));
+        assert!(matches!(
+            judged(OP_REPORT, 1, SendError::Malformed("x".into())),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            judged(OP_SET_STATE, 1, SendError::NotReady("x".into())),
+            Outcome::RetryAt { .. }
+        ));
+    }
 }
