@@ -40,6 +40,12 @@ const DIRECT_EVENT_SENDS: usize = 32;
 /// events are what DESIGN §7 lets the agent drop, never state changes.
 const EVENT_BACKLOG: usize = 4096;
 
+/// A boot with the same outcome (action, source, state) as the MAC's last
+/// recorded boot within this long is not recorded again: iPXE retries and
+/// boot storms would otherwise cost a controller call or a queue commit per
+/// request for no new information.
+const BOOT_EVENT_REPEAT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The payload's `op`: which controller call replays the item.
 pub const OP_REGISTER: &str = "register";
 pub const OP_SET_STATE: &str = "set_state";
@@ -78,6 +84,8 @@ pub struct Outbox {
     direct_events: Arc<Semaphore>,
     event_backlog: Arc<Semaphore>,
     events_shed: std::sync::atomic::AtomicU64,
+    /// Last recorded boot outcome per MAC, and when.
+    last_boot: Mutex<std::collections::HashMap<Mac, (String, std::time::Instant)>>,
     /// MACs whose local registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
@@ -94,6 +102,7 @@ impl Outbox {
             direct_events: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
             event_backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
             events_shed: std::sync::atomic::AtomicU64::new(0),
+            last_boot: Mutex::new(std::collections::HashMap::new()),
             registering: Mutex::new(HashSet::new()),
         }
     }
@@ -257,7 +266,7 @@ impl Outbox {
     /// Records that a node booted (time, action, source), without making
     /// the boot wait: sent directly when online, else queued.
     pub fn boot_event(self: &Arc<Self>, mac: Mac, answer: &BootAnswer) {
-        if self.link.is_none() {
+        if self.link.is_none() || self.repeated_boot(mac, answer) {
             return;
         }
         let Ok(permit) = self.event_backlog.clone().try_acquire_owned() else {
@@ -300,6 +309,26 @@ impl Outbox {
             }
             drop(permit);
         });
+    }
+
+    /// Records `answer` as `mac`'s last boot; true if it repeats the last
+    /// one within [`BOOT_EVENT_REPEAT`].
+    fn repeated_boot(&self, mac: Mac, answer: &BootAnswer) -> bool {
+        let outcome = format!(
+            "{} {} {}",
+            answer.action.as_str(),
+            answer.source.as_str(),
+            answer.state.map(|s| s.as_str()).unwrap_or("unknown")
+        );
+        let now = std::time::Instant::now();
+        let mut last = self.last_boot.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get(&mac) {
+            Some((previous, at)) if *previous == outcome && now - *at < BOOT_EVENT_REPEAT => true,
+            _ => {
+                last.insert(mac, (outcome, now));
+                false
+            }
+        }
     }
 
     async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
