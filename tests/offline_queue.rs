@@ -795,3 +795,39 @@ fn offline_templates_are_operator_overridable() {
         "{script}"
     );
 }
+
+#[test]
+fn a_repeated_boot_outcome_is_recorded_once() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:47:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent(&controller, &[mac]);
+    let boot_events = || {
+        controller
+            .applied()
+            .into_iter()
+            .filter(|w| w.op == "report" && w.mac == mac && w.body["event"] == "boot_started")
+            .map(|w| {
+                w.body["metadata"]["source"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..3 {
+        assert!(boot(&agent, mac).contains("action=local source=live"));
+    }
+    wait_until(LONG, "the boot event", || !boot_events().is_empty());
+    // A different outcome (offline now) is new information.
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for _ in 0..3 {
+        assert!(boot(&agent, mac).contains("action=local source=offline"));
+    }
+    controller.up();
+    wait_until(LONG, "replayed", || {
+        mode(&agent) == "online" && queue_stats(&agent)["total"] == 0
+    });
+    assert_eq!(boot_events(), ["live", "offline"]);
+}
