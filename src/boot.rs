@@ -271,9 +271,6 @@ impl BootService {
     /// DESIGN §4, unknown MAC offline: the registration is queued and the
     /// node cached as discovered under a local id.
     async fn register_offline(&self, mac: Mac, facts: &BootFacts) {
-        if self.nodes.get(mac).is_some() {
-            return;
-        }
         if let Some(outbox) = &self.outbox
             && let Err(e) = outbox.register_local(mac, facts).await
         {
@@ -461,9 +458,10 @@ impl BootService {
         if let Some(node) = self.nodes.get(mac) {
             return Ok(node);
         }
-        let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
-        node.arch = facts.arch.clone().filter(|a| is_plain_token(a));
-        let stored = self.nodes.insert_if_absent(node).await?;
+        let stored = self
+            .nodes
+            .insert_if_absent(discovered_node(mac, facts))
+            .await?;
         tracing::info!(%mac, id = %stored.id, "new node discovered");
         Ok(stored)
     }
@@ -665,7 +663,15 @@ fn image_name(url: &str) -> String {
         .to_string()
 }
 
-pub(crate) fn is_plain_token(text: &str) -> bool {
+/// A node first seen now: `discovered` under a local id, with the
+/// architecture iPXE reported if it is a plain token.
+pub(crate) fn discovered_node(mac: Mac, facts: &BootFacts) -> Node {
+    let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
+    node.arch = facts.arch.clone().filter(|a| is_plain_token(a));
+    node
+}
+
+fn is_plain_token(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 64
         && text

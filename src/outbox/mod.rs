@@ -51,6 +51,13 @@ pub const OP_REGISTER: &str = "register";
 pub const OP_SET_STATE: &str = "set_state";
 pub const OP_REPORT: &str = "report";
 
+/// What a boot event reports: action, source, state.
+type BootOutcome = (
+    crate::decision::Action,
+    crate::boot::Source,
+    Option<NodeState>,
+);
+
 /// What became of a write.
 #[derive(Debug, Clone)]
 pub enum Written {
@@ -85,7 +92,7 @@ pub struct Outbox {
     event_backlog: Arc<Semaphore>,
     events_shed: std::sync::atomic::AtomicU64,
     /// Last recorded boot outcome per MAC, and when.
-    last_boot: Mutex<std::collections::HashMap<Mac, (String, std::time::Instant)>>,
+    last_boot: Mutex<std::collections::HashMap<Mac, (BootOutcome, std::time::Instant)>>,
     /// MACs whose local registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
@@ -113,10 +120,6 @@ impl Outbox {
 
     pub fn nodes(&self) -> &NodeCache {
         &self.nodes
-    }
-
-    pub fn link(&self) -> Option<&Arc<CentralLink>> {
-        self.link.as_ref()
     }
 
     /// Woken when an item is queued.
@@ -314,12 +317,7 @@ impl Outbox {
     /// Records `answer` as `mac`'s last boot; true if it repeats the last
     /// one within [`BOOT_EVENT_REPEAT`].
     fn repeated_boot(&self, mac: Mac, answer: &BootAnswer) -> bool {
-        let outcome = format!(
-            "{} {} {}",
-            answer.action.as_str(),
-            answer.source.as_str(),
-            answer.state.map(|s| s.as_str()).unwrap_or("unknown")
-        );
+        let outcome = (answer.action, answer.source, answer.state);
         let now = std::time::Instant::now();
         let mut last = self.last_boot.lock().unwrap_or_else(|e| e.into_inner());
         match last.get(&mac) {
@@ -361,32 +359,28 @@ impl Outbox {
 
     /// An unknown MAC seen while the controller cannot be reached: the
     /// registration is queued, then the node is cached under a local id
-    /// (`local-<uuid>`, remapped when the registration is accepted).
-    /// Returns the cached node.
-    pub async fn register_local(
-        &self,
-        mac: Mac,
-        facts: &BootFacts,
-    ) -> Result<Arc<Node>, WriteError> {
-        if let Some(node) = self.nodes.get(mac) {
-            return Ok(node);
+    /// (`local-<uuid>`, remapped when the registration is accepted). A MAC
+    /// already cached, or being registered by a concurrent boot, is left
+    /// alone.
+    pub async fn register_local(&self, mac: Mac, facts: &BootFacts) -> Result<(), WriteError> {
+        if self.nodes.get(mac).is_some() {
+            return Ok(());
         }
-        let site_id = match &self.link {
-            Some(link) => link.site_id().to_string(),
-            None => String::new(),
-        };
+        if !self
+            .registering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mac)
         {
-            let mut registering = self.registering.lock().unwrap_or_else(|e| e.into_inner());
-            if !registering.insert(mac) {
-                // Another boot of this MAC is writing it; answer as unknown.
-                return Ok(Arc::new(Node::new_local(
-                    mac,
-                    NodeState::Discovered,
-                    OffsetDateTime::now_utc(),
-                )));
-            }
+            return Ok(());
         }
-        let result = self.write_registration(mac, facts, site_id).await;
+        // Checked again under the guard: a boot that finished registering
+        // just before it was taken has cached the node.
+        let result = if self.nodes.get(mac).is_some() {
+            Ok(())
+        } else {
+            self.write_registration(mac, facts).await
+        };
         self.registering
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -394,17 +388,12 @@ impl Outbox {
         result
     }
 
-    async fn write_registration(
-        &self,
-        mac: Mac,
-        facts: &BootFacts,
-        site_id: String,
-    ) -> Result<Arc<Node>, WriteError> {
-        let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
-        node.arch = facts
-            .arch
-            .clone()
-            .filter(|a| crate::boot::is_plain_token(a));
+    async fn write_registration(&self, mac: Mac, facts: &BootFacts) -> Result<(), WriteError> {
+        let site_id = match &self.link {
+            Some(link) => link.site_id().to_string(),
+            None => String::new(),
+        };
+        let node = crate::boot::discovered_node(mac, facts);
         let request = NewNode::from_facts(mac, facts, &site_id);
         // Queued first: a crash between the two writes leaves a
         // registration without a cached node (harmless: the controller's
@@ -419,7 +408,7 @@ impl Outbox {
         .await?;
         let stored = self.nodes.insert_if_absent(node).await?;
         tracing::info!(%mac, id = %stored.id, "unknown node seen offline; registration queued");
-        Ok(stored)
+        Ok(())
     }
 
     /// A change the controller took, applied to the cache for the next

@@ -409,6 +409,13 @@ impl Queue {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
             let chosen = sendable(&queue, limit, now)?;
+            if chosen.is_empty() {
+                // Nothing to mark: no commit (and no fsync) for an empty
+                // round, which is how every replay round ends.
+                drop((queue, counters));
+                txn.abort().map_err(db_err)?;
+                return Ok(Vec::new());
+            }
             for (key, mut item) in chosen {
                 item.status = Status::InFlight;
                 item.attempts += 1;
@@ -671,23 +678,6 @@ impl Queue {
             }
         }
         Ok(out)
-    }
-
-    pub fn get(&self, id: u64) -> Result<Option<Item>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
-        let (ids, queue) = match (txn.open_table(QUEUE_IDS), txn.open_table(QUEUE)) {
-            (Ok(ids), Ok(queue)) => (ids, queue),
-            (Err(redb::TableError::TableDoesNotExist(_)), _)
-            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
-            (Err(e), _) | (_, Err(e)) => return Err(db_err(e)),
-        };
-        let Some(priority) = ids.get(id).map_err(db_err)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
-        match queue.get((priority, id)).map_err(db_err)? {
-            Some(bytes) => Ok(Some(decode(bytes.value())?)),
-            None => Ok(None),
-        }
     }
 
     /// Items in send order, optionally of one status.
