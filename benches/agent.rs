@@ -320,17 +320,7 @@ fn firmware_probe(port: u16) -> String {
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    let rrq = |options: &[(&str, &str)]| {
-        let mut p = vec![0u8, 1];
-        p.extend_from_slice(b"big.bin\0octet\0");
-        for (k, v) in options {
-            p.extend_from_slice(k.as_bytes());
-            p.push(0);
-            p.extend_from_slice(v.as_bytes());
-            p.push(0);
-        }
-        p
-    };
+    let rrq = |options: &[(&str, &str)]| siteboot::tftp::packet::read_request("big.bin", options);
     let mut buf = vec![0u8; 70_000];
     let started = Instant::now();
     socket

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::controller::{FakeController, Mode};
-use common::{AgentBuilder, admin_token, curl, get_json, wait_until};
+use common::{AgentBuilder, admin_token, curl, get_json, mode, wait_until};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -44,13 +44,6 @@ fn boot(agent: &common::Agent, mac: &str) -> (String, String) {
         })
         .unwrap_or_default();
     (String::from_utf8_lossy(&body).into_owned(), source)
-}
-
-fn mode(agent: &common::Agent) -> String {
-    get_json(&agent.url("/api/v1/status"))["mode"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

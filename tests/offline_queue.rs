@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::controller::FakeController;
-use common::{AgentBuilder, admin_token, curl, get_json, wait_until};
+use common::{AgentBuilder, admin_token, curl, get_json, mode, wait_until};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -29,13 +29,6 @@ fn central_config(controller: &FakeController) -> String {
 
 fn status(agent: &common::Agent) -> Value {
     get_json(&agent.url("/api/v1/status"))
-}
-
-fn mode(agent: &common::Agent) -> String {
-    status(agent)["mode"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// A minimal HTTP/1.1 client (one request per connection) so that the

@@ -169,12 +169,17 @@ pub fn option_ack(options: &[(String, String)]) -> Bytes {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_u16(OP_OACK);
     for (name, value) in options {
-        buf.put_slice(name.as_bytes());
-        buf.put_u8(0);
-        buf.put_slice(value.as_bytes());
-        buf.put_u8(0);
+        put_option(&mut buf, name, value);
     }
     buf.freeze()
+}
+
+/// `name NUL value NUL`, as options are written in RRQ and OACK.
+fn put_option(buf: &mut BytesMut, name: &str, value: &str) {
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    buf.put_slice(value.as_bytes());
+    buf.put_u8(0);
 }
 
 pub fn read_request(filename: &str, options: &[(&str, &str)]) -> Bytes {
@@ -184,10 +189,7 @@ pub fn read_request(filename: &str, options: &[(&str, &str)]) -> Bytes {
     buf.put_u8(0);
     buf.put_slice(b"octet\0");
     for (name, value) in options {
-        buf.put_slice(name.as_bytes());
-        buf.put_u8(0);
-        buf.put_slice(value.as_bytes());
-        buf.put_u8(0);
+        put_option(&mut buf, name, value);
     }
     buf.freeze()
 }

@@ -369,3 +369,11 @@ pub fn get_json(url: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{url}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
 }
+
+/// The agent's `mode` (standalone, online or offline) from its status.
+pub fn mode(agent: &Agent) -> String {
+    get_json(&agent.url("/api/v1/status"))["mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
