@@ -90,8 +90,12 @@ fn start_agent_with(
     root: &Path,
     env: &[(&str, String)],
 ) -> (Proc, SocketAddr, SocketAddr) {
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
     let mut child = Command::new(env!("CARGO_BIN_EXE_siteboot"))
         .arg("serve")
+        .arg("--ready-file")
+        .arg(&ready)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("SITEBOOT_DATA_DIR", dir.join("data"))
         .env("SITEBOOT_TFTP_ROOT", root)
@@ -104,31 +108,28 @@ fn start_agent_with(
         .env("SITEBOOT_HTTP_LISTEN", "127.0.0.1:0")
         .env("SITEBOOT_TEMPLATES_DIR", dir.join("no-templates"))
         // Per-transfer and per-request log lines would measure the logger.
-        .env("SITEBOOT_LOG", "warn,siteboot::agent=info")
-        .stderr(Stdio::piped())
+        .env("SITEBOOT_LOG", "warn")
+        .stderr(Stdio::inherit())
         .stdout(Stdio::null())
         .spawn()
         .expect("start siteboot");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("siteboot agent listening") => break line,
-            Some(Ok(_)) => continue,
-            _ => panic!("siteboot did not start"),
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            break text;
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("siteboot did not start: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    std::thread::spawn(move || for _ in lines {});
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("ready file");
     let field = |key: &str| -> SocketAddr {
-        let start = line.find(key).expect("field") + key.len();
-        line[start..]
-            .split_whitespace()
-            .next()
-            .expect("addr")
-            .parse()
-            .expect("addr")
+        doc[key]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("address in the ready file")
     };
-    (Proc(child), field("http="), field("tftp="))
+    (Proc(child), field("http"), field("tftp"))
 }
 
 fn free_udp_port() -> u16 {

@@ -33,6 +33,11 @@ enum Command {
         /// TOML configuration file; without it, built-in defaults (standalone).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Once both servers listen, write their addresses here as JSON
+        /// (`{"http": "127.0.0.1:8080", "tftp": "…", "pid": N}`), for
+        /// supervisors and tests that start the agent on port 0.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Print the script a node would get now, without running a server.
     Render {
@@ -140,7 +145,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(load_config(config.as_ref())?).await,
+        Command::Serve { config, ready_file } => {
+            serve(load_config(config.as_ref())?, ready_file).await
+        }
         Command::Render {
             mac,
             arch,
@@ -199,10 +206,27 @@ fn parse_mac(text: &str) -> Result<Mac> {
     Ok(text.parse::<Mac>()?)
 }
 
-async fn serve(config: Config) -> Result<()> {
-    let (_listening, handle) = agent::start(config, shutdown_signal()).await?;
+async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
+    let (listening, handle) = agent::start(config, shutdown_signal()).await?;
+    if let Some(path) = ready_file {
+        write_ready_file(&path, listening)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
     handle.await.context("agent task failed")?;
     Ok(())
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half
+/// a file.
+fn write_ready_file(path: &std::path::Path, listening: agent::Listening) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "http": listening.http.to_string(),
+        "tftp": listening.tftp.to_string(),
+        "pid": std::process::id(),
+    });
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{body}\n"))?;
+    std::fs::rename(&partial, path)
 }
 
 async fn shutdown_signal() {

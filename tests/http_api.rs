@@ -380,12 +380,7 @@ fn runtime_template_error_serves_the_safe_local_script() {
         body.contains("could not build this node's script"),
         "{body}"
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let log = agent.log_lines().join("\n");
-    assert!(
-        log.contains("script template failed"),
-        "error not logged:\n{log}"
-    );
+    let log = agent.wait_for_log("script template failed");
     assert!(
         log.contains("local.ipxe.j2:1"),
         "log lacks file and line:\n{log}"

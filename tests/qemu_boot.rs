@@ -1,7 +1,8 @@
 //! End-to-end boots: QEMU (TCG) runs real firmware — SeaBIOS with the iPXE
 //! NIC ROM, and OVMF (UEFI) with the ROM's EFI driver — against the agent.
-//! The guest reaches the host's loopback as 10.0.2.2 (QEMU user networking),
-//! so the agent runs with `http.public_url = http://10.0.2.2:<port>`.
+//! The guest reaches the host's loopback as 10.0.2.2 (QEMU user networking):
+//! iPXE is handed `http://10.0.2.2:<port>/boot.ipxe` with the port the agent
+//! reported, and the agent names itself by the request's `Host`.
 //! Success is the status line on the guest's serial console.
 
 mod common;
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{AgentBuilder, free_tcp_port, require_tool};
+use common::{Agent, AgentBuilder, require_tool};
 
 /// TCG guests are CPU-bound; on two cores, one at a time.
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -103,17 +104,24 @@ fn console_lines(raw: &[u8]) -> Vec<String> {
     lines
 }
 
-fn wait_for_line(vm: &mut Vm, serial: &Path, wanted: &str) -> Vec<String> {
+/// Waits until the console holds a line equal to `status` and, for each of
+/// `also`, a line containing it (lines printed after the status line reach
+/// the serial log later; nothing is asserted before it is there).
+fn wait_for_lines(vm: &mut Vm, serial: &Path, status: &str, also: &[&str]) -> Vec<String> {
     let started = Instant::now();
     loop {
         let lines = console_lines(&std::fs::read(serial).unwrap_or_default());
-        if lines.iter().any(|l| l.trim_end() == wanted) {
+        let has_status = lines.iter().any(|l| l.trim_end() == status);
+        let has_rest = also
+            .iter()
+            .all(|want| lines.iter().any(|l| l.contains(want)));
+        if has_status && has_rest {
             return lines;
         }
         let exited = vm.child.try_wait().ok().flatten().is_some();
         if exited || started.elapsed() > BOOT_GIVE_UP {
             panic!(
-                "status line {wanted:?} never appeared ({}); serial console:\n{}",
+                "status line {status:?} and lines {also:?} never all appeared ({}); serial console:\n{}",
                 if exited {
                     "QEMU exited"
                 } else {
@@ -128,35 +136,31 @@ fn wait_for_line(vm: &mut Vm, serial: &Path, wanted: &str) -> Vec<String> {
 
 fn boot_and_expect(
     builder: AgentBuilder,
-    port: u16,
     firmware: Firmware,
     mac: &str,
-    wanted: &str,
+    status: &str,
+    also: &[&str],
 ) -> Vec<String> {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let agent = builder
-        .http_port(port)
-        .env(
-            "SITEBOOT_HTTP_PUBLIC_URL",
-            &format!("http://10.0.2.2:{port}"),
-        )
-        .start();
-    boot_vm_and_expect(agent.dir.path(), port, firmware, mac, wanted)
+    let agent = builder.start();
+    boot_vm_and_expect(&agent, firmware, mac, status, also)
 }
 
-/// Boots one VM against an agent already listening on `port` (with
-/// `public_url` http://10.0.2.2:port); returns the console once `wanted`
-/// appeared, checking it is the only status line.
+/// Boots one VM against a running agent; returns the console once the
+/// status line and every line of `also` appeared, checking that the status
+/// line is the only one. The guest reaches the agent's loopback port as
+/// 10.0.2.2:<port> (the port learnt from the agent), and the agent names
+/// itself by the request's `Host`.
 fn boot_vm_and_expect(
-    dir: &Path,
-    port: u16,
+    agent: &Agent,
     firmware: Firmware,
     mac: &str,
-    wanted: &str,
+    status: &str,
+    also: &[&str],
 ) -> Vec<String> {
-    let bootfile = format!("http://10.0.2.2:{port}/boot.ipxe");
-    let (mut vm, serial) = start_vm(firmware, mac, &bootfile, dir);
-    let lines = wait_for_line(&mut vm, &serial, wanted);
+    let bootfile = format!("http://10.0.2.2:{}/boot.ipxe", agent.http.port());
+    let (mut vm, serial) = start_vm(firmware, mac, &bootfile, agent.dir.path());
+    let lines = wait_for_lines(&mut vm, &serial, status, also);
     let statuses = lines
         .iter()
         .filter(|l| l.starts_with("siteboot: mac="))
@@ -172,41 +176,33 @@ fn boot_vm_and_expect(
 
 #[test]
 fn bios_ipxe_boots_an_active_node_from_local_disk() {
-    let port = free_tcp_port();
     let mac = "52:54:00:5b:00:01";
     let builder = AgentBuilder::new();
     builder.cli_ok(&["nodes", "add", "--mac", mac, "--state", "active"]);
-    let lines = boot_and_expect(
+    boot_and_expect(
         builder,
-        port,
         Firmware::Bios,
         mac,
         &format!("siteboot: mac={mac} state=active action=local source=standalone"),
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("siteboot: booting local disk"))
+        &["siteboot: booting local disk"],
     );
 }
 
 #[test]
 fn bios_ipxe_unknown_mac_gets_discovery() {
-    let port = free_tcp_port();
     let mac = "52:54:00:5b:00:02";
     boot_and_expect(
         AgentBuilder::new(),
-        port,
         Firmware::Bios,
         mac,
         &format!("siteboot: mac={mac} state=discovered action=discovery source=standalone"),
+        &[],
     );
 }
 
 #[test]
 fn uefi_ovmf_pending_node_gets_install() {
     require_tool("qemu-system-x86_64");
-    let port = free_tcp_port();
     let mac = "52:54:00:5b:00:03";
     let builder = AgentBuilder::new().config(
         "[workflows.debian]\nmethod = \"kernel\"\nkernel = \"debian/vmlinuz\"\ninitrd = [\"debian/initrd.gz\"]\ncmdline = \"console=ttyS0\"\n",
@@ -221,19 +217,12 @@ fn uefi_ovmf_pending_node_gets_install() {
         "--workflow",
         "debian",
     ]);
-    let lines = boot_and_expect(
+    boot_and_expect(
         builder,
-        port,
         Firmware::Uefi,
         mac,
         &format!("siteboot: mac={mac} state=pending action=install source=standalone"),
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("siteboot: installing debian")),
-        "{}",
-        lines.join("\n")
+        &["siteboot: installing debian"],
     );
 }
 
@@ -255,24 +244,16 @@ fn bios_ipxe_pending_node_at_the_controller_gets_a_live_install() {
         "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"], "cmdline": "console=ttyS0"
     }));
     controller.set_node(mac, "pending", Some("debian"));
-    let port = free_tcp_port();
     let builder = AgentBuilder::new().config(&format!(
         "[central]\nurl = \"{}\"\ncheck_interval = \"1s\"\nrequest_timeout = \"2s\"\n",
         controller.url()
     ));
-    let lines = boot_and_expect(
+    boot_and_expect(
         builder,
-        port,
         Firmware::Bios,
         mac,
         &format!("siteboot: mac={mac} state=pending action=install source=live"),
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("siteboot: installing debian")),
-        "{}",
-        lines.join("\n")
+        &["siteboot: installing debian"],
     );
     assert!(!controller.calls_to("GET", "/api/v1/nodes").is_empty());
 }
@@ -285,7 +266,6 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
     let active = "52:54:00:5b:00:05";
     let unknown = "52:54:00:5b:00:06";
     controller.set_node(active, "active", None);
-    let port = free_tcp_port();
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = AgentBuilder::new()
         .config(&format!(
@@ -293,11 +273,6 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
              failure_threshold = 1\n[offline]\ndefault_action = \"discovery\"\n",
             controller.url()
         ))
-        .http_port(port)
-        .env(
-            "SITEBOOT_HTTP_PUBLIC_URL",
-            &format!("http://10.0.2.2:{port}"),
-        )
         .start();
     let status = || get_json(&agent.url("/api/v1/status"));
     let limit = Duration::from_secs(60);
@@ -307,26 +282,19 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
     controller.down();
     wait_until(limit, "offline", || status()["mode"] == "offline");
 
-    let lines = boot_vm_and_expect(
-        agent.dir.path(),
-        port,
+    boot_vm_and_expect(
+        &agent,
         Firmware::Bios,
         active,
         &format!("siteboot: mac={active} state=active action=local source=offline"),
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("*** siteboot OFFLINE: central unreachable since ")),
-        "{}",
-        lines.join("\n")
+        &["*** siteboot OFFLINE: central unreachable since "],
     );
     boot_vm_and_expect(
-        agent.dir.path(),
-        port,
+        &agent,
         Firmware::Bios,
         unknown,
         &format!("siteboot: mac={unknown} state=discovered action=discovery source=offline"),
+        &[],
     );
     assert!(controller.node(unknown).is_none());
 

@@ -7,7 +7,7 @@
 pub mod controller;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -30,20 +30,10 @@ pub fn require_tool(name: &str) -> PathBuf {
     }
 }
 
-/// A port that was free a moment ago (for settings that must be known
-/// before the agent starts, such as a public URL naming the port).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
 pub struct AgentBuilder {
     dir: tempfile::TempDir,
     config: String,
     env: Vec<(String, String)>,
-    http_listen: String,
 }
 
 pub struct Agent {
@@ -52,6 +42,8 @@ pub struct Agent {
     pub http: SocketAddr,
     pub tftp: SocketAddr,
     stderr: mpsc::Receiver<String>,
+    /// Log lines read from `stderr` so far.
+    log: std::cell::RefCell<Vec<String>>,
     config: PathBuf,
     env: Vec<(String, String)>,
 }
@@ -65,7 +57,6 @@ impl AgentBuilder {
             dir,
             config: String::new(),
             env: Vec::new(),
-            http_listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -82,11 +73,6 @@ impl AgentBuilder {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
-        self
-    }
-
-    pub fn http_port(mut self, port: u16) -> Self {
-        self.http_listen = format!("127.0.0.1:{port}");
         self
     }
 
@@ -108,9 +94,8 @@ impl AgentBuilder {
         let path = self.dir.path().join("siteboot.toml");
         let text = format!(
             "data_dir = \"{dir}/data\"\n[tftp]\nlisten = \"127.0.0.1:0\"\nroot = \"{dir}/boot-assets\"\n\
-             [http]\nlisten = \"{http}\"\n[templates]\ndir = \"{dir}/templates\"\n{extra}",
+             [http]\nlisten = \"127.0.0.1:0\"\n[templates]\ndir = \"{dir}/templates\"\n{extra}",
             dir = self.dir.path().display(),
-            http = self.http_listen,
             extra = self.config
         );
         std::fs::write(&path, text).expect("write config");
@@ -166,10 +151,14 @@ fn run_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
 }
 
 fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String)>) -> Agent {
+    let ready = dir.path().join("ready.json");
+    let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .arg("--config")
         .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready)
         .env("SITEBOOT_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -188,38 +177,50 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
             }
         }
     });
-    let mut seen = Vec::new();
+    // The agent writes its addresses to the ready file once both servers
+    // listen; the ports are learnt from it, never guessed.
+    let started = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                if line.contains("siteboot agent listening") {
-                    let http = field(&line, "http=").expect("http= in listening line");
-                    let tftp = field(&line, "tftp=").expect("tftp= in listening line");
-                    return Agent {
-                        child,
-                        dir,
-                        http,
-                        tftp,
-                        stderr: rx,
-                        config,
-                        env,
-                    };
-                }
-                seen.push(line);
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("agent did not start; its output:\n{}", seen.join("\n"));
-            }
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+            let addr = |key: &str| -> SocketAddr {
+                doc[key]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("ready file lacks {key}: {text}"))
+            };
+            return Agent {
+                http: addr("http"),
+                tftp: addr("tftp"),
+                child,
+                dir,
+                stderr: rx,
+                log: Default::default(),
+                config,
+                env,
+            };
         }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || started.elapsed() > AGENT_START_GIVE_UP {
+            let _ = child.kill();
+            let _ = child.wait();
+            let seen: Vec<String> = rx.try_iter().collect();
+            panic!(
+                "agent did not start ({}); its output:\n{}",
+                match exited {
+                    Some(status) => format!("exited with {status}"),
+                    None => "gave up waiting".into(),
+                },
+                seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn field(line: &str, key: &str) -> Option<SocketAddr> {
-    let start = line.find(key)? + key.len();
-    line[start..].split_whitespace().next()?.parse().ok()
-}
+/// Far beyond a normal start (milliseconds); only a hung agent reaches it.
+const AGENT_START_GIVE_UP: Duration = Duration::from_secs(120);
 
 impl Agent {
     pub fn url(&self, path: &str) -> String {
@@ -266,7 +267,24 @@ impl Agent {
 
     /// Log lines the agent has written so far.
     pub fn log_lines(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+        let mut log = self.log.borrow_mut();
+        log.extend(self.stderr.try_iter());
+        log.clone()
+    }
+
+    /// Waits until a log line contains `wanted` (a line is asserted on only
+    /// once it has been written); returns the whole log so far.
+    pub fn wait_for_log(&self, wanted: &str) -> String {
+        let mut found = false;
+        wait_until(
+            Duration::from_secs(60),
+            &format!("a log line containing {wanted:?}"),
+            || {
+                found = self.log_lines().iter().any(|l| l.contains(wanted));
+                found
+            },
+        );
+        self.log_lines().join("\n")
     }
 }
 
