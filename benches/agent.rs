@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod controller;
 
-use siteboot::mac::Mac;
-use siteboot::node::{Node, NodeState};
+use siteboot::model::mac::Mac;
+use siteboot::model::node::{Node, NodeState};
 use siteboot::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -321,7 +321,8 @@ fn firmware_probe(port: u16) -> String {
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    let rrq = |options: &[(&str, &str)]| siteboot::tftp::packet::read_request("big.bin", options);
+    let rrq =
+        |options: &[(&str, &str)]| siteboot::serve::tftp::packet::read_request("big.bin", options);
     let mut buf = vec![0u8; 70_000];
     let started = Instant::now();
     socket
@@ -567,7 +568,7 @@ fn central_benchmark(dir: &Path) {
 /// 16 concurrent ones through the group-commit writer, next to the raw
 /// rate of single-item redb commits on the same disk.
 fn queue_benchmark(dir: &Path) {
-    use siteboot::queue::{Kind, NewItem, Queue, writer::QueueWriter};
+    use siteboot::outbox::queue::{Kind, NewItem, Queue, writer::QueueWriter};
     const ITEMS: usize = 2000;
     let item = |n: usize| NewItem {
         kind: Kind::StateUpdate,
@@ -711,7 +712,7 @@ fn api_enqueue_benchmark(dir: &Path, runtime: &tokio::runtime::Runtime, raw: f64
 /// events) replayed to the fake controller once it comes back: time from
 /// the controller's socket opening to an empty queue.
 fn replay_benchmark(dir: &Path, raw: f64) {
-    use siteboot::queue::{Kind, NewItem, Queue};
+    use siteboot::outbox::queue::{Kind, NewItem, Queue};
     const NODES_WITH_ITEMS: usize = 2000;
     const PER_NODE: usize = 5;
     let case_dir = dir.join("queue-replay");

@@ -1,19 +1,46 @@
-//! Wiring: builds the services from a [`Config`] and runs the TFTP and HTTP
-//! servers until a termination signal.
+//! Wiring and lifecycle: builds the services from a [`Config`], then
+//! serves until a shutdown is asked for. One cancellation token reaches
+//! every background loop, and every task is joined before the agent
+//! returns:
+//!
+//! 1. the shutdown future resolves (SIGTERM, Ctrl-C): HTTP stops accepting
+//!    and TFTP stops taking requests;
+//! 2. in-flight HTTP answers and TFTP transfers get [`SHUTDOWN_GRACE`] to
+//!    finish; the background loops (replay, probes, heartbeat, sync) stop
+//!    at their next wait, replay only between batches, so no queue item is
+//!    left `in_flight`;
+//! 3. the last-script recorder writes what it holds; the queue writer has
+//!    nothing unacknowledged by then (an enqueue is answered only after
+//!    its commit).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::boot::BootService;
-use crate::bootfiles::{self, BootFiles};
+use crate::boot::record::Recorder;
+use crate::boot::templates::{TemplateError, Templates};
+use crate::central::client::HttpController;
+use crate::central::monitor::{Monitor, Transition};
+use crate::central::port::ControllerPort;
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
+use crate::outbox::queue::Queue;
 use crate::outbox::replay::ReplaySettings;
+use crate::serve::bootfiles::{self, BootFiles};
+use crate::serve::http::{self, AppState};
+use crate::serve::tftp::TftpServer;
+use crate::status::StatusSource;
+use crate::store::nodes::NodeCache;
 use crate::store::{Store, StoreError};
-use crate::templates::{TemplateError, Templates};
-use crate::tftp::TftpServer;
+
+/// How long in-flight answers and transfers may take to finish after a
+/// shutdown was asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -21,6 +48,8 @@ pub enum StartError {
     Templates(#[from] TemplateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("queue: {0}")]
+    Queue(#[from] crate::outbox::queue::QueueError),
     #[error(transparent)]
     Central(#[from] crate::central::client::ClientError),
     #[error("admin token: {0}")]
@@ -33,11 +62,61 @@ pub enum StartError {
     },
 }
 
-/// Opens what `serve`, `render` and `nodes` share: templates and the store.
-pub fn open_services(config: &Config) -> Result<BootService, StartError> {
+/// The services, built and connected, before anything listens.
+pub struct Services {
+    pub store: Store,
+    pub nodes: NodeCache,
+    pub port: Arc<ControllerPort>,
+    pub outbox: Arc<Outbox>,
+    pub boot: Arc<BootService>,
+    /// The bearer token for the controller (registration's `token` too).
+    pub central_token: Option<String>,
+    recorder: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Builds the services (needs a tokio runtime: the queue writer and, with
+/// `record`, the last-script recorder are tasks).
+pub fn open_services(config: &Config, record: bool) -> Result<Services, StartError> {
     let templates = Templates::load(&config.templates_dir)?;
     let store = Store::open(&config.data_dir)?;
-    Ok(BootService::new(config, store, templates)?)
+    let nodes = NodeCache::load(store.clone())?;
+    let (port, central_token) = match &config.central.url {
+        Some(url) => {
+            let (port, token) = remote_port(config, url, store.clone())?;
+            (port, token)
+        }
+        None => (
+            ControllerPort::standalone(nodes.clone(), config.site_id.clone()),
+            None,
+        ),
+    };
+    let port = Arc::new(port);
+    let queue = Queue::open(store.clone(), config.queue.max_items)?;
+    let outbox = Arc::new(Outbox::new(queue, nodes.clone(), port.clone()));
+    let (recorder, recorder_task) = if record {
+        let (recorder, task) = Recorder::start(store.clone());
+        (Some(recorder), Some(task))
+    } else {
+        (None, None)
+    };
+    let boot = Arc::new(BootService::new(
+        config,
+        store.clone(),
+        nodes.clone(),
+        templates,
+        port.clone(),
+        outbox.clone(),
+        recorder,
+    ));
+    Ok(Services {
+        store,
+        nodes,
+        port,
+        outbox,
+        boot,
+        central_token,
+        recorder: recorder_task,
+    })
 }
 
 /// The running agent's sockets, for tests and logs.
@@ -47,38 +126,30 @@ pub struct Listening {
     pub tftp: SocketAddr,
 }
 
-/// Starts both servers; returns once they listen, with a future that runs
-/// them until `shutdown` resolves.
+/// Starts both servers and the background work; returns once they
+/// listen, with a task that runs until `shutdown` resolves and everything
+/// has stopped (see the module comment).
 pub async fn start(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(Listening, tokio::task::JoinHandle<()>), StartError> {
-    let mut boot = open_services(&config)?;
-    boot.start_recorder();
-    let link = match &config.central.url {
-        Some(url) => {
-            let link = central_link(&config, url, boot.store().clone())?;
-            boot.set_central(link.0.clone());
-            Some(link)
-        }
-        None => None,
-    };
-    let queue = crate::queue::Queue::open(boot.store().clone(), config.queue.max_items).map_err(
-        |e| match e {
-            crate::queue::QueueError::Store(e) => StartError::Store(e),
-            other => StartError::Store(StoreError::Task(other.to_string())),
-        },
-    )?;
-    let outbox = Arc::new(Outbox::new(
-        queue,
-        boot.nodes().clone(),
-        link.as_ref().map(|(link, _)| link.clone()),
-    ));
-    boot.set_outbox(outbox.clone());
-    if let Some((link, _)) = &link {
-        tokio::spawn(crate::outbox::replay::run(
-            outbox.clone(),
-            link.clone(),
+    let services = open_services(&config, true)?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let started = Instant::now();
+    let status = Arc::new(StatusSource {
+        site_id: config.site_id.clone(),
+        data_dir: config.data_dir.clone(),
+        started,
+        port: services.port.clone(),
+        nodes: services.nodes.clone(),
+        store: services.store.clone(),
+        outbox: services.outbox.clone(),
+        boots: services.boot.stats(),
+    });
+    if services.port.mode().has_controller() {
+        tracker.spawn(crate::outbox::replay::run(
+            services.outbox.clone(),
             ReplaySettings {
                 batch_size: config.queue.batch_size as usize,
                 max_retries: config.queue.max_retries,
@@ -86,91 +157,120 @@ pub async fn start(
                 retry_max: config.queue.retry_max,
                 period: config.central.check_interval,
             },
+            cancel.clone(),
         ));
     }
-    let boot = Arc::new(boot);
-    let admin_token = crate::http::admin::load_or_create_token(&config.admin_token_file)
+    let admin_token = crate::serve::http::admin::load_or_create_token(&config.admin_token_file)
         .map_err(StartError::AdminToken)?;
     let roots = Arc::new(bootfiles::served_roots(&config.tftp.root));
 
+    let bind_error = |what: &'static str, addr: SocketAddr| {
+        move |source: std::io::Error| StartError::Bind { what, addr, source }
+    };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .map_err(|source| StartError::Bind {
-            what: "http.listen",
-            addr: config.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        what: "http.listen",
-        addr: config.http.listen,
-        source,
-    })?;
+        .map_err(bind_error("http.listen", config.http.listen))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(bind_error("http.listen", config.http.listen))?;
     let files = BootFiles::new(
-        boot.clone(),
+        services.boot.clone(),
         roots.clone(),
         config.http.public_url.clone(),
         http_addr.port(),
     );
     let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, files)
         .await
-        .map_err(|source| StartError::Bind {
-            what: "tftp.listen",
-            addr: config.tftp.listen,
-            source,
-        })?;
-    let tftp_addr = tftp.local_addr().map_err(|source| StartError::Bind {
-        what: "tftp.listen",
-        addr: config.tftp.listen,
-        source,
-    })?;
+        .map_err(bind_error("tftp.listen", config.tftp.listen))?;
+    let tftp_addr = tftp
+        .local_addr()
+        .map_err(bind_error("tftp.listen", config.tftp.listen))?;
 
-    let sync = link.map(|(link, token)| {
+    let sync = services.port.mode().has_controller().then(|| {
         let agent_url = config
             .http
             .public_url
             .clone()
             .unwrap_or_else(|| agent_url_from(http_addr));
-        crate::central::tasks::spawn(
-            link,
-            boot.clone(),
-            crate::central::tasks::LinkSettings {
+        crate::link::tasks::spawn(
+            LinkServices {
+                port: services.port.clone(),
+                boot: services.boot.clone(),
+                outbox: services.outbox.clone(),
+                status: status.clone(),
+                store: services.store.clone(),
+            },
+            LinkSettings {
                 central: config.central.clone(),
                 site_id: config.site_id.clone(),
                 agent_url,
-                token,
-                data_dir: config.data_dir.clone(),
+                token: services.central_token.clone(),
                 templates_dir: config.templates_dir.clone(),
             },
+            &tracker,
+            cancel.clone(),
         )
     });
     let state = Arc::new(AppState {
-        boot,
+        boot: services.boot.clone(),
+        port: services.port.clone(),
+        outbox: services.outbox.clone(),
+        nodes: services.nodes.clone(),
+        store: services.store.clone(),
+        status,
         roots,
         public_url: config.http.public_url.clone(),
-        site_id: config.site_id.clone(),
-        started: Instant::now(),
         admin_token,
         sync,
-        outbox,
     });
     let app = http::router(state);
     tracing::info!(
         http = %http_addr,
         tftp = %tftp_addr,
         site_id = %config.site_id,
-        mode = if config.central.url.is_some() { "central" } else { "standalone" },
+        mode = services.port.mode().as_str(),
         data_dir = %config.data_dir.display(),
         "siteboot agent listening"
     );
+    let recorder = services.recorder;
+    drop(services.boot);
     let handle = tokio::spawn(async move {
-        let tftp_task = tokio::spawn(tftp.run());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
+        let tftp_task = tokio::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
+        let stop = cancel.clone();
+        let http_server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; finishing what is in flight");
+            stop.cancel();
+        });
+        let mut http_task = tokio::spawn(async move { http_server.await });
+        let served = tokio::select! {
+            // The server ended on its own: an error; stop everything else.
+            served = &mut http_task => Some(served),
+            // HTTP answers in flight get the grace period, then are cut.
+            _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task).await.ok(),
+        };
+        cancel.cancel();
+        match served {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => tracing::error!(error = %e, "http server failed"),
+            Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+            None => {
+                http_task.abort();
+                tracing::warn!("http answers still in flight after the grace period; cut");
+            }
         }
-        tftp_task.abort();
+        if let Err(e) = tftp_task.await {
+            tracing::error!(error = %e, "tftp server task failed");
+        }
+        tracker.close();
+        tracker.wait().await;
+        // The router (and with it the boot service) is gone: the recorder's
+        // channel closes, and it writes its last batch.
+        if let Some(recorder) = recorder
+            && let Err(e) = recorder.await
+        {
+            tracing::error!(error = %e, "last-script recorder failed");
+        }
         tracing::info!("siteboot agent stopped");
     });
     Ok((
@@ -182,15 +282,12 @@ pub async fn start(
     ))
 }
 
-type Link = (Arc<crate::central::link::CentralLink>, Option<String>);
-
-fn central_link(
+/// The controller port for `central.url`, and the bearer token.
+fn remote_port(
     config: &Config,
     url: &str,
-    store: crate::store::Store,
-) -> Result<Link, StartError> {
-    use crate::central::client::HttpController;
-    use crate::connectivity::{Monitor, Transition};
+    store: Store,
+) -> Result<(ControllerPort, Option<String>), StartError> {
     let controller = HttpController::new(
         url,
         config.central.token_file.as_deref(),
@@ -215,15 +312,16 @@ fn central_link(
                 .await;
         });
     });
-    let link = crate::central::link::CentralLink::new(
-        Arc::new(controller),
-        monitor,
-        config.site_id.clone(),
-        config.central.boot_lookup_deadline,
-        on_transition,
-    );
     tracing::info!(url, "central controller configured");
-    Ok((Arc::new(link), token))
+    Ok((
+        ControllerPort::remote(
+            Arc::new(controller),
+            monitor,
+            config.site_id.clone(),
+            on_transition,
+        ),
+        token,
+    ))
 }
 
 /// The URL the controller is told to reach this agent at when

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::node::{BootMethod, Workflow};
+use crate::model::node::{BootMethod, Workflow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,12 +28,7 @@ pub enum ConfigError {
     UnknownKey { key: String, origin: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OfflineDefault {
-    Local,
-    Discovery,
-    LastKnown,
-}
+pub use crate::model::decision::OfflineDefault;
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {

@@ -1,21 +1,29 @@
 //! siteboot: a site-local network-boot agent.
+//!
+//! The modules are layers; each imports only from the layers below it
+//! (`tests/architecture.rs` fails on an upward import or a cycle):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | wiring and command line | [`agent`], [`cli`] |
+//! | transports | [`serve`] (HTTP, TFTP) |
+//! | controller upkeep | [`link`] (registration, probes, heartbeat, sync) |
+//! | status | [`status`] |
+//! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay) |
+//! | ports | [`central`] (the controller), [`store`] (redb) |
+//! | configuration | [`config`] |
+//! | model | [`model`] |
+//!
+//! `docs/architecture.md` describes them and the paths through them.
 
 pub mod agent;
 pub mod boot;
-pub mod bootfiles;
 pub mod central;
+pub mod cli;
 pub mod config;
-pub mod connectivity;
-pub mod decision;
-pub mod fsroot;
-pub mod http;
-pub mod mac;
-pub mod node;
-pub mod nodes;
+pub mod link;
+pub mod model;
 pub mod outbox;
-pub mod queue;
-pub mod script_cache;
-pub mod stats;
+pub mod serve;
+pub mod status;
 pub mod store;
-pub mod templates;
-pub mod tftp;

@@ -1,7 +1,5 @@
 //! The `siteboot` command line.
 
-mod queue_cli;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -9,10 +7,11 @@ use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
 use siteboot::agent;
-use siteboot::boot::BootFacts;
+use siteboot::cli::queue as queue_cli;
 use siteboot::config::Config;
-use siteboot::mac::Mac;
-use siteboot::node::{self, Node, NodeState};
+use siteboot::model::boot::BootFacts;
+use siteboot::model::mac::Mac;
+use siteboot::model::node::{self, Node, NodeState};
 use siteboot::store::Store;
 
 #[derive(Parser)]
@@ -158,7 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let config = load_config(config.as_ref())?;
             let mac = parse_mac(&mac)?;
-            let boot = agent::open_services(&config)?;
+            let services = agent::open_services(&config, false)?;
             let base_url = base_url
                 .or_else(|| config.http.public_url.clone())
                 .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()));
@@ -167,7 +166,7 @@ async fn run(cli: Cli) -> Result<()> {
                 platform,
                 ..BootFacts::default()
             };
-            let answer = boot.preview(mac, &facts, offline, &base_url).await?;
+            let answer = services.boot.preview(mac, &facts, offline, &base_url).await;
             print!("{}", answer.script);
             Ok(())
         }
@@ -179,7 +178,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => queue_cli::run(load_config(config.as_ref())?, url, action).await,
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
-            siteboot::templates::Templates::load(&config.templates_dir)?;
+            siteboot::boot::templates::Templates::load(&config.templates_dir)?;
             println!(
                 "configuration OK: site_id={} mode={} http={} tftp={} data_dir={} workflows={}",
                 config.site_id,

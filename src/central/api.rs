@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::{Node, Workflow};
+use crate::model::node::{Node, Workflow};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Registration {
@@ -111,7 +111,7 @@ pub struct NodeEnvelope {
 }
 
 /// `POST /api/v1/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewNode {
     pub mac_address: String,
     pub arch: Option<String>,
@@ -125,8 +125,8 @@ pub struct NewNode {
 impl NewNode {
     /// The registration of `mac` with the facts iPXE sent.
     pub fn from_facts(
-        mac: crate::mac::Mac,
-        facts: &crate::boot::BootFacts,
+        mac: crate::model::mac::Mac,
+        facts: &crate::model::boot::BootFacts,
         site_id: &str,
     ) -> NewNode {
         NewNode {
@@ -144,7 +144,7 @@ impl NewNode {
 /// `PATCH /api/v1/nodes/{id}/state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateChange {
-    pub state: crate::node::NodeState,
+    pub state: crate::model::node::NodeState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,8 +201,8 @@ impl NodeReport {
     }
 
     /// The state the report moves the node to, as the controller would.
-    pub fn implied_state(&self) -> Option<crate::node::NodeState> {
-        use crate::node::NodeState;
+    pub fn implied_state(&self) -> Option<crate::model::node::NodeState> {
+        use crate::model::node::NodeState;
         match self.effective_event()? {
             "install_started" => Some(NodeState::Installing),
             "install_complete" => Some(NodeState::Installed),
@@ -213,10 +213,10 @@ impl NodeReport {
     }
 
     /// Checks what the agent relies on; the error says what is wrong.
-    pub fn validate(&self) -> Result<crate::mac::Mac, String> {
+    pub fn validate(&self) -> Result<crate::model::mac::Mac, String> {
         let mac = self
             .mac_address
-            .parse::<crate::mac::Mac>()
+            .parse::<crate::model::mac::Mac>()
             .map_err(|e| format!("mac_address: {e}"))?;
         if let Some(event) = &self.event
             && !REPORT_EVENTS.contains(&event.as_str())

@@ -11,8 +11,8 @@ use super::api::{
     RegistrationReply, StateChange,
 };
 use super::{BoxFuture, CentralError, Controller, RemoteFile};
-use crate::mac::Mac;
-use crate::node::Node;
+use crate::model::mac::Mac;
+use crate::model::node::Node;
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
@@ -257,6 +257,7 @@ impl Controller for HttpController {
 
     fn set_state(
         &self,
+        _mac: Mac,
         node_id: &str,
         change: &StateChange,
         idempotency_key: &str,

@@ -1,17 +1,28 @@
-//! The link to the central controller (DESIGN §6): the [`Controller`]
-//! trait the rest of the agent depends on, and its HTTP implementation.
+//! The central controller as the rest of the agent sees it (DESIGN §6):
+//! one port ([`port::ControllerPort`]) that every controller call goes
+//! through, which counts each outcome towards connectivity and tells the
+//! agent's [`Mode`](crate::model::mode::Mode). Behind it, a [`Controller`]
+//! implementation: the HTTP client of a real controller ([`client`]), or,
+//! standalone, the local store in the controller's place ([`local`]).
+//!
+//! Seams: the controller's dialect (field names, timestamps, what a real
+//! controller answers) is read and written in [`api`] and [`client`]; the
+//! versions a change was made against travel in
+//! [`api::StateChange::base_version`], compared where [`port`] sends
+//! [`ops::Operation`]s.
 
 pub mod api;
 pub mod client;
-pub mod link;
-pub mod sync;
-pub mod tasks;
+pub mod local;
+pub mod monitor;
+pub mod ops;
+pub mod port;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::mac::Mac;
-use crate::node::Node;
+use crate::model::mac::Mac;
+use crate::model::node::Node;
 use api::{
     Heartbeat, HeartbeatReply, NewNode, NodePage, NodeReport, Registration, RegistrationReply,
     StateChange,
@@ -29,6 +40,9 @@ pub enum CentralError {
     Rejected { status: u16, body: String },
     #[error("controller answered garbage: {0}")]
     Garbage(String),
+    /// Standalone: the local store, in the controller's place, failed.
+    #[error("local store: {0}")]
+    Local(String),
 }
 
 impl CentralError {
@@ -42,6 +56,11 @@ impl CentralError {
             _ => None,
         }
     }
+}
+
+/// 4xx answers that say "not now" rather than "never".
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429)
 }
 
 /// What the agent needs from a controller.
@@ -72,6 +91,7 @@ pub trait Controller: Send + Sync + 'static {
     /// `PATCH /api/v1/nodes/{id}/state`; the controller's node comes back.
     fn set_state(
         &self,
+        mac: Mac,
         node_id: &str,
         change: &StateChange,
         idempotency_key: &str,

@@ -1,35 +1,38 @@
 //! Writes meant for the controller that must not be lost (DESIGN §5, §7):
 //! node registrations, state changes, installer reports and boot events.
 //!
-//! Online, a write goes to the controller directly. Offline, or when the
-//! call cannot reach the controller (or it answers 5xx), the write is
-//! committed to the durable queue and the caller is told `queued`; either
+//! Every write takes one path ([`Outbox::write`]): sent through the
+//! controller port at once when the controller can take it now and the
+//! node has nothing queued; otherwise (offline, unreachable, a 5xx) it is
+//! committed to the durable queue and the caller is told `queued`. Either
 //! way the local cache takes the change at once, so the next boot sees it.
 //! A write for a node that still has queued items is queued behind them,
 //! never sent ahead of them. [`replay`] sends the queue when it can.
 //!
-//! Standalone (no controller) the local store is the truth: writes are
-//! applied to it and nothing is queued.
+//! Standalone the port is the local store: writes are applied to it at
+//! once, and nothing is ever queued.
 
+pub mod queue;
 pub mod replay;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::boot::{BootAnswer, BootFacts};
 use crate::central::CentralError;
 use crate::central::api::{NewNode, NodeReport, StateChange};
-use crate::central::link::CentralLink;
-use crate::mac::Mac;
-use crate::node::{Node, NodeState};
-use crate::nodes::NodeCache;
-use crate::queue::writer::QueueWriter;
-use crate::queue::{Kind, NewItem, Queue, QueueError, Stats};
+use crate::central::ops::Operation;
+use crate::central::port::ControllerPort;
+use crate::model::boot::{BootAnswer, BootFacts, discovered_node};
+use crate::model::mac::Mac;
+use crate::model::mode::Mode;
+use crate::model::node::{Node, NodeState};
 use crate::store::StoreError;
+use crate::store::nodes::NodeCache;
+use queue::writer::QueueWriter;
+use queue::{Kind, NewItem, Queue, QueueError, Stats};
 
 /// Boot events sent to the controller at once, at most; past this they
 /// are queued (a boot storm must not become a storm of controller calls).
@@ -46,15 +49,10 @@ const EVENT_BACKLOG: usize = 4096;
 /// request for no new information.
 const BOOT_EVENT_REPEAT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The payload's `op`: which controller call replays the item.
-pub const OP_REGISTER: &str = "register";
-pub const OP_SET_STATE: &str = "set_state";
-pub const OP_REPORT: &str = "report";
-
 /// What a boot event reports: action, source, state.
 type BootOutcome = (
-    crate::decision::Action,
-    crate::boot::Source,
+    crate::model::decision::Action,
+    crate::model::boot::Source,
     Option<NodeState>,
 );
 
@@ -76,35 +74,66 @@ pub enum WriteError {
     UnknownNode(Mac),
     #[error("the controller refused the change ({status}): {body}")]
     Rejected { status: u16, body: String },
+    /// A registration the controller answered with an error (not
+    /// unreachable): nothing is queued (DESIGN §4).
+    #[error("registration not taken: {0}")]
+    NotRegistered(CentralError),
+    #[error("{0}")]
+    Local(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// How a registration ended.
+#[derive(Debug, Clone)]
+pub enum Registered {
+    /// The MAC was known already (or is being registered by a concurrent
+    /// boot: `None`).
+    Known(Option<Arc<Node>>),
+    /// The controller (standalone: the store) took it.
+    Sent(Arc<Node>),
+    /// Queued; the node is cached under its local id.
+    Queued(Arc<Node>),
+}
+
+/// The direct attempt of [`Outbox::write`].
+enum Attempt {
+    /// Taken; the port's record of the node, if it answered with one.
+    Sent(Option<Node>),
+    /// Not sent (or not taken, in a way worth retrying): queue it, with
+    /// the key of the attempt if one was made, so the controller can tell
+    /// a repeat.
+    Queue {
+        key: Option<String>,
+        error: Option<CentralError>,
+    },
+}
+
 pub struct Outbox {
     queue: Queue,
     writer: QueueWriter,
     nodes: NodeCache,
-    link: Option<Arc<CentralLink>>,
+    port: Arc<ControllerPort>,
     wake: Arc<Notify>,
     direct_events: Arc<Semaphore>,
     event_backlog: Arc<Semaphore>,
     events_shed: std::sync::atomic::AtomicU64,
     /// Last recorded boot outcome per MAC, and when.
     last_boot: Mutex<std::collections::HashMap<Mac, (BootOutcome, std::time::Instant)>>,
-    /// MACs whose local registration is being written (one per MAC).
+    /// MACs whose registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
 
 impl Outbox {
     /// Needs a tokio runtime (starts the queue's group-commit writer).
-    pub fn new(queue: Queue, nodes: NodeCache, link: Option<Arc<CentralLink>>) -> Outbox {
+    pub fn new(queue: Queue, nodes: NodeCache, port: Arc<ControllerPort>) -> Outbox {
         Outbox {
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
             queue,
             nodes,
-            link,
+            port,
             wake: Arc::new(Notify::new()),
             direct_events: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
             event_backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
@@ -122,6 +151,10 @@ impl Outbox {
         &self.nodes
     }
 
+    pub fn port(&self) -> &ControllerPort {
+        &self.port
+    }
+
     /// Woken when an item is queued.
     pub fn wake_handle(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -137,10 +170,6 @@ impl Outbox {
         run_blocking(move || queue.has_active(&mac.to_string())).await
     }
 
-    fn online(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.monitor().is_online())
-    }
-
     /// Commits an item; the replay processor is woken.
     async fn enqueue(&self, item: NewItem) -> Result<u64, QueueError> {
         let id = self.writer.enqueue(item).await?;
@@ -148,61 +177,126 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Sends `operation` at once if it can go now: the controller is not
+    /// known to be offline, the node has nothing queued, and `direct` is
+    /// true. A refusal for good comes back as the error; anything else
+    /// that kept it from the controller says "queue it".
+    async fn attempt(
+        &self,
+        mac: Mac,
+        operation: &Operation,
+        direct: bool,
+    ) -> Result<Attempt, WriteError> {
+        let mode = self.port.mode();
+        let can_send = direct
+            && !mode.is_offline()
+            && (mode == Mode::Standalone || !self.has_queued(mac).await?);
+        if !can_send {
+            return Ok(Attempt::Queue {
+                key: None,
+                error: None,
+            });
+        }
+        let key = self.queue.direct_key();
+        match self.port.send(mac, operation, &key).await {
+            Ok(node) => Ok(Attempt::Sent(node)),
+            Err(e) => match refusal(&e) {
+                Some(refused) => Err(refused),
+                None => {
+                    tracing::warn!(%mac, op = operation.name(), error = %e, "write not sent; queued");
+                    Ok(Attempt::Queue {
+                        key: Some(key),
+                        error: Some(e),
+                    })
+                }
+            },
+        }
+    }
+
+    /// Commits `operation` to the queue (with the cache's new state for
+    /// the node in the same commit).
+    async fn enqueue_operation(
+        &self,
+        kind: Kind,
+        mac: Mac,
+        operation: &Operation,
+        key: Option<String>,
+        local_state: Option<NodeState>,
+    ) -> Result<Written, WriteError> {
+        let id = self
+            .enqueue(NewItem {
+                kind,
+                node: mac.to_string(),
+                payload: operation.to_payload(),
+                key,
+                local_state,
+            })
+            .await?;
+        Ok(Written::Queued {
+            id,
+            offline: self.port.mode().is_offline(),
+        })
+    }
+
+    /// The one write path: directly if it can go now, else queued.
+    /// `local_state` is what the cache shows for the node afterwards.
+    async fn write(
+        &self,
+        kind: Kind,
+        mac: Mac,
+        operation: Operation,
+        local_state: Option<NodeState>,
+    ) -> Result<Written, WriteError> {
+        match self.attempt(mac, &operation, true).await? {
+            Attempt::Sent(answer) => {
+                let standalone = self.port.mode() == Mode::Standalone;
+                let stored = match answer {
+                    Some(node) => Some(self.nodes.upsert_central(node).await?),
+                    None => {
+                        // The port answered without the node (a report):
+                        // the cache takes the implied state itself, unless
+                        // the port is the store and has done so already.
+                        if let (Some(state), false) = (local_state, standalone) {
+                            self.apply_locally(mac, state).await;
+                        }
+                        self.nodes.get(mac)
+                    }
+                };
+                Ok(if standalone {
+                    Written::Applied(stored)
+                } else {
+                    Written::Sent(stored)
+                })
+            }
+            Attempt::Queue { key, .. } => {
+                self.enqueue_operation(kind, mac, &operation, key, local_state)
+                    .await
+            }
+        }
+    }
+
     /// `PATCH /api/v1/nodes/{mac}/state`.
     pub async fn set_state(&self, mac: Mac, change: StateChange) -> Result<Written, WriteError> {
         let node = self.nodes.get(mac).ok_or(WriteError::UnknownNode(mac))?;
-        let Some(link) = self.link.clone() else {
-            let state = change.state;
-            let stored = self
-                .nodes
-                .update(mac, move |n| {
-                    n.state = state;
-                    n.updated_at = OffsetDateTime::now_utc();
-                    n.version += 1;
-                })
-                .await?;
-            return Ok(Written::Applied(Some(stored)));
-        };
         let local = node.id.starts_with("local-");
         let change = StateChange {
             base_version: if local { None } else { Some(node.version) },
             ..change
         };
-        let mut key = None;
-        if self.online() && !local && !self.has_queued(mac).await? {
-            let direct = self.queue.direct_key();
-            let sent = link.observe(
-                link.controller()
-                    .set_state(&node.id, &change, &direct)
-                    .await,
-            );
-            match sent {
-                Ok(central) => {
-                    let stored = self.nodes.upsert_central(central).await?;
-                    return Ok(Written::Sent(Some(stored)));
-                }
-                Err(e) => match refusal(&e) {
-                    Some(rejected) => return Err(rejected),
-                    None => {
-                        tracing::warn!(%mac, error = %e, "state change not sent; queued");
-                        key = Some(direct);
-                    }
-                },
-            }
+        let state = change.state;
+        let operation = Operation::SetState {
+            node_id: node.id.clone(),
+            change,
+        };
+        if local && self.port.mode().has_controller() {
+            // Not registered at the controller yet: only the queue can
+            // carry it, behind the registration.
+            return self
+                .enqueue_operation(Kind::StateUpdate, mac, &operation, None, Some(state))
+                .await;
         }
-        let id = self
-            .enqueue(NewItem {
-                kind: Kind::StateUpdate,
-                node: mac.to_string(),
-                payload: json!({"op": OP_SET_STATE, "node_id": node.id, "change": change}),
-                key,
-                local_state: Some(change.state),
-            })
-            .await?;
-        Ok(Written::Queued {
-            id,
-            offline: !self.online(),
-        })
+        self.write(Kind::StateUpdate, mac, operation, Some(state))
+            .await
     }
 
     /// `POST /api/v1/report`. A report that implies a state (install
@@ -213,63 +307,20 @@ impl Outbox {
             .validate()
             .map_err(|body| WriteError::Rejected { status: 400, body })?;
         let implied = report.implied_state();
-        let Some(link) = self.link.clone() else {
-            let stored = match implied {
-                Some(state) if self.nodes.get(mac).is_some() => Some(
-                    self.nodes
-                        .update(mac, move |n| {
-                            n.state = state;
-                            n.updated_at = OffsetDateTime::now_utc();
-                            n.version += 1;
-                        })
-                        .await?,
-                ),
-                _ => None,
-            };
-            return Ok(Written::Applied(stored));
+        let kind = if implied.is_some() {
+            Kind::StateUpdate
+        } else {
+            Kind::Event
         };
-        let mut key = None;
-        if self.online() && !self.has_queued(mac).await? {
-            let direct = self.queue.direct_key();
-            match link.observe(link.controller().report(&report, &direct).await) {
-                Ok(()) => {
-                    if let Some(state) = implied {
-                        self.apply_locally(mac, state).await;
-                    }
-                    return Ok(Written::Sent(self.nodes.get(mac)));
-                }
-                Err(e) => match refusal(&e) {
-                    Some(rejected) => return Err(rejected),
-                    None => {
-                        tracing::warn!(%mac, error = %e, "report not sent; queued");
-                        key = Some(direct);
-                    }
-                },
-            }
-        }
-        let id = self
-            .enqueue(NewItem {
-                kind: if implied.is_some() {
-                    Kind::StateUpdate
-                } else {
-                    Kind::Event
-                },
-                node: mac.to_string(),
-                payload: json!({"op": OP_REPORT, "report": report}),
-                key,
-                local_state: implied,
-            })
-            .await?;
-        Ok(Written::Queued {
-            id,
-            offline: !self.online(),
-        })
+        self.write(kind, mac, Operation::Report { report }, implied)
+            .await
     }
 
     /// Records that a node booted (time, action, source), without making
-    /// the boot wait: sent directly when online, else queued.
+    /// the boot wait: sent directly when online, else queued. Standalone
+    /// there is nobody to tell.
     pub fn boot_event(self: &Arc<Self>, mac: Mac, answer: &BootAnswer) {
-        if self.link.is_none() || self.repeated_boot(mac, answer) {
+        if !self.port.mode().has_controller() || self.repeated_boot(mac, answer) {
             return;
         }
         let Ok(permit) = self.event_backlog.clone().try_acquire_owned() else {
@@ -294,7 +345,7 @@ impl Outbox {
                 answer.action.as_str(),
                 answer.source.as_str()
             )),
-            metadata: Some(json!({
+            metadata: Some(serde_json::json!({
                 "booted_at": now
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
@@ -329,42 +380,57 @@ impl Outbox {
         }
     }
 
+    /// A boot event: like any write, but at most [`DIRECT_EVENT_SENDS`]
+    /// go directly at a time, and a refusal drops it (it is only news).
     async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
-        let mut key = None;
-        if self.online()
-            && let Some(link) = self.link.clone()
-            && let Ok(_permit) = self.direct_events.clone().try_acquire_owned()
-            && !self.has_queued(mac).await?
-        {
-            let direct = self.queue.direct_key();
-            match link.observe(link.controller().report(&report, &direct).await) {
-                Ok(()) => return Ok(()),
-                Err(e) if refusal(&e).is_some() => {
-                    tracing::warn!(%mac, error = %e, "controller refused a boot event; dropped");
-                    return Ok(());
-                }
-                Err(_) => key = Some(direct),
+        let operation = Operation::Report { report };
+        let permit = self.direct_events.clone().try_acquire_owned().ok();
+        match self.attempt(mac, &operation, permit.is_some()).await {
+            Ok(Attempt::Sent(_)) => Ok(()),
+            Ok(Attempt::Queue { key, .. }) => {
+                drop(permit);
+                self.enqueue_operation(Kind::Event, mac, &operation, key, None)
+                    .await
+                    .map(|_| ())
             }
+            Err(WriteError::Rejected { status, body }) => {
+                tracing::warn!(%mac, status, %body, "controller refused a boot event; dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        self.enqueue(NewItem {
-            kind: Kind::Event,
-            node: mac.to_string(),
-            payload: json!({"op": OP_REPORT, "report": report}),
-            key,
-            local_state: None,
-        })
-        .await?;
-        Ok(())
     }
 
-    /// An unknown MAC seen while the controller cannot be reached: the
-    /// registration is queued, then the node is cached under a local id
-    /// (`local-<uuid>`, remapped when the registration is accepted). A MAC
-    /// already cached, or being registered by a concurrent boot, is left
-    /// alone.
-    pub async fn register_local(&self, mac: Mac, facts: &BootFacts) -> Result<(), WriteError> {
-        if self.nodes.get(mac).is_some() {
-            return Ok(());
+    /// DESIGN §4, an unknown MAC: registered at the controller (standalone:
+    /// stored as `discovered`) when it can be reached; when it cannot, the
+    /// registration is queued and the node cached as `discovered` under a
+    /// local id (`local-<uuid>`, remapped when the registration is
+    /// accepted). A controller that answers the registration with an error
+    /// gets no queued registration (DESIGN §4: not until it answers
+    /// properly). A MAC already cached, or being registered by a
+    /// concurrent boot, is left alone.
+    pub async fn register(&self, mac: Mac, facts: &BootFacts) -> Result<Registered, WriteError> {
+        self.register_once(mac, facts, true).await
+    }
+
+    /// Like [`Outbox::register`] when the caller has just found the
+    /// controller unreachable: queued without another attempt.
+    pub async fn register_offline(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+    ) -> Result<Registered, WriteError> {
+        self.register_once(mac, facts, false).await
+    }
+
+    async fn register_once(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        direct: bool,
+    ) -> Result<Registered, WriteError> {
+        if let Some(node) = self.nodes.get(mac) {
+            return Ok(Registered::Known(Some(node)));
         }
         if !self
             .registering
@@ -372,14 +438,13 @@ impl Outbox {
             .unwrap_or_else(|e| e.into_inner())
             .insert(mac)
         {
-            return Ok(());
+            return Ok(Registered::Known(None));
         }
         // Checked again under the guard: a boot that finished registering
         // just before it was taken has cached the node.
-        let result = if self.nodes.get(mac).is_some() {
-            Ok(())
-        } else {
-            self.write_registration(mac, facts).await
+        let result = match self.nodes.get(mac) {
+            Some(node) => Ok(Registered::Known(Some(node))),
+            None => self.write_registration(mac, facts, direct).await,
         };
         self.registering
             .lock()
@@ -388,27 +453,41 @@ impl Outbox {
         result
     }
 
-    async fn write_registration(&self, mac: Mac, facts: &BootFacts) -> Result<(), WriteError> {
-        let site_id = match &self.link {
-            Some(link) => link.site_id().to_string(),
-            None => String::new(),
+    async fn write_registration(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        direct: bool,
+    ) -> Result<Registered, WriteError> {
+        let node = discovered_node(mac, facts);
+        let operation = Operation::Register {
+            node_id: node.id.clone(),
+            request: NewNode::from_facts(mac, facts, self.port.site_id()),
         };
-        let node = crate::boot::discovered_node(mac, facts);
-        let request = NewNode::from_facts(mac, facts, &site_id);
+        let key = match self.attempt(mac, &operation, direct).await? {
+            Attempt::Sent(answer) => {
+                let answer = answer.ok_or_else(|| {
+                    WriteError::NotRegistered(CentralError::Garbage(
+                        "registration answered without a node".into(),
+                    ))
+                })?;
+                let stored = self.nodes.upsert_central(answer).await?;
+                tracing::info!(%mac, id = %stored.id, mode = self.port.mode().as_str(), "new node registered");
+                return Ok(Registered::Sent(stored));
+            }
+            Attempt::Queue { error: Some(e), .. } if !e.is_unreachable() => {
+                return Err(WriteError::NotRegistered(e));
+            }
+            Attempt::Queue { key, .. } => key,
+        };
         // Queued first: a crash between the two writes leaves a
         // registration without a cached node (harmless: the controller's
         // record is cached when it is accepted), never the reverse.
-        self.enqueue(NewItem {
-            kind: Kind::Registration,
-            node: mac.to_string(),
-            payload: json!({"op": OP_REGISTER, "node_id": node.id, "request": request}),
-            key: None,
-            local_state: None,
-        })
-        .await?;
+        self.enqueue_operation(Kind::Registration, mac, &operation, key, None)
+            .await?;
         let stored = self.nodes.insert_if_absent(node).await?;
         tracing::info!(%mac, id = %stored.id, "unknown node seen offline; registration queued");
-        Ok(())
+        Ok(Registered::Queued(stored))
     }
 
     /// A change the controller took, applied to the cache for the next
@@ -436,13 +515,14 @@ impl Outbox {
 fn refusal(e: &CentralError) -> Option<WriteError> {
     match e {
         CentralError::Rejected { status, body }
-            if (400..500).contains(status) && !replay::retryable_status(*status) =>
+            if (400..500).contains(status) && !crate::central::retryable_status(*status) =>
         {
             Some(WriteError::Rejected {
                 status: *status,
                 body: body.clone(),
             })
         }
+        CentralError::Local(reason) => Some(WriteError::Local(reason.clone())),
         _ => None,
     }
 }

@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{OP_REGISTER, OP_REPORT, OP_SET_STATE, Outbox};
-use crate::central::CentralError;
-use crate::central::api::{NewNode, NodeReport, StateChange};
-use crate::central::link::CentralLink;
-use crate::mac::Mac;
-use crate::node::Node;
-use crate::queue::{Item, Outcome, QueueError, backoff};
+use super::Outbox;
+use super::queue::{Item, Outcome, QueueError, backoff};
+use crate::central::ops::Operation;
+use crate::central::{CentralError, retryable_status};
+use crate::model::mac::Mac;
+use crate::model::node::Node;
 
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
@@ -35,11 +34,6 @@ pub struct ReplaySettings {
     pub retry_max: Duration,
     /// Flush attempt period even without a trigger.
     pub period: Duration,
-}
-
-/// 4xx answers that say "not now" rather than "never".
-pub fn retryable_status(status: u16) -> bool {
-    matches!(status, 401 | 403 | 408 | 429)
 }
 
 /// Wall-clock time that advances with tokio's clock (so a paused test
@@ -77,16 +71,23 @@ pub enum RoundEnd {
     Unreachable,
 }
 
-/// Runs forever (spawn it).
-pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySettings) {
+/// Runs until `shutdown` is cancelled (spawn it). Standalone there is
+/// nothing to replay, and it returns at once.
+pub async fn run(
+    outbox: Arc<Outbox>,
+    settings: ReplaySettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let clock = Clock::start();
     let wake = outbox.wake_handle();
-    let mut link_state = link.monitor().subscribe();
+    let Some(mut link_state) = outbox.port().subscribe() else {
+        return;
+    };
     loop {
-        let online = link.monitor().is_online();
+        let online = outbox.port().mode() == crate::model::mode::Mode::Online;
         let mut deadline = tokio::time::Instant::now() + settings.period;
         if online {
-            match replay_round(&outbox, &link, &settings, clock).await {
+            match replay_round(&outbox, &settings, clock, &shutdown).await {
                 Ok(RoundEnd::Drained) => {}
                 Ok(RoundEnd::Unreachable) => {
                     tracing::info!("controller unreachable; replay waits for it");
@@ -106,6 +107,7 @@ pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySe
             }
         }
         tokio::select! {
+            _ = shutdown.cancelled() => return,
             // Offline, new items wait for the transition.
             _ = wake.notified(), if online => {
                 // A burst of writes becomes one round.
@@ -124,14 +126,19 @@ pub async fn run(outbox: Arc<Outbox>, link: Arc<CentralLink>, settings: ReplaySe
 /// How long a wake-up waits for more writes before a round starts.
 const WAKE_COALESCE: Duration = Duration::from_millis(10);
 
-/// Sends batches until nothing is sendable or the controller is gone.
+/// Sends batches until nothing is sendable, the controller is gone, or
+/// `shutdown` is cancelled (checked between batches: a batch taken is
+/// always settled, so no item is left in flight).
 pub async fn replay_round(
     outbox: &Outbox,
-    link: &CentralLink,
     settings: &ReplaySettings,
     clock: Clock,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<RoundEnd, QueueError> {
     loop {
+        if shutdown.is_cancelled() {
+            return Ok(RoundEnd::Drained);
+        }
         let queue = outbox.queue().clone();
         let now = clock.now();
         let limit = settings.batch_size.max(1);
@@ -139,7 +146,7 @@ pub async fn replay_round(
         if batch.is_empty() {
             return Ok(RoundEnd::Drained);
         }
-        let sends = batch.iter().map(|item| send(outbox, link, item));
+        let sends = batch.iter().map(|item| send(outbox, item));
         let results = futures_util::future::join_all(sends).await;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut unreachable = false;
@@ -199,65 +206,51 @@ enum SendError {
 }
 
 /// Sends one item; a registration returns the controller's node.
-async fn send(outbox: &Outbox, link: &CentralLink, item: &Item) -> Result<Option<Node>, SendError> {
-    let op = item
-        .payload
-        .get("op")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let controller = link.controller();
-    match op {
-        OP_REGISTER => {
-            let request: NewNode = field(item, "request")?;
-            let node = link
-                .observe(controller.create_node(&request, Some(&item.key)).await)
+async fn send(outbox: &Outbox, item: &Item) -> Result<Option<Node>, SendError> {
+    let operation = Operation::from_payload(&item.payload).map_err(SendError::Malformed)?;
+    let mac = item
+        .node
+        .parse::<Mac>()
+        .map_err(|e| SendError::Malformed(format!("item node {:?}: {e}", item.node)))?;
+    match operation {
+        Operation::Register { .. } => outbox
+            .port()
+            .send(mac, &operation, &item.key)
+            .await
+            .map_err(SendError::Central),
+        Operation::SetState { node_id, change } => {
+            let operation = Operation::SetState {
+                node_id: current_node_id(outbox, mac, &node_id)?,
+                change,
+            };
+            let answer = outbox
+                .port()
+                .send(mac, &operation, &item.key)
+                .await
                 .map_err(SendError::Central)?;
-            Ok(Some(node))
-        }
-        OP_SET_STATE => {
-            let change: StateChange = field(item, "change")?;
-            let node_id = current_node_id(outbox, item)?;
-            let node = link
-                .observe(controller.set_state(&node_id, &change, &item.key).await)
-                .map_err(SendError::Central)?;
-            take_response(outbox, node).await;
+            if let Some(node) = answer {
+                take_response(outbox, node).await;
+            }
             Ok(None)
         }
-        OP_REPORT => {
-            let report: NodeReport = field(item, "report")?;
-            link.observe(controller.report(&report, &item.key).await)
-                .map_err(SendError::Central)?;
-            Ok(None)
-        }
-        other => Err(SendError::Malformed(format!("unknown op {other:?}"))),
+        Operation::Report { .. } => outbox
+            .port()
+            .send(mac, &operation, &item.key)
+            .await
+            .map(|_| None)
+            .map_err(SendError::Central),
     }
-}
-
-fn field<T: serde::de::DeserializeOwned>(item: &Item, name: &str) -> Result<T, SendError> {
-    let value = item
-        .payload
-        .get(name)
-        .ok_or_else(|| SendError::Malformed(format!("payload has no {name}")))?;
-    serde_json::from_value(value.clone())
-        .map_err(|e| SendError::Malformed(format!("payload {name}: {e}")))
 }
 
 /// The controller id to address: the payload's, unless it is still local
 /// and the cache has learned the controller's id since (by a sync).
-fn current_node_id(outbox: &Outbox, item: &Item) -> Result<String, SendError> {
-    let stored = item
-        .payload
-        .get("node_id")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| SendError::Malformed("payload has no node_id".into()))?;
+fn current_node_id(outbox: &Outbox, mac: Mac, stored: &str) -> Result<String, SendError> {
     if !stored.starts_with("local-") {
         return Ok(stored.to_string());
     }
-    let cached = item
-        .node
-        .parse::<Mac>()
-        .ok()
-        .and_then(|mac| outbox.nodes().get(mac))
+    let cached = outbox
+        .nodes()
+        .get(mac)
         .map(|node| node.id.clone())
         .filter(|id| !id.starts_with("local-"));
     cached.ok_or_else(|| {
@@ -285,12 +278,10 @@ async fn take_response(outbox: &Outbox, node: Node) {
 /// After a registration is accepted: the node's local id becomes the
 /// controller's, in its later queue items and in the cache.
 async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueError> {
-    let local_id = item
-        .payload
-        .get("node_id")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
+    let local_id = Operation::from_payload(&item.payload)
+        .ok()
+        .and_then(|op| op.node_id().map(str::to_string))
+        .unwrap_or_default();
     let queue = outbox.queue().clone();
     let node = item.node.clone();
     let to = central.id.clone();
@@ -346,8 +337,11 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
         SendError::Central(CentralError::Unreachable(e)) => Outcome::Unsent { error: e },
         SendError::Central(e @ CentralError::Rejected { status, .. }) => {
             let text = e.to_string();
-            let op = item.payload.get("op").and_then(|v| v.as_str());
-            if status == 409 && op == Some(OP_SET_STATE) {
+            let state_change = matches!(
+                Operation::from_payload(&item.payload),
+                Ok(Operation::SetState { .. })
+            );
+            if status == 409 && state_change {
                 Outcome::Conflict { error: text }
             } else if (400..500).contains(&status) && !retryable_status(status) {
                 Outcome::Failed { error: text }
@@ -355,7 +349,9 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
                 retry(text)
             }
         }
-        SendError::Central(e @ CentralError::Garbage(_)) => retry(e.to_string()),
+        SendError::Central(e @ (CentralError::Garbage(_) | CentralError::Local(_))) => {
+            retry(e.to_string())
+        }
         SendError::NotReady(e) => retry(e),
         SendError::Malformed(e) => Outcome::Failed { error: e },
     }
@@ -373,13 +369,15 @@ async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
     use crate::central::api::{
-        Heartbeat, HeartbeatReply, NodePage, Registration, RegistrationReply,
+        Heartbeat, HeartbeatReply, NewNode, NodePage, NodeReport, Registration, RegistrationReply,
+        StateChange,
     };
+    use crate::central::monitor::Monitor;
+    use crate::central::port::ControllerPort;
     use crate::central::{BoxFuture, Controller, RemoteFile};
-    use crate::connectivity::Monitor;
-    use crate::nodes::NodeCache;
-    use crate::queue::{Kind, NewItem, Queue, Status};
+    use crate::outbox::queue::{Kind, NewItem, Queue, Status};
     use crate::store::Store;
+    use crate::store::nodes::NodeCache;
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -427,6 +425,7 @@ mod tests {
         }
         fn set_state(
             &self,
+            _: Mac,
             _: &str,
             _: &StateChange,
             _: &str,
@@ -457,7 +456,7 @@ mod tests {
         _dir: tempfile::TempDir,
         controller: Arc<ScriptedController>,
         outbox: Arc<Outbox>,
-        link: Arc<CentralLink>,
+        port: Arc<ControllerPort>,
     }
 
     fn setup(answers: Vec<Result<(), CentralError>>) -> Setup {
@@ -468,20 +467,19 @@ mod tests {
         *controller.answers.lock().unwrap() = answers.into();
         let monitor = Monitor::new(1, 1, OffsetDateTime::now_utc());
         monitor.record(true, OffsetDateTime::now_utc());
-        let link = Arc::new(CentralLink::new(
+        let port = Arc::new(ControllerPort::remote(
             controller.clone(),
             monitor,
             "t".into(),
-            Duration::from_millis(300),
             Box::new(|_| {}),
         ));
         let nodes = NodeCache::load(store).unwrap();
-        let outbox = Arc::new(Outbox::new(queue, nodes, Some(link.clone())));
+        let outbox = Arc::new(Outbox::new(queue, nodes, port.clone()));
         Setup {
             _dir: dir,
             controller,
             outbox,
-            link,
+            port,
         }
     }
 
@@ -489,8 +487,12 @@ mod tests {
         NewItem {
             kind: Kind::Event,
             node: mac.into(),
-            payload: serde_json::json!({"op": OP_REPORT, "report": {
-                "mac_address": mac, "event": "boot_started"}}),
+            payload: Operation::Report {
+                report: serde_json::from_value(serde_json::json!({
+                    "mac_address": mac, "event": "boot_started"}))
+                .unwrap(),
+            }
+            .to_payload(),
             key: None,
             local_state: None,
         }
@@ -526,7 +528,7 @@ mod tests {
                 OffsetDateTime::now_utc(),
             )
             .unwrap();
-        tokio::spawn(run(s.outbox.clone(), s.link.clone(), settings(10)));
+        tokio::spawn(run(s.outbox.clone(), settings(10), Default::default()));
         wait_calls(&s.controller, 4).await;
         let times: Vec<_> = s
             .controller
@@ -580,7 +582,7 @@ mod tests {
                 OffsetDateTime::now_utc(),
             )
             .unwrap();
-        tokio::spawn(run(s.outbox.clone(), s.link.clone(), settings(3)));
+        tokio::spawn(run(s.outbox.clone(), settings(3), Default::default()));
         wait_calls(&s.controller, 4).await;
         for _ in 0..1000 {
             if queue.stats().unwrap().failed == 2 {
@@ -620,34 +622,47 @@ mod tests {
                 OffsetDateTime::now_utc(),
             )
             .unwrap();
-        let end = replay_round(&s.outbox, &s.link, &settings(3), Clock::start())
+        let end = replay_round(&s.outbox, &settings(3), Clock::start(), &Default::default())
             .await
             .unwrap();
         assert_eq!(end, RoundEnd::Unreachable);
         let items = queue.list(None, 0, 10).unwrap();
         assert_eq!(items[0].status, Status::Pending);
         assert_eq!(items[0].attempts, 0);
-        assert!(
-            !s.link.monitor().is_online(),
-            "the failure counted as a probe"
-        );
+        assert!(s.port.mode().is_offline(), "the failure counted as a probe");
         // Next round (the scripted answers are used up: success).
-        s.link.monitor().record(true, OffsetDateTime::now_utc());
-        let end = replay_round(&s.outbox, &s.link, &settings(3), Clock::start())
+        s.port.health().await.unwrap();
+        let end = replay_round(&s.outbox, &settings(3), Clock::start(), &Default::default())
             .await
             .unwrap();
         assert_eq!(end, RoundEnd::Drained);
         assert_eq!(queue.stats().unwrap().total, 0);
     }
 
+    const OP_SET_STATE: &str = "set_state";
+    const OP_REPORT: &str = "report";
+
     #[test]
     fn every_kind_of_failure_is_judged_as_the_rules_say() {
         let now = OffsetDateTime::UNIX_EPOCH;
+        let payload = |op: &str| match op {
+            OP_SET_STATE => Operation::SetState {
+                node_id: "n1".into(),
+                change: StateChange {
+                    state: crate::model::node::NodeState::Active,
+                    comment: None,
+                    force: None,
+                    base_version: Some(1),
+                },
+            }
+            .to_payload(),
+            _ => report_item("52:54:00:00:00:01").payload,
+        };
         let item = |op: &str, attempts: u32| Item {
             id: 1,
             kind: Kind::StateUpdate,
             node: "52:54:00:00:00:01".into(),
-            payload: serde_json::json!({"op": op}),
+            payload: payload(op),
             key: "k".into(),
             created_at: now,
             attempts,

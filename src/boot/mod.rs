@@ -1,0 +1,361 @@
+//! Answering a node's boot request (DESIGN §1, §4): resolve the node
+//! ([`resolve`]), decide (the pure table of [`crate::model::decision`]),
+//! render ([`render`]), record what was served ([`record`]). A boot answer
+//! is never an error: whatever fails, the node gets a script of the same
+//! intent that never does anything destructive, and the failure is logged.
+
+pub mod record;
+pub mod render;
+pub mod resolve;
+pub mod script_cache;
+pub mod stats;
+pub mod templates;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::central::port::ControllerPort;
+use crate::config::{Config, OfflineDefault};
+use crate::model::boot::{BootAnswer, BootFacts, Source};
+use crate::model::decision::{self, Action, Connectivity, Decision, DecisionContext};
+use crate::model::mac::Mac;
+use crate::model::mode::Mode;
+use crate::model::node::{Node, NodeState, Workflow};
+use crate::outbox::Outbox;
+use crate::store::nodes::NodeCache;
+use crate::store::{LastScript, Store};
+use record::Recorder;
+use render::{Renderer, fallback_answer, rfc3339};
+use resolve::{Resolved, Resolver};
+use script_cache::ScriptCache;
+use stats::BootStats;
+use templates::{OfflineView, TemplateError, Templates};
+
+pub struct BootService {
+    offline_default: OfflineDefault,
+    workflows: HashMap<String, Workflow>,
+    nodes: NodeCache,
+    store: Store,
+    port: Arc<ControllerPort>,
+    outbox: Arc<Outbox>,
+    resolver: Arc<Resolver>,
+    renderer: Renderer,
+    scripts: ScriptCache,
+    stats: Arc<BootStats>,
+    /// None: nothing is recorded (the CLI's `render`).
+    recorder: Option<Recorder>,
+}
+
+impl BootService {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        nodes: NodeCache,
+        templates: Templates,
+        port: Arc<ControllerPort>,
+        outbox: Arc<Outbox>,
+        recorder: Option<Recorder>,
+    ) -> BootService {
+        BootService {
+            offline_default: config.offline_default_action,
+            workflows: config
+                .workflows
+                .iter()
+                .map(|(id, wf)| (id.clone(), wf.clone()))
+                .collect(),
+            resolver: Arc::new(Resolver::new(
+                port.clone(),
+                outbox.clone(),
+                nodes.clone(),
+                config.central.boot_lookup_deadline,
+            )),
+            renderer: Renderer::new(config.site_id.clone(), templates),
+            nodes,
+            store,
+            port,
+            outbox,
+            scripts: ScriptCache::default(),
+            stats: Arc::new(BootStats::default()),
+            recorder,
+        }
+    }
+
+    /// Boot counters (shared with the status snapshot).
+    pub fn stats(&self) -> Arc<BootStats> {
+        self.stats.clone()
+    }
+
+    /// Loads the templates again; on error the old ones stay in use.
+    pub fn reload_templates(&self, dir: &std::path::Path) -> Result<(), TemplateError> {
+        self.renderer.reload(dir)?;
+        self.scripts.clear();
+        Ok(())
+    }
+
+    /// Forgets rendered scripts (one MAC or all), so the next boot decides
+    /// afresh.
+    pub fn invalidate(&self, mac: Option<Mac>) {
+        match mac {
+            Some(mac) => self.scripts.forget(mac),
+            None => self.scripts.clear(),
+        }
+    }
+
+    /// Forgets `mac`'s rendered script and fetches its record again now,
+    /// so its next boot has fresh data even if the controller is slow then.
+    pub async fn refresh(&self, mac: Mac) {
+        self.invalidate(Some(mac));
+        if self.port.mode() == Mode::Online {
+            let _ = self.resolver.lookup(mac, &BootFacts::default()).await;
+        }
+    }
+
+    /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
+    pub fn bootstrap(&self, base_url: &str) -> String {
+        self.renderer.bootstrap(base_url)
+    }
+
+    /// Answers a boot request. Side effects: an unknown MAC is registered
+    /// (standalone: stored as `discovered`); standalone, serving an install
+    /// marks the node `installing` so that its next boot (into the freshly
+    /// installed disk) is not another install; the script is recorded for
+    /// `last_known`, and the boot reported to the controller.
+    pub async fn boot(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
+        let _active = self.stats.begin(mac);
+        let answer = match self.resolver.resolve(mac, facts).await {
+            Resolved::Online { node, source } => {
+                self.answer(mac, node, facts, base_url, source).await
+            }
+            Resolved::Offline { since } => {
+                let now = OffsetDateTime::now_utc();
+                let duration = (now - since).try_into().unwrap_or(Duration::ZERO);
+                self.render_offline(mac, facts, base_url, since, duration)
+                    .await
+            }
+            Resolved::Failed(e) => {
+                tracing::error!(%mac, error = %e, "node store failed; serving local boot");
+                fallback_answer(mac, None, Source::Standalone)
+            }
+        };
+        self.stats
+            .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        self.outbox.boot_event(mac, &answer);
+        answer
+    }
+
+    /// The offline column of DESIGN §4 from the cached record, with the
+    /// OFFLINE banner (also `siteboot render --offline`).
+    async fn render_offline(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        base_url: &str,
+        since: OffsetDateTime,
+        duration: Duration,
+    ) -> BootAnswer {
+        let node = self.nodes.get(mac);
+        let offline = OfflineView {
+            since: rfc3339(since),
+            // Whole seconds: "1h 2m 3s", not nanoseconds.
+            duration: humantime::format_duration(Duration::from_secs(duration.as_secs()))
+                .to_string(),
+            cached_at: node
+                .as_ref()
+                .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
+                .unwrap_or_else(|| "never".into()),
+        };
+        let last = if self.offline_default == OfflineDefault::LastKnown {
+            self.store
+                .call(move |s| s.get_last_script(mac))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let workflow = match &node {
+            Some(n) => self.workflow_for(n).await,
+            None => None,
+        };
+        let last_known_replayable = match &last {
+            Some(l) => self.replayable(l).await,
+            None => false,
+        };
+        let decision = decision::decide(
+            node.as_deref(),
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity: Connectivity::Offline,
+                offline_default: self.offline_default,
+                last_known_replayable,
+            },
+        );
+        let shown = node.as_deref().cloned().unwrap_or_else(|| {
+            Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
+        });
+        if decision.action == Action::LastKnown
+            && let Some(last) = last
+        {
+            return self.renderer.replay(
+                &shown,
+                facts,
+                &last,
+                Source::Offline,
+                base_url,
+                Some(offline),
+            );
+        }
+        self.renderer.render(
+            &shown,
+            facts,
+            &decision,
+            Source::Offline,
+            base_url,
+            Some(offline),
+        )
+    }
+
+    /// Decides and renders for a known (or, with `None`, unknown) node
+    /// with the online column, reusing a cached rendering when valid.
+    async fn answer(
+        &self,
+        mac: Mac,
+        node: Option<Arc<Node>>,
+        facts: &BootFacts,
+        base_url: &str,
+        source: Source,
+    ) -> BootAnswer {
+        let node = match node {
+            Some(node) => node,
+            None => Arc::new(Node::new_local(
+                mac,
+                NodeState::Discovered,
+                OffsetDateTime::now_utc(),
+            )),
+        };
+        if let Some(answer) = self.scripts.get(&node, facts, base_url, source) {
+            return answer;
+        }
+        let decision = self.decide_online(&node).await;
+        let answer = self
+            .renderer
+            .render(&node, facts, &decision, source, base_url, None);
+        if answer.action == Action::Install && source == Source::Standalone {
+            // Standalone, the agent owns the state: the node changes state,
+            // so this answer is never reused. With a controller, the
+            // installer's reports move the state there.
+            self.mark_installing(mac).await;
+        } else if answer.action != Action::Install {
+            self.scripts.put(node, facts, base_url, &answer);
+        }
+        self.record(mac, &answer, &decision);
+        answer
+    }
+
+    /// What `mac` would get now, without side effects (`siteboot render`).
+    pub async fn preview(
+        &self,
+        mac: Mac,
+        facts: &BootFacts,
+        offline: bool,
+        base_url: &str,
+    ) -> BootAnswer {
+        if offline {
+            let now = OffsetDateTime::now_utc();
+            return self
+                .render_offline(mac, facts, base_url, now, Duration::ZERO)
+                .await;
+        }
+        // Online, an unknown MAC would be stored as discovered first.
+        let node = self
+            .nodes
+            .get(mac)
+            .map(|n| (*n).clone())
+            .unwrap_or_else(|| {
+                Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
+            });
+        let decision = self.decide_online(&node).await;
+        let source = if self.port.mode().has_controller() {
+            Source::Cache
+        } else {
+            Source::Standalone
+        };
+        self.renderer
+            .render(&node, facts, &decision, source, base_url, None)
+    }
+
+    /// The online column of DESIGN §4 for a known node.
+    async fn decide_online(&self, node: &Node) -> Decision {
+        let workflow = self.workflow_for(node).await;
+        decision::decide(
+            Some(node),
+            workflow.as_ref(),
+            DecisionContext {
+                connectivity: Connectivity::Online,
+                offline_default: self.offline_default,
+                last_known_replayable: false,
+            },
+        )
+    }
+
+    /// DESIGN §4 `last_known`: a destructive script is replayed only if
+    /// its workflow (the config's, else the controller's as last synced)
+    /// is `offline_safe`.
+    async fn replayable(&self, last: &LastScript) -> bool {
+        if !last.destructive {
+            return true;
+        }
+        let Some(id) = last.workflow_id.clone() else {
+            return false;
+        };
+        if let Some(wf) = self.workflows.get(&id) {
+            return wf.offline_safe;
+        }
+        matches!(
+            self.store.call(move |s| s.get_workflow(&id)).await,
+            Ok(Some(wf)) if wf.offline_safe
+        )
+    }
+
+    async fn workflow_for(&self, node: &Node) -> Option<Workflow> {
+        let id = node.workflow_id.clone()?;
+        if let Some(wf) = self.workflows.get(&id) {
+            return Some(wf.clone());
+        }
+        let lookup = id.clone();
+        match self.store.call(move |s| s.get_workflow(&lookup)).await {
+            Ok(Some(wf)) => Some(wf),
+            Ok(None) => {
+                tracing::warn!(mac = %node.mac, workflow = %id, "node's workflow is not defined");
+                None
+            }
+            Err(e) => {
+                tracing::error!(mac = %node.mac, workflow = %id, error = %e, "workflow lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn mark_installing(&self, mac: Mac) {
+        let result = self
+            .nodes
+            .update(mac, |n| {
+                n.state = NodeState::Installing;
+                n.updated_at = OffsetDateTime::now_utc();
+                n.version += 1;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(%mac, error = %e, "could not mark node installing");
+        }
+    }
+
+    fn record(&self, mac: Mac, answer: &BootAnswer, decision: &Decision) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(mac, answer, decision);
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Rendering a decision into an iPXE script: the templates' view data, the
+//! bootstrap script, `last_known` replays, and the built-in fallback that
+//! boots the local disk when a script cannot be rendered.
+
+use std::sync::{Arc, RwLock};
+
+use time::OffsetDateTime;
+
+use super::templates::{
+    BootstrapContext, ImageView, NodeView, OfflineView, ScriptContext, TemplateError, Templates,
+    WorkflowView,
+};
+use crate::model::boot::{BootAnswer, BootFacts, Source};
+use crate::model::decision::{self, Action, Decision};
+use crate::model::mac::Mac;
+use crate::model::node::{Node, NodeState, Workflow};
+use crate::store::LastScript;
+
+/// How often iPXE's bootstrap retries the boot service before local boot.
+const BOOTSTRAP_RETRIES: u32 = 3;
+const BOOTSTRAP_RETRY_DELAY_S: u32 = 2;
+
+pub struct Renderer {
+    site_id: String,
+    templates: RwLock<Arc<Templates>>,
+}
+
+impl Renderer {
+    pub fn new(site_id: String, templates: Templates) -> Renderer {
+        Renderer {
+            site_id,
+            templates: RwLock::new(Arc::new(templates)),
+        }
+    }
+
+    /// Loads the templates again; on error the old ones stay in use.
+    pub fn reload(&self, dir: &std::path::Path) -> Result<(), TemplateError> {
+        let templates = Templates::load(dir)?;
+        *self.templates.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(templates);
+        Ok(())
+    }
+
+    fn templates(&self) -> Arc<Templates> {
+        match self.templates.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
+    pub fn bootstrap(&self, base_url: &str) -> String {
+        let ctx = BootstrapContext {
+            base_url: base_url.to_string(),
+            site_id: self.site_id.clone(),
+            retries: BOOTSTRAP_RETRIES,
+            retry_delay_s: BOOTSTRAP_RETRY_DELAY_S,
+        };
+        match self.templates().render_bootstrap(&ctx) {
+            Ok(script) => script,
+            Err(e) => {
+                tracing::error!(error = %e, "bootstrap template failed; serving local boot");
+                fallback_script(None, None, Source::Standalone)
+            }
+        }
+    }
+
+    pub fn render(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        decision: &Decision,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> BootAnswer {
+        let ctx = self.context(node, facts, decision, source, base_url, offline);
+        let templates = self.templates();
+        let rendered = templates.render_header(&ctx).and_then(|header| {
+            templates
+                .render_body(decision.action.as_str(), &ctx)
+                .map(|body| header + &body)
+        });
+        match rendered {
+            Ok(script) => BootAnswer {
+                script,
+                source,
+                action: decision.action,
+                state: Some(node.state),
+            },
+            Err(e) => {
+                tracing::error!(mac = %node.mac, action = decision.action.as_str(), error = %e,
+                    "script template failed; serving the built-in local-boot script");
+                fallback_answer(node.mac, Some(node.state), source)
+            }
+        }
+    }
+
+    pub fn replay(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        last: &LastScript,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> BootAnswer {
+        let decision = Decision {
+            action: Action::LastKnown,
+            banner: decision::Banner::None,
+            workflow: None,
+        };
+        let ctx = self.context(node, facts, &decision, source, base_url, offline);
+        match self.templates().render_header(&ctx) {
+            Ok(header) => BootAnswer {
+                script: format!(
+                    "{header}echo siteboot: replaying the script served at {}\n{}",
+                    rfc3339(last.served_at),
+                    last.script
+                ),
+                source,
+                action: Action::LastKnown,
+                state: Some(node.state),
+            },
+            Err(e) => {
+                tracing::error!(mac = %node.mac, error = %e, "header template failed");
+                fallback_answer(node.mac, Some(node.state), source)
+            }
+        }
+    }
+
+    fn context(
+        &self,
+        node: &Node,
+        facts: &BootFacts,
+        decision: &Decision,
+        source: Source,
+        base_url: &str,
+        offline: Option<OfflineView>,
+    ) -> ScriptContext {
+        ScriptContext {
+            site_id: self.site_id.clone(),
+            base_url: base_url.to_string(),
+            mac: node.mac.to_string(),
+            mac_hyphen: node.mac.hyphenated(),
+            state: node.state.as_str().to_string(),
+            action: decision.action.as_str().to_string(),
+            source: source.as_str().to_string(),
+            arch: facts.arch.clone().or_else(|| node.arch.clone()),
+            platform: facts.platform.clone(),
+            hostname: node.hostname.clone(),
+            node: Some(NodeView {
+                id: node.id.clone(),
+                hostname: node.hostname.clone(),
+                group_id: node.group_id.clone(),
+                tags: node.tags.clone(),
+            }),
+            workflow: decision
+                .workflow
+                .as_ref()
+                .map(|wf| workflow_view(wf, base_url)),
+            banner: decision.banner.as_str().map(str::to_string),
+            offline,
+        }
+    }
+}
+
+fn workflow_view(wf: &Workflow, base_url: &str) -> WorkflowView {
+    WorkflowView {
+        id: wf.id.clone(),
+        name: wf.name.clone(),
+        method: match wf.method {
+            crate::model::node::BootMethod::Kernel => "kernel",
+            crate::model::node::BootMethod::Sanboot => "sanboot",
+            crate::model::node::BootMethod::Chain => "chain",
+        }
+        .to_string(),
+        kernel_url: asset_url(&wf.kernel, base_url),
+        initrds: wf
+            .initrd
+            .iter()
+            .map(|path| {
+                let url = asset_url(path, base_url);
+                ImageView {
+                    name: image_name(&url),
+                    url,
+                }
+            })
+            .collect(),
+        cmdline: wf.cmdline.clone(),
+        url: wf.url.as_ref().map(|u| asset_url(u, base_url)),
+    }
+}
+
+/// Absolute URLs are used as they are; anything else is a path under the
+/// agent's `/assets/`.
+pub fn asset_url(path: &str, base_url: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_string()
+    } else {
+        format!("{base_url}/assets/{}", path.trim_start_matches('/'))
+    }
+}
+
+fn image_name(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    without_query
+        .rsplit('/')
+        .next()
+        .unwrap_or(without_query)
+        .to_string()
+}
+
+/// The script body after the header (for `last_known` replays, which get
+/// a fresh header).
+pub fn strip_header(script: &str) -> &str {
+    let mut rest = script;
+    for prefix in ["#!ipxe\n", "echo siteboot: mac="] {
+        if let Some(after) = rest.strip_prefix(prefix) {
+            rest = after;
+            if prefix.starts_with("echo") {
+                rest = rest.split_once('\n').map(|(_, tail)| tail).unwrap_or("");
+            }
+        }
+    }
+    rest
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> BootAnswer {
+    BootAnswer {
+        script: fallback_script(Some(mac), state, source),
+        source,
+        action: Action::Local,
+        state,
+    }
+}
+
+/// The script served when templates or the store fail: boots the local
+/// disk, never anything destructive. Deliberately not a template.
+pub fn fallback_script(mac: Option<Mac>, state: Option<NodeState>, source: Source) -> String {
+    let status = match mac {
+        Some(mac) => format!(
+            "echo siteboot: mac={mac} state={} action=local source={}\n",
+            state.map(NodeState::as_str).unwrap_or("unknown"),
+            source.as_str()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "#!ipxe\n{status}echo *** siteboot ERROR: could not build this node's script (see the agent log); booting local disk ***\n\
+         iseq ${{platform}} efi && exit 0 ||\nsanboot --no-describe --drive 0x80 || exit 0\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_urls() {
+        assert_eq!(
+            asset_url("ubuntu/vmlinuz", "http://a:8080"),
+            "http://a:8080/assets/ubuntu/vmlinuz"
+        );
+        assert_eq!(asset_url("/x", "http://a"), "http://a/assets/x");
+        assert_eq!(asset_url("http://mirror/k", "http://a"), "http://mirror/k");
+        assert_eq!(image_name("http://a/assets/u/initrd.gz?x=1"), "initrd.gz");
+    }
+
+    #[test]
+    fn header_is_stripped_for_replay() {
+        let script = "#!ipxe\necho siteboot: mac=52:54:00:00:00:01 state=active action=local source=live\necho body\n";
+        assert_eq!(strip_header(script), "echo body\n");
+        assert_eq!(strip_header("echo other\n"), "echo other\n");
+    }
+
+    #[test]
+    fn fallback_script_boots_locally_with_a_status_line() {
+        let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
+        let s = fallback_script(Some(mac), Some(NodeState::Pending), Source::Standalone);
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains(
+            "echo siteboot: mac=52:54:00:00:00:09 state=pending action=local source=standalone\n"
+        ));
+        assert!(s.contains("sanboot --no-describe --drive 0x80"));
+        assert!(!s.contains("kernel"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Resolving a booting MAC to the node record its answer is decided from,
+//! and to where that record came from (DESIGN §1, §4): standalone the
+//! local store; online the controller's live record if it comes within
+//! `central.boot_lookup_deadline`, else the cache (the lookup finishes in
+//! the background and still updates the cache; concurrent boots of one MAC
+//! share one controller call); offline the cache. An unknown MAC is
+//! registered through the outbox, the one place that registers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::central::CentralError;
+use crate::central::port::ControllerPort;
+use crate::model::boot::{BootFacts, Source};
+use crate::model::mac::Mac;
+use crate::model::mode::Mode;
+use crate::model::node::Node;
+use crate::outbox::{Outbox, Registered, WriteError};
+use crate::store::nodes::NodeCache;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Central(#[from] CentralError),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<crate::store::StoreError> for LookupError {
+    fn from(e: crate::store::StoreError) -> Self {
+        LookupError::Local(e.to_string())
+    }
+}
+
+impl From<WriteError> for LookupError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotRegistered(e) => LookupError::Central(e),
+            other => LookupError::Local(other.to_string()),
+        }
+    }
+}
+
+type Lookup = Result<Arc<Node>, LookupError>;
+
+/// What a boot is answered from.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// The online column of DESIGN §4 (standalone too), from `node`; None:
+    /// a MAC whose registration has not come back yet (treated as
+    /// discovered, harmlessly, without being stored here).
+    Online {
+        node: Option<Arc<Node>>,
+        source: Source,
+    },
+    /// The offline column, from the cache.
+    Offline { since: OffsetDateTime },
+    /// Standalone, the store failed: the node gets the fallback script.
+    Failed(String),
+}
+
+pub struct Resolver {
+    port: Arc<ControllerPort>,
+    outbox: Arc<Outbox>,
+    nodes: NodeCache,
+    deadline: Duration,
+    inflight: Mutex<HashMap<Mac, watch::Receiver<Option<Lookup>>>>,
+}
+
+impl Resolver {
+    pub fn new(
+        port: Arc<ControllerPort>,
+        outbox: Arc<Outbox>,
+        nodes: NodeCache,
+        deadline: Duration,
+    ) -> Resolver {
+        Resolver {
+            port,
+            outbox,
+            nodes,
+            deadline,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn resolve(self: &Arc<Self>, mac: Mac, facts: &BootFacts) -> Resolved {
+        match self.port.mode() {
+            Mode::Standalone => match self.outbox.register(mac, facts).await {
+                Ok(Registered::Known(Some(node)) | Registered::Sent(node)) => Resolved::Online {
+                    node: Some(node),
+                    source: Source::Standalone,
+                },
+                Ok(Registered::Known(None) | Registered::Queued(_)) => Resolved::Online {
+                    node: self.nodes.get(mac),
+                    source: Source::Standalone,
+                },
+                Err(e) => Resolved::Failed(e.to_string()),
+            },
+            Mode::Offline { since } => {
+                self.register_offline(mac, facts).await;
+                Resolved::Offline { since }
+            }
+            Mode::Online => match self.lookup(mac, facts).await {
+                Some(Ok(node)) => Resolved::Online {
+                    node: Some(node),
+                    source: Source::Live,
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(%mac, error = %e, "answering from the cache");
+                    if matches!(&e, LookupError::Central(c) if c.is_unreachable()) {
+                        self.register_offline(mac, facts).await;
+                    }
+                    match self.port.mode() {
+                        Mode::Offline { since } => Resolved::Offline { since },
+                        _ => Resolved::Online {
+                            node: self.nodes.get(mac),
+                            source: Source::Cache,
+                        },
+                    }
+                }
+                None => Resolved::Online {
+                    node: self.nodes.get(mac),
+                    source: Source::Cache,
+                },
+            },
+        }
+    }
+
+    /// DESIGN §4, unknown MAC while the controller is unreachable.
+    async fn register_offline(&self, mac: Mac, facts: &BootFacts) {
+        if let Err(e) = self.outbox.register_offline(mac, facts).await {
+            tracing::error!(%mac, error = %e, "offline registration not queued");
+        }
+    }
+
+    /// The controller's current record of `mac` (registering it if the
+    /// controller does not know it), written through to the cache. `None`
+    /// when the deadline passed first; the lookup then finishes in the
+    /// background and still updates the cache. Concurrent calls for one
+    /// MAC share one controller call.
+    pub async fn lookup(self: &Arc<Self>, mac: Mac, facts: &BootFacts) -> Option<Lookup> {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&mac) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(mac, rx.clone());
+                    let resolver = self.clone();
+                    let facts = facts.clone();
+                    tokio::spawn(async move {
+                        let outcome = resolver.fetch(mac, &facts).await;
+                        if let Err(e) = &outcome {
+                            tracing::warn!(%mac, error = %e, "controller lookup failed");
+                        }
+                        let _ = tx.send(Some(outcome));
+                        resolver
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&mac);
+                    });
+                    rx
+                }
+            }
+        };
+        let waited = tokio::time::timeout(self.deadline, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(value)) => value.clone(),
+            // Deadline passed, or the lookup task died (it logs why).
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, mac: Mac, facts: &BootFacts) -> Lookup {
+        match self.port.node_by_mac(mac).await? {
+            Some(node) => self
+                .nodes
+                .upsert_central(node)
+                .await
+                .map_err(|e| LookupError::Local(e.to_string())),
+            None => match self.outbox.register(mac, facts).await? {
+                Registered::Known(Some(node)) | Registered::Sent(node) => Ok(node),
+                Registered::Queued(_) => Err(LookupError::Central(CentralError::Unreachable(
+                    "registration queued".into(),
+                ))),
+                Registered::Known(None) => Err(LookupError::Local(
+                    "registration by a concurrent boot still under way".into(),
+                )),
+            },
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Boot counters for the heartbeat and status: nodes seen in the last hour,
+//! boots in progress, and how often an answer did not wait for the
+//! controller.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::model::mac::Mac;
+
+const SEEN_WINDOW: Duration = Duration::from_secs(3600);
+
+#[derive(Default)]
+pub struct BootStats {
+    total: AtomicU64,
+    /// Answers from the cache (deadline passed, controller error, offline).
+    from_cache: AtomicU64,
+    active: AtomicU64,
+    seen: Mutex<HashMap<Mac, Instant>>,
+}
+
+/// Decrements the active-boot gauge when the boot ends, however it ends.
+pub struct ActiveBoot<'a>(&'a BootStats);
+
+impl Drop for ActiveBoot<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl BootStats {
+    pub fn begin(&self, mac: Mac) -> ActiveBoot<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(mac, Instant::now());
+        ActiveBoot(self)
+    }
+
+    pub fn answered(&self, from_cache: bool) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if from_cache {
+            self.from_cache.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn active_boots(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Distinct MACs that asked for a script in the last hour.
+    pub fn nodes_seen_last_hour(&self) -> u64 {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, at| at.elapsed() < SEEN_WINDOW);
+        seen.len() as u64
+    }
+
+    /// Share of answers that did not wait for fresh controller data.
+    pub fn cache_hit_rate(&self) -> f64 {
+        let total = self.total.load(Ordering::Relaxed);
+        if total == 0 {
+            0.0
+        } else {
+            self.from_cache.load(Ordering::Relaxed) as f64 / total as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters() {
+        let stats = BootStats::default();
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        {
+            let _a = stats.begin(mac);
+            let _b = stats.begin(mac);
+            assert_eq!(stats.active_boots(), 2);
+            stats.answered(true);
+            stats.answered(false);
+        }
+        assert_eq!(stats.active_boots(), 0);
+        assert_eq!(stats.nodes_seen_last_hour(), 1);
+        assert!((stats.cache_hit_rate() - 0.5).abs() < 1e-9);
+    }
+}

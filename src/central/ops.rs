@@ -1,0 +1,150 @@
+//! The writes the agent makes at its controller, as typed operations: what
+//! the outbox sends directly or queues, and what replay sends later.
+//!
+//! In a queue item an operation is stored as JSON with a version tag,
+//! `{"v": 1, "op": "set_state", …}`. Items written before the tag existed
+//! (no `v`) have the same shape and read as version 1; a version newer than
+//! this agent knows is refused by name, never guessed at.
+
+use serde::{Deserialize, Serialize};
+
+use super::api::{NewNode, NodeReport, StateChange};
+
+/// The payload format this agent writes.
+pub const OPERATION_VERSION: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    /// `POST /api/v1/nodes` for a MAC first seen here; `node_id` is the
+    /// local id (`local-<uuid>`) it is cached under until accepted.
+    Register { node_id: String, request: NewNode },
+    /// `PATCH /api/v1/nodes/{node_id}/state`.
+    SetState {
+        node_id: String,
+        change: StateChange,
+    },
+    /// `POST /api/v1/report` (installer progress, boot events).
+    Report { report: NodeReport },
+}
+
+impl Operation {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Register { .. } => "register",
+            Operation::SetState { .. } => "set_state",
+            Operation::Report { .. } => "report",
+        }
+    }
+
+    /// The stored form: the operation with its version tag.
+    pub fn to_payload(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("v".into(), OPERATION_VERSION.into());
+        }
+        value
+    }
+
+    /// Reads a stored payload; the error says what is wrong with it.
+    pub fn from_payload(payload: &serde_json::Value) -> Result<Operation, String> {
+        let mut value = payload.clone();
+        let version = match value.as_object_mut().and_then(|m| m.remove("v")) {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| format!("payload version {v} is not a number"))?,
+        };
+        if version > OPERATION_VERSION {
+            return Err(format!(
+                "payload version {version} was written by a newer siteboot (this one reads up to {OPERATION_VERSION})"
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| format!("payload: {e}"))
+    }
+
+    /// The controller id the operation addresses, if it names one.
+    pub fn node_id(&self) -> Option<&str> {
+        match self {
+            Operation::Register { node_id, .. } | Operation::SetState { node_id, .. } => {
+                Some(node_id)
+            }
+            Operation::Report { .. } => None,
+        }
+    }
+
+    /// Points an operation that names node `from` at `to` (a registration
+    /// accepted: the local id becomes the controller's). True if it changed.
+    pub fn remap(&mut self, from: &str, to: &str) -> bool {
+        match self {
+            Operation::SetState { node_id, .. } if node_id == from => {
+                *node_id = to.to_string();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::node::NodeState;
+
+    fn change() -> Operation {
+        Operation::SetState {
+            node_id: "local-1".into(),
+            change: StateChange {
+                state: NodeState::Active,
+                comment: None,
+                force: None,
+                base_version: Some(3),
+            },
+        }
+    }
+
+    #[test]
+    fn payloads_round_trip_with_a_version_tag() {
+        let op = change();
+        let payload = op.to_payload();
+        assert_eq!(payload["v"], 1);
+        assert_eq!(payload["op"], "set_state");
+        assert_eq!(Operation::from_payload(&payload).unwrap(), op);
+    }
+
+    #[test]
+    fn untagged_payloads_of_older_databases_still_read() {
+        let old = serde_json::json!({"op": "set_state", "node_id": "n1",
+            "change": {"state": "installed"}});
+        let op = Operation::from_payload(&old).unwrap();
+        assert_eq!(op.node_id(), Some("n1"));
+        let report = serde_json::json!({"op": "report",
+            "report": {"mac_address": "52:54:00:00:00:01", "event": "first_boot"}});
+        assert_eq!(Operation::from_payload(&report).unwrap().name(), "report");
+    }
+
+    #[test]
+    fn newer_and_unknown_payloads_are_refused_by_name() {
+        let mut newer = change().to_payload();
+        newer["v"] = 2.into();
+        assert!(
+            Operation::from_payload(&newer)
+                .unwrap_err()
+                .contains("newer siteboot")
+        );
+        let unknown = serde_json::json!({"op": "teleport"});
+        assert!(
+            Operation::from_payload(&unknown)
+                .unwrap_err()
+                .contains("teleport")
+        );
+    }
+
+    #[test]
+    fn remap_moves_only_the_named_node() {
+        let mut op = change();
+        assert!(!op.remap("local-2", "n9"));
+        assert!(op.remap("local-1", "n9"));
+        assert_eq!(op.node_id(), Some("n9"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommands of the `siteboot` binary that are more than a few lines.
+
+pub mod queue;

@@ -1,0 +1,128 @@
+//! `siteboot queue …`: the durable queue from the command line. While the
+//! agent runs it holds the database, so the command goes through the
+//! agent's admin API (same answers as `GET /api/v1/queue` and friends);
+//! while it is stopped, the command opens the database directly.
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::outbox::queue::{Queue, Status};
+use crate::store::{Store, StoreError};
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// List items in send order.
+    List {
+        /// pending, in_flight, failed or conflict.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Counts per status, and events dropped to make room.
+    Stats,
+    /// Send a failed (or backing-off) item again now.
+    Retry { id: u64 },
+    /// Remove an item for good.
+    Delete { id: u64 },
+    /// Remove every failed item.
+    ClearFailed,
+}
+
+pub async fn run(config: Config, url: Option<String>, action: QueueCommand) -> Result<()> {
+    if let QueueCommand::List {
+        status: Some(s), ..
+    } = &action
+    {
+        s.parse::<Status>().map_err(anyhow::Error::msg)?;
+    }
+    let answer = match Store::open(&config.data_dir) {
+        Ok(store) => {
+            let queue = Queue::open(store, config.queue.max_items)?;
+            direct(&queue, action)?
+        }
+        Err(StoreError::Locked { .. }) => {
+            let url =
+                url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()));
+            via_agent(&config, &url, action).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+fn direct(queue: &Queue, action: QueueCommand) -> Result<Value> {
+    Ok(match action {
+        QueueCommand::List {
+            status,
+            offset,
+            limit,
+        } => {
+            let status = status
+                .map(|s| s.parse::<Status>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let items = queue.list(status, offset, limit)?;
+            json!({"data": items, "offset": offset, "limit": limit})
+        }
+        QueueCommand::Stats => serde_json::to_value(queue.stats()?)?,
+        QueueCommand::Retry { id } => json!({"data": queue.retry(id)?}),
+        QueueCommand::Delete { id } => {
+            queue.delete(id)?;
+            json!({"deleted": id})
+        }
+        QueueCommand::ClearFailed => json!({"cleared": queue.clear_failed()?}),
+    })
+}
+
+async fn via_agent(config: &Config, url: &str, action: QueueCommand) -> Result<Value> {
+    let token = std::fs::read_to_string(&config.admin_token_file)
+        .with_context(|| {
+            format!(
+                "the agent holds the database; reading its admin token {} failed",
+                config.admin_token_file.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    let base = url.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let request = match action {
+        QueueCommand::List {
+            status,
+            offset,
+            limit,
+        } => {
+            let mut query = vec![("offset", offset.to_string()), ("limit", limit.to_string())];
+            if let Some(status) = status {
+                query.push(("status", status));
+            }
+            client.get(format!("{base}/api/v1/queue")).query(&query)
+        }
+        QueueCommand::Stats => client.get(format!("{base}/api/v1/queue/stats")),
+        QueueCommand::Retry { id } => client.post(format!("{base}/api/v1/queue/{id}/retry")),
+        QueueCommand::Delete { id } => client.delete(format!("{base}/api/v1/queue/{id}")),
+        QueueCommand::ClearFailed => client.post(format!("{base}/api/v1/queue/clear-failed")),
+    };
+    let response =
+        request.bearer_auth(token).send().await.with_context(|| {
+            format!("the agent holds the database but does not answer at {base}")
+        })?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("the agent at {base} answered {status} without JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "the agent answered {status}: {}",
+            body["error"].as_str().unwrap_or(&body.to_string())
+        );
+    }
+    Ok(body)
+}

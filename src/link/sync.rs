@@ -1,0 +1,122 @@
+//! Node sync (DESIGN §6): the site's nodes and workflows from the
+//! controller into the cache — full (every node; unlisted ones are marked)
+//! or incremental from the last cursor.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::boot::resolve::LookupError;
+use crate::central::api::{parse_node, parse_workflow};
+use crate::central::port::ControllerPort;
+use crate::status::META_LAST_SYNC;
+use crate::store::nodes::NodeCache;
+
+pub const META_CURSOR: &str = "sync_cursor";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SyncReport {
+    pub full: bool,
+    pub received: usize,
+    pub changed: usize,
+    pub marked_missing: usize,
+    pub workflows: usize,
+    pub errors: Vec<String>,
+    pub cursor: Option<String>,
+}
+
+/// Runs one sync. Per-node errors are recorded in the report and the sync
+/// log, not fatal; a controller that cannot be reached, or answers garbage
+/// for the page as a whole, fails the sync and changes nothing.
+pub async fn run(
+    port: &ControllerPort,
+    nodes: &NodeCache,
+    full: bool,
+    protected: &std::collections::HashSet<crate::model::mac::Mac>,
+) -> Result<SyncReport, LookupError> {
+    let store = nodes.store().clone();
+    let cursor = if full {
+        None
+    } else {
+        store.call(|s| s.get_meta(META_CURSOR)).await?
+    };
+    let page = port.site_nodes(cursor.as_deref()).await?;
+    let mut errors = Vec::new();
+    let mut workflows = Vec::new();
+    for value in &page.workflows {
+        match parse_workflow(value) {
+            Ok(workflow) => workflows.push(workflow),
+            Err(e) => errors.push(format!(
+                "workflow {}: {e}",
+                value.get("id").unwrap_or(&serde_json::Value::Null)
+            )),
+        }
+    }
+    let mut received = Vec::new();
+    for value in &page.data {
+        match parse_node(value) {
+            Ok(node) => received.push(node),
+            Err(e) => errors.push(format!(
+                "node {}: {e}",
+                value
+                    .get("mac")
+                    .or_else(|| value.get("id"))
+                    .unwrap_or(&serde_json::Value::Null)
+            )),
+        }
+    }
+    let workflow_count = workflows.len();
+    if !workflows.is_empty() {
+        store.call(move |s| s.put_workflows(&workflows)).await?;
+    }
+    let count = received.len();
+    // A full sync whose page had bad entries cannot tell "missing" from
+    // "unreadable", so it marks nothing.
+    let (changed, marked) = nodes
+        .apply_sync(received, full && errors.is_empty(), protected)
+        .await?;
+    let now = OffsetDateTime::now_utc();
+    let stamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let new_cursor = page.cursor.clone();
+    let kind = if full {
+        "full_sync"
+    } else {
+        "incremental_sync"
+    };
+    let detail = format!(
+        "{count} nodes received, {changed} changed, {marked} marked missing, {workflow_count} workflows, {} errors",
+        errors.len()
+    );
+    let error_lines = errors.clone();
+    store
+        .call(move |s| {
+            let mut meta = vec![(META_LAST_SYNC, stamp.as_str())];
+            if let Some(cursor) = new_cursor.as_deref() {
+                meta.push((META_CURSOR, cursor));
+            }
+            s.put_meta(&meta)?;
+            for line in &error_lines {
+                s.append_sync_log("node_error", line, now)?;
+            }
+            s.append_sync_log(kind, &detail, now)
+        })
+        .await?;
+    tracing::info!(
+        full,
+        received = count,
+        changed,
+        marked,
+        errors = errors.len(),
+        "node sync done"
+    );
+    Ok(SyncReport {
+        full,
+        received: count,
+        changed,
+        marked_missing: marked,
+        workflows: workflow_count,
+        errors,
+        cursor: page.cursor,
+    })
+}

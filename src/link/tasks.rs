@@ -1,0 +1,356 @@
+//! The controller link's background work: registration, connectivity
+//! probes, heartbeats (and the commands they bring back), node sync.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::sync::{self, SyncReport};
+use crate::boot::BootService;
+use crate::boot::resolve::LookupError;
+use crate::central::CentralError;
+use crate::central::api::{Command, Heartbeat, Registration, ServicesStatus};
+use crate::central::port::ControllerPort;
+use crate::config::CentralConfig;
+use crate::model::mac::Mac;
+use crate::model::mode::Mode;
+use crate::outbox::Outbox;
+use crate::status::StatusSource;
+use crate::store::Store;
+
+pub const META_REGISTRATION: &str = "registration";
+
+/// What the tasks need besides the link and the boot service.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub central: CentralConfig,
+    pub site_id: String,
+    pub agent_url: String,
+    pub token: Option<String>,
+    pub templates_dir: PathBuf,
+}
+
+/// The services the tasks act on.
+pub struct LinkServices {
+    pub port: Arc<ControllerPort>,
+    pub boot: Arc<BootService>,
+    pub outbox: Arc<Outbox>,
+    pub status: Arc<StatusSource>,
+    pub store: Store,
+}
+
+type SyncRequest = (
+    bool,
+    Option<oneshot::Sender<Result<SyncReport, LookupError>>>,
+);
+
+/// Asks the sync task for a sync (admin API, heartbeat commands).
+#[derive(Clone)]
+pub struct SyncHandle {
+    tx: mpsc::Sender<SyncRequest>,
+}
+
+impl SyncHandle {
+    /// Runs a sync now and returns its report.
+    pub async fn sync_now(&self, full: bool) -> Result<SyncReport, LookupError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((full, Some(tx)))
+            .await
+            .map_err(|_| LookupError::Local("sync task stopped".into()))?;
+        rx.await
+            .map_err(|_| LookupError::Local("sync task stopped".into()))?
+    }
+
+    fn request(&self, full: bool) {
+        let _ = self.tx.try_send((full, None));
+    }
+}
+
+struct Tasks {
+    services: LinkServices,
+    settings: LinkSettings,
+    shutdown: CancellationToken,
+    registered: AtomicBool,
+    heartbeat_secs: AtomicU64,
+    sync: SyncHandle,
+}
+
+/// Starts the background tasks on `tracker`; they end when `shutdown` is
+/// cancelled. Returns the handle for on-demand syncs.
+pub fn spawn(
+    services: LinkServices,
+    settings: LinkSettings,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> SyncHandle {
+    let (tx, rx) = mpsc::channel(16);
+    let sync = SyncHandle { tx };
+    let tasks = Arc::new(Tasks {
+        heartbeat_secs: AtomicU64::new(settings.central.heartbeat_interval.as_secs().max(1)),
+        services,
+        settings,
+        shutdown,
+        registered: AtomicBool::new(false),
+        sync: sync.clone(),
+    });
+    tracker.spawn(tasks.clone().probe_loop());
+    tracker.spawn(tasks.clone().heartbeat_loop());
+    tracker.spawn(tasks.sync_loop(rx));
+    sync
+}
+
+impl Tasks {
+    fn log(&self, kind: &'static str, detail: String) {
+        let store = self.services.store.clone();
+        tokio::spawn(async move {
+            let now = OffsetDateTime::now_utc();
+            if let Err(e) = store
+                .call(move |s| s.append_sync_log(kind, &detail, now))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot write the sync log");
+            }
+        });
+    }
+
+    async fn register(&self) -> Result<(), CentralError> {
+        let request = Registration {
+            site_id: self.settings.site_id.clone(),
+            token: self.settings.token.clone().unwrap_or_default(),
+            agent_url: self.settings.agent_url.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: vec![
+                "tftp".into(),
+                "http".into(),
+                "ipxe".into(),
+                "node_cache".into(),
+            ],
+        };
+        let reply = self.services.port.register_agent(&request).await?;
+        if let Some(secs) = reply.config.heartbeat_interval.filter(|s| *s > 0) {
+            self.heartbeat_secs.store(secs, Ordering::Relaxed);
+        }
+        self.registered.store(true, Ordering::Relaxed);
+        let record = serde_json::json!({
+            "registered_at": OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "config": reply.config,
+        })
+        .to_string();
+        let store = self.services.store.clone();
+        if let Err(e) = store
+            .call(move |s| s.put_meta(&[(META_REGISTRATION, &record)]))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot persist the registration");
+        }
+        tracing::info!(site_id = %self.settings.site_id, "registered at the controller");
+        self.log(
+            "registered",
+            format!(
+                "heartbeat every {}s",
+                self.heartbeat_secs.load(Ordering::Relaxed)
+            ),
+        );
+        Ok(())
+    }
+
+    async fn ensure_registered(&self) {
+        if self.registered.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.register().await {
+            tracing::warn!(error = %e, "registration failed; will retry");
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.central.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let _ = self.services.port.health().await;
+            if self.services.port.mode() == Mode::Online {
+                self.ensure_registered().await;
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        loop {
+            let secs = self.heartbeat_secs.load(Ordering::Relaxed);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+            }
+            if self.services.port.mode() != Mode::Online {
+                continue;
+            }
+            self.ensure_registered().await;
+            if !self.registered.load(Ordering::Relaxed) {
+                continue;
+            }
+            let heartbeat = self.heartbeat().await;
+            match self.services.port.heartbeat(&heartbeat).await {
+                Ok(reply) => {
+                    for command in reply.commands {
+                        self.execute(command).await;
+                    }
+                }
+                // The controller no longer knows this agent (restarted, or
+                // its state was reset): register again.
+                Err(e) if matches!(e.status(), Some(401 | 404)) => {
+                    tracing::warn!(error = %e, "heartbeat refused; registering again");
+                    self.registered.store(false, Ordering::Relaxed);
+                    self.ensure_registered().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// The heartbeat, from the same snapshot as `/api/v1/status`.
+    pub async fn heartbeat(&self) -> Heartbeat {
+        let snapshot = self.services.status.snapshot().await;
+        Heartbeat {
+            site_id: self.settings.site_id.clone(),
+            timestamp: snapshot
+                .taken_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: snapshot.uptime.as_secs(),
+            services: ServicesStatus {
+                tftp: true,
+                http: true,
+            },
+            nodes_seen_last_hour: snapshot.nodes_seen_last_hour,
+            active_boots: snapshot.active_boots,
+            cache_hit_rate: snapshot.cache_hit_rate,
+            disk_usage_percent: snapshot.disk_usage_percent,
+            pending_sync_items: snapshot.pending_sync_items(),
+            failed_sync_items: snapshot.failed_sync_items(),
+            last_sync_at: snapshot.last_sync_at.clone(),
+            conflicts_pending: snapshot.conflicts_pending,
+            last_offline_duration_seconds: snapshot.last_outage().map(|d| d.as_secs()),
+        }
+    }
+
+    async fn execute(&self, command: Command) {
+        tracing::info!(command = %command.command, params = %command.params, "controller command");
+        let detail = format!("{} {}", command.command, command.params);
+        match command.command.as_str() {
+            "sync" => {
+                let full = command
+                    .params
+                    .get("full")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                self.sync.request(full);
+            }
+            "invalidate" => match command.params.get("mac").and_then(|v| v.as_str()) {
+                Some(text) => match text.parse::<Mac>() {
+                    Ok(mac) => self.services.boot.refresh(mac).await,
+                    Err(e) => tracing::warn!(error = %e, "invalidate: bad MAC"),
+                },
+                None => {
+                    self.services.boot.invalidate(None);
+                    self.sync.request(true);
+                }
+            },
+            "reload_templates" => {
+                if let Err(e) = self
+                    .services
+                    .boot
+                    .reload_templates(&self.settings.templates_dir)
+                {
+                    tracing::error!(error = %e, "reload_templates failed; keeping the loaded templates");
+                }
+            }
+            other => tracing::warn!(command = other, "unknown controller command ignored"),
+        }
+        self.log("command", detail);
+    }
+
+    async fn sync_loop(self: Arc<Self>, mut requests: mpsc::Receiver<SyncRequest>) {
+        let Some(mut online) = self.services.port.subscribe() else {
+            return;
+        };
+        // First full sync as soon as the controller is reachable.
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            _ = online.wait_for(|s| s.online) => {}
+        }
+        self.ensure_registered().await;
+        self.sync_once(true).await.ok();
+        let mut full_tick = tokio::time::interval(self.settings.central.sync_interval);
+        full_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        full_tick.tick().await;
+        let mut incremental_tick = tokio::time::interval(self.settings.central.check_interval);
+        incremental_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        incremental_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                request = requests.recv() => {
+                    let Some((full, reply)) = request else { return };
+                    let result = self.sync_once(full).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                _ = full_tick.tick() => {
+                    if self.services.port.mode() == Mode::Online {
+                        self.sync_once(true).await.ok();
+                    }
+                }
+                _ = incremental_tick.tick() => {
+                    if self.services.port.mode() == Mode::Online {
+                        self.sync_once(false).await.ok();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
+        let queue = self.services.outbox.queue().clone();
+        let protected = tokio::task::spawn_blocking(move || queue.nodes_with_changes())
+            .await
+            .map_err(|e| LookupError::Local(e.to_string()))?
+            .map_err(|e| LookupError::Local(e.to_string()))?
+            .iter()
+            .filter_map(|mac| mac.parse::<Mac>().ok())
+            .collect();
+        let result = sync::run(
+            &self.services.port,
+            self.services.outbox.nodes(),
+            full,
+            &protected,
+        )
+        .await;
+        match &result {
+            Ok(report) if report.changed > 0 || report.marked_missing > 0 => {
+                self.services.boot.invalidate(None)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(full, error = %e, "node sync failed");
+                self.log("sync_failed", format!("full={full}: {e}"));
+            }
+        }
+        result
+    }
+}

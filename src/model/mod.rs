@@ -1,0 +1,9 @@
+//! What everything else talks about: MACs, nodes and workflows, the facts
+//! a boot request carries and the answer it gets, the boot decision (pure),
+//! and the agent's mode. Nothing here imports from outside `model`.
+
+pub mod boot;
+pub mod decision;
+pub mod mac;
+pub mod mode;
+pub mod node;

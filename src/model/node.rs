@@ -1,0 +1,297 @@
+//! The node and workflow model of DESIGN §3.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::mac::Mac;
+
+/// Node lifecycle states, as the controller defines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Discovered,
+    Pending,
+    Installing,
+    InstallFailed,
+    Installed,
+    Active,
+    Reprovision,
+    Deprovisioning,
+    Migrating,
+    ServingSource,
+    CloningTarget,
+    Retired,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 12] = [
+        NodeState::Discovered,
+        NodeState::Pending,
+        NodeState::Installing,
+        NodeState::InstallFailed,
+        NodeState::Installed,
+        NodeState::Active,
+        NodeState::Reprovision,
+        NodeState::Deprovisioning,
+        NodeState::Migrating,
+        NodeState::ServingSource,
+        NodeState::CloningTarget,
+        NodeState::Retired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Discovered => "discovered",
+            NodeState::Pending => "pending",
+            NodeState::Installing => "installing",
+            NodeState::InstallFailed => "install_failed",
+            NodeState::Installed => "installed",
+            NodeState::Active => "active",
+            NodeState::Reprovision => "reprovision",
+            NodeState::Deprovisioning => "deprovisioning",
+            NodeState::Migrating => "migrating",
+            NodeState::ServingSource => "serving_source",
+            NodeState::CloningTarget => "cloning_target",
+            NodeState::Retired => "retired",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown node state {0:?}; valid states: discovered, pending, installing, install_failed, installed, active, reprovision, deprovisioning, migrating, serving_source, cloning_target, retired"
+)]
+pub struct UnknownState(pub String);
+
+impl FromStr for NodeState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// A node as the agent caches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub mac: Mac,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub state: NodeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub version: u64,
+    /// When this agent last took the record from the controller.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub cached_at: Option<OffsetDateTime>,
+    /// Set when a full sync no longer listed the node (kept, not dropped).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub missing_central_since: Option<OffsetDateTime>,
+}
+
+impl Node {
+    /// Equal as the controller sees it (ignoring this agent's bookkeeping).
+    pub fn same_as_central(&self, other: &Node) -> bool {
+        self.id == other.id
+            && self.mac == other.mac
+            && self.hostname == other.hostname
+            && self.state == other.state
+            && self.arch == other.arch
+            && self.workflow_id == other.workflow_id
+            && self.group_id == other.group_id
+            && self.tags == other.tags
+            && self.updated_at == other.updated_at
+            && self.version == other.version
+    }
+}
+
+impl Node {
+    /// A node first seen by this agent, not (yet) known to any controller.
+    pub fn new_local(mac: Mac, state: NodeState, now: OffsetDateTime) -> Node {
+        Node {
+            id: format!("local-{}", uuid::Uuid::new_v4()),
+            mac,
+            hostname: None,
+            state,
+            arch: None,
+            workflow_id: None,
+            group_id: None,
+            tags: Vec::new(),
+            updated_at: now,
+            version: 1,
+            cached_at: None,
+            missing_central_since: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootMethod {
+    /// `kernel` + `initrd` + `boot`
+    Kernel,
+    /// `sanboot <url>` (an ISO or disk image)
+    Sanboot,
+    /// `chain <url>` (another iPXE script or EFI binary)
+    Chain,
+}
+
+/// How a node is installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub id: String,
+    pub name: String,
+    pub method: BootMethod,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub initrd: Vec<String>,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// May this workflow run from cached data while the controller is
+    /// unreachable? Installing wipes a disk, so the default is no.
+    #[serde(default)]
+    pub offline_safe: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("workflow {id:?}: method kernel needs a kernel")]
+    MissingKernel { id: String },
+    #[error("workflow {id:?}: method {method} needs a url")]
+    MissingUrl { id: String, method: &'static str },
+}
+
+impl Workflow {
+    /// Checks that the fields the method needs are present.
+    pub fn validate(&self) -> Result<(), WorkflowError> {
+        match self.method {
+            BootMethod::Kernel if self.kernel.trim().is_empty() => {
+                Err(WorkflowError::MissingKernel {
+                    id: self.id.clone(),
+                })
+            }
+            BootMethod::Sanboot | BootMethod::Chain
+                if self.url.as_deref().is_none_or(|u| u.trim().is_empty()) =>
+            {
+                Err(WorkflowError::MissingUrl {
+                    id: self.id.clone(),
+                    method: if self.method == BootMethod::Sanboot {
+                        "sanboot"
+                    } else {
+                        "chain"
+                    },
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Hostnames are shown in scripts and logs; only RFC 1123 labels are taken.
+pub fn validate_hostname(hostname: &str) -> Result<(), String> {
+    let ok = !hostname.is_empty()
+        && hostname.len() <= 253
+        && hostname.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid hostname {hostname:?}: use letters, digits, '-' and '.' (RFC 1123)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_text_and_json() {
+        for state in NodeState::ALL {
+            assert_eq!(state.as_str().parse::<NodeState>().unwrap(), state);
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[test]
+    fn unknown_state_is_named_in_the_error() {
+        let err = "exploded".parse::<NodeState>().unwrap_err();
+        assert!(err.to_string().contains("\"exploded\""));
+        assert!(err.to_string().contains("install_failed"));
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(validate_hostname("web-01.rack3").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "x\nchain http://evil",
+            "-lead",
+            "a..b",
+            "x||y",
+            "a;b",
+        ] {
+            assert!(validate_hostname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn workflow_validation_names_the_missing_field() {
+        let mut wf = Workflow {
+            id: "ubuntu".into(),
+            name: "Ubuntu".into(),
+            method: BootMethod::Kernel,
+            kernel: String::new(),
+            initrd: vec![],
+            cmdline: String::new(),
+            url: None,
+            offline_safe: false,
+        };
+        assert!(wf.validate().unwrap_err().to_string().contains("kernel"));
+        wf.method = BootMethod::Sanboot;
+        assert!(wf.validate().unwrap_err().to_string().contains("url"));
+        wf.url = Some("http://x/y.iso".into());
+        assert!(wf.validate().is_ok());
+    }
+}

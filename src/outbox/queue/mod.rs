@@ -1,0 +1,1173 @@
+//! The durable queue of changes for the controller (DESIGN §7): redb
+//! tables, ordered so that registrations go before state updates before
+//! events and each node's items keep their order, bounded with a drop
+//! policy that only ever drops events. Every enqueue is committed durably
+//! before it is acknowledged; [`writer`] groups concurrent enqueues into
+//! one commit.
+
+pub mod writer;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::central::ops::Operation;
+use crate::store::{Store, StoreError};
+
+/// (priority, sequence) → item. Key order is send order.
+const QUEUE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("queue");
+/// id (= sequence) → priority, to find an item by id.
+const QUEUE_IDS: TableDefinition<u64, u8> = TableDefinition::new("queue_ids");
+/// Counters: next sequence, items per status, events dropped.
+const QUEUE_COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("queue_counters");
+/// Node → number of its items still to send (pending or in flight). Kept
+/// in the same transactions as the items, so it never drifts: a write for
+/// a node listed here must queue behind its items, not overtake them.
+const QUEUE_NODES: TableDefinition<&str, u64> = TableDefinition::new("queue_nodes");
+/// This database's queue instance id, the prefix of idempotency keys, so
+/// that a recreated database never reuses a key the controller has seen.
+const META_INSTANCE: &str = "queue_instance";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Registration,
+    StateUpdate,
+    Event,
+}
+
+impl Kind {
+    fn priority(self) -> u8 {
+        match self {
+            Kind::Registration => 0,
+            Kind::StateUpdate => 1,
+            Kind::Event => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InFlight,
+    Failed,
+    Conflict,
+}
+
+impl Status {
+    fn counter(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InFlight => "in_flight",
+            Status::Failed => "failed",
+            Status::Conflict => "conflict",
+        }
+    }
+
+    /// Still to be sent (counts in [`QUEUE_NODES`]).
+    fn is_active(self) -> bool {
+        matches!(self, Status::Pending | Status::InFlight)
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Status::Pending),
+            "in_flight" => Ok(Status::InFlight),
+            "failed" => Ok(Status::Failed),
+            "conflict" => Ok(Status::Conflict),
+            other => Err(format!(
+                "unknown queue status {other:?}; valid: pending, in_flight, failed, conflict"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: u64,
+    pub kind: Kind,
+    /// The node's MAC.
+    pub node: String,
+    pub payload: serde_json::Value,
+    /// Sent as `Idempotency-Key` with every attempt.
+    #[serde(default)]
+    pub key: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub attempts: u32,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_attempt_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub status: Status,
+    /// Not sent again before this (backoff).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub kind: Kind,
+    pub node: String,
+    pub payload: serde_json::Value,
+    /// The idempotency key a direct attempt already used, so that a replay
+    /// of a write the controller may have applied is recognised; None: the
+    /// queue's own `<instance>-<id>`.
+    pub key: Option<String>,
+    /// A state for the cached node (`node`'s MAC), written in the same
+    /// commit as the item: the cache and the queue never disagree, even
+    /// after a crash.
+    pub local_state: Option<crate::model::node::NodeState>,
+}
+
+/// An item with its table key (priority, id).
+type KeyedItem = ((u8, u64), Item);
+
+/// One item's enqueue: its id, or why it was refused.
+pub type Enqueued = Result<u64, QueueError>;
+
+/// A change to one item: its new status, or None to remove it.
+type Change = Box<dyn FnOnce(&mut Item) -> Option<Status> + Send>;
+/// An item's status before a change, and the item after it (None: gone).
+type Updated = (Option<Status>, Option<Item>);
+
+/// How one send of a batch ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The controller took it: the item leaves the queue.
+    Ack,
+    /// Try again from `at` (a 5xx or garbage answer).
+    RetryAt { error: String, at: OffsetDateTime },
+    /// Never reached the controller: pending again, the attempt not counted.
+    Unsent { error: String },
+    /// Final: `failed` with the controller's error kept.
+    Failed { error: String },
+    /// Final: `conflict` (DESIGN §8).
+    Conflict { error: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub conflict: u64,
+    pub total: u64,
+    pub dropped_events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(
+        "the queue is full ({0} items) and holds no event that could make room; \
+         the change was not accepted"
+    )]
+    Full(u64),
+    #[error("no queue item {0}")]
+    NotFound(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn db_err(e: impl Into<redb::Error>) -> QueueError {
+    QueueError::Store(StoreError::Db(e.into()))
+}
+
+fn decode(bytes: &[u8]) -> Result<Item, QueueError> {
+    serde_json::from_slice(bytes).map_err(|source| {
+        QueueError::Store(StoreError::Corrupt {
+            key: "queue item".into(),
+            source,
+        })
+    })
+}
+
+fn encode(item: &Item) -> Vec<u8> {
+    serde_json::to_vec(item).unwrap_or_default()
+}
+
+/// The queue's tables in the agent's store. All calls block.
+#[derive(Clone)]
+pub struct Queue {
+    store: Store,
+    max_items: u64,
+    instance: String,
+}
+
+type Counters<'t> = redb::Table<'t, &'static str, u64>;
+type Items<'t> = redb::Table<'t, (u8, u64), &'static [u8]>;
+
+fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), QueueError> {
+    let current = counters
+        .get(name)
+        .map_err(db_err)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let next = (current as i64 + delta).max(0) as u64;
+    if next == 0 {
+        counters.remove(name).map_err(db_err)?;
+    } else {
+        counters.insert(name, next).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The [`QUEUE_NODES`] key counting a node's registrations and state
+/// changes only (the plain MAC counts all its items).
+fn changes_key(node: &str) -> String {
+    format!("{node}/changes")
+}
+
+/// Keeps [`QUEUE_NODES`] in step with a status change of one item.
+fn track_node(
+    nodes: &mut Counters<'_>,
+    item: &Item,
+    before: Option<Status>,
+    after: Option<Status>,
+) -> Result<(), QueueError> {
+    let was = before.is_some_and(Status::is_active);
+    let is = after.is_some_and(Status::is_active);
+    let delta = match (was, is) {
+        (false, true) => 1,
+        (true, false) => -1,
+        _ => return Ok(()),
+    };
+    bump(nodes, &item.node, delta)?;
+    if item.kind != Kind::Event {
+        bump(nodes, &changes_key(&item.node), delta)?;
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Opens the queue tables; items left `in_flight` by a crash are
+    /// `pending` again.
+    pub fn open(store: Store, max_items: u64) -> Result<Queue, QueueError> {
+        let instance = match store.get_meta(META_INSTANCE)? {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                store.put_meta(&[(META_INSTANCE, &id)])?;
+                id
+            }
+        };
+        let queue = Queue {
+            store,
+            max_items,
+            instance,
+        };
+        queue.recover_in_flight()?;
+        Ok(queue)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A fresh idempotency key of this queue's instance (for direct sends
+    /// that may end up queued).
+    pub fn direct_key(&self) -> String {
+        format!("{}-d{}", self.instance, uuid::Uuid::new_v4().simple())
+    }
+
+    fn recover_in_flight(&self) -> Result<usize, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut recovered = 0;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut stale = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let item = decode(value.value())?;
+                if item.status == Status::InFlight {
+                    stale.push((key.value(), item));
+                }
+            }
+            for (key, mut item) in stale {
+                item.status = Status::Pending;
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                bump(&mut counters, "in_flight", -1)?;
+                bump(&mut counters, "pending", 1)?;
+                recovered += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "queue items in flight at the last stop are pending again"
+            );
+        }
+        Ok(recovered)
+    }
+
+    /// Appends items in one durable commit; each gets its id or an error.
+    pub fn enqueue_many(
+        &self,
+        items: Vec<NewItem>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Result<u64, QueueError>>, QueueError> {
+        self.enqueue_batch(items, now).map(|(results, _)| results)
+    }
+
+    /// [`Queue::enqueue_many`], also returning the cached nodes whose
+    /// `local_state` was written in the same commit.
+    pub fn enqueue_batch(
+        &self,
+        items: Vec<NewItem>,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Enqueued>, Vec<crate::model::node::Node>), QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut changed_nodes = Vec::new();
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            for new in items {
+                let total = counters
+                    .get("total")
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                if total >= self.max_items
+                    && !drop_oldest_event(&mut queue, &mut ids, &mut counters, &mut nodes)?
+                {
+                    results.push(Err(QueueError::Full(total)));
+                    continue;
+                }
+                let seq = counters
+                    .get("next_id")
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
+                counters.insert("next_id", seq + 1).map_err(db_err)?;
+                let item = Item {
+                    id: seq,
+                    kind: new.kind,
+                    key: new
+                        .key
+                        .unwrap_or_else(|| format!("{}-{seq}", self.instance)),
+                    node: new.node,
+                    payload: new.payload,
+                    created_at: now,
+                    attempts: 0,
+                    last_attempt_at: None,
+                    last_error: None,
+                    status: Status::Pending,
+                    not_before: None,
+                };
+                queue
+                    .insert((new.kind.priority(), seq), encode(&item).as_slice())
+                    .map_err(db_err)?;
+                ids.insert(seq, new.kind.priority()).map_err(db_err)?;
+                bump(&mut counters, "pending", 1)?;
+                bump(&mut counters, "total", 1)?;
+                track_node(&mut nodes, &item, None, Some(Status::Pending))?;
+                if let (Some(state), Ok(mac)) =
+                    (new.local_state, item.node.parse::<crate::model::mac::Mac>())
+                    && let Some(node) = crate::store::set_state_in(&txn, mac, state, now)?
+                {
+                    changed_nodes.push(node);
+                }
+                results.push(Ok(seq));
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok((results, changed_nodes))
+    }
+
+    /// The items [`Queue::take_batch`] would take now, without taking them.
+    pub fn peek(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(sendable(&queue, limit, now)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
+    }
+
+    /// Takes up to `limit` items that may be sent now, in send order, and
+    /// marks them in flight. An item waits while an earlier item of its
+    /// node is still pending or in flight, so a node's order holds.
+    pub fn take_batch(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut taken = Vec::new();
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let chosen = sendable(&queue, limit, now)?;
+            if chosen.is_empty() {
+                // Nothing to mark: no commit (and no fsync) for an empty
+                // round, which is how every replay round ends.
+                drop((queue, counters));
+                txn.abort().map_err(db_err)?;
+                return Ok(Vec::new());
+            }
+            for (key, mut item) in chosen {
+                item.status = Status::InFlight;
+                item.attempts += 1;
+                item.last_attempt_at = Some(now);
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                bump(&mut counters, "pending", -1)?;
+                bump(&mut counters, "in_flight", 1)?;
+                taken.push(item);
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(taken)
+    }
+
+    /// When the next backed-off item becomes sendable, if any is waiting.
+    pub fn next_retry_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut earliest: Option<OffsetDateTime> = None;
+        for entry in queue.iter().map_err(db_err)? {
+            let (_, value) = entry.map_err(db_err)?;
+            let item = decode(value.value())?;
+            if item.status == Status::Pending
+                && let Some(at) = item.not_before
+            {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// Applies one change to each listed item in one commit. A change
+    /// returning None removes the item. Returns the items as they are now
+    /// (None: removed or missing).
+    fn update_many(&self, changes: Vec<(u64, Change)>) -> Result<Vec<Updated>, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut results = Vec::with_capacity(changes.len());
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            for (id, change) in changes {
+                let Some(priority) = ids.get(id).map_err(db_err)?.map(|v| v.value()) else {
+                    results.push((None, None));
+                    continue;
+                };
+                let key = (priority, id);
+                let mut item = {
+                    let Some(bytes) = queue.get(key).map_err(db_err)? else {
+                        results.push((None, None));
+                        continue;
+                    };
+                    decode(bytes.value())?
+                };
+                let before = item.status;
+                match change(&mut item) {
+                    None => {
+                        queue.remove(key).map_err(db_err)?;
+                        ids.remove(id).map_err(db_err)?;
+                        bump(&mut counters, before.counter(), -1)?;
+                        bump(&mut counters, "total", -1)?;
+                        track_node(&mut nodes, &item, Some(before), None)?;
+                        results.push((Some(before), None));
+                    }
+                    Some(after) => {
+                        item.status = after;
+                        queue
+                            .insert(key, encode(&item).as_slice())
+                            .map_err(db_err)?;
+                        if before != after {
+                            bump(&mut counters, before.counter(), -1)?;
+                            bump(&mut counters, after.counter(), 1)?;
+                        }
+                        track_node(&mut nodes, &item, Some(before), Some(after))?;
+                        results.push((Some(before), Some(item)));
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(results)
+    }
+
+    fn update(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Item) -> Option<Status> + Send + 'static,
+    ) -> Result<Option<Item>, QueueError> {
+        match self.update_many(vec![(id, Box::new(change))])?.pop() {
+            Some((Some(_), item)) => Ok(item),
+            _ => Err(QueueError::NotFound(id)),
+        }
+    }
+
+    /// Records how each send of a batch ended, in one commit.
+    pub fn settle(&self, outcomes: Vec<(u64, Outcome)>) -> Result<Vec<Option<Item>>, QueueError> {
+        let changes = outcomes
+            .into_iter()
+            .map(|(id, outcome)| {
+                let change: Change = Box::new(move |item: &mut Item| match outcome {
+                    Outcome::Ack => None,
+                    Outcome::RetryAt { error, at } => {
+                        item.last_error = Some(error);
+                        item.not_before = Some(at);
+                        Some(Status::Pending)
+                    }
+                    Outcome::Unsent { error } => {
+                        item.last_error = Some(error);
+                        item.attempts = item.attempts.saturating_sub(1);
+                        Some(Status::Pending)
+                    }
+                    Outcome::Failed { error } => {
+                        item.last_error = Some(error);
+                        item.not_before = None;
+                        Some(Status::Failed)
+                    }
+                    Outcome::Conflict { error } => {
+                        item.last_error = Some(error);
+                        item.not_before = None;
+                        Some(Status::Conflict)
+                    }
+                });
+                (id, change)
+            })
+            .collect();
+        Ok(self
+            .update_many(changes)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
+    }
+
+    /// The controller took the item: it leaves the queue.
+    pub fn ack(&self, id: u64) -> Result<(), QueueError> {
+        self.update(id, |_| None).map(|_| ())
+    }
+
+    /// A send failed. `retry_at` None: the failure is final (`failed`, the
+    /// error kept); else pending again from then.
+    pub fn fail(
+        &self,
+        id: u64,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<Option<Item>, QueueError> {
+        let error = error.to_string();
+        self.update(id, move |item| {
+            item.last_error = Some(error);
+            item.not_before = retry_at;
+            Some(if retry_at.is_some() {
+                Status::Pending
+            } else {
+                Status::Failed
+            })
+        })
+    }
+
+    /// An operator's retry: pending again now, attempts kept. An item in
+    /// flight is left alone (its send is under way).
+    pub fn retry(&self, id: u64) -> Result<Option<Item>, QueueError> {
+        self.update(id, |item| {
+            if item.status == Status::InFlight {
+                return Some(Status::InFlight);
+            }
+            item.not_before = None;
+            Some(Status::Pending)
+        })
+    }
+
+    pub fn delete(&self, id: u64) -> Result<(), QueueError> {
+        self.update(id, |_| None).map(|_| ())
+    }
+
+    /// Removes every failed item; returns how many.
+    pub fn clear_failed(&self) -> Result<u64, QueueError> {
+        let failed: Vec<u64> = self
+            .list(Some(Status::Failed), 0, usize::MAX)?
+            .into_iter()
+            .map(|item| item.id)
+            .collect();
+        let changes = failed
+            .iter()
+            .map(|id| {
+                let change: Change = Box::new(|item: &mut Item| {
+                    // Retried meanwhile: keep it.
+                    (item.status != Status::Failed).then_some(item.status)
+                });
+                (*id, change)
+            })
+            .collect();
+        let removed = self
+            .update_many(changes)?
+            .into_iter()
+            .filter(|(before, after)| before.is_some() && after.is_none())
+            .count();
+        Ok(removed as u64)
+    }
+
+    /// Points `node`'s later operations from a local id at the controller's
+    /// (after its registration was accepted; see [`Operation::remap`]).
+    /// Returns how many items changed.
+    pub fn remap(&self, node: &str, from: &str, to: &str) -> Result<usize, QueueError> {
+        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let mut changed = 0;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut rewrites = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let mut item = decode(value.value())?;
+                if item.node != node {
+                    continue;
+                }
+                // An unreadable payload is left as it is: replay fails it
+                // with the reason.
+                if let Ok(mut operation) = Operation::from_payload(&item.payload)
+                    && operation.remap(from, to)
+                {
+                    item.payload = operation.to_payload();
+                    rewrites.push((key.value(), item));
+                }
+            }
+            for (key, item) in rewrites {
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                changed += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(changed)
+    }
+
+    /// Does `node` have items still to send?
+    pub fn has_active(&self, node: &str) -> Result<bool, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        match txn.open_table(QUEUE_NODES) {
+            Ok(table) => Ok(table.get(node).map_err(db_err)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Every node with registrations or state changes still to send: its
+    /// cached record holds local changes the controller has not seen.
+    pub fn nodes_with_changes(&self) -> Result<std::collections::HashSet<String>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let table = match txn.open_table(QUEUE_NODES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = std::collections::HashSet::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            if let Some(node) = key.value().strip_suffix("/changes") {
+                out.insert(node.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Items in send order, optionally of one status.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Item>, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for entry in queue.iter().map_err(db_err)? {
+            let (_, value) = entry.map_err(db_err)?;
+            let item = decode(value.value())?;
+            if status.is_some_and(|s| s != item.status) {
+                continue;
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let counters = match txn.open_table(QUEUE_COUNTERS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Stats::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let get = |name: &str| -> Result<u64, QueueError> {
+            Ok(counters
+                .get(name)
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        Ok(Stats {
+            pending: get("pending")?,
+            in_flight: get("in_flight")?,
+            failed: get("failed")?,
+            conflict: get("conflict")?,
+            total: get("total")?,
+            dropped_events: get("dropped_events")?,
+        })
+    }
+}
+
+/// Up to `limit` pending items due at `now`, in send order, at most one
+/// per node and none behind an earlier pending or in-flight item of its
+/// node.
+fn sendable(
+    queue: &impl ReadableTable<(u8, u64), &'static [u8]>,
+    limit: usize,
+    now: OffsetDateTime,
+) -> Result<Vec<KeyedItem>, QueueError> {
+    let mut blocked = std::collections::HashSet::new();
+    let mut chosen = Vec::new();
+    for entry in queue.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        let item = decode(value.value())?;
+        match item.status {
+            Status::Pending
+                if !blocked.contains(&item.node) && item.not_before.is_none_or(|t| t <= now) =>
+            {
+                blocked.insert(item.node.clone());
+                chosen.push((key.value(), item));
+                if chosen.len() >= limit {
+                    break;
+                }
+            }
+            Status::Pending | Status::InFlight => {
+                blocked.insert(item.node.clone());
+            }
+            Status::Failed | Status::Conflict => {}
+        }
+    }
+    Ok(chosen)
+}
+
+/// Makes room by dropping the oldest event; false if there is none.
+fn drop_oldest_event(
+    queue: &mut Items<'_>,
+    ids: &mut redb::Table<'_, u64, u8>,
+    counters: &mut Counters<'_>,
+    nodes: &mut Counters<'_>,
+) -> Result<bool, QueueError> {
+    let priority = Kind::Event.priority();
+    let oldest = {
+        let mut range = queue
+            .range((priority, 0)..=(priority, u64::MAX))
+            .map_err(db_err)?;
+        match range.next() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(db_err)?;
+                Some((key.value(), decode(value.value())?))
+            }
+            None => None,
+        }
+    };
+    let Some((key, item)) = oldest else {
+        return Ok(false);
+    };
+    queue.remove(key).map_err(db_err)?;
+    ids.remove(key.1).map_err(db_err)?;
+    bump(counters, item.status.counter(), -1)?;
+    bump(counters, "total", -1)?;
+    bump(counters, "dropped_events", 1)?;
+    track_node(nodes, &item, Some(item.status), None)?;
+    tracing::warn!(id = key.1, "queue full: oldest event dropped");
+    Ok(true)
+}
+
+/// Exponential backoff with jitter: between half and all of
+/// `base × 2^(attempts-1)`, capped at `max`.
+pub fn backoff(
+    attempts: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    random: u64,
+) -> std::time::Duration {
+    let exponent = attempts.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << exponent).min(max);
+    let half = full / 2;
+    let jitter_ms = half.as_millis() as u64;
+    half + std::time::Duration::from_millis(if jitter_ms == 0 {
+        0
+    } else {
+        random % (jitter_ms + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn queue(max: u64) -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, Queue::open(store, max).unwrap())
+    }
+
+    fn item(kind: Kind, node: &str, n: u32) -> NewItem {
+        NewItem {
+            kind,
+            node: node.into(),
+            payload: serde_json::json!({ "n": n }),
+            key: None,
+            local_state: None,
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20000)
+    }
+
+    #[test]
+    fn priorities_then_fifo_and_one_item_per_node_at_a_time() {
+        let (_d, q) = queue(100);
+        let ids = q
+            .enqueue_many(
+                vec![
+                    item(Kind::Event, "a", 1),
+                    item(Kind::StateUpdate, "a", 2),
+                    item(Kind::Registration, "b", 3),
+                    item(Kind::StateUpdate, "b", 4),
+                    item(Kind::Event, "c", 5),
+                ],
+                now(),
+            )
+            .unwrap();
+        assert!(ids.iter().all(Result::is_ok));
+        let peeked = q.peek(10, now()).unwrap();
+        let batch = q.take_batch(10, now()).unwrap();
+        assert_eq!(
+            peeked.len(),
+            batch.len(),
+            "peek shows what take_batch takes"
+        );
+        assert!(peeked.iter().zip(&batch).all(|(p, b)| p.id == b.id));
+        assert!(
+            q.peek(10, now()).unwrap().is_empty(),
+            "the rest waits behind the items in flight"
+        );
+        let order: Vec<(Kind, &str)> = batch.iter().map(|i| (i.kind, i.node.as_str())).collect();
+        // b's registration first; a's state update; c's event. b's state
+        // update and a's event wait for their node's earlier item.
+        assert_eq!(
+            order,
+            [
+                (Kind::Registration, "b"),
+                (Kind::StateUpdate, "a"),
+                (Kind::Event, "c")
+            ]
+        );
+        for i in &batch {
+            q.ack(i.id).unwrap();
+        }
+        let next: Vec<u32> = q
+            .take_batch(10, now())
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["n"].as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(next, [4, 1]);
+    }
+
+    #[test]
+    fn failures_back_off_then_fail_for_good() {
+        let (_d, q) = queue(100);
+        let id = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "a", 1)], now())
+            .unwrap()[0]
+            .as_ref()
+            .copied()
+            .unwrap();
+        q.take_batch(1, now()).unwrap();
+        let later = now() + time::Duration::seconds(30);
+        q.fail(id, "503", Some(later)).unwrap();
+        assert!(q.take_batch(1, now()).unwrap().is_empty(), "backing off");
+        assert_eq!(q.take_batch(1, later).unwrap()[0].attempts, 2);
+        let item = q.fail(id, "400 invalid transition", None).unwrap().unwrap();
+        assert_eq!(item.status, Status::Failed);
+        assert_eq!(item.last_error.as_deref(), Some("400 invalid transition"));
+        assert_eq!(q.stats().unwrap().failed, 1);
+        q.retry(id).unwrap();
+        assert_eq!(q.stats().unwrap().pending, 1);
+        q.take_batch(1, now()).unwrap();
+        q.fail(id, "400", None).unwrap();
+        assert_eq!(q.clear_failed().unwrap(), 1);
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_event_never_a_state_change() {
+        let (_d, q) = queue(3);
+        q.enqueue_many(
+            vec![
+                item(Kind::Event, "a", 1),
+                item(Kind::Event, "a", 2),
+                item(Kind::StateUpdate, "b", 3),
+            ],
+            now(),
+        )
+        .unwrap();
+        let r = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "c", 4)], now())
+            .unwrap();
+        assert!(r[0].is_ok());
+        let kept: Vec<u64> = q
+            .list(None, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(kept, [3, 4, 2], "event 1 dropped");
+        q.enqueue_many(vec![item(Kind::Registration, "d", 5)], now())
+            .unwrap();
+        // Now no event is left to drop: a state change is refused, not lost silently.
+        let r = q
+            .enqueue_many(vec![item(Kind::StateUpdate, "e", 6)], now())
+            .unwrap();
+        assert!(matches!(r[0], Err(QueueError::Full(3))), "{:?}", r[0]);
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.total, stats.dropped_events), (3, 2));
+    }
+
+    #[test]
+    fn in_flight_items_are_pending_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+            q.enqueue_many(
+                vec![item(Kind::Event, "a", 1), item(Kind::Event, "b", 2)],
+                now(),
+            )
+            .unwrap();
+            assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
+            assert_eq!(q.stats().unwrap().in_flight, 2);
+        }
+        let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.pending, stats.in_flight), (2, 0));
+        assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(300);
+        for attempts in 1..=12 {
+            let full = base.saturating_mul(1 << (attempts - 1)).min(max);
+            for random in [0u64, 7, u64::MAX] {
+                let d = backoff(attempts, base, max, random);
+                assert!(d >= full / 2 && d <= full, "{attempts}: {d:?}");
+            }
+        }
+        assert_eq!(backoff(40, base, max, 0), Duration::from_secs(150));
+    }
+
+    #[test]
+    fn node_tracking_follows_every_status_change() {
+        let (_d, q) = queue(100);
+        q.enqueue_many(
+            vec![item(Kind::Event, "a", 1), item(Kind::StateUpdate, "b", 2)],
+            now(),
+        )
+        .unwrap();
+        assert!(q.has_active("a").unwrap() && q.has_active("b").unwrap());
+        assert!(!q.has_active("c").unwrap());
+        let changed = q.nodes_with_changes().unwrap();
+        assert_eq!(
+            changed.into_iter().collect::<Vec<_>>(),
+            ["b"],
+            "events do not count"
+        );
+        let batch = q.take_batch(10, now()).unwrap();
+        assert!(q.has_active("a").unwrap(), "in flight still counts");
+        let later = now() + time::Duration::seconds(5);
+        q.settle(vec![
+            (
+                batch[0].id,
+                Outcome::Failed {
+                    error: "400".into(),
+                },
+            ),
+            (batch[1].id, Outcome::Ack),
+        ])
+        .unwrap();
+        assert!(!q.has_active("a").unwrap() && !q.has_active("b").unwrap());
+        assert!(q.nodes_with_changes().unwrap().is_empty());
+        // An operator's retry makes it count again.
+        let failed = q.list(Some(Status::Failed), 0, 10).unwrap();
+        q.retry(failed[0].id).unwrap();
+        assert!(q.has_active(&failed[0].node).unwrap());
+        let batch = q.take_batch(10, now()).unwrap();
+        q.settle(vec![(
+            batch[0].id,
+            Outcome::RetryAt {
+                error: "503".into(),
+                at: later,
+            },
+        )])
+        .unwrap();
+        assert!(
+            q.has_active(&failed[0].node).unwrap(),
+            "backing off still counts"
+        );
+        q.delete(batch[0].id).unwrap();
+        assert!(!q.has_active(&failed[0].node).unwrap());
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn unsent_items_keep_their_attempt_count_and_keys_are_stable() {
+        let (_d, q) = queue(100);
+        let mut keyed = item(Kind::StateUpdate, "a", 1);
+        keyed.key = Some("direct-key".into());
+        q.enqueue_many(vec![keyed, item(Kind::StateUpdate, "b", 2)], now())
+            .unwrap();
+        let batch = q.take_batch(10, now()).unwrap();
+        assert_eq!(batch[0].key, "direct-key");
+        assert!(batch[1].key.ends_with(&format!("-{}", batch[1].id)));
+        let after = q
+            .settle(
+                batch
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.id,
+                            Outcome::Unsent {
+                                error: "refused".into(),
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        for item in after.into_iter().flatten() {
+            assert_eq!((item.status, item.attempts), (Status::Pending, 0));
+        }
+        let again = q.take_batch(10, now()).unwrap();
+        assert_eq!(again[1].key, batch[1].key, "same key on every attempt");
+    }
+
+    #[test]
+    fn remap_rewrites_only_that_nodes_local_id() {
+        let (_d, q) = queue(100);
+        let with_id = |node: &str, id: &str| NewItem {
+            kind: Kind::StateUpdate,
+            node: node.into(),
+            payload: Operation::SetState {
+                node_id: id.into(),
+                change: crate::central::api::StateChange {
+                    state: crate::model::node::NodeState::Active,
+                    comment: None,
+                    force: None,
+                    base_version: None,
+                },
+            }
+            .to_payload(),
+            key: None,
+            local_state: None,
+        };
+        q.enqueue_many(
+            vec![
+                with_id("a", "local-1"),
+                with_id("a", "local-1"),
+                with_id("b", "local-1"),
+                with_id("a", "other"),
+            ],
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.remap("a", "local-1", "node-7").unwrap(), 2);
+        let ids: Vec<String> = q
+            .list(None, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["node_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["node-7", "node-7", "local-1", "other"]);
+    }
+
+    #[test]
+    fn clear_failed_removes_failed_items_and_counts_them() {
+        let (_d, q) = queue(100);
+        q.enqueue_many(
+            vec![item(Kind::Event, "a", 1), item(Kind::Event, "b", 2)],
+            now(),
+        )
+        .unwrap();
+        for i in q.take_batch(10, now()).unwrap() {
+            q.fail(i.id, "400", None).unwrap();
+        }
+        assert_eq!(q.clear_failed().unwrap(), 2);
+        assert!(matches!(q.retry(1), Err(QueueError::NotFound(1))));
+        assert_eq!(q.stats().unwrap(), Stats::default());
+    }
+
+    #[test]
+    fn a_local_state_commits_with_its_item_and_not_without_it() {
+        let (_d, q) = queue(1);
+        let mac: crate::model::mac::Mac = "52:54:00:00:00:07".parse().unwrap();
+        q.store()
+            .put_node(&crate::model::node::Node::new_local(
+                mac,
+                crate::model::node::NodeState::Active,
+                now(),
+            ))
+            .unwrap();
+        let change = |n: u32| NewItem {
+            local_state: Some(crate::model::node::NodeState::Reprovision),
+            ..item(Kind::StateUpdate, "52:54:00:00:00:07", n)
+        };
+        let (results, nodes) = q.enqueue_batch(vec![change(1)], now()).unwrap();
+        assert!(results[0].is_ok());
+        assert_eq!(nodes[0].state, crate::model::node::NodeState::Reprovision);
+        assert_eq!(
+            q.store().get_node(mac).unwrap().unwrap().state,
+            crate::model::node::NodeState::Reprovision
+        );
+        // Full, nothing to drop: refused, and the cache is not touched.
+        let mut refused = change(2);
+        refused.local_state = Some(crate::model::node::NodeState::Retired);
+        let (results, nodes) = q.enqueue_batch(vec![refused], now()).unwrap();
+        assert!(matches!(results[0], Err(QueueError::Full(1))));
+        assert!(nodes.is_empty());
+        assert_eq!(
+            q.store().get_node(mac).unwrap().unwrap().state,
+            crate::model::node::NodeState::Reprovision
+        );
+    }
+}

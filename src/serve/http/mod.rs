@@ -1,0 +1,182 @@
+//! The agent's HTTP API (axum): bootstrap, boot scripts, assets, health and
+//! status (DESIGN §5).
+
+pub mod admin;
+pub mod assets;
+pub mod queue;
+pub mod state;
+pub mod writes;
+
+pub use state::AppState;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::model::boot::BootFacts;
+use crate::model::mac::Mac;
+
+/// Request bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Time to produce a response's head (not to stream an asset).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/sync", axum::routing::post(admin::sync))
+        .route("/api/v1/sync/log", get(admin::sync_log))
+        .route("/api/v1/nodes", get(writes::list_nodes))
+        .route("/api/v1/nodes/{mac}", get(writes::get_node))
+        .route(
+            "/api/v1/nodes/{mac}/state",
+            axum::routing::patch(writes::set_state),
+        )
+        .route("/api/v1/queue", get(queue::list))
+        .route("/api/v1/queue/stats", get(queue::stats))
+        .route(
+            "/api/v1/queue/clear-failed",
+            axum::routing::post(queue::clear_failed),
+        )
+        .route("/api/v1/queue/{id}", axum::routing::delete(queue::delete))
+        .route(
+            "/api/v1/queue/{id}/retry",
+            axum::routing::post(queue::retry),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .merge(admin)
+        .route("/boot.ipxe", get(bootstrap))
+        .route("/api/v1/boot", get(boot))
+        .route("/assets/{*path}", get(asset))
+        .route("/api/v1/report", axum::routing::post(writes::report))
+        .route("/health", get(health))
+        .route("/api/v1/status", get(status))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The agent URL nodes should use: `http.public_url`, else what the client
+/// called us by (its `Host` header), which must look like a host name.
+fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, String> {
+    if let Some(url) = &state.public_url {
+        return Ok(url.clone());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let plausible = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if plausible {
+        Ok(format!("http://{host}"))
+    } else {
+        Err(format!(
+            "missing or invalid Host header {host:?}; set http.public_url"
+        ))
+    }
+}
+
+fn script_response(script: String, source: Option<&'static str>) -> Response {
+    let mut response = script.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(source) = source {
+        h.insert("x-siteboot-source", HeaderValue::from_static(source));
+    }
+    response
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+}
+
+async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match base_url(&state, &headers) {
+        Ok(url) => script_response(state.boot.bootstrap(&url), None),
+        Err(message) => bad_request(&message),
+    }
+}
+
+/// iPXE sends unset settings as empty strings.
+fn fact(query: &HashMap<String, String>, key: &str) -> Option<String> {
+    query
+        .get(key)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+async fn boot(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(raw_mac) = query.get("mac") else {
+        return bad_request("missing query parameter mac (e.g. ?mac=${net0/mac})");
+    };
+    let mac: Mac = match raw_mac.parse() {
+        Ok(mac) => mac,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let base = match base_url(&state, &headers) {
+        Ok(url) => url,
+        Err(message) => return bad_request(&message),
+    };
+    let facts = BootFacts {
+        arch: fact(&query, "arch"),
+        platform: fact(&query, "platform"),
+        uuid: fact(&query, "uuid"),
+        serial: fact(&query, "serial"),
+        manufacturer: fact(&query, "manufacturer"),
+        product: fact(&query, "product"),
+    };
+    let answer = state.boot.boot(mac, &facts, &base).await;
+    tracing::info!(
+        %mac,
+        state = answer.state.map(|s| s.as_str()).unwrap_or("unknown"),
+        action = answer.action.as_str(),
+        source = answer.source.as_str(),
+        "boot script served"
+    );
+    script_response(answer.script, Some(answer.source.as_str()))
+}
+
+async fn asset(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    assets::serve(state.roots.clone(), path, &headers, &state.port).await
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"status": "ok", "mode": state.port.mode().as_str()})).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.status.snapshot().await.to_json()).into_response()
+}

@@ -1,0 +1,189 @@
+//! Writes that reach the controller through the outbox (DESIGN §5):
+//! installer reports (open to nodes) and node state changes (admin), plus
+//! the admin's read-only view of the node cache.
+//!
+//! Answers: `200 {"status":"sent"|"applied", "data": node}` when the
+//! controller (or, standalone, the local store) took the write;
+//! `202 {"status":"queued","offline":…,"queue_id":…}` when it was queued;
+//! the controller's own 4xx when it refused the change; 503 when the queue
+//! is full and the write was not accepted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::state::AppState;
+use crate::central::api::{NodeReport, StateChange};
+use crate::model::mac::Mac;
+use crate::model::node::NodeState;
+use crate::outbox::queue::QueueError;
+use crate::outbox::{WriteError, Written};
+
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// A request refused before any work: status and a message for the caller.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(message: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn written(outcome: Written) -> Response {
+    match outcome {
+        Written::Applied(node) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "applied", "data": node.as_deref()})),
+        )
+            .into_response(),
+        Written::Sent(node) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "sent", "offline": false, "data": node.as_deref()})),
+        )
+            .into_response(),
+        Written::Queued { id, offline } => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"status": "queued", "offline": offline, "queue_id": id})),
+        )
+            .into_response(),
+    }
+}
+
+fn write_failed(e: WriteError) -> Response {
+    match e {
+        WriteError::UnknownNode(_) => error(StatusCode::NOT_FOUND, e),
+        WriteError::Rejected { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (
+                status,
+                axum::Json(json!({"error": body, "refused_by": "controller"})),
+            )
+                .into_response()
+        }
+        WriteError::Queue(QueueError::Full(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        other => {
+            tracing::error!(error = %other, "write failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, other)
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn parse_mac(text: &str) -> Result<Mac, ApiError> {
+    text.parse::<Mac>().map_err(ApiError::bad_request)
+}
+
+/// `POST /api/v1/report` (PureBoot `NodeReport`).
+pub async fn report(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let report: NodeReport = parse_json(&body)?;
+    report.validate().map_err(ApiError::bad_request)?;
+    Ok(match state.outbox.report(report).await {
+        Ok(outcome) => written(outcome),
+        Err(e) => write_failed(e),
+    })
+}
+
+/// The body of `PATCH /api/v1/nodes/{mac}/state`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: String,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+pub async fn set_state(
+    State(state): State<Arc<AppState>>,
+    Path(mac): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let request: StateBody = parse_json(&body)?;
+    let new_state = request
+        .state
+        .parse::<NodeState>()
+        .map_err(ApiError::bad_request)?;
+    let change = StateChange {
+        state: new_state,
+        comment: request.comment,
+        force: request.force,
+        base_version: None,
+    };
+    Ok(match state.outbox.set_state(mac, change).await {
+        Ok(outcome) => {
+            tracing::info!(%mac, state = %new_state, "node state change accepted");
+            written(outcome)
+        }
+        Err(e) => write_failed(e),
+    })
+}
+
+/// `GET /api/v1/nodes?search=&state=`: the cached nodes.
+pub async fn list_nodes(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let wanted_state = match query.get("state").filter(|s| !s.is_empty()) {
+        Some(text) => match text.parse::<NodeState>() {
+            Ok(s) => Some(s),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        None => None,
+    };
+    let search = query
+        .get("search")
+        .map(|s| s.to_lowercase())
+        .unwrap_or_default();
+    let mut nodes: Vec<_> = state
+        .nodes
+        .all()
+        .into_iter()
+        .filter(|n| wanted_state.is_none_or(|s| n.state == s))
+        .filter(|n| {
+            search.is_empty()
+                || n.mac.to_string().contains(&search)
+                || n.id.to_lowercase().contains(&search)
+                || n.hostname
+                    .as_deref()
+                    .is_some_and(|h| h.to_lowercase().contains(&search))
+        })
+        .collect();
+    nodes.sort_by_key(|n| n.mac.to_string());
+    let total = nodes.len();
+    let data: Vec<&crate::model::node::Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    axum::Json(json!({"data": data, "total": total})).into_response()
+}
+
+pub async fn get_node(
+    State(state): State<Arc<AppState>>,
+    Path(mac): Path<String>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    match state.nodes.get(mac) {
+        Some(node) => Ok(axum::Json(json!({"data": *node})).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no node with MAC {mac}"),
+        )),
+    }
+}

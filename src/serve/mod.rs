@@ -1,0 +1,7 @@
+//! The transports nodes and operators reach: HTTP (boot scripts, assets,
+//! installer reports, the admin API) and TFTP (bootloaders).
+
+pub mod bootfiles;
+pub mod fsroot;
+pub mod http;
+pub mod tftp;

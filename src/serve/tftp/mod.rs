@@ -1,0 +1,331 @@
+//! Read-only TFTP server on tokio.
+//!
+//! siteboot's own engine, used instead of `async-tftp` (see README,
+//! "TFTP engine"): async-tftp 0.4 ignores a client's ERROR packets (so the
+//! UEFI `tsize` probe leaves sessions retransmitting), serialises file opens
+//! behind one mutex and trails tftpd-hpa in throughput. Everything outside
+//! this module sees only [`TftpServer`] and [`FileProvider`].
+
+pub mod content;
+pub mod packet;
+pub mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use packet::{ErrorCode, Packet};
+use session::{Limits, Outcome};
+
+/// A file opened for one transfer.
+pub struct OpenedFile {
+    pub content: content::Content,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where the server gets its files from.
+pub trait FileProvider: Send + Sync + 'static {
+    /// Opens `filename` for a client whose request reached `local` (the
+    /// server address it used, for files that embed a URL).
+    fn open(
+        &self,
+        filename: &str,
+        local: SocketAddr,
+    ) -> impl Future<Output = Result<OpenedFile, OpenError>> + Send;
+}
+
+type SessionTable = Mutex<HashMap<SocketAddr, (u64, AbortHandle)>>;
+
+pub struct TftpServer<P: FileProvider> {
+    socket: Arc<UdpSocket>,
+    provider: Arc<P>,
+    max_sessions: usize,
+    slots: Arc<Semaphore>,
+    sessions: Arc<SessionTable>,
+    next_id: AtomicU64,
+    limits: Limits,
+    executors: Executors,
+}
+
+/// Single-threaded runtimes, one per core, that run the transfers.
+///
+/// A lockstep transfer is a ping-pong of one datagram each way; on tokio's
+/// work-stealing scheduler every wake-up may hop threads and wake idle
+/// workers, which costs more than the transfer's own system calls. Pinning
+/// each session to one single-threaded runtime keeps it on one thread.
+struct Executors {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicU64,
+}
+
+impl Executors {
+    fn start() -> std::io::Result<Executors> {
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut handles = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("siteboot-tftp-{index}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(Executors {
+            handles,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    fn next(&self) -> &tokio::runtime::Handle {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.handles.len();
+        &self.handles[index]
+    }
+}
+
+impl<P: FileProvider> TftpServer<P> {
+    pub async fn bind(addr: SocketAddr, max_sessions: usize, provider: P) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(TftpServer {
+            socket: Arc::new(socket),
+            provider: Arc::new(provider),
+            max_sessions,
+            slots: Arc::new(Semaphore::new(max_sessions)),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(1),
+            limits: Limits::default(),
+            executors: Executors::start()?,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Serves requests until `shutdown` is cancelled; then takes no new
+    /// request, lets transfers under way finish for up to `grace`, and
+    /// ends the rest.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        // A request with every option is still well under 1 KiB; 64 KiB
+        // keeps an oversized datagram from being silently truncated into
+        // something that parses.
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.socket.recv_from(&mut buf) => received,
+            };
+            let (len, peer) = match received {
+                Ok(received) => received,
+                // ICMP errors from earlier sends surface here on Linux; they
+                // concern one client, not the server.
+                Err(e) => {
+                    tracing::debug!(error = %e, "tftp receive error");
+                    continue;
+                }
+            };
+            match Packet::parse(&buf[..len]) {
+                Ok(Packet::ReadRequest(request)) => self.start_session(peer, request),
+                Ok(Packet::WriteRequest(request)) => {
+                    tracing::warn!(%peer, file = %request.filename, "tftp write request refused");
+                    self.reply_error(
+                        peer,
+                        ErrorCode::AccessViolation,
+                        "siteboot TFTP is read-only",
+                    )
+                    .await;
+                }
+                Ok(_) => {} // stray DATA/ACK/ERROR for a finished session
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "malformed tftp request");
+                    self.reply_error(
+                        peer,
+                        ErrorCode::IllegalOperation,
+                        &format!("malformed request: {e}"),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.drain(grace).await;
+    }
+
+    /// Waits for the sessions under way (every slot free again), at most
+    /// `grace`; aborts those still running then.
+    async fn drain(&self, grace: Duration) {
+        let all = u32::try_from(self.max_sessions).unwrap_or(u32::MAX);
+        match tokio::time::timeout(grace, self.slots.acquire_many(all)).await {
+            Ok(_) => tracing::debug!("tftp: every transfer finished"),
+            Err(_) => {
+                let table = match self.sessions.lock() {
+                    Ok(table) => table,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                tracing::warn!(
+                    sessions = table.len(),
+                    "tftp transfers still running after the grace period; ended"
+                );
+                for (_, handle) in table.values() {
+                    handle.abort();
+                }
+            }
+        }
+    }
+
+    async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+        let _ = self
+            .socket
+            .send_to(&packet::error(code, message), peer)
+            .await;
+    }
+
+    fn start_session(&self, peer: SocketAddr, request: packet::Request) {
+        if request.mode != "octet" && request.mode != "netascii" {
+            let socket = self.socket.clone();
+            tokio::spawn(async move {
+                let _ = socket
+                    .send_to(
+                        &packet::error(ErrorCode::IllegalOperation, "only octet mode is served"),
+                        peer,
+                    )
+                    .await;
+            });
+            return;
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "tftp session limit reached; request refused");
+            let socket = self.socket.clone();
+            tokio::spawn(async move {
+                let _ = socket
+                    .send_to(
+                        &packet::error(ErrorCode::NotDefined, "server busy, retry later"),
+                        peer,
+                    )
+                    .await;
+            });
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let provider = self.provider.clone();
+        let sessions = self.sessions.clone();
+        let limits = self.limits;
+        let bind_ip = self
+            .socket
+            .local_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        // The table lock is held across spawn so the session cannot finish
+        // (and remove itself) before it is registered.
+        let mut table = match sessions.lock() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let handle = self.executors.next().spawn({
+            let sessions = sessions.clone();
+            async move {
+                serve_one(provider.as_ref(), peer, bind_ip, request, &limits).await;
+                drop(permit);
+                let mut table = match sessions.lock() {
+                    Ok(table) => table,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if table.get(&peer).is_some_and(|(current, _)| *current == id) {
+                    table.remove(&peer);
+                }
+            }
+        });
+        // A new request from the same client port replaces its old session:
+        // that is a client that restarted (firmware re-requesting after a
+        // `tsize` probe, or a retransmitted RRQ), never a second transfer.
+        if let Some((_, old)) = table.insert(peer, (id, handle.abort_handle())) {
+            old.abort();
+        }
+    }
+}
+
+async fn serve_one<P: FileProvider>(
+    provider: &P,
+    peer: SocketAddr,
+    bind_ip: IpAddr,
+    request: packet::Request,
+    limits: &Limits,
+) {
+    let started = Instant::now();
+    let socket = match session_socket(bind_ip, peer).await {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot open a tftp session socket");
+            return;
+        }
+    };
+    let local = socket.local_addr().unwrap_or(SocketAddr::new(bind_ip, 0));
+    let file = match provider.open(&request.filename, local).await {
+        Ok(file) => file,
+        Err(e) => {
+            let code = match e {
+                OpenError::NotFound(_) => ErrorCode::FileNotFound,
+                OpenError::Forbidden(_) => ErrorCode::AccessViolation,
+                OpenError::Io(_) => ErrorCode::NotDefined,
+            };
+            tracing::info!(%peer, file = %request.filename, error = %e, "tftp request refused");
+            session::send_error(&socket, code, &e.to_string()).await;
+            return;
+        }
+    };
+    let neg = session::negotiate(&request.options, file.size, limits);
+    match session::transfer(
+        &socket,
+        content::ChunkReader::new(file.content),
+        &neg,
+        limits,
+    )
+    .await
+    {
+        Ok(Outcome::Completed { bytes }) => tracing::info!(
+            %peer, file = %request.filename, bytes, blksize = neg.blksize,
+            windowsize = neg.windowsize, ms = started.elapsed().as_millis() as u64,
+            "tftp transfer complete"
+        ),
+        Ok(Outcome::ClientAborted { code }) => tracing::debug!(
+            %peer, file = %request.filename, code, "tftp transfer ended by client"
+        ),
+        Err(e) => {
+            tracing::warn!(%peer, file = %request.filename, error = %e, "tftp transfer failed")
+        }
+    }
+}
+
+/// A socket of the session's own (its transfer ID), connected to the client
+/// so that the kernel filters strays and picks the source address that
+/// reaches the client.
+async fn session_socket(bind_ip: IpAddr, peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let ip = match (bind_ip, peer) {
+        (IpAddr::V4(ip), _) if !ip.is_unspecified() => IpAddr::V4(ip),
+        (IpAddr::V6(ip), _) if !ip.is_unspecified() => IpAddr::V6(ip),
+        (_, SocketAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (_, SocketAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    socket.connect(peer).await?;
+    Ok(socket)
+}

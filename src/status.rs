@@ -1,0 +1,164 @@
+//! One status snapshot of the agent, gathered in one place and shown three
+//! ways: `GET /api/v1/status`, the heartbeat to the controller, and (later)
+//! `/metrics`. A number that appears in more than one of them is the same
+//! number.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use crate::boot::stats::BootStats;
+use crate::central::monitor::LinkState;
+use crate::central::port::ControllerPort;
+use crate::model::mode::Mode;
+use crate::outbox::Outbox;
+use crate::outbox::queue::Stats as QueueStats;
+use crate::store::Store;
+use crate::store::nodes::NodeCache;
+
+/// The meta key of the last finished sync's time (RFC 3339).
+pub const META_LAST_SYNC: &str = "last_sync_at";
+
+/// Where the snapshot's numbers come from.
+pub struct StatusSource {
+    pub site_id: String,
+    pub data_dir: PathBuf,
+    pub started: Instant,
+    pub port: Arc<ControllerPort>,
+    pub nodes: NodeCache,
+    pub store: Store,
+    pub outbox: Arc<Outbox>,
+    pub boots: Arc<BootStats>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub site_id: String,
+    pub taken_at: OffsetDateTime,
+    pub mode: Mode,
+    /// None standalone.
+    pub link: Option<LinkState>,
+    pub last_sync_at: Option<String>,
+    pub nodes_cached: usize,
+    pub queue: QueueStats,
+    /// Open conflicts (DESIGN §8).
+    pub conflicts_pending: u64,
+    pub nodes_seen_last_hour: u64,
+    pub active_boots: u64,
+    pub cache_hit_rate: f64,
+    pub disk_usage_percent: f64,
+    pub uptime: Duration,
+}
+
+impl StatusSource {
+    pub async fn snapshot(&self) -> Snapshot {
+        let last_sync_at = self
+            .store
+            .call(|s| s.get_meta(META_LAST_SYNC))
+            .await
+            .ok()
+            .flatten();
+        let queue = self.outbox.stats().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "queue counts unavailable");
+            Default::default()
+        });
+        let data_dir = self.data_dir.clone();
+        let disk = tokio::task::spawn_blocking(move || disk_usage_percent(&data_dir))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0.0);
+        Snapshot {
+            site_id: self.site_id.clone(),
+            taken_at: OffsetDateTime::now_utc(),
+            mode: self.port.mode(),
+            link: self.port.link_state(),
+            last_sync_at,
+            nodes_cached: self.nodes.len(),
+            queue,
+            conflicts_pending: 0,
+            nodes_seen_last_hour: self.boots.nodes_seen_last_hour(),
+            active_boots: self.boots.active_boots(),
+            cache_hit_rate: self.boots.cache_hit_rate(),
+            disk_usage_percent: disk,
+            uptime: self.started.elapsed(),
+        }
+    }
+}
+
+fn stamp(t: Option<OffsetDateTime>) -> Option<String> {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+}
+
+impl Snapshot {
+    /// `GET /api/v1/status` (DESIGN §5).
+    pub fn to_json(&self) -> serde_json::Value {
+        let link = self.link.as_ref();
+        serde_json::json!({
+            "site_id": self.site_id,
+            "mode": self.mode.as_str(),
+            "online": self.mode == Mode::Online,
+            "last_online_at": stamp(link.and_then(|l| l.last_online_at)),
+            "offline_since": stamp(link.and_then(|l| l.offline_since)),
+            "offline_duration_s": link
+                .and_then(|l| l.offline_duration(self.taken_at))
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "last_sync_at": self.last_sync_at,
+            "nodes_cached": self.nodes_cached,
+            "queue": {
+                "pending": self.queue.pending,
+                "in_flight": self.queue.in_flight,
+                "failed": self.queue.failed,
+                "conflict": self.queue.conflict,
+                "dropped_events": self.queue.dropped_events,
+            },
+            "conflicts_pending": self.conflicts_pending,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.uptime.as_secs(),
+        })
+    }
+
+    /// Items still to send, and items that need an operator.
+    pub fn pending_sync_items(&self) -> u64 {
+        self.queue.pending + self.queue.in_flight
+    }
+
+    pub fn failed_sync_items(&self) -> u64 {
+        self.queue.failed + self.queue.conflict
+    }
+
+    pub fn last_outage(&self) -> Option<Duration> {
+        self.link.as_ref().and_then(|l| l.last_outage)
+    }
+}
+
+/// Percentage of the filesystem holding `path` that is in use.
+pub fn disk_usage_percent(path: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the struct we pass; the path is a
+    // valid NUL-terminated string for the call's duration.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
+        return None;
+    }
+    let used = stat.f_blocks.saturating_sub(stat.f_bfree) as f64;
+    Some((used / stat.f_blocks as f64 * 1000.0).round() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_is_a_percentage() {
+        let pct = disk_usage_percent(std::path::Path::new("/")).unwrap();
+        assert!((0.0..=100.0).contains(&pct));
+    }
+}

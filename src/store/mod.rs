@@ -1,0 +1,605 @@
+//! The agent's local state in one redb file: nodes keyed by MAC, workflows,
+//! the last script served to each MAC, and a schema-version record.
+//!
+//! All calls here block; async code goes through [`Store::call`], which runs
+//! them on tokio's blocking pool so that disk I/O never stalls the runtime.
+
+pub mod nodes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::mac::Mac;
+use crate::model::node::{Node, Workflow};
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
+const LAST_SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("last_scripts");
+/// Sync and connectivity events, oldest first, by sequence number.
+const SYNC_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("sync_log");
+/// How many sync-log entries are kept.
+const SYNC_LOG_KEEP: u64 = 1000;
+
+const SCHEMA_KEY: &str = "schema_version";
+/// The schema this build writes. Bump it and add a step to [`MIGRATIONS`]
+/// whenever a table or record layout changes.
+pub const SCHEMA_VERSION: u32 = 2;
+
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+
+/// `MIGRATIONS[n]` takes a database from schema `n` to `n + 1`; schema 0 is a
+/// new, empty file.
+const MIGRATIONS: &[Migration] = &[create_schema_v1, add_sync_log_v2];
+
+fn create_schema_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(NODES)?;
+    txn.open_table(WORKFLOWS)?;
+    txn.open_table(LAST_SCRIPTS)?;
+    Ok(())
+}
+
+/// v2: the controller link's sync log.
+fn add_sync_log_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SYNC_LOG)?;
+    Ok(())
+}
+
+/// One sync-log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncLogEntry {
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `full_sync`, `incremental_sync`, `node_error`, `online`, `offline`,
+    /// `registered`, `command` …
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the database {path} is in use by another siteboot process (a running agent?); \
+         stop it or use its HTTP API instead"
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this siteboot supports ({supported}); \
+         upgrade siteboot"
+    )]
+    NewerSchema { found: u32, supported: u32 },
+    #[error("database schema record is unreadable: {0:?}")]
+    BadSchemaRecord(String),
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("stored record for {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("no node with MAC {0}")]
+    NodeNotFound(Mac),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! redb_error_into_store_error {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for StoreError {
+            fn from(e: $ty) -> Self {
+                StoreError::Db(redb::Error::from(e))
+            }
+        })*
+    };
+}
+redb_error_into_store_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Sets a cached node's state inside a caller's transaction (the queue's,
+/// so that a queued change and its cache update commit together). A MAC
+/// not in the store is left alone: None.
+pub(crate) fn set_state_in(
+    txn: &redb::WriteTransaction,
+    mac: Mac,
+    state: crate::model::node::NodeState,
+    now: time::OffsetDateTime,
+) -> Result<Option<Node>, StoreError> {
+    let key = mac.to_string();
+    let mut table = txn.open_table(NODES)?;
+    let mut node = match table.get(key.as_str())? {
+        Some(bytes) => decode::<Node>(&key, bytes.value())?,
+        None => return Ok(None),
+    };
+    node.state = state;
+    node.updated_at = now;
+    table.insert(key.as_str(), encode(&node).as_slice())?;
+    Ok(Some(node))
+}
+
+/// What the agent served a MAC last, for `offline.default_action = last_known`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastScript {
+    pub script: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub served_at: OffsetDateTime,
+    pub action: String,
+    /// Would running it again wipe or reinstall something?
+    pub destructive: bool,
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/siteboot.redb` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join("siteboot.redb");
+        let db = Database::create(&path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+            source => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database, for modules that keep tables of their own (the queue).
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        let found = {
+            let meta = txn.open_table(META)?;
+            match meta.get(SCHEMA_KEY)? {
+                None => 0,
+                Some(v) => v
+                    .value()
+                    .parse::<u32>()
+                    .map_err(|_| StoreError::BadSchemaRecord(v.value().to_string()))?,
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for step in &MIGRATIONS[found as usize..] {
+            step(&txn)?;
+        }
+        if found != SCHEMA_VERSION {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_str())?;
+            tracing::info!(
+                from = found,
+                to = SCHEMA_VERSION,
+                "database schema migrated"
+            );
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let value = meta.get(SCHEMA_KEY)?;
+        let text = value.map(|v| v.value().to_string()).unwrap_or_default();
+        text.parse().map_err(|_| StoreError::BadSchemaRecord(text))
+    }
+
+    /// Runs blocking store work on tokio's blocking pool.
+    pub async fn call<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    pub fn get_node(&self, mac: Mac) -> Result<Option<Node>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NODES)?;
+        let key = mac.to_string();
+        match table.get(key.as_str())? {
+            None => Ok(None),
+            Some(bytes) => decode(&key, bytes.value()).map(Some),
+        }
+    }
+
+    pub fn put_node(&self, node: &Node) -> Result<(), StoreError> {
+        self.put_nodes(std::slice::from_ref(node))
+    }
+
+    /// Writes several nodes in one durable commit.
+    pub fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(NODES)?;
+            for node in nodes {
+                let bytes = encode(node);
+                table.insert(node.mac.to_string().as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Inserts `node` unless its MAC is already stored; returns the stored one.
+    pub fn insert_node_if_absent(&self, node: &Node) -> Result<Node, StoreError> {
+        let txn = self.db.begin_write()?;
+        let key = node.mac.to_string();
+        let stored = {
+            let mut table = txn.open_table(NODES)?;
+            let existing = match table.get(key.as_str())? {
+                Some(bytes) => Some(decode::<Node>(&key, bytes.value())?),
+                None => None,
+            };
+            match existing {
+                Some(existing) => existing,
+                None => {
+                    table.insert(key.as_str(), encode(node).as_slice())?;
+                    node.clone()
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(stored)
+    }
+
+    /// Changes a node in one transaction; `change` sees the stored node.
+    pub fn update_node(
+        &self,
+        mac: Mac,
+        change: impl FnOnce(&mut Node),
+    ) -> Result<Node, StoreError> {
+        let txn = self.db.begin_write()?;
+        let key = mac.to_string();
+        let node = {
+            let mut table = txn.open_table(NODES)?;
+            let mut node = match table.get(key.as_str())? {
+                Some(bytes) => decode::<Node>(&key, bytes.value())?,
+                None => return Err(StoreError::NodeNotFound(mac)),
+            };
+            change(&mut node);
+            table.insert(key.as_str(), encode(&node).as_slice())?;
+            node
+        };
+        txn.commit()?;
+        Ok(node)
+    }
+
+    pub fn remove_node(&self, mac: Mac) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(NODES)?;
+            let removed = table.remove(mac.to_string().as_str())?.is_some();
+            let mut scripts = txn.open_table(LAST_SCRIPTS)?;
+            scripts.remove(mac.to_string().as_str())?;
+            removed
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NODES)?;
+        let mut nodes = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            nodes.push(decode(key.value(), value.value())?);
+        }
+        Ok(nodes)
+    }
+
+    pub fn put_workflows(&self, workflows: &[Workflow]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(WORKFLOWS)?;
+            for workflow in workflows {
+                table.insert(workflow.id.as_str(), encode(workflow).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get_workflow(&self, id: &str) -> Result<Option<Workflow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(WORKFLOWS)?;
+        match table.get(id)? {
+            None => Ok(None),
+            Some(bytes) => decode(id, bytes.value()).map(Some),
+        }
+    }
+
+    pub fn get_last_script(&self, mac: Mac) -> Result<Option<LastScript>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LAST_SCRIPTS)?;
+        let key = mac.to_string();
+        match table.get(key.as_str())? {
+            None => Ok(None),
+            Some(bytes) => decode(&key, bytes.value()).map(Some),
+        }
+    }
+
+    /// Records several last-served scripts in one commit (the boot path
+    /// batches them so that a boot storm costs one fsync, not one per boot).
+    pub fn put_last_scripts(&self, scripts: &[(Mac, LastScript)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LAST_SCRIPTS)?;
+            for (mac, script) in scripts {
+                table.insert(mac.to_string().as_str(), encode(script).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// A small named value of the agent's own (cursor, registration …).
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn put_meta(&self, entries: &[(&str, &str)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META)?;
+            for (key, value) in entries {
+                table.insert(*key, *value)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Appends to the sync log, dropping the oldest entries past the bound.
+    pub fn append_sync_log(
+        &self,
+        kind: &str,
+        detail: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SYNC_LOG)?;
+            let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let entry = SyncLogEntry {
+                seq,
+                at,
+                kind: kind.to_string(),
+                detail: detail.to_string(),
+            };
+            table.insert(seq, encode(&entry).as_slice())?;
+            if seq > SYNC_LOG_KEEP {
+                let cutoff = seq - SYNC_LOG_KEEP;
+                table.retain_in(..=cutoff, |_, _| false)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` sync-log entries, newest first.
+    pub fn sync_log(&self, limit: usize) -> Result<Vec<SyncLogEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SYNC_LOG)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev().take(limit) {
+            let (key, value) = entry?;
+            out.push(decode(&key.value().to_string(), value.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail: no maps with
+    // non-string keys, no custom serialisers that error.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::node::NodeState;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn nodes_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mac("52:54:00:00:00:01");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let node = Node::new_local(m, NodeState::Active, OffsetDateTime::now_utc());
+            store.put_node(&node).unwrap();
+            assert_eq!(store.list_nodes().unwrap().len(), 1);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let node = store.get_node(m).unwrap().unwrap();
+        assert_eq!(node.state, NodeState::Active);
+        let node = store
+            .update_node(m, |n| n.state = NodeState::Retired)
+            .unwrap();
+        assert_eq!(node.state, NodeState::Retired);
+        assert!(store.remove_node(m).unwrap());
+        assert!(store.get_node(m).unwrap().is_none());
+        assert!(matches!(
+            store.update_node(m, |_| {}),
+            Err(StoreError::NodeNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn second_open_of_the_same_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another siteboot process")
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, "99")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_records_are_reported_not_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(NODES)
+            .unwrap()
+            .insert("52:54:00:00:00:02", b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let err = store.get_node(mac("52:54:00:00:00:02")).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn sync_log_is_bounded_and_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        for i in 0..(SYNC_LOG_KEEP + 5) {
+            store
+                .append_sync_log("full_sync", &format!("n{i}"), now)
+                .unwrap();
+        }
+        let log = store.sync_log(3).unwrap();
+        assert_eq!(log[0].detail, format!("n{}", SYNC_LOG_KEEP + 4));
+        assert_eq!(log.len(), 3);
+        assert_eq!(store.sync_log(10_000).unwrap().len() as u64, SYNC_LOG_KEEP);
+        store.put_meta(&[("cursor", "c1")]).unwrap();
+        assert_eq!(store.get_meta("cursor").unwrap().as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn schema_v1_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(SYNC_LOG).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, "1")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        store
+            .append_sync_log("online", "", OffsetDateTime::now_utc())
+            .unwrap();
+    }
+
+    #[test]
+    fn last_scripts_are_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let batch: Vec<_> = (1..=3u8)
+            .map(|i| {
+                (
+                    Mac::new([0x52, 0x54, 0, 0, 0, i]),
+                    LastScript {
+                        script: format!("#!ipxe\necho {i}\n"),
+                        served_at: now,
+                        action: "local".into(),
+                        destructive: false,
+                        workflow_id: None,
+                    },
+                )
+            })
+            .collect();
+        store.put_last_scripts(&batch).unwrap();
+        let got = store
+            .get_last_script(Mac::new([0x52, 0x54, 0, 0, 0, 2]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.script, "#!ipxe\necho 2\n");
+    }
+}
