@@ -301,9 +301,7 @@ fn nodes(config: Config, action: NodesCommand) -> Result<()> {
             let mac = parse_mac(&mac)?;
             let state: NodeState = state.parse()?;
             let node = store.update_node(mac, |n| {
-                n.state = state;
-                n.updated_at = OffsetDateTime::now_utc();
-                n.version += 1;
+                n.change_state(state, OffsetDateTime::now_utc());
             })?;
             println!("{mac} state={} version={}", node.state, node.version);
         }

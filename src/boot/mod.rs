@@ -28,7 +28,7 @@ use crate::outbox::Outbox;
 use crate::store::nodes::NodeCache;
 use crate::store::{LastScript, Store};
 use record::Recorder;
-use render::{Renderer, fallback_answer, rfc3339};
+use render::{Renderer, Scene, fallback_answer, rfc3339};
 use resolve::{Resolved, Resolver};
 use script_cache::ScriptCache;
 use stats::BootStats;
@@ -196,26 +196,19 @@ impl BootService {
         let shown = node.as_deref().cloned().unwrap_or_else(|| {
             Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
         });
-        if decision.action == Action::LastKnown
-            && let Some(last) = last
-        {
-            return self.renderer.replay(
-                &shown,
-                facts,
-                &last,
-                Source::Offline,
-                base_url,
-                Some(offline),
-            );
-        }
-        self.renderer.render(
-            &shown,
+        let scene = Scene {
+            node: &shown,
             facts,
-            &decision,
-            Source::Offline,
+            source: Source::Offline,
             base_url,
-            Some(offline),
-        )
+            offline: Some(offline),
+        };
+        match last {
+            Some(last) if decision.action == Action::LastKnown => {
+                self.renderer.replay(scene, &last)
+            }
+            _ => self.renderer.render(scene, &decision),
+        }
     }
 
     /// Decides and renders for a known (or, with `None`, unknown) node
@@ -242,7 +235,7 @@ impl BootService {
         let decision = self.decide_online(&node).await;
         let answer = self
             .renderer
-            .render(&node, facts, &decision, source, base_url, None);
+            .render(Scene::online(&node, facts, source, base_url), &decision);
         if answer.action == Action::Install && source == Source::Standalone {
             // Standalone, the agent owns the state: the node changes state,
             // so this answer is never reused. With a controller, the
@@ -284,7 +277,7 @@ impl BootService {
             Source::Standalone
         };
         self.renderer
-            .render(&node, facts, &decision, source, base_url, None)
+            .render(Scene::online(&node, facts, source, base_url), &decision)
     }
 
     /// The online column of DESIGN §4 for a known node.
@@ -343,9 +336,7 @@ impl BootService {
         let result = self
             .nodes
             .update(mac, |n| {
-                n.state = NodeState::Installing;
-                n.updated_at = OffsetDateTime::now_utc();
-                n.version += 1;
+                n.change_state(NodeState::Installing, OffsetDateTime::now_utc());
             })
             .await;
         if let Err(e) = result {

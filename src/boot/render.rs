@@ -20,6 +20,34 @@ use crate::store::LastScript;
 const BOOTSTRAP_RETRIES: u32 = 3;
 const BOOTSTRAP_RETRY_DELAY_S: u32 = 2;
 
+/// What a node's script is rendered from, besides the decision.
+pub struct Scene<'a> {
+    pub node: &'a Node,
+    pub facts: &'a BootFacts,
+    pub source: Source,
+    pub base_url: &'a str,
+    /// The offline banner's data; None while the controller is reachable.
+    pub offline: Option<OfflineView>,
+}
+
+impl<'a> Scene<'a> {
+    /// A scene with the controller reachable (or none configured).
+    pub fn online(
+        node: &'a Node,
+        facts: &'a BootFacts,
+        source: Source,
+        base_url: &'a str,
+    ) -> Scene<'a> {
+        Scene {
+            node,
+            facts,
+            source,
+            base_url,
+            offline: None,
+        }
+    }
+}
+
 pub struct Renderer {
     site_id: String,
     templates: RwLock<Arc<Templates>>,
@@ -64,16 +92,9 @@ impl Renderer {
         }
     }
 
-    pub fn render(
-        &self,
-        node: &Node,
-        facts: &BootFacts,
-        decision: &Decision,
-        source: Source,
-        base_url: &str,
-        offline: Option<OfflineView>,
-    ) -> BootAnswer {
-        let ctx = self.context(node, facts, decision, source, base_url, offline);
+    pub fn render(&self, scene: Scene<'_>, decision: &Decision) -> BootAnswer {
+        let (node, source) = (scene.node, scene.source);
+        let ctx = self.context(scene, decision);
         let templates = self.templates();
         let rendered = templates.render_header(&ctx).and_then(|header| {
             templates
@@ -95,21 +116,15 @@ impl Renderer {
         }
     }
 
-    pub fn replay(
-        &self,
-        node: &Node,
-        facts: &BootFacts,
-        last: &LastScript,
-        source: Source,
-        base_url: &str,
-        offline: Option<OfflineView>,
-    ) -> BootAnswer {
+    /// `last_known`: the script served last, behind a fresh header.
+    pub fn replay(&self, scene: Scene<'_>, last: &LastScript) -> BootAnswer {
         let decision = Decision {
             action: Action::LastKnown,
             banner: decision::Banner::None,
             workflow: None,
         };
-        let ctx = self.context(node, facts, &decision, source, base_url, offline);
+        let (node, source) = (scene.node, scene.source);
+        let ctx = self.context(scene, &decision);
         match self.templates().render_header(&ctx) {
             Ok(header) => BootAnswer {
                 script: format!(
@@ -128,15 +143,14 @@ impl Renderer {
         }
     }
 
-    fn context(
-        &self,
-        node: &Node,
-        facts: &BootFacts,
-        decision: &Decision,
-        source: Source,
-        base_url: &str,
-        offline: Option<OfflineView>,
-    ) -> ScriptContext {
+    fn context(&self, scene: Scene<'_>, decision: &Decision) -> ScriptContext {
+        let Scene {
+            node,
+            facts,
+            source,
+            base_url,
+            offline,
+        } = scene;
         ScriptContext {
             site_id: self.site_id.clone(),
             base_url: base_url.to_string(),

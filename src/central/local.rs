@@ -124,9 +124,7 @@ impl Controller for LocalController {
             let stored = self
                 .nodes
                 .update(mac, move |n| {
-                    n.state = state;
-                    n.updated_at = OffsetDateTime::now_utc();
-                    n.version += 1;
+                    n.change_state(state, OffsetDateTime::now_utc());
                 })
                 .await
                 .map_err(local)?;
@@ -145,9 +143,7 @@ impl Controller for LocalController {
             {
                 self.nodes
                     .update(mac, move |n| {
-                        n.state = state;
-                        n.updated_at = OffsetDateTime::now_utc();
-                        n.version += 1;
+                        n.change_state(state, OffsetDateTime::now_utc());
                     })
                     .await
                     .map_err(local)?;

@@ -326,10 +326,12 @@ impl Tasks {
     }
 
     async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
-        let queue = self.services.outbox.queue().clone();
-        let protected = tokio::task::spawn_blocking(move || queue.nodes_with_changes())
+        let protected = self
+            .services
+            .outbox
+            .queue()
+            .call(|q| q.nodes_with_changes())
             .await
-            .map_err(|e| LookupError::Local(e.to_string()))?
             .map_err(|e| LookupError::Local(e.to_string()))?
             .iter()
             .filter_map(|mac| mac.parse::<Mac>().ok())

@@ -134,6 +134,14 @@ impl Node {
 }
 
 impl Node {
+    /// The owner of the node's state (standalone: this agent) moves it to
+    /// `state`: a new version.
+    pub fn change_state(&mut self, state: NodeState, now: OffsetDateTime) {
+        self.state = state;
+        self.updated_at = now;
+        self.version += 1;
+    }
+
     /// A node first seen by this agent, not (yet) known to any controller.
     pub fn new_local(mac: Mac, state: NodeState, now: OffsetDateTime) -> Node {
         Node {

@@ -161,13 +161,13 @@ impl Outbox {
     }
 
     pub async fn stats(&self) -> Result<Stats, QueueError> {
-        let queue = self.queue.clone();
-        run_blocking(move || queue.stats()).await
+        self.queue.call(|q| q.stats()).await
     }
 
     async fn has_queued(&self, mac: Mac) -> Result<bool, QueueError> {
-        let queue = self.queue.clone();
-        run_blocking(move || queue.has_active(&mac.to_string())).await
+        self.queue
+            .call(move |q| q.has_active(&mac.to_string()))
+            .await
     }
 
     /// Commits an item; the replay processor is woken.
@@ -525,12 +525,4 @@ fn refusal(e: &CentralError) -> Option<WriteError> {
         CentralError::Local(reason) => Some(WriteError::Local(reason.clone())),
         _ => None,
     }
-}
-
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
-) -> Result<T, QueueError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| QueueError::Store(StoreError::Task(e.to_string())))?
 }

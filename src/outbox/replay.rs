@@ -96,11 +96,11 @@ pub async fn run(
             }
             // Only while online: the scan is O(queue), and offline nothing
             // is sent anyway.
-            let queue = outbox.queue().clone();
-            let next_retry = tokio::task::spawn_blocking(move || queue.next_retry_at())
+            let next_retry = outbox
+                .queue()
+                .call(|q| q.next_retry_at())
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .flatten();
             if let Some(at) = next_retry {
                 deadline = deadline.min(clock.instant_at(at));
@@ -139,10 +139,12 @@ pub async fn replay_round(
         if shutdown.is_cancelled() {
             return Ok(RoundEnd::Drained);
         }
-        let queue = outbox.queue().clone();
         let now = clock.now();
         let limit = settings.batch_size.max(1);
-        let batch = blocking(move || queue.take_batch(limit, now)).await?;
+        let batch = outbox
+            .queue()
+            .call(move |q| q.take_batch(limit, now))
+            .await?;
         if batch.is_empty() {
             return Ok(RoundEnd::Drained);
         }
@@ -168,8 +170,7 @@ pub async fn replay_round(
             log_outcome(item, &outcome);
             outcomes.push((item.id, outcome));
         }
-        let queue = outbox.queue().clone();
-        blocking(move || queue.settle(outcomes)).await?;
+        outbox.queue().call(move |q| q.settle(outcomes)).await?;
         if unreachable {
             return Ok(RoundEnd::Unreachable);
         }
@@ -282,11 +283,13 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
         .ok()
         .and_then(|op| op.node_id().map(str::to_string))
         .unwrap_or_default();
-    let queue = outbox.queue().clone();
     let node = item.node.clone();
     let to = central.id.clone();
     let from = local_id.clone();
-    let changed = blocking(move || queue.remap(&node, &from, &to)).await?;
+    let changed = outbox
+        .queue()
+        .call(move |q| q.remap(&node, &from, &to))
+        .await?;
     let cached = outbox.nodes().get(central.mac);
     let result = match cached {
         // Local changes made since are queued behind the registration:
@@ -355,14 +358,6 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
         SendError::NotReady(e) => retry(e),
         SendError::Malformed(e) => Outcome::Failed { error: e },
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
-) -> Result<T, QueueError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))?
 }
 
 #[cfg(test)]

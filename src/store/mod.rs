@@ -115,25 +115,50 @@ redb_error_into_store_error!(
     redb::CommitError
 );
 
-/// Sets a cached node's state inside a caller's transaction (the queue's,
-/// so that a queued change and its cache update commit together). A MAC
-/// not in the store is left alone: None.
-pub(crate) fn set_state_in(
-    txn: &redb::WriteTransaction,
-    mac: Mac,
-    state: crate::model::node::NodeState,
-    now: time::OffsetDateTime,
-) -> Result<Option<Node>, StoreError> {
-    let key = mac.to_string();
-    let mut table = txn.open_table(NODES)?;
-    let mut node = match table.get(key.as_str())? {
-        Some(bytes) => decode::<Node>(&key, bytes.value())?,
-        None => return Ok(None),
-    };
-    node.state = state;
-    node.updated_at = now;
-    table.insert(key.as_str(), encode(&node).as_slice())?;
-    Ok(Some(node))
+/// A write transaction for a module that keeps tables of its own in the
+/// agent's database (the queue), so that its changes and the store's
+/// commit together. It opens its own tables through the transaction
+/// (`Deref` to redb's); the store's tables stay private to the store and
+/// change only through the methods here, in the store's format.
+pub struct StoreWrite {
+    txn: redb::WriteTransaction,
+}
+
+impl std::ops::Deref for StoreWrite {
+    type Target = redb::WriteTransaction;
+    fn deref(&self) -> &redb::WriteTransaction {
+        &self.txn
+    }
+}
+
+impl StoreWrite {
+    /// Sets a cached node's state in this transaction. A MAC not in the
+    /// store is left alone: None.
+    pub fn set_node_state(
+        &self,
+        mac: Mac,
+        state: crate::model::node::NodeState,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Node>, StoreError> {
+        let key = mac.to_string();
+        let mut table = self.txn.open_table(NODES)?;
+        let mut node = match table.get(key.as_str())? {
+            Some(bytes) => decode::<Node>(&key, bytes.value())?,
+            None => return Ok(None),
+        };
+        node.state = state;
+        node.updated_at = now;
+        table.insert(key.as_str(), encode(&node).as_slice())?;
+        Ok(Some(node))
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.txn.commit()?)
+    }
+
+    pub fn abort(self) -> Result<(), StoreError> {
+        Ok(self.txn.abort()?)
+    }
 }
 
 /// What the agent served a MAC last, for `offline.default_action = last_known`.
@@ -182,9 +207,16 @@ impl Store {
         &self.path
     }
 
-    /// The database, for modules that keep tables of their own (the queue).
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
+    /// A write transaction for a module with tables of its own.
+    pub fn begin_write(&self) -> Result<StoreWrite, StoreError> {
+        Ok(StoreWrite {
+            txn: self.db.begin_write()?,
+        })
+    }
+
+    /// A read transaction for a module with tables of its own.
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

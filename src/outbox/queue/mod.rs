@@ -7,7 +7,7 @@
 
 pub mod writer;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -263,6 +263,18 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Runs blocking queue work on tokio's blocking pool (the one way async
+    /// code reaches the queue).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Queue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || work(&queue))
+            .await
+            .map_err(|e| QueueError::Store(StoreError::Task(e.to_string())))?
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -274,7 +286,7 @@ impl Queue {
     }
 
     fn recover_in_flight(&self) -> Result<usize, QueueError> {
-        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let mut recovered = 0;
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
@@ -299,7 +311,7 @@ impl Queue {
                 recovered += 1;
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         if recovered > 0 {
             tracing::info!(
                 recovered,
@@ -325,7 +337,7 @@ impl Queue {
         items: Vec<NewItem>,
         now: OffsetDateTime,
     ) -> Result<(Vec<Enqueued>, Vec<crate::model::node::Node>), QueueError> {
-        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let mut results = Vec::with_capacity(items.len());
         let mut changed_nodes = Vec::new();
         {
@@ -375,20 +387,20 @@ impl Queue {
                 track_node(&mut nodes, &item, None, Some(Status::Pending))?;
                 if let (Some(state), Ok(mac)) =
                     (new.local_state, item.node.parse::<crate::model::mac::Mac>())
-                    && let Some(node) = crate::store::set_state_in(&txn, mac, state, now)?
+                    && let Some(node) = txn.set_node_state(mac, state, now)?
                 {
                     changed_nodes.push(node);
                 }
                 results.push(Ok(seq));
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok((results, changed_nodes))
     }
 
     /// The items [`Queue::take_batch`] would take now, without taking them.
     pub fn peek(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -404,7 +416,7 @@ impl Queue {
     /// marks them in flight. An item waits while an earlier item of its
     /// node is still pending or in flight, so a node's order holds.
     pub fn take_batch(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
-        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let mut taken = Vec::new();
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
@@ -414,7 +426,7 @@ impl Queue {
                 // Nothing to mark: no commit (and no fsync) for an empty
                 // round, which is how every replay round ends.
                 drop((queue, counters));
-                txn.abort().map_err(db_err)?;
+                txn.abort()?;
                 return Ok(Vec::new());
             }
             for (key, mut item) in chosen {
@@ -429,13 +441,13 @@ impl Queue {
                 taken.push(item);
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(taken)
     }
 
     /// When the next backed-off item becomes sendable, if any is waiting.
     pub fn next_retry_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -458,7 +470,7 @@ impl Queue {
     /// returning None removes the item. Returns the items as they are now
     /// (None: removed or missing).
     fn update_many(&self, changes: Vec<(u64, Change)>) -> Result<Vec<Updated>, QueueError> {
-        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let mut results = Vec::with_capacity(changes.len());
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
@@ -503,7 +515,7 @@ impl Queue {
                 }
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(results)
     }
 
@@ -626,7 +638,7 @@ impl Queue {
     /// (after its registration was accepted; see [`Operation::remap`]).
     /// Returns how many items changed.
     pub fn remap(&self, node: &str, from: &str, to: &str) -> Result<usize, QueueError> {
-        let txn = self.store.db().begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let mut changed = 0;
         {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
@@ -653,13 +665,13 @@ impl Queue {
                 changed += 1;
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(changed)
     }
 
     /// Does `node` have items still to send?
     pub fn has_active(&self, node: &str) -> Result<bool, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         match txn.open_table(QUEUE_NODES) {
             Ok(table) => Ok(table.get(node).map_err(db_err)?.is_some()),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
@@ -670,7 +682,7 @@ impl Queue {
     /// Every node with registrations or state changes still to send: its
     /// cached record holds local changes the controller has not seen.
     pub fn nodes_with_changes(&self) -> Result<std::collections::HashSet<String>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let table = match txn.open_table(QUEUE_NODES) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
@@ -693,7 +705,7 @@ impl Queue {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Item>, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -720,7 +732,7 @@ impl Queue {
     }
 
     pub fn stats(&self) -> Result<Stats, QueueError> {
-        let txn = self.store.db().begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let counters = match txn.open_table(QUEUE_COUNTERS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Stats::default()),

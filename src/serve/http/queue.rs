@@ -20,11 +20,7 @@ async fn with_queue<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&Queue) -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, Response> {
-    let queue = state.outbox.queue().clone();
-    let result = tokio::task::spawn_blocking(move || work(&queue))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    result.map_err(|e| match e {
+    state.outbox.queue().call(work).await.map_err(|e| match e {
         QueueError::NotFound(_) => error(StatusCode::NOT_FOUND, e),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
     })
