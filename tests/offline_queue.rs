@@ -824,3 +824,77 @@ fn a_repeated_boot_outcome_is_recorded_once() {
     });
     assert_eq!(boot_events(), ["live", "offline"]);
 }
+
+#[test]
+fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing() {
+    use common::controller::Mode;
+    let controller = FakeController::start();
+    let macs: Vec<String> = (0..8).map(|n| format!("52:54:00:00:46:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    let mac_refs: Vec<&str> = macs.iter().map(String::as_str).collect();
+    let agent = synced_agent(&controller, &mac_refs);
+    // Writes pile up while the controller is gone ...
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let mut acknowledged = BTreeSet::new();
+    for (n, mac) in macs.iter().cycle().take(40).enumerate() {
+        let comment = format!("queued-{n}");
+        let (code, answer) = set_state(&agent, mac, "installed", &comment);
+        assert_eq!(code, 202, "{answer}");
+        acknowledged.insert(comment);
+    }
+    // ... then it comes back slowly, so replay has items in flight, and a
+    // writer keeps writing while SIGTERM arrives.
+    controller.set_mode(Mode::Slow(Duration::from_millis(150)));
+    controller.up();
+    let token = admin_token(&agent);
+    let addr = agent.http;
+    let writer_macs = macs.clone();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for n in 0.. {
+            let mac = &writer_macs[n % writer_macs.len()];
+            let comment = format!("live-{n}");
+            let body = json!({"state": "active", "comment": comment});
+            match http(
+                addr,
+                "PATCH",
+                &format!("/api/v1/nodes/{mac}/state"),
+                Some(&token),
+                Some(&body),
+            ) {
+                Ok((200 | 202, _)) => acked.push(comment),
+                Ok((code, text)) => panic!("write refused {code}: {text}"),
+                Err(_) => return acked, // the agent has stopped listening
+            }
+        }
+        acked
+    });
+    wait_until(LONG, "replay under way", || {
+        !delivered_counts(&controller).is_empty()
+    });
+    let (exit, stopped) = agent.terminate();
+    assert!(exit.success(), "SIGTERM must end the agent with 0: {exit}");
+    acknowledged.extend(writer.join().expect("writer thread"));
+
+    // Nothing was left in flight: the next start has nothing to recover.
+    controller.set_mode(Mode::Healthy);
+    let agent = stopped.start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let log = agent.log_lines().join("\n");
+    assert!(
+        !log.contains("in flight at the last stop"),
+        "items were left in flight at SIGTERM:\n{log}"
+    );
+    wait_until(LONG, "queue drained", || drained(&agent));
+    let delivered = delivered_counts(&controller);
+    for comment in &acknowledged {
+        assert_eq!(
+            delivered.get(comment).copied(),
+            Some(1),
+            "acknowledged write {comment} must reach the controller exactly once"
+        );
+    }
+}

@@ -253,6 +253,42 @@ impl Agent {
         }
     }
 
+    /// Asks the agent to stop (SIGTERM) and waits for it to exit (a guard
+    /// against a hang, not a speed assertion); keeps its directory.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, StoppedAgent) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = self.child.kill();
+                panic!(
+                    "the agent did not stop after SIGTERM; its log:\n{}",
+                    self.log_lines().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The rest of its log (the stderr pipe is closed now).
+        self.log_lines();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (
+            status,
+            StoppedAgent {
+                dir,
+                config: self.config.clone(),
+                env: self.env.clone(),
+            },
+        )
+    }
+
     /// Kills the agent with SIGKILL (no chance to clean up) and starts it
     /// again on the same configuration and data directory.
     pub fn kill_and_restart(mut self) -> Agent {
