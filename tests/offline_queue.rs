@@ -523,33 +523,7 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
         } else {
             controller.up_if_down();
         }
-        let token = admin_token(&agent);
-        let addr = agent.http;
-        let writer_macs = macs.clone();
-        let writer = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            for n in 0.. {
-                let mac = &writer_macs[n % writer_macs.len()];
-                let comment = format!("r{round}-w{n}");
-                let state = if n % 2 == 0 { "installed" } else { "active" };
-                let body = json!({"state": state, "comment": comment});
-                match http(
-                    addr,
-                    "PATCH",
-                    &format!("/api/v1/nodes/{mac}/state"),
-                    Some(&token),
-                    Some(&body),
-                ) {
-                    Ok((code @ (200 | 202), text)) => {
-                        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        acked.push((comment, code, answer));
-                    }
-                    Ok((code, text)) => panic!("write refused {code}: {text}"),
-                    Err(_) => return acked, // the agent is gone
-                }
-            }
-            acked
-        });
+        let writer = spawn_writer(&agent, &macs, format!("r{round}"));
         let delay = 150 + random.next() % 600;
         std::thread::sleep(Duration::from_millis(delay));
         agent = agent.kill_and_restart();
@@ -602,6 +576,43 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
         "{} acknowledged writes over 20 SIGKILL rounds, all delivered once",
         acknowledged.len()
     );
+}
+
+/// Writes state changes to `macs` in turn, back to back, until the agent
+/// stops answering; returns each acknowledged write as (comment, status,
+/// answer). Comments are `<prefix>-w<n>`.
+fn spawn_writer(
+    agent: &common::Agent,
+    macs: &[String],
+    prefix: String,
+) -> std::thread::JoinHandle<Vec<(String, u16, Value)>> {
+    let token = admin_token(agent);
+    let addr = agent.http;
+    let macs = macs.to_vec();
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for n in 0.. {
+            let mac = &macs[n % macs.len()];
+            let comment = format!("{prefix}-w{n}");
+            let state = if n % 2 == 0 { "installed" } else { "active" };
+            let body = json!({"state": state, "comment": comment});
+            match http(
+                addr,
+                "PATCH",
+                &format!("/api/v1/nodes/{mac}/state"),
+                Some(&token),
+                Some(&body),
+            ) {
+                Ok((code @ (200 | 202), text)) => {
+                    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    acked.push((comment, code, answer));
+                }
+                Ok((code, text)) => panic!("write refused {code}: {text}"),
+                Err(_) => return acked, // the agent has stopped listening
+            }
+        }
+        acked
+    })
 }
 
 /// comment → how many times the controller applied a write carrying it.
@@ -849,35 +860,19 @@ fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing() {
     // writer keeps writing while SIGTERM arrives.
     controller.set_mode(Mode::Slow(Duration::from_millis(150)));
     controller.up();
-    let token = admin_token(&agent);
-    let addr = agent.http;
-    let writer_macs = macs.clone();
-    let writer = std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        for n in 0.. {
-            let mac = &writer_macs[n % writer_macs.len()];
-            let comment = format!("live-{n}");
-            let body = json!({"state": "active", "comment": comment});
-            match http(
-                addr,
-                "PATCH",
-                &format!("/api/v1/nodes/{mac}/state"),
-                Some(&token),
-                Some(&body),
-            ) {
-                Ok((200 | 202, _)) => acked.push(comment),
-                Ok((code, text)) => panic!("write refused {code}: {text}"),
-                Err(_) => return acked, // the agent has stopped listening
-            }
-        }
-        acked
-    });
+    let writer = spawn_writer(&agent, &macs, "live".into());
     wait_until(LONG, "replay under way", || {
         !delivered_counts(&controller).is_empty()
     });
     let (exit, stopped) = agent.terminate();
     assert!(exit.success(), "SIGTERM must end the agent with 0: {exit}");
-    acknowledged.extend(writer.join().expect("writer thread"));
+    acknowledged.extend(
+        writer
+            .join()
+            .expect("writer thread")
+            .into_iter()
+            .map(|(comment, _, _)| comment),
+    );
 
     // Nothing was left in flight: the next start has nothing to recover.
     controller.set_mode(Mode::Healthy);

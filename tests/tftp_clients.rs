@@ -22,12 +22,10 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
-#[test]
-fn tftp_hpa_fetches_undionly_byte_identical() {
+/// `tftp -m binary 127.0.0.1 PORT -c get NAME OUT` (tftp-hpa).
+fn tftp_hpa_get(agent: &common::Agent, name: &str, out: &std::path::Path) -> std::process::Output {
     require_tool("tftp");
-    let agent = AgentBuilder::new().start();
-    let out = agent.dir.path().join("undionly.out");
-    let result = Command::new("tftp")
+    Command::new("tftp")
         .args([
             "-m",
             "binary",
@@ -35,11 +33,19 @@ fn tftp_hpa_fetches_undionly_byte_identical() {
             &agent.tftp.port().to_string(),
             "-c",
             "get",
-            "undionly.kpxe",
+            name,
         ])
-        .arg(&out)
+        .arg(out)
         .output()
-        .expect("run tftp");
+        .expect("run tftp")
+}
+
+#[test]
+fn tftp_hpa_fetches_undionly_byte_identical() {
+    require_tool("tftp");
+    let agent = AgentBuilder::new().start();
+    let out = agent.dir.path().join("undionly.out");
+    let result = tftp_hpa_get(&agent, "undionly.kpxe", &out);
     // tftp-hpa exits 0 even on errors: the bytes are the verdict.
     assert_eq!(read(&out), undionly(), "tftp-hpa output: {result:?}");
 }
@@ -311,19 +317,7 @@ fn traversal_and_symlink_escapes_are_refused() {
     // And through a real client: nothing is written.
     require_tool("tftp");
     let out = agent.dir.path().join("leak.out");
-    let _ = Command::new("tftp")
-        .args([
-            "-m",
-            "binary",
-            "127.0.0.1",
-            &agent.tftp.port().to_string(),
-            "-c",
-            "get",
-            "leak.txt",
-        ])
-        .arg(&out)
-        .output()
-        .expect("run tftp");
+    tftp_hpa_get(&agent, "leak.txt", &out);
     assert!(!read(&out).starts_with(b"top secret"));
     // The legitimate file still works.
     let client = raw_client();
