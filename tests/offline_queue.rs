@@ -523,8 +523,13 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
         } else {
             controller.up_if_down();
         }
-        let writer = spawn_writer(&agent, &macs, format!("r{round}"));
-        let delay = 150 + random.next() % 600;
+        let (writer, acks) = spawn_writer(&agent, &macs, format!("r{round}"));
+        // The kill lands at a random moment once writes are flowing (how
+        // soon the first is acknowledged depends on the machine's disk).
+        wait_until(LONG, "a first acknowledged write", || {
+            acks.load(std::sync::atomic::Ordering::SeqCst) > 0
+        });
+        let delay = random.next() % 600;
         std::thread::sleep(Duration::from_millis(delay));
         agent = agent.kill_and_restart();
         let acked = writer.join().expect("writer thread");
@@ -580,16 +585,22 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
 
 /// Writes state changes to `macs` in turn, back to back, until the agent
 /// stops answering; returns each acknowledged write as (comment, status,
-/// answer). Comments are `<prefix>-w<n>`.
+/// answer), and a live count of the acknowledged ones. Comments are
+/// `<prefix>-w<n>`.
 fn spawn_writer(
     agent: &common::Agent,
     macs: &[String],
     prefix: String,
-) -> std::thread::JoinHandle<Vec<(String, u16, Value)>> {
+) -> (
+    std::thread::JoinHandle<Vec<(String, u16, Value)>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let token = admin_token(agent);
     let addr = agent.http;
     let macs = macs.to_vec();
-    std::thread::spawn(move || {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    let handle = std::thread::spawn(move || {
         let mut acked = Vec::new();
         for n in 0.. {
             let mac = &macs[n % macs.len()];
@@ -606,13 +617,15 @@ fn spawn_writer(
                 Ok((code @ (200 | 202), text)) => {
                     let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     acked.push((comment, code, answer));
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 Ok((code, text)) => panic!("write refused {code}: {text}"),
                 Err(_) => return acked, // the agent has stopped listening
             }
         }
         acked
-    })
+    });
+    (handle, count)
 }
 
 /// comment → how many times the controller applied a write carrying it.
@@ -736,8 +749,20 @@ fn last_known_replays_only_what_is_safe_offline() {
     controller.set_node(safe, "discovered", None);
     let (code, _) = call(&agent, "POST", "/api/v1/sync?full=true", None);
     assert_eq!(code, 200);
-    // Give the last-script recorder its batch window, then go offline.
-    std::thread::sleep(Duration::from_millis(500));
+    // The recorder writes in batches: wait until all three are on disk,
+    // then go offline.
+    wait_until(LONG, "the online scripts recorded", || {
+        [
+            (looked_at, "discovery"),
+            (destructive, "install"),
+            (safe, "install"),
+        ]
+        .iter()
+        .all(|(mac, action)| {
+            let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+            node["last_served"]["action"] == *action
+        })
+    });
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
 
@@ -860,7 +885,7 @@ fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing() {
     // writer keeps writing while SIGTERM arrives.
     controller.set_mode(Mode::Slow(Duration::from_millis(150)));
     controller.up();
-    let writer = spawn_writer(&agent, &macs, "live".into());
+    let (writer, _) = spawn_writer(&agent, &macs, "live".into());
     wait_until(LONG, "replay under way", || {
         !delivered_counts(&controller).is_empty()
     });

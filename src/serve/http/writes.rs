@@ -180,7 +180,27 @@ pub async fn get_node(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     match state.nodes.get(mac) {
-        Some(node) => Ok(axum::Json(json!({"data": *node})).into_response()),
+        Some(node) => {
+            // What the node was served last (offline.default_action =
+            // last_known replays it); an unreadable record shows as none.
+            let last = state
+                .store
+                .call(move |s| s.get_last_script(mac))
+                .await
+                .ok()
+                .flatten();
+            let last_served = last.map(|l| {
+                json!({
+                    "action": l.action,
+                    "served_at": l.served_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    "destructive": l.destructive,
+                    "workflow_id": l.workflow_id,
+                })
+            });
+            Ok(axum::Json(json!({"data": *node, "last_served": last_served})).into_response())
+        }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no node with MAC {mac}"),
