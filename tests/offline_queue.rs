@@ -583,6 +583,10 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
     );
 }
 
+/// A writer thread; joined, it gives each acknowledged write as (comment,
+/// status, answer).
+type Writer = std::thread::JoinHandle<Vec<(String, u16, Value)>>;
+
 /// Writes state changes to `macs` in turn, back to back, until the agent
 /// stops answering; returns each acknowledged write as (comment, status,
 /// answer), and a live count of the acknowledged ones. Comments are
@@ -591,10 +595,7 @@ fn spawn_writer(
     agent: &common::Agent,
     macs: &[String],
     prefix: String,
-) -> (
-    std::thread::JoinHandle<Vec<(String, u16, Value)>>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+) -> (Writer, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let token = admin_token(agent);
     let addr = agent.http;
     let macs = macs.to_vec();
