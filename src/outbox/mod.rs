@@ -12,6 +12,7 @@
 //! Standalone the port is the local store: writes are applied to it at
 //! once, and nothing is ever queued.
 
+mod events;
 pub mod queue;
 pub mod replay;
 
@@ -25,7 +26,7 @@ use crate::central::CentralError;
 use crate::central::api::{NewNode, NodeReport, StateChange};
 use crate::central::ops::Operation;
 use crate::central::port::ControllerPort;
-use crate::model::boot::{BootAnswer, BootFacts, discovered_node};
+use crate::model::boot::{BootFacts, discovered_node};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::{Node, NodeState};
@@ -33,28 +34,6 @@ use crate::store::StoreError;
 use crate::store::nodes::NodeCache;
 use queue::writer::QueueWriter;
 use queue::{Kind, NewItem, Queue, QueueError, Stats};
-
-/// Boot events sent to the controller at once, at most; past this they
-/// are queued (a boot storm must not become a storm of controller calls).
-const DIRECT_EVENT_SENDS: usize = 32;
-
-/// Boot events waiting to be sent or queued, at most; past this (a boot
-/// storm faster than the disk) further events are dropped and counted —
-/// events are what DESIGN §7 lets the agent drop, never state changes.
-const EVENT_BACKLOG: usize = 4096;
-
-/// A boot with the same outcome (action, source, state) as the MAC's last
-/// recorded boot within this long is not recorded again: iPXE retries and
-/// boot storms would otherwise cost a controller call or a queue commit per
-/// request for no new information.
-const BOOT_EVENT_REPEAT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// What a boot event reports: action, source, state.
-type BootOutcome = (
-    crate::model::decision::Action,
-    crate::model::boot::Source,
-    Option<NodeState>,
-);
 
 /// What became of a write.
 #[derive(Debug, Clone)]
@@ -121,7 +100,7 @@ pub struct Outbox {
     event_backlog: Arc<Semaphore>,
     events_shed: std::sync::atomic::AtomicU64,
     /// Last recorded boot outcome per MAC, and when.
-    last_boot: Mutex<std::collections::HashMap<Mac, (BootOutcome, std::time::Instant)>>,
+    last_boot: Mutex<std::collections::HashMap<Mac, (events::BootOutcome, std::time::Instant)>>,
     /// MACs whose registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
@@ -135,8 +114,8 @@ impl Outbox {
             nodes,
             port,
             wake: Arc::new(Notify::new()),
-            direct_events: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
-            event_backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
+            direct_events: Arc::new(Semaphore::new(events::DIRECT_EVENT_SENDS)),
+            event_backlog: Arc::new(Semaphore::new(events::EVENT_BACKLOG)),
             events_shed: std::sync::atomic::AtomicU64::new(0),
             last_boot: Mutex::new(std::collections::HashMap::new()),
             registering: Mutex::new(HashSet::new()),
@@ -314,91 +293,6 @@ impl Outbox {
         };
         self.write(kind, mac, Operation::Report { report }, implied)
             .await
-    }
-
-    /// Records that a node booted (time, action, source), without making
-    /// the boot wait: sent directly when online, else queued. Standalone
-    /// there is nobody to tell.
-    pub fn boot_event(self: &Arc<Self>, mac: Mac, answer: &BootAnswer) {
-        if !self.port.mode().has_controller() || self.repeated_boot(mac, answer) {
-            return;
-        }
-        let Ok(permit) = self.event_backlog.clone().try_acquire_owned() else {
-            let shed = 1 + self
-                .events_shed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if shed.is_power_of_two() {
-                tracing::warn!(
-                    shed,
-                    "boot events arrive faster than they can be queued; dropping some"
-                );
-            }
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        let report = NodeReport {
-            mac_address: mac.to_string(),
-            event: Some("boot_started".into()),
-            status: Some("success".into()),
-            message: Some(format!(
-                "action={} source={}",
-                answer.action.as_str(),
-                answer.source.as_str()
-            )),
-            metadata: Some(serde_json::json!({
-                "booted_at": now
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                "action": answer.action.as_str(),
-                "source": answer.source.as_str(),
-                "state": answer.state.map(|s| s.as_str()),
-            })),
-            installation_status: None,
-            extra: Default::default(),
-        };
-        let outbox = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = outbox.send_event(mac, report).await {
-                tracing::error!(%mac, error = %e, "boot event lost");
-            }
-            drop(permit);
-        });
-    }
-
-    /// Records `answer` as `mac`'s last boot; true if it repeats the last
-    /// one within [`BOOT_EVENT_REPEAT`].
-    fn repeated_boot(&self, mac: Mac, answer: &BootAnswer) -> bool {
-        let outcome = (answer.action, answer.source, answer.state);
-        let now = std::time::Instant::now();
-        let mut last = self.last_boot.lock().unwrap_or_else(|e| e.into_inner());
-        match last.get(&mac) {
-            Some((previous, at)) if *previous == outcome && now - *at < BOOT_EVENT_REPEAT => true,
-            _ => {
-                last.insert(mac, (outcome, now));
-                false
-            }
-        }
-    }
-
-    /// A boot event: like any write, but at most [`DIRECT_EVENT_SENDS`]
-    /// go directly at a time, and a refusal drops it (it is only news).
-    async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
-        let operation = Operation::Report { report };
-        let permit = self.direct_events.clone().try_acquire_owned().ok();
-        match self.attempt(mac, &operation, permit.is_some()).await {
-            Ok(Attempt::Sent(_)) => Ok(()),
-            Ok(Attempt::Queue { key, .. }) => {
-                drop(permit);
-                self.enqueue_operation(Kind::Event, mac, &operation, key, None)
-                    .await
-                    .map(|_| ())
-            }
-            Err(WriteError::Rejected { status, body }) => {
-                tracing::warn!(%mac, status, %body, "controller refused a boot event; dropped");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// DESIGN §4, an unknown MAC: registered at the controller (standalone:
