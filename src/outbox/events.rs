@@ -1,97 +1,93 @@
-//! Boot events: every boot is reported to the controller (time, action,
-//! source), without a boot ever waiting for it, and without a boot storm
-//! becoming a storm of controller calls or queue commits.
+//! Boot events: which boots are reported to the controller, and what the
+//! report says. A boot never waits for its event, and a boot storm does not
+//! become a storm of controller calls or queue commits: repeats are
+//! folded, a bounded backlog sheds the excess (events are what DESIGN §7
+//! lets the agent drop), and only a few events go out directly at a time.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::queue::Kind;
-use super::{Attempt, Outbox, WriteError};
 use crate::central::api::NodeReport;
-use crate::central::ops::Operation;
-use crate::model::boot::BootAnswer;
+use crate::model::boot::{BootAnswer, Source};
+use crate::model::decision::Action;
 use crate::model::mac::Mac;
 use crate::model::node::NodeState;
 
 /// Boot events sent to the controller at once, at most; past this they
-/// are queued (a boot storm must not become a storm of controller calls).
-pub(super) const DIRECT_EVENT_SENDS: usize = 32;
+/// are queued.
+const DIRECT_EVENT_SENDS: usize = 32;
 
 /// Boot events waiting to be sent or queued, at most; past this (a boot
-/// storm faster than the disk) further events are dropped and counted —
-/// events are what DESIGN §7 lets the agent drop, never state changes.
-pub(super) const EVENT_BACKLOG: usize = 4096;
+/// storm faster than the disk) further events are dropped and counted.
+const EVENT_BACKLOG: usize = 4096;
 
 /// A boot with the same outcome (action, source, state) as the MAC's last
 /// recorded boot within this long is not recorded again: iPXE retries and
 /// boot storms would otherwise cost a controller call or a queue commit per
 /// request for no new information.
-const BOOT_EVENT_REPEAT: std::time::Duration = std::time::Duration::from_secs(300);
+const BOOT_EVENT_REPEAT: Duration = Duration::from_secs(300);
 
 /// What a boot event reports: action, source, state.
-pub(super) type BootOutcome = (
-    crate::model::decision::Action,
-    crate::model::boot::Source,
-    Option<NodeState>,
-);
+type BootOutcome = (Action, Source, Option<NodeState>);
 
-impl Outbox {
-    /// Records that a node booted (time, action, source), without making
-    /// the boot wait: sent directly when online, else queued. Standalone
-    /// there is nobody to tell.
-    pub fn boot_event(self: &Arc<Self>, mac: Mac, answer: &BootAnswer) {
-        if !self.port.mode().has_controller() || self.repeated_boot(mac, answer) {
-            return;
+pub struct BootEvents {
+    direct: Arc<Semaphore>,
+    backlog: Arc<Semaphore>,
+    shed: AtomicU64,
+    /// Last recorded boot outcome per MAC, and when.
+    last: Mutex<HashMap<Mac, (BootOutcome, Instant)>>,
+}
+
+impl Default for BootEvents {
+    fn default() -> Self {
+        BootEvents {
+            direct: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
+            backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
+            shed: AtomicU64::new(0),
+            last: Mutex::new(HashMap::new()),
         }
-        let Ok(permit) = self.event_backlog.clone().try_acquire_owned() else {
-            let shed = 1 + self
-                .events_shed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if shed.is_power_of_two() {
-                tracing::warn!(
-                    shed,
-                    "boot events arrive faster than they can be queued; dropping some"
-                );
+    }
+}
+
+impl BootEvents {
+    /// A place in the backlog for this boot's event; None when it repeats
+    /// the MAC's last outcome or the backlog is full (counted, logged at
+    /// powers of two).
+    pub fn admit(&self, mac: Mac, answer: &BootAnswer) -> Option<OwnedSemaphorePermit> {
+        if self.repeated(mac, answer) {
+            return None;
+        }
+        match self.backlog.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let shed = 1 + self.shed.fetch_add(1, Ordering::Relaxed);
+                if shed.is_power_of_two() {
+                    tracing::warn!(
+                        shed,
+                        "boot events arrive faster than they can be queued; dropping some"
+                    );
+                }
+                None
             }
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        let report = NodeReport {
-            mac_address: mac.to_string(),
-            event: Some("boot_started".into()),
-            status: Some("success".into()),
-            message: Some(format!(
-                "action={} source={}",
-                answer.action.as_str(),
-                answer.source.as_str()
-            )),
-            metadata: Some(serde_json::json!({
-                "booted_at": now
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                "action": answer.action.as_str(),
-                "source": answer.source.as_str(),
-                "state": answer.state.map(|s| s.as_str()),
-            })),
-            installation_status: None,
-            extra: Default::default(),
-        };
-        let outbox = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = outbox.send_event(mac, report).await {
-                tracing::error!(%mac, error = %e, "boot event lost");
-            }
-            drop(permit);
-        });
+        }
+    }
+
+    /// Leave to send one event directly (None: enough are under way; queue it).
+    pub fn direct_send(&self) -> Option<OwnedSemaphorePermit> {
+        self.direct.clone().try_acquire_owned().ok()
     }
 
     /// Records `answer` as `mac`'s last boot; true if it repeats the last
     /// one within [`BOOT_EVENT_REPEAT`].
-    fn repeated_boot(&self, mac: Mac, answer: &BootAnswer) -> bool {
+    fn repeated(&self, mac: Mac, answer: &BootAnswer) -> bool {
         let outcome = (answer.action, answer.source, answer.state);
-        let now = std::time::Instant::now();
-        let mut last = self.last_boot.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match last.get(&mac) {
             Some((previous, at)) if *previous == outcome && now - *at < BOOT_EVENT_REPEAT => true,
             _ => {
@@ -100,25 +96,29 @@ impl Outbox {
             }
         }
     }
+}
 
-    /// A boot event: like any write, but at most [`DIRECT_EVENT_SENDS`]
-    /// go directly at a time, and a refusal drops it (it is only news).
-    async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
-        let operation = Operation::Report { report };
-        let permit = self.direct_events.clone().try_acquire_owned().ok();
-        match self.attempt(mac, &operation, permit.is_some()).await {
-            Ok(Attempt::Sent(_)) => Ok(()),
-            Ok(Attempt::Queue { key, .. }) => {
-                drop(permit);
-                self.enqueue_operation(Kind::Event, mac, &operation, key, None)
-                    .await
-                    .map(|_| ())
-            }
-            Err(WriteError::Rejected { status, body }) => {
-                tracing::warn!(%mac, status, %body, "controller refused a boot event; dropped");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+/// The `boot_started` report of a boot (PureBoot's `NodeReport`).
+pub fn boot_report(mac: Mac, answer: &BootAnswer) -> NodeReport {
+    let now = OffsetDateTime::now_utc();
+    NodeReport {
+        mac_address: mac.to_string(),
+        event: Some("boot_started".into()),
+        status: Some("success".into()),
+        message: Some(format!(
+            "action={} source={}",
+            answer.action.as_str(),
+            answer.source.as_str()
+        )),
+        metadata: Some(serde_json::json!({
+            "booted_at": now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "action": answer.action.as_str(),
+            "source": answer.source.as_str(),
+            "state": answer.state.map(|s| s.as_str()),
+        })),
+        installation_status: None,
+        extra: Default::default(),
     }
 }

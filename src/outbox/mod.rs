@@ -20,18 +20,19 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::central::CentralError;
 use crate::central::api::{NewNode, NodeReport, StateChange};
 use crate::central::ops::Operation;
 use crate::central::port::ControllerPort;
-use crate::model::boot::{BootFacts, discovered_node};
+use crate::model::boot::{BootAnswer, BootFacts, discovered_node};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::{Node, NodeState};
 use crate::store::StoreError;
 use crate::store::nodes::NodeCache;
+use events::{BootEvents, boot_report};
 use queue::writer::QueueWriter;
 use queue::{Kind, NewItem, Queue, QueueError, Stats};
 
@@ -96,11 +97,7 @@ pub struct Outbox {
     nodes: NodeCache,
     port: Arc<ControllerPort>,
     wake: Arc<Notify>,
-    direct_events: Arc<Semaphore>,
-    event_backlog: Arc<Semaphore>,
-    events_shed: std::sync::atomic::AtomicU64,
-    /// Last recorded boot outcome per MAC, and when.
-    last_boot: Mutex<std::collections::HashMap<Mac, (events::BootOutcome, std::time::Instant)>>,
+    events: BootEvents,
     /// MACs whose registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
 }
@@ -114,10 +111,7 @@ impl Outbox {
             nodes,
             port,
             wake: Arc::new(Notify::new()),
-            direct_events: Arc::new(Semaphore::new(events::DIRECT_EVENT_SENDS)),
-            event_backlog: Arc::new(Semaphore::new(events::EVENT_BACKLOG)),
-            events_shed: std::sync::atomic::AtomicU64::new(0),
-            last_boot: Mutex::new(std::collections::HashMap::new()),
+            events: BootEvents::default(),
             registering: Mutex::new(HashSet::new()),
         }
     }
@@ -293,6 +287,47 @@ impl Outbox {
         };
         self.write(kind, mac, Operation::Report { report }, implied)
             .await
+    }
+
+    /// Records that a node booted (time, action, source), without making
+    /// the boot wait: sent directly when online, else queued. Standalone
+    /// there is nobody to tell.
+    pub fn boot_event(self: &Arc<Self>, mac: Mac, answer: &BootAnswer) {
+        if !self.port.mode().has_controller() {
+            return;
+        }
+        let Some(backlog_place) = self.events.admit(mac, answer) else {
+            return;
+        };
+        let report = boot_report(mac, answer);
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = outbox.send_event(mac, report).await {
+                tracing::error!(%mac, error = %e, "boot event lost");
+            }
+            drop(backlog_place);
+        });
+    }
+
+    /// A boot event: like any write, but only a few go directly at a time,
+    /// and a refusal drops it (it is only news).
+    async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
+        let operation = Operation::Report { report };
+        let direct = self.events.direct_send();
+        match self.attempt(mac, &operation, direct.is_some()).await {
+            Ok(Attempt::Sent(_)) => Ok(()),
+            Ok(Attempt::Queue { key, .. }) => {
+                drop(direct);
+                self.enqueue_operation(Kind::Event, mac, &operation, key, None)
+                    .await
+                    .map(|_| ())
+            }
+            Err(WriteError::Rejected { status, body }) => {
+                tracing::warn!(%mac, status, %body, "controller refused a boot event; dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// DESIGN §4, an unknown MAC: registered at the controller (standalone:
