@@ -443,3 +443,71 @@ fn install_assets_missing_here_are_proxied_from_the_controller() {
     let (status, _, _) = curl(&[&kernel_url]);
     assert_eq!(status, 502);
 }
+
+#[test]
+fn a_gateway_answering_502_for_a_dead_controller_means_offline() {
+    // DESIGN §10: behind a reverse proxy, a dead controller answers 502
+    // (or 503, 504) to every call, health check included.
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:27:01";
+    controller.set_node(mac, "active", None);
+    let agent = online_agent(&controller);
+    boot(&agent, mac);
+    controller.set_mode(Mode::BadGateway);
+    wait_until(LONG, "offline behind the gateway", || {
+        mode(&agent) == "offline"
+    });
+    let (body, source) = boot(&agent, mac);
+    assert_eq!(source, "offline");
+    assert!(
+        body.contains("state=active action=local source=offline"),
+        "{body}"
+    );
+    controller.set_mode(Mode::Healthy);
+    wait_until(LONG, "online again", || mode(&agent) == "online");
+}
+
+#[test]
+fn the_first_heartbeat_follows_registration_then_the_controllers_interval() {
+    // The agent's own interval is an hour and so is the controller's: the
+    // only heartbeat the test can see is the one sent right after
+    // registration.
+    let controller = FakeController::start();
+    controller.set_heartbeat_interval(3600);
+    let agent = AgentBuilder::new()
+        .config(
+            &central_config(&controller)
+                .replace("heartbeat_interval = \"1s\"", "heartbeat_interval = \"1h\""),
+        )
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "a heartbeat right after registration", || {
+        !controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .is_empty()
+    });
+}
+
+#[test]
+fn a_retired_node_whose_script_fails_still_does_not_boot() {
+    // The retired template prints the hostname; one the controller sent
+    // with a character refused in scripts makes rendering fail. The
+    // fallback keeps the intent: no boot (DESIGN §4).
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:28:01";
+    controller.set_node(mac, "retired", None);
+    let mut node = controller.node(mac).expect("node");
+    node["hostname"] = json!("db01;reboot");
+    controller.set_raw_node(mac, node);
+    let agent = online_agent(&controller);
+    let (body, _) = boot(&agent, mac);
+    assert!(body.contains("action=retired"), "{body}");
+    assert!(
+        body.contains("could not build this node's script"),
+        "the template must have failed for this test to mean anything: {body}"
+    );
+    assert!(
+        !body.contains("sanboot") && !body.contains("exit"),
+        "a retired node booted: {body}"
+    );
+}

@@ -110,8 +110,8 @@ impl Renderer {
             },
             Err(e) => {
                 tracing::error!(mac = %node.mac, action = decision.action.as_str(), error = %e,
-                    "script template failed; serving the built-in local-boot script");
-                fallback_answer(node.mac, Some(node.state), source)
+                    "script template failed; serving the built-in script of the same intent");
+                fallback_for(decision.action, node.mac, Some(node.state), source)
             }
         }
     }
@@ -244,6 +244,40 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// The built-in answer when `action`'s script cannot be rendered, of the
+/// same intent (DESIGN §4): a retired node still does not boot; anything
+/// else boots its local disk, never anything destructive.
+pub fn fallback_for(
+    action: Action,
+    mac: Mac,
+    state: Option<NodeState>,
+    source: Source,
+) -> BootAnswer {
+    if action != Action::Retired {
+        return fallback_answer(mac, state, source);
+    }
+    BootAnswer {
+        script: format!(
+            "#!ipxe\n{}echo *** siteboot ERROR: could not build this node's script (see the agent log) ***\n\
+             echo *** siteboot: this node is RETIRED and will not boot. ***\n\
+             :siteboot_retired\nsleep 3600\ngoto siteboot_retired\n",
+            status_line(mac, state, Action::Retired, source)
+        ),
+        source,
+        action: Action::Retired,
+        state,
+    }
+}
+
+fn status_line(mac: Mac, state: Option<NodeState>, action: Action, source: Source) -> String {
+    format!(
+        "echo siteboot: mac={mac} state={} action={} source={}\n",
+        state.map(NodeState::as_str).unwrap_or("unknown"),
+        action.as_str(),
+        source.as_str()
+    )
+}
+
 pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> BootAnswer {
     BootAnswer {
         script: fallback_script(Some(mac), state, source),
@@ -257,11 +291,7 @@ pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> Bo
 /// disk, never anything destructive. Deliberately not a template.
 pub fn fallback_script(mac: Option<Mac>, state: Option<NodeState>, source: Source) -> String {
     let status = match mac {
-        Some(mac) => format!(
-            "echo siteboot: mac={mac} state={} action=local source={}\n",
-            state.map(NodeState::as_str).unwrap_or("unknown"),
-            source.as_str()
-        ),
+        Some(mac) => status_line(mac, state, Action::Local, source),
         None => String::new(),
     };
     format!(
@@ -302,5 +332,19 @@ mod tests {
         ));
         assert!(s.contains("sanboot --no-describe --drive 0x80"));
         assert!(!s.contains("kernel"));
+    }
+
+    #[test]
+    fn a_retired_node_still_does_not_boot_when_its_script_fails() {
+        let mac: Mac = "52:54:00:00:00:0a".parse().unwrap();
+        let a = fallback_for(Action::Retired, mac, Some(NodeState::Retired), Source::Live);
+        assert_eq!(a.action, Action::Retired);
+        assert!(a.script.contains(
+            "echo siteboot: mac=52:54:00:00:00:0a state=retired action=retired source=live\n"
+        ));
+        assert!(!a.script.contains("sanboot") && !a.script.contains("exit"));
+        let b = fallback_for(Action::Install, mac, Some(NodeState::Pending), Source::Live);
+        assert_eq!(b.action, Action::Local);
+        assert!(!b.script.contains("kernel"));
     }
 }

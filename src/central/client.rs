@@ -86,6 +86,12 @@ impl HttpController {
     ) -> Result<(StatusCode, Vec<u8>), CentralError> {
         let mut response = builder.send().await.map_err(unreachable)?;
         let status = response.status();
+        if behind_a_dead_proxy(status) {
+            // DESIGN §10: a reverse proxy in front of a dead controller.
+            return Err(CentralError::Unreachable(format!(
+                "controller answered {status} (a gateway with no controller behind it)"
+            )));
+        }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
             if body.len() + chunk.len() > MAX_BODY {
@@ -108,6 +114,15 @@ impl HttpController {
         }
         decode(&body)
     }
+}
+
+/// 502, 503 and 504 are what a reverse proxy answers when the controller
+/// behind it is gone: evidence of unreachability, not an answer.
+fn behind_a_dead_proxy(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 fn unreachable(e: reqwest::Error) -> CentralError {
@@ -137,6 +152,12 @@ impl Controller for HttpController {
                 .await?;
             if status.is_success() {
                 Ok(())
+            } else if status.is_server_error() {
+                // A health check that fails is an unhealthy controller:
+                // it cannot be relied on to answer boots (DESIGN §10).
+                Err(CentralError::Unreachable(format!(
+                    "health check answered {status}"
+                )))
             } else {
                 Err(rejected(status, &body))
             }

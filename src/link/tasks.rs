@@ -79,6 +79,8 @@ struct Tasks {
     settings: LinkSettings,
     shutdown: CancellationToken,
     registered: AtomicBool,
+    /// Woken by each successful registration (for the first heartbeat).
+    registered_now: tokio::sync::Notify,
     heartbeat_secs: AtomicU64,
     sync: SyncHandle,
 }
@@ -99,6 +101,7 @@ pub fn spawn(
         settings,
         shutdown,
         registered: AtomicBool::new(false),
+        registered_now: tokio::sync::Notify::new(),
         sync: sync.clone(),
     });
     tracker.spawn(tasks.clone().probe_loop());
@@ -139,6 +142,7 @@ impl Tasks {
             self.heartbeat_secs.store(secs, Ordering::Relaxed);
         }
         self.registered.store(true, Ordering::Relaxed);
+        self.registered_now.notify_one();
         let record = serde_json::json!({
             "registered_at": OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
@@ -194,12 +198,14 @@ impl Tasks {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                // The first heartbeat goes out right after registration
+                // (DESIGN §6), then one every interval the controller set.
+                _ = self.registered_now.notified() => {}
             }
-            if self.services.port.mode() != Mode::Online {
-                continue;
-            }
-            self.ensure_registered().await;
-            if !self.registered.load(Ordering::Relaxed) {
+            // Registration is the probe loop's (and a refused heartbeat's):
+            // until it succeeds there is nobody to beat to.
+            if self.services.port.mode() != Mode::Online || !self.registered.load(Ordering::Relaxed)
+            {
                 continue;
             }
             let heartbeat = self.heartbeat().await;

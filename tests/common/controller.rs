@@ -19,8 +19,12 @@ pub enum Mode {
     Healthy,
     /// Answers after this long.
     Slow(Duration),
-    /// 500 to everything.
+    /// Every API call answers 500 (the controller is up but wrong; its
+    /// health check still answers).
     Erroring,
+    /// Every call, health check included, answers 502: a reverse proxy
+    /// in front of a controller that is gone.
+    BadGateway,
     /// 200 with a body that is not JSON.
     Garbage,
 }
@@ -149,6 +153,11 @@ impl FakeController {
         if self.server.lock().expect("lock").is_none() {
             self.up();
         }
+    }
+
+    /// The `heartbeat_interval` (seconds) registration answers with.
+    pub fn set_heartbeat_interval(&self, secs: u64) {
+        self.inner.lock().expect("lock").heartbeat_interval = secs;
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -348,7 +357,11 @@ async fn handle(
     let current = *mode.lock().expect("lock");
     match current {
         Mode::Slow(delay) => tokio::time::sleep(delay).await,
-        Mode::Erroring => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Mode::Erroring if path != "/health" => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+        }
+        Mode::BadGateway => return (StatusCode::BAD_GATEWAY, "<html>502</html>").into_response(),
+        Mode::Erroring => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Healthy => {}
     }
