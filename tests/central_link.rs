@@ -511,3 +511,35 @@ fn a_retired_node_whose_script_fails_still_does_not_boot() {
         "a retired node booted: {body}"
     );
 }
+
+#[test]
+fn an_unusable_answer_for_an_uncached_mac_gets_the_offline_default() {
+    // DESIGN §4: the controller is up but answers garbage or errors for a
+    // MAC the cache does not hold: the machine could be anything (an active
+    // server among them), so it gets offline.default_action (here the
+    // default, local boot), never discovery, and is not registered.
+    let controller = FakeController::start();
+    let agent = online_agent(&controller);
+    for (n, bad) in [Mode::Garbage, Mode::Erroring].into_iter().enumerate() {
+        controller.set_mode(bad);
+        let mac = format!("52:54:00:00:29:{n:02x}");
+        let (body, source) = boot(&agent, &mac);
+        assert_eq!(source, "cache", "{bad:?}");
+        assert!(
+            body.contains(&format!(
+                "mac={mac} state=discovered action=local source=cache"
+            )),
+            "{bad:?}: {body}"
+        );
+        assert!(
+            !body.contains("OFFLINE"),
+            "{bad:?}: the controller is up: {body}"
+        );
+    }
+    assert_eq!(mode(&agent), "online");
+    controller.set_mode(Mode::Healthy);
+    assert!(
+        controller.node("52:54:00:00:29:00").is_none(),
+        "no registration from an unusable answer"
+    );
+}

@@ -126,13 +126,21 @@ impl BootService {
     pub async fn boot(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
         let _active = self.stats.begin(mac);
         let answer = match self.resolver.resolve(mac, facts).await {
+            // DESIGN §4: online, but the controller gave no usable answer
+            // (error, garbage, deadline) for a MAC the cache does not hold:
+            // nothing is known about this machine, so it gets what an
+            // unknown MAC gets offline, never a discovery by default.
+            Resolved::Online {
+                node: None,
+                source: Source::Cache,
+            } => self.offline_column(mac, facts, base_url, None).await,
             Resolved::Online { node, source } => {
                 self.answer(mac, node, facts, base_url, source).await
             }
             Resolved::Offline { since } => {
                 let now = OffsetDateTime::now_utc();
                 let duration = (now - since).try_into().unwrap_or(Duration::ZERO);
-                self.render_offline(mac, facts, base_url, since, duration)
+                self.offline_column(mac, facts, base_url, Some((since, duration)))
                     .await
             }
             Resolved::Failed(e) => {
@@ -146,18 +154,19 @@ impl BootService {
         answer
     }
 
-    /// The offline column of DESIGN §4 from the cached record, with the
-    /// OFFLINE banner (also `siteboot render --offline`).
-    async fn render_offline(
+    /// The offline column of DESIGN §4 from the cached record. With an
+    /// `outage` (since, how long) it is an offline answer with the OFFLINE
+    /// banner (also `siteboot render --offline`); without one, the
+    /// controller is up but gave no usable answer (`source=cache`).
+    async fn offline_column(
         &self,
         mac: Mac,
         facts: &BootFacts,
         base_url: &str,
-        since: OffsetDateTime,
-        duration: Duration,
+        outage: Option<(OffsetDateTime, Duration)>,
     ) -> BootAnswer {
         let node = self.nodes.get(mac);
-        let offline = OfflineView {
+        let offline = outage.map(|(since, duration)| OfflineView {
             since: rfc3339(since),
             // Whole seconds: "1h 2m 3s", not nanoseconds.
             duration: humantime::format_duration(Duration::from_secs(duration.as_secs()))
@@ -166,6 +175,11 @@ impl BootService {
                 .as_ref()
                 .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
                 .unwrap_or_else(|| "never".into()),
+        });
+        let source = if offline.is_some() {
+            Source::Offline
+        } else {
+            Source::Cache
         };
         let last = if self.offline_default == OfflineDefault::LastKnown {
             self.store
@@ -199,9 +213,9 @@ impl BootService {
         let scene = Scene {
             node: &shown,
             facts,
-            source: Source::Offline,
+            source,
             base_url,
-            offline: Some(offline),
+            offline,
         };
         match last {
             Some(last) if decision.action == Action::LastKnown => {
@@ -259,7 +273,7 @@ impl BootService {
         if offline {
             let now = OffsetDateTime::now_utc();
             return self
-                .render_offline(mac, facts, base_url, now, Duration::ZERO)
+                .offline_column(mac, facts, base_url, Some((now, Duration::ZERO)))
                 .await;
         }
         // Online, an unknown MAC would be stored as discovered first.
