@@ -408,3 +408,62 @@ fn health_answers() {
     assert_eq!(status, 200);
     assert!(body.contains("\"status\":\"ok\""), "{body}");
 }
+
+#[test]
+fn installer_reports_move_nodes_only_along_the_installers_path() {
+    // DESIGN §10: /api/v1/report is open to anyone on the boot network.
+    let builder = AgentBuilder::new();
+    for (n, state) in [(30, "retired"), (31, "active"), (32, "pending")] {
+        builder.cli_ok(&["nodes", "add", "--mac", &mac(n), "--state", state]);
+    }
+    let agent = builder.start();
+    let token = common::admin_token(&agent);
+    let report = |n: u8, event: &str| {
+        let body = format!(r#"{{"mac_address": "{}", "event": "{event}"}}"#, mac(n));
+        let (status, _, answer) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &agent.url("/api/v1/report"),
+        ]);
+        (status, String::from_utf8_lossy(&answer).into_owned())
+    };
+    let state_of = |n: u8| {
+        let (status, _, body) = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &agent.url(&format!("/api/v1/nodes/{}", mac(n))),
+        ]);
+        assert_eq!(status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        doc["data"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // A forged first_boot does not revive a retired node; a forged failure
+    // does not knock an active one over.
+    let (status, answer) = report(30, "first_boot");
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.contains("retired") && answer.contains("\"refused_by\":\"agent\""),
+        "{answer}"
+    );
+    assert_eq!(state_of(30), "retired");
+    let (status, answer) = report(31, "install_failed");
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(state_of(31), "active");
+    // The installer's own path still works, step by step.
+    for (event, expected) in [
+        ("install_started", "installing"),
+        ("install_complete", "installed"),
+        ("first_boot", "active"),
+    ] {
+        let (status, answer) = report(32, event);
+        assert_eq!(status, 200, "{event}: {answer}");
+        assert_eq!(state_of(32), expected, "after {event}");
+    }
+}

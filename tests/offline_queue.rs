@@ -919,3 +919,33 @@ fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing() {
         );
     }
 }
+
+#[test]
+fn a_queued_installer_report_moves_the_cache_only_along_the_installers_path() {
+    let controller = FakeController::start();
+    let (active, pending) = ("52:54:00:00:47:01", "52:54:00:00:47:02");
+    controller.set_node(active, "active", None);
+    controller.set_node(pending, "pending", None);
+    let agent = synced_agent(&controller, &[active, pending]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let report = |mac: &str, event: &str| {
+        let body = json!({"mac_address": mac, "event": event});
+        http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer")
+    };
+    let cached_state = |mac: &str| {
+        let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+        node["data"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Queued for the controller to judge, but the cache (and so the next
+    // boot) does not take a state the installer could not have caused.
+    let (code, text) = report(active, "install_failed");
+    assert_eq!(code, 202, "{text}");
+    assert_eq!(cached_state(active), "active");
+    let (code, text) = report(pending, "install_started");
+    assert_eq!(code, 202, "{text}");
+    assert_eq!(cached_state(pending), "installing");
+}

@@ -132,22 +132,35 @@ impl Controller for LocalController {
         })
     }
 
-    /// A report that implies a state moves a known node there; other
-    /// reports (and reports for unknown MACs) are taken and change nothing.
+    /// A report that implies a state moves a known node there, if the
+    /// installer may (DESIGN §10); one that may not is refused with 409.
+    /// Other reports (and reports for unknown MACs) change nothing.
     fn report(&self, report: &NodeReport, _: &str) -> BoxFuture<'_, Result<(), CentralError>> {
         let target = report.implied_state();
         let mac = report.mac_address.parse::<Mac>().ok();
+        let event = report.effective_event().unwrap_or("").to_string();
         Box::pin(async move {
-            if let (Some(state), Some(mac)) = (target, mac)
-                && self.nodes.get(mac).is_some()
-            {
-                self.nodes
-                    .update(mac, move |n| {
-                        n.change_state(state, OffsetDateTime::now_utc());
-                    })
-                    .await
-                    .map_err(local)?;
+            let (Some(to), Some(mac)) = (target, mac) else {
+                return Ok(());
+            };
+            let Some(node) = self.nodes.get(mac) else {
+                return Ok(());
+            };
+            if !node.state.installer_may_move_to(to) {
+                return Err(CentralError::Rejected {
+                    status: 409,
+                    body: format!(
+                        "node {mac} is {}: an installer's {event} report cannot move it to {to} \
+                         (installers move pending/reprovision → installing → installed/install_failed, \
+                         installed → active; an operator changes the rest)",
+                        node.state
+                    ),
+                });
             }
+            self.nodes
+                .update(mac, move |n| n.change_state(to, OffsetDateTime::now_utc()))
+                .await
+                .map_err(local)?;
             Ok(())
         })
     }

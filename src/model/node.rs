@@ -60,6 +60,23 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// May an installer's report (unauthenticated) move a node in this
+    /// state to `to`? Only along the installer's path (DESIGN §10):
+    /// `pending | reprovision | installing → installing → installed |
+    /// install_failed`, and `installed → active` on first boot. A retired
+    /// node is never moved.
+    pub fn installer_may_move_to(self, to: NodeState) -> bool {
+        use NodeState::*;
+        match to {
+            Installing => matches!(self, Pending | Reprovision | Installing),
+            Installed | InstallFailed => self == Installing,
+            Active => self == Installed,
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for NodeState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
@@ -251,6 +268,23 @@ pub fn validate_hostname(hostname: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installer_reports_follow_only_the_installers_path() {
+        use NodeState::*;
+        assert!(Pending.installer_may_move_to(Installing));
+        assert!(Reprovision.installer_may_move_to(Installing));
+        assert!(Installing.installer_may_move_to(Installed));
+        assert!(Installing.installer_may_move_to(InstallFailed));
+        assert!(Installed.installer_may_move_to(Active));
+        for to in NodeState::ALL {
+            assert!(!Retired.installer_may_move_to(to), "retired → {to}");
+        }
+        assert!(!Active.installer_may_move_to(InstallFailed));
+        assert!(!Active.installer_may_move_to(Installing));
+        assert!(!Pending.installer_may_move_to(Installed));
+        assert!(!Installing.installer_may_move_to(Retired));
+    }
 
     #[test]
     fn states_round_trip_through_text_and_json() {

@@ -285,7 +285,19 @@ impl Outbox {
         } else {
             Kind::Event
         };
-        self.write(kind, mac, Operation::Report { report }, implied)
+        // The controller judges the report itself; the cache takes its
+        // state only along the installer's path (DESIGN §10), so a forged
+        // report cannot change what the next boot gets here.
+        let cache_takes = implied.filter(|to| {
+            self.nodes
+                .get(mac)
+                .is_some_and(|n| n.state.installer_may_move_to(*to))
+        });
+        if implied.is_some() && cache_takes.is_none() {
+            tracing::warn!(%mac, event = report.effective_event().unwrap_or(""),
+                "installer report does not fit the node's state; the cache keeps its state");
+        }
+        self.write(kind, mac, Operation::Report { report }, cache_takes)
             .await
     }
 

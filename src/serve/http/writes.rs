@@ -63,14 +63,15 @@ fn written(outcome: Written) -> Response {
     }
 }
 
-fn write_failed(e: WriteError) -> Response {
+/// `refused_by`: who said no (the controller, or standalone the agent).
+fn write_failed(e: WriteError, refused_by: &str) -> Response {
     match e {
         WriteError::UnknownNode(_) => error(StatusCode::NOT_FOUND, e),
         WriteError::Rejected { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             (
                 status,
-                axum::Json(json!({"error": body, "refused_by": "controller"})),
+                axum::Json(json!({"error": body, "refused_by": refused_by})),
             )
                 .into_response()
         }
@@ -97,8 +98,16 @@ pub async fn report(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     report.validate().map_err(ApiError::bad_request)?;
     Ok(match state.outbox.report(report).await {
         Ok(outcome) => written(outcome),
-        Err(e) => write_failed(e),
+        Err(e) => write_failed(e, refuser(&state)),
     })
+}
+
+fn refuser(state: &AppState) -> &'static str {
+    if state.port.mode().has_controller() {
+        "controller"
+    } else {
+        "agent"
+    }
 }
 
 /// The body of `PATCH /api/v1/nodes/{mac}/state`.
@@ -134,7 +143,7 @@ pub async fn set_state(
             tracing::info!(%mac, state = %new_state, "node state change accepted");
             written(outcome)
         }
-        Err(e) => write_failed(e),
+        Err(e) => write_failed(e, refuser(&state)),
     })
 }
 
