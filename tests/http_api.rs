@@ -467,3 +467,21 @@ fn installer_reports_move_nodes_only_along_the_installers_path() {
         assert_eq!(state_of(32), expected, "after {event}");
     }
 }
+
+#[test]
+fn the_admin_token_is_compared_exactly() {
+    let agent = AgentBuilder::new().start();
+    let token = common::admin_token(&agent);
+    let url = agent.url("/api/v1/nodes");
+    let status_with = |header: String| curl(&["-H", &header, &url]).0;
+    assert_eq!(status_with(format!("Authorization: Bearer {token}")), 200);
+    for padded in [
+        format!("Authorization: Bearer  {token}"),
+        format!("Authorization: Bearer \t{token}"),
+        format!("Authorization: Bearer {token}x"),
+        format!("Authorization: Bearer {}", &token[1..]),
+        format!("Authorization: bearer {token}"),
+    ] {
+        assert_eq!(status_with(padded.clone()), 401, "{padded:?} was let in");
+    }
+}

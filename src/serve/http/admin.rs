@@ -53,8 +53,9 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // Compared exactly: a token with padding or anything else around
+        // it is another token.
+        .and_then(|v| v.strip_prefix("Bearer "));
     if presented
         .is_some_and(|token| constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()))
     {
