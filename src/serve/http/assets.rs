@@ -28,6 +28,15 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
+/// A byte position as RFC 9110 spells it: ASCII digits only (Rust's own
+/// parser would also take a sign, `+1`).
+fn position(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return RangeRequest::Full;
@@ -41,20 +50,20 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     let (first, last) = (first.trim(), last.trim());
     let range = match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes
-        (true, false) => match last.parse::<u64>() {
-            Ok(0) => return RangeRequest::Unsatisfiable,
-            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
-            Err(_) => return RangeRequest::Full,
+        (true, false) => match position(last) {
+            Some(0) => return RangeRequest::Unsatisfiable,
+            Some(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            None => return RangeRequest::Full,
         },
         (false, _) => {
-            let Ok(start) = first.parse::<u64>() else {
+            let Some(start) = position(first) else {
                 return RangeRequest::Full;
             };
             let end = if last.is_empty() {
                 len.saturating_sub(1)
             } else {
-                match last.parse::<u64>() {
-                    Ok(end) if end >= start => end.min(len.saturating_sub(1)),
+                match position(last) {
+                    Some(end) if end >= start => end.min(len.saturating_sub(1)),
                     _ => return RangeRequest::Full,
                 }
             };
@@ -220,5 +229,13 @@ mod tests {
         assert_eq!(parse_range(Some("items=0-3"), 100), Full);
         assert_eq!(parse_range(Some("bytes=x-3"), 100), Full);
         assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn signed_positions_are_not_ranges() {
+        use RangeRequest::*;
+        for spec in ["bytes=+1", "bytes=+1-", "bytes=-+1", "bytes=1-+5", "bytes=+0-+9"] {
+            assert_eq!(parse_range(Some(spec), 100), Full, "{spec}");
+        }
     }
 }
