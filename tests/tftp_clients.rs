@@ -415,3 +415,37 @@ fn boot_ipxe_over_tftp_is_the_rendered_bootstrap() {
         );
     }
 }
+
+#[test]
+fn netascii_is_refused_not_served_untranslated() {
+    let agent = AgentBuilder::new()
+        .asset("text.txt", b"line\nline\n")
+        .start();
+    let mut request = vec![0, 1];
+    request.extend_from_slice(b"text.txt\0netascii\0");
+    let (code, message) = expect_error(agent.tftp, &request);
+    assert_eq!(code, 4, "{message}");
+    assert!(message.contains("octet"), "{message}");
+}
+
+#[test]
+fn a_repeated_option_is_acknowledged_once() {
+    let agent = AgentBuilder::new().asset("f.bin", &[7u8; 100]).start();
+    let mut options = vec![("blksize", "1024"), ("blksize", "512")];
+    options.extend(std::iter::repeat_n(("tsize", "0"), 1000));
+    let request = rrq("f.bin", &options);
+    let client = raw_client();
+    client.send_to(&request, agent.tftp).expect("send");
+    let (oack, _) = recv(&client);
+    assert_eq!(opcode(&oack), 6, "expected an OACK, got {oack:?}");
+    assert!(oack.len() < request.len(), "the OACK outgrew the request");
+    let fields: Vec<&[u8]> = oack[2..]
+        .split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(
+        fields,
+        [&b"blksize"[..], b"1024", b"tsize", b"100"],
+        "each option once, as first given"
+    );
+}

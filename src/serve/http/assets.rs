@@ -234,7 +234,13 @@ mod tests {
     #[test]
     fn signed_positions_are_not_ranges() {
         use RangeRequest::*;
-        for spec in ["bytes=+1", "bytes=+1-", "bytes=-+1", "bytes=1-+5", "bytes=+0-+9"] {
+        for spec in [
+            "bytes=+1",
+            "bytes=+1-",
+            "bytes=-+1",
+            "bytes=1-+5",
+            "bytes=+0-+9",
+        ] {
             assert_eq!(parse_range(Some(spec), 100), Full, "{spec}");
         }
     }

@@ -200,12 +200,17 @@ impl<P: FileProvider> TftpServer<P> {
     }
 
     fn start_session(&self, peer: SocketAddr, request: packet::Request) {
-        if request.mode != "octet" && request.mode != "netascii" {
+        // netascii would have to be translated (RFC 1350); bootloaders
+        // and images are binary, so it is refused rather than served raw.
+        if request.mode != "octet" {
             let socket = self.socket.clone();
             tokio::spawn(async move {
                 let _ = socket
                     .send_to(
-                        &packet::error(ErrorCode::IllegalOperation, "only octet mode is served"),
+                        &packet::error(
+                            ErrorCode::IllegalOperation,
+                            "only octet (binary) mode is served",
+                        ),
                         peer,
                     )
                     .await;

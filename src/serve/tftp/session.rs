@@ -57,7 +57,14 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
         timeout: limits.default_timeout,
         acknowledged: Vec::new(),
     };
+    let mut seen: Vec<&str> = Vec::new();
     for (name, value) in options {
+        // A repeated option counts once, as first given: an OACK never
+        // grows with the request (DESIGN §10).
+        if seen.contains(&name.as_str()) {
+            continue;
+        }
+        seen.push(name);
         let Ok(number) = value.trim().parse::<u64>() else {
             continue;
         };
@@ -239,6 +246,19 @@ mod tests {
         list.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_repeated_option_is_used_once_as_first_given() {
+        let limits = Limits::default();
+        let mut many = vec![("blksize", "1468"), ("blksize", "512")];
+        many.extend(std::iter::repeat_n(("tsize", "0"), 1000));
+        let n = negotiate(&opts(&many), 10, &limits);
+        assert_eq!(n.blksize, 1468);
+        assert_eq!(
+            n.acknowledged,
+            opts(&[("blksize", "1468"), ("tsize", "10")])
+        );
     }
 
     #[test]
