@@ -449,3 +449,55 @@ fn a_repeated_option_is_acknowledged_once() {
         "each option once, as first given"
     );
 }
+
+#[test]
+fn an_error_reply_is_never_larger_than_its_request() {
+    let agent = AgentBuilder::new().start();
+    let long = "A".repeat(10_000);
+    let mut malformed = vec![0, 1];
+    malformed.extend_from_slice(b"f\0octet\0");
+    malformed.extend_from_slice(long.as_bytes());
+    malformed.push(0); // an option name with no value: its name is in the error
+    let mut missing = vec![0, 1];
+    missing.extend_from_slice(format!("{}\0octet\0", "m".repeat(1000)).as_bytes());
+    let mut write = vec![0, 2];
+    write.extend_from_slice(b"x\0octet\0");
+    for request in [malformed, missing, rrq("n", &[]), write] {
+        let client = raw_client();
+        client.send_to(&request, agent.tftp).expect("send");
+        let (reply, _) = recv(&client);
+        assert_eq!(opcode(&reply), 5, "expected an ERROR");
+        assert!(
+            reply.len() <= request.len(),
+            "a {}-byte request got a {}-byte reply",
+            request.len(),
+            reply.len()
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_refused_requests_is_logged_once_with_a_count() {
+    let agent = AgentBuilder::new().start();
+    let client = raw_client();
+    let mut write = vec![0, 2];
+    write.extend_from_slice(b"upload.bin\0octet\0");
+    for _ in 0..300 {
+        client.send_to(&write, agent.tftp).expect("send");
+        let (reply, _) = recv(&client);
+        assert_eq!(opcode(&reply), 5);
+    }
+    // A transfer afterwards: once its line is in the log, so is every
+    // line written before it.
+    let out = agent.dir.path().join("after.out");
+    atftp_get(&agent, "undionly.kpxe", 1468, 1, &out);
+    let log = agent.wait_for_log("tftp transfer complete");
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("tftp write request refused"))
+        .count();
+    assert!(
+        (1..10).contains(&logged),
+        "300 refusals from one peer logged {logged} times"
+    );
+}

@@ -9,6 +9,7 @@
 pub mod content;
 pub mod packet;
 pub mod session;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,6 +64,9 @@ pub struct TftpServer<P: FileProvider> {
     next_id: AtomicU64,
     limits: Limits,
     executors: Executors,
+    /// Refusals are logged once per peer and interval (with a count), so a
+    /// flood of bad requests cannot flood the log.
+    log_throttle: Arc<throttle::LogThrottle>,
 }
 
 /// Single-threaded runtimes, one per core, that run the transfers.
@@ -114,6 +118,7 @@ impl<P: FileProvider> TftpServer<P> {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             limits: Limits::default(),
+            log_throttle: Arc::new(throttle::LogThrottle::new(throttle::LOG_INTERVAL)),
             executors: Executors::start()?,
         })
     }
@@ -147,21 +152,24 @@ impl<P: FileProvider> TftpServer<P> {
             match Packet::parse(&buf[..len]) {
                 Ok(Packet::ReadRequest(request)) => self.start_session(peer, request),
                 Ok(Packet::WriteRequest(request)) => {
-                    tracing::warn!(%peer, file = %request.filename, "tftp write request refused");
-                    self.reply_error(
-                        peer,
-                        ErrorCode::AccessViolation,
-                        "siteboot TFTP is read-only",
-                    )
-                    .await;
+                    if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
+                        tracing::warn!(%peer, file = %throttle::shown(&request.filename),
+                            suppressed, "tftp write request refused");
+                    }
+                    self.reply_error(peer, ErrorCode::AccessViolation, "read-only", len)
+                        .await;
                 }
                 Ok(_) => {} // stray DATA/ACK/ERROR for a finished session
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "malformed tftp request");
+                    if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
+                        tracing::debug!(%peer, error = %throttle::shown(&e.to_string()),
+                            suppressed, "malformed tftp request");
+                    }
                     self.reply_error(
                         peer,
                         ErrorCode::IllegalOperation,
                         &format!("malformed request: {e}"),
+                        len,
                     )
                     .await;
                 }
@@ -192,10 +200,12 @@ impl<P: FileProvider> TftpServer<P> {
         }
     }
 
-    async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+    /// Answers a request of `limit` bytes with an ERROR no larger (the
+    /// server's own messages are kept short so that they fit).
+    async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str, limit: usize) {
         let _ = self
             .socket
-            .send_to(&packet::error(code, message), peer)
+            .send_to(&packet::error_within(code, message, limit), peer)
             .await;
     }
 
@@ -207,9 +217,10 @@ impl<P: FileProvider> TftpServer<P> {
             tokio::spawn(async move {
                 let _ = socket
                     .send_to(
-                        &packet::error(
+                        &packet::error_within(
                             ErrorCode::IllegalOperation,
-                            "only octet (binary) mode is served",
+                            "octet mode only",
+                            request.wire_len,
                         ),
                         peer,
                     )
@@ -218,12 +229,15 @@ impl<P: FileProvider> TftpServer<P> {
             return;
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "tftp session limit reached; request refused");
+            if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
+                tracing::warn!(%peer, suppressed, "tftp session limit reached; request refused");
+            }
             let socket = self.socket.clone();
+            let limit = request.wire_len;
             tokio::spawn(async move {
                 let _ = socket
                     .send_to(
-                        &packet::error(ErrorCode::NotDefined, "server busy, retry later"),
+                        &packet::error_within(ErrorCode::NotDefined, "busy, retry", limit),
                         peer,
                     )
                     .await;
@@ -234,6 +248,7 @@ impl<P: FileProvider> TftpServer<P> {
         let provider = self.provider.clone();
         let sessions = self.sessions.clone();
         let limits = self.limits;
+        let log_throttle = self.log_throttle.clone();
         let bind_ip = self
             .socket
             .local_addr()
@@ -248,7 +263,15 @@ impl<P: FileProvider> TftpServer<P> {
         let handle = self.executors.next().spawn({
             let sessions = sessions.clone();
             async move {
-                serve_one(provider.as_ref(), peer, bind_ip, request, &limits).await;
+                serve_one(
+                    provider.as_ref(),
+                    peer,
+                    bind_ip,
+                    request,
+                    &limits,
+                    &log_throttle,
+                )
+                .await;
                 drop(permit);
                 let mut table = match sessions.lock() {
                     Ok(table) => table,
@@ -274,6 +297,7 @@ async fn serve_one<P: FileProvider>(
     bind_ip: IpAddr,
     request: packet::Request,
     limits: &Limits,
+    log_throttle: &throttle::LogThrottle,
 ) {
     let started = Instant::now();
     let socket = match session_socket(bind_ip, peer).await {
@@ -292,8 +316,11 @@ async fn serve_one<P: FileProvider>(
                 OpenError::Forbidden(_) => ErrorCode::AccessViolation,
                 OpenError::Io(_) => ErrorCode::NotDefined,
             };
-            tracing::info!(%peer, file = %request.filename, error = %e, "tftp request refused");
-            session::send_error(&socket, code, &e.to_string()).await;
+            if let Some(suppressed) = log_throttle.admit(peer.ip()) {
+                tracing::info!(%peer, file = %throttle::shown(&request.filename),
+                    error = %throttle::shown(&e.to_string()), suppressed, "tftp request refused");
+            }
+            session::refuse_request(&socket, code, &e.to_string(), request.wire_len).await;
             return;
         }
     };

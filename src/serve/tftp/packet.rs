@@ -36,6 +36,8 @@ pub struct Request {
     pub mode: String,
     /// Option names lower-cased, in the order the client sent them.
     pub options: Vec<(String, String)>,
+    /// The request's size on the wire: no reply to it may be larger.
+    pub wire_len: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +130,7 @@ fn parse_request(body: &[u8]) -> Result<Request, PacketError> {
         rest.pop();
     }
     Ok(Request {
+        wire_len: body.len() + 2,
         filename: fields[0].clone(),
         mode: fields[1].to_ascii_lowercase(),
         options: pair_options(&rest)?,
@@ -163,6 +166,18 @@ pub fn error(code: ErrorCode, message: &str) -> Bytes {
     buf.put_slice(message.as_bytes());
     buf.put_u8(0);
     buf.freeze()
+}
+
+/// An ERROR packet no larger than `limit` bytes (the request it answers:
+/// a spoofed request must not buy a larger reply); the message is cut to
+/// fit, on a character boundary.
+pub fn error_within(code: ErrorCode, message: &str, limit: usize) -> Bytes {
+    let room = limit.saturating_sub(5);
+    let mut end = message.len().min(room);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    error(code, &message[..end])
 }
 
 pub fn option_ack(options: &[(String, String)]) -> Bytes {

@@ -238,6 +238,13 @@ pub async fn send_error(socket: &UdpSocket, code: ErrorCode, message: &str) {
     let _ = socket.send(&packet::error(code, message)).await;
 }
 
+/// Answers a request with an ERROR no larger than the request (`limit`).
+pub async fn refuse_request(socket: &UdpSocket, code: ErrorCode, message: &str, limit: usize) {
+    let _ = socket
+        .send(&packet::error_within(code, message, limit))
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
