@@ -72,7 +72,7 @@ pub fn shown(text: &str) -> String {
         .flat_map(char::escape_default)
         .collect();
     if text.chars().count() > SHOWN_CHARS {
-        out.push_str("…");
+        out.push('…');
     }
     out
 }
