@@ -543,3 +543,44 @@ fn an_unusable_answer_for_an_uncached_mac_gets_the_offline_default() {
         "no registration from an unusable answer"
     );
 }
+
+#[test]
+fn the_asset_proxy_reaches_nothing_but_the_controllers_files() {
+    // DESIGN §10: a node asks for encodings that decode to `..`, a query
+    // or a fragment once more on the way to the controller.
+    let controller = FakeController::start();
+    controller.set_node("52:54:00:00:2a:01", "active", None);
+    let agent = online_agent(&controller);
+    let files_before = controller.calls_to("GET", "/api/v1/files").len();
+    for hostile in [
+        "/assets/%252e%252e/sites/fra1/nodes",
+        "/assets/%252e%252e/%252e%252e/api/v1/sites/fra1/nodes",
+        "/assets/%2e%2e/%2e%2e/api/v1/sites/fra1/nodes",
+        "/assets/x%3Fsince=0",
+        "/assets/x%23frag",
+        "/assets/a%2f..%2f..%2fhealth",
+        "/assets/a/./b",
+        "/assets/a//b",
+    ] {
+        let (status, _, body) = curl(&["--path-as-is", &agent.url(hostile)]);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            status == 403 || status == 404 || status == 400,
+            "{hostile}: {status} {text}"
+        );
+        assert!(
+            !text.contains("52:54:00:00:2a:01"),
+            "{hostile} leaked: {text}"
+        );
+    }
+    let files_after = controller.calls_to("GET", "/api/v1/files");
+    assert_eq!(
+        files_after.len(),
+        files_before,
+        "a hostile path reached the controller: {:?}",
+        &files_after[files_before..]
+            .iter()
+            .map(|c| &c.path)
+            .collect::<Vec<_>>()
+    );
+}

@@ -72,6 +72,28 @@ impl HttpController {
         self.token.as_deref()
     }
 
+    /// `<base>/api/v1/files/<segment>/…`, every segment encoded as one.
+    /// A `.` or `..` segment is refused here as well: the URL library
+    /// would resolve it, not encode it.
+    fn files_url(&self, path: &str) -> Result<reqwest::Url, CentralError> {
+        if path
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        {
+            return Err(CentralError::Local(format!(
+                "file path {path:?} refused before it reached the controller"
+            )));
+        }
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| CentralError::Garbage(format!("controller URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|_| CentralError::Garbage("controller URL cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(["api", "v1", "files"])
+            .extend(path.split('/'));
+        Ok(url)
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
@@ -223,9 +245,17 @@ impl Controller for HttpController {
         })
     }
 
+    /// `path` is a sanitised relative path; its segments are placed in the
+    /// URL one by one (each percent-encoded), so the request can reach
+    /// nothing but `/api/v1/files/…` (DESIGN §10).
     fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
-        let builder = self.request(reqwest::Method::GET, &format!("/api/v1/files/{path}"));
+        let url = self.files_url(path);
         Box::pin(async move {
+            let url = url?;
+            let mut builder = self.http.get(url);
+            if let Some(token) = &self.token {
+                builder = builder.bearer_auth(token);
+            }
             use futures_util::TryStreamExt;
             let response = builder.send().await.map_err(unreachable)?;
             let status = response.status();
@@ -323,5 +353,29 @@ impl Controller for HttpController {
                 Err(rejected(status, &body))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_path_stays_under_api_v1_files() {
+        let c = HttpController::new("http://ctl:8000/central/", None, Duration::from_secs(1))
+            .expect("client");
+        let url = |p: &str| c.files_url(p).expect("url").to_string();
+        assert_eq!(
+            url("debian/vmlinuz"),
+            "http://ctl:8000/central/api/v1/files/debian/vmlinuz"
+        );
+        // Whatever a segment holds, it stays one segment of files/.
+        assert_eq!(
+            url("%2e%2e/a b?x#y"),
+            "http://ctl:8000/central/api/v1/files/%252e%252e/a%20b%3Fx%23y"
+        );
+        for bad in ["..", "a/../b", ".", "a//b", ""] {
+            assert!(c.files_url(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -152,11 +152,15 @@ pub async fn serve(
 /// content cache that will keep such files comes later). Range is not
 /// honoured here: the whole file is sent with 200, which RFC 9110 allows.
 async fn proxy(port: &ControllerPort, requested: &str) -> Response {
-    // Only paths that passed the same sanitising as local files go out.
-    if crate::serve::fsroot::sanitise(requested).is_err() {
+    // Only paths that passed the same sanitising as local files go out,
+    // as the sanitised segments.
+    let Some(clean) = crate::serve::fsroot::sanitise(requested)
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+    else {
         return (StatusCode::FORBIDDEN, "path not allowed\n").into_response();
-    }
-    let fetched = port.fetch_file(requested.trim_start_matches('/')).await;
+    };
+    let fetched = port.fetch_file(&clean).await;
     match fetched {
         Ok(Some(file)) => {
             let mut response = Response::new(Body::from_stream(file.body));
