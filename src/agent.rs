@@ -181,7 +181,15 @@ pub async fn start(
     );
     let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, files)
         .await
-        .map_err(bind_error("tftp.listen", config.tftp.listen))?;
+        .map_err(bind_error("tftp.listen", config.tftp.listen))?
+        .with_limits(
+            crate::serve::tftp::session::Limits {
+                max_timeout: config.tftp.max_timeout,
+                stall_timeout: config.tftp.stall_timeout,
+                ..Default::default()
+            },
+            config.tftp.max_sessions_per_client,
+        );
     let tftp_addr = tftp
         .local_addr()
         .map_err(bind_error("tftp.listen", config.tftp.listen))?;

@@ -35,6 +35,12 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     pub root: PathBuf,
     pub max_sessions: usize,
+    /// Sessions one client address may hold at once (DESIGN §10).
+    pub max_sessions_per_client: usize,
+    /// The largest retransmission `timeout` a client may negotiate.
+    pub max_timeout: Duration,
+    /// A session that makes no progress this long ends.
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +90,17 @@ pub struct Config {
 /// The known keys: section → keys. Top-level keys live under "".
 const KEYS: &[(&str, &[&str])] = &[
     ("", &["site_id", "data_dir"]),
-    ("tftp", &["listen", "root", "max_sessions"]),
+    (
+        "tftp",
+        &[
+            "listen",
+            "root",
+            "max_sessions",
+            "max_sessions_per_client",
+            "max_timeout",
+            "stall_timeout",
+        ],
+    ),
     ("http", &["listen", "public_url"]),
     ("templates", &["dir"]),
     (
@@ -375,6 +391,14 @@ impl Source {
                 listen: self.socket_addr("tftp.listen", "0.0.0.0:6969")?,
                 root: PathBuf::from(self.string("tftp.root", "boot-assets")?),
                 max_sessions: self.integer("tftp.max_sessions", 1024, 1, 65536)? as usize,
+                max_sessions_per_client: self.integer(
+                    "tftp.max_sessions_per_client",
+                    16,
+                    1,
+                    65536,
+                )? as usize,
+                max_timeout: self.duration("tftp.max_timeout", "5s")?,
+                stall_timeout: self.duration("tftp.stall_timeout", "30s")?,
             },
             http: HttpConfig {
                 listen: self.socket_addr("http.listen", "0.0.0.0:8080")?,

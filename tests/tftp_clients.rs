@@ -501,3 +501,50 @@ fn a_flood_of_refused_requests_is_logged_once_with_a_count() {
         "300 refusals from one peer logged {logged} times"
     );
 }
+
+#[test]
+fn one_client_address_holds_only_its_share_of_sessions() {
+    // DESIGN §10: tftp.max_sessions_per_client (here 3) of the 1024 slots.
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_TFTP_MAX_SESSIONS_PER_CLIENT", "3")
+        .start();
+    let holders: Vec<UdpSocket> = (0..3).map(|_| raw_client()).collect();
+    for holder in &holders {
+        holder
+            .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+            .expect("send");
+        let (p, _) = recv(holder);
+        assert_eq!(opcode(&p), 6, "a session within the share starts");
+    }
+    let (code, message) = expect_error(agent.tftp, &rrq("undionly.kpxe", &[]));
+    assert_eq!(code, 0, "{message}");
+    assert!(message.contains("busy"), "{message}");
+    // A request from a port that already holds a session replaces it.
+    holders[0]
+        .send_to(&rrq("undionly.kpxe", &[("blksize", "1468")]), agent.tftp)
+        .expect("send");
+    let (p, _) = recv(&holders[0]);
+    assert_eq!(opcode(&p), 6);
+}
+
+#[test]
+fn a_timeout_above_the_cap_is_not_negotiated() {
+    // One RRQ with `timeout 255` that is never acknowledged would otherwise
+    // hold its slot for 6 × 255 s.
+    let agent = AgentBuilder::new().start();
+    let client = raw_client();
+    client
+        .send_to(
+            &rrq("undionly.kpxe", &[("timeout", "255"), ("tsize", "0")]),
+            agent.tftp,
+        )
+        .expect("send");
+    let (oack, _) = recv(&client);
+    assert_eq!(opcode(&oack), 6);
+    let options = oack_options(&oack);
+    assert!(
+        !options.iter().any(|o| o == "timeout"),
+        "timeout 255 was accepted: {options:?}"
+    );
+    assert!(options.iter().any(|o| o == "tsize"), "{options:?}");
+}

@@ -59,6 +59,7 @@ pub struct TftpServer<P: FileProvider> {
     socket: Arc<UdpSocket>,
     provider: Arc<P>,
     max_sessions: usize,
+    max_sessions_per_client: usize,
     slots: Arc<Semaphore>,
     sessions: Arc<SessionTable>,
     next_id: AtomicU64,
@@ -114,6 +115,7 @@ impl<P: FileProvider> TftpServer<P> {
             socket: Arc::new(socket),
             provider: Arc::new(provider),
             max_sessions,
+            max_sessions_per_client: 16,
             slots: Arc::new(Semaphore::new(max_sessions)),
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
@@ -121,6 +123,13 @@ impl<P: FileProvider> TftpServer<P> {
             log_throttle: Arc::new(throttle::LogThrottle::new(throttle::LOG_INTERVAL)),
             executors: Executors::start()?,
         })
+    }
+
+    /// Bounds on what clients may negotiate and hold (defaults otherwise).
+    pub fn with_limits(mut self, limits: Limits, max_sessions_per_client: usize) -> Self {
+        self.limits = limits;
+        self.max_sessions_per_client = max_sessions_per_client.max(1);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -228,9 +237,28 @@ impl<P: FileProvider> TftpServer<P> {
             });
             return;
         }
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+        // One client address may hold only its share of the sessions (a
+        // new request from a port it already uses replaces that session).
+        let crowded = {
+            let table = match self.sessions.lock() {
+                Ok(table) => table,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            table
+                .keys()
+                .filter(|addr| addr.ip() == peer.ip() && **addr != peer)
+                .count()
+                >= self.max_sessions_per_client
+        };
+        let permit = if crowded {
+            None
+        } else {
+            self.slots.clone().try_acquire_owned().ok()
+        };
+        let Some(permit) = permit else {
             if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
-                tracing::warn!(%peer, suppressed, "tftp session limit reached; request refused");
+                tracing::warn!(%peer, suppressed, crowded,
+                    "tftp session limit reached; request refused");
             }
             let socket = self.socket.clone();
             let limit = request.wire_len;

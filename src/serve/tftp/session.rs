@@ -21,6 +21,12 @@ pub struct Limits {
     pub max_windowsize: usize,
     /// Bound of blksize × windowsize (see [`negotiate`]).
     pub max_window_bytes: usize,
+    /// A client's `timeout` above this is not acknowledged (the default
+    /// is used): one request must not pin a session for minutes.
+    pub max_timeout: Duration,
+    /// A transfer with no progress (no new block acknowledged) this long
+    /// ends, however the client keeps it busy.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +41,8 @@ impl Default for Limits {
             // of 1468 bytes already fill a gigabit link's BDP here.
             max_windowsize: 64,
             max_window_bytes: 64 * 1024,
+            max_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -75,7 +83,10 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
                 out.acknowledged.push((name.clone(), size.to_string()));
             }
             "tsize" => out.acknowledged.push((name.clone(), file_size.to_string())),
-            "timeout" if (1..=255).contains(&number) => {
+            "timeout"
+                if (1..=255).contains(&number)
+                    && Duration::from_secs(number) <= limits.max_timeout =>
+            {
                 out.timeout = Duration::from_secs(number);
                 out.acknowledged.push((name.clone(), number.to_string()));
             }
@@ -141,6 +152,7 @@ pub async fn transfer(
     let mut reading_done = false;
     let mut bytes: u64 = 0;
     let mut retries = 0u32;
+    let mut last_progress = Instant::now();
     // One timer for the whole transfer, re-armed only when it fires: each
     // round just moves `round_deadline`, which costs no timer-wheel update
     // per block.
@@ -179,7 +191,9 @@ pub async fn transfer(
                     }
                     timer.as_mut().reset(round_deadline + neg.timeout);
                     retries += 1;
-                    if retries > limits.max_retries {
+                    if retries > limits.max_retries
+                        || last_progress.elapsed() > limits.stall_timeout
+                    {
                         send_error(socket, ErrorCode::NotDefined, "timed out").await;
                         return Err(TransferError::TimedOut(limits.max_retries));
                     }
@@ -195,6 +209,7 @@ pub async fn transfer(
                     if let Some(pos) = window.iter().position(|(abs, _)| *abs as u16 == block) {
                         spare.extend(window.drain(..=pos).map(|(_, buf)| buf));
                         retries = 0;
+                        last_progress = Instant::now();
                         break;
                     }
                 }
@@ -253,6 +268,16 @@ mod tests {
         list.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_timeout_above_the_cap_is_not_acknowledged() {
+        let limits = Limits::default();
+        let n = negotiate(&opts(&[("timeout", "255"), ("tsize", "0")]), 5, &limits);
+        assert_eq!(n.timeout, limits.default_timeout);
+        assert_eq!(n.acknowledged, opts(&[("tsize", "5")]));
+        let n = negotiate(&opts(&[("timeout", "5")]), 5, &limits);
+        assert_eq!(n.timeout, Duration::from_secs(5));
     }
 
     #[test]
