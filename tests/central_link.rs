@@ -584,3 +584,22 @@ fn the_asset_proxy_reaches_nothing_but_the_controllers_files() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_slow_file_from_the_controller_arrives_whole() {
+    // DESIGN §10: the proxy is bounded by an idle timeout, not a total one.
+    // request_timeout is 1 s here; the file takes about 3 s.
+    let controller = FakeController::start();
+    let initrd = common::pattern(3 << 20, 9);
+    controller.add_file("debian/initrd.gz", &initrd);
+    controller.set_file_rate(1 << 20);
+    let agent = online_agent(&controller);
+    let (status, _, bytes) = curl(&[&agent.url("/assets/debian/initrd.gz")]);
+    assert_eq!(status, 200);
+    assert!(
+        bytes.len() == initrd.len() && bytes == initrd,
+        "got {} of {} bytes",
+        bytes.len(),
+        initrd.len()
+    );
+}

@@ -32,6 +32,10 @@ pub enum ClientError {
 
 pub struct HttpController {
     http: reqwest::Client,
+    /// For files: no total deadline (a 1 GB initrd over a slow WAN takes
+    /// what it takes), only a connect timeout and an idle one between
+    /// reads (DESIGN §10).
+    files: reqwest::Client,
     base: String,
     token: Option<String>,
 }
@@ -61,8 +65,15 @@ impl HttpController {
             .user_agent(concat!("siteboot/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
+        let files = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .user_agent(concat!("siteboot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(HttpController {
             http,
+            files,
             base: base.trim_end_matches('/').to_string(),
             token,
         })
@@ -252,7 +263,7 @@ impl Controller for HttpController {
         let url = self.files_url(path);
         Box::pin(async move {
             let url = url?;
-            let mut builder = self.http.get(url);
+            let mut builder = self.files.get(url);
             if let Some(token) = &self.token {
                 builder = builder.bearer_auth(token);
             }

@@ -76,6 +76,8 @@ struct Inner {
     forget_agent: bool,
     next_id: u64,
     files: BTreeMap<String, Vec<u8>>,
+    /// Files are sent at this many bytes a second (None: at once).
+    file_rate: Option<u64>,
     injections: Vec<Injection>,
     /// Idempotency key → the answer first given.
     answered: BTreeMap<String, (u16, Value)>,
@@ -211,6 +213,11 @@ impl FakeController {
 
     pub fn queue_command(&self, command: Value) {
         self.inner.lock().expect("lock").commands.push(command);
+    }
+
+    /// Sends files at `bytes_per_second` (a slow WAN), in 64 KiB pieces.
+    pub fn set_file_rate(&self, bytes_per_second: u64) {
+        self.inner.lock().expect("lock").file_rate = Some(bytes_per_second.max(1));
     }
 
     /// Serves `bytes` at `GET /api/v1/files/{path}`.
@@ -492,17 +499,33 @@ async fn handle(
         }
         ("GET", p) if p.starts_with("/api/v1/files/") => {
             match inner.files.get(&p["/api/v1/files/".len()..]) {
-                Some(bytes) => (
-                    StatusCode::OK,
-                    [("x-checksum-sha256", format!("fake-sum-{}", bytes.len()))],
-                    bytes.clone(),
-                )
-                    .into_response(),
+                Some(bytes) => {
+                    let sum = [("x-checksum-sha256", format!("fake-sum-{}", bytes.len()))];
+                    match inner.file_rate {
+                        None => (StatusCode::OK, sum, bytes.clone()).into_response(),
+                        Some(rate) => {
+                            (StatusCode::OK, sum, slow_body(bytes.clone(), rate)).into_response()
+                        }
+                    }
+                }
                 None => (StatusCode::NOT_FOUND, "no such file").into_response(),
             }
         }
         _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
+}
+
+/// `bytes` as a body that trickles out at `rate` bytes a second.
+fn slow_body(bytes: Vec<u8>, rate: u64) -> axum::body::Body {
+    const PIECE: usize = 64 * 1024;
+    let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
+    let pieces: Vec<Bytes> = bytes.chunks(PIECE).map(Bytes::copy_from_slice).collect();
+    let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut rest| async move {
+        let piece = rest.next()?;
+        tokio::time::sleep(pause).await;
+        Some((Ok::<_, std::io::Error>(piece), rest))
+    });
+    axum::body::Body::from_stream(stream)
 }
 
 fn record(
