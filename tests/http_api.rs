@@ -485,3 +485,21 @@ fn the_admin_token_is_compared_exactly() {
         assert_eq!(status_with(padded.clone()), 401, "{padded:?} was let in");
     }
 }
+
+#[test]
+fn broadcast_and_multicast_macs_are_refused_as_nodes() {
+    let agent = AgentBuilder::new().start();
+    for group in ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb"] {
+        let (status, _, body) = boot(&agent, group);
+        assert_eq!(status, 400, "{group}: {body}");
+        assert!(body.contains("broadcast or multicast"), "{body}");
+    }
+    let token = common::admin_token(&agent);
+    let (_, _, nodes) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/nodes"),
+    ]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes).expect("JSON");
+    assert_eq!(nodes["total"], 0, "no node was stored: {nodes}");
+}

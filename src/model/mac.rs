@@ -15,12 +15,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Mac([u8; 6]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid MAC address {input:?}: expected six hex pairs such as 52:54:00:12:34:56, \
-     52-54-00-12-34-56, 5254.0012.3456 or 525400123456"
-)]
-pub struct MacParseError {
-    pub input: String,
+pub enum MacParseError {
+    #[error(
+        "invalid MAC address {input:?}: expected six hex pairs such as 52:54:00:12:34:56, \
+         52-54-00-12-34-56, 5254.0012.3456 or 525400123456"
+    )]
+    Malformed { input: String },
+    /// DESIGN §10: the group bit is set (broadcast, multicast): such an
+    /// address names no single machine, so it is never a node.
+    #[error("{input:?} is a broadcast or multicast address, never one machine's")]
+    Group { input: String },
 }
 
 impl Mac {
@@ -54,7 +58,7 @@ impl FromStr for Mac {
     type Err = MacParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError {
+        let err = || MacParseError::Malformed {
             input: input.to_string(),
         };
         // Bare hex (`525400123456`) is common in inventories; macaddr does not
@@ -64,7 +68,7 @@ impl FromStr for Mac {
             for (i, byte) in bytes.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(&input[i * 2..i * 2 + 2], 16).map_err(|_| err())?;
             }
-            return Ok(Mac(bytes));
+            return Mac::unicast(bytes, input);
         }
         // Only the three delimited forms of exactly 17 (or 14 dotted)
         // characters; macaddr rejects mixed delimiters itself.
@@ -74,6 +78,17 @@ impl FromStr for Mac {
         let parsed = macaddr::MacAddr6::from_str(input).map_err(|_| err())?;
         let mut bytes = [0u8; 6];
         bytes.copy_from_slice(parsed.as_bytes());
+        Mac::unicast(bytes, input)
+    }
+}
+
+impl Mac {
+    fn unicast(bytes: [u8; 6], input: &str) -> Result<Mac, MacParseError> {
+        if bytes[0] & 1 == 1 {
+            return Err(MacParseError::Group {
+                input: input.to_string(),
+            });
+        }
         Ok(Mac(bytes))
     }
 }
@@ -106,6 +121,26 @@ impl<'de> Deserialize<'de> for Mac {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broadcast_and_multicast_addresses_are_no_node() {
+        for group in [
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "33-33-00-00-00-01",
+            "0100.5e00.0001",
+            "FFFFFFFFFFFF",
+        ] {
+            assert!(
+                matches!(group.parse::<Mac>(), Err(MacParseError::Group { .. })),
+                "{group}"
+            );
+        }
+        assert!(
+            "02:00:00:00:00:01".parse::<Mac>().is_ok(),
+            "locally administered unicast"
+        );
+    }
 
     const EXPECTED: &str = "52:54:00:ab:cd:ef";
 
