@@ -86,7 +86,11 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
             (port, token)
         }
         None => (
-            ControllerPort::standalone(nodes.clone(), config.site_id.clone()),
+            ControllerPort::standalone(
+                nodes.clone(),
+                config.site_id.clone(),
+                config.max_discovered,
+            ),
             None,
         ),
     };

@@ -82,6 +82,8 @@ pub struct Config {
     pub central: CentralConfig,
     pub offline_default_action: OfflineDefault,
     pub queue: QueueConfig,
+    /// Standalone: MACs first seen at boot kept at most (`nodes.max_discovered`).
+    pub max_discovered: usize,
     pub admin_token_file: PathBuf,
     /// Standalone workflows (`[workflows.<id>]`), by id.
     pub workflows: BTreeMap<String, Workflow>,
@@ -128,6 +130,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "retry_max",
         ],
     ),
+    ("nodes", &["max_discovered"]),
     ("admin", &["token_file"]),
 ];
 
@@ -426,6 +429,7 @@ impl Source {
                 retry_base: self.duration("queue.retry_base", "1s")?,
                 retry_max: self.duration("queue.retry_max", "5m")?,
             },
+            max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
             workflows: self.workflows()?,
             site_id,

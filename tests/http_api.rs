@@ -503,3 +503,36 @@ fn broadcast_and_multicast_macs_are_refused_as_nodes() {
     let nodes: serde_json::Value = serde_json::from_slice(&nodes).expect("JSON");
     assert_eq!(nodes["total"], 0, "no node was stored: {nodes}");
 }
+
+#[test]
+fn standalone_keeps_at_most_max_discovered_never_assigned_nodes() {
+    // DESIGN §10: random MACs booting must not grow the store forever.
+    let builder = AgentBuilder::new().env("SITEBOOT_NODES_MAX_DISCOVERED", "3");
+    builder.cli_ok(&["nodes", "add", "--mac", &mac(40), "--state", "active"]);
+    let agent = builder.start();
+    for n in 41..46 {
+        let (status, _, body) = boot(&agent, &mac(n));
+        assert_eq!(status, 200);
+        assert!(body.contains("action=discovery"), "{body}");
+    }
+    let token = common::admin_token(&agent);
+    let (_, _, nodes) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/nodes"),
+    ]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes).expect("JSON");
+    let mut macs: Vec<String> = nodes["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|n| n["mac"].as_str().map(str::to_string))
+        .collect();
+    macs.sort();
+    let mut expected = vec![mac(40), mac(43), mac(44), mac(45)];
+    expected.sort();
+    assert_eq!(
+        macs, expected,
+        "the two seen longest ago went; the active node stayed"
+    );
+}

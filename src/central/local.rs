@@ -18,11 +18,16 @@ use crate::store::nodes::NodeCache;
 
 pub struct LocalController {
     nodes: NodeCache,
+    /// Discovered, never-assigned nodes kept at most (`nodes.max_discovered`).
+    max_discovered: usize,
 }
 
 impl LocalController {
-    pub fn new(nodes: NodeCache) -> LocalController {
-        LocalController { nodes }
+    pub fn new(nodes: NodeCache, max_discovered: usize) -> LocalController {
+        LocalController {
+            nodes,
+            max_discovered,
+        }
     }
 }
 
@@ -102,7 +107,7 @@ impl Controller for LocalController {
             })?;
             let stored = self
                 .nodes
-                .insert_if_absent(discovered_node(mac, &facts))
+                .insert_discovered(discovered_node(mac, &facts), self.max_discovered)
                 .await
                 .map_err(local)?;
             Ok((*stored).clone())

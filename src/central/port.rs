@@ -35,9 +35,9 @@ struct Link {
 
 impl ControllerPort {
     /// No controller configured: the local store takes its place.
-    pub fn standalone(nodes: NodeCache, site_id: String) -> ControllerPort {
+    pub fn standalone(nodes: NodeCache, site_id: String, max_discovered: usize) -> ControllerPort {
         ControllerPort {
-            controller: Arc::new(LocalController::new(nodes)),
+            controller: Arc::new(LocalController::new(nodes, max_discovered)),
             link: None,
             site_id,
         }

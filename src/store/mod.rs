@@ -345,6 +345,38 @@ impl Store {
         Ok(node)
     }
 
+    /// Stores `node` unless its MAC is known (returning the stored one),
+    /// removing `evict` (and its last script) in the same commit.
+    pub fn insert_node_evicting(
+        &self,
+        node: &Node,
+        evict: Option<Mac>,
+    ) -> Result<Node, StoreError> {
+        let txn = self.db.begin_write()?;
+        let key = node.mac.to_string();
+        let stored = {
+            let mut table = txn.open_table(NODES)?;
+            let existing = match table.get(key.as_str())? {
+                Some(bytes) => Some(decode::<Node>(&key, bytes.value())?),
+                None => None,
+            };
+            match existing {
+                Some(existing) => existing,
+                None => {
+                    if let Some(old) = evict {
+                        table.remove(old.to_string().as_str())?;
+                        let mut scripts = txn.open_table(LAST_SCRIPTS)?;
+                        scripts.remove(old.to_string().as_str())?;
+                    }
+                    table.insert(key.as_str(), encode(node).as_slice())?;
+                    node.clone()
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(stored)
+    }
+
     pub fn remove_node(&self, mac: Mac) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let removed = {

@@ -64,6 +64,48 @@ impl NodeCache {
             .await
     }
 
+    /// Stores a node first seen at boot unless its MAC is known, keeping at
+    /// most `max` nodes that were only ever discovered (state `discovered`,
+    /// no workflow): past that, the one seen longest ago goes, in the same
+    /// commit (DESIGN §10: random MACs must not grow the store forever).
+    pub async fn insert_discovered(&self, node: Node, max: usize) -> Result<Arc<Node>, StoreError> {
+        let nodes = self.nodes.clone();
+        let lock = self.write_lock.clone();
+        self.store
+            .call(move |store| {
+                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let evict = {
+                    let map = read(&nodes);
+                    if map.contains_key(&node.mac) {
+                        None
+                    } else {
+                        let unassigned = || {
+                            map.values().filter(|n| {
+                                n.state == crate::model::node::NodeState::Discovered
+                                    && n.workflow_id.is_none()
+                            })
+                        };
+                        if unassigned().count() >= max {
+                            unassigned().min_by_key(|n| n.updated_at).map(|n| n.mac)
+                        } else {
+                            None
+                        }
+                    }
+                };
+                let stored = Arc::new(store.insert_node_evicting(&node, evict)?);
+                let mut map = write(&nodes);
+                if stored.id == node.id {
+                    if let Some(old) = evict {
+                        map.remove(&old);
+                        tracing::info!(evicted = %old, "nodes.max_discovered reached: the oldest never-assigned discovered node was dropped");
+                    }
+                }
+                map.insert(stored.mac, stored.clone());
+                Ok(stored)
+            })
+            .await
+    }
+
     /// Changes a stored node in one transaction.
     pub async fn update(
         &self,
