@@ -94,11 +94,11 @@ impl NodeCache {
                 };
                 let stored = Arc::new(store.insert_node_evicting(&node, evict)?);
                 let mut map = write(&nodes);
-                if stored.id == node.id {
-                    if let Some(old) = evict {
-                        map.remove(&old);
-                        tracing::info!(evicted = %old, "nodes.max_discovered reached: the oldest never-assigned discovered node was dropped");
-                    }
+                if stored.id == node.id
+                    && let Some(old) = evict
+                {
+                    map.remove(&old);
+                    tracing::info!(evicted = %old, "nodes.max_discovered reached: the oldest never-assigned discovered node was dropped");
                 }
                 map.insert(stored.mac, stored.clone());
                 Ok(stored)
