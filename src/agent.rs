@@ -96,7 +96,12 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
     };
     let port = Arc::new(port);
     let queue = Queue::open(store.clone(), config.queue.max_items)?;
-    let outbox = Arc::new(Outbox::new(queue, nodes.clone(), port.clone()));
+    let outbox = Arc::new(Outbox::new(
+        queue,
+        nodes.clone(),
+        port.clone(),
+        config.central.write_deadline,
+    ));
     let (recorder, recorder_task) = if record {
         let (recorder, task) = Recorder::start(store.clone());
         (Some(recorder), Some(task))

@@ -949,3 +949,35 @@ fn a_queued_installer_report_moves_the_cache_only_along_the_installers_path() {
     assert_eq!(code, 202, "{text}");
     assert_eq!(cached_state(pending), "installing");
 }
+
+#[test]
+fn a_hanging_controller_does_not_hold_an_operators_write() {
+    use common::controller::Mode;
+    // DESIGN §10 / issue 9: the controller answers, but only after 3 s; the
+    // write is queued after central.write_deadline (1 s by default) under
+    // the key of its direct attempt, and applied once.
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:48:01";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .config(
+            &central_config(&controller)
+                .replace("request_timeout = \"2s\"", "request_timeout = \"10s\""),
+        )
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "node synced", || {
+        call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).0 == 200
+    });
+    controller.set_mode(Mode::Slow(Duration::from_secs(3)));
+    let (code, answer) = set_state(&agent, mac, "installed", "slow-write");
+    assert_eq!(code, 202, "queued after the write deadline: {answer}");
+    assert_eq!(answer["offline"], false, "{answer}");
+    controller.set_mode(Mode::Healthy);
+    wait_until(LONG, "queue drained", || drained(&agent));
+    wait_until(LONG, "the write applied", || {
+        delivered_counts(&controller).get("slow-write").copied() == Some(1)
+    });
+    // The abandoned direct attempt and the replay share one key: once.
+    assert_eq!(delivered_counts(&controller).get("slow-write"), Some(&1));
+}

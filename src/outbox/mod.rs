@@ -100,11 +100,18 @@ pub struct Outbox {
     events: BootEvents,
     /// MACs whose registration is being written (one per MAC).
     registering: Mutex<HashSet<Mac>>,
+    /// Longest a direct attempt may take before the write is queued.
+    write_deadline: std::time::Duration,
 }
 
 impl Outbox {
     /// Needs a tokio runtime (starts the queue's group-commit writer).
-    pub fn new(queue: Queue, nodes: NodeCache, port: Arc<ControllerPort>) -> Outbox {
+    pub fn new(
+        queue: Queue,
+        nodes: NodeCache,
+        port: Arc<ControllerPort>,
+        write_deadline: std::time::Duration,
+    ) -> Outbox {
         Outbox {
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
             queue,
@@ -113,6 +120,7 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             events: BootEvents::default(),
             registering: Mutex::new(HashSet::new()),
+            write_deadline,
         }
     }
 
@@ -171,7 +179,19 @@ impl Outbox {
             });
         }
         let key = self.queue.direct_key();
-        match self.port.send(mac, operation, &key).await {
+        // A hanging controller must not hold the caller (an operator, an
+        // installer) for the whole request timeout: past the deadline the
+        // write is queued under the same idempotency key, so if the
+        // abandoned attempt did land, the controller applies it once.
+        let sent = tokio::time::timeout(self.write_deadline, self.port.send(mac, operation, &key))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CentralError::Unreachable(format!(
+                    "no answer within central.write_deadline ({:?})",
+                    self.write_deadline
+                )))
+            });
+        match sent {
             Ok(node) => Ok(Attempt::Sent(node)),
             Err(e) => match refusal(&e) {
                 Some(refused) => Err(refused),

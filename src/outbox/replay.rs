@@ -469,7 +469,12 @@ mod tests {
             Box::new(|_| {}),
         ));
         let nodes = NodeCache::load(store).unwrap();
-        let outbox = Arc::new(Outbox::new(queue, nodes, port.clone()));
+        let outbox = Arc::new(Outbox::new(
+            queue,
+            nodes,
+            port.clone(),
+            Duration::from_secs(1),
+        ));
         Setup {
             _dir: dir,
             controller,
