@@ -284,3 +284,14 @@ fn render_prints_the_script_without_a_server() {
     let out = b.cli(&["render", "--mac", "nonsense"]);
     assert!(stderr(&out).contains("invalid MAC address \"nonsense\""));
 }
+
+#[test]
+fn an_empty_database_file_is_recreated_and_said_so() {
+    let builder = AgentBuilder::new();
+    let data = builder.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir data");
+    std::fs::write(data.join("siteboot.redb"), b"").expect("empty file");
+    let agent = builder.start();
+    let log = agent.wait_for_log("siteboot.redb was empty (0 bytes)");
+    assert!(log.contains("new, empty database"), "{log}");
+}

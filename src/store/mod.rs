@@ -188,6 +188,13 @@ impl Store {
             source,
         })?;
         let path = data_dir.join("siteboot.redb");
+        // A 0-byte file is what a crash during the very first write, or a
+        // full disk, leaves; redb makes a new database of it. Say so: an
+        // operator who had data there needs to know it is gone.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            tracing::warn!(path = %path.display(),
+                "siteboot.redb was empty (0 bytes); a new, empty database is created in its place");
+        }
         let db = Database::create(&path).map_err(|source| match source {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
             source => StoreError::Open {
