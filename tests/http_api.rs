@@ -34,6 +34,18 @@ fn boot(agent: &common::Agent, mac: &str) -> (u16, String, String) {
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// `GET /api/v1/nodes` with the admin token.
+fn admin_nodes(agent: &common::Agent) -> serde_json::Value {
+    let token = common::admin_token(agent);
+    let (status, _, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/nodes"),
+    ]);
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).expect("JSON")
+}
+
 fn mac(n: u8) -> String {
     format!("52:54:00:00:10:{n:02x}")
 }
@@ -494,13 +506,7 @@ fn broadcast_and_multicast_macs_are_refused_as_nodes() {
         assert_eq!(status, 400, "{group}: {body}");
         assert!(body.contains("broadcast or multicast"), "{body}");
     }
-    let token = common::admin_token(&agent);
-    let (_, _, nodes) = curl(&[
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &agent.url("/api/v1/nodes"),
-    ]);
-    let nodes: serde_json::Value = serde_json::from_slice(&nodes).expect("JSON");
+    let nodes = admin_nodes(&agent);
     assert_eq!(nodes["total"], 0, "no node was stored: {nodes}");
 }
 
@@ -515,13 +521,7 @@ fn standalone_keeps_at_most_max_discovered_never_assigned_nodes() {
         assert_eq!(status, 200);
         assert!(body.contains("action=discovery"), "{body}");
     }
-    let token = common::admin_token(&agent);
-    let (_, _, nodes) = curl(&[
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &agent.url("/api/v1/nodes"),
-    ]);
-    let nodes: serde_json::Value = serde_json::from_slice(&nodes).expect("JSON");
+    let nodes = admin_nodes(&agent);
     let mut macs: Vec<String> = nodes["data"]
         .as_array()
         .expect("data")

@@ -310,24 +310,7 @@ impl Store {
 
     /// Inserts `node` unless its MAC is already stored; returns the stored one.
     pub fn insert_node_if_absent(&self, node: &Node) -> Result<Node, StoreError> {
-        let txn = self.db.begin_write()?;
-        let key = node.mac.to_string();
-        let stored = {
-            let mut table = txn.open_table(NODES)?;
-            let existing = match table.get(key.as_str())? {
-                Some(bytes) => Some(decode::<Node>(&key, bytes.value())?),
-                None => None,
-            };
-            match existing {
-                Some(existing) => existing,
-                None => {
-                    table.insert(key.as_str(), encode(node).as_slice())?;
-                    node.clone()
-                }
-            }
-        };
-        txn.commit()?;
-        Ok(stored)
+        self.insert_node_evicting(node, None)
     }
 
     /// Changes a node in one transaction; `change` sees the stored node.
