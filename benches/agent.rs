@@ -569,10 +569,11 @@ fn central_benchmark(dir: &Path) {
 /// 16 concurrent ones through the group-commit writer, next to the raw
 /// rate of single-item redb commits on the same disk.
 fn queue_benchmark(dir: &Path) {
-    use siteboot::outbox::queue::{Kind, NewItem, Queue, writer::QueueWriter};
+    use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue, writer::QueueWriter};
     const ITEMS: usize = 2000;
     let item = |n: usize| NewItem {
         kind: Kind::StateUpdate,
+        origin: Origin::Operator,
         node: format!("52:54:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
         payload: serde_json::json!({"state": "active", "n": n}),
         key: None,
@@ -601,7 +602,7 @@ fn queue_benchmark(dir: &Path) {
     for (case, writers) in [("single", 1usize), ("concurrent", 16)] {
         let queue = Queue::open(
             Store::open(&dir.join(format!("queue-{case}"))).expect("store"),
-            1_000_000,
+            Limits::unshared(1_000_000),
         )
         .expect("queue");
         let rate = runtime.block_on(async {
@@ -713,7 +714,7 @@ fn api_enqueue_benchmark(dir: &Path, runtime: &tokio::runtime::Runtime, raw: f64
 /// events) replayed to the fake controller once it comes back: time from
 /// the controller's socket opening to an empty queue.
 fn replay_benchmark(dir: &Path, raw: f64) {
-    use siteboot::outbox::queue::{Kind, NewItem, Queue};
+    use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue};
     const NODES_WITH_ITEMS: usize = 2000;
     const PER_NODE: usize = 5;
     let case_dir = dir.join("queue-replay");
@@ -727,7 +728,7 @@ fn replay_benchmark(dir: &Path, raw: f64) {
     }
     {
         let store = Store::open(&case_dir.join("data")).expect("store");
-        let queue = Queue::open(store, 1_000_000).expect("queue");
+        let queue = Queue::open(store, Limits::unshared(1_000_000)).expect("queue");
         let mut items = Vec::new();
         for round in 0..PER_NODE {
             for mac in &macs {
@@ -735,6 +736,7 @@ fn replay_benchmark(dir: &Path, raw: f64) {
                 items.push(if round == 0 {
                     NewItem {
                         kind: Kind::StateUpdate,
+                        origin: Origin::Operator,
                         payload: serde_json::json!({"op": "set_state", "node_id": format!("node-{node}"),
                             "change": {"state": "installed", "comment": "replay bench"}}),
                         node,
@@ -744,6 +746,7 @@ fn replay_benchmark(dir: &Path, raw: f64) {
                 } else {
                     NewItem {
                         kind: Kind::Event,
+                        origin: Origin::Operator,
                         payload: serde_json::json!({"op": "report", "report": {
                             "mac_address": node, "event": "boot_started", "message": format!("boot {round}")}}),
                         node,

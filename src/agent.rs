@@ -29,7 +29,7 @@ use crate::central::port::ControllerPort;
 use crate::config::Config;
 use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
-use crate::outbox::queue::Queue;
+use crate::outbox::queue::{Limits, Queue};
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFiles};
 use crate::serve::http::{self, AppState};
@@ -95,12 +95,13 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         ),
     };
     let port = Arc::new(port);
-    let queue = Queue::open(store.clone(), config.queue.max_items)?;
+    let queue = Queue::open(store.clone(), Limits::from_config(&config.queue))?;
     let outbox = Arc::new(Outbox::new(
         queue,
         nodes.clone(),
         port.clone(),
         config.central.write_deadline,
+        config.queue.node_items_per_minute,
     ));
     let (recorder, recorder_task) = if record {
         let (recorder, task) = Recorder::start(store.clone());

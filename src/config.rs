@@ -68,6 +68,10 @@ pub struct CentralConfig {
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     pub max_items: u64,
+    /// Of `max_items`, items caused by nodes at most (DESIGN §7 "Admission").
+    pub max_node_items: u64,
+    /// Items one node's MAC may add to the queue per minute.
+    pub node_items_per_minute: u32,
     pub batch_size: u32,
     pub max_retries: u32,
     pub retry_base: Duration,
@@ -127,6 +131,8 @@ const KEYS: &[(&str, &[&str])] = &[
         "queue",
         &[
             "max_items",
+            "max_node_items",
+            "node_items_per_minute",
             "batch_size",
             "max_retries",
             "retry_base",
@@ -426,13 +432,7 @@ impl Source {
                 sync_interval: self.duration("central.sync_interval", "300s")?,
             },
             offline_default_action,
-            queue: QueueConfig {
-                max_items: self.integer("queue.max_items", 100_000, 1, u32::MAX as u64)?,
-                batch_size: self.integer("queue.batch_size", 50, 1, 10_000)? as u32,
-                max_retries: self.integer("queue.max_retries", 10, 0, 1000)? as u32,
-                retry_base: self.duration("queue.retry_base", "1s")?,
-                retry_max: self.duration("queue.retry_max", "5m")?,
-            },
+            queue: self.queue()?,
             max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
             workflows: self.workflows()?,
@@ -440,6 +440,26 @@ impl Source {
             data_dir,
         };
         Ok(config)
+    }
+
+    fn queue(&self) -> Result<QueueConfig, ConfigError> {
+        let max_items = self.integer("queue.max_items", 100_000, 1, u32::MAX as u64)?;
+        Ok(QueueConfig {
+            max_items,
+            // A tenth by default; it must leave operators room.
+            max_node_items: self.integer(
+                "queue.max_node_items",
+                (max_items / 10).max(1),
+                1,
+                max_items,
+            )?,
+            node_items_per_minute: self.integer("queue.node_items_per_minute", 30, 1, 100_000)?
+                as u32,
+            batch_size: self.integer("queue.batch_size", 50, 1, 10_000)? as u32,
+            max_retries: self.integer("queue.max_retries", 10, 0, 1000)? as u32,
+            retry_base: self.duration("queue.retry_base", "1s")?,
+            retry_max: self.duration("queue.retry_max", "5m")?,
+        })
     }
 
     fn workflows(&self) -> Result<BTreeMap<String, Workflow>, ConfigError> {

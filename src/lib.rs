@@ -12,7 +12,7 @@
 //! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
-//! | model | [`model`] |
+//! | model, flood limits | [`model`], [`ratelimit`] |
 //!
 //! `docs/architecture.md` describes them and the paths through them.
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod link;
 pub mod model;
 pub mod outbox;
+pub mod ratelimit;
 pub mod serve;
 pub mod status;
 pub mod store;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, lowest layer first. Equal ranks may not use each other.
 const LAYERS: &[(&str, u32)] = &[
     ("model", 0),
+    ("ratelimit", 0),
     ("config", 1),
     ("store", 2),
     ("central", 3),

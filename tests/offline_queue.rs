@@ -90,22 +90,19 @@ fn boot(agent: &common::Agent, mac: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// Every item in the agent's queue (all pages).
+/// Every item in the agent's queue (all pages, by cursor: items that
+/// replay removes meanwhile do not make the listing skip others).
 fn queue_items(agent: &common::Agent) -> Vec<Value> {
     let mut items = Vec::new();
+    let mut path = "/api/v1/queue?limit=1000".to_string();
     loop {
-        let (status, page) = call(
-            agent,
-            "GET",
-            &format!("/api/v1/queue?offset={}&limit=1000", items.len()),
-            None,
-        );
+        let (status, page) = call(agent, "GET", &path, None);
         assert_eq!(status, 200, "{page}");
-        let data = page["data"].as_array().cloned().unwrap_or_default();
-        if data.is_empty() {
-            return items;
+        items.extend(page["data"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/queue?limit=1000&cursor={next}"),
+            None => return items,
         }
-        items.extend(data);
     }
 }
 
@@ -545,7 +542,8 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
         }
         // Queue first, then the controller: an item that leaves the queue
         // in between was delivered before it was acked.
-        let queued: BTreeSet<String> = queue_items(&agent)
+        let all_items = queue_items(&agent);
+        let queued: BTreeSet<String> = all_items
             .iter()
             .filter_map(|i| {
                 i["payload"]["change"]["comment"]
@@ -558,7 +556,10 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once() {
             let at_controller = delivered.get(comment).copied().unwrap_or(0);
             assert!(
                 queued.contains(comment) || at_controller == 1,
-                "round {round}: acknowledged write {comment} is neither queued nor delivered"
+                "round {round}: acknowledged write {comment} is neither queued nor delivered: \
+                 answer {}, {} items queued",
+                acknowledged[comment],
+                all_items.len()
             );
             assert!(
                 at_controller <= 1,
@@ -980,4 +981,96 @@ fn a_hanging_controller_does_not_hold_an_operators_write() {
     });
     // The abandoned direct attempt and the replay share one key: once.
     assert_eq!(delivered_counts(&controller).get("slow-write"), Some(&1));
+}
+
+#[test]
+fn nodes_cannot_crowd_operators_out_of_the_queue() {
+    // DESIGN §7 "Admission" / issue 9 item 2: with the controller gone, a
+    // flood of boots of random MACs and of forged installer reports used
+    // to fill the whole queue, and the operator's write got 503.
+    let controller = FakeController::start();
+    let operated = "52:54:00:00:49:01";
+    controller.set_node(operated, "active", None);
+    let agent = AgentBuilder::new()
+        .config(&central_config(&controller).replace(
+            "[queue]\n",
+            "[queue]\nmax_items = 300\nnode_items_per_minute = 5\n",
+        ))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "node synced", || {
+        call(&agent, "GET", &format!("/api/v1/nodes/{operated}"), None).0 == 200
+    });
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let report = |mac: &str, event: &str| {
+        let body = json!({"mac_address": mac, "event": event});
+        http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer")
+    };
+
+    // One MAC past its rate: refused with the reason, not queued.
+    let chatty = "52:54:00:00:49:02";
+    let answers: Vec<(u16, String)> = (0..10)
+        .map(|_| report(chatty, "install_progress"))
+        .collect();
+    assert!(
+        answers[..5].iter().all(|(code, _)| *code == 202),
+        "{answers:?}"
+    );
+    for (code, text) in &answers[5..] {
+        assert_eq!(*code, 503, "{text}");
+        assert!(text.contains("node_items_per_minute"), "{text}");
+    }
+
+    // 400 boots of new MACs and 400 forged reports: their share (a tenth,
+    // 30 items) fills; the excess is shed.
+    let random_mac = |n: u32| {
+        format!(
+            "52:54:01:{:02x}:{:02x}:{:02x}",
+            n >> 16,
+            (n >> 8) & 0xff,
+            n & 0xff
+        )
+    };
+    for n in 0..400 {
+        let path = format!("/api/v1/boot?mac={}&arch=x86_64", random_mac(n));
+        let (code, _) = http(agent.http, "GET", &path, None, None).expect("boot answered");
+        assert_eq!(code, 200);
+    }
+    let mut refused = 0;
+    for n in 400..800 {
+        let (code, text) = report(&random_mac(n), "install_started");
+        match code {
+            202 => {}
+            503 => {
+                assert!(text.contains("share"), "{text}");
+                refused += 1;
+            }
+            other => panic!("report answered {other}: {text}"),
+        }
+    }
+    assert!(refused > 300, "forged reports refused: {refused}");
+
+    // The operator's write still finds room.
+    let (code, answer) = set_state(&agent, operated, "reprovision", "operator-write");
+    assert_eq!(code, 202, "{answer}");
+    let stats = queue_stats(&agent);
+    assert!(stats["node_items"].as_u64().unwrap() <= 30, "{stats}");
+    assert!(stats["shed_node_items"].as_u64().unwrap() >= 700, "{stats}");
+    // Shedding is logged once per interval, not once per item.
+    let shed_lines = agent
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("shed"))
+        .count();
+    assert!(
+        (1..=10).contains(&shed_lines),
+        "{shed_lines} log lines about shedding"
+    );
+
+    // Back online, the operator's change reaches the controller.
+    controller.up();
+    wait_until(LONG, "the write applied", || {
+        delivered_counts(&controller).get("operator-write").copied() == Some(1)
+    });
 }

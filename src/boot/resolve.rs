@@ -19,6 +19,7 @@ use crate::model::boot::{BootFacts, Source};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::Node;
+use crate::outbox::queue::QueueError;
 use crate::outbox::{Outbox, Registered, WriteError};
 use crate::store::nodes::NodeCache;
 
@@ -132,8 +133,12 @@ impl Resolver {
 
     /// DESIGN §4, unknown MAC while the controller is unreachable.
     async fn register_offline(&self, mac: Mac, facts: &BootFacts) {
-        if let Err(e) = self.outbox.register_offline(mac, facts).await {
-            tracing::error!(%mac, error = %e, "offline registration not queued");
+        match self.outbox.register_offline(mac, facts).await {
+            Ok(_) => {}
+            // Shed items are counted and logged by the outbox, once per
+            // interval: a flood of MACs is not a flood of log lines.
+            Err(WriteError::Queue(QueueError::Shed(_))) => {}
+            Err(e) => tracing::error!(%mac, error = %e, "offline registration not queued"),
         }
     }
 

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::outbox::queue::{Queue, Status};
+use crate::outbox::queue::{Limits, Queue, Status};
 use crate::store::{Store, StoreError};
 
 #[derive(Subcommand)]
@@ -42,7 +42,7 @@ pub async fn run(config: Config, url: Option<String>, action: QueueCommand) -> R
     }
     let answer = match Store::open(&config.data_dir) {
         Ok(store) => {
-            let queue = Queue::open(store, config.queue.max_items)?;
+            let queue = Queue::open(store, Limits::from_config(&config.queue))?;
             direct(&queue, action)?
         }
         Err(StoreError::Locked { .. }) => {

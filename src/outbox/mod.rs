@@ -17,6 +17,7 @@ pub mod queue;
 pub mod replay;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
@@ -30,11 +31,12 @@ use crate::model::boot::{BootAnswer, BootFacts, discovered_node};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::{Node, NodeState};
+use crate::ratelimit::{KeyedRate, LOG_INTERVAL, LogThrottle};
 use crate::store::StoreError;
 use crate::store::nodes::NodeCache;
 use events::{BootEvents, boot_report};
 use queue::writer::QueueWriter;
-use queue::{Kind, NewItem, Queue, QueueError, Stats};
+use queue::{Kind, NewItem, Origin, Queue, QueueError, Stats};
 
 /// What became of a write.
 #[derive(Debug, Clone)]
@@ -102,6 +104,12 @@ pub struct Outbox {
     registering: Mutex<HashSet<Mac>>,
     /// Longest a direct attempt may take before the write is queued.
     write_deadline: std::time::Duration,
+    /// Queue items each MAC may cause per minute (DESIGN §7 "Admission").
+    node_rate: KeyedRate<Mac>,
+    /// Node items refused since start.
+    shed: AtomicU64,
+    /// Shed items are logged once per interval, with the count.
+    shed_log: LogThrottle<()>,
 }
 
 impl Outbox {
@@ -111,6 +119,7 @@ impl Outbox {
         nodes: NodeCache,
         port: Arc<ControllerPort>,
         write_deadline: std::time::Duration,
+        node_items_per_minute: u32,
     ) -> Outbox {
         Outbox {
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
@@ -121,6 +130,9 @@ impl Outbox {
             events: BootEvents::default(),
             registering: Mutex::new(HashSet::new()),
             write_deadline,
+            node_rate: KeyedRate::new(node_items_per_minute),
+            shed: AtomicU64::new(0),
+            shed_log: LogThrottle::new(LOG_INTERVAL),
         }
     }
 
@@ -142,7 +154,9 @@ impl Outbox {
     }
 
     pub async fn stats(&self) -> Result<Stats, QueueError> {
-        self.queue.call(|q| q.stats()).await
+        let mut stats = self.queue.call(|q| q.stats()).await?;
+        stats.shed_node_items = self.shed.load(Ordering::Relaxed);
+        Ok(stats)
     }
 
     async fn has_queued(&self, mac: Mac) -> Result<bool, QueueError> {
@@ -151,11 +165,43 @@ impl Outbox {
             .await
     }
 
-    /// Commits an item; the replay processor is woken.
+    /// Commits an item; the replay processor is woken. An item a node
+    /// caused is admitted only within its MAC's rate and the node share
+    /// (DESIGN §7 "Admission"); one that is not is shed: counted, logged
+    /// once per interval, and refused to the caller.
     async fn enqueue(&self, item: NewItem) -> Result<u64, QueueError> {
-        let id = self.writer.enqueue(item).await?;
-        self.wake.notify_one();
-        Ok(id)
+        let result = if item.origin == Origin::Node && !self.admit_rate(&item.node) {
+            Err(QueueError::Shed(format!(
+                "{} caused more than its queue.node_items_per_minute",
+                item.node
+            )))
+        } else {
+            self.writer.enqueue(item).await
+        };
+        match result {
+            Ok(id) => {
+                self.wake.notify_one();
+                Ok(id)
+            }
+            Err(QueueError::Shed(reason)) => {
+                let shed = 1 + self.shed.fetch_add(1, Ordering::Relaxed);
+                if let Some(left_out) = self.shed_log.admit(()) {
+                    tracing::warn!(shed_since_start = shed, left_out, reason = %reason,
+                        "queue item caused by a node shed");
+                }
+                Err(QueueError::Shed(reason))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn admit_rate(&self, node: &str) -> bool {
+        match node.parse::<Mac>() {
+            Ok(mac) => self.node_rate.admit(mac),
+            // Every node item names a checked MAC; should one not, it
+            // gets no rate of its own and the share alone bounds it.
+            Err(_) => true,
+        }
     }
 
     /// Sends `operation` at once if it can go now: the controller is not
@@ -211,6 +257,7 @@ impl Outbox {
     async fn enqueue_operation(
         &self,
         kind: Kind,
+        origin: Origin,
         mac: Mac,
         operation: &Operation,
         key: Option<String>,
@@ -219,6 +266,7 @@ impl Outbox {
         let id = self
             .enqueue(NewItem {
                 kind,
+                origin,
                 node: mac.to_string(),
                 payload: operation.to_payload(),
                 key,
@@ -236,6 +284,7 @@ impl Outbox {
     async fn write(
         &self,
         kind: Kind,
+        origin: Origin,
         mac: Mac,
         operation: Operation,
         local_state: Option<NodeState>,
@@ -262,7 +311,7 @@ impl Outbox {
                 })
             }
             Attempt::Queue { key, .. } => {
-                self.enqueue_operation(kind, mac, &operation, key, local_state)
+                self.enqueue_operation(kind, origin, mac, &operation, key, local_state)
                     .await
             }
         }
@@ -285,11 +334,24 @@ impl Outbox {
             // Not registered at the controller yet: only the queue can
             // carry it, behind the registration.
             return self
-                .enqueue_operation(Kind::StateUpdate, mac, &operation, None, Some(state))
+                .enqueue_operation(
+                    Kind::StateUpdate,
+                    Origin::Operator,
+                    mac,
+                    &operation,
+                    None,
+                    Some(state),
+                )
                 .await;
         }
-        self.write(Kind::StateUpdate, mac, operation, Some(state))
-            .await
+        self.write(
+            Kind::StateUpdate,
+            Origin::Operator,
+            mac,
+            operation,
+            Some(state),
+        )
+        .await
     }
 
     /// `POST /api/v1/report`. A report that implies a state (install
@@ -317,8 +379,14 @@ impl Outbox {
             tracing::warn!(%mac, event = report.effective_event().unwrap_or(""),
                 "installer report does not fit the node's state; the cache keeps its state");
         }
-        self.write(kind, mac, Operation::Report { report }, cache_takes)
-            .await
+        self.write(
+            kind,
+            Origin::Node,
+            mac,
+            Operation::Report { report },
+            cache_takes,
+        )
+        .await
     }
 
     /// Records that a node booted (time, action, source), without making
@@ -334,8 +402,9 @@ impl Outbox {
         let report = boot_report(mac, answer);
         let outbox = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = outbox.send_event(mac, report).await {
-                tracing::error!(%mac, error = %e, "boot event lost");
+            match outbox.send_event(mac, report).await {
+                Ok(()) | Err(WriteError::Queue(QueueError::Shed(_))) => {}
+                Err(e) => tracing::error!(%mac, error = %e, "boot event lost"),
             }
             drop(backlog_place);
         });
@@ -350,7 +419,7 @@ impl Outbox {
             Ok(Attempt::Sent(_)) => Ok(()),
             Ok(Attempt::Queue { key, .. }) => {
                 drop(direct);
-                self.enqueue_operation(Kind::Event, mac, &operation, key, None)
+                self.enqueue_operation(Kind::Event, Origin::Node, mac, &operation, key, None)
                     .await
                     .map(|_| ())
             }
@@ -444,7 +513,7 @@ impl Outbox {
         // Queued first: a crash between the two writes leaves a
         // registration without a cached node (harmless: the controller's
         // record is cached when it is accepted), never the reverse.
-        self.enqueue_operation(Kind::Registration, mac, &operation, key, None)
+        self.enqueue_operation(Kind::Registration, Origin::Node, mac, &operation, key, None)
             .await?;
         let stored = self.nodes.insert_if_absent(node).await?;
         tracing::info!(%mac, id = %stored.id, "unknown node seen offline; registration queued");

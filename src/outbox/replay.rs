@@ -370,7 +370,7 @@ mod tests {
     use crate::central::monitor::Monitor;
     use crate::central::port::ControllerPort;
     use crate::central::{BoxFuture, Controller, RemoteFile};
-    use crate::outbox::queue::{Kind, NewItem, Queue, Status};
+    use crate::outbox::queue::{Kind, Limits, NewItem, Origin, Queue, Status};
     use crate::store::Store;
     use crate::store::nodes::NodeCache;
     use std::collections::VecDeque;
@@ -457,7 +457,7 @@ mod tests {
     fn setup(answers: Vec<Result<(), CentralError>>) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let queue = Queue::open(store.clone(), 1000).unwrap();
+        let queue = Queue::open(store.clone(), Limits::unshared(1000)).unwrap();
         let controller = Arc::new(ScriptedController::default());
         *controller.answers.lock().unwrap() = answers.into();
         let monitor = Monitor::new(1, 1, OffsetDateTime::now_utc());
@@ -474,6 +474,7 @@ mod tests {
             nodes,
             port.clone(),
             Duration::from_secs(1),
+            1000,
         ));
         Setup {
             _dir: dir,
@@ -486,6 +487,7 @@ mod tests {
     fn report_item(mac: &str) -> NewItem {
         NewItem {
             kind: Kind::Event,
+            origin: Origin::Operator,
             node: mac.into(),
             payload: Operation::Report {
                 report: serde_json::from_value(serde_json::json!({
@@ -661,6 +663,7 @@ mod tests {
         let item = |op: &str, attempts: u32| Item {
             id: 1,
             kind: Kind::StateUpdate,
+            origin: Origin::Operator,
             node: "52:54:00:00:00:01".into(),
             payload: payload(op),
             key: "k".into(),

@@ -46,6 +46,20 @@ impl Kind {
     }
 }
 
+/// Who caused an item (DESIGN §7 "Admission"): an operator's write (the
+/// admin token) or a node's unauthenticated traffic (a registration at
+/// boot, an installer report, a boot event). Node items have their own
+/// bounded share of the queue, so they can never crowd out operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Items written before origins were recorded count as operator
+    /// items: they are never shed retroactively.
+    #[default]
+    Operator,
+    Node,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -90,6 +104,8 @@ impl std::str::FromStr for Status {
 pub struct Item {
     pub id: u64,
     pub kind: Kind,
+    #[serde(default)]
+    pub origin: Origin,
     /// The node's MAC.
     pub node: String,
     pub payload: serde_json::Value,
@@ -111,6 +127,7 @@ pub struct Item {
 #[derive(Debug, Clone)]
 pub struct NewItem {
     pub kind: Kind,
+    pub origin: Origin,
     pub node: String,
     pub payload: serde_json::Value,
     /// The idempotency key a direct attempt already used, so that a replay
@@ -121,6 +138,28 @@ pub struct NewItem {
     /// commit as the item: the cache and the queue never disagree, even
     /// after a crash.
     pub local_state: Option<crate::model::node::NodeState>,
+}
+
+/// A place in send order (an item's priority and id), for paging that
+/// holds while the queue changes: written `<priority>-<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(u8, u64);
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed = s.split_once('-').and_then(|(p, id)| {
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            (digits(p) && digits(id)).then(|| Some(Cursor(p.parse().ok()?, id.parse().ok()?)))?
+        });
+        parsed.ok_or_else(|| format!("cursor must be the `next` of a previous page, not {s:?}"))
+    }
 }
 
 /// An item with its table key (priority, id).
@@ -157,6 +196,11 @@ pub struct Stats {
     pub conflict: u64,
     pub total: u64,
     pub dropped_events: u64,
+    /// Items caused by nodes (unauthenticated), of `total`.
+    pub node_items: u64,
+    /// Node items refused since the agent started: their share was full,
+    /// their MAC over its rate, or a registration already queued.
+    pub shed_node_items: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +210,9 @@ pub enum QueueError {
          the change was not accepted"
     )]
     Full(u64),
+    /// A node's item not admitted (DESIGN §7 "Admission").
+    #[error("{0}; the change was not accepted")]
+    Shed(String),
     #[error("no queue item {0}")]
     NotFound(u64),
     #[error(transparent)]
@@ -189,11 +236,45 @@ fn encode(item: &Item) -> Vec<u8> {
     serde_json::to_vec(item).unwrap_or_default()
 }
 
+/// How many items the queue holds at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_items: u64,
+    /// Of `max_items`, items of [`Origin::Node`] at most.
+    pub max_node_items: u64,
+}
+
+impl Limits {
+    pub fn from_config(config: &crate::config::QueueConfig) -> Limits {
+        Limits {
+            max_items: config.max_items,
+            max_node_items: config.max_node_items,
+        }
+    }
+
+    /// Node items may fill the whole queue (tests and benchmarks of other
+    /// things than admission).
+    pub fn unshared(max_items: u64) -> Limits {
+        Limits {
+            max_items,
+            max_node_items: max_items,
+        }
+    }
+
+    /// `max_items` with the default node share, a tenth.
+    pub fn with_default_share(max_items: u64) -> Limits {
+        Limits {
+            max_items,
+            max_node_items: (max_items / 10).max(1),
+        }
+    }
+}
+
 /// The queue's tables in the agent's store. All calls block.
 #[derive(Clone)]
 pub struct Queue {
     store: Store,
-    max_items: u64,
+    limits: Limits,
     instance: String,
 }
 
@@ -221,6 +302,30 @@ fn changes_key(node: &str) -> String {
     format!("{node}/changes")
 }
 
+/// The [`QUEUE_NODES`] key counting a node's registrations still to send
+/// (at most one is admitted).
+fn registration_key(node: &str) -> String {
+    format!("{node}/registration")
+}
+
+/// Keeps the `total` and `node_items` counters in step with an item
+/// entering (+1) or leaving (-1) the queue.
+fn count_item(counters: &mut Counters<'_>, item: &Item, delta: i64) -> Result<(), QueueError> {
+    bump(counters, "total", delta)?;
+    if item.origin == Origin::Node {
+        bump(counters, "node_items", delta)?;
+    }
+    Ok(())
+}
+
+fn counter(counters: &Counters<'_>, name: &str) -> Result<u64, QueueError> {
+    Ok(counters
+        .get(name)
+        .map_err(db_err)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
 /// Keeps [`QUEUE_NODES`] in step with a status change of one item.
 fn track_node(
     nodes: &mut Counters<'_>,
@@ -239,13 +344,16 @@ fn track_node(
     if item.kind != Kind::Event {
         bump(nodes, &changes_key(&item.node), delta)?;
     }
+    if item.kind == Kind::Registration {
+        bump(nodes, &registration_key(&item.node), delta)?;
+    }
     Ok(())
 }
 
 impl Queue {
     /// Opens the queue tables; items left `in_flight` by a crash are
     /// `pending` again.
-    pub fn open(store: Store, max_items: u64) -> Result<Queue, QueueError> {
+    pub fn open(store: Store, limits: Limits) -> Result<Queue, QueueError> {
         let instance = match store.get_meta(META_INSTANCE)? {
             Some(id) => id,
             None => {
@@ -256,7 +364,7 @@ impl Queue {
         };
         let queue = Queue {
             store,
-            max_items,
+            limits,
             instance,
         };
         queue.recover_in_flight()?;
@@ -346,12 +454,15 @@ impl Queue {
             let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
             let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
             for new in items {
-                let total = counters
-                    .get("total")
-                    .map_err(db_err)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if total >= self.max_items
+                if new.origin == Origin::Node
+                    && let Err(shed) =
+                        self.admit_node_item(&new, &mut queue, &mut ids, &mut counters, &mut nodes)
+                {
+                    results.push(Err(shed));
+                    continue;
+                }
+                let total = counter(&counters, "total")?;
+                if total >= self.limits.max_items
                     && !drop_oldest_event(&mut queue, &mut ids, &mut counters, &mut nodes)?
                 {
                     results.push(Err(QueueError::Full(total)));
@@ -366,6 +477,7 @@ impl Queue {
                 let item = Item {
                     id: seq,
                     kind: new.kind,
+                    origin: new.origin,
                     key: new
                         .key
                         .unwrap_or_else(|| format!("{}-{seq}", self.instance)),
@@ -383,7 +495,7 @@ impl Queue {
                     .map_err(db_err)?;
                 ids.insert(seq, new.kind.priority()).map_err(db_err)?;
                 bump(&mut counters, "pending", 1)?;
-                bump(&mut counters, "total", 1)?;
+                count_item(&mut counters, &item, 1)?;
                 track_node(&mut nodes, &item, None, Some(Status::Pending))?;
                 if let (Some(state), Ok(mac)) =
                     (new.local_state, item.node.parse::<crate::model::mac::Mac>())
@@ -396,6 +508,41 @@ impl Queue {
         }
         txn.commit()?;
         Ok((results, changed_nodes))
+    }
+
+    /// DESIGN §7 "Admission" for an item a node caused: at most one
+    /// registration per MAC still to send, and no more node items than
+    /// their share (an event is dropped to make room when there is one).
+    fn admit_node_item(
+        &self,
+        new: &NewItem,
+        queue: &mut Items<'_>,
+        ids: &mut redb::Table<'_, u64, u8>,
+        counters: &mut Counters<'_>,
+        nodes: &mut Counters<'_>,
+    ) -> Result<(), QueueError> {
+        if new.kind == Kind::Registration
+            && nodes
+                .get(registration_key(&new.node).as_str())
+                .map_err(db_err)?
+                .is_some()
+        {
+            return Err(QueueError::Shed(format!(
+                "a registration of {} is already queued",
+                new.node
+            )));
+        }
+        let node_items = counter(counters, "node_items")?;
+        if node_items >= self.limits.max_node_items
+            && !drop_oldest_event(queue, ids, counters, nodes)?
+        {
+            return Err(QueueError::Shed(format!(
+                "the queue's share for items caused by nodes is full ({node_items} of \
+                 queue.max_node_items = {})",
+                self.limits.max_node_items
+            )));
+        }
+        Ok(())
     }
 
     /// The items [`Queue::take_batch`] would take now, without taking them.
@@ -496,7 +643,7 @@ impl Queue {
                         queue.remove(key).map_err(db_err)?;
                         ids.remove(id).map_err(db_err)?;
                         bump(&mut counters, before.counter(), -1)?;
-                        bump(&mut counters, "total", -1)?;
+                        count_item(&mut counters, &item, -1)?;
                         track_node(&mut nodes, &item, Some(before), None)?;
                         results.push((Some(before), None));
                     }
@@ -698,6 +845,44 @@ impl Queue {
         Ok(out)
     }
 
+    /// Up to `limit` items in send order after `cursor` (from the start
+    /// if None), optionally of one status, and the cursor of the last one
+    /// returned. Unlike an offset, a cursor does not skip items when items
+    /// ahead of it leave the queue between two pages (replay runs on).
+    pub fn list_after(
+        &self,
+        status: Option<Status>,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<Cursor>), QueueError> {
+        let txn = self.store.begin_read()?;
+        let queue = match txn.open_table(QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+            Err(e) => return Err(db_err(e)),
+        };
+        let start = match cursor {
+            None => (0, 0),
+            Some(Cursor(priority, id)) if id == u64::MAX => (priority.saturating_add(1), 0),
+            Some(Cursor(priority, id)) => (priority, id + 1),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in queue.range(start..).map_err(db_err)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(db_err)?;
+            let item = decode(value.value())?;
+            let (priority, id) = key.value();
+            last = Some(Cursor(priority, id));
+            if status.is_none_or(|s| s == item.status) {
+                out.push(item);
+            }
+        }
+        Ok((out, last))
+    }
+
     /// Items in send order, optionally of one status.
     pub fn list(
         &self,
@@ -752,6 +937,8 @@ impl Queue {
             conflict: get("conflict")?,
             total: get("total")?,
             dropped_events: get("dropped_events")?,
+            node_items: get("node_items")?,
+            shed_node_items: 0,
         })
     }
 }
@@ -814,7 +1001,7 @@ fn drop_oldest_event(
     queue.remove(key).map_err(db_err)?;
     ids.remove(key.1).map_err(db_err)?;
     bump(counters, item.status.counter(), -1)?;
-    bump(counters, "total", -1)?;
+    count_item(counters, &item, -1)?;
     bump(counters, "dropped_events", 1)?;
     track_node(nodes, &item, Some(item.status), None)?;
     tracing::warn!(id = key.1, "queue full: oldest event dropped");
@@ -848,12 +1035,13 @@ mod tests {
     fn queue(max: u64) -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, Queue::open(store, max).unwrap())
+        (dir, Queue::open(store, Limits::unshared(max)).unwrap())
     }
 
     fn item(kind: Kind, node: &str, n: u32) -> NewItem {
         NewItem {
             kind,
+            origin: Origin::Operator,
             node: node.into(),
             payload: serde_json::json!({ "n": n }),
             key: None,
@@ -976,11 +1164,133 @@ mod tests {
         assert_eq!((stats.total, stats.dropped_events), (3, 2));
     }
 
+    fn from_node(kind: Kind, node: &str, n: u32) -> NewItem {
+        NewItem {
+            origin: Origin::Node,
+            ..item(kind, node, n)
+        }
+    }
+
+    #[test]
+    fn node_items_keep_to_their_share_and_operators_still_find_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_items: 10,
+            max_node_items: 3,
+        };
+        let q = Queue::open(Store::open(dir.path()).unwrap(), limits).unwrap();
+        // Nodes try to fill the whole queue with registrations and reports.
+        let flood: Vec<NewItem> = (0..10)
+            .map(|n| from_node(Kind::Registration, &format!("m{n}"), n))
+            .chain((10..20).map(|n| from_node(Kind::StateUpdate, &format!("m{n}"), n)))
+            .collect();
+        let results = q.enqueue_many(flood, now()).unwrap();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+        assert!(
+            results[3..]
+                .iter()
+                .all(|r| matches!(r, Err(QueueError::Shed(_)))),
+            "{results:?}"
+        );
+        // Operators have the other seven places.
+        let operator: Vec<NewItem> = (0..7).map(|n| item(Kind::StateUpdate, "op", n)).collect();
+        let results = q.enqueue_many(operator, now()).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.total, stats.node_items), (10, 3));
+        // An item that leaves gives its place back to its own kind.
+        let first = q.list(None, 0, 1).unwrap().remove(0);
+        assert_eq!(first.origin, Origin::Node);
+        q.ack(first.id).unwrap();
+        assert_eq!(q.stats().unwrap().node_items, 2);
+        let r = q
+            .enqueue_many(vec![from_node(Kind::StateUpdate, "m99", 99)], now())
+            .unwrap();
+        assert!(r[0].is_ok(), "{r:?}");
+    }
+
+    #[test]
+    fn a_node_event_makes_room_in_the_share_by_dropping_the_oldest_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_items: 100,
+            max_node_items: 2,
+        };
+        let q = Queue::open(Store::open(dir.path()).unwrap(), limits).unwrap();
+        for n in 0..5 {
+            let r = q
+                .enqueue_many(vec![from_node(Kind::Event, "m", n)], now())
+                .unwrap();
+            assert!(r[0].is_ok());
+        }
+        let kept: Vec<u64> = q
+            .list(None, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.payload["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(kept, [3, 4]);
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.node_items, stats.dropped_events), (2, 3));
+    }
+
+    #[test]
+    fn one_registration_per_mac_until_it_is_sent() {
+        let (_d, q) = queue(100);
+        let r = q
+            .enqueue_many(
+                vec![
+                    from_node(Kind::Registration, "m", 1),
+                    from_node(Kind::Registration, "m", 2),
+                    from_node(Kind::Registration, "n", 3),
+                ],
+                now(),
+            )
+            .unwrap();
+        assert!(r[0].is_ok() && r[2].is_ok());
+        assert!(matches!(&r[1], Err(QueueError::Shed(why)) if why.contains("already queued")));
+        let id = *r[0].as_ref().unwrap();
+        q.ack(id).unwrap();
+        let r = q
+            .enqueue_many(vec![from_node(Kind::Registration, "m", 4)], now())
+            .unwrap();
+        assert!(r[0].is_ok(), "sent: a new one may be queued: {r:?}");
+    }
+
+    #[test]
+    fn paging_by_cursor_skips_nothing_while_items_leave() {
+        let (_d, q) = queue(100);
+        let items = (0..6)
+            .map(|n| item(Kind::StateUpdate, &format!("m{n}"), n))
+            .chain([item(Kind::Registration, "r", 6)])
+            .collect();
+        q.enqueue_many(items, now()).unwrap();
+        let (page, cursor) = q.list_after(None, None, 3).unwrap();
+        let n = |items: &[Item]| -> Vec<u64> {
+            items
+                .iter()
+                .map(|i| i.payload["n"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(n(&page), [6, 0, 1], "send order: the registration first");
+        // Two items of the first page leave (replay took them).
+        q.ack(page[0].id).unwrap();
+        q.ack(page[1].id).unwrap();
+        let cursor = cursor.unwrap().to_string().parse::<Cursor>().unwrap();
+        let (page, cursor) = q.list_after(None, Some(cursor), 3).unwrap();
+        assert_eq!(n(&page), [2, 3, 4]);
+        let (page, _) = q.list_after(None, cursor, 3).unwrap();
+        assert_eq!(n(&page), [5]);
+        for bad in ["", "1", "-1", "1-", "x-1", "1-2-3", "300-1", "1-+2"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn in_flight_items_are_pending_again_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+            let q = Queue::open(Store::open(dir.path()).unwrap(), Limits::unshared(10)).unwrap();
             q.enqueue_many(
                 vec![item(Kind::Event, "a", 1), item(Kind::Event, "b", 2)],
                 now(),
@@ -989,7 +1299,7 @@ mod tests {
             assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
             assert_eq!(q.stats().unwrap().in_flight, 2);
         }
-        let q = Queue::open(Store::open(dir.path()).unwrap(), 10).unwrap();
+        let q = Queue::open(Store::open(dir.path()).unwrap(), Limits::unshared(10)).unwrap();
         let stats = q.stats().unwrap();
         assert_eq!((stats.pending, stats.in_flight), (2, 0));
         assert_eq!(q.take_batch(10, now()).unwrap().len(), 2);
@@ -1099,6 +1409,7 @@ mod tests {
         let (_d, q) = queue(100);
         let with_id = |node: &str, id: &str| NewItem {
             kind: Kind::StateUpdate,
+            origin: Origin::Operator,
             node: node.into(),
             payload: Operation::SetState {
                 node_id: id.into(),

@@ -99,13 +99,14 @@ async fn run(queue: Queue, cache: Option<NodeCache>, mut rx: mpsc::Receiver<Requ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::queue::Kind;
+    use crate::outbox::queue::{Kind, Limits, Origin};
     use crate::store::Store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_enqueues_are_all_durable_with_distinct_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(Store::open(dir.path()).unwrap(), 10_000).unwrap();
+        let queue =
+            Queue::open(Store::open(dir.path()).unwrap(), Limits::unshared(10_000)).unwrap();
         let writer = QueueWriter::start(queue.clone());
         let mut tasks = Vec::new();
         for n in 0..200 {
@@ -114,6 +115,7 @@ mod tests {
                 writer
                     .enqueue(NewItem {
                         kind: Kind::Event,
+                        origin: Origin::Operator,
                         node: format!("node-{}", n % 7),
                         payload: serde_json::json!({ "n": n }),
                         key: None,

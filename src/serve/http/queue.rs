@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use super::writes::{ApiError, error};
-use crate::outbox::queue::{Queue, QueueError, Status};
+use crate::outbox::queue::{Cursor, Queue, QueueError, Status};
 
 /// Most items one page returns.
 pub const MAX_PAGE: usize = 1000;
@@ -37,7 +37,9 @@ fn number(query: &HashMap<String, String>, key: &str, default: usize) -> Result<
     }
 }
 
-/// `GET /api/v1/queue?status=&offset=&limit=`
+/// `GET /api/v1/queue?status=&limit=&cursor=` (or `&offset=`). A page
+/// that may have more behind it carries `next`, the `cursor` of the page
+/// after it; paging by cursor skips nothing while replay removes items.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -53,13 +55,28 @@ pub async fn list(
             "limit must be 1..={MAX_PAGE}"
         )));
     }
+    let cursor = match query.get("cursor").filter(|s| !s.is_empty()) {
+        Some(text) => Some(text.parse::<Cursor>().map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    if cursor.is_some() && offset > 0 {
+        return Err(ApiError::bad_request("give offset or cursor, not both"));
+    }
     Ok(
         match with_queue(&state, move |q| {
-            Ok((q.list(status, offset, limit)?, q.stats()?))
+            let (items, last) = match cursor {
+                Some(_) => q.list_after(status, cursor, limit)?,
+                None if offset == 0 => q.list_after(status, None, limit)?,
+                None => (q.list(status, offset, limit)?, None),
+            };
+            Ok((items, last, q.stats()?))
         })
         .await
         {
-            Ok((items, stats)) => {
+            Ok((items, last, stats)) => {
+                // A full page may have more behind it: its last place is
+                // where the next page starts.
+                let next = last.filter(|_| items.len() == limit).map(|c| c.to_string());
                 let total = match status {
                     None => stats.total,
                     Some(Status::Pending) => stats.pending,
@@ -67,8 +84,9 @@ pub async fn list(
                     Some(Status::Failed) => stats.failed,
                     Some(Status::Conflict) => stats.conflict,
                 };
-                axum::Json(json!({"data": items, "offset": offset, "limit": limit, "total": total}))
-                    .into_response()
+                axum::Json(json!({"data": items, "offset": offset, "limit": limit,
+                    "total": total, "next": next}))
+                .into_response()
             }
             Err(response) => response,
         },
@@ -76,9 +94,9 @@ pub async fn list(
 }
 
 pub async fn stats(State(state): State<Arc<AppState>>) -> Response {
-    match with_queue(&state, |q| q.stats()).await {
+    match state.outbox.stats().await {
         Ok(stats) => axum::Json(stats).into_response(),
-        Err(response) => response,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

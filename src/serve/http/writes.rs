@@ -75,7 +75,9 @@ fn write_failed(e: WriteError, refused_by: &str) -> Response {
             )
                 .into_response()
         }
-        WriteError::Queue(QueueError::Full(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        WriteError::Queue(QueueError::Full(_) | QueueError::Shed(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         other => {
             tracing::error!(error = %other, "write failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, other)

@@ -9,7 +9,7 @@
 pub mod content;
 pub mod packet;
 pub mod session;
-pub mod throttle;
+pub mod shown;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use packet::{ErrorCode, Packet};
 use session::{Limits, Outcome};
+
+use crate::ratelimit::LogThrottle;
 
 /// A file opened for one transfer.
 pub struct OpenedFile {
@@ -67,7 +69,7 @@ pub struct TftpServer<P: FileProvider> {
     executors: Executors,
     /// Refusals are logged once per peer and interval (with a count), so a
     /// flood of bad requests cannot flood the log.
-    log_throttle: Arc<throttle::LogThrottle>,
+    log_throttle: Arc<LogThrottle<std::net::IpAddr>>,
 }
 
 /// Single-threaded runtimes, one per core, that run the transfers.
@@ -120,7 +122,7 @@ impl<P: FileProvider> TftpServer<P> {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             limits: Limits::default(),
-            log_throttle: Arc::new(throttle::LogThrottle::new(throttle::LOG_INTERVAL)),
+            log_throttle: Arc::new(LogThrottle::new(crate::ratelimit::LOG_INTERVAL)),
             executors: Executors::start()?,
         })
     }
@@ -162,7 +164,7 @@ impl<P: FileProvider> TftpServer<P> {
                 Ok(Packet::ReadRequest(request)) => self.start_session(peer, request),
                 Ok(Packet::WriteRequest(request)) => {
                     if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
-                        tracing::warn!(%peer, file = %throttle::shown(&request.filename),
+                        tracing::warn!(%peer, file = %shown::shown(&request.filename),
                             suppressed, "tftp write request refused");
                     }
                     self.reply_error(peer, ErrorCode::AccessViolation, "read-only", len)
@@ -171,7 +173,7 @@ impl<P: FileProvider> TftpServer<P> {
                 Ok(_) => {} // stray DATA/ACK/ERROR for a finished session
                 Err(e) => {
                     if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
-                        tracing::debug!(%peer, error = %throttle::shown(&e.to_string()),
+                        tracing::debug!(%peer, error = %shown::shown(&e.to_string()),
                             suppressed, "malformed tftp request");
                     }
                     self.reply_error(
@@ -325,7 +327,7 @@ async fn serve_one<P: FileProvider>(
     bind_ip: IpAddr,
     request: packet::Request,
     limits: &Limits,
-    log_throttle: &throttle::LogThrottle,
+    log_throttle: &LogThrottle<std::net::IpAddr>,
 ) {
     let started = Instant::now();
     let socket = match session_socket(bind_ip, peer).await {
@@ -345,8 +347,8 @@ async fn serve_one<P: FileProvider>(
                 OpenError::Io(_) => ErrorCode::NotDefined,
             };
             if let Some(suppressed) = log_throttle.admit(peer.ip()) {
-                tracing::info!(%peer, file = %throttle::shown(&request.filename),
-                    error = %throttle::shown(&e.to_string()), suppressed, "tftp request refused");
+                tracing::info!(%peer, file = %shown::shown(&request.filename),
+                    error = %shown::shown(&e.to_string()), suppressed, "tftp request refused");
             }
             session::refuse_request(&socket, code, &e.to_string(), request.wire_len).await;
             return;

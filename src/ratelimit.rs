@@ -1,0 +1,163 @@
+//! Keeping unauthenticated peers from flooding the agent (DESIGN §7, §10):
+//! a per-key log throttle (one line per key and interval, with the count
+//! left out) and a per-key rate limit (a token bucket). Both remember a
+//! bounded number of keys, so a flood of spoofed addresses or random MACs
+//! cannot grow them without end.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One logged line per key per this long.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keys remembered at most; past this, those that no longer matter are
+/// forgotten.
+const MAX_KEYS: usize = 4096;
+
+pub struct LogThrottle<K> {
+    interval: Duration,
+    /// Key → (when it was last logged, lines left out since).
+    keys: Mutex<HashMap<K, (Instant, u64)>>,
+}
+
+impl<K: Hash + Eq + Copy> LogThrottle<K> {
+    pub fn new(interval: Duration) -> LogThrottle<K> {
+        LogThrottle {
+            interval,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Some(left out since the last logged one) if this line may be
+    /// logged now; None if it is to be counted and left out.
+    pub fn admit(&self, key: K) -> Option<u64> {
+        self.admit_at(key, Instant::now())
+    }
+
+    pub fn admit_at(&self, key: K, now: Instant) -> Option<u64> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+            let interval = self.interval;
+            keys.retain(|_, (at, _)| now.duration_since(*at) < interval);
+        }
+        match keys.get_mut(&key) {
+            Some((at, left_out)) if now.duration_since(*at) < self.interval => {
+                *left_out += 1;
+                None
+            }
+            Some((at, left_out)) => {
+                let count = *left_out;
+                *at = now;
+                *left_out = 0;
+                Some(count)
+            }
+            None => {
+                keys.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// At most `per_minute` admissions per key and minute, in bursts of up to
+/// `per_minute` (a token bucket refilled continuously).
+pub struct KeyedRate<K> {
+    per_minute: u32,
+    /// Key → (tokens left, when they were counted).
+    keys: Mutex<HashMap<K, (f64, Instant)>>,
+}
+
+impl<K: Hash + Eq + Copy> KeyedRate<K> {
+    pub fn new(per_minute: u32) -> KeyedRate<K> {
+        KeyedRate {
+            per_minute,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one admission for `key`; false if its rate is used up.
+    pub fn admit(&self, key: K) -> bool {
+        self.admit_at(key, Instant::now())
+    }
+
+    pub fn admit_at(&self, key: K, now: Instant) -> bool {
+        let capacity = f64::from(self.per_minute);
+        let refill_per_sec = capacity / 60.0;
+        let refilled = |(tokens, at): (f64, Instant)| {
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * refill_per_sec)
+                .min(capacity)
+        };
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+            // A key whose bucket is full again is no different from one
+            // never seen: forgetting it changes nothing.
+            keys.retain(|_, entry| refilled(*entry) < capacity);
+            if keys.len() >= MAX_KEYS {
+                // Every remembered key is still limited: a flood of
+                // distinct keys. The newcomer is refused rather than one
+                // of them forgotten early.
+                return false;
+            }
+        }
+        let tokens = keys.get(&key).map_or(capacity, |entry| refilled(*entry));
+        if tokens < 1.0 {
+            keys.insert(key, (tokens, now));
+            return false;
+        }
+        keys.insert(key, (tokens - 1.0, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn one_line_per_key_and_interval_with_the_count_left_out() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        assert_eq!(throttle.admit_at(a, t0), Some(0));
+        for _ in 0..500 {
+            assert_eq!(throttle.admit_at(a, t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(throttle.admit_at(b, t0 + Duration::from_secs(1)), Some(0));
+        assert_eq!(
+            throttle.admit_at(a, t0 + Duration::from_secs(11)),
+            Some(500)
+        );
+        assert_eq!(throttle.admit_at(a, t0 + Duration::from_secs(12)), None);
+    }
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let rate = KeyedRate::new(6);
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            assert!(rate.admit_at(1u32, t0));
+        }
+        assert!(!rate.admit_at(1u32, t0));
+        assert!(rate.admit_at(2u32, t0), "another key has its own bucket");
+        // 6 per minute: one more every 10 s.
+        assert!(!rate.admit_at(1u32, t0 + Duration::from_secs(9)));
+        assert!(rate.admit_at(1u32, t0 + Duration::from_secs(11)));
+        assert!(!rate.admit_at(1u32, t0 + Duration::from_secs(12)));
+        assert!(rate.admit_at(1u32, t0 + Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_flood_of_keys_stays_bounded() {
+        let rate = KeyedRate::new(1);
+        let t0 = Instant::now();
+        for key in 0..(MAX_KEYS as u32 * 2) {
+            rate.admit_at(key, t0);
+        }
+        assert!(rate.keys.lock().unwrap().len() <= MAX_KEYS);
+        // Once the buckets are full again, they are forgotten and new keys pass.
+        assert!(rate.admit_at(u32::MAX, t0 + Duration::from_secs(120)));
+    }
+}
