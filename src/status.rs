@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub active_boots: u64,
     pub cache_hit_rate: f64,
     pub disk_usage_percent: f64,
+    /// False while the store cannot write (DESIGN §10 "Storage").
+    pub store_writable: bool,
     pub uptime: Duration,
 }
 
@@ -83,6 +85,7 @@ impl StatusSource {
             active_boots: self.boots.active_boots(),
             cache_hit_rate: self.boots.cache_hit_rate(),
             disk_usage_percent: disk,
+            store_writable: self.store.writable(),
             uptime: self.started.elapsed(),
         }
     }
@@ -117,7 +120,10 @@ impl Snapshot {
                 "failed": self.queue.failed,
                 "conflict": self.queue.conflict,
                 "dropped_events": self.queue.dropped_events,
+                "node_items": self.queue.node_items,
+                "shed_node_items": self.queue.shed_node_items,
             },
+            "store_writable": self.store_writable,
             "conflicts_pending": self.conflicts_pending,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),

@@ -1074,3 +1074,114 @@ fn nodes_cannot_crowd_operators_out_of_the_queue() {
         delivered_counts(&controller).get("operator-write").copied() == Some(1)
     });
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Needs root (CI runs as root); fails the test otherwise, never skips.
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mkdir mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Fills the disk with a file but for `room` bytes; returns its path.
+    fn fill_leaving(&self, room: u64) -> std::path::PathBuf {
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0xa5u8; 16 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let len = file.metadata().expect("filler size").len();
+        file.set_len(len.saturating_sub(room))
+            .expect("shrink filler");
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_503_and_they_resume_once_there_is_room() {
+    // DESIGN §10 "Storage" / issue 9 item 3: after one ENOSPC every write
+    // answered 500 "Previous I/O error" until a restart, while /health
+    // said ok.
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:4a:01";
+    controller.set_node(mac, "active", None);
+    let builder = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller));
+    let disk = SmallDisk::mount(&builder.path().join("data"), "8m");
+    let agent = builder.start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "node synced", || {
+        call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).0 == 200
+    });
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let health = || curl(&[&agent.url("/health")]).0;
+    assert_eq!(health(), 200);
+
+    let filler = disk.fill_leaving(256 * 1024);
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..20_000 {
+        let comment = format!("full-{n}");
+        let (code, answer) = set_state(&agent, mac, "installed", &comment);
+        match code {
+            202 => acknowledged.push(comment),
+            503 => {
+                refused = Some(answer);
+                break;
+            }
+            other => panic!("write {n} answered {other}: {answer}"),
+        }
+    }
+    let refused = refused.expect("the full disk refused a write");
+    assert!(refused.to_string().contains("cannot"), "{refused}");
+    // Still refused, with 503, and /health says so.
+    let (code, answer) = set_state(&agent, mac, "installed", "while-full");
+    assert_eq!(code, 503, "{answer}");
+    assert_eq!(health(), 503);
+    // Boots are still answered from the cache.
+    assert!(boot(&agent, mac).starts_with("#!ipxe"));
+
+    // Room again: writes resume without a restart.
+    std::fs::remove_file(filler).expect("remove filler");
+    wait_until(LONG, "/health 200 again", || health() == 200);
+    let (code, answer) = set_state(&agent, mac, "installed", "after-room");
+    assert_eq!(code, 202, "{answer}");
+    acknowledged.push("after-room".into());
+
+    // Nothing acknowledged was lost: all of it reaches the controller.
+    controller.up();
+    wait_until(LONG, "queue drained", || drained(&agent));
+    let delivered = delivered_counts(&controller);
+    for comment in &acknowledged {
+        assert_eq!(delivered.get(comment), Some(&1), "{comment}");
+    }
+    assert!(!delivered.contains_key("while-full"));
+    println!(
+        "{} writes acknowledged before the disk was full",
+        acknowledged.len() - 1
+    );
+    drop(agent);
+    drop(disk);
+}

@@ -32,7 +32,11 @@ impl LocalController {
 }
 
 fn local(e: StoreError) -> CentralError {
-    CentralError::Local(e.to_string())
+    if e.is_io() {
+        CentralError::LocalUnwritable(e.to_string())
+    } else {
+        CentralError::Local(e.to_string())
+    }
 }
 
 fn no_such_node(mac: Mac) -> CentralError {

@@ -43,6 +43,10 @@ pub enum CentralError {
     /// Standalone: the local store, in the controller's place, failed.
     #[error("local store: {0}")]
     Local(String),
+    /// Standalone: the local store cannot write now (a full disk); the
+    /// write may succeed later.
+    #[error("local store cannot write now: {0}")]
+    LocalUnwritable(String),
 }
 
 impl CentralError {

@@ -62,10 +62,27 @@ pub enum WriteError {
     NotRegistered(CentralError),
     #[error("{0}")]
     Local(String),
+    /// The agent's disk cannot take the write now (full, an I/O error):
+    /// nothing was acknowledged; it may succeed later.
+    #[error("the agent cannot store the change now: {0}")]
+    Unwritable(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl WriteError {
+    /// Refused for a reason that passes (a full queue or share, a disk
+    /// that cannot write): 503, and the caller may try again.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            WriteError::Unwritable(_)
+            | WriteError::Queue(QueueError::Full(_) | QueueError::Shed(_)) => true,
+            WriteError::Queue(QueueError::Store(e)) | WriteError::Store(e) => e.is_io(),
+            _ => false,
+        }
+    }
 }
 
 /// How a registration ended.
@@ -553,6 +570,7 @@ fn refusal(e: &CentralError) -> Option<WriteError> {
             })
         }
         CentralError::Local(reason) => Some(WriteError::Local(reason.clone())),
+        CentralError::LocalUnwritable(reason) => Some(WriteError::Unwritable(reason.clone())),
         _ => None,
     }
 }

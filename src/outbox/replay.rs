@@ -352,9 +352,11 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
                 retry(text)
             }
         }
-        SendError::Central(e @ (CentralError::Garbage(_) | CentralError::Local(_))) => {
-            retry(e.to_string())
-        }
+        SendError::Central(
+            e @ (CentralError::Garbage(_)
+            | CentralError::Local(_)
+            | CentralError::LocalUnwritable(_)),
+        ) => retry(e.to_string()),
         SendError::NotReady(e) => retry(e),
         SendError::Malformed(e) => Outcome::Failed { error: e },
     }

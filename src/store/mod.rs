@@ -7,7 +7,8 @@
 pub mod nodes;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,25 @@ pub enum StoreError {
     NodeNotFound(Mac),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("the database is being reopened after an I/O error; try again shortly")]
+    Reopening,
+    /// An I/O failure passed on to several callers (the group commit).
+    #[error("the database cannot write: {0}")]
+    Unwritable(String),
+}
+
+impl StoreError {
+    /// The disk failed the store (full, or an I/O error), rather than the
+    /// data or the caller: the write may succeed later, so it is refused
+    /// with 503, not 500.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Reopening
+                | StoreError::Unwritable(_)
+                | StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 macro_rules! redb_error_into_store_error {
@@ -121,7 +141,24 @@ redb_error_into_store_error!(
 /// (`Deref` to redb's); the store's tables stay private to the store and
 /// change only through the methods here, in the store's format.
 pub struct StoreWrite {
+    // Field order is drop order: the transaction ends before the database
+    // handle it was begun on is released.
     txn: redb::WriteTransaction,
+    store: Store,
+    _db: Arc<Database>,
+}
+
+/// A read transaction, holding the database open while it lives.
+pub struct StoreRead {
+    txn: redb::ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::ops::Deref for StoreRead {
+    type Target = redb::ReadTransaction;
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
 }
 
 impl std::ops::Deref for StoreWrite {
@@ -153,7 +190,9 @@ impl StoreWrite {
     }
 
     pub fn commit(self) -> Result<(), StoreError> {
-        Ok(self.txn.commit()?)
+        let store = self.store.clone();
+        let txn = self.txn;
+        store.noted(|| Ok(txn.commit()?))
     }
 
     pub fn abort(self) -> Result<(), StoreError> {
@@ -176,9 +215,26 @@ pub struct LastScript {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     path: PathBuf,
 }
+
+/// The open database, and whether it can take writes. After an I/O error
+/// (a full disk) redb refuses every later write until the database is
+/// closed and opened again, so the store does that itself, in the
+/// background, until a write succeeds (DESIGN §10 "Storage").
+struct Shared {
+    /// None while the database is being reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    /// False from an I/O error until a write has succeeded again.
+    writable: AtomicBool,
+    /// A recovery thread is running.
+    recovering: AtomicBool,
+}
+
+/// Pause between attempts to make the database writable again.
+const RECOVERY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+const WRITE_PROBE_KEY: &str = "write_probe";
 
 impl Store {
     /// Opens (creating if needed) `<data_dir>/siteboot.redb` and migrates it.
@@ -203,7 +259,11 @@ impl Store {
             },
         })?;
         let store = Store {
-            db: Arc::new(db),
+            shared: Arc::new(Shared {
+                db: RwLock::new(Some(Arc::new(db))),
+                writable: AtomicBool::new(true),
+                recovering: AtomicBool::new(false),
+            }),
             path,
         };
         store.migrate()?;
@@ -216,52 +276,198 @@ impl Store {
 
     /// A write transaction for a module with tables of its own.
     pub fn begin_write(&self) -> Result<StoreWrite, StoreError> {
-        Ok(StoreWrite {
-            txn: self.db.begin_write()?,
-        })
+        let begun = (|| -> Result<StoreWrite, StoreError> {
+            let db = self.db()?;
+            Ok(StoreWrite {
+                txn: db.begin_write()?,
+                store: self.clone(),
+                _db: db,
+            })
+        })();
+        // Only failures count here: a write is known to work once its
+        // commit succeeds.
+        if let Err(e) = &begun
+            && e.is_io()
+        {
+            self.start_recovery(e);
+        }
+        begun
     }
 
     /// A read transaction for a module with tables of its own.
-    pub fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+    pub fn begin_read(&self) -> Result<StoreRead, StoreError> {
+        let db = self.db()?;
+        Ok(StoreRead {
+            txn: db.begin_read()?,
+            _db: db,
+        })
+    }
+
+    /// False while the store cannot write (a full disk, an I/O error) and
+    /// until a write has succeeded again: `/health` answers 503.
+    pub fn writable(&self) -> bool {
+        self.shared.writable.load(Ordering::SeqCst)
+    }
+
+    /// The open database. Callers keep the `Arc` for as long as their
+    /// transaction lives, so that a reopen waits for them.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.shared
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// Runs a whole write (begin to commit); an I/O error marks the store
+    /// unwritable and starts the reopening, a commit after one marks it
+    /// writable again.
+    fn noted<T>(&self, work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = work();
+        self.note(&result);
+        result
+    }
+
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Err(e) if e.is_io() => self.start_recovery(e),
+            // A write committed: the disk takes writes (again).
+            Ok(_) if !self.shared.writable.swap(true, Ordering::SeqCst) => {
+                tracing::info!(path = %self.path.display(), "the database takes writes again");
+            }
+            _ => {}
+        }
+    }
+
+    fn start_recovery(&self, error: &StoreError) {
+        if self.shared.writable.swap(false, Ordering::SeqCst) {
+            tracing::error!(path = %self.path.display(), %error,
+                "the database cannot write; writes are refused (503) until it can again");
+        }
+        if self.shared.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let store = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("store-recovery".into())
+            .spawn(move || store.recover());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the database recovery");
+            self.shared.recovering.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Closes and reopens the database until a probe write commits. Calls
+    /// meanwhile get [`StoreError::Reopening`] while it is closed.
+    fn recover(&self) {
+        let mut attempts = 0u64;
+        loop {
+            std::thread::sleep(RECOVERY_PAUSE);
+            attempts += 1;
+            let old = self
+                .shared
+                .db
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(old) = old {
+                // Transactions under way hold the database: wait for them
+                // to end (none lasts long) so that it can be closed.
+                let mut old = old;
+                loop {
+                    match Arc::try_unwrap(old) {
+                        Ok(db) => {
+                            drop(db);
+                            break;
+                        }
+                        Err(still_shared) => {
+                            old = still_shared;
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
+                }
+            }
+            let db = match Database::create(&self.path) {
+                Ok(db) => Arc::new(db),
+                Err(e) => {
+                    if attempts.is_power_of_two() {
+                        tracing::warn!(path = %self.path.display(), error = %e, attempts,
+                            "the database cannot be reopened yet");
+                    }
+                    continue;
+                }
+            };
+            let probe = (|| -> Result<(), StoreError> {
+                let txn = db.begin_write()?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    let now = OffsetDateTime::now_utc().unix_timestamp().to_string();
+                    meta.insert(WRITE_PROBE_KEY, now.as_str())?;
+                }
+                txn.commit()?;
+                Ok(())
+            })();
+            // Back in place either way: reads work while the disk is full.
+            *self.shared.db.write().unwrap_or_else(|e| e.into_inner()) = Some(db);
+            match probe {
+                Ok(()) => {
+                    self.shared.recovering.store(false, Ordering::SeqCst);
+                    self.shared.writable.store(true, Ordering::SeqCst);
+                    tracing::info!(path = %self.path.display(), attempts,
+                        "the database was reopened and takes writes again");
+                    return;
+                }
+                Err(e) => {
+                    if attempts.is_power_of_two() {
+                        tracing::warn!(path = %self.path.display(), error = %e, attempts,
+                            "the database still cannot write");
+                    }
+                }
+            }
+        }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        let found = {
-            let meta = txn.open_table(META)?;
-            match meta.get(SCHEMA_KEY)? {
-                None => 0,
-                Some(v) => v
-                    .value()
-                    .parse::<u32>()
-                    .map_err(|_| StoreError::BadSchemaRecord(v.value().to_string()))?,
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let found = {
+                let meta = txn.open_table(META)?;
+                match meta.get(SCHEMA_KEY)? {
+                    None => 0,
+                    Some(v) => v
+                        .value()
+                        .parse::<u32>()
+                        .map_err(|_| StoreError::BadSchemaRecord(v.value().to_string()))?,
+                }
+            };
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
             }
-        };
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        for step in &MIGRATIONS[found as usize..] {
-            step(&txn)?;
-        }
-        if found != SCHEMA_VERSION {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_str())?;
-            tracing::info!(
-                from = found,
-                to = SCHEMA_VERSION,
-                "database schema migrated"
-            );
-        }
-        txn.commit()?;
-        Ok(())
+            for step in &MIGRATIONS[found as usize..] {
+                step(&txn)?;
+            }
+            if found != SCHEMA_VERSION {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_str())?;
+                tracing::info!(
+                    from = found,
+                    to = SCHEMA_VERSION,
+                    "database schema migrated"
+                );
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let value = meta.get(SCHEMA_KEY)?;
         let text = value.map(|v| v.value().to_string()).unwrap_or_default();
@@ -281,7 +487,8 @@ impl Store {
     }
 
     pub fn get_node(&self, mac: Mac) -> Result<Option<Node>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(NODES)?;
         let key = mac.to_string();
         match table.get(key.as_str())? {
@@ -296,16 +503,19 @@ impl Store {
 
     /// Writes several nodes in one durable commit.
     pub fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(NODES)?;
-            for node in nodes {
-                let bytes = encode(node);
-                table.insert(node.mac.to_string().as_str(), bytes.as_slice())?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(NODES)?;
+                for node in nodes {
+                    let bytes = encode(node);
+                    table.insert(node.mac.to_string().as_str(), bytes.as_slice())?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Inserts `node` unless its MAC is already stored; returns the stored one.
@@ -319,20 +529,23 @@ impl Store {
         mac: Mac,
         change: impl FnOnce(&mut Node),
     ) -> Result<Node, StoreError> {
-        let txn = self.db.begin_write()?;
-        let key = mac.to_string();
-        let node = {
-            let mut table = txn.open_table(NODES)?;
-            let mut node = match table.get(key.as_str())? {
-                Some(bytes) => decode::<Node>(&key, bytes.value())?,
-                None => return Err(StoreError::NodeNotFound(mac)),
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let key = mac.to_string();
+            let node = {
+                let mut table = txn.open_table(NODES)?;
+                let mut node = match table.get(key.as_str())? {
+                    Some(bytes) => decode::<Node>(&key, bytes.value())?,
+                    None => return Err(StoreError::NodeNotFound(mac)),
+                };
+                change(&mut node);
+                table.insert(key.as_str(), encode(&node).as_slice())?;
+                node
             };
-            change(&mut node);
-            table.insert(key.as_str(), encode(&node).as_slice())?;
-            node
-        };
-        txn.commit()?;
-        Ok(node)
+            txn.commit()?;
+            Ok(node)
+        })
     }
 
     /// Stores `node` unless its MAC is known (returning the stored one),
@@ -342,46 +555,53 @@ impl Store {
         node: &Node,
         evict: Option<Mac>,
     ) -> Result<Node, StoreError> {
-        let txn = self.db.begin_write()?;
-        let key = node.mac.to_string();
-        let stored = {
-            let mut table = txn.open_table(NODES)?;
-            let existing = match table.get(key.as_str())? {
-                Some(bytes) => Some(decode::<Node>(&key, bytes.value())?),
-                None => None,
-            };
-            match existing {
-                Some(existing) => existing,
-                None => {
-                    if let Some(old) = evict {
-                        table.remove(old.to_string().as_str())?;
-                        let mut scripts = txn.open_table(LAST_SCRIPTS)?;
-                        scripts.remove(old.to_string().as_str())?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let key = node.mac.to_string();
+            let stored = {
+                let mut table = txn.open_table(NODES)?;
+                let existing = match table.get(key.as_str())? {
+                    Some(bytes) => Some(decode::<Node>(&key, bytes.value())?),
+                    None => None,
+                };
+                match existing {
+                    Some(existing) => existing,
+                    None => {
+                        if let Some(old) = evict {
+                            table.remove(old.to_string().as_str())?;
+                            let mut scripts = txn.open_table(LAST_SCRIPTS)?;
+                            scripts.remove(old.to_string().as_str())?;
+                        }
+                        table.insert(key.as_str(), encode(node).as_slice())?;
+                        node.clone()
                     }
-                    table.insert(key.as_str(), encode(node).as_slice())?;
-                    node.clone()
                 }
-            }
-        };
-        txn.commit()?;
-        Ok(stored)
+            };
+            txn.commit()?;
+            Ok(stored)
+        })
     }
 
     pub fn remove_node(&self, mac: Mac) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let removed = {
-            let mut table = txn.open_table(NODES)?;
-            let removed = table.remove(mac.to_string().as_str())?.is_some();
-            let mut scripts = txn.open_table(LAST_SCRIPTS)?;
-            scripts.remove(mac.to_string().as_str())?;
-            removed
-        };
-        txn.commit()?;
-        Ok(removed)
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let removed = {
+                let mut table = txn.open_table(NODES)?;
+                let removed = table.remove(mac.to_string().as_str())?.is_some();
+                let mut scripts = txn.open_table(LAST_SCRIPTS)?;
+                scripts.remove(mac.to_string().as_str())?;
+                removed
+            };
+            txn.commit()?;
+            Ok(removed)
+        })
     }
 
     pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(NODES)?;
         let mut nodes = Vec::new();
         for entry in table.iter()? {
@@ -392,19 +612,23 @@ impl Store {
     }
 
     pub fn put_workflows(&self, workflows: &[Workflow]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(WORKFLOWS)?;
-            for workflow in workflows {
-                table.insert(workflow.id.as_str(), encode(workflow).as_slice())?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(WORKFLOWS)?;
+                for workflow in workflows {
+                    table.insert(workflow.id.as_str(), encode(workflow).as_slice())?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     pub fn get_workflow(&self, id: &str) -> Result<Option<Workflow>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(WORKFLOWS)?;
         match table.get(id)? {
             None => Ok(None),
@@ -413,7 +637,8 @@ impl Store {
     }
 
     pub fn get_last_script(&self, mac: Mac) -> Result<Option<LastScript>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(LAST_SCRIPTS)?;
         let key = mac.to_string();
         match table.get(key.as_str())? {
@@ -425,36 +650,43 @@ impl Store {
     /// Records several last-served scripts in one commit (the boot path
     /// batches them so that a boot storm costs one fsync, not one per boot).
     pub fn put_last_scripts(&self, scripts: &[(Mac, LastScript)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(LAST_SCRIPTS)?;
-            for (mac, script) in scripts {
-                table.insert(mac.to_string().as_str(), encode(script).as_slice())?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(LAST_SCRIPTS)?;
+                for (mac, script) in scripts {
+                    table.insert(mac.to_string().as_str(), encode(script).as_slice())?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 }
 
 impl Store {
     /// A small named value of the agent's own (cursor, registration …).
     pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(META)?;
         Ok(table.get(key)?.map(|v| v.value().to_string()))
     }
 
     pub fn put_meta(&self, entries: &[(&str, &str)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(META)?;
-            for (key, value) in entries {
-                table.insert(*key, *value)?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(META)?;
+                for (key, value) in entries {
+                    table.insert(*key, *value)?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Appends to the sync log, dropping the oldest entries past the bound.
@@ -464,29 +696,33 @@ impl Store {
         detail: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(SYNC_LOG)?;
-            let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-            let entry = SyncLogEntry {
-                seq,
-                at,
-                kind: kind.to_string(),
-                detail: detail.to_string(),
-            };
-            table.insert(seq, encode(&entry).as_slice())?;
-            if seq > SYNC_LOG_KEEP {
-                let cutoff = seq - SYNC_LOG_KEEP;
-                table.retain_in(..=cutoff, |_, _| false)?;
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SYNC_LOG)?;
+                let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                let entry = SyncLogEntry {
+                    seq,
+                    at,
+                    kind: kind.to_string(),
+                    detail: detail.to_string(),
+                };
+                table.insert(seq, encode(&entry).as_slice())?;
+                if seq > SYNC_LOG_KEEP {
+                    let cutoff = seq - SYNC_LOG_KEEP;
+                    table.retain_in(..=cutoff, |_, _| false)?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The newest `limit` sync-log entries, newest first.
     pub fn sync_log(&self, limit: usize) -> Result<Vec<SyncLogEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(SYNC_LOG)?;
         let mut out = Vec::new();
         for entry in table.iter()?.rev().take(limit) {
@@ -564,7 +800,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.db().unwrap().begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(SCHEMA_KEY, "99")
@@ -582,7 +818,7 @@ mod tests {
     fn corrupt_records_are_reported_not_panicked() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         txn.open_table(NODES)
             .unwrap()
             .insert("52:54:00:00:00:02", b"{not json".as_slice())
@@ -615,7 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.db().unwrap().begin_write().unwrap();
             txn.delete_table(SYNC_LOG).unwrap();
             txn.open_table(META)
                 .unwrap()

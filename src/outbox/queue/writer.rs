@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NewItem, Queue, QueueError};
+use crate::store::StoreError;
 use crate::store::nodes::NodeCache;
 
 /// Most items in one commit.
@@ -78,11 +79,15 @@ async fn run(queue: Queue, cache: Option<NodeCache>, mut rx: mpsc::Receiver<Requ
             }
             Ok(Err(e)) => {
                 let message = e.to_string();
+                let io = matches!(&e, QueueError::Store(store) if store.is_io());
                 tracing::error!(error = %message, "queue commit failed; nothing of this batch was accepted");
                 for reply in replies {
-                    let _ = reply.send(Err(QueueError::Store(crate::store::StoreError::Task(
-                        message.clone(),
-                    ))));
+                    let error = if io {
+                        StoreError::Unwritable(message.clone())
+                    } else {
+                        StoreError::Task(message.clone())
+                    };
+                    let _ = reply.send(Err(QueueError::Store(error)));
                 }
             }
             Err(e) => {

@@ -173,8 +173,21 @@ async fn asset(
     assets::serve(state.roots.clone(), path, &headers, &state.port).await
 }
 
+/// 200 while the agent can do its work; 503 while its store cannot write
+/// (DESIGN §10): boots are still answered, but writes are refused, and a
+/// load balancer or monitor should know.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({"status": "ok", "mode": state.port.mode().as_str()})).into_response()
+    let mode = state.port.mode();
+    if !state.store.writable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "store_unwritable", "mode": mode.as_str(),
+                "error": "the database cannot write (disk full or an I/O error); \
+                          writes are refused until it can"})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"status": "ok", "mode": mode.as_str()})).into_response()
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Response {

@@ -22,6 +22,7 @@ async fn with_queue<T: Send + 'static>(
 ) -> Result<T, Response> {
     state.outbox.queue().call(work).await.map_err(|e| match e {
         QueueError::NotFound(_) => error(StatusCode::NOT_FOUND, e),
+        QueueError::Store(ref store) if store.is_io() => error(StatusCode::SERVICE_UNAVAILABLE, e),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
     })
 }

@@ -21,7 +21,6 @@ use super::state::AppState;
 use crate::central::api::{NodeReport, StateChange};
 use crate::model::mac::Mac;
 use crate::model::node::NodeState;
-use crate::outbox::queue::QueueError;
 use crate::outbox::{WriteError, Written};
 
 pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -75,9 +74,7 @@ fn write_failed(e: WriteError, refused_by: &str) -> Response {
             )
                 .into_response()
         }
-        WriteError::Queue(QueueError::Full(_) | QueueError::Shed(_)) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e)
-        }
+        e if e.is_temporary() => error(StatusCode::SERVICE_UNAVAILABLE, e),
         other => {
             tracing::error!(error = %other, "write failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, other)
