@@ -607,3 +607,64 @@ fn a_slow_file_from_the_controller_arrives_whole() {
         initrd.len()
     );
 }
+
+#[test]
+fn huge_controller_answers_do_not_take_the_agents_memory() {
+    // DESIGN §10 / issue 9 item 4: each controller call could buffer up
+    // to 64 MiB; 40 concurrent new MACs whose lookups answered 100 MB took
+    // the agent to 1.34 GB.
+    const NEW_MACS: usize = 40;
+    let controller = FakeController::start();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(
+            &central_config(&controller)
+                .replace("request_timeout = \"1s\"", "request_timeout = \"20s\""),
+        )
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let before = agent.peak_rss();
+    controller.set_mode(Mode::Huge(100 * 1024 * 1024));
+    let boots: Vec<_> = (0..NEW_MACS)
+        .map(|n| {
+            let url = agent.url(&format!(
+                "/api/v1/boot?mac=52:54:00:77:00:{n:02x}&arch=x86_64"
+            ));
+            std::thread::spawn(move || curl(&[&url]).0)
+        })
+        .collect();
+    for boot in boots {
+        assert_eq!(boot.join().expect("boot thread"), 200);
+    }
+    // Every lookup that was started has ended (each logs its failure).
+    wait_until(LONG, "every lookup ended", || {
+        let started = controller.calls_to("GET", "/api/v1/nodes").len();
+        let ended = agent
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("controller lookup failed"))
+            .count();
+        started > 0 && ended >= started
+    });
+    let started = controller.calls_to("GET", "/api/v1/nodes").len();
+    let peak = agent.peak_rss();
+    println!(
+        "peak RSS {} MiB before, {} MiB after {NEW_MACS} boots ({started} lookups) answered 100 MB each",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(started <= NEW_MACS, "{started} lookups");
+    assert!(
+        peak < before + (150 << 20),
+        "peak RSS grew from {} MiB to {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("larger than this call's limit")),
+        "the oversized answers are named in the log"
+    );
+}

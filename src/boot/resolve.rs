@@ -64,12 +64,19 @@ pub enum Resolved {
     Failed(String),
 }
 
+/// Controller lookups under way at once, at most (DESIGN §10): each may
+/// buffer an answer of up to a few MB, and a flood of new MACs must not
+/// become a flood of controller calls. A boot that finds no room within
+/// its deadline is answered from the cache, as if the lookup were slow.
+pub const MAX_CONCURRENT_LOOKUPS: usize = 16;
+
 pub struct Resolver {
     port: Arc<ControllerPort>,
     outbox: Arc<Outbox>,
     nodes: NodeCache,
     deadline: Duration,
     inflight: Mutex<HashMap<Mac, watch::Receiver<Option<Lookup>>>>,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Resolver {
@@ -85,6 +92,7 @@ impl Resolver {
             nodes,
             deadline,
             inflight: Mutex::new(HashMap::new()),
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS)),
         }
     }
 
@@ -148,6 +156,29 @@ impl Resolver {
     /// background and still updates the cache. Concurrent calls for one
     /// MAC share one controller call.
     pub async fn lookup(self: &Arc<Self>, mac: Mac, facts: &BootFacts) -> Option<Lookup> {
+        let started = tokio::time::Instant::now();
+        let joined = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&mac)
+            .cloned();
+        // A new lookup needs a place among the concurrent ones; waiting
+        // for it counts against the boot's deadline.
+        let permit = match joined {
+            Some(_) => None,
+            None => {
+                let place =
+                    tokio::time::timeout(self.deadline, self.lookups.clone().acquire_owned()).await;
+                match place {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        tracing::debug!(%mac, "controller lookups all busy; answering from the cache");
+                        return None;
+                    }
+                }
+            }
+        };
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&mac) {
@@ -159,6 +190,7 @@ impl Resolver {
                     let facts = facts.clone();
                     tokio::spawn(async move {
                         let outcome = resolver.fetch(mac, &facts).await;
+                        drop(permit);
                         if let Err(e) = &outcome {
                             tracing::warn!(%mac, error = %e, "controller lookup failed");
                         }
@@ -173,7 +205,8 @@ impl Resolver {
                 }
             }
         };
-        let waited = tokio::time::timeout(self.deadline, rx.wait_for(Option::is_some)).await;
+        let left = self.deadline.saturating_sub(started.elapsed());
+        let waited = tokio::time::timeout(left, rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(value)) => value.clone(),
             // Deadline passed, or the lookup task died (it logs why).

@@ -16,8 +16,18 @@ use crate::model::node::Node;
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// Bodies larger than this are refused as garbage rather than buffered.
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The most of an answer the agent buffers, per kind of call (DESIGN §10:
+/// a hostile or broken controller must not take the agent's memory). A
+/// larger body is refused as garbage as soon as it is seen to be larger
+/// (by its Content-Length, or while it streams in).
+///
+/// One node, a registration, a heartbeat reply: a few KB.
+const ONE_RECORD_MAX: usize = 1024 * 1024;
+/// A lookup by MAC: one node, but a controller that ignores the filter
+/// lists many (the agent picks the match itself).
+const LOOKUP_MAX: usize = 4 * 1024 * 1024;
+/// A sync page: the site's nodes and workflows. Syncs run one at a time.
+const SYNC_PAGE_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -116,6 +126,7 @@ impl HttpController {
     async fn send(
         &self,
         builder: reqwest::RequestBuilder,
+        limit: usize,
     ) -> Result<(StatusCode, Vec<u8>), CentralError> {
         let mut response = builder.send().await.map_err(unreachable)?;
         let status = response.status();
@@ -125,12 +136,21 @@ impl HttpController {
                 "controller answered {status} (a gateway with no controller behind it)"
             )));
         }
+        let too_large = || {
+            CentralError::Garbage(format!(
+                "answer larger than this call's limit of {limit} bytes"
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(too_large());
+        }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(CentralError::Garbage(format!(
-                    "response body over {MAX_BODY} bytes"
-                )));
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
@@ -140,8 +160,9 @@ impl HttpController {
     async fn call<T: DeserializeOwned>(
         &self,
         builder: reqwest::RequestBuilder,
+        limit: usize,
     ) -> Result<T, CentralError> {
-        let (status, body) = self.send(builder).await?;
+        let (status, body) = self.send(builder, limit).await?;
         if !status.is_success() {
             return Err(rejected(status, &body));
         }
@@ -181,7 +202,10 @@ impl Controller for HttpController {
     fn health(&self) -> BoxFuture<'_, Result<(), CentralError>> {
         Box::pin(async move {
             let (status, body) = self
-                .send(self.request(reqwest::Method::GET, "/health"))
+                .send(
+                    self.request(reqwest::Method::GET, "/health"),
+                    ONE_RECORD_MAX,
+                )
                 .await?;
             if status.is_success() {
                 Ok(())
@@ -205,7 +229,7 @@ impl Controller for HttpController {
             .request(reqwest::Method::POST, "/api/v1/agents/register")
             .json(request);
         Box::pin(async move {
-            let reply: RegistrationReply = self.call(builder).await?;
+            let reply: RegistrationReply = self.call(builder, ONE_RECORD_MAX).await?;
             if reply.success {
                 Ok(reply)
             } else {
@@ -226,7 +250,7 @@ impl Controller for HttpController {
         let builder = self
             .request(reqwest::Method::POST, "/api/v1/agents/heartbeat")
             .json(heartbeat);
-        Box::pin(self.call(builder))
+        Box::pin(self.call(builder, ONE_RECORD_MAX))
     }
 
     fn site_nodes(
@@ -241,7 +265,7 @@ impl Controller for HttpController {
         if let Some(cursor) = since {
             builder = builder.query(&[("since", cursor)]);
         }
-        Box::pin(self.call(builder))
+        Box::pin(self.call(builder, SYNC_PAGE_MAX))
     }
 
     fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>> {
@@ -249,7 +273,7 @@ impl Controller for HttpController {
             .request(reqwest::Method::GET, "/api/v1/nodes")
             .query(&[("mac", mac.to_string())]);
         Box::pin(async move {
-            let list: NodeList = self.call(builder).await?;
+            let list: NodeList = self.call(builder, LOOKUP_MAX).await?;
             // Only an exact match counts: a controller that filters loosely
             // must not hand this MAC another node's state.
             Ok(list.data.into_iter().find(|node| node.mac == mac))
@@ -274,7 +298,15 @@ impl Controller for HttpController {
                 return Ok(None);
             }
             if !status.is_success() {
-                let body = response.bytes().await.unwrap_or_default();
+                // Only the start of an error body is kept (and read).
+                let mut body = Vec::new();
+                let mut response = response;
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    body.extend_from_slice(&chunk);
+                    if body.len() >= 4096 {
+                        break;
+                    }
+                }
                 return Err(rejected(status, &body));
             }
             let sha256 = response
@@ -303,7 +335,7 @@ impl Controller for HttpController {
         }
         let mac = request.mac_address.parse::<Mac>();
         Box::pin(async move {
-            let (status, body) = self.send(builder).await?;
+            let (status, body) = self.send(builder, ONE_RECORD_MAX).await?;
             if status == StatusCode::CONFLICT {
                 let mac = mac.map_err(|e| CentralError::Garbage(e.to_string()))?;
                 return self.node_by_mac(mac).await?.ok_or_else(|| {
@@ -343,7 +375,10 @@ impl Controller for HttpController {
                     "node id {node_id:?} is not usable in a URL"
                 )));
             }
-            Ok(self.call::<NodeEnvelope>(builder).await?.data)
+            Ok(self
+                .call::<NodeEnvelope>(builder, ONE_RECORD_MAX)
+                .await?
+                .data)
         })
     }
 
@@ -357,7 +392,7 @@ impl Controller for HttpController {
             .header(IDEMPOTENCY_KEY, idempotency_key)
             .json(report);
         Box::pin(async move {
-            let (status, body) = self.send(builder).await?;
+            let (status, body) = self.send(builder, ONE_RECORD_MAX).await?;
             if status.is_success() {
                 Ok(())
             } else {

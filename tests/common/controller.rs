@@ -27,6 +27,10 @@ pub enum Mode {
     BadGateway,
     /// 200 with a body that is not JSON.
     Garbage,
+    /// Every API call (not the health check) answers 200 with a body of
+    /// this many bytes, streamed without a Content-Length: a controller
+    /// that would take the agent's memory.
+    Huge(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -370,7 +374,8 @@ async fn handle(
         Mode::BadGateway => return (StatusCode::BAD_GATEWAY, "<html>502</html>").into_response(),
         Mode::Erroring => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
-        Mode::Healthy => {}
+        Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
+        Mode::Huge(_) | Mode::Healthy => {}
     }
     let mut inner = inner.lock().expect("lock");
     let q = query_map(&query);
@@ -546,4 +551,13 @@ fn record(
         mac: mac.to_string(),
         body: body.clone(),
     });
+}
+
+/// `{"data":[` then `bytes` of spaces, in 64 KiB chunks with no length.
+fn huge_body(bytes: usize) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = std::iter::once(Bytes::from_static(b"{\"data\":["))
+        .chain((0..bytes / CHUNK).map(|_| Bytes::from(vec![b' '; CHUNK])));
+    let stream = futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>));
+    (StatusCode::OK, axum::body::Body::from_stream(stream)).into_response()
 }

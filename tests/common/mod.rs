@@ -223,6 +223,18 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
 const AGENT_START_GIVE_UP: Duration = Duration::from_secs(120);
 
 impl Agent {
+    /// The agent's peak resident memory so far, in bytes (Linux VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<agent>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM in /proc/<agent>/status")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
