@@ -32,6 +32,7 @@ use crate::outbox::Outbox;
 use crate::outbox::queue::{Limits, Queue};
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFiles};
+use crate::serve::http::server::{self, ServerLimits};
 use crate::serve::http::{self, AppState};
 use crate::serve::tftp::TftpServer;
 use crate::status::StatusSource;
@@ -242,12 +243,21 @@ pub async fn start(
         sync,
     });
     let app = http::router(state);
+    let http_limits = ServerLimits {
+        header_timeout: config.http.header_timeout,
+        idle_timeout: config.http.idle_timeout,
+        max_connections: config
+            .http
+            .max_connections
+            .unwrap_or_else(server::default_max_connections),
+    };
     tracing::info!(
         http = %http_addr,
         tftp = %tftp_addr,
         site_id = %config.site_id,
         mode = services.port.mode().as_str(),
         data_dir = %config.data_dir.display(),
+        http_max_connections = http_limits.max_connections,
         "siteboot agent listening"
     );
     let recorder = services.recorder;
@@ -255,22 +265,21 @@ pub async fn start(
     let handle = tokio::spawn(async move {
         let tftp_task = tokio::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
         let stop = cancel.clone();
-        let http_server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; finishing what is in flight");
             stop.cancel();
         });
-        let mut http_task = tokio::spawn(async move { http_server.await });
+        let mut http_task = tokio::spawn(server::serve(listener, app, http_limits, cancel.clone()));
         let served = tokio::select! {
-            // The server ended on its own: an error; stop everything else.
+            // The server ended on its own (its task failed); stop everything else.
             served = &mut http_task => Some(served),
             // HTTP answers in flight get the grace period, then are cut.
             _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task).await.ok(),
         };
         cancel.cancel();
         match served {
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(e))) => tracing::error!(error = %e, "http server failed"),
+            Some(Ok(())) => {}
             Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
             None => {
                 http_task.abort();

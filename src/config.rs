@@ -48,6 +48,14 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Base URL nodes use to reach the agent; `None` = derive it per request.
     pub public_url: Option<String>,
+    /// A request's head must arrive within this (DESIGN §10).
+    pub header_timeout: Duration,
+    /// A keep-alive connection waiting for its next request is closed
+    /// after this, and so is one with a request under way but no bytes
+    /// either way for this long.
+    pub idle_timeout: Duration,
+    /// Open connections at most; None: half the process's file limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,7 +117,16 @@ const KEYS: &[(&str, &[&str])] = &[
             "stall_timeout",
         ],
     ),
-    ("http", &["listen", "public_url"]),
+    (
+        "http",
+        &[
+            "listen",
+            "public_url",
+            "header_timeout",
+            "idle_timeout",
+            "max_connections",
+        ],
+    ),
     ("templates", &["dir"]),
     (
         "central",
@@ -415,6 +432,12 @@ impl Source {
             http: HttpConfig {
                 listen: self.socket_addr("http.listen", "0.0.0.0:8080")?,
                 public_url: self.url("http.public_url")?,
+                header_timeout: self.duration("http.header_timeout", "10s")?,
+                idle_timeout: self.duration("http.idle_timeout", "60s")?,
+                max_connections: match self.values.contains_key("http.max_connections") {
+                    true => Some(self.integer("http.max_connections", 0, 1, 1_000_000)? as usize),
+                    false => None,
+                },
             },
             templates_dir: PathBuf::from(self.string("templates.dir", "templates")?),
             central: CentralConfig {

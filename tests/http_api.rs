@@ -536,3 +536,74 @@ fn standalone_keeps_at_most_max_discovered_never_assigned_nodes() {
         "the two seen longest ago went; the active node stayed"
     );
 }
+
+/// Reads from `stream` until the agent closes it; false if it is still
+/// open after `patience` (far longer than the timeout under test).
+fn closed_by_the_agent(stream: &mut std::net::TcpStream, patience: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(patience))
+        .expect("read timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_clients_never_keep_a_boot_out() {
+    // DESIGN §10 / issue 9 item 7: idle and slow-header connections were
+    // held for good; with the file limit at 512, 600 of them made every
+    // boot time out (accept failed with EMFILE).
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_HTTP_HEADER_TIMEOUT", "2s")
+        .env("SITEBOOT_HTTP_IDLE_TIMEOUT", "3s")
+        .file_limit(512)
+        .start();
+    let mut hogs = Vec::new();
+    for n in 0..600 {
+        let mut stream =
+            TcpStream::connect_timeout(&agent.http, Duration::from_secs(10)).expect("connect");
+        if n % 2 == 1 {
+            // Half of them start a request head and never finish it.
+            stream
+                .write_all(b"GET /api/v1/boot?mac=52:54:00:00:00:01 HTTP/1.1\r\nHost: x\r\n")
+                .expect("partial head");
+        }
+        hogs.push(stream);
+    }
+    // While all 600 are still open on the client side, boots are answered.
+    for n in 0..20u8 {
+        let (status, _, body) = boot(&agent, &mac(n));
+        assert_eq!(status, 200, "boot {n} during the flood: {body}");
+    }
+    // A slow head is cut after http.header_timeout …
+    let mut slow = TcpStream::connect(agent.http).expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .expect("partial head");
+    assert!(
+        closed_by_the_agent(&mut slow, Duration::from_secs(60)),
+        "a request head that never ends is cut"
+    );
+    // … and a keep-alive connection waiting for its next request after
+    // http.idle_timeout.
+    let mut idle = TcpStream::connect(agent.http).expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert!(
+        closed_by_the_agent(&mut idle, Duration::from_secs(60)),
+        "an idle keep-alive connection is closed"
+    );
+    drop(hogs);
+}

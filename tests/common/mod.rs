@@ -76,6 +76,11 @@ impl AgentBuilder {
         self
     }
 
+    /// Starts the agent with this open-file limit (kept across restarts).
+    pub fn file_limit(self, limit: u64) -> Self {
+        self.env(FILE_LIMIT_VAR, &limit.to_string())
+    }
+
     pub fn asset(self, name: &str, bytes: &[u8]) -> Self {
         let path = self.dir.path().join("boot-assets").join(name);
         if let Some(parent) = path.parent() {
@@ -166,6 +171,28 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
     for (k, v) in &env {
         cmd.env(k, v);
     }
+    if let Some(limit) = env
+        .iter()
+        .find(|(k, _)| k == FILE_LIMIT_VAR)
+        .and_then(|(_, v)| v.parse::<libc::rlim_t>().ok())
+    {
+        use std::os::unix::process::CommandExt;
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches nothing but
+        // the child's own limit, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     let mut child = cmd.spawn().expect("spawn siteboot serve");
     let stderr = child.stderr.take().expect("stderr pipe");
     let (tx, rx) = mpsc::channel();
@@ -218,6 +245,9 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Carries [`AgentBuilder::file_limit`] to every start of the agent.
+const FILE_LIMIT_VAR: &str = "AGENT_TEST_FILE_LIMIT";
 
 /// Far beyond a normal start (milliseconds); only a hung agent reaches it.
 const AGENT_START_GIVE_UP: Duration = Duration::from_secs(120);

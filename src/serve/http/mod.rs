@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod assets;
 pub mod queue;
+pub mod server;
 pub mod state;
 pub mod writes;
 
