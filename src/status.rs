@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub disk_usage_percent: f64,
     /// False while the store cannot write (DESIGN §10 "Storage").
     pub store_writable: bool,
+    /// Records found unreadable at start and moved aside.
+    pub quarantined_records: u64,
     pub uptime: Duration,
 }
 
@@ -66,6 +68,11 @@ impl StatusSource {
             tracing::warn!(error = %e, "queue counts unavailable");
             Default::default()
         });
+        let quarantined_records = self
+            .store
+            .call(|s| s.quarantined_count())
+            .await
+            .unwrap_or(0);
         let data_dir = self.data_dir.clone();
         let disk = tokio::task::spawn_blocking(move || disk_usage_percent(&data_dir))
             .await
@@ -86,6 +93,7 @@ impl StatusSource {
             cache_hit_rate: self.boots.cache_hit_rate(),
             disk_usage_percent: disk,
             store_writable: self.store.writable(),
+            quarantined_records,
             uptime: self.started.elapsed(),
         }
     }
@@ -124,6 +132,7 @@ impl Snapshot {
                 "shed_node_items": self.queue.shed_node_items,
             },
             "store_writable": self.store_writable,
+            "quarantined_records": self.quarantined_records,
             "conflicts_pending": self.conflicts_pending,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),

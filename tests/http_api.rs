@@ -607,3 +607,51 @@ fn slow_and_idle_clients_never_keep_a_boot_out() {
     );
     drop(hogs);
 }
+
+#[test]
+fn an_unreadable_record_is_quarantined_and_the_agent_starts() {
+    // DESIGN §10 / issue 9 item 9: a bit flip in one stored record made
+    // start-up fail with "stored record for … is unreadable".
+    let builder = AgentBuilder::new();
+    for (n, hostname) in [(1u8, "kept-node"), (2, "flipped-node")] {
+        builder.cli_ok(&[
+            "nodes",
+            "add",
+            "--mac",
+            &mac(n),
+            "--state",
+            "active",
+            "--hostname",
+            hostname,
+        ]);
+    }
+    // One byte of the second record's JSON becomes a control character:
+    // the database stays sound, the record does not decode.
+    let file = builder.path().join("data").join("siteboot.redb");
+    let mut bytes = std::fs::read(&file).expect("read database");
+    let needle = b"flipped-node";
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+        bytes[at + i + needle.len() - 1] = 0x01;
+        flipped += 1;
+        at += i + needle.len();
+    }
+    assert!(flipped > 0, "the record's bytes were found in the file");
+    std::fs::write(&file, bytes).expect("write database");
+
+    let agent = builder.start();
+    let status = common::get_json(&agent.url("/api/v1/status"));
+    assert_eq!(status["quarantined_records"], 1, "{status}");
+    agent.wait_for_log("moved to the quarantine");
+    let (code, _, script) = boot(&agent, &mac(1));
+    assert_eq!(code, 200);
+    assert!(
+        script.contains(&status_line(&mac(1), "active", "local")),
+        "{script}"
+    );
+    // The quarantined MAC is a stranger now: discovered afresh.
+    let (code, _, script) = boot(&agent, &mac(2));
+    assert_eq!(code, 200);
+    assert!(script.contains("state=discovered"), "{script}");
+}

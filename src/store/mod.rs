@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -23,6 +25,9 @@ const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows"
 const LAST_SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("last_scripts");
 /// Sync and connectivity events, oldest first, by sequence number.
 const SYNC_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("sync_log");
+/// Records found unreadable at start, moved aside: "<table>/<key>" → a
+/// [`Quarantined`] (DESIGN §10: one bad record never stops the agent).
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 /// How many sync-log entries are kept.
 const SYNC_LOG_KEEP: u64 = 1000;
 
@@ -48,6 +53,22 @@ fn create_schema_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
 fn add_sync_log_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SYNC_LOG)?;
     Ok(())
+}
+
+/// A record moved out of its table because it could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub table: String,
+    pub key: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The stored bytes, hex-encoded, for whoever wants to look.
+    pub raw_hex: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One sync-log entry.
@@ -267,7 +288,123 @@ impl Store {
             path,
         };
         store.migrate()?;
+        store.quarantine_unreadable::<Node>(NODES)?;
+        store.quarantine_unreadable::<Workflow>(WORKFLOWS)?;
+        store.quarantine_unreadable::<LastScript>(LAST_SCRIPTS)?;
         Ok(store)
+    }
+
+    /// Moves every record of `table` that does not decode as `T` into the
+    /// quarantine, in one commit, and logs each; returns how many.
+    fn quarantine_unreadable<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<usize, StoreError> {
+        let name = table.name().to_string();
+        let bad: Vec<(String, Vec<u8>, String)> = {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let readable = match txn.open_table(table) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let mut bad = Vec::new();
+            for entry in readable.iter()? {
+                let (key, value) = entry?;
+                if let Err(e) = serde_json::from_slice::<T>(value.value()) {
+                    bad.push((
+                        key.value().to_string(),
+                        value.value().to_vec(),
+                        e.to_string(),
+                    ));
+                }
+            }
+            bad
+        };
+        if bad.is_empty() {
+            return Ok(0);
+        }
+        let now = OffsetDateTime::now_utc();
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            {
+                let mut source = txn.open_table(table)?;
+                let mut quarantine = txn.open_table(QUARANTINE)?;
+                for (key, raw, reason) in &bad {
+                    let record = Quarantined {
+                        table: name.clone(),
+                        key: key.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                        raw_hex: hex(raw),
+                    };
+                    quarantine
+                        .insert(format!("{name}/{key}").as_str(), encode(&record).as_slice())?;
+                    source.remove(key.as_str())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })?;
+        for (key, _, reason) in &bad {
+            tracing::error!(table = %name, %key, %reason,
+                "stored record unreadable; moved to the quarantine (GET /api/v1/status counts it)");
+        }
+        Ok(bad.len())
+    }
+
+    /// Moves one raw record of another module's table (the queue) into the
+    /// quarantine, in that module's transaction.
+    pub fn quarantine_in(
+        txn: &StoreWrite,
+        table: &str,
+        key: &str,
+        raw: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let record = Quarantined {
+            table: table.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+            at: OffsetDateTime::now_utc(),
+            raw_hex: hex(raw),
+        };
+        let mut quarantine = txn.open_table(QUARANTINE)?;
+        quarantine.insert(
+            format!("{table}/{key}").as_str(),
+            encode(&record).as_slice(),
+        )?;
+        Ok(())
+    }
+
+    /// Every quarantined record.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(QUARANTINE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// How many records are quarantined.
+    pub fn quarantined_count(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        match txn.open_table(QUARANTINE) {
+            Ok(t) => Ok(t.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -779,6 +916,43 @@ mod tests {
             store.update_node(m, |_| {}),
             Err(StoreError::NodeNotFound(_))
         ));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_quarantined_at_open_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (mac("52:54:00:00:00:01"), mac("52:54:00:00:00:02"));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let now = OffsetDateTime::now_utc();
+            store
+                .put_nodes(&[
+                    Node::new_local(good, NodeState::Active, now),
+                    Node::new_local(bad, NodeState::Active, now),
+                ])
+                .unwrap();
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(NODES)
+                .unwrap()
+                .insert(bad.to_string().as_str(), b"{\"id\": \x01".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let nodes = store.list_nodes().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].mac, good);
+        let quarantined = store.quarantined().unwrap();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].table, "nodes");
+        assert_eq!(quarantined[0].key, bad.to_string());
+        assert_eq!(quarantined[0].raw_hex, "7b226964223a2001");
+        assert_eq!(store.quarantined_count().unwrap(), 1);
+        // A second start finds nothing more to move.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.quarantined_count().unwrap(), 1);
     }
 
     #[test]

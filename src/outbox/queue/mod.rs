@@ -367,8 +367,46 @@ impl Queue {
             limits,
             instance,
         };
+        queue.quarantine_unreadable()?;
         queue.recover_in_flight()?;
         Ok(queue)
+    }
+
+    /// Moves queue items that cannot be read into the store's quarantine
+    /// (DESIGN §10: one bad record never stops the agent), then counts the
+    /// queue afresh from the items that remain, in the same commit.
+    fn quarantine_unreadable(&self) -> Result<usize, QueueError> {
+        let txn = self.store.begin_write()?;
+        let mut quarantined = Vec::new();
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut bad = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                if let Err(e) = serde_json::from_slice::<Item>(value.value()) {
+                    bad.push((key.value(), value.value().to_vec(), e.to_string()));
+                }
+            }
+            for (key, raw, reason) in bad {
+                let name = format!("{}-{}", key.0, key.1);
+                Store::quarantine_in(&txn, "queue", &name, &raw, &reason)?;
+                queue.remove(key).map_err(db_err)?;
+                ids.remove(key.1).map_err(db_err)?;
+                quarantined.push((name, reason));
+            }
+        }
+        if quarantined.is_empty() {
+            txn.abort()?;
+            return Ok(0);
+        }
+        recount(&txn)?;
+        txn.commit()?;
+        for (key, reason) in &quarantined {
+            tracing::error!(%key, %reason,
+                "queue item unreadable; moved to the quarantine (GET /api/v1/status counts it)");
+        }
+        Ok(quarantined.len())
     }
 
     /// Runs blocking queue work on tokio's blocking pool (the one way async
@@ -975,6 +1013,29 @@ fn sendable(
     Ok(chosen)
 }
 
+/// Counts the queue afresh from its items: the status counters, `total`,
+/// `node_items` and [`QUEUE_NODES`] (after items were removed without
+/// being read, so their counts are unknown). The id sequence and the count
+/// of dropped events are kept.
+fn recount(txn: &crate::store::StoreWrite) -> Result<(), QueueError> {
+    let queue = txn.open_table(QUEUE).map_err(db_err)?;
+    let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+    let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+    let keep = ["next_id", "dropped_events"];
+    counters
+        .retain(|name, _| keep.contains(&name))
+        .map_err(db_err)?;
+    nodes.retain(|_, _| false).map_err(db_err)?;
+    for entry in queue.iter().map_err(db_err)? {
+        let (_, value) = entry.map_err(db_err)?;
+        let item = decode(value.value())?;
+        bump(&mut counters, item.status.counter(), 1)?;
+        count_item(&mut counters, &item, 1)?;
+        track_node(&mut nodes, &item, None, Some(item.status))?;
+    }
+    Ok(())
+}
+
 /// Makes room by dropping the oldest event; false if there is none.
 fn drop_oldest_event(
     queue: &mut Items<'_>,
@@ -1284,6 +1345,54 @@ mod tests {
         for bad in ["", "1", "-1", "1-", "x-1", "1-2-3", "300-1", "1-+2"] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_item_is_quarantined_and_the_queue_counted_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_id = {
+            let q = Queue::open(Store::open(dir.path()).unwrap(), Limits::unshared(10)).unwrap();
+            let ids = q
+                .enqueue_many(
+                    vec![
+                        item(Kind::StateUpdate, "m", 1),
+                        from_node(Kind::Registration, "n", 2),
+                        item(Kind::StateUpdate, "m", 3),
+                    ],
+                    now(),
+                )
+                .unwrap();
+            let bad_id = *ids[1].as_ref().unwrap();
+            let txn = q.store().begin_write().unwrap();
+            txn.open_table(QUEUE)
+                .unwrap()
+                .insert(
+                    (Kind::Registration.priority(), bad_id),
+                    b"garbage".as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+            bad_id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let q = Queue::open(store.clone(), Limits::unshared(10)).unwrap();
+        let stats = q.stats().unwrap();
+        assert_eq!(
+            (stats.total, stats.pending, stats.node_items),
+            (2, 2, 0),
+            "counted from what remains"
+        );
+        assert!(!q.has_active("n").unwrap());
+        assert!(q.has_active("m").unwrap());
+        let quarantined = store.quarantined().unwrap();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].table, "queue");
+        assert_eq!(quarantined[0].key, format!("0-{bad_id}"));
+        // The sequence goes on: no id is reused.
+        let r = q
+            .enqueue_many(vec![item(Kind::Event, "m", 4)], now())
+            .unwrap();
+        assert!(*r[0].as_ref().unwrap() > bad_id);
     }
 
     #[test]
