@@ -76,6 +76,11 @@ impl AgentBuilder {
         self
     }
 
+    /// Runs the agent inside network namespace `name` (`ip netns exec`).
+    pub fn netns(self, name: &str) -> Self {
+        self.env(NETNS_VAR, name)
+    }
+
     /// Starts the agent with this open-file limit (kept across restarts).
     pub fn file_limit(self, limit: u64) -> Self {
         self.env(FILE_LIMIT_VAR, &limit.to_string())
@@ -158,7 +163,15 @@ fn run_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
 fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String)>) -> Agent {
     let ready = dir.path().join("ready.json");
     let _ = std::fs::remove_file(&ready);
-    let mut cmd = Command::new(BIN);
+    let mut cmd = match env.iter().find(|(k, _)| k == NETNS_VAR) {
+        Some((_, netns)) => {
+            let mut cmd = Command::new("ip");
+            // `ip netns exec` execs the program: the child is the agent.
+            cmd.args(["netns", "exec", netns, BIN]);
+            cmd
+        }
+        None => Command::new(BIN),
+    };
     cmd.arg("serve")
         .arg("--config")
         .arg(&config)
@@ -248,6 +261,8 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
 
 /// Carries [`AgentBuilder::file_limit`] to every start of the agent.
 const FILE_LIMIT_VAR: &str = "AGENT_TEST_FILE_LIMIT";
+/// Carries [`AgentBuilder::netns`] to every start of the agent.
+const NETNS_VAR: &str = "AGENT_TEST_NETNS";
 
 /// Far beyond a normal start (milliseconds); only a hung agent reaches it.
 const AGENT_START_GIVE_UP: Duration = Duration::from_secs(120);
