@@ -473,9 +473,9 @@ fn cold_start_with_the_controller_down_queues_and_replays_on_arrival() {
     assert!(controller.node(mac).is_some(), "registration arrived");
     let applied = controller.applied();
     assert!(
-        applied
-            .iter()
-            .any(|w| w.op == "report" && w.mac == mac && w.body["metadata"]["source"] == "offline"),
+        applied.iter().any(|w| w.op == "report"
+            && w.mac == mac
+            && w.body["event_metadata"]["source"] == "offline"),
         "boot event arrived: {applied:?}"
     );
     let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
@@ -839,7 +839,7 @@ fn a_repeated_boot_outcome_is_recorded_once() {
             .into_iter()
             .filter(|w| w.op == "report" && w.mac == mac && w.body["event"] == "boot_started")
             .map(|w| {
-                w.body["metadata"]["source"]
+                w.body["event_metadata"]["source"]
                     .as_str()
                     .unwrap_or("")
                     .to_string()

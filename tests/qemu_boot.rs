@@ -314,7 +314,7 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
         .map(|w| {
             (
                 w.mac,
-                w.body["metadata"]["source"]
+                w.body["event_metadata"]["source"]
                     .as_str()
                     .unwrap_or("")
                     .to_string(),

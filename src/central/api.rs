@@ -1,8 +1,14 @@
-//! Wire types of the central controller API v1 (DESIGN §6).
+//! Wire types of the central controller API v1 (DESIGN §6). Tolerant in
+//! what they read (DESIGN §6 "Real controllers differ"): `mac` or
+//! `mac_address`, timestamps with or without a zone, no `version`, lists
+//! without `workflows` or `cursor`, one bad node skipped rather than the
+//! list; exact in what they send.
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
-use crate::model::node::{Node, Workflow};
+use crate::model::mac::Mac;
+use crate::model::node::{Node, NodeState, Workflow};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Registration {
@@ -52,10 +58,19 @@ pub struct Heartbeat {
     pub last_offline_duration_seconds: Option<u64>,
 }
 
+/// Each service's health, as PureBoot reads it: `{name: "ok"|"degraded"|"down"}`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServicesStatus {
-    pub tftp: bool,
-    pub http: bool,
+    pub tftp: ServiceHealth,
+    pub http: ServiceHealth,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceHealth {
+    Ok,
+    Degraded,
+    Down,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,14 +104,101 @@ pub struct NodePage {
     pub total: Option<u64>,
 }
 
+/// `GET /api/v1/nodes?mac=`: raw entries, like [`NodePage`], so that one
+/// malformed node does not fail the lookup of another.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NodeList {
-    pub data: Vec<Node>,
+    pub data: Vec<serde_json::Value>,
 }
 
-/// Parses one entry of a page; the error names what was wrong.
+/// A node as controllers send it: §6's shape and PureBoot's.
+#[derive(Debug, Deserialize)]
+struct WireNode {
+    id: String,
+    #[serde(alias = "mac_address")]
+    mac: String,
+    #[serde(default)]
+    hostname: Option<String>,
+    state: NodeState,
+    #[serde(default)]
+    arch: Option<String>,
+    #[serde(default)]
+    workflow_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    tags: Vec<String>,
+    updated_at: String,
+    #[serde(default)]
+    state_changed_at: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An RFC 3339 time, or one without a zone (PureBoot's naive UTC times,
+/// `2026-11-23T20:03:28` with optional fractions), read as UTC.
+pub fn parse_timestamp(text: &str) -> Result<OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let zoneless = time::macros::format_description!(
+        version = 2,
+        "[year]-[month]-[day][first [T] [ ]][hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
+    time::PrimitiveDateTime::parse(text, zoneless)
+        .map(|t| t.assume_utc())
+        .map_err(|_| format!("timestamp {text:?} is neither RFC 3339 nor a zone-less UTC time"))
+}
+
+/// Parses one node a controller sent; the error names what was wrong.
 pub fn parse_node(value: &serde_json::Value) -> Result<Node, String> {
-    Node::deserialize(value).map_err(|e| e.to_string())
+    let wire = WireNode::deserialize(value).map_err(|e| e.to_string())?;
+    let mac = wire.mac.parse::<Mac>().map_err(|e| format!("mac: {e}"))?;
+    let state_changed_at = match wire.state_changed_at.as_deref() {
+        Some(text) => Some(parse_timestamp(text).map_err(|e| format!("state_changed_at: {e}"))?),
+        None => None,
+    };
+    Ok(Node {
+        id: wire.id,
+        mac,
+        hostname: wire.hostname,
+        state: wire.state,
+        arch: wire.arch,
+        workflow_id: wire.workflow_id,
+        group_id: wire.group_id,
+        tags: wire.tags,
+        updated_at: parse_timestamp(&wire.updated_at).map_err(|e| format!("updated_at: {e}"))?,
+        version: wire.version.unwrap_or(0),
+        versioned: wire.version.is_some(),
+        state_changed_at,
+        cached_at: None,
+        missing_central_since: None,
+    })
+}
+
+/// The entry for `mac` among a list's nodes, matched by the agent itself:
+/// a controller that ignores the `?mac=` filter (PureBoot's central lists
+/// every node) must not hand one MAC another node's record. Entries that
+/// do not parse are skipped; how many is returned with the match.
+pub fn find_node(entries: &[serde_json::Value], mac: Mac) -> (Option<Node>, Vec<String>) {
+    let mut skipped = Vec::new();
+    let mut found = None;
+    for entry in entries {
+        match parse_node(entry) {
+            Ok(node) if node.mac == mac => {
+                found = Some(node);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => skipped.push(e),
+        }
+    }
+    (found, skipped)
 }
 
 pub fn parse_workflow(value: &serde_json::Value) -> Result<Workflow, String> {
@@ -105,16 +207,22 @@ pub fn parse_workflow(value: &serde_json::Value) -> Result<Workflow, String> {
     Ok(workflow)
 }
 
+/// `{data: Node}`, the node kept raw for [`parse_node`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct NodeEnvelope {
-    pub data: Node,
+    pub data: serde_json::Value,
 }
 
 /// `POST /api/v1/nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewNode {
     pub mac_address: String,
+    /// `x86_64` or `arm64` only, else left out (DESIGN §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// `bios` or `uefi`, from iPXE's platform; left out when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: Option<String>,
     pub vendor: Option<String>,
     pub model: Option<String>,
     pub serial_number: Option<String>,
@@ -131,13 +239,34 @@ impl NewNode {
     ) -> NewNode {
         NewNode {
             mac_address: mac.to_string(),
-            arch: facts.arch.clone(),
+            arch: facts.arch.as_deref().and_then(wire_arch),
+            boot_mode: facts.platform.as_deref().and_then(wire_boot_mode),
             vendor: facts.manufacturer.clone(),
             model: facts.product.clone(),
             serial_number: facts.serial.clone(),
             system_uuid: facts.uuid.clone(),
             site_id: site_id.to_string(),
         }
+    }
+}
+
+/// A CPU architecture as controllers take it: iPXE's `${buildarch}` says
+/// `i386` for a BIOS build on an x86-64 machine, and PureBoot refuses
+/// anything but `x86_64`, `arm64` and `aarch64`.
+pub fn wire_arch(arch: &str) -> Option<String> {
+    match arch.to_ascii_lowercase().as_str() {
+        "x86_64" | "x86-64" | "amd64" | "i386" | "i686" | "x86" => Some("x86_64".into()),
+        "arm64" | "aarch64" => Some("arm64".into()),
+        _ => None,
+    }
+}
+
+/// iPXE's `${platform}` as a boot mode: `pcbios` → `bios`, `efi` → `uefi`.
+pub fn wire_boot_mode(platform: &str) -> Option<String> {
+    match platform.to_ascii_lowercase().as_str() {
+        "pcbios" | "bios" => Some("bios".into()),
+        "efi" | "uefi" => Some("uefi".into()),
+        _ => None,
     }
 }
 
@@ -166,8 +295,10 @@ pub struct NodeReport {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Value>,
+    /// PureBoot's name; installers may also send `metadata`, which is
+    /// forwarded under this name (PureBoot drops `metadata` silently).
+    #[serde(default, alias = "metadata", skip_serializing_if = "Option::is_none")]
+    pub event_metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation_status: Option<String>,
     #[serde(flatten)]
@@ -237,5 +368,138 @@ impl NodeReport {
             return Err("a report needs an event (or installation_status)".into());
         }
         Ok(mac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pureboot_node_is_read_as_it_comes() {
+        // As PureBoot's NodeResponse serialises: mac_address, naive UTC
+        // times, no version.
+        let node = parse_node(&json!({
+            "id": "3f2c", "mac_address": "52:54:00:aa:00:01", "hostname": null,
+            "ip_address": null, "state": "active", "workflow_id": null,
+            "arch": "x86_64", "boot_mode": "bios", "group_id": null, "tags": [],
+            "install_attempts": 0, "state_changed_at": "2026-11-23T20:03:28.123456",
+            "created_at": "2026-11-23T20:00:00", "updated_at": "2026-11-23T20:03:28",
+            "last_seen_at": null, "health_status": "unknown", "health_score": 100
+        }))
+        .unwrap();
+        assert_eq!(node.mac.to_string(), "52:54:00:aa:00:01");
+        assert_eq!(node.state, NodeState::Active);
+        assert!(!node.versioned);
+        assert_eq!(
+            node.updated_at,
+            time::macros::datetime!(2026-11-23 20:03:28 UTC)
+        );
+        assert_eq!(
+            node.state_changed_at,
+            Some(time::macros::datetime!(2026-11-23 20:03:28.123456 UTC))
+        );
+    }
+
+    #[test]
+    fn a_design_node_keeps_its_version() {
+        let node = parse_node(&json!({
+            "id": "n1", "mac": "52:54:00:aa:00:02", "state": "pending", "workflow_id": "ubuntu",
+            "tags": null, "updated_at": "2026-11-23T20:03:28+01:00", "version": 7
+        }))
+        .unwrap();
+        assert!(node.versioned);
+        assert_eq!(node.version, 7);
+        assert_eq!(
+            node.updated_at,
+            time::macros::datetime!(2026-11-23 19:03:28 UTC)
+        );
+    }
+
+    #[test]
+    fn a_bad_timestamp_or_mac_names_the_field() {
+        let e = parse_node(
+            &json!({"id": "x", "mac": "52:54:00:aa:00:02", "state": "active",
+            "updated_at": "yesterday"}),
+        )
+        .unwrap_err();
+        assert!(e.contains("updated_at"), "{e}");
+        let e = parse_node(
+            &json!({"id": "x", "mac": "ff:ff:ff:ff:ff:ff", "state": "active",
+            "updated_at": "2026-11-23T20:03:28Z"}),
+        )
+        .unwrap_err();
+        assert!(e.contains("mac"), "{e}");
+    }
+
+    #[test]
+    fn a_list_that_ignores_the_filter_is_searched_and_bad_entries_skipped() {
+        let entry = |mac: &str, state: &str| json!({"id": mac, "mac_address": mac, "state": state, "updated_at": "2026-11-23T20:03:28"});
+        let list = vec![
+            entry("52:54:00:aa:00:01", "active"),
+            json!({"id": "broken", "mac_address": "52:54:00:aa:00:09"}),
+            entry("52:54:00:aa:00:02", "pending"),
+        ];
+        let (found, skipped) = find_node(&list, "52:54:00:aa:00:02".parse().unwrap());
+        assert_eq!(found.unwrap().state, NodeState::Pending);
+        assert_eq!(skipped.len(), 1);
+        let (found, _) = find_node(&list, "52:54:00:aa:00:03".parse().unwrap());
+        assert!(found.is_none(), "never the first entry on trust");
+    }
+
+    #[test]
+    fn arch_and_boot_mode_are_sent_as_pureboot_takes_them() {
+        assert_eq!(wire_arch("i386").as_deref(), Some("x86_64"));
+        assert_eq!(wire_arch("x86_64").as_deref(), Some("x86_64"));
+        assert_eq!(wire_arch("arm64").as_deref(), Some("arm64"));
+        assert_eq!(wire_arch("riscv64"), None);
+        assert_eq!(wire_boot_mode("pcbios").as_deref(), Some("bios"));
+        assert_eq!(wire_boot_mode("efi").as_deref(), Some("uefi"));
+        let facts = crate::model::boot::BootFacts {
+            arch: Some("i386".into()),
+            platform: Some("pcbios".into()),
+            ..Default::default()
+        };
+        let body = serde_json::to_value(NewNode::from_facts(
+            "52:54:00:aa:00:01".parse().unwrap(),
+            &facts,
+            "fra1",
+        ))
+        .unwrap();
+        assert_eq!(body["arch"], "x86_64");
+        assert_eq!(body["boot_mode"], "bios");
+        let unknown = crate::model::boot::BootFacts::default();
+        let body = serde_json::to_value(NewNode::from_facts(
+            "52:54:00:aa:00:01".parse().unwrap(),
+            &unknown,
+            "fra1",
+        ))
+        .unwrap();
+        assert!(body.get("arch").is_none(), "never null: {body}");
+    }
+
+    #[test]
+    fn report_metadata_is_forwarded_as_event_metadata() {
+        let report: NodeReport = serde_json::from_value(json!({
+            "mac_address": "52:54:00:aa:00:01", "event": "install_progress",
+            "metadata": {"percent": 40}
+        }))
+        .unwrap();
+        let sent = serde_json::to_value(&report).unwrap();
+        assert_eq!(sent["event_metadata"]["percent"], 40);
+        assert!(sent.get("metadata").is_none());
+    }
+
+    #[test]
+    fn heartbeat_services_are_strings() {
+        let services = ServicesStatus {
+            tftp: ServiceHealth::Ok,
+            http: ServiceHealth::Degraded,
+        };
+        assert_eq!(
+            serde_json::to_value(services).unwrap(),
+            json!({"tftp": "ok", "http": "degraded"})
+        );
     }
 }

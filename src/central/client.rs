@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::{
     Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, NodeReport, Registration,
-    RegistrationReply, StateChange,
+    RegistrationReply, StateChange, find_node, parse_node,
 };
 use super::{BoxFuture, CentralError, Controller, RemoteFile};
 use crate::model::mac::Mac;
@@ -191,6 +191,11 @@ fn rejected(status: StatusCode, body: &[u8]) -> CentralError {
     }
 }
 
+/// The node of a `{data: Node}` answer.
+fn node_from(data: &serde_json::Value) -> Result<Node, CentralError> {
+    parse_node(data).map_err(|e| CentralError::Garbage(format!("node in the answer: {e}")))
+}
+
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CentralError> {
     serde_json::from_slice(body).map_err(|e| {
         let excerpt: String = String::from_utf8_lossy(body).chars().take(120).collect();
@@ -275,8 +280,13 @@ impl Controller for HttpController {
         Box::pin(async move {
             let list: NodeList = self.call(builder, LOOKUP_MAX).await?;
             // Only an exact match counts: a controller that filters loosely
-            // must not hand this MAC another node's state.
-            Ok(list.data.into_iter().find(|node| node.mac == mac))
+            // (or not at all) must not hand this MAC another node's state.
+            let (found, skipped) = find_node(&list.data, mac);
+            if !skipped.is_empty() {
+                tracing::warn!(%mac, skipped = skipped.len(), first = %skipped[0],
+                    "controller listed nodes the agent cannot read; skipped");
+            }
+            Ok(found)
         })
     }
 
@@ -345,7 +355,7 @@ impl Controller for HttpController {
             if !status.is_success() {
                 return Err(rejected(status, &body));
             }
-            Ok(decode::<NodeEnvelope>(&body)?.data)
+            node_from(&decode::<NodeEnvelope>(&body)?.data)
         })
     }
 
@@ -379,6 +389,7 @@ impl Controller for HttpController {
                 .call::<NodeEnvelope>(builder, ONE_RECORD_MAX)
                 .await?
                 .data)
+            .and_then(|data| node_from(&data))
         })
     }
 

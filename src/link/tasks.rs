@@ -16,7 +16,7 @@ use super::sync::{self, SyncReport};
 use crate::boot::BootService;
 use crate::boot::resolve::LookupError;
 use crate::central::CentralError;
-use crate::central::api::{Command, Heartbeat, Registration, ServicesStatus};
+use crate::central::api::{Command, Heartbeat, Registration, ServiceHealth, ServicesStatus};
 use crate::central::port::ControllerPort;
 use crate::config::CentralConfig;
 use crate::model::mac::Mac;
@@ -239,8 +239,8 @@ impl Tasks {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: snapshot.uptime.as_secs(),
             services: ServicesStatus {
-                tftp: true,
-                http: true,
+                tftp: ServiceHealth::Ok,
+                http: ServiceHealth::Ok,
             },
             nodes_seen_last_hour: snapshot.nodes_seen_last_hour,
             active_boots: snapshot.active_boots,

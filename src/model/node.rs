@@ -99,6 +99,14 @@ impl FromStr for NodeState {
     }
 }
 
+fn versioned_by_default() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 /// A node as the agent caches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -117,7 +125,21 @@ pub struct Node {
     pub tags: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The controller's version of the record; a controller that keeps
+    /// none (PureBoot's central) leaves it 0 and `versioned` false.
     pub version: u64,
+    /// Does the controller version its nodes? If not, changes carry no
+    /// `base_version`; `updated_at` and `state_changed_at` are what a
+    /// version-less conflict check compares (DESIGN §8).
+    #[serde(default = "versioned_by_default", skip_serializing_if = "is_true")]
+    pub versioned: bool,
+    /// When the node's state last changed, if the controller says.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub state_changed_at: Option<OffsetDateTime>,
     /// When this agent last took the record from the controller.
     #[serde(
         default,
@@ -147,6 +169,8 @@ impl Node {
             && self.tags == other.tags
             && self.updated_at == other.updated_at
             && self.version == other.version
+            && self.versioned == other.versioned
+            && self.state_changed_at == other.state_changed_at
     }
 }
 
@@ -172,6 +196,8 @@ impl Node {
             tags: Vec::new(),
             updated_at: now,
             version: 1,
+            versioned: true,
+            state_changed_at: None,
             cached_at: None,
             missing_central_since: None,
         }

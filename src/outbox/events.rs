@@ -110,7 +110,7 @@ pub fn boot_report(mac: Mac, answer: &BootAnswer) -> NodeReport {
             answer.action.as_str(),
             answer.source.as_str()
         )),
-        metadata: Some(serde_json::json!({
+        event_metadata: Some(serde_json::json!({
             "booted_at": now
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),

@@ -339,7 +339,8 @@ impl Outbox {
         let node = self.nodes.get(mac).ok_or(WriteError::UnknownNode(mac))?;
         let local = node.id.starts_with("local-");
         let change = StateChange {
-            base_version: if local { None } else { Some(node.version) },
+            // A controller without versions gets none (DESIGN §8).
+            base_version: (!local && node.versioned).then_some(node.version),
             ..change
         };
         let state = change.state;

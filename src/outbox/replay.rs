@@ -298,6 +298,9 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
             let mut merged = (*cached).clone();
             merged.id = central.id.clone();
             merged.version = central.version;
+            merged.versioned = central.versioned;
+            merged.updated_at = central.updated_at;
+            merged.state_changed_at = central.state_changed_at;
             merged.cached_at = Some(OffsetDateTime::now_utc());
             outbox.nodes().put(merged).await.map(|_| ())
         }
