@@ -71,7 +71,9 @@ pub struct Services {
     pub outbox: Arc<Outbox>,
     pub boot: Arc<BootService>,
     /// The bearer token for the controller (registration's `token` too).
-    pub central_token: Option<String>,
+    /// The registration body's `token`: `central.registration_token_file`,
+    /// else the bearer token (DESIGN §6).
+    pub registration_token: Option<String>,
     recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,10 +83,14 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
     let templates = Templates::load(&config.templates_dir)?;
     let store = Store::open(&config.data_dir)?;
     let nodes = NodeCache::load(store.clone())?;
-    let (port, central_token) = match &config.central.url {
+    let (port, registration_token) = match &config.central.url {
         Some(url) => {
-            let (port, token) = remote_port(config, url, store.clone())?;
-            (port, token)
+            let (port, bearer) = remote_port(config, url, store.clone())?;
+            let registration = match &config.central.registration_token_file {
+                Some(path) => Some(crate::central::client::read_token(path)?),
+                None => bearer,
+            };
+            (port, registration)
         }
         None => (
             ControllerPort::standalone(
@@ -125,7 +131,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         port,
         outbox,
         boot,
-        central_token,
+        registration_token,
         recorder: recorder_task,
     })
 }
@@ -223,8 +229,9 @@ pub async fn start(
                 central: config.central.clone(),
                 site_id: config.site_id.clone(),
                 agent_url,
-                token: services.central_token.clone(),
+                token: services.registration_token.clone(),
                 templates_dir: config.templates_dir.clone(),
+                config_workflows: config.workflows.keys().cloned().collect(),
             },
             &tracker,
             cancel.clone(),

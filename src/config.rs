@@ -62,6 +62,10 @@ pub struct HttpConfig {
 pub struct CentralConfig {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The registration body's `token` when the controller wants a second
+    /// credential there (PureBoot: the site's agent token); None: the
+    /// bearer token.
+    pub registration_token_file: Option<PathBuf>,
     pub check_interval: Duration,
     pub request_timeout: Duration,
     pub boot_lookup_deadline: Duration,
@@ -133,6 +137,7 @@ const KEYS: &[(&str, &[&str])] = &[
         &[
             "url",
             "token_file",
+            "registration_token_file",
             "check_interval",
             "request_timeout",
             "boot_lookup_deadline",
@@ -444,6 +449,9 @@ impl Source {
                 url: self.url("central.url")?,
                 token_file: self
                     .optional_string("central.token_file")?
+                    .map(PathBuf::from),
+                registration_token_file: self
+                    .optional_string("central.registration_token_file")?
                     .map(PathBuf::from),
                 check_interval: self.duration("central.check_interval", "30s")?,
                 request_timeout: self.duration("central.request_timeout", "5s")?,

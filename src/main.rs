@@ -192,6 +192,20 @@ async fn run(cli: Cli) -> Result<()> {
                 config.data_dir.display(),
                 config.workflows.len()
             );
+            match siteboot::cli::check::controller_workflows(&config).await {
+                Ok(None) => {}
+                Ok(Some(check)) if check.missing.is_empty() => println!(
+                    "controller: {} nodes listed; every workflow they reference can be rendered",
+                    check.nodes
+                ),
+                Ok(Some(check)) => println!(
+                    "controller: {} nodes listed; workflows they reference that this agent cannot \
+                     render (the controller lists none by these ids and the config defines none): {}",
+                    check.nodes,
+                    check.missing.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Err(e) => println!("controller: not asked about workflows ({e})"),
+            }
             Ok(())
         }
     }

@@ -50,6 +50,17 @@ pub struct HttpController {
     token: Option<String>,
 }
 
+/// A token file's contents, without surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<String, ClientError> {
+    Ok(std::fs::read_to_string(path)
+        .map_err(|source| ClientError::Token {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .trim()
+        .to_string())
+}
+
 impl HttpController {
     /// `base` is `central.url`; every call is bounded by `timeout`.
     pub fn new(
@@ -59,15 +70,7 @@ impl HttpController {
     ) -> Result<Self, ClientError> {
         let token = match token_file {
             None => None,
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ClientError::Token {
-                        path: path.to_path_buf(),
-                        source,
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
+            Some(path) => Some(read_token(path)?),
         };
         let http = reqwest::Client::builder()
             .timeout(timeout)

@@ -24,7 +24,18 @@ pub struct SyncReport {
     pub cursor: Option<String>,
 }
 
-/// Runs one sync. Per-node errors are recorded in the report and the sync
+/// Whether an incremental sync can run: the controller gave a cursor.
+pub async fn has_cursor(nodes: &NodeCache) -> bool {
+    nodes
+        .store()
+        .call(|s| s.get_meta(META_CURSOR))
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Runs one sync (a full one when there is no cursor). Per-node errors are recorded in the report and the sync
 /// log, not fatal; a controller that cannot be reached, or answers garbage
 /// for the page as a whole, fails the sync and changes nothing.
 pub async fn run(
@@ -39,6 +50,9 @@ pub async fn run(
     } else {
         store.call(|s| s.get_meta(META_CURSOR)).await?
     };
+    // No cursor to go on (a controller that gives none, like PureBoot's
+    // central, or none received yet): only a full sync can tell.
+    let full = full || cursor.is_none();
     let page = port.site_nodes(cursor.as_deref()).await?;
     let mut errors = Vec::new();
     let mut workflows = Vec::new();
@@ -59,6 +73,7 @@ pub async fn run(
                 "node {}: {e}",
                 value
                     .get("mac")
+                    .or_else(|| value.get("mac_address"))
                     .or_else(|| value.get("id"))
                     .unwrap_or(&serde_json::Value::Null)
             )),
@@ -92,8 +107,12 @@ pub async fn run(
     store
         .call(move |s| {
             let mut meta = vec![(META_LAST_SYNC, stamp.as_str())];
-            if let Some(cursor) = new_cursor.as_deref() {
-                meta.push((META_CURSOR, cursor));
+            match new_cursor.as_deref() {
+                Some(cursor) => meta.push((META_CURSOR, cursor)),
+                // A full sync without a cursor: incremental syncs stop
+                // until the controller gives one (DESIGN §6).
+                None if full => s.remove_meta(META_CURSOR)?,
+                None => {}
             }
             s.put_meta(&meta)?;
             for line in &error_lines {

@@ -33,8 +33,11 @@ pub struct LinkSettings {
     pub central: CentralConfig,
     pub site_id: String,
     pub agent_url: String,
+    /// The registration body's `token`.
     pub token: Option<String>,
     pub templates_dir: PathBuf,
+    /// Ids of the workflows the agent's config defines (`[workflows.<id>]`).
+    pub config_workflows: std::collections::BTreeSet<String>,
 }
 
 /// The services the tasks act on.
@@ -83,6 +86,8 @@ struct Tasks {
     registered_now: tokio::sync::Notify,
     heartbeat_secs: AtomicU64,
     sync: SyncHandle,
+    /// Workflow ids last reported as missing (reported again on change).
+    unrenderable: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Starts the background tasks on `tracker`; they end when `shutdown` is
@@ -103,6 +108,7 @@ pub fn spawn(
         registered: AtomicBool::new(false),
         registered_now: tokio::sync::Notify::new(),
         sync: sync.clone(),
+        unrenderable: Default::default(),
     });
     tracker.spawn(tasks.clone().probe_loop());
     tracker.spawn(tasks.clone().heartbeat_loop());
@@ -323,12 +329,53 @@ impl Tasks {
                     }
                 }
                 _ = incremental_tick.tick() => {
-                    if self.services.port.mode() == Mode::Online {
+                    // Without a cursor (PureBoot's central gives none)
+                    // only the full syncs run.
+                    if self.services.port.mode() == Mode::Online
+                        && sync::has_cursor(self.services.outbox.nodes()).await
+                    {
                         self.sync_once(false).await.ok();
                     }
                 }
             }
         }
+    }
+
+    /// Says (log and sync log, once per change) which workflow ids the
+    /// controller's nodes reference that neither the controller listed nor
+    /// the config defines: those nodes cannot install here.
+    async fn report_unrenderable(&self) {
+        let nodes = self.services.outbox.nodes().all();
+        let referenced: std::collections::BTreeSet<String> = nodes
+            .iter()
+            .filter_map(|n| n.workflow_id.clone())
+            .filter(|id| !self.settings.config_workflows.contains(id))
+            .collect();
+        let store = self.services.outbox.nodes().store().clone();
+        let missing = store
+            .call(move |s| {
+                let mut missing = std::collections::BTreeSet::new();
+                for id in referenced {
+                    if s.get_workflow(&id)?.is_none() {
+                        missing.insert(id);
+                    }
+                }
+                Ok(missing)
+            })
+            .await
+            .unwrap_or_default();
+        let mut reported = self.unrenderable.lock().unwrap_or_else(|e| e.into_inner());
+        if *reported == missing {
+            return;
+        }
+        if !missing.is_empty() {
+            let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
+            tracing::warn!(workflows = %ids.join(", "),
+                "the controller's nodes reference workflows this agent cannot render \
+                 (the controller lists none by these ids and the config defines none)");
+            self.log("workflows_missing", ids.join(", "));
+        }
+        *reported = missing;
     }
 
     async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
@@ -350,10 +397,14 @@ impl Tasks {
         )
         .await;
         match &result {
-            Ok(report) if report.changed > 0 || report.marked_missing > 0 => {
-                self.services.boot.invalidate(None)
+            Ok(report) => {
+                if report.changed > 0 || report.marked_missing > 0 {
+                    self.services.boot.invalidate(None);
+                }
+                if report.full {
+                    self.report_unrenderable().await;
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(full, error = %e, "node sync failed");
                 self.log("sync_failed", format!("full={full}: {e}"));

@@ -811,6 +811,16 @@ impl Store {
         Ok(table.get(key)?.map(|v| v.value().to_string()))
     }
 
+    pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.noted(|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.remove(key)?;
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
     pub fn put_meta(&self, entries: &[(&str, &str)]) -> Result<(), StoreError> {
         self.noted(|| {
             let db = self.db()?;

@@ -1,0 +1,67 @@
+//! `siteboot check-config`, the part that asks the controller: which
+//! workflow ids the controller's nodes reference that this agent cannot
+//! render (the controller lists none by that id and the config defines
+//! none), so that an operator learns it before a node fails to install.
+
+use std::collections::BTreeSet;
+
+use crate::central::Controller;
+use crate::central::api::{parse_node, parse_workflow};
+use crate::central::client::HttpController;
+use crate::config::Config;
+
+/// What the controller's node list says about workflows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowCheck {
+    pub nodes: usize,
+    /// Workflow ids the nodes reference that nothing here defines.
+    pub missing: BTreeSet<String>,
+    /// Entries of the list that could not be read.
+    pub unreadable: usize,
+}
+
+/// Asks the controller for the site's nodes (one full listing); Err if it
+/// cannot be asked or answers no list.
+pub async fn controller_workflows(config: &Config) -> Result<Option<WorkflowCheck>, String> {
+    let Some(url) = &config.central.url else {
+        return Ok(None);
+    };
+    let controller = HttpController::new(
+        url,
+        config.central.token_file.as_deref(),
+        config.central.request_timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    let page = controller
+        .site_nodes(&config.site_id, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listed: BTreeSet<String> = page
+        .workflows
+        .iter()
+        .filter_map(|w| parse_workflow(w).ok())
+        .map(|w| w.id)
+        .collect();
+    let mut unreadable = 0;
+    let mut nodes = 0;
+    let mut missing = BTreeSet::new();
+    for entry in &page.data {
+        match parse_node(entry) {
+            Ok(node) => {
+                nodes += 1;
+                if let Some(id) = node.workflow_id
+                    && !listed.contains(&id)
+                    && !config.workflows.contains_key(&id)
+                {
+                    missing.insert(id);
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    Ok(Some(WorkflowCheck {
+        nodes,
+        missing,
+        unreadable,
+    }))
+}
