@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/controller.rs"]
 #[allow(dead_code)]
 mod controller;
+#[path = "../tests/common/pureboot.rs"]
+#[allow(dead_code)]
+mod pureboot;
 
 use siteboot::model::mac::Mac;
 use siteboot::model::node::{Node, NodeState};

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::controller::{FakeController, Mode};
+use common::controller::{Dialect, FakeController, Mode};
 use common::{AgentBuilder, admin_token, curl, get_json, mode, wait_until};
 use serde_json::json;
 
@@ -14,10 +14,10 @@ const LONG: Duration = Duration::from_secs(30);
 
 fn central_config(controller: &FakeController) -> String {
     format!(
-        "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"1s\"\n\
+        "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"1s\"\n\
          boot_lookup_deadline = \"300ms\"\nfailure_threshold = 2\nrecovery_threshold = 1\n\
          heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n",
-        controller.url()
+        controller.central_toml()
     )
 }
 
@@ -46,9 +46,8 @@ fn boot(agent: &common::Agent, mac: &str) -> (String, String) {
     (String::from_utf8_lossy(&body).into_owned(), source)
 }
 
-#[test]
-fn registers_and_heartbeats_with_real_values() {
-    let controller = FakeController::start();
+fn registers_and_heartbeats_with_real_values(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     controller.set_node("52:54:00:00:20:01", "active", None);
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
@@ -59,7 +58,11 @@ fn registers_and_heartbeats_with_real_values() {
             .calls_to("POST", "/api/v1/agents/register")
             .is_empty()
     });
+    wait_until(LONG, "registration answered", || {
+        controller.calls_to("POST", "/api/v1/agents/register")[0].status != 0
+    });
     let registration = &controller.calls_to("POST", "/api/v1/agents/register")[0];
+    assert_eq!(registration.status, 200, "{:?}", registration.body);
     assert_eq!(registration.body["site_id"], "fra1");
     assert_eq!(
         registration.body["agent_version"],
@@ -86,6 +89,21 @@ fn registers_and_heartbeats_with_real_values() {
         .expect("heartbeat");
     let b = &beat.body;
     assert_eq!(b["site_id"], "fra1");
+    // PureBoot answers 422 to services that are not strings.
+    assert_eq!(b["services"], json!({"tftp": "ok", "http": "ok"}), "{b}");
+    wait_until(LONG, "a heartbeat answered", || {
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .iter()
+            .any(|c| c.status != 0)
+    });
+    assert!(
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .iter()
+            .all(|c| c.status == 200 || c.status == 0),
+        "every heartbeat taken"
+    );
     assert!(
         b["disk_usage_percent"]
             .as_f64()
@@ -112,9 +130,8 @@ fn registers_and_heartbeats_with_real_values() {
     }
 }
 
-#[test]
-fn cold_start_with_the_controller_down_then_registration_when_it_appears() {
-    let controller = FakeController::start();
+fn cold_start_with_the_controller_down_then_registration_when_it_appears(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     controller.down();
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
@@ -137,9 +154,8 @@ fn cold_start_with_the_controller_down_then_registration_when_it_appears() {
     wait_until(LONG, "online", || mode(&agent) == "online");
 }
 
-#[test]
-fn offline_after_the_threshold_online_after_recovery_logged_once_each() {
-    let controller = FakeController::start();
+fn offline_after_the_threshold_online_after_recovery_logged_once_each(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let agent = online_agent(&controller);
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
@@ -181,9 +197,8 @@ fn post_sync(agent: &common::Agent, token: &str, full: bool) -> serde_json::Valu
     serde_json::from_slice(&body).expect("json")
 }
 
-#[test]
-fn full_and_incremental_sync() {
-    let controller = FakeController::start();
+fn full_and_incremental_sync(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     controller.add_workflow(
         json!({"id": "ubuntu", "name": "Ubuntu", "method": "kernel", "kernel": "u/vmlinuz"}),
     );
@@ -204,7 +219,12 @@ fn full_and_incremental_sync() {
     wait_until(LONG, "online", || mode(&agent) == "online");
     let report = post_sync(&agent, &token, true);
     assert_eq!(report["received"], 2, "{report}");
-    assert_eq!(report["workflows"], 1, "{report}");
+    // PureBoot's central lists no workflows with the nodes.
+    let workflows = match dialect {
+        Dialect::Design => 1,
+        Dialect::PureBoot => 0,
+    };
+    assert_eq!(report["workflows"], workflows, "{report}");
     assert_eq!(
         report["errors"].as_array().map(Vec::len),
         Some(1),
@@ -216,23 +236,40 @@ fn full_and_incremental_sync() {
     controller.remove_node("broken");
     controller.set_node("52:54:00:00:22:03", "installed", None);
     let report = post_sync(&agent, &token, false);
-    // Only the change since the cursor: one node, not all three. (The
-    // agent's own incremental sync, every 200 ms here, may have taken it
-    // first; then this one receives nothing.)
-    let received = report["received"].as_u64().unwrap_or(99);
-    assert!(received <= 1, "only the change since the cursor: {report}");
+    match dialect {
+        Dialect::Design => {
+            // Only the change since the cursor: one node, not all three.
+            // (The agent's own incremental sync, every 200 ms here, may
+            // have taken it first; then this one receives nothing.)
+            let received = report["received"].as_u64().unwrap_or(99);
+            assert!(received <= 1, "only the change since the cursor: {report}");
+            let last = controller
+                .calls_to("GET", "/api/v1/sites/fra1/nodes")
+                .pop()
+                .expect("call");
+            assert!(
+                last.query.contains("since="),
+                "incremental sync sends the cursor: {:?}",
+                last.query
+            );
+        }
+        Dialect::PureBoot => {
+            // No cursor was ever given: only a full sync can tell, so the
+            // request for an incremental one runs a full one.
+            assert_eq!(report["full"], true, "{report}");
+            assert_eq!(report["received"], 3, "{report}");
+            assert!(
+                controller
+                    .calls_to("GET", "/api/v1/sites/fra1/nodes")
+                    .iter()
+                    .all(|c| !c.query.contains("since=")),
+                "no cursor is ever sent"
+            );
+        }
+    }
     wait_until(LONG, "the changed node cached", || {
         get_json(&agent.url("/api/v1/status"))["nodes_cached"] == 3
     });
-    let last = controller
-        .calls_to("GET", "/api/v1/sites/fra1/nodes")
-        .pop()
-        .expect("call");
-    assert!(
-        last.query.contains("since="),
-        "incremental sync sends the cursor: {:?}",
-        last.query
-    );
 
     controller.remove_node("52:54:00:00:22:01");
     let report = post_sync(&agent, &token, true);
@@ -245,16 +282,18 @@ fn full_and_incremental_sync() {
     let log = get_json_auth(&agent.url("/api/v1/sync/log"), &token);
     let text = log.to_string();
     assert!(
-        text.contains("full_sync")
-            && text.contains("incremental_sync")
-            && text.contains("node_error"),
+        text.contains("full_sync") && text.contains("node_error"),
         "{text}"
+    );
+    assert_eq!(
+        text.contains("incremental_sync"),
+        dialect == Dialect::Design,
+        "incremental syncs only with a cursor: {text}"
     );
 }
 
-#[test]
-fn slow_controller_answers_from_cache_and_refreshes_in_the_background() {
-    let controller = FakeController::start();
+fn slow_controller_answers_from_cache_and_refreshes_in_the_background(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:23:01";
     controller.set_node(mac, "active", None);
     let agent = online_agent(&controller);
@@ -277,9 +316,8 @@ fn slow_controller_answers_from_cache_and_refreshes_in_the_background() {
     });
 }
 
-#[test]
-fn concurrent_boots_for_one_mac_make_one_controller_call() {
-    let controller = FakeController::start();
+fn concurrent_boots_for_one_mac_make_one_controller_call(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:24:01";
     controller.set_node(mac, "active", None);
     let agent = online_agent(&controller);
@@ -311,9 +349,8 @@ fn concurrent_boots_for_one_mac_make_one_controller_call() {
     assert_eq!(lookups, 1, "100 concurrent boots must share one lookup");
 }
 
-#[test]
-fn garbage_and_errors_never_panic_or_poison_the_cache() {
-    let controller = FakeController::start();
+fn garbage_and_errors_never_panic_or_poison_the_cache(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:25:01";
     controller.set_node(mac, "active", None);
     let agent = online_agent(&controller);
@@ -339,9 +376,8 @@ fn garbage_and_errors_never_panic_or_poison_the_cache() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-#[test]
-fn unknown_mac_is_registered_at_the_controller() {
-    let controller = FakeController::start();
+fn unknown_mac_is_registered_at_the_controller(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let agent = online_agent(&controller);
     let (body, source) = boot(&agent, "52-54-00-00-26-01");
     assert_eq!(source, "live");
@@ -356,9 +392,8 @@ fn unknown_mac_is_registered_at_the_controller() {
     assert!(controller.node("52:54:00:00:26:01").is_some());
 }
 
-#[test]
-fn heartbeat_commands_take_effect() {
-    let controller = FakeController::start();
+fn heartbeat_commands_take_effect(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:27:01";
     controller.set_node(mac, "retired", None);
     let builder = AgentBuilder::new()
@@ -403,18 +438,26 @@ fn heartbeat_commands_take_effect() {
     controller.forget_agent(false);
 }
 
-#[test]
-fn install_assets_missing_here_are_proxied_from_the_controller() {
-    let controller = FakeController::start();
+fn install_assets_missing_here_are_proxied_from_the_controller(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
     let kernel = common::pattern(300_000, 5);
     controller.add_file("debian/vmlinuz", &kernel);
     controller.add_workflow(json!({"id": "debian", "name": "Debian", "method": "kernel",
         "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"]}));
     let mac = "52:54:00:00:28:01";
     controller.set_node(mac, "pending", Some("debian"));
+    // PureBoot's central lists no workflows: the agent's config defines
+    // the one its node references, under the same id.
+    let local_workflows = match dialect {
+        Dialect::Design => "",
+        Dialect::PureBoot => {
+            "[workflows.debian]\nmethod = \"kernel\"\nkernel = \"debian/vmlinuz\"\ninitrd = [\"debian/initrd.gz\"]\n"
+        }
+    };
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .config(&central_config(&controller))
+        .config(local_workflows)
         .asset("local.bin", b"local")
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
@@ -431,10 +474,13 @@ fn install_assets_missing_here_are_proxied_from_the_controller() {
     let (status, headers, bytes) = curl(&[&kernel_url]);
     assert_eq!(status, 200);
     assert!(bytes == kernel, "proxied kernel differs");
-    assert!(
+    // The checksum is passed on when the controller sends one (PureBoot's
+    // does only when it has one; this fake's PureBoot has none).
+    assert_eq!(
         headers
             .to_ascii_lowercase()
             .contains("x-checksum-sha256: fake-sum-300000"),
+        dialect == Dialect::Design,
         "{headers}"
     );
     let (status, _, _) = curl(&[&agent.url("/assets/debian/initrd.gz")]);
@@ -448,11 +494,10 @@ fn install_assets_missing_here_are_proxied_from_the_controller() {
     assert_eq!(status, 502);
 }
 
-#[test]
-fn a_gateway_answering_502_for_a_dead_controller_means_offline() {
+fn a_gateway_answering_502_for_a_dead_controller_means_offline(dialect: Dialect) {
     // DESIGN §10: behind a reverse proxy, a dead controller answers 502
     // (or 503, 504) to every call, health check included.
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:27:01";
     controller.set_node(mac, "active", None);
     let agent = online_agent(&controller);
@@ -471,12 +516,11 @@ fn a_gateway_answering_502_for_a_dead_controller_means_offline() {
     wait_until(LONG, "online again", || mode(&agent) == "online");
 }
 
-#[test]
-fn the_first_heartbeat_follows_registration_then_the_controllers_interval() {
+fn the_first_heartbeat_follows_registration_then_the_controllers_interval(dialect: Dialect) {
     // The agent's own interval is an hour and so is the controller's: the
     // only heartbeat the test can see is the one sent right after
     // registration.
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     controller.set_heartbeat_interval(3600);
     let agent = AgentBuilder::new()
         .config(
@@ -492,12 +536,11 @@ fn the_first_heartbeat_follows_registration_then_the_controllers_interval() {
     });
 }
 
-#[test]
-fn a_retired_node_whose_script_fails_still_does_not_boot() {
+fn a_retired_node_whose_script_fails_still_does_not_boot(dialect: Dialect) {
     // The retired template prints the hostname; one the controller sent
     // with a character refused in scripts makes rendering fail. The
     // fallback keeps the intent: no boot (DESIGN §4).
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:28:01";
     controller.set_node(mac, "retired", None);
     let mut node = controller.node(mac).expect("node");
@@ -516,13 +559,12 @@ fn a_retired_node_whose_script_fails_still_does_not_boot() {
     );
 }
 
-#[test]
-fn an_unusable_answer_for_an_uncached_mac_gets_the_offline_default() {
+fn an_unusable_answer_for_an_uncached_mac_gets_the_offline_default(dialect: Dialect) {
     // DESIGN §4: the controller is up but answers garbage or errors for a
     // MAC the cache does not hold: the machine could be anything (an active
     // server among them), so it gets offline.default_action (here the
     // default, local boot), never discovery, and is not registered.
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     let agent = online_agent(&controller);
     for (n, bad) in [Mode::Garbage, Mode::Erroring].into_iter().enumerate() {
         controller.set_mode(bad);
@@ -548,11 +590,10 @@ fn an_unusable_answer_for_an_uncached_mac_gets_the_offline_default() {
     );
 }
 
-#[test]
-fn the_asset_proxy_reaches_nothing_but_the_controllers_files() {
+fn the_asset_proxy_reaches_nothing_but_the_controllers_files(dialect: Dialect) {
     // DESIGN §10: a node asks for encodings that decode to `..`, a query
     // or a fragment once more on the way to the controller.
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     controller.set_node("52:54:00:00:2a:01", "active", None);
     let agent = online_agent(&controller);
     let files_before = controller.calls_to("GET", "/api/v1/files").len();
@@ -589,11 +630,10 @@ fn the_asset_proxy_reaches_nothing_but_the_controllers_files() {
     );
 }
 
-#[test]
-fn a_slow_file_from_the_controller_arrives_whole() {
+fn a_slow_file_from_the_controller_arrives_whole(dialect: Dialect) {
     // DESIGN §10: the proxy is bounded by an idle timeout, not a total one.
     // request_timeout is 1 s here; the file takes about 3 s.
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     let initrd = common::pattern(3 << 20, 9);
     controller.add_file("debian/initrd.gz", &initrd);
     controller.set_file_rate(1 << 20);
@@ -608,13 +648,12 @@ fn a_slow_file_from_the_controller_arrives_whole() {
     );
 }
 
-#[test]
-fn huge_controller_answers_do_not_take_the_agents_memory() {
+fn huge_controller_answers_do_not_take_the_agents_memory(dialect: Dialect) {
     // DESIGN §10 / issue 9 item 4: each controller call could buffer up
     // to 64 MiB; 40 concurrent new MACs whose lookups answered 100 MB took
     // the agent to 1.34 GB.
     const NEW_MACS: usize = 40;
-    let controller = FakeController::start();
+    let controller = FakeController::start_as(dialect);
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .config(
@@ -668,3 +707,38 @@ fn huge_controller_answers_do_not_take_the_agents_memory() {
         "the oversized answers are named in the log"
     );
 }
+
+/// Every test runs against both controllers: DESIGN §6 to the letter, and
+/// PureBoot's central as it really answers.
+macro_rules! against_both_controllers {
+    ($($name:ident),* $(,)?) => {
+        mod design {
+            use super::Dialect;
+            $( #[test] fn $name() { super::$name(Dialect::Design) } )*
+        }
+        mod pureboot {
+            use super::Dialect;
+            $( #[test] fn $name() { super::$name(Dialect::PureBoot) } )*
+        }
+    };
+}
+
+against_both_controllers!(
+    registers_and_heartbeats_with_real_values,
+    cold_start_with_the_controller_down_then_registration_when_it_appears,
+    offline_after_the_threshold_online_after_recovery_logged_once_each,
+    full_and_incremental_sync,
+    slow_controller_answers_from_cache_and_refreshes_in_the_background,
+    concurrent_boots_for_one_mac_make_one_controller_call,
+    garbage_and_errors_never_panic_or_poison_the_cache,
+    unknown_mac_is_registered_at_the_controller,
+    heartbeat_commands_take_effect,
+    install_assets_missing_here_are_proxied_from_the_controller,
+    a_gateway_answering_502_for_a_dead_controller_means_offline,
+    the_first_heartbeat_follows_registration_then_the_controllers_interval,
+    a_retired_node_whose_script_fails_still_does_not_boot,
+    an_unusable_answer_for_an_uncached_mac_gets_the_offline_default,
+    the_asset_proxy_reaches_nothing_but_the_controllers_files,
+    a_slow_file_from_the_controller_arrives_whole,
+    huge_controller_answers_do_not_take_the_agents_memory,
+);

@@ -1,6 +1,8 @@
-//! A fake central controller speaking DESIGN §6 over real HTTP on
-//! 127.0.0.1, recording every call. It can be made healthy, slow, erroring,
-//! garbage-answering, or down (its socket closed).
+//! A fake central controller over real HTTP on 127.0.0.1, recording every
+//! call. It speaks one of two dialects: DESIGN §6 to the letter, or the
+//! way PureBoot's central really answers (`super::pureboot`). Either can be
+//! made healthy, slow, erroring, garbage-answering, or down (its socket
+//! closed); the test controls (nodes, files, injections) are the same.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +15,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+/// Which controller the fake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// DESIGN §6 to the letter.
+    Design,
+    /// Shaped like PureBoot's central as it really answers.
+    PureBoot,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -41,6 +52,8 @@ pub struct Call {
     pub body: Value,
     pub authorization: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The status the fake answered with (0 while it has not answered).
+    pub status: u16,
 }
 
 /// A write the controller applied (a repeated idempotency key is answered
@@ -57,7 +70,7 @@ pub struct Applied {
 /// A scripted answer for the next `times` requests whose path contains
 /// `path_contains` (and, if set, whose body mentions `body_contains`).
 #[derive(Debug, Clone)]
-struct Injection {
+pub(super) struct Injection {
     method: String,
     path_contains: String,
     body_contains: Option<String>,
@@ -67,39 +80,52 @@ struct Injection {
 }
 
 #[derive(Default)]
-struct Inner {
-    nodes: BTreeMap<String, Value>,
-    workflows: Vec<Value>,
+pub(super) struct Inner {
+    pub(super) nodes: BTreeMap<String, Value>,
+    pub(super) workflows: Vec<Value>,
     /// Sync generation per MAC, for `since` cursors.
-    changed_at: BTreeMap<String, u64>,
-    generation: u64,
-    calls: Vec<Call>,
-    commands: Vec<Value>,
-    heartbeat_interval: u64,
+    pub(super) changed_at: BTreeMap<String, u64>,
+    pub(super) generation: u64,
+    pub(super) calls: Vec<Call>,
+    pub(super) commands: Vec<Value>,
+    pub(super) heartbeat_interval: u64,
     /// Answer heartbeats with 404 (the controller forgot this agent).
-    forget_agent: bool,
-    next_id: u64,
-    files: BTreeMap<String, Vec<u8>>,
+    pub(super) forget_agent: bool,
+    pub(super) next_id: u64,
+    pub(super) files: BTreeMap<String, Vec<u8>>,
     /// Files are sent at this many bytes a second (None: at once).
-    file_rate: Option<u64>,
-    injections: Vec<Injection>,
+    pub(super) file_rate: Option<u64>,
+    pub(super) injections: Vec<Injection>,
     /// Idempotency key → the answer first given.
-    answered: BTreeMap<String, (u16, Value)>,
-    applied: Vec<Applied>,
+    pub(super) answered: BTreeMap<String, (u16, Value)>,
+    pub(super) applied: Vec<Applied>,
 }
 
 pub struct FakeController {
     inner: Arc<Mutex<Inner>>,
     mode: Arc<Mutex<Mode>>,
     pub addr: SocketAddr,
+    pub dialect: Dialect,
     runtime: tokio::runtime::Runtime,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The agent's credentials for a controller that wants them.
+    secrets: tempfile::TempDir,
 }
 
-type Shared = (Arc<Mutex<Inner>>, Arc<Mutex<Mode>>);
+type Shared = (Arc<Mutex<Inner>>, Arc<Mutex<Mode>>, Dialect);
 
 impl FakeController {
+    /// A controller that follows DESIGN §6 to the letter.
     pub fn start() -> FakeController {
+        FakeController::start_as(Dialect::Design)
+    }
+
+    /// A controller shaped like PureBoot's central.
+    pub fn pureboot() -> FakeController {
+        FakeController::start_as(Dialect::PureBoot)
+    }
+
+    pub fn start_as(dialect: Dialect) -> FakeController {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -109,6 +135,11 @@ impl FakeController {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let secrets = tempfile::tempdir().expect("tempdir");
+        std::fs::write(secrets.path().join("api-key"), super::pureboot::API_KEY)
+            .expect("write api key");
+        std::fs::write(secrets.path().join("site-token"), super::pureboot::SITE_TOKEN)
+            .expect("write site token");
         let controller = FakeController {
             inner: Arc::new(Mutex::new(Inner {
                 heartbeat_interval: 1,
@@ -116,8 +147,10 @@ impl FakeController {
             })),
             mode: Arc::new(Mutex::new(Mode::Healthy)),
             addr,
+            dialect,
             runtime,
             server: Mutex::new(None),
+            secrets,
         };
         controller.serve(listener);
         controller
@@ -127,8 +160,23 @@ impl FakeController {
         format!("http://{}", self.addr)
     }
 
+    /// The agent's `[central]` keys for this controller: its URL and,
+    /// for PureBoot, the two credentials (an API key in the header, the
+    /// site's agent token in the registration body).
+    pub fn central_toml(&self) -> String {
+        match self.dialect {
+            Dialect::Design => format!("url = \"{}\"\n", self.url()),
+            Dialect::PureBoot => format!(
+                "url = \"{}\"\ntoken_file = \"{}\"\nregistration_token_file = \"{}\"\n",
+                self.url(),
+                self.secrets.path().join("api-key").display(),
+                self.secrets.path().join("site-token").display()
+            ),
+        }
+    }
+
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let shared: Shared = (self.inner.clone(), self.mode.clone());
+        let shared: Shared = (self.inner.clone(), self.mode.clone(), self.dialect);
         let app = Router::new().fallback(handle).with_state(shared);
         let handle = self.runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -286,7 +334,7 @@ impl Drop for FakeController {
     }
 }
 
-fn query_map(query: &str) -> BTreeMap<String, String> {
+pub(super) fn query_map(query: &str) -> BTreeMap<String, String> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -300,11 +348,32 @@ fn query_map(query: &str) -> BTreeMap<String, String> {
 }
 
 async fn handle(
-    State((inner, mode)): State<Shared>,
+    State(shared): State<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    let inner = shared.0.clone();
+    let mut recorded = None;
+    let response = answer(shared, method, uri, headers, body, &mut recorded).await;
+    if let Some(index) = recorded
+        && let Some(call) = inner.lock().expect("lock").calls.get_mut(index)
+    {
+        call.status = response.status().as_u16();
+    }
+    response
+}
+
+/// Answers one request; `recorded` is set to the index of its entry in
+/// `calls`, if it was recorded.
+async fn answer(
+    (inner, mode, dialect): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    recorded: &mut Option<usize>,
 ) -> Response {
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = uri.path().to_string();
@@ -332,14 +401,18 @@ async fn handle(
     if let Some((status, delay)) = injected {
         tokio::time::sleep(delay).await;
         if status != 0 {
-            inner.lock().expect("lock").calls.push(Call {
+            let mut guard = inner.lock().expect("lock");
+            guard.calls.push(Call {
                 method: method.to_string(),
                 path: path.clone(),
                 query: query.clone(),
                 body: body_json.clone(),
                 authorization: None,
                 idempotency_key: idempotency_key.clone(),
+                status: 0,
             });
+            *recorded = Some(guard.calls.len() - 1);
+            drop(guard);
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (
                 code,
@@ -348,23 +421,30 @@ async fn handle(
                 .into_response();
         }
     }
-    if let Some(key) = &idempotency_key
+    // PureBoot keeps no idempotency keys: a repeat is applied again.
+    if dialect == Dialect::Design
+        && let Some(key) = &idempotency_key
         && let Some((status, answer)) = inner.lock().expect("lock").answered.get(key).cloned()
     {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         return (code, axum::Json(answer)).into_response();
     }
-    inner.lock().expect("lock").calls.push(Call {
-        method: method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        body: body_json.clone(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        idempotency_key: idempotency_key.clone(),
-    });
+    {
+        let mut guard = inner.lock().expect("lock");
+        guard.calls.push(Call {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body_json.clone(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            idempotency_key: idempotency_key.clone(),
+            status: 0,
+        });
+        *recorded = Some(guard.calls.len() - 1);
+    }
     let current = *mode.lock().expect("lock");
     match current {
         Mode::Slow(delay) => tokio::time::sleep(delay).await,
@@ -376,6 +456,16 @@ async fn handle(
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
         Mode::Huge(_) | Mode::Healthy => {}
+    }
+    if dialect == Dialect::PureBoot {
+        let request = super::pureboot::Request {
+            method: method.as_str(),
+            path: &path,
+            query: &query,
+            headers: &headers,
+            body: &body_json,
+        };
+        return super::pureboot::route(&mut inner.lock().expect("lock"), request);
     }
     let mut inner = inner.lock().expect("lock");
     let q = query_map(&query);
@@ -521,7 +611,7 @@ async fn handle(
 }
 
 /// `bytes` as a body that trickles out at `rate` bytes a second.
-fn slow_body(bytes: Vec<u8>, rate: u64) -> axum::body::Body {
+pub(super) fn slow_body(bytes: Vec<u8>, rate: u64) -> axum::body::Body {
     const PIECE: usize = 64 * 1024;
     let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
     let pieces: Vec<Bytes> = bytes.chunks(PIECE).map(Bytes::copy_from_slice).collect();
@@ -533,7 +623,7 @@ fn slow_body(bytes: Vec<u8>, rate: u64) -> axum::body::Body {
     axum::body::Body::from_stream(stream)
 }
 
-fn record(
+pub(super) fn record(
     inner: &mut Inner,
     op: &str,
     key: &Option<String>,

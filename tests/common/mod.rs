@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod controller;
+pub mod pureboot;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
