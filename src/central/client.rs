@@ -364,7 +364,7 @@ impl Controller for HttpController {
 
     fn set_state(
         &self,
-        _mac: Mac,
+        mac: Mac,
         node_id: &str,
         change: &StateChange,
         idempotency_key: &str,
@@ -382,17 +382,31 @@ impl Controller for HttpController {
             .header(IDEMPOTENCY_KEY, idempotency_key)
             .json(change);
         let node_id = node_id.to_string();
+        let wanted = change.state;
         Box::pin(async move {
             if !safe {
                 return Err(CentralError::Garbage(format!(
                     "node id {node_id:?} is not usable in a URL"
                 )));
             }
-            Ok(self
-                .call::<NodeEnvelope>(builder, ONE_RECORD_MAX)
-                .await?
-                .data)
-            .and_then(|data| node_from(&data))
+            match self.call::<NodeEnvelope>(builder, ONE_RECORD_MAX).await {
+                Ok(envelope) => node_from(&envelope.data),
+                // A controller without idempotency keys (PureBoot's
+                // central) refuses a repeat of a change it already
+                // applied as an invalid transition (400): when the node is
+                // in the wanted state, the change has been made.
+                Err(CentralError::Rejected { status: 400, body }) => {
+                    match self.node_by_mac(mac).await {
+                        Ok(Some(node)) if node.state == wanted && node.id == node_id => {
+                            tracing::info!(%mac, state = wanted.as_str(),
+                                "state change refused as a repeat; the node is in that state already");
+                            Ok(node)
+                        }
+                        _ => Err(CentralError::Rejected { status: 400, body }),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 

@@ -99,6 +99,9 @@ pub(super) struct Inner {
     /// Idempotency key → the answer first given.
     pub(super) answered: BTreeMap<String, (u16, Value)>,
     pub(super) applied: Vec<Applied>,
+    /// PureBoot: take any state change (tests of durability that write the
+    /// same state over and over, not of its state machine).
+    pub(super) any_transition: bool,
 }
 
 pub struct FakeController {
@@ -138,8 +141,11 @@ impl FakeController {
         let secrets = tempfile::tempdir().expect("tempdir");
         std::fs::write(secrets.path().join("api-key"), super::pureboot::API_KEY)
             .expect("write api key");
-        std::fs::write(secrets.path().join("site-token"), super::pureboot::SITE_TOKEN)
-            .expect("write site token");
+        std::fs::write(
+            secrets.path().join("site-token"),
+            super::pureboot::SITE_TOKEN,
+        )
+        .expect("write site token");
         let controller = FakeController {
             inner: Arc::new(Mutex::new(Inner {
                 heartbeat_interval: 1,
@@ -263,6 +269,31 @@ impl FakeController {
         self.inner.lock().expect("lock").workflows.push(workflow);
     }
 
+    /// Makes `workflow` known for the controller's nodes: listed by a §6
+    /// controller; PureBoot's lists none, so it is returned as agent
+    /// configuration (`[workflows.<id>]`, DESIGN §6) instead. The returned
+    /// TOML goes into the agent's config either way ("" for §6).
+    pub fn offer_workflow(&self, workflow: Value) -> String {
+        match self.dialect {
+            Dialect::Design => {
+                self.add_workflow(workflow);
+                String::new()
+            }
+            Dialect::PureBoot => {
+                let id = workflow["id"].as_str().expect("workflow id").to_string();
+                let fields: serde_json::Map<String, Value> = workflow
+                    .as_object()
+                    .expect("workflow object")
+                    .iter()
+                    .filter(|(k, v)| *k != "id" && !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let doc = json!({ "workflows": { id: fields } });
+                toml::to_string(&doc).expect("workflow as TOML")
+            }
+        }
+    }
+
     pub fn queue_command(&self, command: Value) {
         self.inner.lock().expect("lock").commands.push(command);
     }
@@ -279,6 +310,11 @@ impl FakeController {
             .expect("lock")
             .files
             .insert(path.to_string(), bytes.to_vec());
+    }
+
+    /// PureBoot: accept state changes its state machine would refuse.
+    pub fn allow_any_transition(&self) {
+        self.inner.lock().expect("lock").any_transition = true;
     }
 
     pub fn forget_agent(&self, forget: bool) {
