@@ -392,6 +392,94 @@ fn unknown_mac_is_registered_at_the_controller(dialect: Dialect) {
     assert!(controller.node("52:54:00:00:26:01").is_some());
 }
 
+/// Issue 10's "done when", against both controllers (the PureBoot-shaped
+/// one being the point): live decisions for active, pending-with-workflow
+/// and installed nodes; a change at the controller seen at the next boot;
+/// an unknown MAC booting as i386/pcbios registered as x86_64; an
+/// installer report keeping its metadata; nothing called garbage.
+fn a_real_controllers_answers_drive_live_decisions(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
+    let (active, pending, installed, stranger) = (
+        "52:54:00:00:2d:01",
+        "52:54:00:00:2d:02",
+        "52:54:00:00:2d:03",
+        "52:54:00:00:2d:04",
+    );
+    controller.set_node(active, "active", None);
+    controller.set_node(pending, "pending", Some("debian"));
+    controller.set_node(installed, "installed", None);
+    let workflow = controller.offer_workflow(json!({
+        "id": "debian", "name": "Debian", "method": "kernel",
+        "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"], "cmdline": "auto"
+    }));
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .config(&workflow)
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let decision = |mac: &str| boot(&agent, mac).0;
+    assert!(decision(active).contains(&format!(
+        "mac={active} state=active action=local source=live"
+    )));
+    assert!(decision(pending).contains(&format!(
+        "mac={pending} state=pending action=install source=live"
+    )));
+    assert!(decision(installed).contains(&format!(
+        "mac={installed} state=installed action=local source=live"
+    )));
+    // A change made at the controller is what the next boot gets.
+    controller.set_node(active, "reprovision", Some("debian"));
+    let next = decision(active);
+    assert!(
+        next.contains("state=reprovision action=install source=live"),
+        "{next}"
+    );
+
+    // iPXE on a BIOS x86-64 machine says i386.
+    let (status, _, body) = curl(&[&agent.url(&format!(
+        "/api/v1/boot?mac={stranger}&arch=i386&platform=pcbios"
+    ))]);
+    assert_eq!(status, 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("state=discovered action=discovery source=live"),
+        "{body}"
+    );
+    let created = controller.calls_to("POST", "/api/v1/nodes");
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].status, 201, "{:?}", created[0].body);
+    assert_eq!(created[0].body["arch"], "x86_64");
+    assert_eq!(created[0].body["boot_mode"], "bios");
+
+    // An installer's report keeps its metadata (as event_metadata).
+    let (status, _, answer) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &json!({"mac_address": pending, "event": "install_progress",
+                "metadata": {"percent": 40}})
+        .to_string(),
+        &agent.url("/api/v1/report"),
+    ]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let report = controller
+        .applied()
+        .into_iter()
+        .find(|w| w.op == "report" && w.mac == pending && w.body["event"] == "install_progress")
+        .expect("report applied");
+    assert_eq!(
+        report.body["event_metadata"]["percent"], 40,
+        "{:?}",
+        report.body
+    );
+
+    let log = agent.log_lines().join("\n");
+    assert!(!log.contains("garbage"), "{log}");
+}
+
 fn heartbeat_commands_take_effect(dialect: Dialect) {
     let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:27:01";
@@ -724,6 +812,8 @@ macro_rules! against_both_controllers {
 }
 
 against_both_controllers!(
+    workflows_nobody_defines_are_named_at_start_and_by_check_config,
+    a_real_controllers_answers_drive_live_decisions,
     registers_and_heartbeats_with_real_values,
     cold_start_with_the_controller_down_then_registration_when_it_appears,
     offline_after_the_threshold_online_after_recovery_logged_once_each,
@@ -742,3 +832,24 @@ against_both_controllers!(
     a_slow_file_from_the_controller_arrives_whole,
     huge_controller_answers_do_not_take_the_agents_memory,
 );
+
+fn workflows_nobody_defines_are_named_at_start_and_by_check_config(dialect: Dialect) {
+    let controller = FakeController::start_as(dialect);
+    controller.set_node("52:54:00:00:2e:01", "pending", Some("ghost"));
+    controller.set_node("52:54:00:00:2e:02", "pending", Some("debian"));
+    let workflow = controller.offer_workflow(json!({
+        "id": "debian", "name": "Debian", "method": "kernel", "kernel": "debian/vmlinuz"
+    }));
+    let builder = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .config(&workflow);
+    let out = builder.cli_ok(&["check-config"]);
+    assert!(
+        out.contains("cannot render") && out.contains("ghost") && !out.contains("debian,"),
+        "{out}"
+    );
+    let agent = builder.start();
+    let line = agent.wait_for_log("workflows this agent cannot render");
+    assert!(line.contains("ghost") && !line.contains("debian"), "{line}");
+}

@@ -1223,6 +1223,7 @@ macro_rules! against_both_controllers {
 }
 
 against_both_controllers!(
+    a_replayed_registration_the_controller_already_has_is_adopted,
     offline_writes_are_queued_then_replayed_through_500_400_slow_and_a_remap,
     queue_admin_api_refuses_bad_input_and_needs_the_token,
     cold_start_with_the_controller_down_queues_and_replays_on_arrival,
@@ -1237,3 +1238,33 @@ against_both_controllers!(
     nodes_cannot_crowd_operators_out_of_the_queue,
     a_full_disk_refuses_writes_with_503_and_they_resume_once_there_is_room,
 );
+
+fn a_replayed_registration_the_controller_already_has_is_adopted(dialect: Dialect) {
+    // Issue 10: the controller learnt the MAC while the agent was cut off
+    // (an operator added it, or the first attempt landed but its answer
+    // was lost): the replayed POST /api/v1/nodes gets 409. The agent
+    // adopts the existing node (looked up by MAC, ids remapped) instead
+    // of retrying for ever, and the node's later items follow.
+    let controller = FakeController::start_as(dialect);
+    let agent = synced_agent(&controller, &[]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let mac = "52:54:00:00:4c:01";
+    boot(&agent, mac);
+    let (code, answer) = set_state(&agent, mac, "pending", "after-adoption");
+    assert_eq!(code, 202, "{answer}");
+    controller.set_node(mac, "discovered", None);
+    let existing_id = controller.node(mac).expect("node")["id"].clone();
+    controller.up();
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    let registrations = controller.calls_to("POST", "/api/v1/nodes");
+    assert_eq!(registrations.len(), 1, "one attempt, answered 409, no loop");
+    assert_eq!(registrations[0].status, 409);
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+    assert_eq!(node["data"]["id"], existing_id, "cache remapped: {node}");
+    assert_eq!(controller.node(mac).expect("node")["state"], "pending");
+    assert_eq!(
+        delivered_counts(&controller).get("after-adoption"),
+        Some(&1)
+    );
+}
