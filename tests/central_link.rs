@@ -476,6 +476,30 @@ fn a_real_controllers_answers_drive_live_decisions(dialect: Dialect) {
         report.body
     );
 
+    // A change the controller refuses comes back to the operator as it
+    // was answered (PureBoot: 400 naming the valid transitions).
+    if dialect == Dialect::PureBoot {
+        let token = admin_token(&agent);
+        let (status, _, answer) = curl(&[
+            "-X",
+            "PATCH",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"state": "installing"}"#,
+            &agent.url(&format!("/api/v1/nodes/{installed}/state")),
+        ]);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains("Valid transitions"), "{answer}");
+        assert_eq!(
+            controller.node(installed).expect("node")["state"],
+            "installed"
+        );
+    }
+
     let log = agent.log_lines().join("\n");
     assert!(!log.contains("garbage"), "{log}");
 }
