@@ -68,6 +68,15 @@ impl StatusSource {
             tracing::warn!(error = %e, "queue counts unavailable");
             Default::default()
         });
+        let conflicts_pending = self
+            .outbox
+            .queue()
+            .call(|q| crate::outbox::conflicts::open_count(q.store()))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "conflict count unavailable");
+                0
+            });
         let quarantined_records = self
             .store
             .call(|s| s.quarantined_count())
@@ -87,7 +96,7 @@ impl StatusSource {
             last_sync_at,
             nodes_cached: self.nodes.len(),
             queue,
-            conflicts_pending: 0,
+            conflicts_pending,
             nodes_seen_last_hour: self.boots.nodes_seen_last_hour(),
             active_boots: self.boots.active_boots(),
             cache_hit_rate: self.boots.cache_hit_rate(),

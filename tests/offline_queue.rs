@@ -504,6 +504,10 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once(dialect: Di
     // This is about durability, not PureBoot's state machine: the writers
     // set the same states over and over.
     controller.allow_any_transition();
+    // A §6 controller checks every change's base version: the writers'
+    // changes to one node, queued one behind the other, must each build
+    // on the one before (no 409 against the agent's own changes).
+    controller.check_versions();
     // A §6 controller honours idempotency keys, so every write lands
     // exactly once. PureBoot's central ignores them: a write whose answer
     // a SIGKILL cut off is sent again and applied again, so there the
@@ -584,7 +588,22 @@ fn acknowledged_writes_survive_sigkill_and_reach_the_controller_once(dialect: Di
     }
     controller.up_if_down();
     wait_until(LONG, "online", || mode(&agent) == "online");
-    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    let drained_in_time = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        queue_stats(&agent)["total"] == 0
+    });
+    assert!(
+        drained_in_time,
+        "queue not drained: {:?}",
+        queue_items(&agent)
+            .iter()
+            .map(|i| format!(
+                "{} {} {} {}",
+                i["id"], i["status"], i["node"], i["last_error"]
+            ))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
     let delivered = delivered_counts(&controller);
     for comment in acknowledged.keys() {
         let times = delivered.get(comment).copied().unwrap_or(0);
@@ -889,6 +908,7 @@ fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing(dialect: Dia
     // About the queue, not PureBoot's state machine: the same state is
     // written over and over.
     controller.allow_any_transition();
+    controller.check_versions();
     let macs: Vec<String> = (0..8).map(|n| format!("52:54:00:00:46:{n:02x}")).collect();
     for mac in &macs {
         controller.set_node(mac, "active", None);
@@ -1267,4 +1287,89 @@ fn a_replayed_registration_the_controller_already_has_is_adopted(dialect: Dialec
         delivered_counts(&controller).get("after-adoption"),
         Some(&1)
     );
+}
+
+/// DESIGN §8, detection at replay (issue 11, first part): a state change
+/// queued offline whose node the controller changed meanwhile is answered
+/// 409; one for a node the controller deleted, 404. Each becomes a durable
+/// conflict record in the commit that parks its item, the node's later
+/// items wait behind it, and the count reaches status and heartbeat.
+/// (§6 controller only: a controller without versions needs the check
+/// before sending, not built yet.)
+#[test]
+fn replay_records_conflicts_durably_and_holds_the_nodes_later_items() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let (changed, deleted) = ("52:54:00:00:4d:01", "52:54:00:00:4d:02");
+    controller.set_node(changed, "active", None);
+    controller.set_node(deleted, "active", None);
+    let agent = synced_agent(&controller, &[changed, deleted]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let (code, _) = set_state(&agent, changed, "reprovision", "site-change");
+    assert_eq!(code, 202);
+    let (code, _) = set_state(&agent, changed, "pending", "site-later");
+    assert_eq!(code, 202);
+    let (code, _) = set_state(&agent, deleted, "reprovision", "site-deleted");
+    assert_eq!(code, 202);
+    // Meanwhile, at the controller: one node changed, one deleted.
+    controller.set_node(changed, "retired", None);
+    controller.remove_node(deleted);
+    controller.up();
+    wait_until(LONG, "two conflicts open", || {
+        status(&agent)["conflicts_pending"] == 2
+    });
+    let (code, list) = call(&agent, "GET", "/api/v1/conflicts?status=open", None);
+    assert_eq!(code, 200, "{list}");
+    let open = list["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(open.len(), 2, "{list}");
+    let of = |mac: &str| {
+        open.iter()
+            .find(|c| c["mac"] == mac)
+            .cloned()
+            .unwrap_or_else(|| panic!("no conflict for {mac}: {list}"))
+    };
+    let mismatch = of(changed);
+    assert_eq!(mismatch["kind"], "state_mismatch");
+    assert_eq!(mismatch["status"], "open");
+    assert_eq!(mismatch["local"]["state"], "reprovision");
+    assert_eq!(mismatch["local"]["origin"], "operator");
+    assert_eq!(mismatch["central"]["state"], "retired");
+    assert_eq!(mismatch["central"]["version"], 2);
+    let missing = of(deleted);
+    assert_eq!(missing["kind"], "missing_central");
+    assert!(missing["central"].is_null(), "{missing}");
+    // The later change waits behind the conflict, and so does a new one.
+    let (code, answer) = set_state(&agent, changed, "installed", "site-newest");
+    assert_eq!(code, 202, "queued behind the conflict, not sent: {answer}");
+    let delivered = delivered_counts(&controller);
+    for comment in ["site-change", "site-later", "site-deleted", "site-newest"] {
+        assert!(!delivered.contains_key(comment), "{comment} was sent");
+    }
+    let stats = queue_stats(&agent);
+    assert_eq!(stats["conflict"], 2, "{stats}");
+    // The record survives a restart, and is in the sync log.
+    let id = mismatch["id"].as_u64().expect("id");
+    let agent = agent.kill_and_restart();
+    let (code, record) = call(&agent, "GET", &format!("/api/v1/conflicts/{id}"), None);
+    assert_eq!(code, 200, "{record}");
+    assert_eq!(record["data"]["kind"], "state_mismatch");
+    let token = admin_token(&agent);
+    let (_, _, log) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/sync/log?limit=100"),
+    ]);
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("conflict_detected"), "{log}");
+    wait_until(LONG, "heartbeat counts them", || {
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .last()
+            .is_some_and(|hb| hb.body["conflicts_pending"] == 2)
+    });
+    let (code, _) = call(&agent, "GET", "/api/v1/conflicts/999", None);
+    assert_eq!(code, 404);
+    let (code, _) = call(&agent, "GET", "/api/v1/conflicts?status=maybe", None);
+    assert_eq!(code, 400);
 }

@@ -12,6 +12,7 @@
 //! Standalone the port is the local store: writes are applied to it at
 //! once, and nothing is ever queued.
 
+pub mod conflicts;
 mod events;
 pub mod queue;
 pub mod replay;

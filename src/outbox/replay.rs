@@ -20,6 +20,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::Outbox;
+use super::conflicts::{self, CentralSide, Conflict, Found, LocalSide};
 use super::queue::{Item, Outcome, QueueError, backoff};
 use crate::central::ops::Operation;
 use crate::central::{CentralError, retryable_status};
@@ -151,18 +152,27 @@ pub async fn replay_round(
         let sends = batch.iter().map(|item| send(outbox, item));
         let results = futures_util::future::join_all(sends).await;
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut found = Vec::new();
+        let mut chains = Vec::new();
         let mut unreachable = false;
         for (item, result) in batch.iter().zip(results) {
             let outcome = match result {
-                Ok(registered) => {
-                    if let Some(node) = registered {
+                Ok(sent) => {
+                    match sent {
                         // Before the ack: a crash in between resends the
                         // registration (same key), never loses the remap.
-                        remap(outbox, item, node).await?;
+                        Sent::Registered(node) => remap(outbox, item, node).await?,
+                        Sent::Moved(Some((from, to))) => chains.push((item.node.clone(), from, to)),
+                        Sent::Moved(None) | Sent::Done => {}
                     }
                     Outcome::Ack
                 }
-                Err(e) => judge(item, e, settings, clock.now()),
+                Err(e) => {
+                    if let Some(kind) = conflict_kind(item, &e) {
+                        found.push(describe_conflict(outbox, item, kind, &e).await);
+                    }
+                    judge(item, e, settings, clock.now())
+                }
             };
             if matches!(outcome, Outcome::Unsent { .. }) {
                 unreachable = true;
@@ -170,7 +180,28 @@ pub async fn replay_round(
             log_outcome(item, &outcome);
             outcomes.push((item.id, outcome));
         }
-        outbox.queue().call(move |q| q.settle(outcomes)).await?;
+        let now = clock.now();
+        let (_, opened) = outbox
+            .queue()
+            .call(move |q| {
+                // The conflicts' records commit with their items' status.
+                q.settle_with(outcomes, move |txn| {
+                    for (node, from, to) in &chains {
+                        super::queue::Queue::record_chain(txn, node, *from, *to)?;
+                    }
+                    let mut opened = Vec::new();
+                    for conflict in found {
+                        if let Some(record) = conflicts::open(txn, conflict, now)? {
+                            opened.push(record);
+                        }
+                    }
+                    Ok(opened)
+                })
+            })
+            .await?;
+        for conflict in opened {
+            record_detected(outbox, &conflict).await;
+        }
         if unreachable {
             return Ok(RoundEnd::Unreachable);
         }
@@ -206,20 +237,53 @@ enum SendError {
     Malformed(String),
 }
 
-/// Sends one item; a registration returns the controller's node.
-async fn send(outbox: &Outbox, item: &Item) -> Result<Option<Node>, SendError> {
+/// What a send that succeeded brings back.
+enum Sent {
+    /// Nothing to do beyond the ack.
+    Done,
+    /// A registration: the controller's node.
+    Registered(Node),
+    /// A state change: the controller's version it moved, from → to.
+    Moved(Option<(u64, u64)>),
+}
+
+/// Sends one item.
+async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
     let operation = Operation::from_payload(&item.payload).map_err(SendError::Malformed)?;
     let mac = item
         .node
         .parse::<Mac>()
         .map_err(|e| SendError::Malformed(format!("item node {:?}: {e}", item.node)))?;
     match operation {
-        Operation::Register { .. } => outbox
+        Operation::Register { .. } => match outbox
             .port()
             .send(mac, &operation, &item.key)
             .await
-            .map_err(SendError::Central),
-        Operation::SetState { node_id, change } => {
+            .map_err(SendError::Central)?
+        {
+            Some(node) => Ok(Sent::Registered(node)),
+            None => Ok(Sent::Done),
+        },
+        Operation::SetState {
+            node_id,
+            mut change,
+        } => {
+            // Made here after the node's previous change, on top of it:
+            // it builds on the version that change produced.
+            if let Some(base) = change.base_version {
+                let name = item.node.clone();
+                let chain = outbox
+                    .queue()
+                    .call(move |q| q.chain(&name))
+                    .await
+                    .map_err(|e| SendError::NotReady(e.to_string()))?;
+                if let Some((first, latest)) = chain
+                    && (first..latest).contains(&base)
+                {
+                    change.base_version = Some(latest);
+                }
+            }
+            let base = change.base_version;
             let operation = Operation::SetState {
                 node_id: current_node_id(outbox, mac, &node_id)?,
                 change,
@@ -229,16 +293,22 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Option<Node>, SendError> {
                 .send(mac, &operation, &item.key)
                 .await
                 .map_err(SendError::Central)?;
+            let moved = match (&answer, base) {
+                (Some(node), Some(from)) if node.versioned && node.version != from => {
+                    Some((from, node.version))
+                }
+                _ => None,
+            };
             if let Some(node) = answer {
                 take_response(outbox, node).await;
             }
-            Ok(None)
+            Ok(Sent::Moved(moved))
         }
         Operation::Report { .. } => outbox
             .port()
             .send(mac, &operation, &item.key)
             .await
-            .map(|_| None)
+            .map(|_| Sent::Done)
             .map_err(SendError::Central),
     }
 }
@@ -268,10 +338,24 @@ async fn take_response(outbox: &Outbox, node: Node) {
     let Some(cached) = outbox.nodes().get(node.mac) else {
         return;
     };
-    if cached.state != node.state {
-        return;
-    }
-    if let Err(e) = outbox.nodes().upsert_central(node).await {
+    let result = if cached.state == node.state {
+        outbox.nodes().upsert_central(node).await.map(|_| ())
+    } else {
+        // A later local change is still queued: the cache keeps its state,
+        // but takes the controller's version, so that changes made here
+        // from now on build on it (DESIGN §8).
+        outbox
+            .nodes()
+            .update(node.mac, move |n| {
+                n.version = node.version;
+                n.versioned = node.versioned;
+                n.updated_at = node.updated_at;
+                n.state_changed_at = node.state_changed_at;
+            })
+            .await
+            .map(|_| ())
+    };
+    if let Err(e) = result {
         tracing::warn!(error = %e, "controller's answer not cached");
     }
 }
@@ -318,6 +402,107 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
     Ok(())
 }
 
+/// The kind of conflict (DESIGN §8) a failed send is, if it is one: a
+/// state change the controller answers 409 (its record moved on) or 404
+/// (it no longer has the node); an offline registration it refuses for
+/// good (a 409 there is adopted by the client, never seen here).
+fn conflict_kind(item: &Item, error: &SendError) -> Option<conflicts::Kind> {
+    let SendError::Central(CentralError::Rejected { status, .. }) = error else {
+        return None;
+    };
+    match (Operation::from_payload(&item.payload).ok()?, *status) {
+        (Operation::SetState { .. }, 409) => Some(conflicts::Kind::StateMismatch),
+        (Operation::SetState { .. }, 404) => Some(conflicts::Kind::MissingCentral),
+        (Operation::Register { .. }, status)
+            if (400..500).contains(&status) && !retryable_status(status) =>
+        {
+            Some(conflicts::Kind::MissingLocal)
+        }
+        _ => None,
+    }
+}
+
+/// Both sides of a conflict: the local change from the item, the
+/// controller's record as it is now (looked up by MAC; None if it has
+/// none or cannot be asked).
+async fn describe_conflict(
+    outbox: &Outbox,
+    item: &Item,
+    kind: conflicts::Kind,
+    error: &SendError,
+) -> Found {
+    let operation = Operation::from_payload(&item.payload).ok();
+    let state = match &operation {
+        Some(Operation::SetState { change, .. }) => Some(change.state),
+        _ => None,
+    };
+    let node_id = operation
+        .as_ref()
+        .and_then(|op| op.node_id().map(str::to_string))
+        .unwrap_or_default();
+    let central = match item.node.parse::<Mac>() {
+        Ok(mac) if kind != conflicts::Kind::MissingLocal => {
+            match outbox.port().node_by_mac(mac).await {
+                Ok(Some(node)) => Some(CentralSide {
+                    state: node.state,
+                    version: node.versioned.then_some(node.version),
+                    updated_at: node.updated_at,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Found {
+        kind,
+        mac: item.node.clone(),
+        node_id,
+        local: LocalSide {
+            state,
+            origin: item.origin.into(),
+            changed_at: item.created_at,
+            queue_id: item.id,
+        },
+        central,
+        error: match error {
+            SendError::Central(e) => e.to_string(),
+            SendError::NotReady(e) | SendError::Malformed(e) => e.clone(),
+        },
+    }
+}
+
+/// A conflict found: logged, and entered in the sync log.
+async fn record_detected(outbox: &Outbox, conflict: &Conflict) {
+    let detail = format!(
+        "conflict {} {} for {}: local {} ({:?}), controller {}",
+        conflict.id,
+        conflict.kind.as_str(),
+        conflict.mac,
+        conflict
+            .local
+            .state
+            .map(|s| s.as_str())
+            .unwrap_or("registration"),
+        conflict.local.origin,
+        conflict
+            .central
+            .as_ref()
+            .map(|c| c.state.as_str())
+            .unwrap_or("none"),
+    );
+    tracing::warn!(id = conflict.id, kind = conflict.kind.as_str(), mac = %conflict.mac,
+        "conflict detected; the node's queued changes wait for it");
+    let now = conflict.detected_at;
+    let result = outbox
+        .queue()
+        .store()
+        .call(move |s| s.append_sync_log("conflict_detected", &detail, now))
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "conflict not entered in the sync log");
+    }
+}
+
 /// The outcome of a failed send.
 fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDateTime) -> Outcome {
     let retry = |error: String| {
@@ -341,13 +526,9 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
     };
     match error {
         SendError::Central(CentralError::Unreachable(e)) => Outcome::Unsent { error: e },
-        SendError::Central(e @ CentralError::Rejected { status, .. }) => {
+        ref central @ SendError::Central(ref e @ CentralError::Rejected { status, .. }) => {
             let text = e.to_string();
-            let state_change = matches!(
-                Operation::from_payload(&item.payload),
-                Ok(Operation::SetState { .. })
-            );
-            if status == 409 && state_change {
+            if conflict_kind(item, central).is_some() {
                 Outcome::Conflict { error: text }
             } else if (400..500).contains(&status) && !retryable_status(status) {
                 Outcome::Failed { error: text }

@@ -102,6 +102,8 @@ pub(super) struct Inner {
     /// PureBoot: take any state change (tests of durability that write the
     /// same state over and over, not of its state machine).
     pub(super) any_transition: bool,
+    /// §6: answer a state change made against an older version with 409.
+    pub(super) check_versions: bool,
 }
 
 pub struct FakeController {
@@ -310,6 +312,12 @@ impl FakeController {
             .expect("lock")
             .files
             .insert(path.to_string(), bytes.to_vec());
+    }
+
+    /// §6: refuse (409) a state change whose `base_version` is not the
+    /// node's version.
+    pub fn check_versions(&self) {
+        self.inner.lock().expect("lock").check_versions = true;
     }
 
     /// PureBoot: accept state changes its state machine would refuse.
@@ -579,6 +587,23 @@ async fn answer(
                 )
                     .into_response();
             };
+            // DESIGN §6: a change made against another version is a 409
+            // (when the test asks for version checks).
+            let current = inner.nodes[&mac]["version"].as_u64().unwrap_or(0);
+            if inner.check_versions
+                && let Some(base) = body_json["base_version"].as_u64()
+                && base != current
+                && body_json["force"] != true
+            {
+                let node = inner.nodes[&mac].clone();
+                return (
+                    StatusCode::CONFLICT,
+                    axum::Json(
+                        json!({"error": format!("version is {current}, not {base}"), "data": node}),
+                    ),
+                )
+                    .into_response();
+            }
             inner.generation += 1;
             let generation = inner.generation;
             let node = inner.nodes.get_mut(&mac).expect("found above");

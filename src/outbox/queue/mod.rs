@@ -24,6 +24,13 @@ const QUEUE_COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("queue_c
 /// in the same transactions as the items, so it never drifts: a write for
 /// a node listed here must queue behind its items, not overtake them.
 const QUEUE_NODES: TableDefinition<&str, u64> = TableDefinition::new("queue_nodes");
+/// Node → `first:latest`: the state changes acked here in a row moved the
+/// controller's version from `first` to `latest`, each from the previous
+/// one's result (a foreign change in between would have been a 409). The
+/// node's later changes were made here on top of ours, so one based on
+/// any version in `first..latest` is sent based on `latest` (else each
+/// would be a 409 against our own change).
+const QUEUE_CHAIN: TableDefinition<&str, &str> = TableDefinition::new("queue_chain");
 /// This database's queue instance id, the prefix of idempotency keys, so
 /// that a recreated database never reuses a key the controller has seen.
 const META_INSTANCE: &str = "queue_instance";
@@ -79,9 +86,11 @@ impl Status {
         }
     }
 
-    /// Still to be sent (counts in [`QUEUE_NODES`]).
+    /// Still to be sent (counts in [`QUEUE_NODES`]). An item parked by a
+    /// conflict counts: the node's later items and writes wait behind it
+    /// until the conflict is resolved (DESIGN §8).
     fn is_active(self) -> bool {
-        matches!(self, Status::Pending | Status::InFlight)
+        matches!(self, Status::Pending | Status::InFlight | Status::Conflict)
     }
 }
 
@@ -655,6 +664,18 @@ impl Queue {
     /// returning None removes the item. Returns the items as they are now
     /// (None: removed or missing).
     fn update_many(&self, changes: Vec<(u64, Change)>) -> Result<Vec<Updated>, QueueError> {
+        self.update_many_with(changes, |_| Ok(()))
+            .map(|(updated, ())| updated)
+    }
+
+    /// [`Queue::update_many`], with `also` run in the same transaction
+    /// (records that must commit with the queue change, such as a
+    /// conflict's).
+    fn update_many_with<T>(
+        &self,
+        changes: Vec<(u64, Change)>,
+        also: impl FnOnce(&crate::store::StoreWrite) -> Result<T, QueueError>,
+    ) -> Result<(Vec<Updated>, T), QueueError> {
         let txn = self.store.begin_write()?;
         let mut results = Vec::with_capacity(changes.len());
         {
@@ -700,8 +721,9 @@ impl Queue {
                 }
             }
         }
+        let extra = also(&txn)?;
         txn.commit()?;
-        Ok(results)
+        Ok((results, extra))
     }
 
     fn update(
@@ -717,6 +739,17 @@ impl Queue {
 
     /// Records how each send of a batch ended, in one commit.
     pub fn settle(&self, outcomes: Vec<(u64, Outcome)>) -> Result<Vec<Option<Item>>, QueueError> {
+        self.settle_with(outcomes, |_| Ok(()))
+            .map(|(items, ())| items)
+    }
+
+    /// [`Queue::settle`], with `also` in the same commit (the records of
+    /// the conflicts the batch found).
+    pub fn settle_with<T>(
+        &self,
+        outcomes: Vec<(u64, Outcome)>,
+        also: impl FnOnce(&crate::store::StoreWrite) -> Result<T, QueueError>,
+    ) -> Result<(Vec<Option<Item>>, T), QueueError> {
         let changes = outcomes
             .into_iter()
             .map(|(id, outcome)| {
@@ -746,11 +779,8 @@ impl Queue {
                 (id, change)
             })
             .collect();
-        Ok(self
-            .update_many(changes)?
-            .into_iter()
-            .map(|(_, item)| item)
-            .collect())
+        let (updated, extra) = self.update_many_with(changes, also)?;
+        Ok((updated.into_iter().map(|(_, item)| item).collect(), extra))
     }
 
     /// The controller took the item: it leaves the queue.
@@ -819,10 +849,57 @@ impl Queue {
         Ok(removed as u64)
     }
 
+    /// Notes in `txn` (the commit that acks the change) that `node`'s
+    /// change moved the controller's version `from` → `to`, extending the
+    /// node's chain when it continues it.
+    pub fn record_chain(
+        txn: &crate::store::StoreWrite,
+        node: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), QueueError> {
+        let mut table = txn.open_table(QUEUE_CHAIN).map_err(db_err)?;
+        let first = table
+            .get(node)
+            .map_err(db_err)?
+            .and_then(|v| parse_chain(v.value()))
+            .filter(|(_, latest)| *latest == from)
+            .map_or(from, |(first, _)| first);
+        table
+            .insert(node, format!("{first}:{to}").as_str())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The versions `node`'s acked changes moved through, `first..latest`.
+    pub fn chain(&self, node: &str) -> Result<Option<(u64, u64)>, QueueError> {
+        let txn = self.store.begin_read()?;
+        let table = match txn.open_table(QUEUE_CHAIN) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let chain = table
+            .get(node)
+            .map_err(db_err)?
+            .and_then(|v| parse_chain(v.value()));
+        Ok(chain)
+    }
+
     /// Points `node`'s later operations from a local id at the controller's
     /// (after its registration was accepted; see [`Operation::remap`]).
     /// Returns how many items changed.
     pub fn remap(&self, node: &str, from: &str, to: &str) -> Result<usize, QueueError> {
+        self.rewrite(node, |operation| operation.remap(from, to))
+    }
+
+    /// Applies `change` to each of `node`'s queued operations in one
+    /// commit; returns how many it changed.
+    fn rewrite(
+        &self,
+        node: &str,
+        mut change: impl FnMut(&mut Operation) -> bool,
+    ) -> Result<usize, QueueError> {
         let txn = self.store.begin_write()?;
         let mut changed = 0;
         {
@@ -837,7 +914,7 @@ impl Queue {
                 // An unreadable payload is left as it is: replay fails it
                 // with the reason.
                 if let Ok(mut operation) = Operation::from_payload(&item.payload)
-                    && operation.remap(from, to)
+                    && change(&mut operation)
                 {
                     item.payload = operation.to_payload();
                     rewrites.push((key.value(), item));
@@ -1004,13 +1081,19 @@ fn sendable(
                     break;
                 }
             }
-            Status::Pending | Status::InFlight => {
+            // A conflict holds the node's later items until it is resolved.
+            Status::Pending | Status::InFlight | Status::Conflict => {
                 blocked.insert(item.node.clone());
             }
-            Status::Failed | Status::Conflict => {}
+            Status::Failed => {}
         }
     }
     Ok(chosen)
+}
+
+fn parse_chain(text: &str) -> Option<(u64, u64)> {
+    let (first, latest) = text.split_once(':')?;
+    Some((first.parse().ok()?, latest.parse().ok()?))
 }
 
 /// Counts the queue afresh from its items: the status counters, `total`,

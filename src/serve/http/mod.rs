@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod conflicts;
 pub mod queue;
 pub mod server;
 pub mod state;
@@ -42,6 +43,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/nodes/{mac}/state",
             axum::routing::patch(writes::set_state),
         )
+        .route("/api/v1/conflicts", get(conflicts::list))
+        .route("/api/v1/conflicts/{id}", get(conflicts::get))
         .route("/api/v1/queue", get(queue::list))
         .route("/api/v1/queue/stats", get(queue::stats))
         .route(

@@ -1,0 +1,91 @@
+//! The admin view of conflicts (DESIGN §5, §8): list by status with
+//! paging, and one record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::queue::MAX_PAGE;
+use super::state::AppState;
+use super::writes::{ApiError, error};
+use crate::outbox::conflicts::{self, Status};
+
+fn parse_status(text: &str) -> Result<Status, ApiError> {
+    match text {
+        "open" => Ok(Status::Open),
+        "resolved" => Ok(Status::Resolved),
+        other => Err(ApiError::bad_request(format!(
+            "unknown conflict status {other:?}; valid: open, resolved"
+        ))),
+    }
+}
+
+fn number(query: &HashMap<String, String>, key: &str, default: usize) -> Result<usize, ApiError> {
+    match query.get(key) {
+        None => Ok(default),
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{key} must be a non-negative integer, not {text:?}"
+            ))
+        }),
+    }
+}
+
+/// `GET /api/v1/conflicts?status=open|resolved&offset=&limit=`, newest first.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        Some(text) => Some(parse_status(text)?),
+        None => None,
+    };
+    let offset = number(&query, "offset", 0)?;
+    let limit = number(&query, "limit", 100)?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_PAGE}"
+        )));
+    }
+    let found = state
+        .outbox
+        .queue()
+        .call(move |q| {
+            Ok((
+                conflicts::list(q.store(), status, offset, limit)?,
+                conflicts::open_count(q.store())?,
+            ))
+        })
+        .await;
+    Ok(match found {
+        Ok((data, open)) => axum::Json(json!({
+            "data": data, "offset": offset, "limit": limit, "open": open
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    })
+}
+
+/// `GET /api/v1/conflicts/{id}`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("conflict id must be a number, not {id:?}")))?;
+    let found = state
+        .outbox
+        .queue()
+        .call(move |q| conflicts::get(q.store(), id))
+        .await;
+    Ok(match found {
+        Ok(Some(conflict)) => axum::Json(json!({ "data": conflict })).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no conflict {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    })
+}
