@@ -1373,3 +1373,122 @@ fn replay_records_conflicts_durably_and_holds_the_nodes_later_items() {
     let (code, _) = call(&agent, "GET", "/api/v1/conflicts?status=maybe", None);
     assert_eq!(code, 400);
 }
+
+fn resolve(agent: &common::Agent, id: &Value, resolution: &str) -> (u16, Value) {
+    call(
+        agent,
+        "POST",
+        &format!("/api/v1/conflicts/{id}/resolve"),
+        Some(json!({"resolution": resolution, "comment": "by the test"})),
+    )
+}
+
+/// The open conflict of `mac`, once there is one.
+fn open_conflict(agent: &common::Agent, mac: &str) -> Value {
+    let mut found = Value::Null;
+    wait_until(LONG, "a conflict open", || {
+        let (_, list) = call(agent, "GET", "/api/v1/conflicts?status=open", None);
+        found = list["data"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["mac"] == mac).cloned())
+            .unwrap_or(Value::Null);
+        !found.is_null()
+    });
+    found
+}
+
+/// DESIGN §8, an operator's resolutions (issue 11): queued changes meet
+/// a controller that changed or deleted their nodes meanwhile.
+/// keep_central drops a change and the cache takes the controller's
+/// state; the node's next change then conflicts too, and keep_local sends
+/// it with force; the change after it builds on that one and goes through
+/// by itself. On another node, merge rebases the change onto the
+/// controller's version. A node deleted at the controller: keep_central
+/// drops its change and marks it missing.
+#[test]
+fn an_operator_settles_conflicts_with_keep_central_keep_local_and_merge() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let (mac, merged, gone) = (
+        "52:54:00:00:4e:01",
+        "52:54:00:00:4e:03",
+        "52:54:00:00:4e:02",
+    );
+    for node in [mac, merged, gone] {
+        controller.set_node(node, "active", None);
+    }
+    let agent = synced_agent(&controller, &[mac, merged, gone]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for (state, comment) in [
+        ("reprovision", "first"),
+        ("pending", "second"),
+        ("installing", "third"),
+    ] {
+        assert_eq!(set_state(&agent, mac, state, comment).0, 202);
+    }
+    assert_eq!(set_state(&agent, merged, "reprovision", "to-merge").0, 202);
+    assert_eq!(set_state(&agent, gone, "reprovision", "orphan").0, 202);
+    controller.set_node(mac, "retired", None);
+    controller.set_node(merged, "installed", None);
+    controller.remove_node(gone);
+    controller.up();
+
+    let first = open_conflict(&agent, mac);
+    assert_eq!(first["local"]["state"], "reprovision");
+    let (code, settled) = resolve(&agent, &first["id"], "keep_central");
+    assert_eq!(code, 200, "{settled}");
+    assert_eq!(settled["data"]["status"], "resolved");
+    assert_eq!(settled["data"]["resolution"], "keep_central");
+    assert_eq!(settled["data"]["resolved_by"], "operator");
+    assert_eq!(settled["data"]["comment"], "by the test");
+    let (code, again) = resolve(&agent, &first["id"], "keep_local");
+    assert_eq!(code, 409, "resolved once: {again}");
+
+    let second = open_conflict(&agent, mac);
+    assert_eq!(second["local"]["state"], "pending", "{second}");
+    let (code, settled) = resolve(&agent, &second["id"], "keep_local");
+    assert_eq!(code, 200, "{settled}");
+    wait_until(
+        LONG,
+        "the forced change and the one after it applied",
+        || {
+            let delivered = delivered_counts(&controller);
+            delivered.get("second") == Some(&1) && delivered.get("third") == Some(&1)
+        },
+    );
+    assert_eq!(controller.node(mac).expect("node")["state"], "installing");
+    assert!(!delivered_counts(&controller).contains_key("first"));
+
+    let to_merge = open_conflict(&agent, merged);
+    assert_eq!(to_merge["central"]["state"], "installed", "{to_merge}");
+    let (code, answer) = resolve(&agent, &to_merge["id"], "nonsense");
+    assert_eq!(code, 400, "{answer}");
+    let (code, settled) = resolve(&agent, &to_merge["id"], "merge");
+    assert_eq!(code, 200, "{settled}");
+    wait_until(LONG, "the merged change applied", || {
+        delivered_counts(&controller).get("to-merge") == Some(&1)
+    });
+    assert_eq!(
+        controller.node(merged).expect("node")["state"],
+        "reprovision"
+    );
+
+    let orphan = open_conflict(&agent, gone);
+    assert_eq!(orphan["kind"], "missing_central");
+    let (code, answer) = resolve(&agent, &orphan["id"], "merge");
+    assert_eq!(code, 400, "merge is for state mismatches: {answer}");
+    let (code, settled) = resolve(&agent, &orphan["id"], "keep_central");
+    assert_eq!(code, 200, "{settled}");
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{gone}"), None);
+    assert!(node["data"]["missing_central_since"].is_string(), "{node}");
+
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    assert_eq!(status(&agent)["conflicts_pending"], 0);
+    let (_, resolved) = call(&agent, "GET", "/api/v1/conflicts?status=resolved", None);
+    assert_eq!(
+        resolved["data"].as_array().map(Vec::len),
+        Some(4),
+        "{resolved}"
+    );
+}

@@ -182,6 +182,36 @@ pub fn open(
     Ok(Some(conflict))
 }
 
+/// Marks conflict `id` resolved in `txn` (the commit that applies the
+/// resolution to its queue item); returns the record as resolved.
+pub fn close(
+    txn: &StoreWrite,
+    id: u64,
+    resolution: &str,
+    resolved_by: &str,
+    comment: Option<String>,
+    now: OffsetDateTime,
+) -> Result<Conflict, QueueError> {
+    let mut records = txn.open_table(CONFLICTS).map_err(db_err)?;
+    let mut conflict = match records.get(id).map_err(db_err)? {
+        Some(bytes) => decode(bytes.value())?,
+        None => return Err(QueueError::NotFound(id)),
+    };
+    conflict.status = Status::Resolved;
+    conflict.resolution = Some(resolution.to_string());
+    conflict.resolved_by = Some(resolved_by.to_string());
+    conflict.resolved_at = Some(now);
+    conflict.comment = comment;
+    records
+        .insert(id, encode(&conflict).as_slice())
+        .map_err(db_err)?;
+    txn.open_table(OPEN)
+        .map_err(db_err)?
+        .remove(conflict.mac.as_str())
+        .map_err(db_err)?;
+    Ok(conflict)
+}
+
 /// Conflicts, newest first, optionally of one status.
 pub fn list(
     store: &Store,

@@ -16,6 +16,7 @@ pub mod conflicts;
 mod events;
 pub mod queue;
 pub mod replay;
+pub mod resolve;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -190,6 +190,14 @@ impl std::ops::Deref for StoreWrite {
 }
 
 impl StoreWrite {
+    /// Stores `node` (replacing the MAC's record) in this transaction.
+    pub fn put_node(&self, node: &Node) -> Result<(), StoreError> {
+        self.txn
+            .open_table(NODES)?
+            .insert(node.mac.to_string().as_str(), encode(node).as_slice())?;
+        Ok(())
+    }
+
     /// Sets a cached node's state in this transaction. A MAC not in the
     /// store is left alone: None.
     pub fn set_node_state(

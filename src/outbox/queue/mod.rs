@@ -726,6 +726,21 @@ impl Queue {
         Ok((results, extra))
     }
 
+    /// Changes one item (None: removes it) with `also` in the same commit;
+    /// the item as it is now, and what `also` returned.
+    pub fn update_with<T>(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Item) -> Option<Status> + Send + 'static,
+        also: impl FnOnce(&crate::store::StoreWrite) -> Result<T, QueueError>,
+    ) -> Result<(Option<Item>, T), QueueError> {
+        let (mut updated, extra) = self.update_many_with(vec![(id, Box::new(change))], also)?;
+        match updated.pop() {
+            Some((Some(_), item)) => Ok((item, extra)),
+            _ => Err(QueueError::NotFound(id)),
+        }
+    }
+
     fn update(
         &self,
         id: u64,

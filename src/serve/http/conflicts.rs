@@ -1,5 +1,5 @@
 //! The admin view of conflicts (DESIGN §5, §8): list by status with
-//! paging, and one record.
+//! paging, one record, and an operator's resolution.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use super::queue::MAX_PAGE;
 use super::state::AppState;
 use super::writes::{ApiError, error};
 use crate::outbox::conflicts::{self, Status};
+use crate::outbox::resolve::{Resolution, ResolveError, ResolvedBy};
 
 fn parse_status(text: &str) -> Result<Status, ApiError> {
     match text {
@@ -88,4 +89,44 @@ pub async fn get(
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no conflict {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    resolution: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /api/v1/conflicts/{id}/resolve {resolution: keep_local|keep_central|merge, comment?}`.
+pub async fn resolve(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let id = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("conflict id must be a number, not {id:?}")))?;
+    let body: ResolveBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let resolution = body
+        .resolution
+        .parse::<Resolution>()
+        .map_err(ApiError::bad_request)?;
+    let comment = body.comment.map(|c| c.chars().take(1000).collect());
+    Ok(
+        match state
+            .outbox
+            .resolve(id, resolution, comment, ResolvedBy::Operator)
+            .await
+        {
+            Ok(record) => axum::Json(json!({ "data": record })).into_response(),
+            Err(e @ ResolveError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
+            Err(e @ ResolveError::AlreadyResolved(_)) => error(StatusCode::CONFLICT, e),
+            Err(e @ ResolveError::NotApplicable(_)) => error(StatusCode::BAD_REQUEST, e),
+            Err(e @ ResolveError::Central(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            Err(e @ ResolveError::Queue(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+    )
 }

@@ -45,6 +45,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/conflicts", get(conflicts::list))
         .route("/api/v1/conflicts/{id}", get(conflicts::get))
+        .route(
+            "/api/v1/conflicts/{id}/resolve",
+            axum::routing::post(conflicts::resolve),
+        )
         .route("/api/v1/queue", get(queue::list))
         .route("/api/v1/queue/stats", get(queue::stats))
         .route(

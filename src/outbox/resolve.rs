@@ -1,0 +1,263 @@
+//! Settling a conflict (DESIGN §8), by an operator or by policy: the
+//! queue item, the conflict record and the cached node change in one
+//! commit.
+//!
+//! * `keep_central`: the local change is dropped and the controller's
+//!   record taken into the cache (a node the controller no longer has is
+//!   marked missing, not dropped).
+//! * `keep_local`: the change is sent again with `force: true` (an offline
+//!   registration the controller refused is tried again).
+//! * `merge` (state mismatch only): the change is rebased onto the
+//!   controller's current version and sent again; a further change there
+//!   makes a new conflict.
+
+use time::OffsetDateTime;
+
+use super::Outbox;
+use super::conflicts::{self, Conflict, Kind};
+use super::queue::{QueueError, Status};
+use crate::central::CentralError;
+use crate::central::ops::Operation;
+use crate::model::mac::Mac;
+use crate::model::node::Node;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    KeepLocal,
+    KeepCentral,
+    Merge,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::KeepLocal => "keep_local",
+            Resolution::KeepCentral => "keep_central",
+            Resolution::Merge => "merge",
+        }
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "keep_local" => Ok(Resolution::KeepLocal),
+            "keep_central" => Ok(Resolution::KeepCentral),
+            "merge" => Ok(Resolution::Merge),
+            other => Err(format!(
+                "unknown resolution {other:?}; valid: keep_local, keep_central, merge"
+            )),
+        }
+    }
+}
+
+/// Who settled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedBy {
+    Operator,
+    Policy,
+}
+
+impl ResolvedBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResolvedBy::Operator => "operator",
+            ResolvedBy::Policy => "policy",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no conflict {0}")]
+    NotFound(u64),
+    #[error("conflict {0} is resolved already")]
+    AlreadyResolved(u64),
+    #[error("{0}")]
+    NotApplicable(String),
+    #[error("the controller's record is needed and could not be read: {0}")]
+    Central(CentralError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What a resolution does to the conflict's queue item.
+enum ItemChange {
+    Drop,
+    ResendForced,
+    Rebase(u64),
+    Retry,
+}
+
+impl Outbox {
+    /// Settles open conflict `id` with `resolution`.
+    pub async fn resolve(
+        &self,
+        id: u64,
+        resolution: Resolution,
+        comment: Option<String>,
+        by: ResolvedBy,
+    ) -> Result<Conflict, ResolveError> {
+        let conflict = self
+            .queue()
+            .call(move |q| conflicts::get(q.store(), id))
+            .await?
+            .ok_or(ResolveError::NotFound(id))?;
+        if conflict.status != conflicts::Status::Open {
+            return Err(ResolveError::AlreadyResolved(id));
+        }
+        let mac: Mac = conflict
+            .mac
+            .parse()
+            .map_err(|e| ResolveError::NotApplicable(format!("conflict {id}: {e}")))?;
+        let (change, node) = self.plan(&conflict, mac, resolution).await?;
+        let queue_id = conflict.local.queue_id;
+        let now = OffsetDateTime::now_utc();
+        let resolution_name = resolution.as_str();
+        let queue = self.queue().clone();
+        let nodes = self.nodes().clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            nodes.write_blocking(|| {
+                let apply = move |item: &mut crate::outbox::queue::Item| -> Option<Status> {
+                    apply_change(item, change)
+                };
+                let stored = node.clone();
+                let outcome = queue.update_with(queue_id, apply, move |txn| {
+                    if let Some(node) = &stored {
+                        txn.put_node(node).map_err(QueueError::Store)?;
+                    }
+                    conflicts::close(txn, id, resolution_name, by.as_str(), comment, now)
+                });
+                let (_, record) = match outcome {
+                    Ok(done) => done,
+                    // The item is gone (deleted by an operator): the
+                    // conflict is settled all the same.
+                    Err(QueueError::NotFound(_)) => {
+                        let txn = queue.store().begin_write()?;
+                        let record =
+                            conflicts::close(&txn, id, resolution_name, by.as_str(), None, now)?;
+                        txn.commit()?;
+                        (None, record)
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok((record, node.into_iter().collect()))
+            })
+        })
+        .await
+        .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))??;
+        self.wake_handle().notify_one();
+        let detail = format!(
+            "conflict {id} {} for {}: {} by {}",
+            resolved.kind.as_str(),
+            resolved.mac,
+            resolution_name,
+            by.as_str()
+        );
+        let log = self
+            .queue()
+            .store()
+            .call(move |s| s.append_sync_log("conflict_resolved", &detail, now))
+            .await;
+        if let Err(e) = log {
+            tracing::warn!(error = %e, "conflict resolution not entered in the sync log");
+        }
+        tracing::info!(
+            id,
+            resolution = resolution_name,
+            by = by.as_str(),
+            "conflict resolved"
+        );
+        Ok(resolved)
+    }
+
+    /// What `resolution` does to the item, and the node the cache takes.
+    async fn plan(
+        &self,
+        conflict: &Conflict,
+        mac: Mac,
+        resolution: Resolution,
+    ) -> Result<(ItemChange, Option<Node>), ResolveError> {
+        let central = || async {
+            self.port()
+                .node_by_mac(mac)
+                .await
+                .map_err(ResolveError::Central)
+        };
+        let cached = self.nodes().get(mac).map(|n| (*n).clone());
+        Ok(match (conflict.kind, resolution) {
+            (Kind::StateMismatch, Resolution::KeepCentral) => {
+                let node = central().await?.map(|mut node| {
+                    node.cached_at = Some(OffsetDateTime::now_utc());
+                    node
+                });
+                (ItemChange::Drop, node)
+            }
+            (Kind::StateMismatch, Resolution::KeepLocal) => (ItemChange::ResendForced, None),
+            (Kind::StateMismatch, Resolution::Merge) => {
+                let Some(now_there) = central().await? else {
+                    return Err(ResolveError::NotApplicable(
+                        "the controller no longer has the node: nothing to merge onto".into(),
+                    ));
+                };
+                if !now_there.versioned {
+                    // No version to rebase onto: the change goes again,
+                    // checked before sending like any other.
+                    (ItemChange::Retry, None)
+                } else {
+                    let node = cached.map(|mut n| {
+                        n.version = now_there.version;
+                        n.updated_at = now_there.updated_at;
+                        n
+                    });
+                    (ItemChange::Rebase(now_there.version), node)
+                }
+            }
+            (Kind::MissingCentral, Resolution::KeepCentral) => {
+                let node = cached.map(|mut n| {
+                    n.missing_central_since = Some(OffsetDateTime::now_utc());
+                    n
+                });
+                (ItemChange::Drop, node)
+            }
+            (Kind::MissingCentral, Resolution::KeepLocal) => {
+                return Err(ResolveError::NotApplicable(
+                    "keep_local for missing_central (registering the node again) is not built yet; \
+                     use keep_central, or add the node at the controller and retry"
+                        .into(),
+                ));
+            }
+            (Kind::MissingLocal, Resolution::KeepCentral) => (ItemChange::Drop, None),
+            (Kind::MissingLocal, Resolution::KeepLocal) => (ItemChange::Retry, None),
+            (_, Resolution::Merge) => {
+                return Err(ResolveError::NotApplicable(
+                    "merge applies to state_mismatch conflicts only".into(),
+                ));
+            }
+        })
+    }
+}
+
+fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Option<Status> {
+    let rewrite = |item: &mut crate::outbox::queue::Item,
+                   edit: &dyn Fn(&mut crate::central::api::StateChange)| {
+        if let Ok(Operation::SetState {
+            node_id,
+            mut change,
+        }) = Operation::from_payload(&item.payload)
+        {
+            edit(&mut change);
+            item.payload = Operation::SetState { node_id, change }.to_payload();
+        }
+    };
+    match change {
+        ItemChange::Drop => return None,
+        ItemChange::ResendForced => rewrite(item, &|c| c.force = Some(true)),
+        ItemChange::Rebase(version) => rewrite(item, &|c| c.base_version = Some(version)),
+        ItemChange::Retry => {}
+    }
+    item.not_before = None;
+    item.last_error = None;
+    Some(Status::Pending)
+}
