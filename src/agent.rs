@@ -109,6 +109,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         port.clone(),
         config.central.write_deadline,
         config.queue.node_items_per_minute,
+        crate::outbox::stored_policies(&store, config.conflicts)?,
     ));
     let (recorder, recorder_task) = if record {
         let (recorder, task) = Recorder::start(store.clone());

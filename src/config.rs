@@ -77,6 +77,63 @@ pub struct CentralConfig {
     pub sync_interval: Duration,
 }
 
+/// How a conflict is settled when it is found (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// State mismatches only: a change the node observed (an installer's
+    /// report) is kept, an operator's change at the site yields.
+    Auto,
+    CentralWins,
+    LocalWins,
+    /// Left open for an operator.
+    Manual,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Auto => "auto",
+            Policy::CentralWins => "central_wins",
+            Policy::LocalWins => "local_wins",
+            Policy::Manual => "manual",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Policy::Auto),
+            "central_wins" => Ok(Policy::CentralWins),
+            "local_wins" => Ok(Policy::LocalWins),
+            "manual" => Ok(Policy::Manual),
+            other => Err(format!(
+                "{other:?}: expected auto, central_wins, local_wins or manual"
+            )),
+        }
+    }
+}
+
+/// A policy per conflict kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictPolicies {
+    pub state_mismatch: Policy,
+    pub missing_central: Policy,
+    pub missing_local: Policy,
+}
+
+impl Default for ConflictPolicies {
+    fn default() -> Self {
+        ConflictPolicies {
+            state_mismatch: Policy::Auto,
+            missing_central: Policy::Manual,
+            missing_local: Policy::Manual,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     pub max_items: u64,
@@ -99,6 +156,9 @@ pub struct Config {
     pub templates_dir: PathBuf,
     pub central: CentralConfig,
     pub offline_default_action: OfflineDefault,
+    /// How conflicts of each kind are settled when found (DESIGN §8),
+    /// until changed at run time.
+    pub conflicts: ConflictPolicies,
     pub queue: QueueConfig,
     /// Standalone: MACs first seen at boot kept at most (`nodes.max_discovered`).
     pub max_discovered: usize,
@@ -149,6 +209,10 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("offline", &["default_action"]),
+    (
+        "conflicts",
+        &["state_mismatch", "missing_central", "missing_local"],
+    ),
     (
         "queue",
         &[
@@ -416,6 +480,11 @@ impl Source {
                 ));
             }
         };
+        let conflicts = ConflictPolicies {
+            state_mismatch: self.policy("conflicts.state_mismatch", Policy::Auto, true)?,
+            missing_central: self.policy("conflicts.missing_central", Policy::Manual, false)?,
+            missing_local: self.policy("conflicts.missing_local", Policy::Manual, false)?,
+        };
         let admin_token_file = match self.optional_string("admin.token_file")? {
             Some(path) => PathBuf::from(path),
             None => data_dir.join("admin.token"),
@@ -463,6 +532,7 @@ impl Source {
                 sync_interval: self.duration("central.sync_interval", "300s")?,
             },
             offline_default_action,
+            conflicts,
             queue: self.queue()?,
             max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
@@ -491,6 +561,23 @@ impl Source {
             retry_base: self.duration("queue.retry_base", "1s")?,
             retry_max: self.duration("queue.retry_max", "5m")?,
         })
+    }
+
+    fn policy(
+        &self,
+        key: &str,
+        default: Policy,
+        auto_allowed: bool,
+    ) -> Result<Policy, ConfigError> {
+        let text = self.string(key, default.as_str())?;
+        match text.parse::<Policy>() {
+            Ok(Policy::Auto) if !auto_allowed => Err(self.invalid(
+                key,
+                "auto applies to state_mismatch only; use central_wins, local_wins or manual",
+            )),
+            Ok(policy) => Ok(policy),
+            Err(e) => Err(self.invalid(key, e)),
+        }
     }
 
     fn workflows(&self) -> Result<BTreeMap<String, Workflow>, ConfigError> {

@@ -206,6 +206,21 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 Err(e) => println!("controller: not asked about workflows ({e})"),
             }
+            match siteboot::cli::check::stored_policy_override(&config) {
+                Ok(None) => {}
+                Ok(Some(p)) => println!(
+                    "conflict policy: set at run time and stored, it wins over this config until \
+                     changed again (PUT /api/v1/conflicts/policy): state_mismatch={} \
+                     missing_central={} missing_local={}",
+                    p.state_mismatch.as_str(),
+                    p.missing_central.as_str(),
+                    p.missing_local.as_str()
+                ),
+                Err(e) => println!(
+                    "conflict policy: the stored one cannot be read now ({e}); \
+                     GET /api/v1/conflicts/policy shows the one in force"
+                ),
+            }
             Ok(())
         }
     }

@@ -119,9 +119,15 @@ fn drained(agent: &common::Agent) -> bool {
 
 /// An agent linked to `controller`, online with its nodes synced.
 fn synced_agent(controller: &FakeController, macs: &[&str]) -> common::Agent {
+    synced_agent_with(controller, macs, "")
+}
+
+/// [`synced_agent`] with more configuration.
+fn synced_agent_with(controller: &FakeController, macs: &[&str], extra: &str) -> common::Agent {
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .config(&central_config(controller))
+        .config(extra)
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
     wait_until(LONG, "nodes synced", || {
@@ -1303,7 +1309,7 @@ fn replay_records_conflicts_durably_and_holds_the_nodes_later_items() {
     let (changed, deleted) = ("52:54:00:00:4d:01", "52:54:00:00:4d:02");
     controller.set_node(changed, "active", None);
     controller.set_node(deleted, "active", None);
-    let agent = synced_agent(&controller, &[changed, deleted]);
+    let agent = synced_agent_with(&controller, &[changed, deleted], MANUAL);
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
     let (code, _) = set_state(&agent, changed, "reprovision", "site-change");
@@ -1374,6 +1380,9 @@ fn replay_records_conflicts_durably_and_holds_the_nodes_later_items() {
     assert_eq!(code, 400);
 }
 
+/// Every kind of conflict left to an operator.
+const MANUAL: &str = "[conflicts]\nstate_mismatch = \"manual\"\nmissing_central = \"manual\"\nmissing_local = \"manual\"\n";
+
 fn resolve(agent: &common::Agent, id: &Value, resolution: &str) -> (u16, Value) {
     call(
         agent,
@@ -1417,7 +1426,7 @@ fn an_operator_settles_conflicts_with_keep_central_keep_local_and_merge() {
     for node in [mac, merged, gone] {
         controller.set_node(node, "active", None);
     }
-    let agent = synced_agent(&controller, &[mac, merged, gone]);
+    let agent = synced_agent_with(&controller, &[mac, merged, gone], MANUAL);
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
     for (state, comment) in [
@@ -1491,4 +1500,80 @@ fn an_operator_settles_conflicts_with_keep_central_keep_local_and_merge() {
         Some(4),
         "{resolved}"
     );
+}
+
+/// DESIGN §8 policies (issue 11): by default (`auto`) an operator's change
+/// at the site yields to the controller's; `PUT /api/v1/conflicts/policy`
+/// changes it at run time, is stored, outlasts a restart, and
+/// `siteboot check-config` says it wins over the config.
+#[test]
+fn conflict_policies_settle_what_they_find_and_are_kept_across_restarts() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let (yields, wins) = ("52:54:00:00:4f:01", "52:54:00:00:4f:02");
+    controller.set_node(yields, "active", None);
+    controller.set_node(wins, "active", None);
+    let agent = synced_agent(&controller, &[yields, wins]);
+
+    // auto: the operator's change yields.
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, yields, "reprovision", "yielding").0, 202);
+    controller.set_node(yields, "retired", None);
+    controller.up();
+    wait_until(LONG, "settled by policy", || {
+        let (_, list) = call(&agent, "GET", "/api/v1/conflicts?status=resolved", None);
+        list["data"].as_array().is_some_and(|l| !l.is_empty())
+    });
+    let (_, list) = call(&agent, "GET", "/api/v1/conflicts?status=resolved", None);
+    let settled = &list["data"][0];
+    assert_eq!(settled["resolution"], "keep_central", "{settled}");
+    assert_eq!(settled["resolved_by"], "policy", "{settled}");
+    assert!(!delivered_counts(&controller).contains_key("yielding"));
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{yields}"), None);
+    assert_eq!(
+        node["data"]["state"], "retired",
+        "the cache took the controller's"
+    );
+
+    // At run time: the site wins.
+    let (code, answer) = call(
+        &agent,
+        "PUT",
+        "/api/v1/conflicts/policy",
+        Some(json!({"missing_central": "auto"})),
+    );
+    assert_eq!(code, 400, "{answer}");
+    let (code, answer) = call(
+        &agent,
+        "PUT",
+        "/api/v1/conflicts/policy",
+        Some(json!({"state_mismatch": "local_wins"})),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["data"]["state_mismatch"], "local_wins");
+    assert_eq!(answer["data"]["missing_central"], "manual");
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, wins, "reprovision", "winning").0, 202);
+    controller.set_node(wins, "installed", None);
+    controller.up();
+    wait_until(LONG, "the site's change forced through", || {
+        delivered_counts(&controller).get("winning") == Some(&1)
+    });
+    assert_eq!(controller.node(wins).expect("node")["state"], "reprovision");
+    assert_eq!(status(&agent)["conflicts_pending"], 0);
+
+    // Stored: it outlasts a restart, and check-config says it wins.
+    let stopped = agent.stop();
+    let out = stopped.cli(&["check-config"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("wins over this config") && text.contains("state_mismatch=local_wins"),
+        "{text}"
+    );
+    let agent = stopped.start();
+    let (code, policy) = call(&agent, "GET", "/api/v1/conflicts/policy", None);
+    assert_eq!(code, 200);
+    assert_eq!(policy["data"]["state_mismatch"], "local_wins", "{policy}");
 }

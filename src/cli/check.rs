@@ -65,3 +65,18 @@ pub async fn controller_workflows(config: &Config) -> Result<Option<WorkflowChec
         unreadable,
     }))
 }
+
+/// The conflict policy in force at the next start, when one set at run
+/// time is stored and differs from the config (it wins until changed
+/// again). Err when the database cannot be read (the agent holds it).
+pub fn stored_policy_override(
+    config: &Config,
+) -> Result<Option<crate::config::ConflictPolicies>, String> {
+    if !config.data_dir.join("siteboot.redb").exists() {
+        return Ok(None);
+    }
+    let store = crate::store::Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let stored =
+        crate::outbox::stored_policies(&store, config.conflicts).map_err(|e| e.to_string())?;
+    Ok((stored != config.conflicts).then_some(stored))
+}

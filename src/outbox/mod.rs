@@ -40,6 +40,21 @@ use events::{BootEvents, boot_report};
 use queue::writer::QueueWriter;
 use queue::{Kind, NewItem, Origin, Queue, QueueError, Stats};
 
+/// The meta key of the conflict policies set at run time (JSON).
+pub const META_CONFLICT_POLICY: &str = "conflict_policy";
+
+/// The policies in force at start: those set at run time and stored, else
+/// the config's.
+pub fn stored_policies(
+    store: &crate::store::Store,
+    config: crate::config::ConflictPolicies,
+) -> Result<crate::config::ConflictPolicies, StoreError> {
+    Ok(store
+        .get_meta(META_CONFLICT_POLICY)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(config))
+}
+
 /// What became of a write.
 #[derive(Debug, Clone)]
 pub enum Written {
@@ -129,6 +144,8 @@ pub struct Outbox {
     shed: AtomicU64,
     /// Shed items are logged once per interval, with the count.
     shed_log: LogThrottle<()>,
+    /// How conflicts are settled when found (DESIGN §8).
+    policies: std::sync::RwLock<crate::config::ConflictPolicies>,
 }
 
 impl Outbox {
@@ -139,6 +156,7 @@ impl Outbox {
         port: Arc<ControllerPort>,
         write_deadline: std::time::Duration,
         node_items_per_minute: u32,
+        policies: crate::config::ConflictPolicies,
     ) -> Outbox {
         Outbox {
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
@@ -152,11 +170,32 @@ impl Outbox {
             node_rate: KeyedRate::new(node_items_per_minute),
             shed: AtomicU64::new(0),
             shed_log: LogThrottle::new(LOG_INTERVAL),
+            policies: std::sync::RwLock::new(policies),
         }
     }
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The conflict policies in force.
+    pub fn policies(&self) -> crate::config::ConflictPolicies {
+        *self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the conflict policies; stored, so they outlast a restart
+    /// (and win over the config until changed again).
+    pub async fn set_policies(
+        &self,
+        policies: crate::config::ConflictPolicies,
+    ) -> Result<(), WriteError> {
+        let text = serde_json::to_string(&policies).unwrap_or_default();
+        self.queue
+            .store()
+            .call(move |s| s.put_meta(&[(META_CONFLICT_POLICY, &text)]))
+            .await?;
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = policies;
+        Ok(())
     }
 
     pub fn nodes(&self) -> &NodeCache {

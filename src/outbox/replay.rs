@@ -201,6 +201,7 @@ pub async fn replay_round(
             .await?;
         for conflict in opened {
             record_detected(outbox, &conflict).await;
+            outbox.settle_by_policy(&conflict).await;
         }
         if unreachable {
             return Ok(RoundEnd::Unreachable);
@@ -661,6 +662,7 @@ mod tests {
             port.clone(),
             Duration::from_secs(1),
             1000,
+            Default::default(),
         ));
         Setup {
             _dir: dir,

@@ -261,3 +261,36 @@ fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Op
     item.last_error = None;
     Some(Status::Pending)
 }
+
+impl Outbox {
+    /// Settles a conflict just found by its kind's policy (DESIGN §8);
+    /// `manual` leaves it open for an operator, and so does a policy that
+    /// cannot be applied (it is logged).
+    pub async fn settle_by_policy(&self, conflict: &Conflict) {
+        use crate::config::Policy;
+        let policies = self.policies();
+        let policy = match conflict.kind {
+            Kind::StateMismatch => policies.state_mismatch,
+            Kind::MissingCentral => policies.missing_central,
+            Kind::MissingLocal => policies.missing_local,
+        };
+        let resolution = match policy {
+            Policy::Manual => return,
+            Policy::CentralWins => Resolution::KeepCentral,
+            Policy::LocalWins => Resolution::KeepLocal,
+            // What the node observed (an installer's report) stands; an
+            // operator's change at the site yields to the controller's.
+            Policy::Auto => match conflict.local.origin {
+                conflicts::ChangeOrigin::Observed => Resolution::KeepLocal,
+                conflicts::ChangeOrigin::Operator => Resolution::KeepCentral,
+            },
+        };
+        if let Err(e) = self
+            .resolve(conflict.id, resolution, None, ResolvedBy::Policy)
+            .await
+        {
+            tracing::warn!(id = conflict.id, policy = policy.as_str(), error = %e,
+                "conflict policy could not be applied; left open for an operator");
+        }
+    }
+}

@@ -130,3 +130,68 @@ pub async fn resolve(
         },
     )
 }
+
+/// `GET /api/v1/conflicts/policy`.
+pub async fn get_policy(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({ "data": state.outbox.policies() })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    #[serde(default)]
+    state_mismatch: Option<String>,
+    #[serde(default)]
+    missing_central: Option<String>,
+    #[serde(default)]
+    missing_local: Option<String>,
+}
+
+/// `PUT /api/v1/conflicts/policy {state_mismatch?, missing_central?,
+/// missing_local?}`: the kinds named change; stored, so the new policy
+/// outlasts a restart and wins over the config until changed again.
+pub async fn put_policy(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    use crate::config::Policy;
+    let body: PolicyBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let parse = |key: &str, text: Option<String>, current: Policy, auto: bool| {
+        let Some(text) = text else {
+            return Ok(current);
+        };
+        match text.parse::<Policy>() {
+            Ok(Policy::Auto) if !auto => Err(ApiError::bad_request(format!(
+                "{key}: auto applies to state_mismatch only"
+            ))),
+            Ok(policy) => Ok(policy),
+            Err(e) => Err(ApiError::bad_request(format!("{key}: {e}"))),
+        }
+    };
+    let current = state.outbox.policies();
+    let policies = crate::config::ConflictPolicies {
+        state_mismatch: parse(
+            "state_mismatch",
+            body.state_mismatch,
+            current.state_mismatch,
+            true,
+        )?,
+        missing_central: parse(
+            "missing_central",
+            body.missing_central,
+            current.missing_central,
+            false,
+        )?,
+        missing_local: parse(
+            "missing_local",
+            body.missing_local,
+            current.missing_local,
+            false,
+        )?,
+    };
+    Ok(match state.outbox.set_policies(policies).await {
+        Ok(()) => axum::Json(json!({ "data": policies })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    })
+}

@@ -44,6 +44,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::patch(writes::set_state),
         )
         .route("/api/v1/conflicts", get(conflicts::list))
+        .route(
+            "/api/v1/conflicts/policy",
+            get(conflicts::get_policy).put(conflicts::put_policy),
+        )
         .route("/api/v1/conflicts/{id}", get(conflicts::get))
         .route(
             "/api/v1/conflicts/{id}/resolve",
