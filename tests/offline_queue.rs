@@ -1577,3 +1577,41 @@ fn conflict_policies_settle_what_they_find_and_are_kept_across_restarts() {
     assert_eq!(code, 200);
     assert_eq!(policy["data"]["state_mismatch"], "local_wins", "{policy}");
 }
+
+/// DESIGN §8 boot rule (issue 11): while a node has an open conflict, an
+/// install the controller's record asks for is held back — local boot with
+/// the CONFLICT banner naming the conflict; once settled with
+/// keep_central, the node installs.
+#[test]
+fn a_node_with_an_open_conflict_boots_its_disk_with_the_conflict_banner() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    controller.add_workflow(json!({"id": "debian", "name": "Debian", "method": "kernel",
+        "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"]}));
+    let mac = "52:54:00:00:50:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent_with(&controller, &[mac], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, mac, "retired", "site-retires").0, 202);
+    controller.set_node(mac, "reprovision", Some("debian"));
+    controller.up();
+    let conflict = open_conflict(&agent, mac);
+    let id = conflict["id"].as_u64().expect("id");
+    let script = boot(&agent, mac);
+    assert!(
+        script.contains(&format!("*** siteboot CONFLICT {id}:")),
+        "{script}"
+    );
+    assert!(script.contains("action=local"), "{script}");
+    assert!(
+        !script.contains("kernel http"),
+        "nothing destructive: {script}"
+    );
+
+    let (code, settled) = resolve(&agent, &conflict["id"], "keep_central");
+    assert_eq!(code, 200, "{settled}");
+    let script = boot(&agent, mac);
+    assert!(script.contains("action=install"), "{script}");
+    assert!(!script.contains("CONFLICT"), "{script}");
+}

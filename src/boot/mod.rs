@@ -198,7 +198,7 @@ impl BootService {
             Some(l) => self.replayable(l).await,
             None => false,
         };
-        let decision = decision::decide(
+        let mut decision = decision::decide(
             node.as_deref(),
             workflow.as_ref(),
             DecisionContext {
@@ -207,6 +207,10 @@ impl BootService {
                 last_known_replayable,
             },
         );
+        if let Some(conflict) = self.outbox.open_conflict(mac) {
+            let destructive_replay = last.as_ref().is_some_and(|l| l.destructive);
+            decision = decision.held_for_conflict(conflict, destructive_replay);
+        }
         let shown = node.as_deref().cloned().unwrap_or_else(|| {
             Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
         });
@@ -243,10 +247,19 @@ impl BootService {
                 OffsetDateTime::now_utc(),
             )),
         };
-        if let Some(answer) = self.scripts.get(&node, facts, base_url, source) {
+        // A node with an open conflict is decided afresh each time (its
+        // answer depends on the conflict, which the script cache does not
+        // know about) and never cached.
+        let conflict = self.outbox.open_conflict(mac);
+        if conflict.is_none()
+            && let Some(answer) = self.scripts.get(&node, facts, base_url, source)
+        {
             return answer;
         }
-        let decision = self.decide_online(&node).await;
+        let mut decision = self.decide_online(&node).await;
+        if let Some(conflict) = conflict {
+            decision = decision.held_for_conflict(conflict, false);
+        }
         let answer = self
             .renderer
             .render(Scene::online(&node, facts, source, base_url), &decision);
@@ -255,7 +268,7 @@ impl BootService {
             // so this answer is never reused. With a controller, the
             // installer's reports move the state there.
             self.mark_installing(mac).await;
-        } else if answer.action != Action::Install {
+        } else if answer.action != Action::Install && conflict.is_none() {
             self.scripts.put(node, facts, base_url, &answer);
         }
         self.record(mac, &answer, &decision);

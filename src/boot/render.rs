@@ -122,6 +122,7 @@ impl Renderer {
             action: Action::LastKnown,
             banner: decision::Banner::None,
             workflow: None,
+            conflict: None,
         };
         let (node, source) = (scene.node, scene.source);
         let ctx = self.context(scene, &decision);
@@ -173,6 +174,7 @@ impl Renderer {
                 .as_ref()
                 .map(|wf| workflow_view(wf, base_url)),
             banner: decision.banner.as_str().map(str::to_string),
+            conflict_id: decision.conflict,
             offline,
         }
     }

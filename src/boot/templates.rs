@@ -29,6 +29,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../templates/_offline_banner.ipxe.j2"),
     ),
     (
+        "_conflict_banner.ipxe.j2",
+        include_str!("../../templates/_conflict_banner.ipxe.j2"),
+    ),
+    (
         "_localboot.ipxe.j2",
         include_str!("../../templates/_localboot.ipxe.j2"),
     ),
@@ -88,6 +92,8 @@ pub struct ScriptContext {
     pub node: Option<NodeView>,
     pub workflow: Option<WorkflowView>,
     pub banner: Option<String>,
+    /// The open conflict an install was held back for (banner `conflict`).
+    pub conflict_id: Option<u64>,
     pub offline: Option<OfflineView>,
 }
 
@@ -228,6 +234,18 @@ impl Templates {
                 }
             }
         }
+        // Every banner of the local boot, the conflict one included.
+        for banner in [
+            "hold",
+            "installing",
+            "install_failed",
+            "no_workflow",
+            "conflict",
+        ] {
+            let mut ctx = sample_context("local", "kernel", false);
+            ctx.banner = Some(banner.into());
+            self.render_body("local", &ctx)?;
+        }
         Ok(())
     }
 }
@@ -265,6 +283,7 @@ fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
             url: Some(format!("{url}/assets/sample.iso")),
         }),
         banner: Some("hold".into()),
+        conflict_id: Some(7),
         offline: offline.then(|| OfflineView {
             since: "2026-01-01T00:00:00Z".into(),
             duration: "5m".into(),

@@ -59,6 +59,8 @@ pub enum Banner {
     InstallFailed,
     /// Reprovision requested but no workflow is assigned.
     NoWorkflow,
+    /// An install was held back: the node has an open conflict (DESIGN §8).
+    Conflict,
 }
 
 impl Banner {
@@ -69,6 +71,7 @@ impl Banner {
             Banner::InstallInProgress => Some("installing"),
             Banner::InstallFailed => Some("install_failed"),
             Banner::NoWorkflow => Some("no_workflow"),
+            Banner::Conflict => Some("conflict"),
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct Decision {
     pub banner: Banner,
     /// The workflow an `Install` runs.
     pub workflow: Option<Workflow>,
+    /// The open conflict an install was held back for.
+    pub conflict: Option<u64>,
 }
 
 impl Decision {
@@ -87,6 +92,7 @@ impl Decision {
             action,
             banner: Banner::None,
             workflow: None,
+            conflict: None,
         }
     }
 
@@ -95,6 +101,7 @@ impl Decision {
             action: Action::Local,
             banner,
             workflow: None,
+            conflict: None,
         }
     }
 
@@ -103,6 +110,23 @@ impl Decision {
             action: Action::Install,
             banner: Banner::None,
             workflow: Some(workflow.clone()),
+            conflict: None,
+        }
+    }
+
+    /// DESIGN §8: while a node has an open conflict, nothing destructive —
+    /// an install (from either side's record) becomes a local boot with
+    /// the CONFLICT banner naming the conflict. `destructive_replay`: the
+    /// decision replays a last-known script that would install.
+    pub fn held_for_conflict(self, conflict: u64, destructive_replay: bool) -> Decision {
+        let destructive = self.action == Action::Install
+            || (self.action == Action::LastKnown && destructive_replay);
+        if !destructive {
+            return self;
+        }
+        Decision {
+            conflict: Some(conflict),
+            ..Decision::local(Banner::Conflict)
         }
     }
 }

@@ -146,6 +146,8 @@ pub struct Outbox {
     shed_log: LogThrottle<()>,
     /// How conflicts are settled when found (DESIGN §8).
     policies: std::sync::RwLock<crate::config::ConflictPolicies>,
+    /// MAC → its open conflict, for the boot path (mirrors the store).
+    open_conflicts: std::sync::RwLock<std::collections::HashMap<Mac, u64>>,
 }
 
 impl Outbox {
@@ -158,6 +160,15 @@ impl Outbox {
         node_items_per_minute: u32,
         policies: crate::config::ConflictPolicies,
     ) -> Outbox {
+        let open_conflicts =
+            conflicts::list(queue.store(), Some(conflicts::Status::Open), 0, usize::MAX)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "open conflicts unreadable at start");
+                    Vec::new()
+                })
+                .into_iter()
+                .filter_map(|c| Some((c.mac.parse::<Mac>().ok()?, c.id)))
+                .collect();
         Outbox {
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
             queue,
@@ -171,11 +182,38 @@ impl Outbox {
             shed: AtomicU64::new(0),
             shed_log: LogThrottle::new(LOG_INTERVAL),
             policies: std::sync::RwLock::new(policies),
+            open_conflicts: std::sync::RwLock::new(open_conflicts),
         }
     }
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The node's open conflict, if it has one (DESIGN §8: its boots get
+    /// nothing destructive meanwhile).
+    pub fn open_conflict(&self, mac: Mac) -> Option<u64> {
+        self.open_conflicts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&mac)
+            .copied()
+    }
+
+    /// Keeps [`Outbox::open_conflict`] in step with the store, after the
+    /// commit that opened (Some) or closed (None) the node's conflict.
+    pub(crate) fn note_conflict(&self, mac: &str, open: Option<u64>) {
+        let Ok(mac) = mac.parse::<Mac>() else {
+            return;
+        };
+        let mut map = self
+            .open_conflicts
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match open {
+            Some(id) => map.insert(mac, id),
+            None => map.remove(&mac),
+        };
     }
 
     /// The conflict policies in force.

@@ -200,6 +200,7 @@ pub async fn replay_round(
             })
             .await?;
         for conflict in opened {
+            outbox.note_conflict_opened(&conflict);
             record_detected(outbox, &conflict).await;
             outbox.settle_by_policy(&conflict).await;
         }

@@ -147,6 +147,7 @@ impl Outbox {
         })
         .await
         .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))??;
+        self.note_conflict_closed(&resolved.mac);
         self.wake_handle().notify_one();
         let detail = format!(
             "conflict {id} {} for {}: {} by {}",
@@ -263,6 +264,14 @@ fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Op
 }
 
 impl Outbox {
+    pub(super) fn note_conflict_opened(&self, conflict: &Conflict) {
+        self.note_conflict(&conflict.mac, Some(conflict.id));
+    }
+
+    fn note_conflict_closed(&self, mac: &str) {
+        self.note_conflict(mac, None);
+    }
+
     /// Settles a conflict just found by its kind's policy (DESIGN §8);
     /// `manual` leaves it open for an operator, and so does a policy that
     /// cannot be applied (it is logged).
