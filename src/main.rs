@@ -76,6 +76,17 @@ enum Command {
         #[command(subcommand)]
         action: queue_cli::QueueCommand,
     },
+    /// Conflicts (DESIGN §8): through the running agent, or on the database
+    /// when it is stopped.
+    Conflicts {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The running agent's URL (default: http://127.0.0.1:<http port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: siteboot::cli::conflicts::ConflictsCommand,
+    },
     /// Validate the configuration and templates, then exit.
     CheckConfig {
         #[arg(long)]
@@ -176,6 +187,11 @@ async fn run(cli: Cli) -> Result<()> {
             url,
             action,
         } => queue_cli::run(load_config(config.as_ref())?, url, action).await,
+        Command::Conflicts {
+            config,
+            url,
+            action,
+        } => siteboot::cli::conflicts::run(load_config(config.as_ref())?, url, action).await,
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             siteboot::boot::templates::Templates::load(&config.templates_dir)?;

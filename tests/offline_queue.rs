@@ -690,7 +690,7 @@ fn delivered_counts(controller: &FakeController) -> BTreeMap<String, usize> {
 fn cli_json(out: std::process::Output) -> Value {
     assert!(
         out.status.success(),
-        "siteboot queue failed: {}",
+        "siteboot failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON output")
@@ -1378,6 +1378,36 @@ fn replay_records_conflicts_durably_and_holds_the_nodes_later_items() {
     assert_eq!(code, 404);
     let (code, _) = call(&agent, "GET", "/api/v1/conflicts?status=maybe", None);
     assert_eq!(code, 400);
+
+    // The command line: through the running agent ...
+    let url = agent.url("");
+    let listed = cli_json(agent.cli(&["conflicts", "list", "--status", "open", "--url", &url]));
+    assert_eq!(listed["open"], 2, "{listed}");
+    let settled = cli_json(agent.cli(&[
+        "conflicts",
+        "resolve",
+        &id.to_string(),
+        "--resolution",
+        "keep_central",
+        "--comment",
+        "from the cli",
+        "--url",
+        &url,
+    ]));
+    assert_eq!(settled["data"]["resolution"], "keep_central", "{settled}");
+    // ... and on the database when it is stopped.
+    let stopped = agent.stop();
+    let shown = cli_json(stopped.cli(&["conflicts", "show", &id.to_string()]));
+    assert_eq!(shown["data"]["comment"], "from the cli", "{shown}");
+    let out = stopped.cli(&["conflicts", "resolve", "1", "--resolution", "merge"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the running agent"));
+    let policy =
+        cli_json(stopped.cli(&["conflicts", "policy", "--set", "missing_local=central_wins"]));
+    assert_eq!(policy["data"]["missing_local"], "central_wins", "{policy}");
+    let agent = stopped.start();
+    let (_, policy) = call(&agent, "GET", "/api/v1/conflicts/policy", None);
+    assert_eq!(policy["data"]["missing_local"], "central_wins", "{policy}");
 }
 
 /// Every kind of conflict left to an operator.

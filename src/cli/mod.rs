@@ -1,4 +1,6 @@
 //! Subcommands of the `siteboot` binary that are more than a few lines.
 
+pub mod agent_api;
 pub mod check;
+pub mod conflicts;
 pub mod queue;

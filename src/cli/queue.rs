@@ -3,10 +3,11 @@
 //! agent's admin API (same answers as `GET /api/v1/queue` and friends);
 //! while it is stopped, the command opens the database directly.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
+use super::agent_api::AgentApi;
 use crate::config::Config;
 use crate::outbox::queue::{Limits, Queue, Status};
 use crate::store::{Store, StoreError};
@@ -45,11 +46,7 @@ pub async fn run(config: Config, url: Option<String>, action: QueueCommand) -> R
             let queue = Queue::open(store, Limits::from_config(&config.queue))?;
             direct(&queue, action)?
         }
-        Err(StoreError::Locked { .. }) => {
-            let url =
-                url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()));
-            via_agent(&config, &url, action).await?
-        }
+        Err(StoreError::Locked { .. }) => via_agent(&AgentApi::new(&config, url)?, action).await?,
         Err(e) => return Err(e.into()),
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -80,18 +77,8 @@ fn direct(queue: &Queue, action: QueueCommand) -> Result<Value> {
     })
 }
 
-async fn via_agent(config: &Config, url: &str, action: QueueCommand) -> Result<Value> {
-    let token = std::fs::read_to_string(&config.admin_token_file)
-        .with_context(|| {
-            format!(
-                "the agent holds the database; reading its admin token {} failed",
-                config.admin_token_file.display()
-            )
-        })?
-        .trim()
-        .to_string();
-    let base = url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+async fn via_agent(api: &AgentApi, action: QueueCommand) -> Result<Value> {
+    use reqwest::Method;
     let request = match action {
         QueueCommand::List {
             status,
@@ -102,27 +89,14 @@ async fn via_agent(config: &Config, url: &str, action: QueueCommand) -> Result<V
             if let Some(status) = status {
                 query.push(("status", status));
             }
-            client.get(format!("{base}/api/v1/queue")).query(&query)
+            api.request(Method::GET, "/api/v1/queue").query(&query)
         }
-        QueueCommand::Stats => client.get(format!("{base}/api/v1/queue/stats")),
-        QueueCommand::Retry { id } => client.post(format!("{base}/api/v1/queue/{id}/retry")),
-        QueueCommand::Delete { id } => client.delete(format!("{base}/api/v1/queue/{id}")),
-        QueueCommand::ClearFailed => client.post(format!("{base}/api/v1/queue/clear-failed")),
+        QueueCommand::Stats => api.request(Method::GET, "/api/v1/queue/stats"),
+        QueueCommand::Retry { id } => {
+            api.request(Method::POST, &format!("/api/v1/queue/{id}/retry"))
+        }
+        QueueCommand::Delete { id } => api.request(Method::DELETE, &format!("/api/v1/queue/{id}")),
+        QueueCommand::ClearFailed => api.request(Method::POST, "/api/v1/queue/clear-failed"),
     };
-    let response =
-        request.bearer_auth(token).send().await.with_context(|| {
-            format!("the agent holds the database but does not answer at {base}")
-        })?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("the agent at {base} answered {status} without JSON"))?;
-    if !status.is_success() {
-        bail!(
-            "the agent answered {status}: {}",
-            body["error"].as_str().unwrap_or(&body.to_string())
-        );
-    }
-    Ok(body)
+    api.send(request).await
 }
