@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::queue::MAX_PAGE;
+use super::queue::{MAX_PAGE, number};
 use super::state::AppState;
 use super::writes::{ApiError, error};
 use crate::outbox::conflicts::{self, Status};
@@ -22,17 +22,6 @@ fn parse_status(text: &str) -> Result<Status, ApiError> {
         other => Err(ApiError::bad_request(format!(
             "unknown conflict status {other:?}; valid: open, resolved"
         ))),
-    }
-}
-
-fn number(query: &HashMap<String, String>, key: &str, default: usize) -> Result<usize, ApiError> {
-    match query.get(key) {
-        None => Ok(default),
-        Some(text) => text.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "{key} must be a non-negative integer, not {text:?}"
-            ))
-        }),
     }
 }
 

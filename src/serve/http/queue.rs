@@ -27,7 +27,12 @@ async fn with_queue<T: Send + 'static>(
     })
 }
 
-fn number(query: &HashMap<String, String>, key: &str, default: usize) -> Result<usize, ApiError> {
+/// A non-negative integer query parameter, or `default` when absent.
+pub(super) fn number(
+    query: &HashMap<String, String>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ApiError> {
     match query.get(key) {
         None => Ok(default),
         Some(text) => text.parse::<usize>().map_err(|_| {
