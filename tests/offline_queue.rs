@@ -1645,3 +1645,103 @@ fn a_node_with_an_open_conflict_boots_its_disk_with_the_conflict_banner() {
     assert!(script.contains("action=install"), "{script}");
     assert!(!script.contains("CONFLICT"), "{script}");
 }
+
+/// Issue 11: SIGKILL while conflicts are found and settled by policy.
+/// Each conflict's record commits with its item's status, and each
+/// settlement with the item's removal: after any kill, no record is lost,
+/// no item is both settled and still queued, and the policy is applied
+/// after the restart to what was found but not yet settled.
+#[test]
+fn sigkill_while_conflicts_are_found_and_settled_loses_no_record() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let macs: Vec<String> = (0..24).map(|n| format!("52:54:00:00:51:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    let refs: Vec<&str> = macs.iter().map(String::as_str).collect();
+    let mut agent = synced_agent(&controller, &refs);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for mac in &macs {
+        assert_eq!(
+            set_state(&agent, mac, "reprovision", &format!("site-{mac}")).0,
+            202
+        );
+        controller.set_node(mac, "retired", None);
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    println!("kill-moment seed {seed}");
+    let mut random = XorShift(seed);
+    // Slow answers spread the finding and settling over a second or two,
+    // so that the kills land in the middle of it.
+    controller.set_mode(common::controller::Mode::Slow(Duration::from_millis(40)));
+    controller.up();
+    for round in 0..3 {
+        // Kill once conflicts are being found (the first is in the log).
+        wait_until(LONG, "a conflict found", || {
+            let (_, log) = call(&agent, "GET", "/api/v1/sync/log?limit=1000", None);
+            log.to_string().contains("conflict_")
+        });
+        std::thread::sleep(Duration::from_millis(random.next() % 300));
+        let before = (
+            queue_stats(&agent)["total"].clone(),
+            status(&agent)["conflicts_pending"].clone(),
+        );
+        println!(
+            "round {round}: killed with {} items queued, {} conflicts open",
+            before.0, before.1
+        );
+        agent = agent.kill_and_restart();
+    }
+    controller.set_mode(common::controller::Mode::Healthy);
+    wait_until(LONG, "everything settled", || {
+        queue_stats(&agent)["total"] == 0 && status(&agent)["conflicts_pending"] == 0
+    });
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (_, page) = call(
+            &agent,
+            "GET",
+            &format!("/api/v1/conflicts?status=resolved&offset={offset}&limit=1000"),
+            None,
+        );
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        if data.is_empty() {
+            break;
+        }
+        offset += data.len();
+        records.extend(data);
+    }
+    let per_node: BTreeMap<String, usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r["mac"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+        m
+    });
+    for mac in &macs {
+        assert_eq!(per_node.get(mac), Some(&1), "{mac}: {per_node:?}");
+    }
+    for record in &records {
+        assert_eq!(record["resolution"], "keep_central", "{record}");
+        assert_eq!(record["resolved_by"], "policy", "{record}");
+    }
+    let delivered = delivered_counts(&controller);
+    assert!(
+        macs.iter()
+            .all(|mac| !delivered.contains_key(&format!("site-{mac}"))),
+        "an operator's change that yielded was still sent: {delivered:?}"
+    );
+    for mac in &macs {
+        assert_eq!(controller.node(mac).expect("node")["state"], "retired");
+        let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+        assert_eq!(
+            node["data"]["state"], "retired",
+            "the cache took the controller's"
+        );
+    }
+}

@@ -148,6 +148,9 @@ pub struct Outbox {
     policies: std::sync::RwLock<crate::config::ConflictPolicies>,
     /// MAC → its open conflict, for the boot path (mirrors the store).
     open_conflicts: std::sync::RwLock<std::collections::HashMap<Mac, u64>>,
+    /// Open conflicts the policy has been tried on since start (a policy
+    /// that cannot be applied is not retried every round).
+    policy_tried: Mutex<HashSet<u64>>,
 }
 
 impl Outbox {
@@ -183,6 +186,7 @@ impl Outbox {
             shed_log: LogThrottle::new(LOG_INTERVAL),
             policies: std::sync::RwLock::new(policies),
             open_conflicts: std::sync::RwLock::new(open_conflicts),
+            policy_tried: Mutex::new(HashSet::new()),
         }
     }
 

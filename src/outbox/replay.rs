@@ -136,6 +136,7 @@ pub async fn replay_round(
     clock: Clock,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<RoundEnd, QueueError> {
+    outbox.settle_open_by_policy().await;
     loop {
         if shutdown.is_cancelled() {
             return Ok(RoundEnd::Drained);

@@ -272,11 +272,49 @@ impl Outbox {
         self.note_conflict(mac, None);
     }
 
+    /// Applies the policies to open conflicts they have not been tried on
+    /// since start: those found just before a crash, or left open under a
+    /// policy since changed. Runs at the start of each replay round.
+    pub async fn settle_open_by_policy(&self) {
+        let open = self
+            .open_conflicts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect::<Vec<u64>>();
+        for id in open {
+            let first_try = self
+                .policy_tried
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+            if !first_try {
+                continue;
+            }
+            match self
+                .queue()
+                .call(move |q| conflicts::get(q.store(), id))
+                .await
+            {
+                Ok(Some(conflict)) if conflict.status == conflicts::Status::Open => {
+                    self.settle_by_policy(&conflict).await
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(id, error = %e, "open conflict unreadable"),
+            }
+        }
+    }
+
     /// Settles a conflict just found by its kind's policy (DESIGN §8);
     /// `manual` leaves it open for an operator, and so does a policy that
     /// cannot be applied (it is logged).
     pub async fn settle_by_policy(&self, conflict: &Conflict) {
         use crate::config::Policy;
+        self.policy_tried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conflict.id);
         let policies = self.policies();
         let policy = match conflict.kind {
             Kind::StateMismatch => policies.state_mismatch,
