@@ -1745,3 +1745,54 @@ fn sigkill_while_conflicts_are_found_and_settled_loses_no_record() {
         );
     }
 }
+
+/// DESIGN §8 for a controller without versions (issue 11, PureBoot's
+/// central): before sending a queued state change the agent compares the
+/// node's change time there with the one the change was made against. A
+/// node changed at the controller meanwhile is a state mismatch found
+/// before sending; the agent's own queued changes in a row are not.
+#[test]
+fn a_version_less_controller_gets_its_conflicts_found_before_sending() {
+    let controller = FakeController::pureboot();
+    let (changed, chained) = ("52:54:00:00:52:01", "52:54:00:00:52:02");
+    controller.set_node(changed, "active", None);
+    controller.set_node(chained, "active", None);
+    let agent = synced_agent_with(&controller, &[changed, chained], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(
+        set_state(&agent, changed, "reprovision", "stale-here").0,
+        202
+    );
+    assert_eq!(set_state(&agent, chained, "reprovision", "chain-1").0, 202);
+    assert_eq!(set_state(&agent, chained, "pending", "chain-2").0, 202);
+    controller.set_node(changed, "installed", None);
+    controller.up();
+
+    let conflict = open_conflict(&agent, changed);
+    assert_eq!(conflict["kind"], "state_mismatch", "{conflict}");
+    assert_eq!(conflict["central"]["state"], "installed", "{conflict}");
+    assert!(conflict["central"]["version"].is_null(), "{conflict}");
+    wait_until(LONG, "the chained changes applied", || {
+        let delivered = delivered_counts(&controller);
+        delivered.get("chain-1") == Some(&1) && delivered.get("chain-2") == Some(&1)
+    });
+    assert_eq!(controller.node(chained).expect("node")["state"], "pending");
+    assert!(
+        !delivered_counts(&controller).contains_key("stale-here"),
+        "not sent"
+    );
+    assert_eq!(status(&agent)["conflicts_pending"], 1);
+
+    // merge: the change now builds on the controller's record, and goes.
+    let (code, settled) = resolve(&agent, &conflict["id"], "merge");
+    assert_eq!(code, 200, "{settled}");
+    wait_until(LONG, "the merged change applied", || {
+        delivered_counts(&controller).get("stale-here") == Some(&1)
+    });
+    assert_eq!(
+        controller.node(changed).expect("node")["state"],
+        "reprovision"
+    );
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+}

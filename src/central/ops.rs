@@ -23,6 +23,16 @@ pub enum Operation {
     SetState {
         node_id: String,
         change: StateChange,
+        /// For a controller without versions: when the node's state last
+        /// changed there (`state_changed_at`, else `updated_at`) as this
+        /// change was made, checked before sending (DESIGN §8). Kept
+        /// here, never sent.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        base_changed_at: Option<time::OffsetDateTime>,
     },
     /// `POST /api/v1/report` (installer progress, boot events).
     Report { report: NodeReport },
@@ -100,6 +110,7 @@ mod tests {
                 force: None,
                 base_version: Some(3),
             },
+            base_changed_at: None,
         }
     }
 

@@ -148,7 +148,9 @@ impl ControllerPort {
                 .create_node(request, Some(idempotency_key))
                 .await
                 .map(Some),
-            Operation::SetState { node_id, change } => controller
+            Operation::SetState {
+                node_id, change, ..
+            } => controller
                 .set_state(mac, node_id, change, idempotency_key)
                 .await
                 .map(Some),

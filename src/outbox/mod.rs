@@ -40,6 +40,13 @@ use events::{BootEvents, boot_report};
 use queue::writer::QueueWriter;
 use queue::{Kind, NewItem, Origin, Queue, QueueError, Stats};
 
+/// When a node's state last changed at its controller, as far as the
+/// record says: `state_changed_at`, else `updated_at` (a version-less
+/// controller's stand-in for a version, DESIGN §8).
+pub fn changed_at(node: &Node) -> OffsetDateTime {
+    node.state_changed_at.unwrap_or(node.updated_at)
+}
+
 /// The meta key of the conflict policies set at run time (JSON).
 pub const META_CONFLICT_POLICY: &str = "conflict_policy";
 
@@ -430,6 +437,7 @@ impl Outbox {
         let operation = Operation::SetState {
             node_id: node.id.clone(),
             change,
+            base_changed_at: (!local && !node.versioned).then(|| changed_at(&node)),
         };
         if local && self.port.mode().has_controller() {
             // Not registered at the controller yet: only the queue can

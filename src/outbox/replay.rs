@@ -238,6 +238,15 @@ enum SendError {
     NotReady(String),
     /// The stored payload is unreadable: never sendable.
     Malformed(String),
+    /// A version-less controller's record changed after the change was
+    /// made here: a state mismatch, found before sending.
+    Stale(String),
+}
+
+/// A time as nanoseconds since 1970, for the per-node chain (which holds
+/// versions, or for a version-less controller, change times).
+fn nanos(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0)
 }
 
 /// What a send that succeeded brings back.
@@ -270,35 +279,76 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
         Operation::SetState {
             node_id,
             mut change,
+            base_changed_at,
         } => {
             // Made here after the node's previous change, on top of it:
-            // it builds on the version that change produced.
-            if let Some(base) = change.base_version {
+            // it builds on the version (or, version-less, the change time)
+            // that change produced.
+            let mut base_time = base_changed_at.map(nanos);
+            if change.base_version.is_some() || base_time.is_some() {
                 let name = item.node.clone();
                 let chain = outbox
                     .queue()
                     .call(move |q| q.chain(&name))
                     .await
                     .map_err(|e| SendError::NotReady(e.to_string()))?;
-                if let Some((first, latest)) = chain
-                    && (first..latest).contains(&base)
-                {
-                    change.base_version = Some(latest);
+                if let Some((first, latest)) = chain {
+                    if change
+                        .base_version
+                        .is_some_and(|b| (first..latest).contains(&b))
+                    {
+                        change.base_version = Some(latest);
+                    }
+                    if base_time.is_some_and(|b| (first..latest).contains(&b)) {
+                        base_time = Some(latest);
+                    }
                 }
+            }
+            // A controller without versions cannot answer 409: the agent
+            // looks before sending (DESIGN §8). A forced change skips it.
+            if let Some(base) = base_time
+                && change.force != Some(true)
+                && let Some(now_there) = outbox
+                    .port()
+                    .node_by_mac(mac)
+                    .await
+                    .map_err(SendError::Central)?
+                && nanos(super::changed_at(&now_there)) > base
+            {
+                if now_there.state == change.state {
+                    // Already in the wanted state: most likely this very
+                    // change, applied by an attempt whose answer was lost
+                    // (such a controller keeps no idempotency keys). The
+                    // change is made; later ones build on it.
+                    let moved = Some((base, nanos(super::changed_at(&now_there))));
+                    take_response(outbox, now_there).await;
+                    return Ok(Sent::Moved(moved));
+                }
+                return Err(SendError::Stale(format!(
+                    "the node changed at the controller ({} since {}) after this change was made here",
+                    now_there.state.as_str(),
+                    super::changed_at(&now_there)
+                )));
             }
             let base = change.base_version;
             let operation = Operation::SetState {
                 node_id: current_node_id(outbox, mac, &node_id)?,
                 change,
+                base_changed_at,
             };
             let answer = outbox
                 .port()
                 .send(mac, &operation, &item.key)
                 .await
                 .map_err(SendError::Central)?;
-            let moved = match (&answer, base) {
-                (Some(node), Some(from)) if node.versioned && node.version != from => {
+            let moved = match (&answer, base, base_time) {
+                (Some(node), Some(from), _) if node.versioned && node.version != from => {
                     Some((from, node.version))
+                }
+                (Some(node), None, Some(from))
+                    if !node.versioned && nanos(super::changed_at(node)) != from =>
+                {
+                    Some((from, nanos(super::changed_at(node))))
                 }
                 _ => None,
             };
@@ -410,6 +460,9 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
 /// (it no longer has the node); an offline registration it refuses for
 /// good (a 409 there is adopted by the client, never seen here).
 fn conflict_kind(item: &Item, error: &SendError) -> Option<conflicts::Kind> {
+    if let SendError::Stale(_) = error {
+        return Some(conflicts::Kind::StateMismatch);
+    }
     let SendError::Central(CentralError::Rejected { status, .. }) = error else {
         return None;
     };
@@ -469,7 +522,7 @@ async fn describe_conflict(
         central,
         error: match error {
             SendError::Central(e) => e.to_string(),
-            SendError::NotReady(e) | SendError::Malformed(e) => e.clone(),
+            SendError::NotReady(e) | SendError::Malformed(e) | SendError::Stale(e) => e.clone(),
         },
     }
 }
@@ -546,6 +599,7 @@ fn judge(item: &Item, error: SendError, settings: &ReplaySettings, now: OffsetDa
         ) => retry(e.to_string()),
         SendError::NotReady(e) => retry(e),
         SendError::Malformed(e) => Outcome::Failed { error: e },
+        SendError::Stale(e) => Outcome::Conflict { error: e },
     }
 }
 
@@ -846,6 +900,7 @@ mod tests {
                     force: None,
                     base_version: Some(1),
                 },
+                base_changed_at: None,
             }
             .to_payload(),
             _ => report_item("52:54:00:00:00:01").payload,

@@ -87,6 +87,9 @@ enum ItemChange {
     Drop,
     ResendForced,
     Rebase(u64),
+    /// Version-less: the change now builds on the controller's record as
+    /// of this change time.
+    RebaseTime(OffsetDateTime),
     Retry,
 }
 
@@ -203,9 +206,8 @@ impl Outbox {
                     ));
                 };
                 if !now_there.versioned {
-                    // No version to rebase onto: the change goes again,
-                    // checked before sending like any other.
-                    (ItemChange::Retry, None)
+                    // No version: it builds on the record's change time.
+                    (ItemChange::RebaseTime(super::changed_at(&now_there)), None)
                 } else {
                     let node = cached.map(|mut n| {
                         n.version = now_there.version;
@@ -241,22 +243,27 @@ impl Outbox {
 }
 
 fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Option<Status> {
-    let rewrite = |item: &mut crate::outbox::queue::Item,
-                   edit: &dyn Fn(&mut crate::central::api::StateChange)| {
-        if let Ok(Operation::SetState {
-            node_id,
-            mut change,
-        }) = Operation::from_payload(&item.payload)
-        {
-            edit(&mut change);
-            item.payload = Operation::SetState { node_id, change }.to_payload();
+    if let ItemChange::Drop = change {
+        return None;
+    }
+    if let Ok(Operation::SetState {
+        node_id,
+        change: mut state_change,
+        mut base_changed_at,
+    }) = Operation::from_payload(&item.payload)
+    {
+        match change {
+            ItemChange::ResendForced => state_change.force = Some(true),
+            ItemChange::Rebase(version) => state_change.base_version = Some(version),
+            ItemChange::RebaseTime(at) => base_changed_at = Some(at),
+            ItemChange::Retry | ItemChange::Drop => {}
         }
-    };
-    match change {
-        ItemChange::Drop => return None,
-        ItemChange::ResendForced => rewrite(item, &|c| c.force = Some(true)),
-        ItemChange::Rebase(version) => rewrite(item, &|c| c.base_version = Some(version)),
-        ItemChange::Retry => {}
+        item.payload = Operation::SetState {
+            node_id,
+            change: state_change,
+            base_changed_at,
+        }
+        .to_payload();
     }
     item.not_before = None;
     item.last_error = None;

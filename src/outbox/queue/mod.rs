@@ -1626,6 +1626,7 @@ mod tests {
                     force: None,
                     base_version: None,
                 },
+                base_changed_at: None,
             }
             .to_payload(),
             key: None,
