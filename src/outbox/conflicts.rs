@@ -10,7 +10,7 @@ use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::queue::{Origin, QueueError};
+use super::queue::{Origin, QueueError, db_err};
 use crate::model::node::NodeState;
 use crate::store::{Store, StoreError, StoreWrite};
 
@@ -120,10 +120,6 @@ pub struct Found {
     pub local: LocalSide,
     pub central: Option<CentralSide>,
     pub error: String,
-}
-
-fn db_err(e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Store(StoreError::Db(e.into()))
 }
 
 fn decode(bytes: &[u8]) -> Result<Conflict, QueueError> {

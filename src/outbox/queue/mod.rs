@@ -228,7 +228,7 @@ pub enum QueueError {
     Store(#[from] StoreError),
 }
 
-fn db_err(e: impl Into<redb::Error>) -> QueueError {
+pub(super) fn db_err(e: impl Into<redb::Error>) -> QueueError {
     QueueError::Store(StoreError::Db(e.into()))
 }
 

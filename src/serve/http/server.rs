@@ -397,6 +397,19 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Bytes went out: the connection is not idle.
+    fn note_written(&self, polled: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled
+            && *n > 0
+        {
+            self.connection
+                .last_io
+                .store(self.clock.now(), Ordering::SeqCst);
+        }
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -404,13 +417,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.connection
-                .last_io
-                .store(self.clock.now(), Ordering::SeqCst);
-        }
+        self.note_written(&polled);
         polled
     }
 
@@ -420,13 +427,7 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.connection
-                .last_io
-                .store(self.clock.now(), Ordering::SeqCst);
-        }
+        self.note_written(&polled);
         polled
     }
 
