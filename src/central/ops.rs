@@ -84,16 +84,43 @@ impl Operation {
     }
 
     /// Points an operation that names node `from` at `to` (a registration
-    /// accepted: the local id becomes the controller's). True if it changed.
-    pub fn remap(&mut self, from: &str, to: &str) -> bool {
+    /// accepted: the local id becomes the controller's), and a state change
+    /// not forced onto `base`: what it was made against, now that the
+    /// controller's record is known. True if it changed.
+    pub fn remap(&mut self, from: &str, to: &str, base: Option<Base>) -> bool {
         match self {
-            Operation::SetState { node_id, .. } if node_id == from => {
+            Operation::SetState {
+                node_id,
+                change,
+                base_changed_at,
+            } if node_id == from => {
                 *node_id = to.to_string();
+                if change.force != Some(true) {
+                    match base {
+                        Some(Base::Version(version)) => {
+                            change.base_version = Some(version);
+                            *base_changed_at = None;
+                        }
+                        Some(Base::ChangedAt(at)) => {
+                            change.base_version = None;
+                            *base_changed_at = Some(at);
+                        }
+                        None => {}
+                    }
+                }
                 true
             }
             _ => false,
         }
     }
+}
+
+/// The controller's record a state change builds on (DESIGN §8): its
+/// version, or for a controller without versions, when its state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    Version(u64),
+    ChangedAt(time::OffsetDateTime),
 }
 
 #[cfg(test)]
@@ -154,8 +181,12 @@ mod tests {
     #[test]
     fn remap_moves_only_the_named_node() {
         let mut op = change();
-        assert!(!op.remap("local-2", "n9"));
-        assert!(op.remap("local-1", "n9"));
+        assert!(!op.remap("local-2", "n9", None));
+        assert!(op.remap("local-1", "n9", Some(Base::Version(7))));
         assert_eq!(op.node_id(), Some("n9"));
+        let Operation::SetState { change, .. } = &op else {
+            panic!("still a state change")
+        };
+        assert_eq!(change.base_version, Some(7), "rebased");
     }
 }

@@ -22,6 +22,11 @@ pub struct SyncReport {
     pub workflows: usize,
     pub errors: Vec<String>,
     pub cursor: Option<String>,
+    /// A full sync's: controller nodes it no longer listed that have
+    /// changes queued here (to be confirmed by MAC: DESIGN §8
+    /// `missing_central`).
+    #[serde(skip)]
+    pub unlisted_with_changes: Vec<crate::model::mac::Mac>,
 }
 
 /// Whether an incremental sync can run: the controller gave a cursor.
@@ -86,9 +91,26 @@ pub async fn run(
     let count = received.len();
     // A full sync whose page had bad entries cannot tell "missing" from
     // "unreadable", so it marks nothing.
-    let (changed, marked) = nodes
-        .apply_sync(received, full && errors.is_empty(), protected)
-        .await?;
+    let complete = full && errors.is_empty();
+    let unlisted_with_changes = if complete {
+        let listed: std::collections::HashSet<_> = received.iter().map(|n| n.mac).collect();
+        let mut unlisted: Vec<_> = protected
+            .iter()
+            .filter(|mac| !listed.contains(mac))
+            // Nodes first seen here (local-…) were never the controller's.
+            .filter(|mac| {
+                nodes
+                    .get(**mac)
+                    .is_some_and(|n| !n.id.starts_with("local-"))
+            })
+            .copied()
+            .collect();
+        unlisted.sort();
+        unlisted
+    } else {
+        Vec::new()
+    };
+    let (changed, marked) = nodes.apply_sync(received, complete, protected).await?;
     let now = OffsetDateTime::now_utc();
     let stamp = now
         .format(&time::format_description::well_known::Rfc3339)
@@ -137,5 +159,6 @@ pub async fn run(
         workflows: workflow_count,
         errors,
         cursor: page.cursor,
+        unlisted_with_changes,
     })
 }

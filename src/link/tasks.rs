@@ -404,6 +404,16 @@ impl Tasks {
                 if report.full {
                     self.report_unrenderable().await;
                 }
+                if !report.unlisted_with_changes.is_empty() {
+                    let opened = self
+                        .services
+                        .outbox
+                        .confirm_missing(report.unlisted_with_changes.clone())
+                        .await;
+                    if opened > 0 {
+                        self.services.boot.invalidate(None);
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(full, error = %e, "node sync failed");

@@ -13,6 +13,7 @@
 //! once, and nothing is ever queued.
 
 pub mod conflicts;
+mod detect;
 mod events;
 pub mod queue;
 pub mod replay;

@@ -20,9 +20,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::Outbox;
-use super::conflicts::{self, CentralSide, Conflict, Found, LocalSide};
+use super::conflicts::{self, Found};
+use super::detect::{central_side, found_for};
 use super::queue::{Item, Outcome, QueueError, backoff};
-use crate::central::ops::Operation;
+use crate::central::ops::{Base, Operation};
 use crate::central::{CentralError, retryable_status};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
@@ -201,9 +202,7 @@ pub async fn replay_round(
             })
             .await?;
         for conflict in opened {
-            outbox.note_conflict_opened(&conflict);
-            record_detected(outbox, &conflict).await;
-            outbox.settle_by_policy(&conflict).await;
+            outbox.opened(&conflict).await;
         }
         if unreachable {
             return Ok(RoundEnd::Unreachable);
@@ -413,6 +412,25 @@ async fn take_response(outbox: &Outbox, node: Node) {
     }
 }
 
+/// What the node's later changes, made here against a node first seen
+/// here, build on once its registration is accepted. A record in the
+/// state they were made against (`discovered`: a new node, or one the
+/// controller knew but had not moved on) is their base. A record that
+/// already moved on (the controller had the MAC, answered 409, and the
+/// agent adopted its node: DESIGN §8) is not: they are based before it,
+/// so that each is found to be a state mismatch, which its policy
+/// settles, instead of overwriting the controller's state unseen.
+fn registered_base(central: &Node) -> Base {
+    let fresh = central.state == crate::model::node::NodeState::Discovered;
+    match (central.versioned, fresh) {
+        (true, true) => Base::Version(central.version),
+        (false, true) => Base::ChangedAt(super::changed_at(central)),
+        // No version is 0, and no change time is before 1970.
+        (true, false) => Base::Version(0),
+        (false, false) => Base::ChangedAt(OffsetDateTime::UNIX_EPOCH),
+    }
+}
+
 /// After a registration is accepted: the node's local id becomes the
 /// controller's, in its later queue items and in the cache.
 async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueError> {
@@ -423,9 +441,10 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
     let node = item.node.clone();
     let to = central.id.clone();
     let from = local_id.clone();
+    let base = registered_base(&central);
     let changed = outbox
         .queue()
-        .call(move |q| q.remap(&node, &from, &to))
+        .call(move |q| q.remap(&node, &from, &to, Some(base)))
         .await?;
     let cached = outbox.nodes().get(central.mac);
     let result = match cached {
@@ -439,6 +458,8 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
             merged.updated_at = central.updated_at;
             merged.state_changed_at = central.state_changed_at;
             merged.cached_at = Some(OffsetDateTime::now_utc());
+            // Registered again after the controller lost it (keep_local).
+            merged.missing_central_since = None;
             outbox.nodes().put(merged).await.map(|_| ())
         }
         _ => outbox
@@ -487,76 +508,20 @@ async fn describe_conflict(
     kind: conflicts::Kind,
     error: &SendError,
 ) -> Found {
-    let operation = Operation::from_payload(&item.payload).ok();
-    let state = match &operation {
-        Some(Operation::SetState { change, .. }) => Some(change.state),
-        _ => None,
-    };
-    let node_id = operation
-        .as_ref()
-        .and_then(|op| op.node_id().map(str::to_string))
-        .unwrap_or_default();
     let central = match item.node.parse::<Mac>() {
         Ok(mac) if kind != conflicts::Kind::MissingLocal => {
             match outbox.port().node_by_mac(mac).await {
-                Ok(Some(node)) => Some(CentralSide {
-                    state: node.state,
-                    version: node.versioned.then_some(node.version),
-                    updated_at: node.updated_at,
-                }),
+                Ok(Some(node)) => Some(central_side(&node)),
                 _ => None,
             }
         }
         _ => None,
     };
-    Found {
-        kind,
-        mac: item.node.clone(),
-        node_id,
-        local: LocalSide {
-            state,
-            origin: item.origin.into(),
-            changed_at: item.created_at,
-            queue_id: item.id,
-        },
-        central,
-        error: match error {
-            SendError::Central(e) => e.to_string(),
-            SendError::NotReady(e) | SendError::Malformed(e) | SendError::Stale(e) => e.clone(),
-        },
-    }
-}
-
-/// A conflict found: logged, and entered in the sync log.
-async fn record_detected(outbox: &Outbox, conflict: &Conflict) {
-    let detail = format!(
-        "conflict {} {} for {}: local {} ({:?}), controller {}",
-        conflict.id,
-        conflict.kind.as_str(),
-        conflict.mac,
-        conflict
-            .local
-            .state
-            .map(|s| s.as_str())
-            .unwrap_or("registration"),
-        conflict.local.origin,
-        conflict
-            .central
-            .as_ref()
-            .map(|c| c.state.as_str())
-            .unwrap_or("none"),
-    );
-    tracing::warn!(id = conflict.id, kind = conflict.kind.as_str(), mac = %conflict.mac,
-        "conflict detected; the node's queued changes wait for it");
-    let now = conflict.detected_at;
-    let result = outbox
-        .queue()
-        .store()
-        .call(move |s| s.append_sync_log("conflict_detected", &detail, now))
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "conflict not entered in the sync log");
-    }
+    let error = match error {
+        SendError::Central(e) => e.to_string(),
+        SendError::NotReady(e) | SendError::Malformed(e) | SendError::Stale(e) => e.clone(),
+    };
+    found_for(item, kind, central, error)
 }
 
 /// The outcome of a failed send.

@@ -4,9 +4,11 @@
 //!
 //! * `keep_central`: the local change is dropped and the controller's
 //!   record taken into the cache (a node the controller no longer has is
-//!   marked missing, not dropped).
+//!   marked missing, not dropped; a node first seen here that the
+//!   controller refused is forgotten, so its next boot registers afresh).
 //! * `keep_local`: the change is sent again with `force: true` (an offline
-//!   registration the controller refused is tried again).
+//!   registration the controller refused is tried again; a node the
+//!   controller no longer has is registered again first).
 //! * `merge` (state mismatch only): the change is rebased onto the
 //!   controller's current version and sent again; a further change there
 //!   makes a new conflict.
@@ -15,8 +17,9 @@ use time::OffsetDateTime;
 
 use super::Outbox;
 use super::conflicts::{self, Conflict, Kind};
-use super::queue::{QueueError, Status};
+use super::queue::{Kind as ItemKind, NewItem, Origin, QueueError, Status};
 use crate::central::CentralError;
+use crate::central::api::NewNode;
 use crate::central::ops::Operation;
 use crate::model::mac::Mac;
 use crate::model::node::Node;
@@ -91,6 +94,9 @@ enum ItemChange {
     /// of this change time.
     RebaseTime(OffsetDateTime),
     Retry,
+    /// The node is registered again by this operation (queued in the same
+    /// commit), then the change resent with force.
+    ReRegister(Operation),
 }
 
 impl Outbox {
@@ -120,15 +126,34 @@ impl Outbox {
         let resolution_name = resolution.as_str();
         let queue = self.queue().clone();
         let nodes = self.nodes().clone();
+        let mac_name = conflict.mac.clone();
         let resolved = tokio::task::spawn_blocking(move || {
             nodes.write_blocking(|| {
+                let (change, register) = match change {
+                    ItemChange::ReRegister(operation) => {
+                        (ItemChange::ResendForced, Some(operation))
+                    }
+                    other => (other, None),
+                };
                 let apply = move |item: &mut crate::outbox::queue::Item| -> Option<Status> {
                     apply_change(item, change)
                 };
                 let stored = node.clone();
+                let inserter = queue.clone();
                 let outcome = queue.update_with(queue_id, apply, move |txn| {
                     if let Some(node) = &stored {
                         txn.put_node(node).map_err(QueueError::Store)?;
+                    }
+                    if let Some(operation) = register {
+                        let new = NewItem {
+                            kind: ItemKind::Registration,
+                            origin: Origin::Operator,
+                            node: mac_name,
+                            payload: operation.to_payload(),
+                            key: None,
+                            local_state: None,
+                        };
+                        inserter.insert_in(txn, new, now)?;
                     }
                     conflicts::close(txn, id, resolution_name, by.as_str(), comment, now)
                 });
@@ -150,6 +175,20 @@ impl Outbox {
         })
         .await
         .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))??;
+        if resolved.kind == Kind::MissingLocal
+            && resolution == Resolution::KeepCentral
+            && self
+                .nodes()
+                .get(mac)
+                .is_some_and(|n| n.id.starts_with("local-"))
+        {
+            // The controller refused the node for good: the cache forgets
+            // it, so that its next boot asks the controller afresh instead
+            // of booting a record the controller never had.
+            if let Err(e) = self.nodes().remove(mac).await {
+                tracing::warn!(%mac, error = %e, "refused local node not forgotten");
+            }
+        }
         self.note_conflict_closed(&resolved.mac);
         self.wake_handle().notify_one();
         let detail = format!(
@@ -225,11 +264,27 @@ impl Outbox {
                 (ItemChange::Drop, node)
             }
             (Kind::MissingCentral, Resolution::KeepLocal) => {
-                return Err(ResolveError::NotApplicable(
-                    "keep_local for missing_central (registering the node again) is not built yet; \
-                     use keep_central, or add the node at the controller and retry"
-                        .into(),
-                ));
+                // Registered again (queued ahead of the change: registrations
+                // go first), then the change sent with force; the accepted
+                // registration remaps the old id to the new one.
+                let request = NewNode {
+                    mac_address: mac.to_string(),
+                    arch: cached
+                        .as_ref()
+                        .and_then(|n| n.arch.as_deref())
+                        .and_then(crate::central::api::wire_arch),
+                    boot_mode: None,
+                    vendor: None,
+                    model: None,
+                    serial_number: None,
+                    system_uuid: None,
+                    site_id: self.port().site_id().to_string(),
+                };
+                let register = Operation::Register {
+                    node_id: conflict.node_id.clone(),
+                    request,
+                };
+                (ItemChange::ReRegister(register), None)
             }
             (Kind::MissingLocal, Resolution::KeepCentral) => (ItemChange::Drop, None),
             (Kind::MissingLocal, Resolution::KeepLocal) => (ItemChange::Retry, None),
@@ -256,7 +311,7 @@ fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Op
             ItemChange::ResendForced => state_change.force = Some(true),
             ItemChange::Rebase(version) => state_change.base_version = Some(version),
             ItemChange::RebaseTime(at) => base_changed_at = Some(at),
-            ItemChange::Retry | ItemChange::Drop => {}
+            ItemChange::Retry | ItemChange::Drop | ItemChange::ReRegister(_) => {}
         }
         item.payload = Operation::SetState {
             node_id,

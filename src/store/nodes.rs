@@ -116,6 +116,21 @@ impl NodeCache {
             .await
     }
 
+    /// Forgets a node (a local one the controller refused for good: the
+    /// next boot registers it afresh). True if it was cached.
+    pub async fn remove(&self, mac: Mac) -> Result<bool, StoreError> {
+        let nodes = self.nodes.clone();
+        let lock = self.write_lock.clone();
+        self.store
+            .call(move |store| {
+                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let removed = store.remove_node(mac)?;
+                write(&nodes).remove(&mac);
+                Ok(removed)
+            })
+            .await
+    }
+
     /// Stores `node` as it is (replacing the MAC's record).
     pub async fn put(&self, node: Node) -> Result<Arc<Node>, StoreError> {
         self.write(move |store| {

@@ -299,7 +299,8 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if !inner.any_transition && !can_transition(&from, &to) {
+            // PureBoot's StateService: `force` skips the transition check.
+            if !inner.any_transition && body["force"] != true && !can_transition(&from, &to) {
                 return detail(
                     StatusCode::BAD_REQUEST,
                     format!(

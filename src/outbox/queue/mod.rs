@@ -290,6 +290,14 @@ pub struct Queue {
 type Counters<'t> = redb::Table<'t, &'static str, u64>;
 type Items<'t> = redb::Table<'t, (u8, u64), &'static [u8]>;
 
+/// The queue's tables, open in one write transaction.
+struct Tables<'a, 't> {
+    queue: &'a mut Items<'t>,
+    ids: &'a mut redb::Table<'t, u64, u8>,
+    counters: &'a mut Counters<'t>,
+    nodes: &'a mut Counters<'t>,
+}
+
 fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), QueueError> {
     let current = counters
         .get(name)
@@ -515,37 +523,20 @@ impl Queue {
                     results.push(Err(QueueError::Full(total)));
                     continue;
                 }
-                let seq = counters
-                    .get("next_id")
-                    .map_err(db_err)?
-                    .map(|v| v.value())
-                    .unwrap_or(1);
-                counters.insert("next_id", seq + 1).map_err(db_err)?;
-                let item = Item {
-                    id: seq,
-                    kind: new.kind,
-                    origin: new.origin,
-                    key: new
-                        .key
-                        .unwrap_or_else(|| format!("{}-{seq}", self.instance)),
-                    node: new.node,
-                    payload: new.payload,
-                    created_at: now,
-                    attempts: 0,
-                    last_attempt_at: None,
-                    last_error: None,
-                    status: Status::Pending,
-                    not_before: None,
-                };
-                queue
-                    .insert((new.kind.priority(), seq), encode(&item).as_slice())
-                    .map_err(db_err)?;
-                ids.insert(seq, new.kind.priority()).map_err(db_err)?;
-                bump(&mut counters, "pending", 1)?;
-                count_item(&mut counters, &item, 1)?;
-                track_node(&mut nodes, &item, None, Some(Status::Pending))?;
+                let local_state = new.local_state;
+                let item = self.append(
+                    Tables {
+                        queue: &mut queue,
+                        ids: &mut ids,
+                        counters: &mut counters,
+                        nodes: &mut nodes,
+                    },
+                    new,
+                    now,
+                )?;
+                let seq = item.id;
                 if let (Some(state), Ok(mac)) =
-                    (new.local_state, item.node.parse::<crate::model::mac::Mac>())
+                    (local_state, item.node.parse::<crate::model::mac::Mac>())
                     && let Some(node) = txn.set_node_state(mac, state, now)?
                 {
                     changed_nodes.push(node);
@@ -555,6 +546,127 @@ impl Queue {
         }
         txn.commit()?;
         Ok((results, changed_nodes))
+    }
+
+    /// Writes one new item (pending) with its counters; no admission or
+    /// size check (the callers have made them).
+    fn append(
+        &self,
+        t: Tables<'_, '_>,
+        new: NewItem,
+        now: OffsetDateTime,
+    ) -> Result<Item, QueueError> {
+        let seq = t
+            .counters
+            .get("next_id")
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        t.counters.insert("next_id", seq + 1).map_err(db_err)?;
+        let item = Item {
+            id: seq,
+            kind: new.kind,
+            origin: new.origin,
+            key: new
+                .key
+                .unwrap_or_else(|| format!("{}-{seq}", self.instance)),
+            node: new.node,
+            payload: new.payload,
+            created_at: now,
+            attempts: 0,
+            last_attempt_at: None,
+            last_error: None,
+            status: Status::Pending,
+            not_before: None,
+        };
+        t.queue
+            .insert((new.kind.priority(), seq), encode(&item).as_slice())
+            .map_err(db_err)?;
+        t.ids.insert(seq, new.kind.priority()).map_err(db_err)?;
+        bump(t.counters, "pending", 1)?;
+        count_item(t.counters, &item, 1)?;
+        track_node(t.nodes, &item, None, Some(Status::Pending))?;
+        Ok(item)
+    }
+
+    /// Adds an item inside a caller's transaction (a conflict resolution
+    /// that registers a node again commits it with the settlement). It
+    /// is not counted against the queue's limits: it replaces a change
+    /// already admitted.
+    pub fn insert_in(
+        &self,
+        txn: &crate::store::StoreWrite,
+        new: NewItem,
+        now: OffsetDateTime,
+    ) -> Result<u64, QueueError> {
+        let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+        let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+        let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+        let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+        let tables = Tables {
+            queue: &mut queue,
+            ids: &mut ids,
+            counters: &mut counters,
+            nodes: &mut nodes,
+        };
+        self.append(tables, new, now).map(|item| item.id)
+    }
+
+    /// Parks `node`'s first item in send order as a conflict, if it is a
+    /// pending state change, with `also` (the conflict's record, given
+    /// the item) in the same commit. None, and nothing written, when the
+    /// node's first item is anything else (in flight: its send will tell;
+    /// a conflict already; a registration).
+    pub fn park_first_change<T>(
+        &self,
+        node: &str,
+        error: String,
+        also: impl FnOnce(&crate::store::StoreWrite, &Item) -> Result<T, QueueError>,
+    ) -> Result<Option<T>, QueueError> {
+        let txn = self.store.begin_write()?;
+        let parked = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut first = None;
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let item = decode(value.value())?;
+                if item.node == node && item.status != Status::Failed {
+                    first = Some((key.value(), item));
+                    break;
+                }
+            }
+            match first {
+                Some((key, mut item))
+                    if item.status == Status::Pending && item.kind == Kind::StateUpdate =>
+                {
+                    item.status = Status::Conflict;
+                    item.not_before = None;
+                    item.last_error = Some(error);
+                    queue
+                        .insert(key, encode(&item).as_slice())
+                        .map_err(db_err)?;
+                    bump(&mut counters, "pending", -1)?;
+                    bump(&mut counters, "conflict", 1)?;
+                    track_node(
+                        &mut nodes,
+                        &item,
+                        Some(Status::Pending),
+                        Some(Status::Conflict),
+                    )?;
+                    Some(item)
+                }
+                _ => None,
+            }
+        };
+        let Some(item) = parked else {
+            txn.abort()?;
+            return Ok(None);
+        };
+        let extra = also(&txn, &item)?;
+        txn.commit()?;
+        Ok(Some(extra))
     }
 
     /// DESIGN §7 "Admission" for an item a node caused: at most one
@@ -904,8 +1016,14 @@ impl Queue {
     /// Points `node`'s later operations from a local id at the controller's
     /// (after its registration was accepted; see [`Operation::remap`]).
     /// Returns how many items changed.
-    pub fn remap(&self, node: &str, from: &str, to: &str) -> Result<usize, QueueError> {
-        self.rewrite(node, |operation| operation.remap(from, to))
+    pub fn remap(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        base: Option<crate::central::ops::Base>,
+    ) -> Result<usize, QueueError> {
+        self.rewrite(node, |operation| operation.remap(from, to, base))
     }
 
     /// Applies `change` to each of `node`'s queued operations in one
@@ -1642,7 +1760,7 @@ mod tests {
             now(),
         )
         .unwrap();
-        assert_eq!(q.remap("a", "local-1", "node-7").unwrap(), 2);
+        assert_eq!(q.remap("a", "local-1", "node-7", None).unwrap(), 2);
         let ids: Vec<String> = q
             .list(None, 0, 10)
             .unwrap()
