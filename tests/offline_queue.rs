@@ -1796,3 +1796,451 @@ fn a_version_less_controller_gets_its_conflicts_found_before_sending() {
     );
     wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
 }
+
+/// The conflicts' tests that run against both controllers.
+macro_rules! against_both_controllers_conflicts {
+    ($($name:ident),* $(,)?) => {
+        mod conflicts_design {
+            use super::Dialect;
+            $( #[test] fn $name() { super::$name(Dialect::Design) } )*
+        }
+        mod conflicts_pureboot {
+            use super::Dialect;
+            $( #[test] fn $name() { super::$name(Dialect::PureBoot) } )*
+        }
+    };
+}
+
+against_both_controllers_conflicts!(
+    every_kind_of_conflict_is_settled_by_every_policy,
+    a_node_a_full_sync_no_longer_lists_is_confirmed_missing_then_registered_again,
+    a_node_registered_offline_that_the_controller_already_had_in_another_state_conflicts,
+);
+
+/// The conflict about `mac` in the given status, if any.
+fn conflict_of(agent: &common::Agent, mac: &str, status: &str) -> Option<Value> {
+    let (code, list) = call(
+        agent,
+        "GET",
+        &format!("/api/v1/conflicts?status={status}&limit=1000"),
+        None,
+    );
+    assert_eq!(code, 200, "{list}");
+    list["data"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["mac"] == mac).cloned())
+}
+
+fn sync_log(agent: &common::Agent) -> String {
+    let (code, log) = call(agent, "GET", "/api/v1/sync/log?limit=1000", None);
+    assert_eq!(code, 200, "{log}");
+    log.to_string()
+}
+
+/// A controller whose every state change is checked against its base:
+/// versions for the §6 fake; the PureBoot fake has none (the agent looks
+/// before sending).
+fn conflict_controller(dialect: Dialect) -> FakeController {
+    let controller = FakeController::start_as(dialect);
+    if dialect == Dialect::Design {
+        controller.check_versions();
+    }
+    controller
+}
+
+/// DESIGN §8, issue 11: each kind of conflict under each of its policies,
+/// set at run time. Per round, three nodes meet a controller that moved
+/// on while the site was cut off: one changed there (`state_mismatch`),
+/// one deleted there (`missing_central`, a 404 on replay), one first seen
+/// here whose registration the controller refuses for good (a 422:
+/// `missing_local`). The end state at the controller and in the cache,
+/// the record, the counts and the sync log are checked for each.
+fn every_kind_of_conflict_is_settled_by_every_policy(dialect: Dialect) {
+    let controller = conflict_controller(dialect);
+    let rounds = [
+        ("central_wins", "central_wins", "central_wins"),
+        ("local_wins", "local_wins", "local_wins"),
+        ("manual", "manual", "manual"),
+        ("auto", "manual", "manual"),
+    ];
+    let mac = |round: usize, n: u8| format!("52:54:00:00:6{round}:0{n}");
+    let mut known = Vec::new();
+    for round in 0..rounds.len() {
+        for n in [1, 2] {
+            controller.set_node(&mac(round, n), "active", None);
+            known.push(mac(round, n));
+        }
+    }
+    let refs: Vec<&str> = known.iter().map(String::as_str).collect();
+    let agent = synced_agent(&controller, &refs);
+    let mut open_before = 0;
+    for (round, (state_mismatch, missing_central, missing_local)) in rounds.iter().enumerate() {
+        let (changed, deleted, refused) = (mac(round, 1), mac(round, 2), mac(round, 3));
+        let (code, answer) = call(
+            &agent,
+            "PUT",
+            "/api/v1/conflicts/policy",
+            Some(json!({"state_mismatch": state_mismatch,
+                        "missing_central": missing_central,
+                        "missing_local": missing_local})),
+        );
+        assert_eq!(code, 200, "{answer}");
+        controller.down();
+        wait_until(LONG, "offline", || mode(&agent) == "offline");
+        let (sm_comment, mc_comment) = (format!("sm-{round}"), format!("mc-{round}"));
+        assert_eq!(
+            set_state(&agent, &changed, "reprovision", &sm_comment).0,
+            202
+        );
+        assert_eq!(
+            set_state(&agent, &deleted, "reprovision", &mc_comment).0,
+            202
+        );
+        boot(&agent, &refused);
+        controller.set_node(&changed, "installed", None);
+        controller.remove_node(&deleted);
+        controller.inject(
+            "POST",
+            "/api/v1/nodes",
+            Some(&refused),
+            422,
+            Duration::ZERO,
+            1,
+        );
+        controller.up();
+        let expect_open = [*state_mismatch, *missing_central, *missing_local]
+            .iter()
+            .filter(|p| **p == "manual")
+            .count();
+        let expected = |policy: &str| {
+            if policy == "manual" {
+                "open"
+            } else {
+                "resolved"
+            }
+        };
+        wait_until(LONG, "every conflict found, and settled or parked", || {
+            [
+                (&changed, *state_mismatch),
+                (&deleted, *missing_central),
+                (&refused, *missing_local),
+            ]
+            .iter()
+            .all(|(mac, policy)| conflict_of(&agent, mac, expected(policy)).is_some())
+        });
+        if *state_mismatch == "local_wins" {
+            wait_until(LONG, "the site's changes and registration applied", || {
+                let delivered = delivered_counts(&controller);
+                delivered.contains_key(&sm_comment)
+                    && delivered.contains_key(&mc_comment)
+                    && controller.node(&refused).is_some()
+            });
+        }
+        wait_until(LONG, "nothing in flight", || {
+            queue_stats(&agent)["in_flight"] == 0
+        });
+        let log = sync_log(&agent);
+        let delivered = delivered_counts(&controller);
+        let cached = |mac: &str| call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+
+        // state_mismatch
+        let policy = *state_mismatch;
+        let record = conflict_of(&agent, &changed, expected(policy))
+            .unwrap_or_else(|| panic!("round {round}: no state_mismatch record"));
+        assert_eq!(record["kind"], "state_mismatch", "{record}");
+        assert_eq!(record["local"]["state"], "reprovision", "{record}");
+        assert_eq!(record["local"]["origin"], "operator", "{record}");
+        assert_eq!(record["central"]["state"], "installed", "{record}");
+        let (_, node) = cached(&changed);
+        let there = controller.node(&changed).expect("node")["state"].clone();
+        match policy {
+            // auto: an operator's change at the site yields.
+            "central_wins" | "auto" => {
+                assert_eq!(record["resolution"], "keep_central", "{record}");
+                assert_eq!(record["resolved_by"], "policy", "{record}");
+                assert_eq!(there, "installed");
+                assert_eq!(node["data"]["state"], "installed", "{node}");
+                assert!(!delivered.contains_key(&sm_comment));
+            }
+            "local_wins" => {
+                assert_eq!(record["resolution"], "keep_local", "{record}");
+                assert_eq!(there, "reprovision");
+                assert_eq!(node["data"]["state"], "reprovision", "{node}");
+                assert_eq!(delivered.get(&sm_comment), Some(&1));
+            }
+            _ => {
+                assert_eq!(record["status"], "open", "{record}");
+                assert_eq!(there, "installed");
+                assert_eq!(
+                    node["data"]["state"], "reprovision",
+                    "the site's change: {node}"
+                );
+                assert!(!delivered.contains_key(&sm_comment));
+            }
+        }
+
+        // missing_central
+        let policy = *missing_central;
+        let record = conflict_of(&agent, &deleted, expected(policy))
+            .unwrap_or_else(|| panic!("round {round}: no missing_central record"));
+        assert_eq!(record["kind"], "missing_central", "{record}");
+        assert!(record["central"].is_null(), "{record}");
+        let (_, node) = cached(&deleted);
+        match policy {
+            "central_wins" => {
+                assert_eq!(record["resolution"], "keep_central", "{record}");
+                assert!(controller.node(&deleted).is_none());
+                assert!(node["data"]["missing_central_since"].is_string(), "{node}");
+            }
+            "local_wins" => {
+                assert_eq!(record["resolution"], "keep_local", "{record}");
+                let there = controller.node(&deleted).expect("registered again");
+                assert_eq!(there["state"], "reprovision", "{there}");
+                assert_eq!(node["data"]["id"], there["id"], "cache remapped: {node}");
+                assert!(node["data"]["missing_central_since"].is_null(), "{node}");
+                assert_eq!(delivered.get(&mc_comment), Some(&1));
+            }
+            _ => {
+                assert!(controller.node(&deleted).is_none());
+                assert!(!delivered.contains_key(&mc_comment));
+            }
+        }
+
+        // missing_local
+        let policy = *missing_local;
+        let record = conflict_of(&agent, &refused, expected(policy))
+            .unwrap_or_else(|| panic!("round {round}: no missing_local record"));
+        assert_eq!(record["kind"], "missing_local", "{record}");
+        assert!(
+            record["local"]["state"].is_null(),
+            "a registration: {record}"
+        );
+        assert_eq!(record["local"]["origin"], "observed", "{record}");
+        let (code, node) = cached(&refused);
+        match policy {
+            "central_wins" => {
+                assert_eq!(record["resolution"], "keep_central", "{record}");
+                assert!(controller.node(&refused).is_none());
+                assert_eq!(code, 404, "a refused node is forgotten: {node}");
+            }
+            "local_wins" => {
+                assert_eq!(record["resolution"], "keep_local", "{record}");
+                let there = controller.node(&refused).expect("registered");
+                assert_eq!(node["data"]["id"], there["id"], "{node}");
+            }
+            _ => {
+                assert!(controller.node(&refused).is_none());
+                assert_eq!(code, 200);
+                assert!(
+                    node["data"]["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("local-")),
+                    "{node}"
+                );
+            }
+        }
+
+        // Every one is in the sync log: found, and settled unless manual.
+        for mac in [&changed, &deleted, &refused] {
+            assert!(
+                log.contains(&format!("for {mac}: local")),
+                "round {round}: {mac} not logged as found: {log}"
+            );
+        }
+        for (mac, policy) in [
+            (&changed, *state_mismatch),
+            (&deleted, *missing_central),
+            (&refused, *missing_local),
+        ] {
+            let entry = format!("for {mac}: keep_");
+            assert_eq!(
+                log.contains(&entry),
+                policy != "manual",
+                "round {round}: {mac} under {policy}: {log}"
+            );
+        }
+        open_before += expect_open;
+        assert_eq!(
+            queue_stats(&agent)["conflict"],
+            open_before,
+            "round {round}"
+        );
+        assert_eq!(
+            status(&agent)["conflicts_pending"],
+            open_before,
+            "round {round}"
+        );
+    }
+    wait_until(LONG, "the heartbeat counts the open ones", || {
+        controller
+            .calls_to("POST", "/api/v1/agents/heartbeat")
+            .last()
+            .is_some_and(|hb| hb.body["conflicts_pending"] == open_before)
+    });
+}
+
+/// DESIGN §8, `missing_central` found at sync (issue 11): a change the
+/// controller could not take yet (500s, retried later) is held while the
+/// node is deleted there. A full sync that no longer lists it is not
+/// taken on trust: a node left out of the listing but found by MAC is no
+/// conflict; one the lookup confirms gone is, on the held change. The
+/// operator's keep_local registers it again and the change follows.
+fn a_node_a_full_sync_no_longer_lists_is_confirmed_missing_then_registered_again(dialect: Dialect) {
+    let controller = conflict_controller(dialect);
+    let (gone, hidden) = ("52:54:00:00:64:01", "52:54:00:00:64:02");
+    controller.set_node(gone, "active", None);
+    controller.set_node(hidden, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .config(MANUAL)
+        // A change the controller failed stays held for the test.
+        .env("SITEBOOT_QUEUE_RETRY_BASE", "1h")
+        .env("SITEBOOT_QUEUE_RETRY_MAX", "2h")
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "nodes synced", || {
+        [gone, hidden]
+            .iter()
+            .all(|mac| call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).0 == 200)
+    });
+    for mac in [gone, hidden] {
+        // The direct attempt and the first replay: 500.
+        controller.inject(
+            "PATCH",
+            "/state",
+            Some(&format!("held-{mac}")),
+            500,
+            Duration::ZERO,
+            2,
+        );
+        let (code, answer) = set_state(&agent, mac, "reprovision", &format!("held-{mac}"));
+        assert_eq!(code, 202, "{answer}");
+    }
+    wait_until(LONG, "both changes tried and held", || {
+        let items = queue_items(&agent);
+        items.len() == 2
+            && items
+                .iter()
+                .all(|i| i["status"] == "pending" && i["attempts"].as_u64() >= Some(1))
+    });
+    controller.remove_node(gone);
+    controller.unlist(hidden, true);
+    let (code, answer) = call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert!(code == 200 || code == 202, "{code} {answer}");
+    let conflict = open_conflict(&agent, gone);
+    assert_eq!(conflict["kind"], "missing_central", "{conflict}");
+    assert!(conflict["central"].is_null(), "{conflict}");
+    assert_eq!(conflict["local"]["state"], "reprovision", "{conflict}");
+    assert!(sync_log(&agent).contains(&format!("missing_central for {gone}")));
+    // The node only left out of the listing is found by MAC: no conflict.
+    assert!(conflict_of(&agent, hidden, "open").is_none());
+    assert_eq!(status(&agent)["conflicts_pending"], 1);
+    let stats = queue_stats(&agent);
+    assert_eq!(stats["conflict"], 1, "{stats}");
+    assert_eq!(stats["pending"], 1, "{stats}");
+
+    let (code, settled) = resolve(&agent, &conflict["id"], "keep_local");
+    assert_eq!(code, 200, "{settled}");
+    wait_until(LONG, "registered again and the change applied", || {
+        delivered_counts(&controller).get(&format!("held-{gone}")) == Some(&1)
+    });
+    let there = controller.node(gone).expect("registered again");
+    assert_eq!(there["state"], "reprovision", "{there}");
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{gone}"), None);
+    assert_eq!(node["data"]["id"], there["id"], "{node}");
+    assert!(node["data"]["missing_central_since"].is_null(), "{node}");
+    assert_eq!(controller.calls_to("POST", "/api/v1/nodes").len(), 1);
+    assert_eq!(status(&agent)["conflicts_pending"], 0);
+}
+
+/// DESIGN §8: a node first seen here while the controller was gone, and
+/// changed here, that the controller already had (its registration is
+/// answered 409): the agent adopts the controller's node. If it is still
+/// as the site saw it (`discovered`) the change goes through; if it had
+/// moved on, the change is a state mismatch, settled by its policy.
+fn a_node_registered_offline_that_the_controller_already_had_in_another_state_conflicts(
+    dialect: Dialect,
+) {
+    let controller = conflict_controller(dialect);
+    let agent = synced_agent_with(&controller, &[], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let (fresh, moved) = ("52:54:00:00:65:01", "52:54:00:00:65:02");
+    for mac in [fresh, moved] {
+        boot(&agent, mac);
+        let (code, answer) = set_state(&agent, mac, "pending", &format!("site-{mac}"));
+        assert_eq!(code, 202, "{answer}");
+    }
+    controller.set_node(fresh, "discovered", None);
+    controller.set_node(moved, "active", None);
+    controller.up();
+    let conflict = open_conflict(&agent, moved);
+    assert_eq!(conflict["kind"], "state_mismatch", "{conflict}");
+    assert_eq!(conflict["local"]["state"], "pending", "{conflict}");
+    assert_eq!(conflict["central"]["state"], "active", "{conflict}");
+    wait_until(LONG, "the change on the fresh node applied", || {
+        delivered_counts(&controller).get(&format!("site-{fresh}")) == Some(&1)
+    });
+    assert_eq!(controller.node(fresh).expect("node")["state"], "pending");
+    assert_eq!(controller.node(moved).expect("node")["state"], "active");
+    assert!(!delivered_counts(&controller).contains_key(&format!("site-{moved}")));
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{moved}"), None);
+    assert_eq!(
+        node["data"]["id"],
+        controller.node(moved).expect("node")["id"],
+        "adopted: {node}"
+    );
+    let (code, settled) = resolve(&agent, &conflict["id"], "keep_central");
+    assert_eq!(code, 200, "{settled}");
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{moved}"), None);
+    assert_eq!(node["data"]["state"], "active", "{node}");
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+}
+
+/// DESIGN §8 `merge` (issue 11): the change is rebased onto the
+/// controller's version as the operator resolves; when the controller's
+/// record moves on again before the change lands, that is a new
+/// conflict, not an overwrite. (The §6 controller, whose 409 finds it;
+/// the version-less path is the same check as any other change's.)
+#[test]
+fn a_merge_that_meets_a_second_change_at_the_controller_is_a_new_conflict() {
+    let controller = conflict_controller(Dialect::Design);
+    let mac = "52:54:00:00:66:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent_with(&controller, &[mac], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, mac, "reprovision", "merge-me").0, 202);
+    controller.set_node(mac, "installed", None);
+    controller.up();
+    let first = open_conflict(&agent, mac);
+    // The merged change reaches the controller only after this pause,
+    // long after the second change below is made there.
+    controller.inject(
+        "PATCH",
+        "/state",
+        Some("merge-me"),
+        0,
+        Duration::from_secs(5),
+        1,
+    );
+    let (code, settled) = resolve(&agent, &first["id"], "merge");
+    assert_eq!(code, 200, "{settled}");
+    controller.set_node(mac, "retired", None);
+    wait_until(LONG, "a second conflict", || {
+        conflict_of(&agent, mac, "open").is_some_and(|c| c["id"] != first["id"])
+    });
+    let second = conflict_of(&agent, mac, "open").expect("open");
+    assert_eq!(second["central"]["state"], "retired", "{second}");
+    assert_eq!(second["local"]["state"], "reprovision", "{second}");
+    assert_eq!(controller.node(mac).expect("node")["state"], "retired");
+    assert!(!delivered_counts(&controller).contains_key("merge-me"));
+    let (_, first) = call(
+        &agent,
+        "GET",
+        &format!("/api/v1/conflicts/{}", first["id"]),
+        None,
+    );
+    assert_eq!(first["data"]["resolution"], "merge", "{first}");
+}

@@ -104,6 +104,12 @@ pub(super) struct Inner {
     pub(super) any_transition: bool,
     /// §6: answer a state change made against an older version with 409.
     pub(super) check_versions: bool,
+    /// Nodes left out of the site listing (a listing that is partial or
+    /// wrong); lookups by MAC still find them.
+    pub(super) unlisted: std::collections::BTreeSet<String>,
+    /// Every node id given out: a node registered again after it was
+    /// deleted gets a new one, as from a real controller.
+    pub(super) used_ids: std::collections::BTreeSet<String>,
 }
 
 pub struct FakeController {
@@ -242,6 +248,7 @@ impl FakeController {
             .get(mac)
             .and_then(|n| n["id"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("node-{mac}"));
+        inner.used_ids.insert(id.clone());
         inner.nodes.insert(
             mac.to_string(),
             json!({
@@ -250,6 +257,16 @@ impl FakeController {
             }),
         );
         inner.changed_at.insert(mac.to_string(), generation);
+    }
+
+    /// Leaves `mac` out of the site listing (true) or lists it again.
+    pub fn unlist(&self, mac: &str, unlisted: bool) {
+        let mut inner = self.inner.lock().expect("lock");
+        if unlisted {
+            inner.unlisted.insert(mac.to_string());
+        } else {
+            inner.unlisted.remove(mac);
+        }
     }
 
     pub fn remove_node(&self, mac: &str) {
@@ -548,8 +565,13 @@ async fn answer(
             }
             inner.generation += 1;
             let generation = inner.generation;
+            let mut id = format!("node-{mac}");
+            if inner.used_ids.contains(&id) {
+                id = format!("node-{mac}-{}", inner.generation);
+            }
+            inner.used_ids.insert(id.clone());
             let node = json!({
-                "id": format!("node-{mac}"), "mac": mac, "state": "discovered",
+                "id": id, "mac": mac, "state": "discovered",
                 "tags": [], "updated_at": "2026-11-22T10:00:00Z", "version": 1
             });
             inner.nodes.insert(mac.clone(), node.clone());
@@ -645,6 +667,7 @@ async fn answer(
                 .nodes
                 .iter()
                 .filter(|(mac, _)| inner.changed_at.get(*mac).copied().unwrap_or(0) > since)
+                .filter(|(mac, _)| !inner.unlisted.contains(*mac))
                 .map(|(_, node)| node.clone())
                 .collect();
             axum::Json(json!({

@@ -380,7 +380,12 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
         // Every node; no workflows, no cursor; `since` is ignored.
         ("GET", p) if p.starts_with("/api/v1/sites/") && p.ends_with("/nodes") => {
             let _ignored = q.get("since");
-            let data: Vec<Value> = inner.nodes.values().map(node_response).collect();
+            let data: Vec<Value> = inner
+                .nodes
+                .iter()
+                .filter(|(mac, _)| !inner.unlisted.contains(*mac))
+                .map(|(_, node)| node_response(node))
+                .collect();
             axum::Json(json!({"success": true, "data": data, "total": data.len()})).into_response()
         }
         ("GET", p) if p.starts_with("/api/v1/files/") => {
