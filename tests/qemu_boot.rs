@@ -330,3 +330,101 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
         );
     }
 }
+
+/// DESIGN §8 boot rule, on real firmware (issue 11): a node whose change
+/// made at the site (retire it) conflicts with the controller's
+/// `reprovision`, left to an operator, boots its disk with the CONFLICT
+/// banner naming the conflict; once the operator keeps the controller's
+/// side, the same node installs.
+#[test]
+fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_central() {
+    use common::controller::FakeController;
+    use common::{admin_token, curl, get_json, wait_until};
+    let controller = FakeController::start();
+    controller.check_versions();
+    let mac = "52:54:00:5b:00:07";
+    controller.add_workflow(serde_json::json!({
+        "id": "debian", "name": "debian", "method": "kernel",
+        "kernel": "debian/vmlinuz", "initrd": ["debian/initrd.gz"], "cmdline": "console=ttyS0"
+    }));
+    controller.set_node(mac, "active", None);
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = AgentBuilder::new()
+        .config(&format!(
+            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+             failure_threshold = 1\n[conflicts]\nstate_mismatch = \"manual\"\n",
+            controller.url()
+        ))
+        .start();
+    let status = || get_json(&agent.url("/api/v1/status"));
+    let limit = Duration::from_secs(60);
+    wait_until(limit, "online and synced", || {
+        status()["mode"] == "online" && status()["nodes_cached"] == 1
+    });
+    let token = admin_token(&agent);
+    let auth = format!("Authorization: Bearer {token}");
+    let admin = |method: &str, path: &str, body: &str| {
+        let (code, _, answer) = curl(&[
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &agent.url(path),
+        ]);
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
+        (code, answer)
+    };
+    controller.down();
+    wait_until(limit, "offline", || status()["mode"] == "offline");
+    let (code, answer) = admin(
+        "PATCH",
+        &format!("/api/v1/nodes/{mac}/state"),
+        r#"{"state": "retired", "comment": "retired at the site"}"#,
+    );
+    assert_eq!(code, 202, "{answer}");
+    controller.set_node(mac, "reprovision", Some("debian"));
+    controller.up();
+    wait_until(limit, "the conflict open", || {
+        status()["conflicts_pending"] == 1
+    });
+    let (code, _, list) = curl(&["-H", &auth, &agent.url("/api/v1/conflicts?status=open")]);
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_slice(&list).expect("a JSON list");
+    let id = list["data"][0]["id"].as_u64().expect("conflict id");
+
+    boot_vm_and_expect(
+        &agent,
+        Firmware::Bios,
+        mac,
+        &format!("siteboot: mac={mac} state=reprovision action=local source=live"),
+        &[
+            &format!("*** siteboot CONFLICT {id}:"),
+            "siteboot: booting local disk",
+        ],
+    );
+
+    let (code, settled) = admin(
+        "POST",
+        &format!("/api/v1/conflicts/{id}/resolve"),
+        r#"{"resolution": "keep_central"}"#,
+    );
+    assert_eq!(code, 200, "{settled}");
+    let lines = boot_vm_and_expect(
+        &agent,
+        Firmware::Bios,
+        mac,
+        &format!("siteboot: mac={mac} state=reprovision action=install source=live"),
+        &["siteboot: installing debian"],
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("CONFLICT")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(controller.node(mac).expect("node")["state"], "reprovision");
+}
