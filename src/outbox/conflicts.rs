@@ -18,7 +18,12 @@ use crate::store::{Store, StoreError, StoreWrite};
 const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
 /// MAC → id of the node's open conflict.
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("conflicts_open");
-/// `next_id`.
+/// Ids of the open conflicts, and of the resolved ones: a page of either,
+/// newest first, reads only its own entries (no scan of the history).
+const OPEN_IDS: TableDefinition<u64, ()> = TableDefinition::new("conflicts_open_ids");
+const RESOLVED_IDS: TableDefinition<u64, ()> = TableDefinition::new("conflicts_resolved_ids");
+/// `next_id`, and `indexed` once [`OPEN_IDS`] and [`RESOLVED_IDS`] are
+/// complete (databases written before they existed are indexed at start).
 const META: TableDefinition<&str, u64> = TableDefinition::new("conflicts_meta");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +180,14 @@ pub fn open(
         .insert(id, encode(&conflict).as_slice())
         .map_err(db_err)?;
     open.insert(conflict.mac.as_str(), id).map_err(db_err)?;
+    txn.open_table(OPEN_IDS)
+        .map_err(db_err)?
+        .insert(id, ())
+        .map_err(db_err)?;
+    if meta.get("indexed").map_err(db_err)?.is_none() && id == 1 {
+        // The first record of a new database: its indexes are complete.
+        meta.insert("indexed", 1).map_err(db_err)?;
+    }
     Ok(Some(conflict))
 }
 
@@ -205,7 +218,43 @@ pub fn close(
         .map_err(db_err)?
         .remove(conflict.mac.as_str())
         .map_err(db_err)?;
+    txn.open_table(OPEN_IDS)
+        .map_err(db_err)?
+        .remove(id)
+        .map_err(db_err)?;
+    txn.open_table(RESOLVED_IDS)
+        .map_err(db_err)?
+        .insert(id, ())
+        .map_err(db_err)?;
     Ok(conflict)
+}
+
+/// Builds the id indexes of a database written before they existed (a
+/// no-op once built). Run at start, before anything lists conflicts.
+pub fn index(store: &Store) -> Result<(), QueueError> {
+    let txn = store.begin_write()?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        if meta.get("indexed").map_err(db_err)?.is_some() {
+            drop(meta);
+            txn.abort()?;
+            return Ok(());
+        }
+        let records = txn.open_table(CONFLICTS).map_err(db_err)?;
+        let mut open = txn.open_table(OPEN_IDS).map_err(db_err)?;
+        let mut resolved = txn.open_table(RESOLVED_IDS).map_err(db_err)?;
+        for entry in records.iter().map_err(db_err)? {
+            let (id, value) = entry.map_err(db_err)?;
+            let id = id.value();
+            match decode(value.value())?.status {
+                Status::Open => open.insert(id, ()).map_err(db_err)?,
+                Status::Resolved => resolved.insert(id, ()).map_err(db_err)?,
+            };
+        }
+        meta.insert("indexed", 1).map_err(db_err)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Conflicts, newest first, optionally of one status.
@@ -216,22 +265,25 @@ pub fn list(
     limit: usize,
 ) -> Result<Vec<Conflict>, QueueError> {
     let txn = store.begin_read()?;
-    if status == Some(Status::Open) {
-        // The open ones are indexed: no scan of the resolved history.
-        let open = match txn.open_table(OPEN) {
+    let indexed = match txn.open_table(META) {
+        Ok(meta) => meta.get("indexed").map_err(db_err)?.is_some(),
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(db_err(e)),
+    };
+    if let (true, Some(status)) = (indexed, status) {
+        let ids = match txn.open_table(match status {
+            Status::Open => OPEN_IDS,
+            Status::Resolved => RESOLVED_IDS,
+        }) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
         };
         let records = txn.open_table(CONFLICTS).map_err(db_err)?;
-        let mut ids: Vec<u64> = open
-            .iter()
-            .map_err(db_err)?
-            .map(|entry| entry.map(|(_, id)| id.value()).map_err(db_err))
-            .collect::<Result<_, _>>()?;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
         let mut out = Vec::new();
-        for id in ids.into_iter().skip(offset).take(limit) {
+        for entry in ids.iter().map_err(db_err)?.rev().skip(offset).take(limit) {
+            let (id, _) = entry.map_err(db_err)?;
+            let id = id.value();
             if let Some(bytes) = records.get(id).map_err(db_err)? {
                 out.push(decode(bytes.value())?);
             }
@@ -293,5 +345,86 @@ pub fn open_count(store: &Store) -> Result<u64, QueueError> {
         Ok(t) => t.len().map_err(db_err),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
         Err(e) => Err(db_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(n: u32) -> Found {
+        Found {
+            kind: Kind::StateMismatch,
+            mac: format!("52:54:00:00:00:{n:02x}"),
+            node_id: format!("node-{n}"),
+            local: LocalSide {
+                state: Some(NodeState::Reprovision),
+                origin: ChangeOrigin::Operator,
+                changed_at: OffsetDateTime::UNIX_EPOCH,
+                queue_id: u64::from(n),
+            },
+            central: None,
+            error: "409".into(),
+        }
+    }
+
+    fn ids(list: Vec<Conflict>) -> Vec<u64> {
+        list.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Opens ten, resolves the even ones.
+    fn populate(store: &Store) {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let txn = store.begin_write().unwrap();
+        for n in 1..=10 {
+            let record = open(&txn, found(n), now).unwrap().unwrap();
+            if n % 2 == 0 {
+                close(&txn, record.id, "keep_central", "policy", None, now).unwrap();
+            }
+        }
+        assert!(open(&txn, found(1), now).unwrap().is_none(), "one per node");
+        txn.commit().unwrap();
+    }
+
+    fn pages(store: &Store) -> Vec<Vec<u64>> {
+        vec![
+            ids(list(store, Some(Status::Open), 0, 100).unwrap()),
+            ids(list(store, Some(Status::Open), 1, 2).unwrap()),
+            ids(list(store, Some(Status::Resolved), 0, 3).unwrap()),
+            ids(list(store, None, 2, 3).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn pages_are_newest_first_from_the_indexes_and_the_same_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        index(&store).unwrap();
+        populate(&store);
+        let expected = vec![
+            vec![9, 7, 5, 3, 1],
+            vec![7, 5],
+            vec![10, 8, 6],
+            vec![8, 7, 6],
+        ];
+        assert_eq!(pages(&store), expected);
+        assert_eq!(open_count(&store).unwrap(), 5);
+
+        // A database written before the indexes: the same pages, by scan,
+        // then from the indexes built at start.
+        let txn = store.begin_write().unwrap();
+        txn.open_table(META).unwrap().remove("indexed").unwrap();
+        txn.open_table(OPEN_IDS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.open_table(RESOLVED_IDS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(pages(&store), expected, "by scan");
+        index(&store).unwrap();
+        assert_eq!(pages(&store), expected, "from the rebuilt indexes");
     }
 }

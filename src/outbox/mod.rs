@@ -171,6 +171,9 @@ impl Outbox {
         node_items_per_minute: u32,
         policies: crate::config::ConflictPolicies,
     ) -> Outbox {
+        if let Err(e) = conflicts::index(queue.store()) {
+            tracing::error!(error = %e, "conflict indexes not built; listings scan the records");
+        }
         let open_conflicts =
             conflicts::list(queue.store(), Some(conflicts::Status::Open), 0, usize::MAX)
                 .unwrap_or_else(|e| {
