@@ -141,7 +141,7 @@ fn encode(conflict: &Conflict) -> Vec<u8> {
 }
 
 /// Records `found` as an open conflict in `txn` (the queue's commit that
-/// parks its item); returns the record. A node with an open conflict
+/// parks its item), with its sync-log entry; returns the record. A node with an open conflict
 /// already keeps that one: the new finding is added to the sync log by the
 /// caller, not recorded twice.
 pub fn open(
@@ -188,11 +188,30 @@ pub fn open(
         // The first record of a new database: its indexes are complete.
         meta.insert("indexed", 1).map_err(db_err)?;
     }
+    let detail = format!(
+        "conflict {} {} for {}: local {} ({:?}), controller {}",
+        conflict.id,
+        conflict.kind.as_str(),
+        conflict.mac,
+        conflict
+            .local
+            .state
+            .map(|s| s.as_str())
+            .unwrap_or("registration"),
+        conflict.local.origin,
+        conflict
+            .central
+            .as_ref()
+            .map(|c| c.state.as_str())
+            .unwrap_or("none"),
+    );
+    txn.append_sync_log("conflict_detected", &detail, now)?;
     Ok(Some(conflict))
 }
 
 /// Marks conflict `id` resolved in `txn` (the commit that applies the
-/// resolution to its queue item); returns the record as resolved.
+/// resolution to its queue item), with its sync-log entry; returns the
+/// record as resolved.
 pub fn close(
     txn: &StoreWrite,
     id: u64,
@@ -226,6 +245,12 @@ pub fn close(
         .map_err(db_err)?
         .insert(id, ())
         .map_err(db_err)?;
+    let detail = format!(
+        "conflict {id} {} for {}: {resolution} by {resolved_by}",
+        conflict.kind.as_str(),
+        conflict.mac
+    );
+    txn.append_sync_log("conflict_resolved", &detail, now)?;
     Ok(conflict)
 }
 

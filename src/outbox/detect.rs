@@ -52,7 +52,7 @@ impl Outbox {
     /// in the sync log, then settled by its kind's policy.
     pub(super) async fn opened(&self, conflict: &Conflict) {
         self.note_conflict_opened(conflict);
-        record_detected(self, conflict).await;
+        log_detected(conflict);
         self.settle_by_policy(conflict).await;
     }
 
@@ -109,34 +109,8 @@ impl Outbox {
     }
 }
 
-/// A conflict found: logged, and entered in the sync log.
-pub(super) async fn record_detected(outbox: &Outbox, conflict: &Conflict) {
-    let detail = format!(
-        "conflict {} {} for {}: local {} ({:?}), controller {}",
-        conflict.id,
-        conflict.kind.as_str(),
-        conflict.mac,
-        conflict
-            .local
-            .state
-            .map(|s| s.as_str())
-            .unwrap_or("registration"),
-        conflict.local.origin,
-        conflict
-            .central
-            .as_ref()
-            .map(|c| c.state.as_str())
-            .unwrap_or("none"),
-    );
+/// A conflict found (its sync-log entry committed with its record).
+pub(super) fn log_detected(conflict: &Conflict) {
     tracing::warn!(id = conflict.id, kind = conflict.kind.as_str(), mac = %conflict.mac,
         "conflict detected; the node's queued changes wait for it");
-    let now = conflict.detected_at;
-    let result = outbox
-        .queue()
-        .store()
-        .call(move |s| s.append_sync_log("conflict_detected", &detail, now))
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "conflict not entered in the sync log");
-    }
 }

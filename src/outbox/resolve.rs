@@ -191,21 +191,6 @@ impl Outbox {
         }
         self.note_conflict_closed(&resolved.mac);
         self.wake_handle().notify_one();
-        let detail = format!(
-            "conflict {id} {} for {}: {} by {}",
-            resolved.kind.as_str(),
-            resolved.mac,
-            resolution_name,
-            by.as_str()
-        );
-        let log = self
-            .queue()
-            .store()
-            .call(move |s| s.append_sync_log("conflict_resolved", &detail, now))
-            .await;
-        if let Err(e) = log {
-            tracing::warn!(error = %e, "conflict resolution not entered in the sync log");
-        }
         tracing::info!(
             id,
             resolution = resolution_name,

@@ -189,7 +189,42 @@ impl std::ops::Deref for StoreWrite {
     }
 }
 
+/// Appends one sync-log entry in `txn`, keeping the newest
+/// [`SYNC_LOG_KEEP`].
+fn append_sync_log(
+    txn: &redb::WriteTransaction,
+    kind: &str,
+    detail: &str,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(SYNC_LOG)?;
+    let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    let entry = SyncLogEntry {
+        seq,
+        at,
+        kind: kind.to_string(),
+        detail: detail.to_string(),
+    };
+    table.insert(seq, encode(&entry).as_slice())?;
+    if seq > SYNC_LOG_KEEP {
+        let cutoff = seq - SYNC_LOG_KEEP;
+        table.retain_in(..=cutoff, |_, _| false)?;
+    }
+    Ok(())
+}
+
 impl StoreWrite {
+    /// Appends a sync-log entry in this transaction (an entry that must
+    /// commit with what it reports, such as a conflict's detection).
+    pub fn append_sync_log(
+        &self,
+        kind: &str,
+        detail: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        append_sync_log(&self.txn, kind, detail, at)
+    }
+
     /// Stores `node` (replacing the MAC's record) in this transaction.
     pub fn put_node(&self, node: &Node) -> Result<(), StoreError> {
         self.txn
@@ -854,21 +889,7 @@ impl Store {
         self.noted(|| {
             let db = self.db()?;
             let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(SYNC_LOG)?;
-                let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let entry = SyncLogEntry {
-                    seq,
-                    at,
-                    kind: kind.to_string(),
-                    detail: detail.to_string(),
-                };
-                table.insert(seq, encode(&entry).as_slice())?;
-                if seq > SYNC_LOG_KEEP {
-                    let cutoff = seq - SYNC_LOG_KEEP;
-                    table.retain_in(..=cutoff, |_, _| false)?;
-                }
-            }
+            append_sync_log(&txn, kind, detail, at)?;
             txn.commit()?;
             Ok(())
         })
