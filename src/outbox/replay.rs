@@ -171,7 +171,7 @@ pub async fn replay_round(
                 }
                 Err(e) => {
                     if let Some(kind) = conflict_kind(item, &e) {
-                        found.push(describe_conflict(outbox, item, kind, &e).await);
+                        found.push((item, kind, error_text(&e)));
                     }
                     judge(item, e, settings, clock.now())
                 }
@@ -182,6 +182,14 @@ pub async fn replay_round(
             log_outcome(item, &outcome);
             outcomes.push((item.id, outcome));
         }
+        // Both sides of each conflict, the controller's looked up for all
+        // of them at once.
+        let found = futures_util::future::join_all(
+            found
+                .into_iter()
+                .map(|(item, kind, error)| describe_conflict(outbox, item, kind, error)),
+        )
+        .await;
         let now = clock.now();
         let (_, opened) = outbox
             .queue()
@@ -201,9 +209,9 @@ pub async fn replay_round(
                 })
             })
             .await?;
-        for conflict in opened {
-            outbox.opened(&conflict).await;
-        }
+        // Settled by policy side by side: the controller's records are
+        // looked up at once, the commits follow one another.
+        futures_util::future::join_all(opened.iter().map(|conflict| outbox.opened(conflict))).await;
         if unreachable {
             return Ok(RoundEnd::Unreachable);
         }
@@ -506,7 +514,7 @@ async fn describe_conflict(
     outbox: &Outbox,
     item: &Item,
     kind: conflicts::Kind,
-    error: &SendError,
+    error: String,
 ) -> Found {
     let central = match item.node.parse::<Mac>() {
         Ok(mac) if kind != conflicts::Kind::MissingLocal => {
@@ -517,11 +525,14 @@ async fn describe_conflict(
         }
         _ => None,
     };
-    let error = match error {
+    found_for(item, kind, central, error)
+}
+
+fn error_text(error: &SendError) -> String {
+    match error {
         SendError::Central(e) => e.to_string(),
         SendError::NotReady(e) | SendError::Malformed(e) | SendError::Stale(e) => e.clone(),
-    };
-    found_for(item, kind, central, error)
+    }
 }
 
 /// The outcome of a failed send.
