@@ -623,16 +623,7 @@ fn populate(dir: &Path, macs: &[Mac], states: &[NodeState]) {
 }
 
 fn agent_mode(http: SocketAddr) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            &format!("http://{http}/api/v1/status"),
-        ])
-        .output()
-        .expect("curl");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let status = agent_status(http).unwrap_or_default();
     status["mode"].as_str().unwrap_or_default().to_string()
 }
 
@@ -937,16 +928,7 @@ fn replay_benchmark(dir: &Path, raw: f64) {
     ];
     let (_agent, http, _) = start_agent_with(&case_dir, &case_dir.join("boot-assets"), &env);
     let pending = || -> Option<u64> {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                &format!("http://{http}/api/v1/status"),
-            ])
-            .output()
-            .ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let status = agent_status(http)?;
         Some(status["queue"]["pending"].as_u64()? + status["queue"]["in_flight"].as_u64()?)
     };
     assert_eq!(
@@ -977,6 +959,20 @@ fn replay_benchmark(dir: &Path, raw: f64) {
         total as f64 / took.as_secs_f64(),
         took.as_secs_f64()
     );
+}
+
+/// The agent's `/api/v1/status`, if it answers.
+fn agent_status(http: SocketAddr) -> Option<serde_json::Value> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{http}/api/v1/status"),
+        ])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 fn print_rates(title: &str, unit: &str, rows: &[(&str, f64)]) {
@@ -1193,18 +1189,7 @@ fn replay_with_conflicts(dir: &Path, items: usize, every: usize, policy: &str) -
         ("SITEBOOT_CONFLICTS_STATE_MISMATCH", policy.to_string()),
     ];
     let (_agent, http, _) = start_agent_with(dir, &dir.join("boot-assets"), &env);
-    let status = || -> Option<serde_json::Value> {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                &format!("http://{http}/api/v1/status"),
-            ])
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
+    let status = || agent_status(http);
     let expected_open = if policy == "manual" { conflicting } else { 0 };
     controller.up();
     let started = Instant::now();

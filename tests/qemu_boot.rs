@@ -174,6 +174,23 @@ fn boot_vm_and_expect(
     lines
 }
 
+/// An agent linked to `controller` (quick to notice an outage), with
+/// `extra` configuration, once it is online with `nodes` nodes synced.
+fn linked_agent(controller: &common::controller::FakeController, extra: &str, nodes: u64) -> Agent {
+    let agent = AgentBuilder::new()
+        .config(&format!(
+            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+             failure_threshold = 1\n{extra}",
+            controller.url()
+        ))
+        .start();
+    let status = || common::get_json(&agent.url("/api/v1/status"));
+    common::wait_until(Duration::from_secs(60), "online and synced", || {
+        status()["mode"] == "online" && status()["nodes_cached"] == nodes
+    });
+    agent
+}
+
 #[test]
 fn bios_ipxe_boots_an_active_node_from_local_disk() {
     let mac = "52:54:00:5b:00:01";
@@ -267,18 +284,13 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
     let unknown = "52:54:00:5b:00:06";
     controller.set_node(active, "active", None);
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let agent = AgentBuilder::new()
-        .config(&format!(
-            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-             failure_threshold = 1\n[offline]\ndefault_action = \"discovery\"\n",
-            controller.url()
-        ))
-        .start();
+    let agent = linked_agent(
+        &controller,
+        "[offline]\ndefault_action = \"discovery\"\n",
+        1,
+    );
     let status = || get_json(&agent.url("/api/v1/status"));
     let limit = Duration::from_secs(60);
-    wait_until(limit, "online and synced", || {
-        status()["mode"] == "online" && status()["nodes_cached"] == 1
-    });
     controller.down();
     wait_until(limit, "offline", || status()["mode"] == "offline");
 
@@ -349,18 +361,9 @@ fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_
     }));
     controller.set_node(mac, "active", None);
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let agent = AgentBuilder::new()
-        .config(&format!(
-            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-             failure_threshold = 1\n[conflicts]\nstate_mismatch = \"manual\"\n",
-            controller.url()
-        ))
-        .start();
+    let agent = linked_agent(&controller, "[conflicts]\nstate_mismatch = \"manual\"\n", 1);
     let status = || get_json(&agent.url("/api/v1/status"));
     let limit = Duration::from_secs(60);
-    wait_until(limit, "online and synced", || {
-        status()["mode"] == "online" && status()["nodes_cached"] == 1
-    });
     let token = admin_token(&agent);
     let auth = format!("Authorization: Bearer {token}");
     let admin = |method: &str, path: &str, body: &str| {
