@@ -27,6 +27,7 @@ use crate::central::client::HttpController;
 use crate::central::monitor::{Monitor, Transition};
 use crate::central::port::ControllerPort;
 use crate::config::Config;
+use crate::content::ContentCache;
 use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
 use crate::outbox::queue::{Limits, Queue};
@@ -52,6 +53,8 @@ pub enum StartError {
     #[error("queue: {0}")]
     Queue(#[from] crate::outbox::queue::QueueError),
     #[error(transparent)]
+    Cache(#[from] crate::content::CacheError),
+    #[error(transparent)]
     Central(#[from] crate::central::client::ClientError),
     #[error("admin token: {0}")]
     AdminToken(String),
@@ -74,6 +77,8 @@ pub struct Services {
     /// The registration body's `token`: `central.registration_token_file`,
     /// else the bearer token (DESIGN §6).
     pub registration_token: Option<String>,
+    /// The content cache (DESIGN §12), when a controller is configured.
+    pub cache: Option<Arc<ContentCache>>,
     recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -102,6 +107,15 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         ),
     };
     let port = Arc::new(port);
+    let cache = match port.mode().has_controller() {
+        true => Some(Arc::new(ContentCache::open(
+            &config.data_dir.join("content"),
+            store.clone(),
+            port.clone(),
+            config.cache.clone(),
+        )?)),
+        false => None,
+    };
     let queue = Queue::open(store.clone(), Limits::from_config(&config.queue))?;
     let outbox = Arc::new(Outbox::new(
         queue,
@@ -133,6 +147,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         outbox,
         boot,
         registration_token,
+        cache,
         recorder: recorder_task,
     })
 }
@@ -164,6 +179,7 @@ pub async fn start(
         store: services.store.clone(),
         outbox: services.outbox.clone(),
         boots: services.boot.stats(),
+        cache: services.cache.clone(),
     });
     if services.port.mode().has_controller() {
         tracker.spawn(crate::outbox::replay::run(
@@ -249,6 +265,7 @@ pub async fn start(
         public_url: config.http.public_url.clone(),
         admin_token,
         sync,
+        cache: services.cache.clone(),
     });
     let app = http::router(state);
     let http_limits = ServerLimits {

@@ -147,6 +147,17 @@ pub struct QueueConfig {
     pub retry_max: Duration,
 }
 
+/// The content cache (DESIGN §12).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Unpinned files are evicted, least recently used first, above this.
+    pub max_bytes: u64,
+    /// Background prefetches together read at most this many bytes a second.
+    pub prefetch_rate: u64,
+    /// A cached file is checked against the controller at most this often.
+    pub revalidate_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub site_id: String,
@@ -160,6 +171,7 @@ pub struct Config {
     /// until changed at run time.
     pub conflicts: ConflictPolicies,
     pub queue: QueueConfig,
+    pub cache: CacheConfig,
     /// Standalone: MACs first seen at boot kept at most (`nodes.max_discovered`).
     pub max_discovered: usize,
     pub admin_token_file: PathBuf,
@@ -226,6 +238,10 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("nodes", &["max_discovered"]),
+    (
+        "cache",
+        &["max_bytes", "prefetch_rate", "revalidate_interval"],
+    ),
     ("admin", &["token_file"]),
 ];
 
@@ -422,6 +438,28 @@ impl Source {
         Ok(duration)
     }
 
+    /// A size such as `20 GiB`, `512MiB`, `50 MB` or a byte count (a
+    /// rate may end in `/s`); more than zero.
+    fn size(&self, key: &str, default: &str) -> Result<u64, ConfigError> {
+        let text = match self.values.get(key) {
+            Some(RawValue {
+                value: toml::Value::Integer(n),
+                ..
+            }) => n.to_string(),
+            _ => self.string(key, default)?,
+        };
+        let size = parse_size(&text).ok_or_else(|| {
+            self.invalid(
+                key,
+                format!("{text:?} is not a size such as 20 GiB, 512 MiB or 50 MB"),
+            )
+        })?;
+        if size == 0 {
+            return Err(self.invalid(key, "must be greater than zero"));
+        }
+        Ok(size)
+    }
+
     fn socket_addr(&self, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         let text = self.string(key, default)?;
         // `:69` is accepted as "all addresses, port 69".
@@ -534,6 +572,11 @@ impl Source {
             offline_default_action,
             conflicts,
             queue: self.queue()?,
+            cache: CacheConfig {
+                max_bytes: self.size("cache.max_bytes", "20 GiB")?,
+                prefetch_rate: self.size("cache.prefetch_rate", "50 MB/s")?,
+                revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
+            },
             max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
             workflows: self.workflows()?,
@@ -653,6 +696,30 @@ fn env_key(lower: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `20 GiB`, `512MiB`, `50 MB`, `50 MB/s`, `1048576` → bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text.strip_suffix("/s").unwrap_or(text).trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! | transports | [`serve`] (HTTP, TFTP) |
 //! | controller upkeep | [`link`] (registration, probes, heartbeat, sync) |
 //! | status | [`status`] |
-//! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay) |
+//! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay), [`content`] (the content cache) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
 //! | model, flood limits | [`model`], [`ratelimit`] |
@@ -21,6 +21,7 @@ pub mod boot;
 pub mod central;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod link;
 pub mod model;
 pub mod outbox;

@@ -31,6 +31,8 @@ pub struct StatusSource {
     pub store: Store,
     pub outbox: Arc<Outbox>,
     pub boots: Arc<BootStats>,
+    /// The content cache, when a controller is configured.
+    pub cache: Option<Arc<crate::content::ContentCache>>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +49,10 @@ pub struct Snapshot {
     pub conflicts_pending: u64,
     pub nodes_seen_last_hour: u64,
     pub active_boots: u64,
+    /// The content cache's: requests served from a complete file, of all
+    /// (0..1; 0 before any, and without a cache).
     pub cache_hit_rate: f64,
+    pub cache: Option<crate::content::CacheStats>,
     pub disk_usage_percent: f64,
     /// False while the store cannot write (DESIGN §10 "Storage").
     pub store_writable: bool,
@@ -88,6 +93,7 @@ impl StatusSource {
             .ok()
             .flatten()
             .unwrap_or(0.0);
+        let cache = self.cache.as_ref().map(|c| c.stats());
         Snapshot {
             site_id: self.site_id.clone(),
             taken_at: OffsetDateTime::now_utc(),
@@ -99,7 +105,8 @@ impl StatusSource {
             conflicts_pending,
             nodes_seen_last_hour: self.boots.nodes_seen_last_hour(),
             active_boots: self.boots.active_boots(),
-            cache_hit_rate: self.boots.cache_hit_rate(),
+            cache_hit_rate: cache.as_ref().map_or(0.0, |c| c.hit_rate()),
+            cache,
             disk_usage_percent: disk,
             store_writable: self.store.writable(),
             quarantined_records,
@@ -143,6 +150,7 @@ impl Snapshot {
             "store_writable": self.store_writable,
             "quarantined_records": self.quarantined_records,
             "conflicts_pending": self.conflicts_pending,
+            "cache": self.cache,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),
         })

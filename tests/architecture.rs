@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("store", 2),
     ("central", 3),
     ("outbox", 4),
+    ("content", 4),
     ("boot", 5),
     ("status", 6),
     ("link", 7),

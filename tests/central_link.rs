@@ -589,9 +589,10 @@ fn install_assets_missing_here_are_proxied_from_the_controller(dialect: Dialect)
     // The checksum is passed on when the controller sends one (PureBoot's
     // does only when it has one; this fake's PureBoot has none).
     assert_eq!(
-        headers
-            .to_ascii_lowercase()
-            .contains("x-checksum-sha256: fake-sum-300000"),
+        headers.to_ascii_lowercase().contains(&format!(
+            "x-checksum-sha256: {}",
+            common::controller::sha256_hex(&kernel)
+        )),
         dialect == Dialect::Design,
         "{headers}"
     );
@@ -602,7 +603,12 @@ fn install_assets_missing_here_are_proxied_from_the_controller(dialect: Dialect)
     let (status, _, _) = curl(&["--path-as-is", &agent.url("/assets/../etc/passwd")]);
     assert_eq!(status, 403, "traversal is refused before any proxying");
     controller.down();
-    let (status, _, _) = curl(&[&kernel_url]);
+    // Fetched once, the kernel is in the content cache (DESIGN §12) ...
+    let (status, _, bytes) = curl(&[&kernel_url]);
+    assert_eq!(status, 200);
+    assert!(bytes == kernel, "cached kernel differs");
+    // ... a file never fetched cannot be had.
+    let (status, _, _) = curl(&[&agent.url("/assets/debian/other")]);
     assert_eq!(status, 502);
 }
 

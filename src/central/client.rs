@@ -10,7 +10,7 @@ use super::api::{
     Heartbeat, HeartbeatReply, NewNode, NodeEnvelope, NodeList, NodePage, NodeReport, Registration,
     RegistrationReply, StateChange, find_node, parse_node,
 };
-use super::{BoxFuture, CentralError, Controller, RemoteFile};
+use super::{BoxFuture, CentralError, Controller, FileAnswer, FileRequest, RemoteFile};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
 
@@ -296,7 +296,11 @@ impl Controller for HttpController {
     /// `path` is a sanitised relative path; its segments are placed in the
     /// URL one by one (each percent-encoded), so the request can reach
     /// nothing but `/api/v1/files/…` (DESIGN §10).
-    fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
+    fn fetch_file(
+        &self,
+        path: &str,
+        request: FileRequest,
+    ) -> BoxFuture<'_, Result<FileAnswer, CentralError>> {
         let url = self.files_url(path);
         Box::pin(async move {
             let url = url?;
@@ -304,11 +308,21 @@ impl Controller for HttpController {
             if let Some(token) = &self.token {
                 builder = builder.bearer_auth(token);
             }
+            if request.from > 0 {
+                builder =
+                    builder.header(reqwest::header::RANGE, format!("bytes={}-", request.from));
+            }
+            if let Some(validator) = &request.if_none_match {
+                builder = builder.header(reqwest::header::IF_NONE_MATCH, validator);
+            }
             use futures_util::TryStreamExt;
             let response = builder.send().await.map_err(unreachable)?;
             let status = response.status();
             if status == StatusCode::NOT_FOUND {
-                return Ok(None);
+                return Ok(FileAnswer::Missing);
+            }
+            if status == StatusCode::NOT_MODIFIED {
+                return Ok(FileAnswer::NotModified);
             }
             if !status.is_success() {
                 // Only the start of an error body is kept (and read).
@@ -322,14 +336,34 @@ impl Controller for HttpController {
                 }
                 return Err(rejected(status, &body));
             }
-            let sha256 = response
-                .headers()
-                .get("x-checksum-sha256")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Ok(Some(RemoteFile {
-                length: response.content_length(),
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_string())
+            };
+            let sha256 = header("x-checksum-sha256").map(|s| s.to_ascii_lowercase());
+            let etag = header("etag");
+            let (offset, total) = if status == StatusCode::PARTIAL_CONTENT {
+                // Only a range starting where it was asked is usable.
+                match header("content-range").as_deref().and_then(content_range) {
+                    Some((start, total)) if start == request.from => (start, total),
+                    other => {
+                        return Err(CentralError::Garbage(format!(
+                            "asked for bytes {}-, answered 206 with range {other:?}",
+                            request.from
+                        )));
+                    }
+                }
+            } else {
+                (0, response.content_length())
+            };
+            Ok(FileAnswer::Body(RemoteFile {
+                offset,
+                total,
                 sha256,
+                etag,
                 body: Box::pin(response.bytes_stream().map_err(std::io::Error::other)),
             }))
         })
@@ -428,6 +462,19 @@ impl Controller for HttpController {
             }
         })
     }
+}
+
+/// `bytes <start>-<end>/<total>` → (start, total if not `*`).
+fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start, total))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::api::{
     Heartbeat, HeartbeatReply, NewNode, NodePage, NodeReport, Registration, RegistrationReply,
     StateChange,
 };
-use super::{BoxFuture, CentralError, Controller, RemoteFile};
+use super::{BoxFuture, CentralError, Controller, FileAnswer, FileRequest};
 use crate::model::boot::{BootFacts, discovered_node};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
@@ -174,7 +174,11 @@ impl Controller for LocalController {
         })
     }
 
-    fn fetch_file(&self, _: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
-        Box::pin(async { Ok(None) })
+    fn fetch_file(
+        &self,
+        _: &str,
+        _: FileRequest,
+    ) -> BoxFuture<'_, Result<FileAnswer, CentralError>> {
+        Box::pin(async { Ok(FileAnswer::Missing) })
     }
 }

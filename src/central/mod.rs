@@ -106,16 +106,45 @@ pub trait Controller: Send + Sync + 'static {
         report: &NodeReport,
         idempotency_key: &str,
     ) -> BoxFuture<'_, Result<(), CentralError>>;
-    /// A file of the controller's (`GET /api/v1/files/{path}`), streamed;
-    /// `Ok(None)` if it has no such file.
-    fn fetch_file(&self, path: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>>;
+    /// A file of the controller's (`GET /api/v1/files/{path}`), streamed,
+    /// from `request.from` if the controller takes a Range.
+    fn fetch_file(
+        &self,
+        path: &str,
+        request: FileRequest,
+    ) -> BoxFuture<'_, Result<FileAnswer, CentralError>>;
+}
+
+/// What to ask of a controller's file.
+#[derive(Debug, Clone, Default)]
+pub struct FileRequest {
+    /// Resume at this byte (`Range: bytes=<from>-`); 0: the whole file.
+    pub from: u64,
+    /// Revalidation: `If-None-Match` with the validator kept.
+    pub if_none_match: Option<String>,
+}
+
+/// The controller's answer for a file.
+pub enum FileAnswer {
+    /// It has no such file (404).
+    Missing,
+    /// Unchanged since the validator given (304).
+    NotModified,
+    Body(RemoteFile),
 }
 
 /// A file being streamed from the controller.
 pub struct RemoteFile {
-    pub length: Option<u64>,
-    /// `X-Checksum-SHA256`, passed on to the node.
+    /// Where the body starts in the file: the requested `from` if the
+    /// controller answered the Range (206), else 0.
+    pub offset: u64,
+    /// The whole file's length, if the controller says (Content-Length
+    /// of a 200, the total of a 206's Content-Range).
+    pub total: Option<u64>,
+    /// `X-Checksum-SHA256`: lowercase hex, as sent.
     pub sha256: Option<String>,
+    /// `ETag`, for revalidation.
+    pub etag: Option<String>,
     pub body: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
     >,

@@ -12,7 +12,7 @@ use super::api::{Heartbeat, HeartbeatReply, NodePage, Registration, Registration
 use super::local::LocalController;
 use super::monitor::{LinkState, Monitor, Transition};
 use super::ops::Operation;
-use super::{CentralError, Controller, RemoteFile};
+use super::{CentralError, Controller, FileAnswer, FileRequest};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::Node;
@@ -169,9 +169,12 @@ impl ControllerPort {
         }
     }
 
-    /// A file of the controller's (`Ok(None)`: it has none; standalone,
-    /// never).
-    pub async fn fetch_file(&self, path: &str) -> Result<Option<RemoteFile>, CentralError> {
-        self.observe(self.controller.fetch_file(path).await)
+    /// A file of the controller's (standalone: never there).
+    pub async fn fetch_file(
+        &self,
+        path: &str,
+        request: FileRequest,
+    ) -> Result<FileAnswer, CentralError> {
+        self.observe(self.controller.fetch_file(path, request).await)
     }
 }

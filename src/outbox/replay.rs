@@ -588,7 +588,7 @@ mod tests {
     };
     use crate::central::monitor::Monitor;
     use crate::central::port::ControllerPort;
-    use crate::central::{BoxFuture, Controller, RemoteFile};
+    use crate::central::{BoxFuture, Controller, FileAnswer, FileRequest};
     use crate::outbox::queue::{Kind, Limits, NewItem, Origin, Queue, Status};
     use crate::store::Store;
     use crate::store::nodes::NodeCache;
@@ -654,7 +654,11 @@ mod tests {
             let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
             Box::pin(async move { answer })
         }
-        fn fetch_file(&self, _: &str) -> BoxFuture<'_, Result<Option<RemoteFile>, CentralError>> {
+        fn fetch_file(
+            &self,
+            _: &str,
+            _: FileRequest,
+        ) -> BoxFuture<'_, Result<FileAnswer, CentralError>> {
             unused()
         }
     }

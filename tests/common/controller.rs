@@ -107,6 +107,11 @@ pub(super) struct Inner {
     /// Nodes left out of the site listing (a listing that is partial or
     /// wrong); lookups by MAC still find them.
     pub(super) unlisted: std::collections::BTreeSet<String>,
+    /// File path → the checksum to announce instead of the real one.
+    pub(super) file_checksums: BTreeMap<String, String>,
+    /// (bytes, times): the next `times` file answers break off after
+    /// `bytes`.
+    pub(super) file_cuts: Vec<(usize, u32)>,
     /// Every node id given out: a node registered again after it was
     /// deleted gets a new one, as from a real controller.
     pub(super) used_ids: std::collections::BTreeSet<String>,
@@ -257,6 +262,23 @@ impl FakeController {
             }),
         );
         inner.changed_at.insert(mac.to_string(), generation);
+    }
+
+    /// Announces `sum` as the file's `X-Checksum-SHA256` (a wrong one).
+    pub fn set_file_checksum(&self, path: &str, sum: &str) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner
+            .file_checksums
+            .insert(path.to_string(), sum.to_string());
+    }
+
+    /// The next `times` file downloads break off after `bytes` bytes.
+    pub fn cut_files_after(&self, bytes: usize, times: u32) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .file_cuts
+            .push((bytes, times));
     }
 
     /// Leaves `mac` out of the site listing (true) or lists it again.
@@ -677,21 +699,101 @@ async fn answer(
             .into_response()
         }
         ("GET", p) if p.starts_with("/api/v1/files/") => {
-            match inner.files.get(&p["/api/v1/files/".len()..]) {
-                Some(bytes) => {
-                    let sum = [("x-checksum-sha256", format!("fake-sum-{}", bytes.len()))];
-                    match inner.file_rate {
-                        None => (StatusCode::OK, sum, bytes.clone()).into_response(),
-                        Some(rate) => {
-                            (StatusCode::OK, sum, slow_body(bytes.clone(), rate)).into_response()
-                        }
-                    }
+            let name = &p["/api/v1/files/".len()..];
+            let Some(bytes) = inner.files.get(name).cloned() else {
+                return (StatusCode::NOT_FOUND, "no such file").into_response();
+            };
+            let sum = inner
+                .file_checksums
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| sha256_hex(&bytes));
+            let len = bytes.len();
+            // §6 controllers take `Range: bytes=N-` (a resumed download).
+            let from = headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n < len);
+            let part = bytes[from.unwrap_or(0)..].to_vec();
+            let cut = match inner.file_cuts.first_mut() {
+                Some((after, times)) if *times > 0 => {
+                    *times -= 1;
+                    Some(*after)
                 }
-                None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+                _ => None,
+            };
+            inner.file_cuts.retain(|(_, times)| *times > 0);
+            let rate = inner.file_rate;
+            let body = match (cut, rate) {
+                (Some(after), rate) => cut_body(part, after, rate.unwrap_or(u64::MAX)),
+                (None, Some(rate)) => slow_body(part, rate),
+                (None, None) => axum::body::Body::from(part),
+            };
+            let mut response = (StatusCode::OK, body).into_response();
+            let h = response.headers_mut();
+            h.insert("x-checksum-sha256", sum.parse().expect("header"));
+            h.insert("etag", format!("\"sha256:{sum}\"").parse().expect("header"));
+            match from {
+                Some(from) => {
+                    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    let h = response.headers_mut();
+                    h.insert(
+                        "content-range",
+                        format!("bytes {from}-{}/{len}", len - 1)
+                            .parse()
+                            .expect("header"),
+                    );
+                    h.insert("content-length", (len - from).into());
+                }
+                None => {
+                    response.headers_mut().insert("content-length", len.into());
+                }
             }
+            response
         }
         _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `bytes` as a body that breaks off (a stream error) after `after`
+/// bytes, sent at `rate` bytes a second: a controller dying mid-file.
+pub(super) fn cut_body(bytes: Vec<u8>, after: usize, rate: u64) -> axum::body::Body {
+    const PIECE: usize = 64 * 1024;
+    let sent = bytes[..after.min(bytes.len())].to_vec();
+    let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
+    let pieces: Vec<Bytes> = sent.chunks(PIECE).map(Bytes::copy_from_slice).collect();
+    let stream = futures_util::stream::unfold(
+        (pieces.into_iter(), false),
+        move |(mut rest, ended)| async move {
+            if ended {
+                return None;
+            }
+            match rest.next() {
+                Some(piece) => {
+                    if rate != u64::MAX {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Some((Ok(piece), (rest, false)))
+                }
+                None => Some((
+                    Err(std::io::Error::other("the controller died mid-file")),
+                    (rest, true),
+                )),
+            }
+        },
+    );
+    axum::body::Body::from_stream(stream)
 }
 
 /// `bytes` as a body that trickles out at `rate` bytes a second.

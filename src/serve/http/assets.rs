@@ -1,5 +1,6 @@
-//! `GET /assets/{path}`: files from the served roots, with single-range
-//! `Range` support (iPXE and installers resume and probe with it).
+//! `GET /assets/{path}`: files from the served roots, else from the
+//! content cache (the controller's files), with single-range `Range`
+//! support (iPXE and installers resume and probe with it).
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::central::port::ControllerPort;
+use crate::content::fill::Progress;
+use crate::content::{ContentCache, Lookup};
 use crate::serve::bootfiles;
 use crate::serve::fsroot::{PathError, ServedRoot};
 
@@ -84,14 +86,17 @@ pub async fn serve(
     roots: Arc<Vec<ServedRoot>>,
     requested: String,
     headers: &HeaderMap,
-    port: &ControllerPort,
+    cache: Option<&Arc<ContentCache>>,
 ) -> Response {
     let lookup = requested.clone();
     let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
     let path = match resolved {
         Ok(Ok(path)) => path,
-        Ok(Err(PathError::NotFound(_))) if port.mode().has_controller() => {
-            return proxy(port, &requested).await;
+        Ok(Err(PathError::NotFound(_))) if cache.is_some() => {
+            if let Some(cache) = cache {
+                return from_cache(cache, &requested, headers).await;
+            }
+            return (StatusCode::NOT_FOUND, "not found\n").into_response();
         }
         Ok(Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_)))) => {
             return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
@@ -102,7 +107,12 @@ pub async fn serve(
         }
         Err(e) => return internal(format!("asset lookup failed: {e}")),
     };
-    let mut file = match tokio::fs::File::open(&path).await {
+    serve_file(&path, &requested, headers).await
+}
+
+/// A complete file on disk, with Range.
+async fn serve_file(path: &std::path::Path, requested: &str, headers: &HeaderMap) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) => return internal(format!("cannot open {requested:?}: {e}")),
     };
@@ -110,19 +120,9 @@ pub async fn serve(
         Ok(meta) => meta.len(),
         Err(e) => return internal(format!("cannot stat {requested:?}: {e}")),
     };
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, count) = match parse_range(range_header, len) {
-        RangeRequest::Full => (StatusCode::OK, 0, len),
-        RangeRequest::Partial { start, end } => {
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-        }
-        RangeRequest::Unsatisfiable => {
-            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
-            return response;
-        }
+    let (status, start, count) = match range_of(headers, len) {
+        Ok(range) => range,
+        Err(response) => return *response,
     };
     if start > 0
         && let Err(e) = file.seek(SeekFrom::Start(start)).await
@@ -130,7 +130,30 @@ pub async fn serve(
         return internal(format!("cannot seek {requested:?}: {e}"));
     }
     let stream = ReaderStream::with_capacity(file.take(count), 128 * 1024);
-    let mut response = Response::new(Body::from_stream(stream));
+    respond(Body::from_stream(stream), status, start, Some(count), len)
+}
+
+/// What to send of a file of `len` bytes: the status, the first byte and
+/// the count; or the 416 answer.
+fn range_of(headers: &HeaderMap, len: u64) -> Result<(StatusCode, u64, u64), Box<Response>> {
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match parse_range(range_header, len) {
+        RangeRequest::Full => Ok((StatusCode::OK, 0, len)),
+        RangeRequest::Partial { start, end } => {
+            Ok((StatusCode::PARTIAL_CONTENT, start, end - start + 1))
+        }
+        RangeRequest::Unsatisfiable => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            Err(Box::new(response))
+        }
+    }
+}
+
+fn respond(body: Body, status: StatusCode, start: u64, count: Option<u64>, len: u64) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(
@@ -138,20 +161,22 @@ pub async fn serve(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(value) =
-            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
-    {
-        h.insert(header::CONTENT_RANGE, value);
+    if let Some(count) = count {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Ok(value) =
+                HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+        {
+            h.insert(header::CONTENT_RANGE, value);
+        }
     }
     response
 }
 
-/// Streams a file the agent does not have from the controller (the
-/// content cache that will keep such files comes later). Range is not
-/// honoured here: the whole file is sent with 200, which RFC 9110 allows.
-async fn proxy(port: &ControllerPort, requested: &str) -> Response {
+/// A file the agent does not serve from its roots: from the content
+/// cache (DESIGN §12), which fetches it from the controller on a miss and
+/// streams it while it fills.
+async fn from_cache(cache: &Arc<ContentCache>, requested: &str, headers: &HeaderMap) -> Response {
     // Only paths that passed the same sanitising as local files go out,
     // as the sanitised segments.
     let Some(clean) = crate::serve::fsroot::sanitise(requested)
@@ -160,37 +185,69 @@ async fn proxy(port: &ControllerPort, requested: &str) -> Response {
     else {
         return (StatusCode::FORBIDDEN, "path not allowed\n").into_response();
     };
-    let fetched = port.fetch_file(&clean).await;
-    match fetched {
-        Ok(Some(file)) => {
-            let mut response = Response::new(Body::from_stream(file.body));
-            let h = response.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            if let Some(len) = file.length {
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
-            if let Some(sum) = file.sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
-                h.insert("x-checksum-sha256", sum);
-            }
-            response
+    let fill = match cache.lookup(&clean) {
+        Ok(Lookup::Hit { file, sha256, .. }) => {
+            let response = serve_file(&file, requested, headers).await;
+            return with_checksum(response, sha256);
         }
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            format!("file {requested:?} not found here or at the controller\n"),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(path = requested, error = %e, "asset proxy failed");
-            (
-                StatusCode::BAD_GATEWAY,
-                format!("cannot fetch {requested:?} from the controller: {e}\n"),
+        Ok(Lookup::Filling(fill)) => fill,
+        Err(e) => return internal(format!("content cache: {e}")),
+    };
+    let total = match fill.started().await {
+        Progress::Filling { total, .. } => total,
+        Progress::Done { len } => Some(len),
+        Progress::Missing => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("file {requested:?} not found here or at the controller\n"),
             )
-                .into_response()
+                .into_response();
         }
+        Progress::Failed(reason) => {
+            tracing::warn!(path = requested, %reason, "asset fill failed");
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot fetch {requested:?} from the controller: {reason}\n"),
+            )
+                .into_response();
+        }
+        Progress::Asking => return internal("a fill that never started".into()),
+    };
+    let response = match total {
+        Some(len) => {
+            let (status, start, count) = match range_of(headers, len) {
+                Ok(range) => range,
+                Err(response) => return *response,
+            };
+            let reader = fill.reader(start, Some(start + count));
+            respond(
+                Body::from_stream(reader.into_stream()),
+                status,
+                start,
+                Some(count),
+                len,
+            )
+        }
+        // Length unknown until the end: the whole file, chunked.
+        None => respond(
+            Body::from_stream(fill.reader(0, None).into_stream()),
+            StatusCode::OK,
+            0,
+            None,
+            0,
+        ),
+    };
+    with_checksum(response, fill.announced())
+}
+
+/// Passes the controller's checksum on to the node (installers check it).
+fn with_checksum(mut response: Response, sha256: Option<String>) -> Response {
+    if response.status().is_success()
+        && let Some(value) = sha256.and_then(|s| HeaderValue::from_str(&s).ok())
+    {
+        response.headers_mut().insert("x-checksum-sha256", value);
     }
+    response
 }
 
 fn internal(message: String) -> Response {

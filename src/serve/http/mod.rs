@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod assets;
+mod cache;
 pub mod conflicts;
 pub mod queue;
 pub mod server;
@@ -52,6 +53,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/conflicts/{id}/resolve",
             axum::routing::post(conflicts::resolve),
+        )
+        .route("/api/v1/cache", get(cache::list).delete(cache::clear))
+        .route("/api/v1/cache/stats", get(cache::stats))
+        .route(
+            "/api/v1/cache/{*path}",
+            axum::routing::delete(cache::remove),
         )
         .route("/api/v1/queue", get(queue::list))
         .route("/api/v1/queue/stats", get(queue::stats))
@@ -182,7 +189,7 @@ async fn asset(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    assets::serve(state.roots.clone(), path, &headers, &state.port).await
+    assets::serve(state.roots.clone(), path, &headers, state.cache.as_ref()).await
 }
 
 /// 200 while the agent can do its work; 503 while its store cannot write

@@ -24,4 +24,6 @@ pub struct AppState {
     pub admin_token: String,
     /// Present when a controller is configured.
     pub sync: Option<crate::link::tasks::SyncHandle>,
+    /// The content cache: present when a controller is configured.
+    pub cache: Option<Arc<crate::content::ContentCache>>,
 }

@@ -1,0 +1,194 @@
+//! One fill: a controller file being written to a temporary file while
+//! any number of clients read it (single flight, DESIGN §12). The fill
+//! runs in a task of its own, so a client that goes away does not stop it
+//! for the others; readers follow its progress through a watch channel
+//! and read what is written with positional reads of a shared handle.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// How far a fill has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The controller has not answered yet.
+    Asking,
+    /// Bytes are arriving: `written` of `total` (if the controller said).
+    Filling { written: u64, total: Option<u64> },
+    /// Complete and verified: `len` bytes.
+    Done { len: u64 },
+    /// The controller has no such file.
+    Missing,
+    /// Failed (the reason); nothing was kept.
+    Failed(String),
+}
+
+/// The shared side of a fill: its progress, and the temporary file's
+/// read handle (valid after the file is renamed or removed: the handle
+/// keeps the data).
+pub struct Fill {
+    pub path: String,
+    progress: watch::Receiver<Progress>,
+    file: Arc<std::fs::File>,
+    /// The controller's `X-Checksum-SHA256`, once it has answered.
+    announced: std::sync::OnceLock<Option<String>>,
+}
+
+/// The filling task's side.
+pub struct FillWriter {
+    progress: watch::Sender<Progress>,
+    fill: Arc<Fill>,
+}
+
+impl FillWriter {
+    pub fn report(&self, progress: Progress) {
+        self.progress.send_replace(progress);
+    }
+
+    /// The checksum the controller announced (before the first report).
+    pub fn announce(&self, sha256: Option<String>) {
+        let _ = self.fill.announced.set(sha256);
+    }
+}
+
+impl Fill {
+    /// A fill of `path` into `file` (opened for reading and writing).
+    pub fn new(path: String, file: std::fs::File) -> (Arc<Fill>, FillWriter) {
+        let (sender, receiver) = watch::channel(Progress::Asking);
+        let fill = Arc::new(Fill {
+            path,
+            progress: receiver,
+            file: Arc::new(file),
+            announced: std::sync::OnceLock::new(),
+        });
+        let writer = FillWriter {
+            progress: sender,
+            fill: fill.clone(),
+        };
+        (fill, writer)
+    }
+
+    /// The controller's checksum of the file, if it sent one.
+    pub fn announced(&self) -> Option<String> {
+        self.announced.get().cloned().flatten()
+    }
+
+    pub fn handle(&self) -> Arc<std::fs::File> {
+        self.file.clone()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// Waits until the controller has answered (or the fill has ended).
+    pub async fn started(&self) -> Progress {
+        let mut watch = self.progress.clone();
+        let result = watch
+            .wait_for(|p| !matches!(p, Progress::Asking))
+            .await
+            .map(|p| p.clone());
+        result.unwrap_or_else(|_| Progress::Failed("the fill stopped".into()))
+    }
+
+    /// Reads bytes `from..end` (end None: to the end of the file) as the
+    /// fill writes them; fails if the fill does.
+    pub fn reader(self: &Arc<Self>, from: u64, end: Option<u64>) -> FillReader {
+        FillReader {
+            fill: self.clone(),
+            watch: self.progress.clone(),
+            pos: from,
+            end,
+        }
+    }
+}
+
+/// A client's view of a fill.
+pub struct FillReader {
+    fill: Arc<Fill>,
+    watch: watch::Receiver<Progress>,
+    pos: u64,
+    end: Option<u64>,
+}
+
+/// Read at most this much per chunk.
+const CHUNK: u64 = 128 * 1024;
+
+impl FillReader {
+    /// The next chunk, None at the end, or the fill's failure.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            let available = match &*self.watch.borrow_and_update() {
+                Progress::Asking => 0,
+                Progress::Filling { written, .. } => *written,
+                Progress::Done { len } => {
+                    if self.end.is_none() {
+                        self.end = Some(*len);
+                    }
+                    *len
+                }
+                Progress::Missing => {
+                    return Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{}: not at the controller", self.fill.path),
+                    )));
+                }
+                Progress::Failed(reason) => {
+                    return Some(Err(std::io::Error::other(format!(
+                        "{}: the fill failed: {reason}",
+                        self.fill.path
+                    ))));
+                }
+            };
+            if self.end.is_some_and(|end| self.pos >= end) {
+                return None;
+            }
+            let limit = self.end.map_or(available, |end| end.min(available));
+            if self.pos < limit {
+                let want = (limit - self.pos).min(CHUNK) as usize;
+                let file = self.fill.file.clone();
+                let at = self.pos;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; want];
+                    let n = file.read_at(&mut buf, at)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                return match read {
+                    Ok(buf) if buf.is_empty() => Some(Err(std::io::Error::other(
+                        "the fill's file is shorter than written",
+                    ))),
+                    Ok(buf) => {
+                        self.pos += buf.len() as u64;
+                        Some(Ok(Bytes::from(buf)))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+            }
+            if self.watch.changed().await.is_err() {
+                // The writer is gone: its last word is final.
+                let last = self.watch.borrow().clone();
+                if !matches!(last, Progress::Done { .. }) {
+                    return Some(Err(std::io::Error::other(format!(
+                        "{}: the fill stopped",
+                        self.fill.path
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// The reader as a byte stream (for an HTTP body).
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut reader| async move {
+            reader.next_chunk().await.map(|chunk| (chunk, reader))
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The content cache's index in redb: one entry per complete, verified
+//! file (DESIGN §12). An entry is written only after its file was renamed
+//! into place, and removed before its file is deleted, so an entry always
+//! names a whole file.
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::{Store, StoreError};
+
+/// Controller path → entry (JSON).
+const CONTENT: TableDefinition<&str, &[u8]> = TableDefinition::new("content");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The controller's path (`GET /api/v1/files/{path}`).
+    pub path: String,
+    /// The file's name under `<data_dir>/content/files`.
+    pub file: String,
+    pub size: u64,
+    /// SHA-256 of the bytes kept, lowercase hex (checked against the
+    /// controller's `X-Checksum-SHA256` when it sent one).
+    pub sha256: String,
+    /// Did the controller send a checksum to check against?
+    pub verified: bool,
+    /// The controller's `ETag`, for revalidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub fetched_at: OffsetDateTime,
+    /// When the controller last confirmed it (fetch or revalidation).
+    #[serde(with = "time::serde::rfc3339")]
+    pub validated_at: OffsetDateTime,
+    /// Last served (kept in memory; written with the entry's next change).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_used: OffsetDateTime,
+    /// Files of `offline_safe` workflows: never evicted.
+    pub pinned: bool,
+}
+
+fn corrupt(path: &str, source: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("content entry {path}"),
+        source,
+    }
+}
+
+/// Every entry; unreadable ones are returned apart (to be dropped).
+pub fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
+    let txn = store.begin_read()?;
+    let table = match txn.open_table(CONTENT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(redb::Error::from(e).into()),
+    };
+    let mut entries = Vec::new();
+    let mut unreadable = Vec::new();
+    for row in table.iter().map_err(redb::Error::from)? {
+        let (key, value) = row.map_err(redb::Error::from)?;
+        match serde_json::from_slice::<Entry>(value.value()) {
+            Ok(entry) => entries.push(entry),
+            Err(e) => {
+                tracing::error!(error = %corrupt(key.value(), e), "content entry dropped");
+                unreadable.push(key.value().to_string());
+            }
+        }
+    }
+    Ok((entries, unreadable))
+}
+
+/// Writes entries (one commit).
+pub fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
+    let txn = store.begin_write()?;
+    {
+        let mut table = txn.open_table(CONTENT).map_err(redb::Error::from)?;
+        for entry in entries {
+            let bytes = serde_json::to_vec(entry).map_err(|e| corrupt(&entry.path, e))?;
+            table
+                .insert(entry.path.as_str(), bytes.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+    }
+    txn.commit()
+}
+
+/// Removes entries (one commit).
+pub fn remove(store: &Store, paths: &[String]) -> Result<(), StoreError> {
+    let txn = store.begin_write()?;
+    {
+        let mut table = txn.open_table(CONTENT).map_err(redb::Error::from)?;
+        for path in paths {
+            table.remove(path.as_str()).map_err(redb::Error::from)?;
+        }
+    }
+    txn.commit()
+}

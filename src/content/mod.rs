@@ -1,0 +1,668 @@
+//! The content cache (DESIGN §12): verified copies of the controller's
+//! files under `<data_dir>/content`, so installs read kernels and initrds
+//! at LAN speed and, for `offline_safe` workflows, without the controller.
+//!
+//! * `files/<uuid>`: complete, verified files, each named by an entry of
+//!   the index (`index.rs`, in redb).
+//! * `tmp/<uuid>`: fills under way. A fill is renamed into `files/` only
+//!   when its length and checksum are right, and its entry is written
+//!   after the rename: a crash leaves at most a temporary file or a file
+//!   without an entry, both removed at the next start, never an entry
+//!   naming a partial file.
+//!
+//! A miss starts one fill however many clients ask (`fill.rs`); each
+//! client reads the bytes as they arrive. Above `cache.max_bytes` the
+//! least recently used unpinned files are evicted.
+
+pub mod fill;
+pub mod index;
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::central::port::ControllerPort;
+use crate::central::{FileAnswer, FileRequest, RemoteFile};
+use crate::config::CacheConfig;
+use crate::store::{Store, StoreError};
+use fill::{Fill, FillWriter, Progress};
+use index::Entry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("content cache directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start a fill of {path}: {source}")]
+    Temp {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no cached file {0}")]
+    NotCached(String),
+    #[error("{0} is pinned (a file of an offline_safe workflow)")]
+    Pinned(String),
+}
+
+/// What a request for a file finds.
+pub enum Lookup {
+    /// Complete, at this path; `sha256` when the controller's checksum
+    /// verified it.
+    Hit {
+        file: PathBuf,
+        size: u64,
+        sha256: Option<String>,
+    },
+    /// Being fetched (by this request or an earlier one).
+    Filling(Arc<Fill>),
+}
+
+/// `GET /api/v1/cache/stats`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub pinned: u64,
+    pub pinned_bytes: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Fills started (each a controller download), and of those failed.
+    pub fills: u64,
+    pub fill_failures: u64,
+    pub evictions: u64,
+    pub filling: u64,
+}
+
+impl CacheStats {
+    /// Requests served from a complete file, of all requests; 0 before any.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    fills: AtomicU64,
+    fill_failures: AtomicU64,
+    evictions: AtomicU64,
+}
+
+pub struct ContentCache {
+    files: PathBuf,
+    tmp: PathBuf,
+    store: Store,
+    port: Arc<ControllerPort>,
+    settings: CacheConfig,
+    entries: RwLock<HashMap<String, Entry>>,
+    /// Fills under way, by path. Changed only under this lock together
+    /// with `entries`, so a request sees a path either filling or cached.
+    fills: Mutex<HashMap<String, Arc<Fill>>>,
+    counters: Counters,
+}
+
+/// Bytes written to the temporary file at a time (readers see progress
+/// at this grain, or sooner when the controller pauses).
+const WRITE_BATCH: usize = 256 * 1024;
+/// A broken controller stream is resumed this many times.
+const RESUMES: u32 = 3;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Dir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ContentCache {
+    /// Opens the cache under `dir`, after the start-up pass: leftover
+    /// temporary files are removed, and so are files without an entry
+    /// and entries without their whole file.
+    pub fn open(
+        dir: &Path,
+        store: Store,
+        port: Arc<ControllerPort>,
+        settings: CacheConfig,
+    ) -> Result<ContentCache, CacheError> {
+        let files = dir.join("files");
+        let tmp = dir.join("tmp");
+        for path in [&files, &tmp] {
+            std::fs::create_dir_all(path).map_err(dir_error(path))?;
+        }
+        let mut leftovers = 0;
+        for entry in std::fs::read_dir(&tmp).map_err(dir_error(&tmp))? {
+            let entry = entry.map_err(dir_error(&tmp))?;
+            if std::fs::remove_file(entry.path()).is_ok() {
+                leftovers += 1;
+            }
+        }
+        let (entries, unreadable) = index::load(&store)?;
+        let mut kept = HashMap::new();
+        let mut dropped = unreadable;
+        for entry in entries {
+            let whole = std::fs::metadata(files.join(&entry.file))
+                .is_ok_and(|m| m.is_file() && m.len() == entry.size);
+            if whole {
+                kept.insert(entry.path.clone(), entry);
+            } else {
+                tracing::warn!(path = %entry.path, "cached file missing or cut short; entry dropped");
+                dropped.push(entry.path);
+            }
+        }
+        if !dropped.is_empty() {
+            index::remove(&store, &dropped)?;
+        }
+        let named: std::collections::HashSet<&str> =
+            kept.values().map(|e| e.file.as_str()).collect();
+        for entry in std::fs::read_dir(&files).map_err(dir_error(&files))? {
+            let entry = entry.map_err(dir_error(&files))?;
+            let name = entry.file_name();
+            if !named.contains(name.to_string_lossy().as_ref())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                leftovers += 1;
+            }
+        }
+        if leftovers > 0 {
+            tracing::info!(
+                leftovers,
+                "content cache: unfinished or unindexed files removed"
+            );
+        }
+        Ok(ContentCache {
+            files,
+            tmp,
+            store,
+            port,
+            settings,
+            entries: RwLock::new(kept),
+            fills: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// A complete copy of `path`, or the fill that brings it (started
+    /// here if none is under way). `path` is a sanitised relative path.
+    pub fn lookup(self: &Arc<Self>, path: &str) -> Result<Lookup, CacheError> {
+        let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            entries.get_mut(path).map(|entry| {
+                entry.last_used = now();
+                Lookup::Hit {
+                    file: self.files.join(&entry.file),
+                    size: entry.size,
+                    sha256: entry.verified.then(|| entry.sha256.clone()),
+                }
+            })
+        };
+        if let Some(hit) = hit {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if let Some(fill) = fills.get(path) {
+            return Ok(Lookup::Filling(fill.clone()));
+        }
+        let fill = self.start_fill(path, false, &mut fills)?;
+        Ok(Lookup::Filling(fill))
+    }
+
+    /// Is `path` cached complete?
+    pub fn has(&self, path: &str) -> bool {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(path)
+    }
+
+    fn start_fill(
+        self: &Arc<Self>,
+        path: &str,
+        pinned: bool,
+        fills: &mut HashMap<String, Arc<Fill>>,
+    ) -> Result<Arc<Fill>, CacheError> {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let temp = self.tmp.join(&name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|source| CacheError::Temp {
+                path: path.to_string(),
+                source,
+            })?;
+        let (fill, writer) = Fill::new(path.to_string(), file);
+        fills.insert(path.to_string(), fill.clone());
+        self.counters.fills.fetch_add(1, Ordering::Relaxed);
+        let cache = self.clone();
+        let handle = fill.handle();
+        let path = path.to_string();
+        // Its own task: a client that goes away does not stop it.
+        tokio::spawn(async move {
+            let outcome = cache.run_fill(&path, &handle, &writer).await;
+            cache
+                .finish_fill(&path, name, temp, pinned, outcome, writer)
+                .await;
+        });
+        Ok(fill)
+    }
+
+    /// Downloads into the temporary file, resuming a broken stream;
+    /// returns what was kept (size, checksum) once verified.
+    async fn run_fill(
+        &self,
+        path: &str,
+        file: &Arc<std::fs::File>,
+        writer: &FillWriter,
+    ) -> Result<Verified, String> {
+        let mut hasher = Sha256::new();
+        let mut written: u64 = 0;
+        let mut expected: Option<(Option<u64>, Option<String>, Option<String>)> = None;
+        let mut resumes = 0;
+        loop {
+            let request = FileRequest {
+                from: written,
+                if_none_match: None,
+            };
+            let remote = match self.port.fetch_file(path, request).await {
+                Ok(FileAnswer::Body(remote)) => remote,
+                Ok(FileAnswer::Missing) => return Err(MISSING.into()),
+                Ok(FileAnswer::NotModified) => {
+                    return Err("the controller answered 304 to an unconditional request".into());
+                }
+                Err(e) if written > 0 && resumes < RESUMES => {
+                    resumes += 1;
+                    tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let RemoteFile {
+                offset,
+                total,
+                sha256,
+                etag,
+                mut body,
+            } = remote;
+            match &expected {
+                None => {
+                    writer.announce(sha256.clone());
+                    expected = Some((total, sha256, etag));
+                }
+                Some((first_total, first_sum, _)) => {
+                    if (total.is_some() && total != *first_total)
+                        || (sha256.is_some() && sha256 != *first_sum)
+                    {
+                        return Err("the file changed at the controller during the fill".into());
+                    }
+                }
+            }
+            let total = expected.as_ref().and_then(|e| e.0);
+            if let Some(total) = total
+                && written == 0
+            {
+                writer.report(Progress::Filling {
+                    written,
+                    total: Some(total),
+                });
+            }
+            // A controller that does not take Range sends the whole file
+            // again: the part already kept is skipped.
+            let mut skip = written - offset.min(written);
+            let mut buffer = Vec::with_capacity(WRITE_BATCH);
+            let mut broken = None;
+            loop {
+                let next = if buffer.is_empty() {
+                    body.next().await
+                } else {
+                    match tokio::time::timeout(std::time::Duration::from_millis(20), body.next())
+                        .await
+                    {
+                        Ok(next) => next,
+                        Err(_) => {
+                            written = flush(file, &mut buffer, written).await?;
+                            writer.report(Progress::Filling { written, total });
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(Ok(mut chunk)) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64) as usize;
+                            let _ = chunk.split_to(n);
+                            skip -= n as u64;
+                        }
+                        hasher.update(&chunk);
+                        buffer.extend_from_slice(&chunk);
+                        if total.is_some_and(|t| written + buffer.len() as u64 > t) {
+                            return Err(format!(
+                                "the controller sent more than the {} bytes it announced",
+                                total.unwrap_or_default()
+                            ));
+                        }
+                        if buffer.len() >= WRITE_BATCH {
+                            written = flush(file, &mut buffer, written).await?;
+                            writer.report(Progress::Filling { written, total });
+                        }
+                    }
+                    Some(Err(e)) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            written = flush(file, &mut buffer, written).await?;
+            writer.report(Progress::Filling { written, total });
+            match broken {
+                Some(e) if resumes < RESUMES => {
+                    resumes += 1;
+                    tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
+                    continue;
+                }
+                Some(e) => return Err(format!("the controller's stream broke: {e}")),
+                None if skip > 0 => {
+                    return Err("the controller's answer ended before the part kept".into());
+                }
+                None => {}
+            }
+            if let Some(total) = total
+                && written != total
+            {
+                if resumes < RESUMES {
+                    resumes += 1;
+                    tracing::warn!(path, written, total, "fill cut short; resuming");
+                    continue;
+                }
+                return Err(format!("{written} bytes of the {total} announced"));
+            }
+            let sum = hex(&hasher.finalize());
+            let (_, announced, etag) = expected.unwrap_or_default();
+            if let Some(announced) = &announced
+                && announced.trim_start_matches("sha256:") != sum
+            {
+                return Err(format!(
+                    "checksum mismatch: the controller announced {announced}, the bytes hash to {sum}"
+                ));
+            }
+            return Ok(Verified {
+                size: written,
+                sha256: sum,
+                verified: announced.is_some(),
+                etag,
+            });
+        }
+    }
+
+    /// Renames a verified fill into place and indexes it, or removes what
+    /// a failed one left; then tells the readers.
+    async fn finish_fill(
+        self: &Arc<Self>,
+        path: &str,
+        name: String,
+        temp: PathBuf,
+        pinned: bool,
+        outcome: Result<Verified, String>,
+        writer: FillWriter,
+    ) {
+        let kept = match outcome {
+            Ok(verified) => {
+                let target = self.files.join(&name);
+                let files = self.files.clone();
+                let moved = tokio::task::spawn_blocking({
+                    let temp = temp.clone();
+                    move || -> std::io::Result<()> {
+                        std::fs::File::open(&temp)?.sync_all()?;
+                        std::fs::rename(&temp, &target)?;
+                        std::fs::File::open(&files)?.sync_all()
+                    }
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                match moved {
+                    Ok(()) => {
+                        let at = now();
+                        let entry = Entry {
+                            path: path.to_string(),
+                            file: name.clone(),
+                            size: verified.size,
+                            sha256: verified.sha256,
+                            verified: verified.verified,
+                            etag: verified.etag,
+                            fetched_at: at,
+                            validated_at: at,
+                            last_used: at,
+                            pinned,
+                        };
+                        let store = self.store.clone();
+                        let stored = entry.clone();
+                        match store.call(move |s| index::put(s, &[stored])).await {
+                            Ok(()) => Ok(entry),
+                            Err(e) => {
+                                let _ = std::fs::remove_file(self.files.join(&name));
+                                Err(format!("not indexed: {e}"))
+                            }
+                        }
+                    }
+                    Err(e) => Err(format!("cannot move the complete file into place: {e}")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if kept.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        {
+            let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(entry) = &kept {
+                self.entries
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.to_string(), entry.clone());
+            }
+            fills.remove(path);
+        }
+        match kept {
+            Ok(entry) => {
+                tracing::info!(
+                    path,
+                    bytes = entry.size,
+                    verified = entry.verified,
+                    "file cached"
+                );
+                writer.report(Progress::Done { len: entry.size });
+                self.evict_over_limit().await;
+            }
+            Err(reason) if reason == MISSING => writer.report(Progress::Missing),
+            Err(reason) => {
+                self.counters.fill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path, %reason, "fill failed; nothing kept");
+                writer.report(Progress::Failed(reason));
+            }
+        }
+    }
+
+    /// Evicts unpinned files, least recently used first, until the cache
+    /// is within `cache.max_bytes`.
+    async fn evict_over_limit(&self) {
+        let victims: Vec<Entry> = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let mut total: u64 = entries.values().map(|e| e.size).sum();
+            if total <= self.settings.max_bytes {
+                return;
+            }
+            let mut unpinned: Vec<&Entry> = entries.values().filter(|e| !e.pinned).collect();
+            unpinned.sort_by_key(|e| e.last_used);
+            let mut victims = Vec::new();
+            for entry in unpinned {
+                if total <= self.settings.max_bytes {
+                    break;
+                }
+                total -= entry.size;
+                victims.push(entry.clone());
+            }
+            if total > self.settings.max_bytes {
+                tracing::warn!(
+                    bytes = total,
+                    max = self.settings.max_bytes,
+                    "content cache over its size with pinned files alone"
+                );
+            }
+            victims
+        };
+        if victims.is_empty() {
+            return;
+        }
+        let paths: Vec<String> = victims.iter().map(|e| e.path.clone()).collect();
+        if let Err(e) = self.forget(&paths).await {
+            tracing::warn!(error = %e, "eviction not written; files kept");
+            return;
+        }
+        self.counters
+            .evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        for entry in victims {
+            tracing::info!(path = %entry.path, bytes = entry.size, "evicted from the content cache");
+        }
+    }
+
+    /// Removes entries, then their files (an entry never names a missing
+    /// file; a file left by a crash in between is removed at start).
+    async fn forget(&self, paths: &[String]) -> Result<(), CacheError> {
+        let removed: Vec<Entry> = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            paths.iter().filter_map(|p| entries.remove(p)).collect()
+        };
+        let store = self.store.clone();
+        let gone = paths.to_vec();
+        if let Err(e) = store.call(move |s| index::remove(s, &gone)).await {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            for entry in removed {
+                entries.insert(entry.path.clone(), entry);
+            }
+            return Err(e.into());
+        }
+        for entry in removed {
+            let _ = tokio::fs::remove_file(self.files.join(&entry.file)).await;
+        }
+        Ok(())
+    }
+
+    /// `DELETE /api/v1/cache/{path}`: one file (not a pinned one).
+    pub async fn remove(&self, path: &str) -> Result<(), CacheError> {
+        let pinned = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            match entries.get(path) {
+                None => return Err(CacheError::NotCached(path.to_string())),
+                Some(entry) => entry.pinned,
+            }
+        };
+        if pinned {
+            return Err(CacheError::Pinned(path.to_string()));
+        }
+        self.forget(&[path.to_string()]).await
+    }
+
+    /// `DELETE /api/v1/cache`: every unpinned file; how many.
+    pub async fn clear_unpinned(&self) -> Result<usize, CacheError> {
+        let paths: Vec<String> = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| !e.pinned)
+            .map(|e| e.path.clone())
+            .collect();
+        self.forget(&paths).await?;
+        Ok(paths.len())
+    }
+
+    /// Every entry, by path.
+    pub fn list(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        all
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let c = &self.counters;
+        CacheStats {
+            entries: entries.len() as u64,
+            bytes: entries.values().map(|e| e.size).sum(),
+            pinned: entries.values().filter(|e| e.pinned).count() as u64,
+            pinned_bytes: entries.values().filter(|e| e.pinned).map(|e| e.size).sum(),
+            max_bytes: self.settings.max_bytes,
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            fills: c.fills.load(Ordering::Relaxed),
+            fill_failures: c.fill_failures.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            filling: self.fills.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
+        }
+    }
+}
+
+/// The fill's outcome when the controller has no such file.
+const MISSING: &str = "not at the controller";
+
+/// A fill's result, once its length and checksum were checked.
+struct Verified {
+    size: u64,
+    sha256: String,
+    verified: bool,
+    etag: Option<String>,
+}
+
+/// Writes `buffer` at `at`; the new end.
+async fn flush(file: &Arc<std::fs::File>, buffer: &mut Vec<u8>, at: u64) -> Result<u64, String> {
+    if buffer.is_empty() {
+        return Ok(at);
+    }
+    let bytes = std::mem::take(buffer);
+    let len = bytes.len() as u64;
+    let file = file.clone();
+    let result = tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| format!("cannot write the cached file: {e}")));
+    buffer.reserve(WRITE_BATCH);
+    result.map(|()| at + len)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
