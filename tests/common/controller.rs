@@ -112,9 +112,26 @@ pub(super) struct Inner {
     /// (bytes, times): the next `times` file answers break off after
     /// `bytes`.
     pub(super) file_cuts: Vec<(usize, u32)>,
+    /// File answers send this many bytes, then wait for the gate to open.
+    pub(super) file_gate: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
     /// Every node id given out: a node registered again after it was
     /// deleted gets a new one, as from a real controller.
     pub(super) used_ids: std::collections::BTreeSet<String>,
+}
+
+/// Holds file answers part-way until opened.
+pub struct FileGate(tokio::sync::watch::Sender<bool>);
+
+impl FileGate {
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Drop for FileGate {
+    fn drop(&mut self) {
+        self.open();
+    }
 }
 
 pub struct FakeController {
@@ -270,6 +287,14 @@ impl FakeController {
         inner
             .file_checksums
             .insert(path.to_string(), sum.to_string());
+    }
+
+    /// From now on, file answers send `bytes` bytes and then wait until
+    /// the returned gate is opened (dropping it opens it too).
+    pub fn gate_files_at(&self, bytes: usize) -> FileGate {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.inner.lock().expect("lock").file_gate = Some((bytes, gate));
+        FileGate(open)
     }
 
     /// The next `times` file downloads break off after `bytes` bytes.
@@ -727,10 +752,12 @@ async fn answer(
             };
             inner.file_cuts.retain(|(_, times)| *times > 0);
             let rate = inner.file_rate;
-            let body = match (cut, rate) {
-                (Some(after), rate) => cut_body(part, after, rate.unwrap_or(u64::MAX)),
-                (None, Some(rate)) => slow_body(part, rate),
-                (None, None) => axum::body::Body::from(part),
+            let gate = inner.file_gate.clone();
+            let body = match (cut, rate, gate) {
+                (Some(after), rate, _) => cut_body(part, after, rate.unwrap_or(u64::MAX)),
+                (None, _, Some((at, gate))) => gated_body(part, at, gate),
+                (None, Some(rate), None) => slow_body(part, rate),
+                (None, None, None) => axum::body::Body::from(part),
             };
             let mut response = (StatusCode::OK, body).into_response();
             let h = response.headers_mut();
@@ -792,6 +819,25 @@ pub(super) fn cut_body(bytes: Vec<u8>, after: usize, rate: u64) -> axum::body::B
                 )),
             }
         },
+    );
+    axum::body::Body::from_stream(stream)
+}
+
+/// `bytes` sent up to `at`, the rest once `gate` opens.
+pub(super) fn gated_body(
+    bytes: Vec<u8>,
+    at: usize,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) -> axum::body::Body {
+    let at = at.min(bytes.len());
+    let first = Bytes::copy_from_slice(&bytes[..at]);
+    let rest = Bytes::copy_from_slice(&bytes[at..]);
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures_util::stream::once(async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(rest)
+        }),
     );
     axum::body::Body::from_stream(stream)
 }

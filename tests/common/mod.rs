@@ -437,6 +437,30 @@ pub fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
     (status, headers, body)
 }
 
+/// Runs curl where the answer may break off: (the HTTP status if the
+/// transfer completed, curl's stderr, the bytes received).
+pub fn curl_lenient(args: &[&str]) -> (Option<u16>, String, Vec<u8>) {
+    require_tool("curl");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|b| *b == b'\n');
+    let status = split.and_then(|at| {
+        String::from_utf8_lossy(&body[at + 1..])
+            .trim()
+            .parse::<u16>()
+            .ok()
+    });
+    if let Some(at) = split {
+        body.truncate(at);
+    }
+    (status.filter(|_| out.status.success()), stderr, body)
+}
+
 pub fn curl_text(url: &str) -> (u16, String) {
     let (status, _, body) = curl(&[url]);
     (status, String::from_utf8_lossy(&body).into_owned())

@@ -1,0 +1,295 @@
+//! The content cache (DESIGN §12) against a fake controller over real
+//! HTTP: single flight with streaming to every waiting client, the
+//! checks that keep a partial or mismatching file from ever being served
+//! as complete, resumed fills, crashes during a fill, and eviction.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::controller::FakeController;
+use common::{AgentBuilder, admin_token, curl, get_json, mode, wait_until};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn online_agent(controller: &FakeController, extra: &str) -> common::Agent {
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"5s\"\n{extra}",
+            controller.central_toml()
+        ))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    agent
+}
+
+fn admin_get(agent: &common::Agent, path: &str) -> Value {
+    let token = admin_token(agent);
+    let (status, _, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url(path),
+    ]);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+fn stats(agent: &common::Agent) -> Value {
+    admin_get(agent, "/api/v1/cache/stats")["data"].clone()
+}
+
+fn cached_paths(agent: &common::Agent) -> Vec<String> {
+    admin_get(agent, "/api/v1/cache")["data"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|e| e["path"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn downloads(controller: &FakeController, path: &str) -> usize {
+    controller
+        .calls_to("GET", &format!("/api/v1/files/{path}"))
+        .len()
+}
+
+/// What the content directory holds besides complete files.
+fn leftovers(agent: &common::Agent) -> Vec<String> {
+    std::fs::read_dir(agent.data_dir().join("content").join("tmp"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 12: 200 concurrent clients of one uncached 64 MB file cause one
+/// controller download; every client has its first bytes while the
+/// controller is still holding back the rest (so the bytes were streamed
+/// as they arrived, not after the whole file); every client's bytes are
+/// the file's.
+#[test]
+fn two_hundred_clients_of_one_uncached_file_cause_one_download() {
+    const CLIENTS: usize = 200;
+    let controller = FakeController::start();
+    let file = Arc::new(common::pattern(64 << 20, 12));
+    controller.add_file("images/big.img", &file);
+    let agent = online_agent(&controller, "");
+    let gate = controller.gate_files_at(1 << 20);
+    let url = agent.url("/assets/images/big.img");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let started = Arc::new(AtomicUsize::new(0));
+    let results = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (client, url, file, started) =
+                (client.clone(), url.clone(), file.clone(), started.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                if response.status() != 200 {
+                    return Err(format!("status {}", response.status()));
+                }
+                let mut at = 0usize;
+                let mut first = true;
+                while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                    if first {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        first = false;
+                    }
+                    if file.get(at..at + chunk.len()) != Some(&chunk[..]) {
+                        return Err(format!("bytes differ at {at}"));
+                    }
+                    at += chunk.len();
+                }
+                Ok(at)
+            }));
+        }
+        // Every client has bytes while the controller holds the rest back.
+        let waited = tokio::time::Instant::now();
+        while started.load(Ordering::SeqCst) < CLIENTS {
+            assert!(
+                waited.elapsed() < LONG,
+                "only {} clients got first bytes",
+                started.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gate.open();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("client task"));
+        }
+        results
+    });
+    let whole = results.iter().filter(|r| **r == Ok(file.len())).count();
+    assert_eq!(
+        whole,
+        CLIENTS,
+        "{:?}",
+        results.iter().find(|r| **r != Ok(file.len()))
+    );
+    assert_eq!(downloads(&controller, "images/big.img"), 1);
+    let counts = stats(&agent);
+    assert_eq!(counts["fills"], 1, "{counts}");
+    assert_eq!(counts["misses"], CLIENTS, "{counts}");
+    assert_eq!(counts["entries"], 1, "{counts}");
+    // Now a hit, with the controller gone.
+    controller.down();
+    let (status, _, bytes) = curl(&[&url]);
+    assert_eq!(status, 200);
+    assert!(bytes == *file, "the cached copy differs");
+    assert_eq!(stats(&agent)["hits"], 1);
+}
+
+/// Issue 12: a file whose bytes do not match the controller's checksum
+/// fails every waiting client (an incomplete answer, never a complete
+/// one) and leaves nothing behind; the next request fetches it afresh.
+#[test]
+fn a_checksum_mismatch_fails_the_clients_and_keeps_nothing() {
+    let controller = FakeController::start();
+    let file = common::pattern(3 << 20, 13);
+    controller.add_file("debian/initrd.gz", &file);
+    controller.set_file_checksum("debian/initrd.gz", &"0".repeat(64));
+    let agent = online_agent(&controller, "");
+    let url = agent.url("/assets/debian/initrd.gz");
+    let (status, _, _) = common::curl_lenient(&[&url]);
+    assert_ne!(
+        status,
+        Some(200),
+        "a mismatching file must not arrive whole"
+    );
+    wait_until(LONG, "the failure counted", || {
+        stats(&agent)["fill_failures"] == 1
+    });
+    assert!(cached_paths(&agent).is_empty());
+    assert!(leftovers(&agent).is_empty(), "{:?}", leftovers(&agent));
+    // Fixed at the controller: fetched afresh, and kept.
+    controller.set_file_checksum("debian/initrd.gz", &common::controller::sha256_hex(&file));
+    let (status, _, bytes) = curl(&[&url]);
+    assert_eq!(status, 200);
+    assert!(bytes == file);
+    assert_eq!(downloads(&controller, "debian/initrd.gz"), 2);
+    assert_eq!(cached_paths(&agent), vec!["debian/initrd.gz".to_string()]);
+}
+
+/// Issue 12: the controller's stream breaks mid-file. A §6 controller
+/// takes Range, so the fill resumes where it broke and the client gets
+/// the whole file; a controller that keeps breaking fails the fill, and
+/// nothing is kept.
+#[test]
+fn a_broken_stream_is_resumed_and_one_that_keeps_breaking_keeps_nothing() {
+    let controller = FakeController::start();
+    let file = common::pattern(4 << 20, 14);
+    controller.add_file("debian/vmlinuz", &file);
+    controller.add_file("debian/other", &file);
+    let agent = online_agent(&controller, "");
+    controller.cut_files_after(1 << 20, 1);
+    let (status, _, bytes) = curl(&[&agent.url("/assets/debian/vmlinuz")]);
+    assert_eq!(status, 200);
+    assert!(bytes == file, "resumed file differs");
+    assert_eq!(downloads(&controller, "debian/vmlinuz"), 2);
+    let counts = stats(&agent);
+    assert_eq!(
+        (counts["fills"].clone(), counts["fill_failures"].clone()),
+        (1.into(), 0.into())
+    );
+
+    controller.cut_files_after(1 << 20, 10);
+    let (status, _, _) = common::curl_lenient(&[&agent.url("/assets/debian/other")]);
+    assert_ne!(status, Some(200));
+    wait_until(LONG, "the failure counted", || {
+        stats(&agent)["fill_failures"] == 1
+    });
+    assert_eq!(cached_paths(&agent), vec!["debian/vmlinuz".to_string()]);
+    assert!(leftovers(&agent).is_empty());
+}
+
+/// Issue 12: SIGKILL while a file is half fetched. After the restart no
+/// partial file is left or served: the file is fetched again, whole.
+#[test]
+fn sigkill_during_a_fill_leaves_nothing_that_would_be_served() {
+    let controller = FakeController::start();
+    let file = common::pattern(8 << 20, 15);
+    controller.add_file("images/half.img", &file);
+    let agent = online_agent(&controller, "");
+    let gate = controller.gate_files_at(3 << 20);
+    let url = agent.url("/assets/images/half.img");
+    let client = {
+        let url = url.clone();
+        std::thread::spawn(move || common::curl_lenient(&[&url]))
+    };
+    wait_until(LONG, "the fill under way", || {
+        stats(&agent)["filling"] == 1 && !leftovers(&agent).is_empty()
+    });
+    let agent = agent.kill_and_restart();
+    let (status, _, _) = client.join().expect("client");
+    assert_ne!(status, Some(200), "a cut fill was not a whole answer");
+    assert!(leftovers(&agent).is_empty(), "{:?}", leftovers(&agent));
+    assert!(cached_paths(&agent).is_empty());
+    drop(gate);
+    wait_until(LONG, "online again", || mode(&agent) == "online");
+    let (status, _, bytes) = curl(&[&agent.url("/assets/images/half.img")]);
+    assert_eq!(status, 200);
+    assert!(bytes == file);
+    assert_eq!(cached_paths(&agent), vec!["images/half.img".to_string()]);
+}
+
+/// Issue 12: above `cache.max_bytes` the least recently used file goes.
+#[test]
+fn the_least_recently_used_file_is_evicted_above_the_limit() {
+    let controller = FakeController::start();
+    let file = common::pattern(1 << 20, 16);
+    for name in ["a", "b", "c"] {
+        controller.add_file(&format!("files/{name}"), &file);
+    }
+    let agent = online_agent(&controller, "[cache]\nmax_bytes = \"2500 KiB\"\n");
+    let fetch = |name: &str| {
+        let (status, _, bytes) = curl(&[&agent.url(&format!("/assets/files/{name}"))]);
+        assert_eq!(status, 200);
+        assert!(bytes == file);
+    };
+    fetch("a");
+    fetch("b");
+    fetch("a");
+    fetch("c");
+    wait_until(LONG, "one evicted", || stats(&agent)["evictions"] == 1);
+    assert_eq!(
+        cached_paths(&agent),
+        vec!["files/a".to_string(), "files/c".to_string()]
+    );
+    let status = get_json(&agent.url("/api/v1/status"));
+    assert_eq!(status["cache"]["entries"], 2, "{status}");
+    // Removed by an operator: one file, then all.
+    let token = admin_token(&agent);
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, _, _) = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &auth,
+        &agent.url("/api/v1/cache/files/a"),
+    ]);
+    assert_eq!(code, 200);
+    assert_eq!(cached_paths(&agent), vec!["files/c".to_string()]);
+    let (code, _, _) = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &auth,
+        &agent.url("/api/v1/cache/files/a"),
+    ]);
+    assert_eq!(code, 404);
+    let (code, _, _) = curl(&["-X", "DELETE", "-H", &auth, &agent.url("/api/v1/cache")]);
+    assert_eq!(code, 200);
+    assert!(cached_paths(&agent).is_empty());
+    let (code, _, _) = curl(&[&agent.url("/api/v1/cache/stats")]);
+    assert_eq!(code, 401, "the cache API needs the admin token");
+}
