@@ -212,6 +212,7 @@ pub async fn start(
         roots.clone(),
         config.http.public_url.clone(),
         http_addr.port(),
+        services.cache.clone(),
     );
     let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, files)
         .await

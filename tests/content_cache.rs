@@ -293,3 +293,37 @@ fn the_least_recently_used_file_is_evicted_above_the_limit() {
     let (code, _, _) = curl(&[&agent.url("/api/v1/cache/stats")]);
     assert_eq!(code, 401, "the cache API needs the admin token");
 }
+
+/// Issue 12: a kernel asked for over TFTP (a firmware with no HTTP) comes
+/// from the content cache: fetched from the controller on the first
+/// request, then served from the cache with the controller gone.
+#[test]
+fn a_file_asked_for_over_tftp_is_fetched_once_and_served_from_the_cache() {
+    let controller = FakeController::start();
+    let kernel = common::pattern(2 << 20, 17);
+    controller.add_file("debian/linux", &kernel);
+    let agent = online_agent(&controller, "");
+    let url = format!("tftp://127.0.0.1:{}/debian/linux", agent.tftp.port());
+    let (_, _, bytes) = curl(&["--tftp-blksize", "1468", &url]);
+    assert!(bytes == kernel, "first transfer differs");
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let (_, _, bytes) = curl(&["--tftp-blksize", "1468", &url]);
+    assert!(bytes == kernel, "cached transfer differs");
+    assert_eq!(downloads(&controller, "debian/linux"), 1);
+    let counts = stats(&agent);
+    assert_eq!(
+        (counts["misses"].clone(), counts["hits"].clone()),
+        (1.into(), 1.into()),
+        "{counts}"
+    );
+    let url = format!(
+        "tftp://127.0.0.1:{}/debian/never-fetched",
+        agent.tftp.port()
+    );
+    let (status, _, _) = common::curl_lenient(&[&url]);
+    assert_eq!(
+        status, None,
+        "an uncached file with the controller gone is an error"
+    );
+}

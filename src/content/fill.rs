@@ -93,6 +93,21 @@ impl Fill {
         result.unwrap_or_else(|_| Progress::Failed("the fill stopped".into()))
     }
 
+    /// Waits until the fill has ended (done, missing or failed).
+    pub async fn finished(&self) -> Progress {
+        let mut watch = self.progress.clone();
+        let result = watch
+            .wait_for(|p| {
+                matches!(
+                    p,
+                    Progress::Done { .. } | Progress::Missing | Progress::Failed(_)
+                )
+            })
+            .await
+            .map(|p| p.clone());
+        result.unwrap_or_else(|_| Progress::Failed("the fill stopped".into()))
+    }
+
     /// Reads bytes `from..end` (end None: to the end of the file) as the
     /// fill writes them; fails if the fill does.
     pub fn reader(self: &Arc<Self>, from: u64, end: Option<u64>) -> FillReader {
@@ -120,14 +135,14 @@ impl FillReader {
     /// The next chunk, None at the end, or the fill's failure.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         loop {
-            let available = match &*self.watch.borrow_and_update() {
-                Progress::Asking => 0,
-                Progress::Filling { written, .. } => *written,
+            let (available, done) = match &*self.watch.borrow_and_update() {
+                Progress::Asking => (0, false),
+                Progress::Filling { written, .. } => (*written, false),
                 Progress::Done { len } => {
                     if self.end.is_none() {
                         self.end = Some(*len);
                     }
-                    *len
+                    (*len, true)
                 }
                 Progress::Missing => {
                     return Some(Err(std::io::Error::new(
@@ -142,10 +157,16 @@ impl FillReader {
                     ))));
                 }
             };
-            if self.end.is_some_and(|end| self.pos >= end) {
+            if done && self.end.is_some_and(|end| self.pos >= end) {
                 return None;
             }
-            let limit = self.end.map_or(available, |end| end.min(available));
+            let mut limit = self.end.map_or(available, |end| end.min(available));
+            // The last byte of an answer waits for the file to be verified:
+            // a client whose answer is complete has a checked file, and one
+            // whose fill fails is cut off short (DESIGN §12).
+            if !done && let Some(end) = self.end {
+                limit = limit.min(end.saturating_sub(1));
+            }
             if self.pos < limit {
                 let want = (limit - self.pos).min(CHUNK) as usize;
                 let file = self.fill.file.clone();

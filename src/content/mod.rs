@@ -230,6 +230,16 @@ impl ContentCache {
         Ok(Lookup::Filling(fill))
     }
 
+    /// Where the complete copy of `path` is, if cached (not counted as a
+    /// hit: for the request whose miss just filled it).
+    pub fn cached_file(&self, path: &str) -> Option<PathBuf> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .map(|entry| self.files.join(&entry.file))
+    }
+
     /// Is `path` cached complete?
     pub fn has(&self, path: &str) -> bool {
         self.entries

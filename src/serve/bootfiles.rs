@@ -1,12 +1,15 @@
 //! The files the agent serves to firmware and iPXE: the rendered bootstrap
-//! (`boot.ipxe`, `autoexec.ipxe`) and files under the served roots
-//! (`tftp.root`, then Debian's iPXE directories).
+//! (`boot.ipxe`, `autoexec.ipxe`), files under the served roots
+//! (`tftp.root`, then Debian's iPXE directories), and else the
+//! controller's files through the content cache.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::boot::BootService;
+use crate::content::fill::Progress;
+use crate::content::{ContentCache, Lookup};
 use crate::serve::fsroot::{self, PathError, ServedRoot};
 use crate::serve::tftp::content::Content;
 use crate::serve::tftp::{FileProvider, OpenError, OpenedFile};
@@ -44,6 +47,8 @@ pub struct BootFiles {
     roots: Arc<Vec<ServedRoot>>,
     public_url: Option<String>,
     http_port: u16,
+    /// The controller's files (DESIGN §12), when a controller is configured.
+    cache: Option<Arc<ContentCache>>,
 }
 
 impl BootFiles {
@@ -52,12 +57,48 @@ impl BootFiles {
         roots: Arc<Vec<ServedRoot>>,
         public_url: Option<String>,
         http_port: u16,
+        cache: Option<Arc<ContentCache>>,
     ) -> BootFiles {
         BootFiles {
             boot,
             roots,
             public_url,
             http_port,
+            cache,
+        }
+    }
+
+    /// A file not under the roots, from the content cache. TFTP needs the
+    /// whole file (its size for `tsize`, blocks in order with no pause a
+    /// client would time out on), so a miss waits for the fill to end;
+    /// a client's retransmitted request meanwhile joins the same fill.
+    async fn from_cache(
+        &self,
+        cache: &Arc<ContentCache>,
+        filename: &str,
+    ) -> Result<PathBuf, OpenError> {
+        let clean = fsroot::sanitise(filename)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string))
+            .ok_or_else(|| OpenError::Forbidden(format!("{filename:?}: path not allowed")))?;
+        let fill = match cache.lookup(&clean) {
+            Ok(Lookup::Hit { file, .. }) => return Ok(file),
+            Ok(Lookup::Filling(fill)) => fill,
+            Err(e) => return Err(OpenError::Io(e.to_string())),
+        };
+        match fill.finished().await {
+            Progress::Done { .. } => cache
+                .cached_file(&clean)
+                .ok_or_else(|| OpenError::Io(format!("{filename:?} was evicted as it arrived"))),
+            Progress::Missing => Err(OpenError::NotFound(format!(
+                "{filename:?} is not here nor at the controller"
+            ))),
+            Progress::Failed(reason) => Err(OpenError::Io(format!(
+                "{filename:?} could not be fetched: {reason}"
+            ))),
+            Progress::Asking | Progress::Filling { .. } => {
+                Err(OpenError::Io("the fill stopped".into()))
+            }
         }
     }
 
@@ -89,13 +130,17 @@ impl FileProvider for BootFiles {
         }
         let roots = self.roots.clone();
         let requested = filename.to_string();
-        let path = tokio::task::spawn_blocking(move || resolve(&roots, &requested))
+        let resolved = tokio::task::spawn_blocking(move || resolve(&roots, &requested))
             .await
-            .map_err(|e| OpenError::Io(e.to_string()))?
-            .map_err(|e| match e {
-                PathError::NotFound(_) => OpenError::NotFound(e.to_string()),
-                _ => OpenError::Forbidden(e.to_string()),
-            })?;
+            .map_err(|e| OpenError::Io(e.to_string()))?;
+        let path = match (resolved, &self.cache) {
+            (Ok(path), _) => path,
+            (Err(PathError::NotFound(_)), Some(cache)) => self.from_cache(cache, filename).await?,
+            (Err(e @ PathError::NotFound(_)), None) => {
+                return Err(OpenError::NotFound(e.to_string()));
+            }
+            (Err(e), _) => return Err(OpenError::Forbidden(e.to_string())),
+        };
         let name = filename.to_string();
         let opened = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path)
