@@ -72,11 +72,7 @@ impl BootFiles {
     /// whole file (its size for `tsize`, blocks in order with no pause a
     /// client would time out on), so a miss waits for the fill to end;
     /// a client's retransmitted request meanwhile joins the same fill.
-    async fn from_cache(
-        &self,
-        cache: &Arc<ContentCache>,
-        filename: &str,
-    ) -> Result<PathBuf, OpenError> {
+    async fn cached(cache: &Arc<ContentCache>, filename: &str) -> Result<PathBuf, OpenError> {
         let clean = fsroot::sanitise(filename)
             .ok()
             .and_then(|p| p.to_str().map(str::to_string))
@@ -135,7 +131,9 @@ impl FileProvider for BootFiles {
             .map_err(|e| OpenError::Io(e.to_string()))?;
         let path = match (resolved, &self.cache) {
             (Ok(path), _) => path,
-            (Err(PathError::NotFound(_)), Some(cache)) => self.from_cache(cache, filename).await?,
+            (Err(PathError::NotFound(_)), Some(cache)) => {
+                BootFiles::cached(cache, filename).await?
+            }
             (Err(e @ PathError::NotFound(_)), None) => {
                 return Err(OpenError::NotFound(e.to_string()));
             }
