@@ -131,15 +131,18 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
     } else {
         (None, None)
     };
-    let boot = Arc::new(BootService::new(
-        config,
-        store.clone(),
-        nodes.clone(),
-        templates,
-        port.clone(),
-        outbox.clone(),
-        recorder,
-    ));
+    let boot = Arc::new(
+        BootService::new(
+            config,
+            store.clone(),
+            nodes.clone(),
+            templates,
+            port.clone(),
+            outbox.clone(),
+            recorder,
+        )
+        .with_cache(cache.clone()),
+    );
     Ok(Services {
         store,
         nodes,
@@ -242,6 +245,7 @@ pub async fn start(
                 outbox: services.outbox.clone(),
                 status: status.clone(),
                 store: services.store.clone(),
+                cache: services.cache.clone(),
             },
             LinkSettings {
                 central: config.central.clone(),

@@ -327,3 +327,61 @@ fn a_file_asked_for_over_tftp_is_fetched_once_and_served_from_the_cache() {
         "an uncached file with the controller gone is an error"
     );
 }
+
+fn boot_script(agent: &common::Agent, mac: &str) -> String {
+    let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64"))]);
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// DESIGN §12 (issue 12): after a sync the files of `offline_safe`
+/// workflows are prefetched and pinned (eviction passes them by). With
+/// the controller gone, a pending node whose workflow's files are all
+/// cached installs from the cache; one whose workflow lacks a file boots
+/// its disk with the banner naming the file.
+#[test]
+fn offline_safe_files_are_prefetched_pinned_and_let_a_node_install_offline() {
+    let controller = FakeController::start();
+    let part = common::pattern(1 << 20, 18);
+    for file in ["safe/vmlinuz", "safe/initrd.gz", "gap/vmlinuz", "other/big"] {
+        controller.add_file(file, &part);
+    }
+    for (id, initrd) in [("safe", "safe/initrd.gz"), ("gap", "gap/initrd.gz")] {
+        controller.add_workflow(serde_json::json!({"id": id, "name": id, "method": "kernel",
+            "kernel": format!("{id}/vmlinuz"), "initrd": [initrd], "offline_safe": true}));
+    }
+    let (ready, short) = ("52:54:00:00:70:01", "52:54:00:00:70:02");
+    controller.set_node(ready, "pending", Some("safe"));
+    controller.set_node(short, "pending", Some("gap"));
+    let agent = online_agent(&controller, "[cache]\nmax_bytes = \"3500 KiB\"\n");
+    wait_until(LONG, "prefetched", || cached_paths(&agent).len() == 3);
+    let entries = admin_get(&agent, "/api/v1/cache")["data"].clone();
+    assert!(
+        entries
+            .as_array()
+            .is_some_and(|all| all.iter().all(|e| e["pinned"] == true)),
+        "{entries}"
+    );
+    // An unpinned file over the limit is what goes, not a pinned one.
+    let (status, _, _) = curl(&[&agent.url("/assets/other/big")]);
+    assert_eq!(status, 200);
+    wait_until(LONG, "evicted", || stats(&agent)["evictions"] == 1);
+    assert_eq!(
+        cached_paths(&agent),
+        vec!["gap/vmlinuz", "safe/initrd.gz", "safe/vmlinuz"]
+    );
+
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let script = boot_script(&agent, ready);
+    assert!(script.contains("action=install source=offline"), "{script}");
+    let (status, _, bytes) = curl(&[&agent.url("/assets/safe/initrd.gz")]);
+    assert_eq!(status, 200);
+    assert!(bytes == part);
+    let script = boot_script(&agent, short);
+    assert!(script.contains("action=local source=offline"), "{script}");
+    assert!(
+        script.contains("gap/initrd.gz is not in the agent's content cache"),
+        "{script}"
+    );
+}

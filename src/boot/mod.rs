@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::central::port::ControllerPort;
 use crate::config::{Config, OfflineDefault};
+use crate::content::ContentCache;
 use crate::model::boot::{BootAnswer, BootFacts, Source};
 use crate::model::decision::{self, Action, Connectivity, Decision, DecisionContext};
 use crate::model::mac::Mac;
@@ -47,6 +48,11 @@ pub struct BootService {
     stats: Arc<BootStats>,
     /// None: nothing is recorded (the CLI's `render`).
     recorder: Option<Recorder>,
+    /// The content cache (with a controller): an offline install starts
+    /// only if its files are cached (DESIGN §12).
+    cache: Option<Arc<ContentCache>>,
+    /// `tftp.root`: a workflow's file found there needs no cache.
+    tftp_root: std::path::PathBuf,
 }
 
 impl BootService {
@@ -60,6 +66,8 @@ impl BootService {
         recorder: Option<Recorder>,
     ) -> BootService {
         BootService {
+            cache: None,
+            tftp_root: config.tftp.root.clone(),
             offline_default: config.offline_default_action,
             workflows: config
                 .workflows
@@ -207,8 +215,11 @@ impl BootService {
                 last_known_replayable,
             },
         );
+        let destructive_replay = last.as_ref().is_some_and(|l| l.destructive);
+        if let Some(missing) = self.uncached_file(&decision, last.as_ref()).await {
+            decision = decision.held_for_missing_file(&missing, destructive_replay);
+        }
         if let Some(conflict) = self.outbox.open_conflict(mac) {
-            let destructive_replay = last.as_ref().is_some_and(|l| l.destructive);
             decision = decision.held_for_conflict(conflict, destructive_replay);
         }
         let shown = node.as_deref().cloned().unwrap_or_else(|| {
@@ -338,6 +349,68 @@ impl BootService {
             self.store.call(move |s| s.get_workflow(&id)).await,
             Ok(Some(wf)) if wf.offline_safe
         )
+    }
+
+    /// With the content cache: offline installs check their files in it.
+    pub fn with_cache(mut self, cache: Option<Arc<ContentCache>>) -> BootService {
+        self.cache = cache;
+        self
+    }
+
+    /// DESIGN §12 offline rule: the first file of the install `decision`
+    /// would start (or of the destructive script it would replay) that is
+    /// neither cached nor under `tftp.root`.
+    async fn uncached_file(
+        &self,
+        decision: &decision::Decision,
+        last: Option<&LastScript>,
+    ) -> Option<String> {
+        let cache = self.cache.as_ref()?;
+        let workflow = match decision.action {
+            Action::Install => decision.workflow.clone()?,
+            Action::LastKnown if last.is_some_and(|l| l.destructive) => {
+                let id = last?.workflow_id.clone()?;
+                match self.workflows.get(&id) {
+                    Some(wf) => wf.clone(),
+                    None => self.store.call(move |s| s.get_workflow(&id)).await.ok()??,
+                }
+            }
+            _ => return None,
+        };
+        workflow
+            .files()
+            .into_iter()
+            .find(|file| !cache.has(file) && !self.under_root(file))
+            .map(str::to_string)
+    }
+
+    /// Is `file` (a workflow's relative path) a file under `tftp.root`?
+    fn under_root(&self, file: &str) -> bool {
+        let relative = std::path::Path::new(file.trim_start_matches('/'));
+        relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && self.tftp_root.join(relative).is_file()
+    }
+
+    /// Every workflow this agent can render: the config's, then the
+    /// controller's as last synced (an id in both is the config's).
+    pub async fn all_workflows(&self) -> Vec<Workflow> {
+        let mut all: HashMap<String, Workflow> = self
+            .store
+            .call(|s| s.list_workflows())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "workflows unreadable");
+                Vec::new()
+            })
+            .into_iter()
+            .map(|w| (w.id.clone(), w))
+            .collect();
+        for (id, workflow) in &self.workflows {
+            all.insert(id.clone(), workflow.clone());
+        }
+        all.into_values().collect()
     }
 
     async fn workflow_for(&self, node: &Node) -> Option<Workflow> {

@@ -123,6 +123,7 @@ impl Renderer {
             banner: decision::Banner::None,
             workflow: None,
             conflict: None,
+            missing_file: None,
         };
         let (node, source) = (scene.node, scene.source);
         let ctx = self.context(scene, &decision);
@@ -175,6 +176,7 @@ impl Renderer {
                 .map(|wf| workflow_view(wf, base_url)),
             banner: decision.banner.as_str().map(str::to_string),
             conflict_id: decision.conflict,
+            missing_file: decision.missing_file.clone(),
             offline,
         }
     }

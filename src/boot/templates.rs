@@ -94,6 +94,8 @@ pub struct ScriptContext {
     pub banner: Option<String>,
     /// The open conflict an install was held back for (banner `conflict`).
     pub conflict_id: Option<u64>,
+    /// The file an offline install was held back for (banner `not_cached`).
+    pub missing_file: Option<String>,
     pub offline: Option<OfflineView>,
 }
 
@@ -241,6 +243,7 @@ impl Templates {
             "install_failed",
             "no_workflow",
             "conflict",
+            "not_cached",
         ] {
             let mut ctx = sample_context("local", "kernel", false);
             ctx.banner = Some(banner.into());
@@ -284,6 +287,7 @@ fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
         }),
         banner: Some("hold".into()),
         conflict_id: Some(7),
+        missing_file: Some("sample/initrd.img".into()),
         offline: offline.then(|| OfflineView {
             since: "2026-01-01T00:00:00Z".into(),
             duration: "5m".into(),

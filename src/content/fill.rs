@@ -34,6 +34,8 @@ pub struct Fill {
     file: Arc<std::fs::File>,
     /// The controller's `X-Checksum-SHA256`, once it has answered.
     announced: std::sync::OnceLock<Option<String>>,
+    /// A client waits for it (not a background prefetch, which is paced).
+    urgent: std::sync::atomic::AtomicBool,
 }
 
 /// The filling task's side.
@@ -62,12 +64,22 @@ impl Fill {
             progress: receiver,
             file: Arc::new(file),
             announced: std::sync::OnceLock::new(),
+            urgent: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = FillWriter {
             progress: sender,
             fill: fill.clone(),
         };
         (fill, writer)
+    }
+
+    pub fn make_urgent(&self) {
+        self.urgent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_urgent(&self) -> bool {
+        self.urgent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The controller's checksum of the file, if it sent one.

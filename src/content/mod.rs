@@ -117,7 +117,43 @@ pub struct ContentCache {
     /// with `entries`, so a request sees a path either filling or cached.
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     counters: Counters,
+    /// Paces background prefetches together at `cache.prefetch_rate`.
+    pace: Pace,
+    /// One prefetch pass at a time (a sync that ends while one runs
+    /// leaves its list for the next pass).
+    prefetching: tokio::sync::Mutex<()>,
 }
+
+/// A shared byte pace: each caller reserves its bytes' share of time.
+struct Pace {
+    rate: u64,
+    next_free: Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate: rate.max(1),
+            next_free: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let wait = {
+            let mut free = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = (*free).max(now);
+            *free = start + std::time::Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Prefetches run this many fills at once.
+const PREFETCH_FILLS: usize = 2;
 
 /// Bytes written to the temporary file at a time (readers see progress
 /// at this grain, or sooner when the controller pauses).
@@ -196,10 +232,12 @@ impl ContentCache {
             tmp,
             store,
             port,
-            settings,
             entries: RwLock::new(kept),
             fills: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            pace: Pace::new(settings.prefetch_rate),
+            prefetching: tokio::sync::Mutex::new(()),
+            settings,
         })
     }
 
@@ -224,9 +262,11 @@ impl ContentCache {
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         if let Some(fill) = fills.get(path) {
+            // A client waits for it now: no longer paced as a prefetch.
+            fill.make_urgent();
             return Ok(Lookup::Filling(fill.clone()));
         }
-        let fill = self.start_fill(path, false, &mut fills)?;
+        let fill = self.start_fill(path, false, false, &mut fills)?;
         Ok(Lookup::Filling(fill))
     }
 
@@ -252,6 +292,7 @@ impl ContentCache {
         self: &Arc<Self>,
         path: &str,
         pinned: bool,
+        paced: bool,
         fills: &mut HashMap<String, Arc<Fill>>,
     ) -> Result<Arc<Fill>, CacheError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
@@ -266,10 +307,13 @@ impl ContentCache {
                 source,
             })?;
         let (fill, writer) = Fill::new(path.to_string(), file);
+        if !paced {
+            fill.make_urgent();
+        }
         fills.insert(path.to_string(), fill.clone());
         self.counters.fills.fetch_add(1, Ordering::Relaxed);
         let cache = self.clone();
-        let handle = fill.handle();
+        let handle = fill.clone();
         let path = path.to_string();
         // Its own task: a client that goes away does not stop it.
         tokio::spawn(async move {
@@ -286,9 +330,10 @@ impl ContentCache {
     async fn run_fill(
         &self,
         path: &str,
-        file: &Arc<std::fs::File>,
+        fill: &Arc<Fill>,
         writer: &FillWriter,
     ) -> Result<Verified, String> {
+        let file = &fill.handle();
         let mut hasher = Sha256::new();
         let mut written: u64 = 0;
         let mut expected: Option<(Option<u64>, Option<String>, Option<String>)> = None;
@@ -363,6 +408,9 @@ impl ContentCache {
                 };
                 match next {
                     Some(Ok(mut chunk)) => {
+                        if !fill.is_urgent() {
+                            self.pace.take(chunk.len() as u64).await;
+                        }
                         if skip > 0 {
                             let n = skip.min(chunk.len() as u64) as usize;
                             let _ = chunk.split_to(n);
@@ -517,6 +565,101 @@ impl ContentCache {
                 writer.report(Progress::Failed(reason));
             }
         }
+    }
+
+    /// DESIGN §12 prefetch: `wanted` files (path, pinned) are fetched in
+    /// the background, paced at `cache.prefetch_rate`, a few at a time;
+    /// the pinned ones (of `offline_safe` workflows) are never evicted,
+    /// and a file no longer wanted pinned is unpinned. Returns once the
+    /// pass has ended; the counts of files fetched and failed.
+    pub async fn prefetch(self: &Arc<Self>, wanted: Vec<(String, bool)>) -> (usize, usize) {
+        let Ok(_one) = self.prefetching.try_lock() else {
+            return (0, 0);
+        };
+        let pinned: std::collections::HashSet<String> = wanted
+            .iter()
+            .filter(|(_, pin)| *pin)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let changed: Vec<Entry> = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            entries
+                .values_mut()
+                .filter(|e| e.pinned != pinned.contains(&e.path))
+                .map(|e| {
+                    e.pinned = !e.pinned;
+                    e.clone()
+                })
+                .collect()
+        };
+        if !changed.is_empty() {
+            let store = self.store.clone();
+            if let Err(e) = store.call(move |s| index::put(s, &changed)).await {
+                tracing::warn!(error = %e, "pins not written");
+            }
+        }
+        let missing: Vec<(String, bool)> = wanted
+            .into_iter()
+            .filter(|(path, _)| !self.has(path))
+            .collect();
+        let slots = Arc::new(tokio::sync::Semaphore::new(PREFETCH_FILLS));
+        let mut running = Vec::new();
+        for (path, pin) in missing {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let fill = {
+                let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+                if self.has(&path) {
+                    continue;
+                }
+                match fills.get(&path) {
+                    Some(fill) => fill.clone(),
+                    None => match self.start_fill(&path, pin, true, &mut fills) {
+                        Ok(fill) => fill,
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "prefetch not started");
+                            continue;
+                        }
+                    },
+                }
+            };
+            running.push(tokio::spawn(async move {
+                let done = fill.finished().await;
+                drop(slot);
+                matches!(done, Progress::Done { .. })
+            }));
+        }
+        let mut fetched = 0;
+        let mut failed = 0;
+        for task in running {
+            match task.await {
+                Ok(true) => fetched += 1,
+                _ => failed += 1,
+            }
+        }
+        // A file pinned while its (client's) fill ran was kept unpinned.
+        let late: Vec<Entry> = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            entries
+                .values_mut()
+                .filter(|e| !e.pinned && pinned.contains(&e.path))
+                .map(|e| {
+                    e.pinned = true;
+                    e.clone()
+                })
+                .collect()
+        };
+        if !late.is_empty() {
+            let store = self.store.clone();
+            if let Err(e) = store.call(move |s| index::put(s, &late)).await {
+                tracing::warn!(error = %e, "pins not written");
+            }
+        }
+        if fetched + failed > 0 {
+            tracing::info!(fetched, failed, "prefetch pass done");
+        }
+        (fetched, failed)
     }
 
     /// Evicts unpinned files, least recently used first, until the cache

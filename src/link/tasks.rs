@@ -47,6 +47,8 @@ pub struct LinkServices {
     pub outbox: Arc<Outbox>,
     pub status: Arc<StatusSource>,
     pub store: Store,
+    /// Files to prefetch after each sync (DESIGN §12).
+    pub cache: Option<Arc<crate::content::ContentCache>>,
 }
 
 type SyncRequest = (
@@ -378,6 +380,48 @@ impl Tasks {
         *reported = missing;
     }
 
+    /// DESIGN §12: after a sync, the files of workflows assigned to
+    /// `pending` or `reprovision` nodes, and (pinned) of every
+    /// `offline_safe` workflow, are fetched into the content cache in the
+    /// background.
+    async fn prefetch(&self) {
+        let Some(cache) = self.services.cache.clone() else {
+            return;
+        };
+        let workflows: std::collections::HashMap<String, crate::model::node::Workflow> = self
+            .services
+            .boot
+            .all_workflows()
+            .await
+            .into_iter()
+            .map(|w| (w.id.clone(), w))
+            .collect();
+        let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
+        for workflow in workflows.values().filter(|w| w.offline_safe) {
+            for file in workflow.files() {
+                wanted.insert(file.to_string(), true);
+            }
+        }
+        for node in self.services.outbox.nodes().all() {
+            use crate::model::node::NodeState;
+            if !matches!(node.state, NodeState::Pending | NodeState::Reprovision) {
+                continue;
+            }
+            let Some(workflow) = node.workflow_id.as_ref().and_then(|id| workflows.get(id)) else {
+                continue;
+            };
+            for file in workflow.files() {
+                wanted.entry(file.to_string()).or_insert(false);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            cache.prefetch(wanted.into_iter().collect()).await;
+        });
+    }
+
     async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
         let protected = self
             .services
@@ -404,6 +448,7 @@ impl Tasks {
                 if report.full {
                     self.report_unrenderable().await;
                 }
+                self.prefetch().await;
                 if !report.unlisted_with_changes.is_empty() {
                     let opened = self
                         .services

@@ -61,6 +61,9 @@ pub enum Banner {
     NoWorkflow,
     /// An install was held back: the node has an open conflict (DESIGN §8).
     Conflict,
+    /// An offline install was not started: a file it needs is not in the
+    /// content cache (DESIGN §12).
+    NotCached,
 }
 
 impl Banner {
@@ -72,6 +75,7 @@ impl Banner {
             Banner::InstallFailed => Some("install_failed"),
             Banner::NoWorkflow => Some("no_workflow"),
             Banner::Conflict => Some("conflict"),
+            Banner::NotCached => Some("not_cached"),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Decision {
     pub workflow: Option<Workflow>,
     /// The open conflict an install was held back for.
     pub conflict: Option<u64>,
+    /// The file an offline install was held back for (not cached).
+    pub missing_file: Option<String>,
 }
 
 impl Decision {
@@ -93,6 +99,7 @@ impl Decision {
             banner: Banner::None,
             workflow: None,
             conflict: None,
+            missing_file: None,
         }
     }
 
@@ -102,6 +109,7 @@ impl Decision {
             banner,
             workflow: None,
             conflict: None,
+            missing_file: None,
         }
     }
 
@@ -111,6 +119,7 @@ impl Decision {
             banner: Banner::None,
             workflow: Some(workflow.clone()),
             conflict: None,
+            missing_file: None,
         }
     }
 
@@ -118,6 +127,21 @@ impl Decision {
     /// an install (from either side's record) becomes a local boot with
     /// the CONFLICT banner naming the conflict. `destructive_replay`: the
     /// decision replays a last-known script that would install.
+    /// DESIGN §12 offline rule: an install that needs `file`, which is
+    /// not cached, is not started (it could not finish): local boot with
+    /// the banner naming the file.
+    pub fn held_for_missing_file(self, file: &str, destructive_replay: bool) -> Decision {
+        let destructive = self.action == Action::Install
+            || (self.action == Action::LastKnown && destructive_replay);
+        if !destructive {
+            return self;
+        }
+        Decision {
+            missing_file: Some(file.to_string()),
+            ..Decision::local(Banner::NotCached)
+        }
+    }
+
     pub fn held_for_conflict(self, conflict: u64, destructive_replay: bool) -> Decision {
         let destructive = self.action == Action::Install
             || (self.action == Action::LastKnown && destructive_replay);

@@ -235,6 +235,20 @@ pub struct Workflow {
     pub offline_safe: bool,
 }
 
+impl Workflow {
+    /// The files an install with it fetches through the agent (its
+    /// kernel and initrds; a workflow that boots a URL has none).
+    pub fn files(&self) -> Vec<&str> {
+        if self.method != BootMethod::Kernel {
+            return Vec::new();
+        }
+        std::iter::once(self.kernel.as_str())
+            .chain(self.initrd.iter().map(String::as_str))
+            .filter(|path| !path.is_empty() && !path.contains("://"))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowError {
     #[error("workflow {id:?}: method kernel needs a kernel")]

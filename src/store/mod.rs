@@ -806,6 +806,23 @@ impl Store {
         })
     }
 
+    /// Every workflow the controller listed at the last sync.
+    pub fn list_workflows(&self) -> Result<Vec<Workflow>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(WORKFLOWS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn get_workflow(&self, id: &str) -> Result<Option<Workflow>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
