@@ -431,3 +431,88 @@ fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_
     );
     assert_eq!(controller.node(mac).expect("node")["state"], "reprovision");
 }
+
+/// A small real Linux (Debian's cloud kernel and a busybox initrd that
+/// prints `SITEBOOT-LINUX-UP` and powers off), built once per target
+/// directory by the test's own script.
+fn linux_assets() -> (Vec<u8>, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-assets");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/linux-assets.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("run linux-assets.sh");
+    assert!(
+        out.status.success(),
+        "linux-assets.sh (needs busybox-static, cpio and Debian's archive): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("linux asset");
+    (read("vmlinuz"), read("initrd.gz"))
+}
+
+/// DESIGN §12, issue 12: with the controller killed, a `pending` node
+/// whose workflow is `offline_safe`, and whose files were prefetched while
+/// the controller was there, boots a real Linux kernel and initrd from
+/// the agent's content cache (SeaBIOS + iPXE, over HTTP) to the initrd's
+/// line. A node whose workflow lacks a file at the controller (so not
+/// cached) boots its disk with the banner naming the file.
+#[test]
+fn bios_ipxe_installs_a_real_linux_from_the_cache_with_the_controller_killed() {
+    use common::controller::FakeController;
+    use common::{get_json, wait_until};
+    let (kernel, initrd) = linux_assets();
+    let controller = FakeController::start();
+    controller.add_file("linux/vmlinuz", &kernel);
+    controller.add_file("linux/initrd.gz", &initrd);
+    for (id, initrd) in [
+        ("linux", "linux/initrd.gz"),
+        ("linux-gap", "linux/absent.gz"),
+    ] {
+        controller.add_workflow(serde_json::json!({
+            "id": id, "name": id, "method": "kernel", "kernel": "linux/vmlinuz",
+            "initrd": [initrd], "cmdline": "console=ttyS0", "offline_safe": true
+        }));
+    }
+    let (ready, short) = ("52:54:00:5b:00:08", "52:54:00:5b:00:09");
+    controller.set_node(ready, "pending", Some("linux"));
+    controller.set_node(short, "pending", Some("linux-gap"));
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = linked_agent(&controller, "", 2);
+    let limit = Duration::from_secs(120);
+    let cached = || {
+        let token = common::admin_token(&agent);
+        let (_, _, body) = common::curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &agent.url("/api/v1/cache/stats"),
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default()["data"]["entries"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(limit, "the workflow's files prefetched", || cached() == 2);
+    drop(controller);
+    wait_until(limit, "offline", || {
+        get_json(&agent.url("/api/v1/status"))["mode"] == "offline"
+    });
+
+    boot_vm_and_expect(
+        &agent,
+        Firmware::Bios,
+        ready,
+        &format!("siteboot: mac={ready} state=pending action=install source=offline"),
+        &["siteboot: installing linux", "SITEBOOT-LINUX-UP kernel="],
+    );
+    boot_vm_and_expect(
+        &agent,
+        Firmware::Bios,
+        short,
+        &format!("siteboot: mac={short} state=pending action=local source=offline"),
+        &[
+            "linux/absent.gz is not in the agent's content cache",
+            "siteboot: booting local disk",
+        ],
+    );
+}
