@@ -764,6 +764,10 @@ fn last_known_replays_only_what_is_safe_offline(dialect: Dialect) {
         "52:54:00:00:45:03",
         "52:54:00:00:45:04",
     );
+    // The offline_safe workflow's kernel is prefetched into the content
+    // cache: an offline install whose files are not cached is not started
+    // (DESIGN §12).
+    controller.add_file("rescue/vmlinuz", b"rescue kernel");
     controller.set_node(looked_at, "discovered", None);
     controller.set_node(destructive, "pending", Some("debian"));
     controller.set_node(safe, "pending", Some("rescue"));
@@ -811,6 +815,10 @@ fn last_known_replays_only_what_is_safe_offline(dialect: Dialect) {
             let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
             node["last_served"]["action"] == *action
         })
+    });
+    wait_until(LONG, "the offline_safe kernel cached", || {
+        let (_, cache) = call(&agent, "GET", "/api/v1/cache", None);
+        cache.to_string().contains("rescue/vmlinuz")
     });
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
