@@ -385,3 +385,53 @@ fn offline_safe_files_are_prefetched_pinned_and_let_a_node_install_offline() {
         "{script}"
     );
 }
+
+/// DESIGN §12 revalidation (issue 12): online, a cached file older than
+/// `cache.revalidate_interval` is checked with the controller as it is
+/// served; a changed file there replaces the cached one (the old copy is
+/// served until the new one is complete). Offline, the cached copy is
+/// served as it is, however the controller's has changed.
+#[test]
+fn a_changed_file_replaces_the_cached_one_online_and_offline_the_cached_one_is_served() {
+    let controller = FakeController::start();
+    let (v1, v2, v3) = (
+        common::pattern(1 << 20, 19),
+        common::pattern(1 << 20, 20),
+        common::pattern(1 << 20, 21),
+    );
+    controller.add_file("debian/initrd.gz", &v1);
+    let agent = online_agent(&controller, "[cache]\nrevalidate_interval = \"1s\"\n");
+    let url = agent.url("/assets/debian/initrd.gz");
+    let (_, _, bytes) = curl(&[&url]);
+    assert!(bytes == v1);
+    // Unchanged: confirmed with a 304, not fetched again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, _, bytes) = curl(&[&url]);
+    assert!(bytes == v1);
+    wait_until(LONG, "revalidated", || {
+        controller
+            .calls_to("GET", "/api/v1/files/debian/initrd.gz")
+            .iter()
+            .any(|c| c.status == 304)
+    });
+    assert_eq!(stats(&agent)["fills"], 1);
+
+    controller.add_file("debian/initrd.gz", &v2);
+    wait_until(LONG, "the changed file served", || {
+        let (_, _, bytes) = curl(&[&url]);
+        assert!(bytes == v1 || bytes == v2, "a copy that is neither");
+        bytes == v2
+    });
+    assert_eq!(stats(&agent)["entries"], 1);
+    let files = std::fs::read_dir(agent.data_dir().join("content").join("files"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 1, "the old copy was removed");
+
+    controller.add_file("debian/initrd.gz", &v3);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, _, bytes) = curl(&[&url]);
+    assert!(bytes == v2, "offline, the cached copy is served");
+}

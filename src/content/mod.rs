@@ -119,6 +119,8 @@ pub struct ContentCache {
     counters: Counters,
     /// Paces background prefetches together at `cache.prefetch_rate`.
     pace: Pace,
+    /// Paths being revalidated now.
+    revalidating: Mutex<std::collections::HashSet<String>>,
     /// One prefetch pass at a time (a sync that ends while one runs
     /// leaves its list for the next pass).
     prefetching: tokio::sync::Mutex<()>,
@@ -236,6 +238,7 @@ impl ContentCache {
             fills: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             pace: Pace::new(settings.prefetch_rate),
+            revalidating: Mutex::new(std::collections::HashSet::new()),
             prefetching: tokio::sync::Mutex::new(()),
             settings,
         })
@@ -248,16 +251,24 @@ impl ContentCache {
         let hit = {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
             entries.get_mut(path).map(|entry| {
-                entry.last_used = now();
-                Lookup::Hit {
+                let at = now();
+                entry.last_used = at;
+                let due = at - entry.validated_at
+                    >= time::Duration::try_from(self.settings.revalidate_interval)
+                        .unwrap_or(time::Duration::MAX);
+                let hit = Lookup::Hit {
                     file: self.files.join(&entry.file),
                     size: entry.size,
                     sha256: entry.verified.then(|| entry.sha256.clone()),
-                }
+                };
+                (hit, due.then(|| entry.clone()))
             })
         };
-        if let Some(hit) = hit {
+        if let Some((hit, due)) = hit {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = due {
+                self.revalidate(entry, &mut fills);
+            }
             return Ok(hit);
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +289,92 @@ impl ContentCache {
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
             .map(|entry| self.files.join(&entry.file))
+    }
+
+    /// DESIGN §12 revalidation, at most every `cache.revalidate_interval`
+    /// and only online: the cached copy is served meanwhile; the
+    /// controller is asked with the entry's validator (`If-None-Match`).
+    /// Unchanged (304, or the same checksum): the entry is confirmed.
+    /// Changed: a new fill replaces the entry once it is verified.
+    fn revalidate(self: &Arc<Self>, entry: Entry, fills: &mut HashMap<String, Arc<Fill>>) {
+        if self.port.mode() != crate::model::mode::Mode::Online || fills.contains_key(&entry.path) {
+            return;
+        }
+        if !self
+            .revalidating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.path.clone())
+        {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let path = entry.path.clone();
+            let changed = cache.check_with_controller(&entry).await;
+            match changed {
+                Ok(false) => cache.confirm(&path).await,
+                Ok(true) => {
+                    tracing::info!(path, "file changed at the controller; fetching it again");
+                    let mut fills = cache.fills.lock().unwrap_or_else(|e| e.into_inner());
+                    if !fills.contains_key(&path)
+                        && let Err(e) = cache.start_fill(&path, entry.pinned, false, &mut fills)
+                    {
+                        tracing::warn!(path, error = %e, "changed file not fetched again");
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(path, error = %e, "revalidation failed; the cached copy stays")
+                }
+            }
+            cache
+                .revalidating
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
+        });
+    }
+
+    /// Has the controller's copy changed from `entry`'s?
+    async fn check_with_controller(&self, entry: &Entry) -> Result<bool, String> {
+        let validator = entry
+            .etag
+            .clone()
+            .unwrap_or_else(|| format!("\"sha256:{}\"", entry.sha256));
+        let request = FileRequest {
+            from: 0,
+            if_none_match: Some(validator),
+        };
+        match self.port.fetch_file(&entry.path, request).await {
+            Ok(FileAnswer::NotModified) => Ok(false),
+            // Gone at the controller: what is cached stays (an operator
+            // evicts it; a pinned install must not lose its file).
+            Ok(FileAnswer::Missing) => Ok(false),
+            Ok(FileAnswer::Body(remote)) => Ok(match (&remote.sha256, &remote.etag) {
+                (Some(sum), _) => sum.trim_start_matches("sha256:") != entry.sha256,
+                (None, Some(etag)) => Some(etag) != entry.etag.as_ref(),
+                // Neither: only a different length tells.
+                (None, None) => remote.total.is_some_and(|t| t != entry.size),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The controller confirmed the cached copy: noted in the entry.
+    async fn confirm(&self, path: &str) {
+        let updated = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            entries.get_mut(path).map(|e| {
+                e.validated_at = now();
+                e.clone()
+            })
+        };
+        if let Some(entry) = updated {
+            let store = self.store.clone();
+            if let Err(e) = store.call(move |s| index::put(s, &[entry])).await {
+                tracing::warn!(path, error = %e, "revalidation not written");
+            }
+        }
     }
 
     /// Is `path` cached complete?
@@ -540,10 +637,16 @@ impl ContentCache {
         {
             let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
             if let Ok(entry) = &kept {
-                self.entries
+                let replaced = self
+                    .entries
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(path.to_string(), entry.clone());
+                // A changed file fetched again: the old copy goes (a client
+                // reading it keeps its open handle).
+                if let Some(old) = replaced.filter(|old| old.file != entry.file) {
+                    let _ = std::fs::remove_file(self.files.join(&old.file));
+                }
             }
             fills.remove(path);
         }

@@ -734,6 +734,14 @@ async fn answer(
                 .cloned()
                 .unwrap_or_else(|| sha256_hex(&bytes));
             let len = bytes.len();
+            let etag = format!("\"sha256:{sum}\"");
+            if headers
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == etag)
+            {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
             // §6 controllers take `Range: bytes=N-` (a resumed download).
             let from = headers
                 .get("range")
@@ -762,7 +770,7 @@ async fn answer(
             let mut response = (StatusCode::OK, body).into_response();
             let h = response.headers_mut();
             h.insert("x-checksum-sha256", sum.parse().expect("header"));
-            h.insert("etag", format!("\"sha256:{sum}\"").parse().expect("header"));
+            h.insert("etag", etag.parse().expect("header"));
             match from {
                 Some(from) => {
                     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
