@@ -435,3 +435,91 @@ fn a_changed_file_replaces_the_cached_one_online_and_offline_the_cached_one_is_s
     let (_, _, bytes) = curl(&[&url]);
     assert!(bytes == v2, "offline, the cached copy is served");
 }
+
+/// Issue 12: the disk fills up during a fill (a small tmpfs as the data
+/// directory). The clients get a short answer, nothing is kept, the
+/// space the fill took is given back, and a change queued before is
+/// still there and reaches the controller.
+#[test]
+fn a_full_disk_during_a_fill_keeps_nothing_and_loses_nothing_from_the_queue() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let image = common::pattern(24 << 20, 22);
+    controller.add_file("images/too-big.img", &image);
+    let mac = "52:54:00:00:71:01";
+    controller.set_node(mac, "active", None);
+    let builder = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"5s\"\n\
+         [queue]\nretry_base = \"1h\"\nretry_max = \"2h\"\n",
+            controller.central_toml()
+        ));
+    let disk = common::SmallDisk::mount(&builder.path().join("data"), "16m");
+    let agent = builder.start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let token = admin_token(&agent);
+    let auth = format!("Authorization: Bearer {token}");
+    wait_until(LONG, "node synced", || {
+        curl(&["-H", &auth, &agent.url(&format!("/api/v1/nodes/{mac}"))]).0 == 200
+    });
+    // A change the controller fails twice (direct, then replayed): held
+    // in the queue, acknowledged.
+    controller.inject(
+        "PATCH",
+        "/state",
+        Some("held-change"),
+        500,
+        Duration::ZERO,
+        2,
+    );
+    let (code, _, _) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"state": "reprovision", "comment": "held-change"}"#,
+        &agent.url(&format!("/api/v1/nodes/{mac}/state")),
+    ]);
+    assert_eq!(code, 202);
+    wait_until(LONG, "the change tried and held", || {
+        admin_get(&agent, "/api/v1/queue")["data"][0]["attempts"].as_u64() >= Some(1)
+    });
+
+    let (status, _, _) = common::curl_lenient(&[&agent.url("/assets/images/too-big.img")]);
+    assert_ne!(
+        status,
+        Some(200),
+        "a fill the disk cut short is not a whole answer"
+    );
+    wait_until(LONG, "the failure counted", || {
+        stats(&agent)["fill_failures"] == 1
+    });
+    assert!(cached_paths(&agent).is_empty());
+    assert!(leftovers(&agent).is_empty(), "{:?}", leftovers(&agent));
+    wait_until(LONG, "healthy again", || {
+        curl(&[&agent.url("/health")]).0 == 200
+    });
+    let queue = admin_get(&agent, "/api/v1/queue");
+    assert_eq!(queue["data"].as_array().map(Vec::len), Some(1), "{queue}");
+    let id = queue["data"][0]["id"].clone();
+    let (code, _, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &agent.url(&format!("/api/v1/queue/{id}/retry")),
+    ]);
+    assert_eq!(code, 200);
+    wait_until(LONG, "the held change delivered", || {
+        controller
+            .applied()
+            .iter()
+            .any(|w| w.body["comment"] == "held-change")
+    });
+    drop(agent);
+    drop(disk);
+}

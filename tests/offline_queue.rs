@@ -1128,48 +1128,6 @@ fn nodes_cannot_crowd_operators_out_of_the_queue(dialect: Dialect) {
     });
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// Needs root (CI runs as root); fails the test otherwise, never skips.
-    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(at).expect("mkdir mount point");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs to mount a small tmpfs (run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(at.to_path_buf())
-    }
-
-    /// Fills the disk with a file but for `room` bytes; returns its path.
-    fn fill_leaving(&self, room: u64) -> std::path::PathBuf {
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path).expect("create filler");
-        let chunk = vec![0xa5u8; 16 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let len = file.metadata().expect("filler size").len();
-        file.set_len(len.saturating_sub(room))
-            .expect("shrink filler");
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 fn a_full_disk_refuses_writes_with_503_and_they_resume_once_there_is_room(dialect: Dialect) {
     // DESIGN §10 "Storage" / issue 9 item 3: after one ENOSPC every write
     // answered 500 "Previous I/O error" until a restart, while /health
@@ -1183,7 +1141,7 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_there_is_room(dialec
     let builder = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .config(&central_config(&controller));
-    let disk = SmallDisk::mount(&builder.path().join("data"), "8m");
+    let disk = common::SmallDisk::mount(&builder.path().join("data"), "8m");
     let agent = builder.start();
     wait_until(LONG, "online", || mode(&agent) == "online");
     wait_until(LONG, "node synced", || {

@@ -513,3 +513,45 @@ pub fn mode(agent: &Agent) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Needs root (CI runs as root); fails the test otherwise, never skips.
+    pub fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mkdir mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Fills the disk with a file but for `room` bytes; returns its path.
+    pub fn fill_leaving(&self, room: u64) -> std::path::PathBuf {
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0xa5u8; 16 * 1024];
+        while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+        let len = file.metadata().expect("filler size").len();
+        file.set_len(len.saturating_sub(room))
+            .expect("shrink filler");
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
