@@ -87,6 +87,17 @@ enum Command {
         #[command(subcommand)]
         action: siteboot::cli::conflicts::ConflictsCommand,
     },
+    /// The content cache (DESIGN §12): through the running agent, or on
+    /// the database when it is stopped.
+    Cache {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The running agent's URL (default: http://127.0.0.1:<http port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: siteboot::cli::cache::CacheCommand,
+    },
     /// Validate the configuration and templates, then exit.
     CheckConfig {
         #[arg(long)]
@@ -192,6 +203,11 @@ async fn run(cli: Cli) -> Result<()> {
             url,
             action,
         } => siteboot::cli::conflicts::run(load_config(config.as_ref())?, url, action).await,
+        Command::Cache {
+            config,
+            url,
+            action,
+        } => siteboot::cli::cache::run(load_config(config.as_ref())?, url, action).await,
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             siteboot::boot::templates::Templates::load(&config.templates_dir)?;

@@ -523,3 +523,51 @@ fn a_full_disk_during_a_fill_keeps_nothing_and_loses_nothing_from_the_queue() {
     drop(agent);
     drop(disk);
 }
+
+fn cli_json(out: std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the CLI")
+}
+
+/// Issue 12: `siteboot cache list|stats|prefetch|evict`, through the
+/// running agent, and on the database when it is stopped.
+#[test]
+fn the_cache_cli_works_through_the_running_agent_and_on_the_stopped_database() {
+    let controller = FakeController::start();
+    let file = common::pattern(256 << 10, 23);
+    for name in ["one", "two"] {
+        controller.add_file(&format!("files/{name}"), &file);
+    }
+    let agent = online_agent(&controller, "");
+    let url = agent.url("");
+    let answer =
+        cli_json(agent.cli(&["cache", "prefetch", "files/one", "files/two", "--url", &url]));
+    assert_eq!(
+        answer["prefetching"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+    wait_until(LONG, "prefetched", || cached_paths(&agent).len() == 2);
+    let listed = cli_json(agent.cli(&["cache", "list", "--url", &url]));
+    assert_eq!(listed["total"], 2, "{listed}");
+    let counts = cli_json(agent.cli(&["cache", "stats", "--url", &url]));
+    assert_eq!(counts["data"]["fills"], 2, "{counts}");
+    let evicted = cli_json(agent.cli(&["cache", "evict", "files/one", "--url", &url]));
+    assert_eq!(evicted["removed"], 1, "{evicted}");
+    assert_eq!(cached_paths(&agent), vec!["files/two".to_string()]);
+
+    let stopped = agent.stop();
+    let listed = cli_json(stopped.cli(&["cache", "list"]));
+    assert_eq!(listed["data"][0]["path"], "files/two", "{listed}");
+    let out = stopped.cli(&["cache", "prefetch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the running agent"));
+    let evicted = cli_json(stopped.cli(&["cache", "evict", "--all"]));
+    assert_eq!(evicted["removed"], 1, "{evicted}");
+    let agent = stopped.start();
+    assert!(cached_paths(&agent).is_empty());
+}

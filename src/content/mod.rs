@@ -684,11 +684,24 @@ impl ContentCache {
             .filter(|(_, pin)| *pin)
             .map(|(p, _)| p.clone())
             .collect();
+        self.set_pins(&pinned, true).await;
+        let counts = self.fetch_paced(wanted).await;
+        // A file pinned while a client's fill of it ran was kept unpinned.
+        self.set_pins(&pinned, false).await;
+        counts
+    }
+
+    /// Pins exactly `pinned` (`exact`: and unpins the rest), in memory
+    /// and in the index.
+    async fn set_pins(&self, pinned: &std::collections::HashSet<String>, exact: bool) {
         let changed: Vec<Entry> = {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
             entries
                 .values_mut()
-                .filter(|e| e.pinned != pinned.contains(&e.path))
+                .filter(|e| {
+                    let want = pinned.contains(&e.path);
+                    e.pinned != want && (exact || want)
+                })
                 .map(|e| {
                     e.pinned = !e.pinned;
                     e.clone()
@@ -701,6 +714,12 @@ impl ContentCache {
                 tracing::warn!(error = %e, "pins not written");
             }
         }
+    }
+
+    /// Fetches what of `wanted` is not cached, in the background pace, a
+    /// few at a time (pins as given, for files fetched now); the counts
+    /// fetched and failed.
+    pub async fn fetch_paced(self: &Arc<Self>, wanted: Vec<(String, bool)>) -> (usize, usize) {
         let missing: Vec<(String, bool)> = wanted
             .into_iter()
             .filter(|(path, _)| !self.has(path))
@@ -739,24 +758,6 @@ impl ContentCache {
             match task.await {
                 Ok(true) => fetched += 1,
                 _ => failed += 1,
-            }
-        }
-        // A file pinned while its (client's) fill ran was kept unpinned.
-        let late: Vec<Entry> = {
-            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            entries
-                .values_mut()
-                .filter(|e| !e.pinned && pinned.contains(&e.path))
-                .map(|e| {
-                    e.pinned = true;
-                    e.clone()
-                })
-                .collect()
-        };
-        if !late.is_empty() {
-            let store = self.store.clone();
-            if let Err(e) = store.call(move |s| index::put(s, &late)).await {
-                tracing::warn!(error = %e, "pins not written");
             }
         }
         if fetched + failed > 0 {
@@ -890,6 +891,73 @@ impl ContentCache {
             filling: self.fills.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
         }
     }
+}
+
+/// DESIGN §12 prefetch list: the files of workflows assigned to `pending`
+/// or `reprovision` nodes, and, pinned, those of every `offline_safe`
+/// workflow; (path, pinned), each path once.
+pub fn wanted_files(
+    workflows: &[crate::model::node::Workflow],
+    nodes: &[Arc<crate::model::node::Node>],
+) -> Vec<(String, bool)> {
+    use crate::model::node::NodeState;
+    let by_id: HashMap<&str, &crate::model::node::Workflow> =
+        workflows.iter().map(|w| (w.id.as_str(), w)).collect();
+    let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
+    for workflow in workflows.iter().filter(|w| w.offline_safe) {
+        for file in workflow.files() {
+            wanted.insert(file.to_string(), true);
+        }
+    }
+    for node in nodes {
+        if !matches!(node.state, NodeState::Pending | NodeState::Reprovision) {
+            continue;
+        }
+        let Some(workflow) = node.workflow_id.as_deref().and_then(|id| by_id.get(id)) else {
+            continue;
+        };
+        for file in workflow.files() {
+            wanted.entry(file.to_string()).or_insert(false);
+        }
+    }
+    wanted.into_iter().collect()
+}
+
+/// With the agent stopped (the command line): the index's entries.
+pub fn stored_entries(store: &Store) -> Result<Vec<Entry>, CacheError> {
+    let (mut entries, _) = index::load(store)?;
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+/// With the agent stopped: removes `paths` (all unpinned ones if None)
+/// from the index and `dir`; the paths removed.
+pub fn evict_stored(
+    store: &Store,
+    dir: &Path,
+    paths: Option<Vec<String>>,
+) -> Result<Vec<String>, CacheError> {
+    let entries = stored_entries(store)?;
+    let victims: Vec<Entry> = match paths {
+        None => entries.into_iter().filter(|e| !e.pinned).collect(),
+        Some(paths) => {
+            let mut victims = Vec::new();
+            for path in paths {
+                match entries.iter().find(|e| e.path == path) {
+                    None => return Err(CacheError::NotCached(path)),
+                    Some(e) if e.pinned => return Err(CacheError::Pinned(path)),
+                    Some(e) => victims.push(e.clone()),
+                }
+            }
+            victims
+        }
+    };
+    let gone: Vec<String> = victims.iter().map(|e| e.path.clone()).collect();
+    index::remove(store, &gone)?;
+    for entry in &victims {
+        let _ = std::fs::remove_file(dir.join("files").join(&entry.file));
+    }
+    Ok(gone)
 }
 
 /// The fill's outcome when the controller has no such file.

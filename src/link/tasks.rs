@@ -388,37 +388,14 @@ impl Tasks {
         let Some(cache) = self.services.cache.clone() else {
             return;
         };
-        let workflows: std::collections::HashMap<String, crate::model::node::Workflow> = self
-            .services
-            .boot
-            .all_workflows()
-            .await
-            .into_iter()
-            .map(|w| (w.id.clone(), w))
-            .collect();
-        let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
-        for workflow in workflows.values().filter(|w| w.offline_safe) {
-            for file in workflow.files() {
-                wanted.insert(file.to_string(), true);
-            }
-        }
-        for node in self.services.outbox.nodes().all() {
-            use crate::model::node::NodeState;
-            if !matches!(node.state, NodeState::Pending | NodeState::Reprovision) {
-                continue;
-            }
-            let Some(workflow) = node.workflow_id.as_ref().and_then(|id| workflows.get(id)) else {
-                continue;
-            };
-            for file in workflow.files() {
-                wanted.entry(file.to_string()).or_insert(false);
-            }
-        }
+        let workflows = self.services.boot.all_workflows().await;
+        let nodes = self.services.outbox.nodes().all();
+        let wanted = crate::content::wanted_files(&workflows, &nodes);
         if wanted.is_empty() {
             return;
         }
         tokio::spawn(async move {
-            cache.prefetch(wanted.into_iter().collect()).await;
+            cache.prefetch(wanted).await;
         });
     }
 

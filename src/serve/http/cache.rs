@@ -61,3 +61,44 @@ pub async fn remove(
     cache(&state)?.remove(&path).await.map_err(refused)?;
     Ok(axum::Json(json!({ "removed": 1 })).into_response())
 }
+
+#[derive(serde::Deserialize, Default)]
+pub struct PrefetchRequest {
+    /// These files (unpinned); none: the pass a sync runs (the files of
+    /// workflows due to install, and of every offline_safe one, pinned).
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// `POST /api/v1/cache/prefetch {paths?}`: fetches now, in the background;
+/// answers 202 with what it will fetch.
+pub async fn prefetch(
+    State(state): State<Arc<AppState>>,
+    body: Option<axum::Json<PrefetchRequest>>,
+) -> Result<Response, ApiError> {
+    let cache = cache(&state)?.clone();
+    let paths = body.map(|b| b.0.paths).unwrap_or_default();
+    let explicit = !paths.is_empty();
+    let wanted: Vec<(String, bool)> = if paths.is_empty() {
+        let workflows = state.boot.all_workflows().await;
+        crate::content::wanted_files(&workflows, &state.nodes.all())
+    } else {
+        let mut wanted = Vec::new();
+        for path in paths {
+            let clean = crate::serve::fsroot::sanitise(&path)
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_string))
+                .ok_or_else(|| ApiError::bad_request(format!("{path:?}: path not allowed")))?;
+            wanted.push((clean, false));
+        }
+        wanted
+    };
+    let listed: Vec<&String> = wanted.iter().map(|(p, _)| p).collect();
+    let body = json!({ "prefetching": listed });
+    if explicit {
+        tokio::spawn(async move { cache.fetch_paced(wanted).await });
+    } else {
+        tokio::spawn(async move { cache.prefetch(wanted).await });
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}

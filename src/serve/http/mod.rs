@@ -57,6 +57,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/cache", get(cache::list).delete(cache::clear))
         .route("/api/v1/cache/stats", get(cache::stats))
         .route(
+            "/api/v1/cache/prefetch",
+            axum::routing::post(cache::prefetch),
+        )
+        .route(
             "/api/v1/cache/{*path}",
             axum::routing::delete(cache::remove),
         )
