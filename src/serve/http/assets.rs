@@ -133,6 +133,50 @@ async fn serve_file(path: &std::path::Path, requested: &str, headers: &HeaderMap
     respond(Body::from_stream(stream), status, start, Some(count), len)
 }
 
+/// A cached file (complete, never changed in place: a new version is a
+/// new file) from a memory map: its pages go to the socket without a read
+/// into a buffer of ours first. Files under the served roots are not
+/// mapped: an operator may truncate one while it is sent.
+async fn serve_mapped(path: &std::path::Path, requested: &str, headers: &HeaderMap) -> Response {
+    let owned = path.to_path_buf();
+    let mapped = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&owned)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(None);
+        }
+        // SAFETY: content cache files are written once under tmp/ and
+        // renamed into place complete; nothing writes or truncates them
+        // after (eviction unlinks, which leaves the mapping valid).
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok::<_, std::io::Error>(Some(map))
+    })
+    .await;
+    let map = match mapped {
+        Ok(Ok(Some(map))) => map,
+        // Empty (nothing to map) or not mappable: read it instead.
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return serve_file(path, requested, headers).await,
+    };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let len = map.len() as u64;
+    let (status, start, count) = match range_of(headers, len) {
+        Ok(range) => range,
+        Err(response) => return *response,
+    };
+    let whole = bytes::Bytes::from_owner(map);
+    const PIECE: u64 = 1024 * 1024;
+    let pieces = (start..start + count).step_by(PIECE as usize).map(move |at| {
+        let end = (at + PIECE).min(start + count);
+        Ok::<_, std::io::Error>(whole.slice(at as usize..end as usize))
+    });
+    respond(
+        Body::from_stream(futures_util::stream::iter(pieces)),
+        status,
+        start,
+        Some(count),
+        len,
+    )
+}
+
 /// What to send of a file of `len` bytes: the status, the first byte and
 /// the count; or the 416 answer.
 fn range_of(headers: &HeaderMap, len: u64) -> Result<(StatusCode, u64, u64), Box<Response>> {
@@ -187,7 +231,7 @@ async fn from_cache(cache: &Arc<ContentCache>, requested: &str, headers: &Header
     };
     let fill = match cache.lookup(&clean) {
         Ok(Lookup::Hit { file, sha256, .. }) => {
-            let response = serve_file(&file, requested, headers).await;
+            let response = serve_mapped(&file, requested, headers).await;
             return with_checksum(response, sha256);
         }
         Ok(Lookup::Filling(fill)) => fill,
