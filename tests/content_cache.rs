@@ -571,3 +571,53 @@ fn the_cache_cli_works_through_the_running_agent_and_on_the_stopped_database() {
     let agent = stopped.start();
     assert!(cached_paths(&agent).is_empty());
 }
+
+/// Issue 12: a client that goes away during a fill does not stop it for
+/// the others: the one that stays gets the whole file, from one download.
+#[test]
+fn a_client_that_disconnects_does_not_cancel_the_fill_for_the_others() {
+    let controller = FakeController::start();
+    let file = common::pattern(8 << 20, 24);
+    controller.add_file("images/shared.img", &file);
+    let agent = online_agent(&controller, "");
+    let gate = controller.gate_files_at(1 << 20);
+    let addr = agent.http;
+    // The first client reads a little, then hangs up.
+    let mut quitter = std::net::TcpStream::connect(addr).expect("connect");
+    std::io::Write::write_all(
+        &mut quitter,
+        format!("GET /assets/images/shared.img HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .expect("request");
+    let mut first = [0u8; 4096];
+    let got = std::io::Read::read(&mut quitter, &mut first).expect("first bytes");
+    assert!(got > 0);
+    let stayer = {
+        let url = agent.url("/assets/images/shared.img");
+        std::thread::spawn(move || curl(&[&url]))
+    };
+    wait_until(LONG, "both clients on the one fill", || {
+        stats(&agent)["misses"] == 2
+    });
+    drop(quitter);
+    gate.open();
+    let (status, _, bytes) = stayer.join().expect("client");
+    assert_eq!(status, 200);
+    assert!(bytes == file, "the remaining client's file differs");
+    assert_eq!(downloads(&controller, "images/shared.img"), 1);
+    assert_eq!(cached_paths(&agent), vec!["images/shared.img".to_string()]);
+    // The heartbeat's cache_hit_rate is made of these requests: no hit yet.
+    let (status, _, _) = curl(&[&agent.url("/assets/images/shared.img")]);
+    assert_eq!(status, 200);
+    wait_until(
+        LONG,
+        "the heartbeat reports a third of requests as hits",
+        || {
+            controller
+                .calls_to("POST", "/api/v1/agents/heartbeat")
+                .last()
+                .and_then(|hb| hb.body["cache_hit_rate"].as_f64())
+                .is_some_and(|rate| (rate - 1.0 / 3.0).abs() < 1e-6)
+        },
+    );
+}

@@ -164,10 +164,12 @@ async fn serve_mapped(path: &std::path::Path, requested: &str, headers: &HeaderM
     };
     let whole = bytes::Bytes::from_owner(map);
     const PIECE: u64 = 1024 * 1024;
-    let pieces = (start..start + count).step_by(PIECE as usize).map(move |at| {
-        let end = (at + PIECE).min(start + count);
-        Ok::<_, std::io::Error>(whole.slice(at as usize..end as usize))
-    });
+    let pieces = (start..start + count)
+        .step_by(PIECE as usize)
+        .map(move |at| {
+            let end = (at + PIECE).min(start + count);
+            Ok::<_, std::io::Error>(whole.slice(at as usize..end as usize))
+        });
     respond(
         Body::from_stream(futures_util::stream::iter(pieces)),
         status,
