@@ -3,7 +3,7 @@
 # from Debian's archive. Needs root (or sudo). Does nothing when all are present.
 set -euo pipefail
 
-packages=(qemu-system-x86 ipxe-qemu ipxe ovmf tftp-hpa atftp curl tftpd-hpa wrk stress-ng dnsmasq-base iproute2 busybox-static cpio nginx-light)
+packages=(qemu-system-x86 ipxe-qemu ipxe ovmf tftp-hpa atftp curl tftpd-hpa wrk stress-ng dnsmasq-base iproute2 busybox-static cpio nginx-light prometheus)
 
 missing=()
 for p in "${packages[@]}"; do

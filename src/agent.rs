@@ -271,6 +271,7 @@ pub async fn start(
         admin_token,
         sync,
         cache: services.cache.clone(),
+        metrics_open: config.metrics_open,
     });
     let app = http::router(state);
     let http_limits = ServerLimits {

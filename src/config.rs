@@ -172,6 +172,8 @@ pub struct Config {
     pub conflicts: ConflictPolicies,
     pub queue: QueueConfig,
     pub cache: CacheConfig,
+    /// `GET /metrics` without the admin token (`metrics.open`).
+    pub metrics_open: bool,
     /// Standalone: MACs first seen at boot kept at most (`nodes.max_discovered`).
     pub max_discovered: usize,
     pub admin_token_file: PathBuf,
@@ -243,6 +245,7 @@ const KEYS: &[(&str, &[&str])] = &[
         &["max_bytes", "prefetch_rate", "revalidate_interval"],
     ),
     ("admin", &["token_file"]),
+    ("metrics", &["open"]),
 ];
 
 /// Environment variables with the prefix that are not configuration keys.
@@ -424,6 +427,26 @@ impl Source {
         Ok(value)
     }
 
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.values.get(key) {
+            None => Ok(default),
+            Some(RawValue {
+                value: toml::Value::Boolean(b),
+                ..
+            }) => Ok(*b),
+            // From the environment: text.
+            Some(RawValue {
+                value: toml::Value::String(s),
+                ..
+            }) => match s.trim() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                other => Err(self.invalid(key, format!("{other:?} is not true or false"))),
+            },
+            Some(_) => Err(self.invalid(key, "expected true or false")),
+        }
+    }
+
     fn duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
         let text = self.string(key, default)?;
         let duration = humantime::parse_duration(text.trim()).map_err(|e| {
@@ -577,6 +600,7 @@ impl Source {
                 prefetch_rate: self.size("cache.prefetch_rate", "50 MB/s")?,
                 revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
             },
+            metrics_open: self.boolean("metrics.open", false)?,
             max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
             workflows: self.workflows()?,

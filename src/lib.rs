@@ -12,7 +12,7 @@
 //! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay), [`content`] (the content cache) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
-//! | model, flood limits | [`model`], [`ratelimit`] |
+//! | model, flood limits, counters | [`model`], [`ratelimit`], [`metrics`] |
 //!
 //! `docs/architecture.md` describes them and the paths through them.
 
@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod link;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod ratelimit;

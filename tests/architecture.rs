@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("model", 0),
     ("ratelimit", 0),
+    ("metrics", 0),
     ("config", 1),
     ("store", 2),
     ("central", 3),

@@ -132,6 +132,7 @@ impl BootService {
     /// installed disk) is not another install; the script is recorded for
     /// `last_known`, and the boot reported to the controller.
     pub async fn boot(&self, mac: Mac, facts: &BootFacts, base_url: &str) -> BootAnswer {
+        let started = std::time::Instant::now();
         let _active = self.stats.begin(mac);
         let answer = match self.resolver.resolve(mac, facts).await {
             // DESIGN §4: online, but the controller gave no usable answer
@@ -158,6 +159,11 @@ impl BootService {
         };
         self.stats
             .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        crate::metrics::metrics().boot(
+            answer.action.as_str(),
+            answer.source.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
         self.outbox.boot_event(mac, &answer);
         answer
     }

@@ -90,6 +90,25 @@ impl ControllerPort {
     }
 
     /// Counts a call's outcome as a probe: only unreachability is failure.
+    /// Records a call's outcome with the connectivity monitor and in the
+    /// metrics (by call, with its time since `started`).
+    fn observe_call<T>(
+        &self,
+        call: &'static str,
+        started: std::time::Instant,
+        result: Result<T, CentralError>,
+    ) -> Result<T, CentralError> {
+        let counters = crate::metrics::metrics();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_unreachable() => "unreachable",
+            Err(CentralError::Rejected { .. }) => "rejected",
+            Err(_) => "error",
+        };
+        counters.controller_call(call, outcome, started.elapsed().as_secs_f64());
+        self.observe(result)
+    }
+
     fn observe<T>(&self, result: Result<T, CentralError>) -> Result<T, CentralError> {
         if let Some(link) = &self.link {
             let reachable = !matches!(&result, Err(e) if e.is_unreachable());
@@ -101,29 +120,50 @@ impl ControllerPort {
     }
 
     pub async fn health(&self) -> Result<(), CentralError> {
-        self.observe(self.controller.health().await)
+        let started = std::time::Instant::now();
+        self.observe_call("health", started, self.controller.health().await)
     }
 
     pub async fn register_agent(
         &self,
         request: &Registration,
     ) -> Result<RegistrationReply, CentralError> {
-        self.observe(self.controller.register(request).await)
+        let started = std::time::Instant::now();
+        self.observe_call(
+            "register_agent",
+            started,
+            self.controller.register(request).await,
+        )
     }
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatReply, CentralError> {
-        self.observe(self.controller.heartbeat(heartbeat).await)
+        let started = std::time::Instant::now();
+        self.observe_call(
+            "heartbeat",
+            started,
+            self.controller.heartbeat(heartbeat).await,
+        )
     }
 
     pub async fn site_nodes(&self, since: Option<&str>) -> Result<NodePage, CentralError> {
-        self.observe(self.controller.site_nodes(&self.site_id, since).await)
+        let started = std::time::Instant::now();
+        self.observe_call(
+            "site_nodes",
+            started,
+            self.controller.site_nodes(&self.site_id, since).await,
+        )
     }
 
     /// The controller's record of `mac`; `Ok(None)` if it has none. The
     /// MAC of what comes back is checked: a controller's answer for
     /// another machine is never taken for this one.
     pub async fn node_by_mac(&self, mac: Mac) -> Result<Option<Node>, CentralError> {
-        let found = self.observe(self.controller.node_by_mac(mac).await)?;
+        let started = std::time::Instant::now();
+        let found = self.observe_call(
+            "node_by_mac",
+            started,
+            self.controller.node_by_mac(mac).await,
+        )?;
         match found {
             Some(node) if node.mac != mac => Err(CentralError::Garbage(format!(
                 "asked for {mac}, got node {}",
@@ -143,6 +183,7 @@ impl ControllerPort {
         idempotency_key: &str,
     ) -> Result<Option<Node>, CentralError> {
         let controller = &self.controller;
+        let started = std::time::Instant::now();
         let result = match operation {
             Operation::Register { request, .. } => controller
                 .create_node(request, Some(idempotency_key))
@@ -159,7 +200,7 @@ impl ControllerPort {
                 .await
                 .map(|()| None),
         };
-        let node = self.observe(result)?;
+        let node = self.observe_call(operation.name(), started, result)?;
         match node {
             Some(node) if node.mac != mac => Err(CentralError::Garbage(format!(
                 "a write for {mac} answered with node {}",
@@ -175,6 +216,11 @@ impl ControllerPort {
         path: &str,
         request: FileRequest,
     ) -> Result<FileAnswer, CentralError> {
-        self.observe(self.controller.fetch_file(path, request).await)
+        let started = std::time::Instant::now();
+        self.observe_call(
+            "fetch_file",
+            started,
+            self.controller.fetch_file(path, request).await,
+        )
     }
 }

@@ -266,12 +266,14 @@ impl ContentCache {
         };
         if let Some((hit, due)) = hit {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().content_request("hit");
             if let Some(entry) = due {
                 self.revalidate(entry, &mut fills);
             }
             return Ok(hit);
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().content_request("miss");
         if let Some(fill) = fills.get(path) {
             // A client waits for it now: no longer paced as a prefetch.
             fill.make_urgent();

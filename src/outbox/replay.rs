@@ -179,6 +179,9 @@ pub async fn replay_round(
             if matches!(outcome, Outcome::Unsent { .. }) {
                 unreachable = true;
             }
+            if outcome == Outcome::Ack {
+                crate::metrics::metrics().replayed.inc();
+            }
             log_outcome(item, &outcome);
             outcomes.push((item.id, outcome));
         }

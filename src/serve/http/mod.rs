@@ -79,14 +79,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             admin::require_token,
         ));
+    // `/metrics` behind the admin token unless `metrics.open`.
+    let metrics_route = Router::new().route("/metrics", get(metrics));
+    let metrics_route = if state.metrics_open {
+        metrics_route
+    } else {
+        metrics_route.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ))
+    };
     Router::new()
         .merge(admin)
+        .merge(metrics_route)
         .route("/boot.ipxe", get(bootstrap))
         .route("/api/v1/boot", get(boot))
         .route("/assets/{*path}", get(asset))
         .route("/api/v1/report", axum::routing::post(writes::report))
         .route("/health", get(health))
         .route("/api/v1/status", get(status))
+        .route_layer(axum::middleware::from_fn(count_request))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,6 +223,59 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             .into_response();
     }
     axum::Json(json!({"status": "ok", "mode": mode.as_str()})).into_response()
+}
+
+/// `GET /metrics` (DESIGN §11): the counters, with the gauges that
+/// mirror the status set from its snapshot now.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.status.snapshot().await;
+    let counters = crate::metrics::metrics();
+    counters.set_mode(snapshot.mode.as_str());
+    let offline = snapshot
+        .link
+        .as_ref()
+        .and_then(|l| l.offline_duration(snapshot.taken_at))
+        .map_or(0.0, |d| d.as_secs_f64());
+    counters.offline_seconds.set(offline);
+    for (status, count) in [
+        ("pending", snapshot.queue.pending),
+        ("in_flight", snapshot.queue.in_flight),
+        ("failed", snapshot.queue.failed),
+        ("conflict", snapshot.queue.conflict),
+    ] {
+        counters.set_queue(status, count);
+    }
+    counters
+        .conflicts_open
+        .set(i64::try_from(snapshot.conflicts_pending).unwrap_or(i64::MAX));
+    if let Some(age) = snapshot.last_sync_at.as_deref().and_then(|at| {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+    }) {
+        counters
+            .last_sync_age_seconds
+            .set((snapshot.taken_at - age).as_seconds_f64().max(0.0));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        counters.encode(),
+    )
+        .into_response()
+}
+
+/// Counts every routed request by its route (the pattern, never the raw
+/// path: a client cannot create series) and status code.
+async fn count_request(
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    crate::metrics::metrics().http_request(route, response.status().as_u16());
+    response
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Response {

@@ -338,9 +338,13 @@ async fn serve_one<P: FileProvider>(
         }
     };
     let local = socket.local_addr().unwrap_or(SocketAddr::new(bind_ip, 0));
+    let counters = crate::metrics::metrics();
+    let outcome = |outcome: &str| counters.tftp_outcome(outcome);
     let file = match provider.open(&request.filename, local).await {
         Ok(file) => file,
         Err(e) => {
+            outcome("refused");
+            counters.tftp_errors.inc();
             let code = match e {
                 OpenError::NotFound(_) => ErrorCode::FileNotFound,
                 OpenError::Forbidden(_) => ErrorCode::AccessViolation,
@@ -355,23 +359,34 @@ async fn serve_one<P: FileProvider>(
         }
     };
     let neg = session::negotiate(&request.options, file.size, limits);
-    match session::transfer(
+    counters.tftp_sessions.inc();
+    let result = session::transfer(
         &socket,
         content::ChunkReader::new(file.content),
         &neg,
         limits,
     )
-    .await
-    {
-        Ok(Outcome::Completed { bytes }) => tracing::info!(
+    .await;
+    counters.tftp_sessions.dec();
+    match result {
+        Ok(Outcome::Completed { bytes }) => {
+            outcome("completed");
+            counters.tftp_bytes.inc_by(bytes);
+            tracing::info!(
             %peer, file = %request.filename, bytes, blksize = neg.blksize,
             windowsize = neg.windowsize, ms = started.elapsed().as_millis() as u64,
             "tftp transfer complete"
-        ),
-        Ok(Outcome::ClientAborted { code }) => tracing::debug!(
-            %peer, file = %request.filename, code, "tftp transfer ended by client"
-        ),
+            )
+        }
+        Ok(Outcome::ClientAborted { code }) => {
+            outcome("aborted");
+            tracing::debug!(
+                %peer, file = %request.filename, code, "tftp transfer ended by client"
+            )
+        }
         Err(e) => {
+            outcome("failed");
+            counters.tftp_errors.inc();
             tracing::warn!(%peer, file = %request.filename, error = %e, "tftp transfer failed")
         }
     }

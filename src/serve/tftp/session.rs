@@ -191,6 +191,7 @@ pub async fn transfer(
                     }
                     timer.as_mut().reset(round_deadline + neg.timeout);
                     retries += 1;
+                    crate::metrics::metrics().tftp_retransmissions.inc();
                     if retries > limits.max_retries
                         || last_progress.elapsed() > limits.stall_timeout
                     {
@@ -230,7 +231,10 @@ async fn await_ack(
     limits: &Limits,
     buf: &mut [u8],
 ) -> Result<Option<u16>, TransferError> {
-    for _ in 0..=limits.max_retries {
+    for attempt in 0..=limits.max_retries {
+        if attempt > 0 {
+            crate::metrics::metrics().tftp_retransmissions.inc();
+        }
         socket.send(packet).await?;
         let deadline = Instant::now() + timeout;
         loop {

@@ -1,0 +1,179 @@
+//! `GET /metrics` (DESIGN §11) from a running agent: the exposition passes
+//! `promtool check metrics` (Debian's prometheus package), its values move
+//! as a boot, a TFTP transfer, an outage and a replay happen, and it needs
+//! the admin token unless `metrics.open`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::controller::FakeController;
+use common::{AgentBuilder, admin_token, curl, mode, require_tool, wait_until};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn scrape(agent: &common::Agent) -> String {
+    let token = admin_token(agent);
+    let (status, headers, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/metrics"),
+    ]);
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    String::from_utf8(body).expect("UTF-8")
+}
+
+/// The value of one series (`name{labels}` exactly as written), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn promtool_check(text: &str) {
+    require_tool("promtool");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:80:01";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+             failure_threshold = 1\n[queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\n",
+            controller.central_toml()
+        ))
+        .asset("small.bin", &common::pattern(100_000, 3))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let before = scrape(&agent);
+    promtool_check(&before);
+    assert_eq!(value(&before, "siteboot_mode{mode=\"online\"}"), Some(1.0));
+
+    // A boot.
+    let boots = "siteboot_boots_total{action=\"local\",source=\"live\"}";
+    let (status, _, _) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+    assert_eq!(status, 200);
+    let after_boot = scrape(&agent);
+    assert_eq!(
+        value(&after_boot, boots).unwrap_or(0.0),
+        value(&before, boots).unwrap_or(0.0) + 1.0,
+        "{after_boot}"
+    );
+    assert!(value(&after_boot, "siteboot_boot_answer_seconds_count") >= Some(1.0));
+    assert!(
+        value(
+            &after_boot,
+            "siteboot_http_requests_total{code=\"200\",route=\"/api/v1/boot\"}"
+        ) >= Some(1.0)
+    );
+    assert!(
+        value(
+            &after_boot,
+            "siteboot_controller_calls_total{call=\"node_by_mac\",outcome=\"ok\"}"
+        ) >= Some(1.0),
+        "{after_boot}"
+    );
+
+    // A TFTP transfer.
+    let (_, _, bytes) = curl(&[&format!("tftp://127.0.0.1:{}/small.bin", agent.tftp.port())]);
+    assert_eq!(bytes.len(), 100_000);
+    let after_tftp = scrape(&agent);
+    assert_eq!(
+        value(&after_tftp, "siteboot_tftp_sent_bytes_total").unwrap_or(0.0)
+            - value(&after_boot, "siteboot_tftp_sent_bytes_total").unwrap_or(0.0),
+        100_000.0
+    );
+    assert!(
+        value(
+            &after_tftp,
+            "siteboot_tftp_transfers_total{outcome=\"completed\"}"
+        ) >= Some(1.0)
+    );
+
+    // An outage, with a change queued meanwhile.
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let token = admin_token(&agent);
+    let (code, _, _) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"state": "reprovision", "comment": "queued"}"#,
+        &agent.url(&format!("/api/v1/nodes/{mac}/state")),
+    ]);
+    assert_eq!(code, 202);
+    let offline = scrape(&agent);
+    promtool_check(&offline);
+    assert_eq!(
+        value(&offline, "siteboot_mode{mode=\"offline\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value(&offline, "siteboot_mode{mode=\"online\"}"), Some(0.0));
+    assert!(
+        value(&offline, "siteboot_offline_seconds") > Some(0.0),
+        "{offline}"
+    );
+    assert_eq!(
+        value(&offline, "siteboot_queue_items{status=\"pending\"}"),
+        Some(1.0)
+    );
+
+    // The replay.
+    let replayed = value(&offline, "siteboot_replayed_items_total").unwrap_or(0.0);
+    controller.up();
+    wait_until(LONG, "replayed", || {
+        let text = scrape(&agent);
+        value(&text, "siteboot_replayed_items_total") > Some(replayed)
+            && value(&text, "siteboot_queue_items{status=\"pending\"}") == Some(0.0)
+    });
+    let back = scrape(&agent);
+    promtool_check(&back);
+    assert_eq!(value(&back, "siteboot_mode{mode=\"online\"}"), Some(1.0));
+    assert_eq!(value(&back, "siteboot_offline_seconds"), Some(0.0));
+}
+
+#[test]
+fn metrics_need_the_admin_token_unless_open() {
+    let agent = AgentBuilder::new().start();
+    let (status, _, _) = curl(&[&agent.url("/metrics")]);
+    assert_eq!(status, 401);
+    let (status, _, _) = curl(&["-H", "Authorization: Bearer wrong", &agent.url("/metrics")]);
+    assert_eq!(status, 401);
+    let open = AgentBuilder::new()
+        .config("[metrics]\nopen = true\n")
+        .start();
+    let (status, _, body) = curl(&[&open.url("/metrics")]);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("siteboot_mode{mode=\"standalone\"} 1"));
+}
