@@ -147,6 +147,12 @@ pub struct QueueConfig {
     pub retry_max: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// The content cache (DESIGN §12).
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -174,6 +180,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `GET /metrics` without the admin token (`metrics.open`).
     pub metrics_open: bool,
+    /// `log.format`: lines for people (`text`) or one JSON object per line.
+    pub log_format: LogFormat,
     /// Standalone: MACs first seen at boot kept at most (`nodes.max_discovered`).
     pub max_discovered: usize,
     pub admin_token_file: PathBuf,
@@ -246,6 +254,7 @@ const KEYS: &[(&str, &[&str])] = &[
     ),
     ("admin", &["token_file"]),
     ("metrics", &["open"]),
+    ("log", &["format"]),
 ];
 
 /// Environment variables with the prefix that are not configuration keys.
@@ -601,6 +610,13 @@ impl Source {
                 revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
             },
             metrics_open: self.boolean("metrics.open", false)?,
+            log_format: match self.string("log.format", "text")?.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(self.invalid("log.format", format!("{other:?}: use text or json")));
+                }
+            },
             max_discovered: self.integer("nodes.max_discovered", 10_000, 1, 10_000_000)? as usize,
             admin_token_file,
             workflows: self.workflows()?,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use siteboot::agent;
 use siteboot::cli::queue as queue_cli;
-use siteboot::config::Config;
+use siteboot::config::{Config, LogFormat};
 use siteboot::model::boot::BootFacts;
 use siteboot::model::mac::Mac;
 use siteboot::model::node::{self, Node, NodeState};
@@ -135,19 +135,34 @@ enum NodesCommand {
     },
 }
 
-fn init_logging() {
+/// Logs to stderr: lines for people, or with `log.format = "json"` one
+/// JSON object per line for a log shipper. The format is read from the
+/// agent's configuration (`serve`); a configuration that does not load
+/// is reported after logging starts, in the default format.
+fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SITEBOOT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = match &cli.command {
+        Command::Serve { config, .. } => {
+            load_config(config.as_ref()).is_ok_and(|c| c.log_format == LogFormat::Json)
+        }
+        _ => false,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

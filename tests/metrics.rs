@@ -177,3 +177,36 @@ fn metrics_need_the_admin_token_unless_open() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("siteboot_mode{mode=\"standalone\"} 1"));
 }
+
+/// DESIGN §11: `log.format = "json"` writes one JSON object per line.
+#[test]
+fn logs_can_be_json_lines() {
+    let agent = AgentBuilder::new()
+        .config("[log]\nformat = \"json\"\n")
+        .start();
+    let mac = "52:54:00:00:80:02";
+    let (status, _, _) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+    assert_eq!(status, 200);
+    wait_until(LONG, "the boot logged", || {
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("boot script served"))
+    });
+    let lines = agent.log_lines();
+    for line in &lines {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+    }
+    let boot = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "boot script served")
+        .expect("the boot's line");
+    assert_eq!(boot["fields"]["mac"], mac, "{boot}");
+    let bad = AgentBuilder::new().config("[log]\nformat = \"xml\"\n");
+    let out = bad.cli(&["check-config"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.format"));
+}
