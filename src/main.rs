@@ -98,6 +98,17 @@ enum Command {
         #[command(subcommand)]
         action: siteboot::cli::cache::CacheCommand,
     },
+    /// The running agent at a glance: mode, counts, latest boots.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The running agent's URL (default: http://127.0.0.1:<http port>).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON the view is made from.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and templates, then exit.
     CheckConfig {
         #[arg(long)]
@@ -223,6 +234,9 @@ async fn run(cli: Cli) -> Result<()> {
             url,
             action,
         } => siteboot::cli::cache::run(load_config(config.as_ref())?, url, action).await,
+        Command::Status { config, url, json } => {
+            siteboot::cli::status::run(load_config(config.as_ref())?, url, json).await
+        }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             siteboot::boot::templates::Templates::load(&config.templates_dir)?;

@@ -210,3 +210,47 @@ fn logs_can_be_json_lines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("log.format"));
 }
+
+/// DESIGN §11: `siteboot status` shows the running agent at a glance, the
+/// latest boots included (with the admin token from the config).
+#[test]
+fn siteboot_status_shows_the_mode_counts_and_latest_boots() {
+    let agent = AgentBuilder::new().start();
+    let macs = ["52:54:00:00:80:03", "52:54:00:00:80:04"];
+    for mac in macs {
+        let (status, _, _) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+        assert_eq!(status, 200);
+    }
+    let url = agent.url("");
+    let out = agent.cli(&["status", "--url", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("STANDALONE"), "{text}");
+    assert!(text.contains("queue: 0 pending"), "{text}");
+    let newest = text
+        .lines()
+        .position(|l| l.contains(macs[1]))
+        .expect("the second boot listed");
+    let older = text
+        .lines()
+        .position(|l| l.contains(macs[0]))
+        .expect("the first boot listed");
+    assert!(newest < older, "newest first: {text}");
+    assert!(
+        text.contains("action=discovery source=standalone"),
+        "{text}"
+    );
+    let out = agent.cli(&["status", "--url", &url, "--json"]);
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(both["status"]["mode"], "standalone");
+    assert_eq!(both["boots"].as_array().map(Vec::len), Some(2));
+    let (code, _, _) = curl(&[&agent.url("/api/v1/boots")]);
+    assert_eq!(code, 401, "the latest boots need the admin token");
+    let out = agent.cli(&["status", "--url", "http://127.0.0.1:9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent answers"));
+}

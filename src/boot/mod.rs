@@ -159,6 +159,13 @@ impl BootService {
         };
         self.stats
             .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        self.stats.remember(stats::BootSeen {
+            mac: mac.to_string(),
+            state: answer.state.map(|s| s.as_str()),
+            action: answer.action.as_str(),
+            source: answer.source.as_str(),
+            at: OffsetDateTime::now_utc(),
+        });
         crate::metrics::metrics().boot(
             answer.action.as_str(),
             answer.source.as_str(),

@@ -11,6 +11,20 @@ use crate::model::mac::Mac;
 
 const SEEN_WINDOW: Duration = Duration::from_secs(3600);
 
+/// How many of the latest boots are kept for the operator's view.
+pub const LATEST_BOOTS: usize = 50;
+
+/// One boot answered, for the operator's view (DESIGN §11).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootSeen {
+    pub mac: String,
+    pub state: Option<&'static str>,
+    pub action: &'static str,
+    pub source: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+}
+
 #[derive(Default)]
 pub struct BootStats {
     total: AtomicU64,
@@ -18,6 +32,7 @@ pub struct BootStats {
     from_cache: AtomicU64,
     active: AtomicU64,
     seen: Mutex<HashMap<Mac, Instant>>,
+    latest: Mutex<std::collections::VecDeque<BootSeen>>,
 }
 
 /// Decrements the active-boot gauge when the boot ends, however it ends.
@@ -42,6 +57,25 @@ impl BootStats {
         if from_cache {
             self.from_cache.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps `boot` among the latest (the oldest leaves past the bound).
+    pub fn remember(&self, boot: BootSeen) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.len() >= LATEST_BOOTS {
+            latest.pop_back();
+        }
+        latest.push_front(boot);
+    }
+
+    /// The latest boots, newest first.
+    pub fn latest(&self) -> Vec<BootSeen> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn active_boots(&self) -> u64 {

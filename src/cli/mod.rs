@@ -5,3 +5,4 @@ pub mod cache;
 pub mod check;
 pub mod conflicts;
 pub mod queue;
+pub mod status;

@@ -121,6 +121,13 @@ pub async fn sync_log(
     }
 }
 
+/// `GET /api/v1/boots`: the latest boots answered, newest first (MAC,
+/// state, action, source, time), for the operator's view (DESIGN §11).
+pub async fn latest_boots(State(state): State<Arc<AppState>>) -> Response {
+    let boots = state.boot.stats().latest();
+    axum::Json(serde_json::json!({ "data": boots, "total": boots.len() })).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,112 @@
+//! `siteboot status`: the running agent at a glance in a terminal (DESIGN
+//! §11) — its mode, counts and latest boots, from `GET /api/v1/status`
+//! and, with the admin token, `GET /api/v1/boots`.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::agent_api::AgentApi;
+use crate::config::Config;
+
+/// How many of the latest boots are printed.
+const SHOWN_BOOTS: usize = 10;
+
+pub async fn run(config: Config, url: Option<String>, json: bool) -> Result<()> {
+    let base = url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()))
+        .trim_end_matches('/')
+        .to_string();
+    let status: Value = reqwest::get(format!("{base}/api/v1/status"))
+        .await
+        .with_context(|| format!("no agent answers at {base} (is it running? --url)"))?
+        .json()
+        .await
+        .with_context(|| format!("the agent at {base} did not answer its status in JSON"))?;
+    // The latest boots need the admin token; without it, the rest is shown.
+    let boots = match AgentApi::new(&config, url) {
+        Ok(api) => api
+            .send(api.request(reqwest::Method::GET, "/api/v1/boots"))
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    if json {
+        let both = serde_json::json!({"status": status, "boots": boots.map(|b| b["data"].clone())});
+        println!("{}", serde_json::to_string_pretty(&both)?);
+        return Ok(());
+    }
+    print!("{}", render(&status, boots.as_ref()));
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The terminal view.
+pub fn render(status: &Value, boots: Option<&Value>) -> String {
+    let mut out = String::new();
+    let mode = status["mode"].as_str().unwrap_or("unknown");
+    let headline = match mode {
+        "offline" => format!(
+            "OFFLINE since {} ({} s)",
+            text(&status["offline_since"]),
+            text(&status["offline_duration_s"])
+        ),
+        "online" => "ONLINE".to_string(),
+        "standalone" => "STANDALONE (no controller)".to_string(),
+        other => other.to_uppercase(),
+    };
+    out.push_str(&format!(
+        "siteboot {} at site {}: {headline}\n",
+        text(&status["version"]),
+        text(&status["site_id"])
+    ));
+    out.push_str(&format!(
+        "last sync {}, {} nodes cached, up {} s\n",
+        text(&status["last_sync_at"]),
+        text(&status["nodes_cached"]),
+        text(&status["uptime_s"])
+    ));
+    let queue = &status["queue"];
+    out.push_str(&format!(
+        "queue: {} pending, {} in flight, {} failed; conflicts open: {}\n",
+        text(&queue["pending"]),
+        text(&queue["in_flight"]),
+        text(&queue["failed"]),
+        text(&status["conflicts_pending"])
+    ));
+    if let Some(cache) = status["cache"].as_object() {
+        out.push_str(&format!(
+            "content cache: {} files, {} bytes ({} pinned), {} hits, {} misses\n",
+            text(&cache["entries"].clone()),
+            text(&cache["bytes"].clone()),
+            text(&cache["pinned"].clone()),
+            text(&cache["hits"].clone()),
+            text(&cache["misses"].clone())
+        ));
+    }
+    match boots.and_then(|b| b["data"].as_array()) {
+        None => out.push_str("latest boots: need the admin token (admin.token_file)\n"),
+        Some(list) if list.is_empty() => out.push_str("latest boots: none yet\n"),
+        Some(list) => {
+            out.push_str("latest boots:\n");
+            for boot in list.iter().take(SHOWN_BOOTS) {
+                out.push_str(&format!(
+                    "  {}  {}  state={} action={} source={}\n",
+                    text(&boot["at"]),
+                    text(&boot["mac"]),
+                    text(&boot["state"]),
+                    text(&boot["action"]),
+                    text(&boot["source"])
+                ));
+            }
+        }
+    }
+    out
+}
