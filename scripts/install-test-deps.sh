@@ -5,6 +5,12 @@ set -euo pipefail
 
 packages=(qemu-system-x86 ipxe-qemu ipxe ovmf tftp-hpa atftp curl tftpd-hpa wrk stress-ng dnsmasq-base iproute2 busybox-static cpio nginx-light prometheus)
 
+# cargo-deb builds the Debian package its test installs.
+if ! command -v cargo-deb >/dev/null 2>&1 && ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb" ]; then
+  echo "install-test-deps: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
