@@ -655,3 +655,136 @@ fn an_unreadable_record_is_quarantined_and_the_agent_starts() {
     assert_eq!(code, 200);
     assert!(script.contains("state=discovered"), "{script}");
 }
+
+/// `siteboot`'s admin API call with the token: (status, JSON body).
+fn admin_call(
+    agent: &common::Agent,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let token = common::admin_token(agent);
+    let auth = format!("Authorization: Bearer {token}");
+    let url = agent.url(path);
+    let mut args = vec!["-X", method, "-H", auth.as_str()];
+    if let Some(body) = body {
+        args.extend(["-H", "Content-Type: application/json", "--data", body]);
+    }
+    args.push(&url);
+    let (status, _, bytes) = curl(&args);
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// DESIGN §5 node admin (issue 13), standalone: the store takes a node as
+/// given and lets it go; bad input is refused with the reason.
+#[test]
+fn nodes_are_added_and_deleted_through_the_admin_api_standalone() {
+    let agent = AgentBuilder::new()
+        .config("[workflows.debian]\nmethod = \"kernel\"\nkernel = \"debian/vmlinuz\"\n")
+        .start();
+    let mac = "52:54:00:00:90:01";
+    let body = format!(
+        r#"{{"mac": "{mac}", "state": "pending", "workflow_id": "debian", "hostname": "web-01"}}"#
+    );
+    let (code, answer) = admin_call(&agent, "POST", "/api/v1/nodes", Some(&body));
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(answer["data"]["state"], "pending");
+    let (_, script) = curl_text(&agent.url(&format!("/api/v1/boot?mac={mac}")));
+    assert!(script.contains("action=install"), "{script}");
+    let (code, _) = admin_call(&agent, "POST", "/api/v1/nodes", Some(&body));
+    assert_eq!(code, 409, "exists already");
+    for (bad, why) in [
+        (r#"{"mac": "01:00:5e:00:00:01"}"#, "a multicast MAC"),
+        (
+            r#"{"mac": "52:54:00:00:90:02", "workflow_id": "nope"}"#,
+            "an unknown workflow",
+        ),
+        (
+            r#"{"mac": "52:54:00:00:90:02", "state": "sleepy"}"#,
+            "an unknown state",
+        ),
+        (
+            r#"{"mac": "52:54:00:00:90:02", "hostname": "a;reboot"}"#,
+            "a hostname that is not one",
+        ),
+        (
+            r#"{"mac": "52:54:00:00:90:02", "colour": "red"}"#,
+            "an unknown field",
+        ),
+        ("not json", "not JSON"),
+    ] {
+        let (code, answer) = admin_call(&agent, "POST", "/api/v1/nodes", Some(bad));
+        assert_eq!(code, 400, "{why}: {answer}");
+        assert!(answer["error"].is_string(), "{why}: {answer}");
+    }
+    let (code, answer) = admin_call(&agent, "DELETE", &format!("/api/v1/nodes/{mac}"), None);
+    assert_eq!(code, 200, "{answer}");
+    let (code, _) = admin_call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+    assert_eq!(code, 404);
+    let (code, _) = admin_call(&agent, "DELETE", &format!("/api/v1/nodes/{mac}"), None);
+    assert_eq!(code, 404);
+    // Both need the admin token.
+    let (code, _, _) = curl(&["-X", "POST", "--data", &body, &agent.url("/api/v1/nodes")]);
+    assert_eq!(code, 401);
+    let (code, _, _) = curl(&["-X", "DELETE", &agent.url(&format!("/api/v1/nodes/{mac}"))]);
+    assert_eq!(code, 401);
+}
+
+/// DESIGN §5 node admin (issue 13) with a controller: a new node is a
+/// registration, sent or (controller gone) queued and replayed; deleting
+/// at the controller is not built yet and says so.
+#[test]
+fn with_a_controller_a_new_node_is_a_registration_sent_or_queued() {
+    use common::controller::FakeController;
+    let controller = FakeController::start();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\nfailure_threshold = 1\n",
+            controller.central_toml()
+        ))
+        .start();
+    common::wait_until(std::time::Duration::from_secs(60), "online", || {
+        common::mode(&agent) == "online"
+    });
+    let (sent, queued) = ("52:54:00:00:91:01", "52:54:00:00:91:02");
+    let (code, answer) = admin_call(
+        &agent,
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(r#"{{"mac": "{sent}", "arch": "x86_64"}}"#)),
+    );
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(
+        controller.node(sent).expect("registered")["state"],
+        "discovered"
+    );
+    let (code, answer) = admin_call(
+        &agent,
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(r#"{{"mac": "{queued}", "state": "pending"}}"#)),
+    );
+    assert_eq!(code, 400, "the controller decides the state: {answer}");
+    controller.down();
+    common::wait_until(std::time::Duration::from_secs(60), "offline", || {
+        common::mode(&agent) == "offline"
+    });
+    let (code, answer) = admin_call(
+        &agent,
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(r#"{{"mac": "{queued}"}}"#)),
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    controller.up();
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the queued registration replayed",
+        || controller.node(queued).is_some(),
+    );
+    let (code, answer) = admin_call(&agent, "DELETE", &format!("/api/v1/nodes/{sent}"), None);
+    assert_eq!(code, 501, "{answer}");
+    assert!(controller.node(sent).is_some(), "nothing deleted anywhere");
+}

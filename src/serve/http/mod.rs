@@ -39,8 +39,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sync", axum::routing::post(admin::sync))
         .route("/api/v1/sync/log", get(admin::sync_log))
         .route("/api/v1/boots", get(admin::latest_boots))
-        .route("/api/v1/nodes", get(writes::list_nodes))
-        .route("/api/v1/nodes/{mac}", get(writes::get_node))
+        .route(
+            "/api/v1/nodes",
+            get(writes::list_nodes).post(writes::add_node),
+        )
+        .route(
+            "/api/v1/nodes/{mac}",
+            get(writes::get_node).delete(writes::delete_node),
+        )
         .route(
             "/api/v1/nodes/{mac}/state",
             axum::routing::patch(writes::set_state),

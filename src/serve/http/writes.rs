@@ -146,6 +146,140 @@ pub async fn set_state(
     })
 }
 
+/// The body of `POST /api/v1/nodes`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNodeBody {
+    mac: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    workflow_id: Option<String>,
+    #[serde(default)]
+    arch: Option<String>,
+}
+
+/// `POST /api/v1/nodes` (DESIGN §5). Standalone the store takes the node
+/// as given (state, hostname, workflow); with a controller it is a
+/// registration (sent, or queued while the controller is gone), which
+/// carries the MAC and facts only: the controller decides the rest.
+pub async fn add_node(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: NewNodeBody = parse_json(&body)?;
+    let mac = parse_mac(&request.mac)?;
+    if let Some(hostname) = &request.hostname {
+        crate::model::node::validate_hostname(hostname).map_err(ApiError::bad_request)?;
+    }
+    let node_state = match &request.state {
+        Some(text) => Some(text.parse::<NodeState>().map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let exists = || ApiError(StatusCode::CONFLICT, format!("node {mac} exists already"));
+    if state.port.mode().has_controller() {
+        if node_state.is_some() || request.hostname.is_some() || request.workflow_id.is_some() {
+            return Err(ApiError::bad_request(
+                "with a controller, a new node is a registration (mac, arch): set its state, \
+                 hostname or workflow at the controller, or with PATCH …/state once registered",
+            ));
+        }
+        let facts = crate::model::boot::BootFacts {
+            arch: request.arch.clone(),
+            ..Default::default()
+        };
+        return Ok(match state.outbox.register(mac, &facts).await {
+            Ok(crate::outbox::Registered::Known(_)) => return Err(exists()),
+            Ok(crate::outbox::Registered::Sent(node)) => (
+                StatusCode::CREATED,
+                axum::Json(json!({"status": "sent", "offline": false, "data": *node})),
+            )
+                .into_response(),
+            Ok(crate::outbox::Registered::Queued(node)) => (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"status": "queued", "offline": true, "data": *node})),
+            )
+                .into_response(),
+            Err(e) => write_failed(e, refuser(&state)),
+        });
+    }
+    if let Some(id) = &request.workflow_id {
+        let known = state.boot.all_workflows().await.iter().any(|w| &w.id == id);
+        if !known {
+            return Err(ApiError::bad_request(format!(
+                "unknown workflow {id:?}: define [workflows.{id}] in the configuration"
+            )));
+        }
+    }
+    let mut node = crate::model::node::Node::new_local(
+        mac,
+        node_state.unwrap_or(NodeState::Discovered),
+        time::OffsetDateTime::now_utc(),
+    );
+    node.hostname = request.hostname;
+    node.workflow_id = request.workflow_id;
+    node.arch = request.arch;
+    let wanted_id = node.id.clone();
+    let stored = state
+        .nodes
+        .insert_if_absent(node)
+        .await
+        .map_err(|e| ApiError(store_status(&e), e.to_string()))?;
+    if stored.id != wanted_id {
+        return Err(exists());
+    }
+    state.boot.invalidate(Some(mac));
+    tracing::info!(%mac, state = %stored.state, "node added");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"status": "applied", "data": *stored})),
+    )
+        .into_response())
+}
+
+fn store_status(e: &crate::store::StoreError) -> StatusCode {
+    if e.is_io() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// `DELETE /api/v1/nodes/{mac}` (DESIGN §5). Standalone the node leaves
+/// the store. With a controller it is not built yet: the §6 table has no
+/// delete call, and PureBoot's `DELETE /api/v1/nodes/{id}` retires the
+/// node instead; the answer says so (501) rather than deleting only here.
+pub async fn delete_node(
+    State(state): State<Arc<AppState>>,
+    Path(mac): Path<String>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    if state.port.mode().has_controller() {
+        return Err(ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "deleting a node with a controller is not built yet: retire it with \
+             PATCH /api/v1/nodes/{mac}/state {\"state\": \"retired\"}, or delete it at the controller"
+                .into(),
+        ));
+    }
+    let removed = state
+        .nodes
+        .remove(mac)
+        .await
+        .map_err(|e| ApiError(store_status(&e), e.to_string()))?;
+    if !removed {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no node with MAC {mac}"),
+        ));
+    }
+    state.boot.invalidate(Some(mac));
+    tracing::info!(%mac, "node deleted");
+    Ok(axum::Json(json!({"status": "applied", "deleted": mac.to_string()})).into_response())
+}
+
 /// `GET /api/v1/nodes?search=&state=`: the cached nodes.
 pub async fn list_nodes(
     State(state): State<Arc<AppState>>,
