@@ -363,6 +363,12 @@ fn remote_port(
             Transition::WentOnline => ("online", "controller reachable"),
             Transition::WentOffline => ("offline", "controller unreachable"),
         };
+        crate::events::publish(
+            "mode",
+            serde_json::json!({"mode": kind, "at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()}),
+        );
         tokio::spawn(async move {
             let now = time::OffsetDateTime::now_utc();
             let _ = store

@@ -12,7 +12,7 @@
 //! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay), [`content`] (the content cache) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
-//! | model, flood limits, counters | [`model`], [`ratelimit`], [`metrics`] |
+//! | model, flood limits, counters, live events | [`model`], [`ratelimit`], [`metrics`], [`events`] |
 //!
 //! `docs/architecture.md` describes them and the paths through them.
 
@@ -22,6 +22,7 @@ pub mod central;
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod events;
 pub mod link;
 pub mod metrics;
 pub mod model;

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("model", 0),
     ("ratelimit", 0),
     ("metrics", 0),
+    ("events", 0),
     ("config", 1),
     ("store", 2),
     ("central", 3),

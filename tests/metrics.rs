@@ -254,3 +254,81 @@ fn siteboot_status_shows_the_mode_counts_and_latest_boots() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent answers"));
 }
+
+/// DESIGN §11 `GET /api/v1/events`: a client connected through an outage
+/// receives the mode changes in order, and boots as they happen; it needs
+/// the admin token.
+#[test]
+fn an_events_client_sees_boots_and_an_outage_in_order() {
+    let controller = FakeController::start();
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\nfailure_threshold = 1\n",
+            controller.central_toml()
+        ))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let (status, _, _) = common::curl_lenient(&["--max-time", "2", &agent.url("/api/v1/events")]);
+    assert_ne!(status, Some(200));
+    let token = admin_token(&agent);
+    let url = agent.url("/api/v1/events");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
+    let client = runtime.spawn(async move {
+        let mut response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("events");
+        assert_eq!(response.status(), 200);
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if seen_tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut events = Vec::new();
+    let next = |events: &mut Vec<String>, want: &str| {
+        let started = std::time::Instant::now();
+        while !events.iter().any(|e| e.contains(want)) {
+            assert!(started.elapsed() < LONG, "no {want:?} in {events:?}");
+            if let Ok(event) = seen_rx.recv_timeout(Duration::from_millis(200)) {
+                events.push(event);
+            }
+        }
+    };
+    // Connected before anything below happens: a boot proves it.
+    wait_until(LONG, "the client is listening", || {
+        let (status, _, _) = curl(&[&agent.url("/api/v1/boot?mac=52:54:00:00:80:05")]);
+        assert_eq!(status, 200);
+        while let Ok(event) = seen_rx.try_recv() {
+            events.push(event);
+        }
+        events.iter().any(|e| e.starts_with("event: boot"))
+    });
+    assert!(
+        events.iter().any(|e| e.contains("52:54:00:00:80:05")),
+        "{events:?}"
+    );
+    controller.down();
+    next(&mut events, "\"mode\":\"offline\"");
+    controller.up();
+    next(&mut events, "\"mode\":\"online\"");
+    let modes: Vec<&String> = events
+        .iter()
+        .filter(|e| e.starts_with("event: mode"))
+        .collect();
+    assert_eq!(modes.len(), 2, "{modes:?}");
+    assert!(
+        modes[0].contains("offline") && modes[1].contains("online"),
+        "{modes:?}"
+    );
+    client.abort();
+}

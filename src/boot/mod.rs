@@ -159,13 +159,15 @@ impl BootService {
         };
         self.stats
             .answered(matches!(answer.source, Source::Cache | Source::Offline));
-        self.stats.remember(stats::BootSeen {
+        let seen = stats::BootSeen {
             mac: mac.to_string(),
             state: answer.state.map(|s| s.as_str()),
             action: answer.action.as_str(),
             source: answer.source.as_str(),
             at: OffsetDateTime::now_utc(),
-        });
+        };
+        crate::events::publish("boot", serde_json::to_value(&seen).unwrap_or_default());
+        self.stats.remember(seen);
         crate::metrics::metrics().boot(
             answer.action.as_str(),
             answer.source.as_str(),

@@ -229,6 +229,10 @@ impl Outbox {
             Some(id) => map.insert(mac, id),
             None => map.remove(&mac),
         };
+        crate::events::publish(
+            "conflict",
+            serde_json::json!({"mac": mac.to_string(), "open": open}),
+        );
     }
 
     /// The conflict policies in force.
@@ -292,6 +296,7 @@ impl Outbox {
         match result {
             Ok(id) => {
                 self.wake.notify_one();
+                crate::events::publish("queue", serde_json::json!({"queued": id}));
                 Ok(id)
             }
             Err(QueueError::Shed(reason)) => {

@@ -215,6 +215,7 @@ pub async fn replay_round(
         // Settled by policy side by side: the controller's records are
         // looked up at once, the commits follow one another.
         futures_util::future::join_all(opened.iter().map(|conflict| outbox.opened(conflict))).await;
+        crate::events::publish("queue", serde_json::json!({"settled": batch.len()}));
         if unreachable {
             return Ok(RoundEnd::Unreachable);
         }

@@ -128,6 +128,32 @@ pub async fn latest_boots(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({ "data": boots, "total": boots.len() })).into_response()
 }
 
+/// `GET /api/v1/events` (DESIGN §11): server-sent events — `boot`,
+/// `mode`, `queue`, `conflict` — from the moment of connecting, each with
+/// its JSON; a client too slow to keep up gets a `lagged` event (refetch
+/// what it shows) instead of holding the agent back. A comment every 15 s
+/// keeps idle connections (and proxies) open.
+pub async fn events(State(_state): State<Arc<AppState>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = crate::events::subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => Event::default()
+                .event(event.kind)
+                .data(event.data.to_string()),
+            Err(RecvError::Lagged(missed)) => Event::default()
+                .event("lagged")
+                .data(json!({ "missed": missed }).to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), receiver))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

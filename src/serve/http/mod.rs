@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sync", axum::routing::post(admin::sync))
         .route("/api/v1/sync/log", get(admin::sync_log))
         .route("/api/v1/boots", get(admin::latest_boots))
+        .route("/api/v1/events", get(admin::events))
         .route(
             "/api/v1/nodes",
             get(writes::list_nodes).post(writes::add_node),
