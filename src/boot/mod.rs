@@ -166,7 +166,9 @@ impl BootService {
             source: answer.source.as_str(),
             at: OffsetDateTime::now_utc(),
         };
-        crate::events::publish("boot", serde_json::to_value(&seen).unwrap_or_default());
+        if crate::events::listening() {
+            crate::events::publish("boot", serde_json::to_value(&seen).unwrap_or_default());
+        }
         self.stats.remember(seen);
         crate::metrics::metrics().boot(
             answer.action.as_str(),

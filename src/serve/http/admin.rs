@@ -139,9 +139,7 @@ pub async fn events(State(_state): State<Arc<AppState>>) -> Response {
     let receiver = crate::events::subscribe();
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
-            Ok(event) => Event::default()
-                .event(event.kind)
-                .data(event.data.to_string()),
+            Ok(event) => Event::default().event(event.kind).data(&*event.data),
             Err(RecvError::Lagged(missed)) => Event::default()
                 .event("lagged")
                 .data(json!({ "missed": missed }).to_string()),
