@@ -184,6 +184,10 @@ pub async fn start(
         boots: services.boot.stats(),
         cache: services.cache.clone(),
     });
+    tracker.spawn(crate::boot::stats::publish_boots(
+        services.boot.stats(),
+        cancel.clone(),
+    ));
     if services.port.mode().has_controller() {
         tracker.spawn(crate::outbox::replay::run(
             services.outbox.clone(),

@@ -13,7 +13,7 @@ const BACKLOG: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// `boot`, `mode`, `queue` or `conflict`.
+    /// `boots`, `mode`, `queue` or `conflict`.
     pub kind: &'static str,
     /// The event's JSON, written once for every client.
     pub data: std::sync::Arc<str>,

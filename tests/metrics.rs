@@ -311,7 +311,7 @@ fn an_events_client_sees_boots_and_an_outage_in_order() {
         while let Ok(event) = seen_rx.try_recv() {
             events.push(event);
         }
-        events.iter().any(|e| e.starts_with("event: boot"))
+        events.iter().any(|e| e.starts_with("event: boots"))
     });
     assert!(
         events.iter().any(|e| e.contains("52:54:00:00:80:05")),

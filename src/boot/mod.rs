@@ -159,6 +159,8 @@ impl BootService {
         };
         self.stats
             .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        // Boots reach event clients in batches (`boot::stats::publish_boots`),
+        // never one event per boot: a boot storm must not become one.
         let seen = stats::BootSeen {
             mac: mac.to_string(),
             state: answer.state.map(|s| s.as_str()),
@@ -166,9 +168,6 @@ impl BootService {
             source: answer.source.as_str(),
             at: OffsetDateTime::now_utc(),
         };
-        if crate::events::listening() {
-            crate::events::publish("boot", serde_json::to_value(&seen).unwrap_or_default());
-        }
         self.stats.remember(seen);
         crate::metrics::metrics().boot(
             answer.action.as_str(),

@@ -68,6 +68,11 @@ impl BootStats {
         latest.push_front(boot);
     }
 
+    /// Boots answered since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
     /// The latest boots, newest first.
     pub fn latest(&self) -> Vec<BootSeen> {
         self.latest
@@ -97,6 +102,44 @@ impl BootStats {
         } else {
             self.from_cache.load(Ordering::Relaxed) as f64 / total as f64
         }
+    }
+}
+
+/// How often boots are sent to event clients, as one `boots` event.
+pub const BOOTS_EVERY: Duration = Duration::from_millis(250);
+
+/// DESIGN §11 live view: every [`BOOTS_EVERY`], while a client of
+/// `/api/v1/events` is connected and boots happened, one `boots` event
+/// with how many and the latest of them (up to [`LATEST_BOOTS`]). A
+/// thousand boots a second cost the clients four events, not a thousand.
+pub async fn publish_boots(
+    stats: std::sync::Arc<BootStats>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut sent = stats.total();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(BOOTS_EVERY) => {}
+        }
+        let total = stats.total();
+        if total == sent {
+            continue;
+        }
+        let new = total - sent;
+        sent = total;
+        if !crate::events::listening() {
+            continue;
+        }
+        let latest: Vec<BootSeen> = stats
+            .latest()
+            .into_iter()
+            .take(usize::try_from(new).unwrap_or(LATEST_BOOTS))
+            .collect();
+        crate::events::publish(
+            "boots",
+            serde_json::json!({ "count": new, "latest": latest }),
+        );
     }
 }
 
