@@ -157,8 +157,7 @@ impl BootService {
                 fallback_answer(mac, None, Source::Standalone)
             }
         };
-        self.stats
-            .answered(matches!(answer.source, Source::Cache | Source::Offline));
+        self.stats.answered();
         // Boots reach event clients in batches (`boot::stats::publish_boots`),
         // never one event per boot: a boot storm must not become one.
         let seen = stats::BootSeen {

@@ -1,6 +1,5 @@
-//! Boot counters for the heartbeat and status: nodes seen in the last hour,
-//! boots in progress, and how often an answer did not wait for the
-//! controller.
+//! Boot counters for the heartbeat, status and live view: nodes seen in
+//! the last hour, boots in progress, boots answered, and the latest ones.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,8 +27,6 @@ pub struct BootSeen {
 #[derive(Default)]
 pub struct BootStats {
     total: AtomicU64,
-    /// Answers from the cache (deadline passed, controller error, offline).
-    from_cache: AtomicU64,
     active: AtomicU64,
     seen: Mutex<HashMap<Mac, Instant>>,
     latest: Mutex<std::collections::VecDeque<BootSeen>>,
@@ -52,11 +49,8 @@ impl BootStats {
         ActiveBoot(self)
     }
 
-    pub fn answered(&self, from_cache: bool) {
+    pub fn answered(&self) {
         self.total.fetch_add(1, Ordering::Relaxed);
-        if from_cache {
-            self.from_cache.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Keeps `boot` among the latest (the oldest leaves past the bound).
@@ -92,16 +86,6 @@ impl BootStats {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|_, at| at.elapsed() < SEEN_WINDOW);
         seen.len() as u64
-    }
-
-    /// Share of answers that did not wait for fresh controller data.
-    pub fn cache_hit_rate(&self) -> f64 {
-        let total = self.total.load(Ordering::Relaxed);
-        if total == 0 {
-            0.0
-        } else {
-            self.from_cache.load(Ordering::Relaxed) as f64 / total as f64
-        }
     }
 }
 
@@ -155,11 +139,11 @@ mod tests {
             let _a = stats.begin(mac);
             let _b = stats.begin(mac);
             assert_eq!(stats.active_boots(), 2);
-            stats.answered(true);
-            stats.answered(false);
+            stats.answered();
+            stats.answered();
         }
         assert_eq!(stats.active_boots(), 0);
         assert_eq!(stats.nodes_seen_last_hour(), 1);
-        assert!((stats.cache_hit_rate() - 0.5).abs() < 1e-9);
+        assert_eq!(stats.total(), 2);
     }
 }

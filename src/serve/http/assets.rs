@@ -92,11 +92,8 @@ pub async fn serve(
     let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
     let path = match resolved {
         Ok(Ok(path)) => path,
-        Ok(Err(PathError::NotFound(_))) if cache.is_some() => {
-            if let Some(cache) = cache {
-                return from_cache(cache, &requested, headers).await;
-            }
-            return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        Ok(Err(PathError::NotFound(_))) if let Some(cache) = cache => {
+            return from_cache(cache, &requested, headers).await;
         }
         Ok(Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_)))) => {
             return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
