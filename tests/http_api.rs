@@ -731,8 +731,9 @@ fn nodes_are_added_and_deleted_through_the_admin_api_standalone() {
 }
 
 /// DESIGN §5 node admin (issue 13) with a controller: a new node is a
-/// registration, sent or (controller gone) queued and replayed; deleting
-/// at the controller is not built yet and says so.
+/// registration, sent or (controller gone) queued and replayed; a
+/// deletion is a retirement (the state change `retired`), sent or queued,
+/// and the node's next boot is refused at once either way.
 #[test]
 fn with_a_controller_a_new_node_is_a_registration_sent_or_queued() {
     use common::controller::FakeController;
@@ -785,6 +786,36 @@ fn with_a_controller_a_new_node_is_a_registration_sent_or_queued() {
         || controller.node(queued).is_some(),
     );
     let (code, answer) = admin_call(&agent, "DELETE", &format!("/api/v1/nodes/{sent}"), None);
-    assert_eq!(code, 501, "{answer}");
-    assert!(controller.node(sent).is_some(), "nothing deleted anywhere");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["status"], "sent");
+    assert_eq!(controller.node(sent).expect("kept")["state"], "retired");
+    let boot = |mac: &str| {
+        curl_text(&agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64&platform=efi"))).1
+    };
+    assert!(boot(sent).contains("action=retired"), "{}", boot(sent));
+
+    controller.down();
+    common::wait_until(std::time::Duration::from_secs(60), "offline", || {
+        common::mode(&agent) == "offline"
+    });
+    let (code, answer) = admin_call(&agent, "DELETE", &format!("/api/v1/nodes/{queued}"), None);
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    assert!(
+        boot(queued).contains("action=retired"),
+        "the cache took the deletion at once: {}",
+        boot(queued)
+    );
+    let (code, answer) = admin_call(&agent, "DELETE", "/api/v1/nodes/52:54:00:00:91:99", None);
+    assert_eq!(code, 404, "{answer}");
+    controller.up();
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the queued deletion replayed",
+        || {
+            controller
+                .node(queued)
+                .is_some_and(|n| n["state"] == "retired")
+        },
+    );
 }

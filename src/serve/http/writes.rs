@@ -248,21 +248,38 @@ fn store_status(e: &crate::store::StoreError) -> StatusCode {
 }
 
 /// `DELETE /api/v1/nodes/{mac}` (DESIGN §5). Standalone the node leaves
-/// the store. With a controller it is not built yet: the §6 table has no
-/// delete call, and PureBoot's `DELETE /api/v1/nodes/{id}` retires the
-/// node instead; the answer says so (501) rather than deleting only here.
+/// the store. With a controller the deletion is a retirement: the §6 table
+/// has no delete call, and PureBoot's own `DELETE /api/v1/nodes/{id}` is a
+/// transition to `retired` (it keeps the record). So the agent sends (or
+/// queues) the state change `retired`, which every controller dialect
+/// takes, and the node stays cached as retired: its next boot is refused
+/// here at once, online or not, instead of installing a node the operator
+/// meant to remove.
 pub async fn delete_node(
     State(state): State<Arc<AppState>>,
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     if state.port.mode().has_controller() {
-        return Err(ApiError(
-            StatusCode::NOT_IMPLEMENTED,
-            "deleting a node with a controller is not built yet: retire it with \
-             PATCH /api/v1/nodes/{mac}/state {\"state\": \"retired\"}, or delete it at the controller"
-                .into(),
-        ));
+        if state.nodes.get(mac).is_none() {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no node with MAC {mac}"),
+            ));
+        }
+        let change = StateChange {
+            state: NodeState::Retired,
+            comment: Some("deleted by the site operator".into()),
+            force: None,
+            base_version: None,
+        };
+        return Ok(match state.outbox.set_state(mac, change).await {
+            Ok(outcome) => {
+                tracing::info!(%mac, "node deletion (retirement) accepted");
+                written(outcome)
+            }
+            Err(e) => write_failed(e, refuser(&state)),
+        });
     }
     let removed = state
         .nodes
