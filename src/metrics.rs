@@ -173,8 +173,8 @@ impl Metrics {
                 r,
                 int_gauge_vec(
                     "queue_items",
-                    "Queued changes for the controller by status",
-                    &["status"],
+                    "Queued changes for the controller by status and kind",
+                    &["status", "kind"],
                 ),
             ),
             replayed: registered(
@@ -251,9 +251,9 @@ impl Metrics {
         self.content_requests.with_label_values(&[outcome]).inc();
     }
 
-    pub fn set_queue(&self, status: &str, items: u64) {
+    pub fn set_queue(&self, status: &str, kind: &str, items: u64) {
         self.queue_items
-            .with_label_values(&[status])
+            .with_label_values(&[status, kind])
             .set(i64::try_from(items).unwrap_or(i64::MAX));
     }
 
@@ -284,7 +284,7 @@ mod tests {
         m.http_request("/api/v1/boot", 200);
         m.controller_call("health", "ok", 0.002);
         m.content_request("hit");
-        m.set_queue("pending", 3);
+        m.set_queue("pending", "state_update", 3);
         m.set_mode("online");
         let text = m.encode();
         for series in [
@@ -293,7 +293,7 @@ mod tests {
             "siteboot_tftp_transfers_total{outcome=\"completed\"} 1",
             "siteboot_http_requests_total{code=\"200\",route=\"/api/v1/boot\"} 1",
             "siteboot_controller_calls_total{call=\"health\",outcome=\"ok\"} 1",
-            "siteboot_queue_items{status=\"pending\"} 3",
+            "siteboot_queue_items{kind=\"state_update\",status=\"pending\"} 3",
             "siteboot_mode{mode=\"online\"} 1",
             "siteboot_mode{mode=\"offline\"} 0",
             "siteboot_content_requests_total{outcome=\"hit\"} 1",

@@ -145,7 +145,10 @@ fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
         "{offline}"
     );
     assert_eq!(
-        value(&offline, "siteboot_queue_items{status=\"pending\"}"),
+        value(
+            &offline,
+            "siteboot_queue_items{kind=\"state_update\",status=\"pending\"}"
+        ),
         Some(1.0)
     );
 
@@ -155,7 +158,10 @@ fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
     wait_until(LONG, "replayed", || {
         let text = scrape(&agent);
         value(&text, "siteboot_replayed_items_total") > Some(replayed)
-            && value(&text, "siteboot_queue_items{status=\"pending\"}") == Some(0.0)
+            && value(
+                &text,
+                "siteboot_queue_items{kind=\"state_update\",status=\"pending\"}",
+            ) == Some(0.0)
     });
     let back = scrape(&agent);
     promtool_check(&back);

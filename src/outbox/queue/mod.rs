@@ -44,6 +44,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Registration => "registration",
+            Kind::StateUpdate => "state_update",
+            Kind::Event => "event",
+        }
+    }
+
     fn priority(self) -> u8 {
         match self {
             Kind::Registration => 0,
@@ -210,6 +218,8 @@ pub struct Stats {
     /// Node items refused since the agent started: their share was full,
     /// their MAC over its rate, or a registration already queued.
     pub shed_node_items: u64,
+    /// Depth by status, then kind (only the non-empty ones).
+    pub by_kind: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +308,35 @@ struct Tables<'a, 't> {
     nodes: &'a mut Counters<'t>,
 }
 
+/// Moves an item of `kind` between statuses in the counters: the status
+/// total and the status-and-kind depth (`pending/registration`, DESIGN §11
+/// "queue depth by status and kind"). `None` is outside the queue.
+fn count_status(
+    counters: &mut Counters<'_>,
+    kind: Kind,
+    from: Option<Status>,
+    to: Option<Status>,
+) -> Result<(), QueueError> {
+    if from == to {
+        return Ok(());
+    }
+    for (status, delta) in [(from, -1), (to, 1)] {
+        if let Some(status) = status {
+            bump(counters, status.counter(), delta)?;
+            bump(counters, &kind_key(status, kind), delta)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind_key(status: Status, kind: Kind) -> String {
+    format!("{}/{}", status.counter(), kind.as_str())
+}
+
+/// Set once the counters hold depths by kind; a database written before
+/// them is counted afresh at open.
+const KINDS_COUNTED: &str = "kinds_counted";
+
 fn bump(counters: &mut Counters<'_>, name: &str, delta: i64) -> Result<(), QueueError> {
     let current = counters
         .get(name)
@@ -385,8 +424,25 @@ impl Queue {
             instance,
         };
         queue.quarantine_unreadable()?;
+        queue.count_kinds_once()?;
         queue.recover_in_flight()?;
         Ok(queue)
+    }
+
+    /// Counts the queue afresh if its counters predate the depths by kind.
+    fn count_kinds_once(&self) -> Result<(), QueueError> {
+        let txn = self.store.begin_write()?;
+        let counted = {
+            let counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            counter(&counters, KINDS_COUNTED)? > 0
+        };
+        if counted {
+            txn.abort()?;
+        } else {
+            recount(&txn)?;
+            txn.commit()?;
+        }
+        Ok(())
     }
 
     /// Moves queue items that cannot be read into the store's quarantine
@@ -469,8 +525,12 @@ impl Queue {
                 queue
                     .insert(key, encode(&item).as_slice())
                     .map_err(db_err)?;
-                bump(&mut counters, "in_flight", -1)?;
-                bump(&mut counters, "pending", 1)?;
+                count_status(
+                    &mut counters,
+                    item.kind,
+                    Some(Status::InFlight),
+                    Some(Status::Pending),
+                )?;
                 recovered += 1;
             }
         }
@@ -583,7 +643,7 @@ impl Queue {
             .insert((new.kind.priority(), seq), encode(&item).as_slice())
             .map_err(db_err)?;
         t.ids.insert(seq, new.kind.priority()).map_err(db_err)?;
-        bump(t.counters, "pending", 1)?;
+        count_status(t.counters, item.kind, None, Some(Status::Pending))?;
         count_item(t.counters, &item, 1)?;
         track_node(t.nodes, &item, None, Some(Status::Pending))?;
         Ok(item)
@@ -647,8 +707,12 @@ impl Queue {
                     queue
                         .insert(key, encode(&item).as_slice())
                         .map_err(db_err)?;
-                    bump(&mut counters, "pending", -1)?;
-                    bump(&mut counters, "conflict", 1)?;
+                    count_status(
+                        &mut counters,
+                        item.kind,
+                        Some(Status::Pending),
+                        Some(Status::Conflict),
+                    )?;
                     track_node(
                         &mut nodes,
                         &item,
@@ -742,8 +806,12 @@ impl Queue {
                 queue
                     .insert(key, encode(&item).as_slice())
                     .map_err(db_err)?;
-                bump(&mut counters, "pending", -1)?;
-                bump(&mut counters, "in_flight", 1)?;
+                count_status(
+                    &mut counters,
+                    item.kind,
+                    Some(Status::Pending),
+                    Some(Status::InFlight),
+                )?;
                 taken.push(item);
             }
         }
@@ -813,7 +881,7 @@ impl Queue {
                     None => {
                         queue.remove(key).map_err(db_err)?;
                         ids.remove(id).map_err(db_err)?;
-                        bump(&mut counters, before.counter(), -1)?;
+                        count_status(&mut counters, item.kind, Some(before), None)?;
                         count_item(&mut counters, &item, -1)?;
                         track_node(&mut nodes, &item, Some(before), None)?;
                         results.push((Some(before), None));
@@ -823,10 +891,7 @@ impl Queue {
                         queue
                             .insert(key, encode(&item).as_slice())
                             .map_err(db_err)?;
-                        if before != after {
-                            bump(&mut counters, before.counter(), -1)?;
-                            bump(&mut counters, after.counter(), 1)?;
-                        }
+                        count_status(&mut counters, item.kind, Some(before), Some(after))?;
                         track_node(&mut nodes, &item, Some(before), Some(after))?;
                         results.push((Some(before), Some(item)));
                     }
@@ -1187,8 +1252,41 @@ impl Queue {
             dropped_events: get("dropped_events")?,
             node_items: get("node_items")?,
             shed_node_items: 0,
+            by_kind: by_kind(&counters)?,
         })
     }
+}
+
+fn by_kind(
+    counters: &redb::ReadOnlyTable<&str, u64>,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>, QueueError>
+{
+    let mut depths = std::collections::BTreeMap::new();
+    for status in [
+        Status::Pending,
+        Status::InFlight,
+        Status::Failed,
+        Status::Conflict,
+    ] {
+        for kind in [Kind::Registration, Kind::StateUpdate, Kind::Event] {
+            let items = counter_ro(counters, &kind_key(status, kind))?;
+            if items > 0 {
+                depths
+                    .entry(status.counter().to_string())
+                    .or_insert_with(std::collections::BTreeMap::new)
+                    .insert(kind.as_str().to_string(), items);
+            }
+        }
+    }
+    Ok(depths)
+}
+
+fn counter_ro(counters: &redb::ReadOnlyTable<&str, u64>, name: &str) -> Result<u64, QueueError> {
+    Ok(counters
+        .get(name)
+        .map_err(db_err)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 /// Up to `limit` pending items due at `now`, in send order, at most one
@@ -1241,11 +1339,14 @@ fn recount(txn: &crate::store::StoreWrite) -> Result<(), QueueError> {
     counters
         .retain(|name, _| keep.contains(&name))
         .map_err(db_err)?;
+    // The kinds are counted from here on (a database from before them
+    // comes through here once, at open).
+    counters.insert(KINDS_COUNTED, 1).map_err(db_err)?;
     nodes.retain(|_, _| false).map_err(db_err)?;
     for entry in queue.iter().map_err(db_err)? {
         let (_, value) = entry.map_err(db_err)?;
         let item = decode(value.value())?;
-        bump(&mut counters, item.status.counter(), 1)?;
+        count_status(&mut counters, item.kind, None, Some(item.status))?;
         count_item(&mut counters, &item, 1)?;
         track_node(&mut nodes, &item, None, Some(item.status))?;
     }
@@ -1277,7 +1378,7 @@ fn drop_oldest_event(
     };
     queue.remove(key).map_err(db_err)?;
     ids.remove(key.1).map_err(db_err)?;
-    bump(counters, item.status.counter(), -1)?;
+    count_status(counters, item.kind, Some(item.status), None)?;
     count_item(counters, &item, -1)?;
     bump(counters, "dropped_events", 1)?;
     track_node(nodes, &item, Some(item.status), None)?;
@@ -1328,6 +1429,71 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH + time::Duration::days(20000)
+    }
+
+    fn depth(q: &Queue, status: &str, kind: &str) -> u64 {
+        let stats = q.stats().unwrap();
+        stats
+            .by_kind
+            .get(status)
+            .and_then(|d| d.get(kind))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn depths_by_status_and_kind_follow_every_move_and_survive_a_recount() {
+        let (dir, q) = queue(100);
+        let ids = q
+            .enqueue_many(
+                vec![
+                    item(Kind::Registration, "a", 1),
+                    item(Kind::StateUpdate, "b", 2),
+                    item(Kind::Event, "c", 3),
+                    item(Kind::Event, "d", 4),
+                ],
+                now(),
+            )
+            .unwrap()
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(depth(&q, "pending", "registration"), 1);
+        assert_eq!(depth(&q, "pending", "event"), 2);
+        let taken = q.take_batch(10, now()).unwrap();
+        assert_eq!(taken.len(), 4);
+        assert_eq!(depth(&q, "in_flight", "event"), 2);
+        assert_eq!(depth(&q, "pending", "event"), 0);
+        q.ack(ids[0]).unwrap();
+        q.fail(ids[1], "refused", None).unwrap();
+        q.fail(ids[2], "unreachable", Some(now())).unwrap();
+        assert_eq!(depth(&q, "in_flight", "registration"), 0);
+        assert_eq!(depth(&q, "failed", "state_update"), 1);
+        assert_eq!(depth(&q, "pending", "event"), 1);
+        assert_eq!(depth(&q, "in_flight", "event"), 1);
+        let stats = q.stats().unwrap();
+        let summed: u64 = stats.by_kind.values().flat_map(|d| d.values()).sum();
+        assert_eq!(summed, stats.total);
+
+        // A database from before the depths by kind: its marker and kind
+        // counters are gone; opening it counts them afresh (the item in
+        // flight at the "crash" is pending again).
+        drop(q);
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let txn = store.begin_write().unwrap();
+            {
+                let mut counters = txn.open_table(QUEUE_COUNTERS).unwrap();
+                counters
+                    .retain(|name, _| !name.contains('/') && name != KINDS_COUNTED)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let q = Queue::open(store, Limits::unshared(100)).unwrap();
+        assert_eq!(depth(&q, "failed", "state_update"), 1);
+        assert_eq!(depth(&q, "pending", "event"), 2);
+        assert_eq!(q.stats().unwrap().pending, 2);
     }
 
     #[test]

@@ -245,13 +245,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .and_then(|l| l.offline_duration(snapshot.taken_at))
         .map_or(0.0, |d| d.as_secs_f64());
     counters.offline_seconds.set(offline);
-    for (status, count) in [
-        ("pending", snapshot.queue.pending),
-        ("in_flight", snapshot.queue.in_flight),
-        ("failed", snapshot.queue.failed),
-        ("conflict", snapshot.queue.conflict),
-    ] {
-        counters.set_queue(status, count);
+    // Every pair is set, so a depth that fell to zero reads 0, not its
+    // last value.
+    for status in ["pending", "in_flight", "failed", "conflict"] {
+        let depths = snapshot.queue.by_kind.get(status);
+        for kind in ["registration", "state_update", "event"] {
+            let items = depths.and_then(|d| d.get(kind)).copied().unwrap_or(0);
+            counters.set_queue(status, kind, items);
+        }
     }
     counters
         .conflicts_open
