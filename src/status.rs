@@ -21,6 +21,10 @@ use crate::store::nodes::NodeCache;
 /// The meta key of the last finished sync's time (RFC 3339).
 pub const META_LAST_SYNC: &str = "last_sync_at";
 
+/// How long one boot answered from the cache keeps the indicator yellow
+/// (a live answer turns it green at once).
+pub const CACHED_ANSWER_WINDOW: time::Duration = time::Duration::minutes(10);
+
 /// Where the snapshot's numbers come from.
 pub struct StatusSource {
     pub site_id: String,
@@ -58,6 +62,10 @@ pub struct Snapshot {
     pub store_writable: bool,
     /// Records found unreadable at start and moved aside.
     pub quarantined_records: u64,
+    /// Online, but the latest boot (within [`CACHED_ANSWER_WINDOW`]) was
+    /// answered from the cache: the controller is reachable yet gave no
+    /// usable answer for it (an error, garbage, its deadline).
+    pub answering_from_cache: bool,
     pub uptime: Duration,
 }
 
@@ -94,9 +102,10 @@ impl StatusSource {
             .flatten()
             .unwrap_or(0.0);
         let cache = self.cache.as_ref().map(|c| c.stats());
+        let now = OffsetDateTime::now_utc();
         Snapshot {
             site_id: self.site_id.clone(),
-            taken_at: OffsetDateTime::now_utc(),
+            taken_at: now,
             mode: self.port.mode(),
             link: self.port.link_state(),
             last_sync_at,
@@ -110,6 +119,10 @@ impl StatusSource {
             disk_usage_percent: disk,
             store_writable: self.store.writable(),
             quarantined_records,
+            answering_from_cache: self
+                .boots
+                .latest_source()
+                .is_some_and(|(source, at)| source == "cache" && now - at < CACHED_ANSWER_WINDOW),
             uptime: self.started.elapsed(),
         }
     }
@@ -129,6 +142,7 @@ impl Snapshot {
         serde_json::json!({
             "site_id": self.site_id,
             "mode": self.mode.as_str(),
+            "indicator": self.indicator(),
             "online": self.mode == Mode::Online,
             "last_online_at": stamp(link.and_then(|l| l.last_online_at)),
             "offline_since": stamp(link.and_then(|l| l.offline_since)),
@@ -154,6 +168,17 @@ impl Snapshot {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),
         })
+    }
+
+    /// DESIGN §11's mode at a glance: green online, yellow online but
+    /// answering from the cache, red offline, grey standalone.
+    pub fn indicator(&self) -> &'static str {
+        match self.mode {
+            Mode::Standalone => "grey",
+            Mode::Offline { .. } => "red",
+            Mode::Online if self.answering_from_cache => "yellow",
+            Mode::Online => "green",
+        }
     }
 
     /// Items still to send, and items that need an operator.

@@ -338,3 +338,51 @@ fn an_events_client_sees_boots_and_an_outage_in_order() {
     );
     client.abort();
 }
+
+fn indicator(agent: &common::Agent) -> String {
+    common::get_json(&agent.url("/api/v1/status"))["indicator"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// DESIGN §11 mode at a glance, as `GET /api/v1/status` gives it to the
+/// page and the CLI: green online, yellow online but the latest boot was
+/// answered from the cache, red offline, grey standalone.
+#[test]
+fn the_status_indicator_is_green_yellow_red_and_grey() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:80:11";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+             failure_threshold = 3\n",
+            controller.central_toml()
+        ))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let boot = || {
+        let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    assert!(boot().contains("source=live"));
+    assert_eq!(indicator(&agent), "green");
+
+    controller.inject("GET", "/api/v1/nodes", None, 500, Duration::ZERO, 1);
+    let answer = boot();
+    assert!(answer.contains("source=cache"), "{answer}");
+    assert_eq!(mode(&agent), "online");
+    assert_eq!(indicator(&agent), "yellow");
+    assert!(boot().contains("source=live"));
+    assert_eq!(indicator(&agent), "green");
+
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(indicator(&agent), "red");
+
+    let standalone = AgentBuilder::new().start();
+    assert_eq!(indicator(&standalone), "grey");
+}

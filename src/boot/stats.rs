@@ -77,6 +77,15 @@ impl BootStats {
             .collect()
     }
 
+    /// The source and time of the latest boot answered, if any.
+    pub fn latest_source(&self) -> Option<(&'static str, time::OffsetDateTime)> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .front()
+            .map(|b| (b.source, b.at))
+    }
+
     pub fn active_boots(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }

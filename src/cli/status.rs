@@ -58,6 +58,9 @@ pub fn render(status: &Value, boots: Option<&Value>) -> String {
             text(&status["offline_since"]),
             text(&status["offline_duration_s"])
         ),
+        "online" if status["indicator"] == "yellow" => {
+            "ONLINE, but answering boots from the cache".to_string()
+        }
         "online" => "ONLINE".to_string(),
         "standalone" => "STANDALONE (no controller)".to_string(),
         other => other.to_uppercase(),

@@ -151,6 +151,11 @@ pub async fn run(
         errors = errors.len(),
         "node sync done"
     );
+    // The live view refreshes its nodes and "last sync" on this.
+    crate::events::publish(
+        "sync",
+        serde_json::json!({"full": full, "received": count, "changed": changed}),
+    );
     Ok(SyncReport {
         full,
         received: count,

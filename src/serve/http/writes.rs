@@ -82,6 +82,11 @@ fn write_failed(e: WriteError, refused_by: &str) -> Response {
     }
 }
 
+/// Tells the live view (DESIGN §11) that a node changed here.
+fn node_changed(mac: Mac, change: &str) {
+    crate::events::publish("node", json!({"mac": mac.to_string(), "change": change}));
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
@@ -140,6 +145,7 @@ pub async fn set_state(
     Ok(match state.outbox.set_state(mac, change).await {
         Ok(outcome) => {
             tracing::info!(%mac, state = %new_state, "node state change accepted");
+            node_changed(mac, "state");
             written(outcome)
         }
         Err(e) => write_failed(e, refuser(&state)),
@@ -190,7 +196,14 @@ pub async fn add_node(
             arch: request.arch.clone(),
             ..Default::default()
         };
-        return Ok(match state.outbox.register(mac, &facts).await {
+        let registered = state.outbox.register(mac, &facts).await;
+        if matches!(
+            registered,
+            Ok(crate::outbox::Registered::Sent(_) | crate::outbox::Registered::Queued(_))
+        ) {
+            node_changed(mac, "added");
+        }
+        return Ok(match registered {
             Ok(crate::outbox::Registered::Known(_)) => return Err(exists()),
             Ok(crate::outbox::Registered::Sent(node)) => (
                 StatusCode::CREATED,
@@ -232,6 +245,7 @@ pub async fn add_node(
     }
     state.boot.invalidate(Some(mac));
     tracing::info!(%mac, state = %stored.state, "node added");
+    node_changed(mac, "added");
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"status": "applied", "data": *stored})),
@@ -276,6 +290,7 @@ pub async fn delete_node(
         return Ok(match state.outbox.set_state(mac, change).await {
             Ok(outcome) => {
                 tracing::info!(%mac, "node deletion (retirement) accepted");
+                node_changed(mac, "retired");
                 written(outcome)
             }
             Err(e) => write_failed(e, refuser(&state)),
@@ -294,6 +309,7 @@ pub async fn delete_node(
     }
     state.boot.invalidate(Some(mac));
     tracing::info!(%mac, "node deleted");
+    node_changed(mac, "deleted");
     Ok(axum::Json(json!({"status": "applied", "deleted": mac.to_string()})).into_response())
 }
 
