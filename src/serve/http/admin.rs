@@ -128,8 +128,9 @@ pub async fn latest_boots(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({ "data": boots, "total": boots.len() })).into_response()
 }
 
-/// `GET /api/v1/events` (DESIGN §11): server-sent events — `boot`,
-/// `mode`, `queue`, `conflict` — from the moment of connecting, each with
+/// `GET /api/v1/events` (DESIGN §11): server-sent events — `boots`,
+/// `mode`, `queue`, `conflict`, `sync`, `node` — from the moment of
+/// connecting, each with
 /// its JSON; a client too slow to keep up gets a `lagged` event (refetch
 /// what it shows) instead of holding the agent back. A comment every 15 s
 /// keeps idle connections (and proxies) open.

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod assets;
 mod cache;
 pub mod conflicts;
+mod page;
 pub mod queue;
 pub mod server;
 pub mod state;
@@ -106,6 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/report", axum::routing::post(writes::report))
         .route("/health", get(health))
         .route("/api/v1/status", get(status))
+        .route("/", get(page::status_page))
         .route_layer(axum::middleware::from_fn(count_request))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
