@@ -332,6 +332,27 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
         404
     );
 
+    // The agent restarts under the open page: it reconnects by itself
+    // and is live again (a boot on the new agent shows without a reload).
+    browser.js("window.__same_page = true; return null;");
+    let agent = agent.kill_and_restart_on_same_port();
+    browser.wait(
+        "connected a second time",
+        "Number(document.body.dataset.connects) >= 2",
+    );
+    let rebooted = "52:54:00:00:b0:02";
+    let (status, _, _) = curl(&[&agent.url(&format!("/api/v1/boot?mac={rebooted}"))]);
+    assert_eq!(status, 200);
+    browser.wait(
+        "a boot after the restart",
+        &row("boots", "data-mac", rebooted),
+    );
+    assert_eq!(
+        browser.js("return window.__same_page === true;"),
+        Value::Bool(true),
+        "the page was not reloaded"
+    );
+
     // Signing out forgets the token: a reload asks for it again.
     browser.click("#sign-out");
     browser.goto(&agent.url("/"));

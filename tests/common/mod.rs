@@ -360,6 +360,27 @@ impl Agent {
         spawn_agent(dir, config, env)
     }
 
+    /// Kills the agent and starts it again on the same data directory and
+    /// the same HTTP port (the one it was given at its first start), as a
+    /// service restart looks to a browser that keeps the page open.
+    pub fn kill_and_restart_on_same_port(mut self) -> Agent {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let pinned = text.replacen(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"{}\"", self.http),
+            1,
+        );
+        assert_ne!(pinned, text, "the generated config names the HTTP listener");
+        std::fs::write(&self.config, pinned).expect("write config");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let config = self.config.clone();
+        let env = self.env.clone();
+        drop(self);
+        spawn_agent(dir, config, env)
+    }
+
     /// Log lines the agent has written so far.
     pub fn log_lines(&self) -> Vec<String> {
         let mut log = self.log.borrow_mut();

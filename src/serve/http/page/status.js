@@ -426,6 +426,7 @@ async function listen() {
     if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
     setLive(true);
     page.backoff = 1000;
+    document.body.dataset.connects = Number(document.body.dataset.connects || 0) + 1;
     // Whatever happened while not connected is read afresh.
     schedule(...Object.keys(REFRESH));
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
