@@ -730,6 +730,53 @@ fn nodes_are_added_and_deleted_through_the_admin_api_standalone() {
     assert_eq!(code, 401);
 }
 
+/// `GET /api/v1/nodes?search=&state=&limit=` (DESIGN §5; the page shows
+/// at most a page of a fleet): matches by MAC, id or hostname, filters by
+/// state, counts every match in `total` while `limit` bounds `data`.
+#[test]
+fn the_node_list_searches_filters_and_limits() {
+    let agent = AgentBuilder::new().start();
+    for (n, state, hostname) in [
+        (1, "active", "web-01"),
+        (2, "active", "web-02"),
+        (3, "pending", "db-01"),
+    ] {
+        let body = format!(
+            r#"{{"mac": "52:54:00:00:93:0{n}", "state": "{state}", "hostname": "{hostname}"}}"#
+        );
+        assert_eq!(
+            admin_call(&agent, "POST", "/api/v1/nodes", Some(&body)).0,
+            201
+        );
+    }
+    let macs = |answer: &serde_json::Value| -> Vec<String> {
+        answer["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|n| n["mac"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (code, all) = admin_call(&agent, "GET", "/api/v1/nodes", None);
+    assert_eq!(code, 200);
+    assert_eq!(all["total"], 3);
+    let (_, web) = admin_call(&agent, "GET", "/api/v1/nodes?search=WEB", None);
+    assert_eq!(macs(&web), ["52:54:00:00:93:01", "52:54:00:00:93:02"]);
+    let (_, by_mac) = admin_call(&agent, "GET", "/api/v1/nodes?search=93:03", None);
+    assert_eq!(macs(&by_mac), ["52:54:00:00:93:03"]);
+    let (_, active) = admin_call(&agent, "GET", "/api/v1/nodes?state=active&limit=1", None);
+    assert_eq!(macs(&active), ["52:54:00:00:93:01"]);
+    assert_eq!(active["total"], 2, "total counts past the limit");
+    for bad in [
+        "/api/v1/nodes?state=sleepy",
+        "/api/v1/nodes?limit=0",
+        "/api/v1/nodes?limit=x",
+    ] {
+        let (code, answer) = admin_call(&agent, "GET", bad, None);
+        assert_eq!(code, 400, "{bad}: {answer}");
+    }
+}
+
 /// DESIGN §5 node admin (issue 13) with a controller: a new node is a
 /// registration, sent or (controller gone) queued and replayed; a
 /// deletion is a retirement (the state change `retired`), sent or queued,

@@ -313,7 +313,9 @@ pub async fn delete_node(
     Ok(axum::Json(json!({"status": "applied", "deleted": mac.to_string()})).into_response())
 }
 
-/// `GET /api/v1/nodes?search=&state=`: the cached nodes.
+/// `GET /api/v1/nodes?search=&state=&limit=`: the cached nodes, by MAC;
+/// `total` counts every match, `limit` (optional) bounds `data`, so a
+/// page showing a fleet need not carry it all.
 pub async fn list_nodes(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -343,8 +345,21 @@ pub async fn list_nodes(
                     .is_some_and(|h| h.to_lowercase().contains(&search))
         })
         .collect();
+    let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be a positive integer, not {text:?}"),
+                );
+            }
+        },
+        None => usize::MAX,
+    };
     nodes.sort_by_key(|n| n.mac.to_string());
     let total = nodes.len();
+    nodes.truncate(limit);
     let data: Vec<&crate::model::node::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     axum::Json(json!({"data": data, "total": total})).into_response()
 }

@@ -171,12 +171,14 @@ async function refreshNodes() {
   const query = new URLSearchParams();
   if (search) query.set("search", search);
   if (state) query.set("state", state);
+  query.set("limit", NODES_SHOWN);
   const result = await api("GET", `/api/v1/nodes?${query}`);
   if (result.status !== 200) return;
   const nodes = result.data.data || [];
+  const total = result.data.total ?? nodes.length;
   const states = [...$("node-state-filter").options].map((o) => o.value).filter(Boolean);
   const standalone = document.body.dataset.mode === "standalone";
-  $("nodes").tBodies[0].replaceChildren(...nodes.slice(0, NODES_SHOWN).map((n) => {
+  $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
     const choose = el("select", { "aria-label": `new state for ${n.mac}`, class: "new-state" },
       ...states.map((s) => el("option", { value: s, selected: s === n.state, text: s })));
     return el("tr", { "data-mac": n.mac, "data-state": n.state },
@@ -195,9 +197,9 @@ async function refreshNodes() {
         }, standalone ? "Delete" : "Retire"), `node-${n.mac}`),
       ));
   }));
-  $("nodes-more").textContent = nodes.length > NODES_SHOWN
-    ? `Showing ${NODES_SHOWN} of ${nodes.length}: narrow the search.`
-    : nodes.length === 0 ? "No node matches." : "";
+  $("nodes-more").textContent = total > nodes.length
+    ? `Showing ${nodes.length} of ${total}: narrow the search.`
+    : total === 0 ? "No node matches." : "";
 }
 
 function sideText(side, central) {
