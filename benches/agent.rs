@@ -10,6 +10,9 @@
 //!   serving the same file from the same disk.
 //! * events: `/api/v1/boot` (metrics on) with 0, 50 and 200 clients of
 //!   `/api/v1/events` connected.
+//! * page: the status page's first render in a cold headless Chromium
+//!   (Chromium's performance timing), from the agent vs the same bytes
+//!   from nginx; the signed-in view drawn with 10,000 nodes vs 100.
 //! * conflicts: replay of 10,000 state changes with none, and with 10%,
 //!   conflicting (left to an operator, and settled by policy); the
 //!   conflicts API's latency at 100,000 records.
@@ -24,12 +27,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/browser.rs"]
+#[allow(dead_code)]
+mod browser;
 #[path = "../tests/common/controller.rs"]
 #[allow(dead_code)]
 mod controller;
 #[path = "../tests/common/pureboot.rs"]
 #[allow(dead_code)]
 mod pureboot;
+
+/// For [`browser`]: a missing program stops the benchmark.
+fn require_tool(name: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} is required: run scripts/install-test-deps.sh"))
+}
 
 use siteboot::model::mac::Mac;
 use siteboot::model::node::{Node, NodeState};
@@ -102,6 +119,9 @@ fn main() {
     }
     if wanted("events") {
         events_benchmark(work.path());
+    }
+    if wanted("page") {
+        page_benchmark(work.path());
     }
 }
 
@@ -1665,4 +1685,147 @@ fn events_benchmark(dir: &Path) {
         );
     }
     println!("(target: 200 event clients cost at most 5% of the requests/s)\n");
+}
+
+/// Chromium's timing of the load just done, in milliseconds from the
+/// navigation's start: (first contentful paint, DOM content loaded).
+fn page_timing(browser: &browser::Browser) -> (f64, f64) {
+    browser.wait(
+        "the first paint",
+        "performance.getEntriesByName('first-contentful-paint').length > 0",
+    );
+    let t = browser.js("const nav = performance.getEntriesByType('navigation')[0];
+         return [performance.getEntriesByName('first-contentful-paint')[0].startTime,
+                 nav.domContentLoadedEventEnd];");
+    (
+        t[0].as_f64().expect("paint time"),
+        t[1].as_f64().expect("DOM time"),
+    )
+}
+
+/// Issue 13: the status page's time to first render from a cold browser
+/// (a new Chromium profile per run), served by the agent (10,000 nodes in
+/// its store) vs the very same bytes served by nginx; runs interleaved.
+/// Then the signed-in view: from the sign-in click until the node table
+/// is drawn, with 10,000 nodes vs 100.
+fn page_benchmark(dir: &Path) {
+    const PAGE_RUNS: usize = 7;
+    let mut agents = Vec::new();
+    for nodes in [10_000u32, 100] {
+        let case = dir.join(format!("page-{nodes}"));
+        std::fs::create_dir_all(&case).expect("mkdir");
+        let macs: Vec<Mac> = (0..nodes)
+            .map(|i| Mac::new([0x52, 0x54, 0x07, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
+            .collect();
+        populate(&case, &macs, &[NodeState::Active, NodeState::Installed]);
+        let (agent, http, _) = start_agent(&case, &case.join("boot-assets"));
+        let token = std::fs::read_to_string(case.join("data").join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        agents.push((agent, http, token));
+    }
+    let (_, big_http, big_token) = &agents[0];
+    let (_, small_http, small_token) = &agents[1];
+
+    // nginx serves the page exactly as the agent rendered it.
+    let web = dir.join("page-nginx");
+    let root = web.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let html = Command::new("curl")
+        .args(["-sS", &format!("http://{big_http}/")])
+        .output()
+        .expect("curl the page")
+        .stdout;
+    assert!(html.starts_with(b"<!doctype html>"), "the page");
+    std::fs::write(root.join("index.html"), &html).expect("index.html");
+    let nginx_port = free_tcp_port();
+    let conf = web.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {err} error;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; default_type text/html;\n\
+             server {{ listen 127.0.0.1:{nginx_port}; root {root}; }} }}\n",
+            pid = web.join("nginx.pid").display(),
+            err = web.join("nginx-error.log").display(),
+            root = root.display(),
+        ),
+    )
+    .expect("nginx.conf");
+    let _nginx = Proc(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&web)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx (Debian nginx-light)"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut paint = [Vec::new(), Vec::new()];
+    let mut dom = [Vec::new(), Vec::new()];
+    let urls = [
+        format!("http://{big_http}/"),
+        format!("http://127.0.0.1:{nginx_port}/index.html"),
+    ];
+    for _ in 0..PAGE_RUNS {
+        for (i, url) in urls.iter().enumerate() {
+            let browser = browser::Browser::start("bench", 1280, 1000);
+            browser.goto(url);
+            let (p, d) = page_timing(&browser);
+            paint[i].push(p);
+            dom[i].push(d);
+        }
+    }
+    println!("status page, cold headless Chromium, {PAGE_RUNS} runs each (median ms)");
+    println!("{:<34} {:>12} {:>12}", "", "first paint", "DOM loaded");
+    let (p_ours, d_ours) = (median(paint[0].clone()), median(dom[0].clone()));
+    let (p_nginx, d_nginx) = (median(paint[1].clone()), median(dom[1].clone()));
+    println!(
+        "{:<34} {p_ours:>12.1} {d_ours:>12.1}",
+        "siteboot GET / (10,000 nodes)"
+    );
+    println!(
+        "{:<34} {p_nginx:>12.1} {d_nginx:>12.1}",
+        "nginx, the same bytes"
+    );
+    println!(
+        "siteboot/nginx: {:.2}x the first paint, {:.2}x DOM loaded\n",
+        p_ours / p_nginx,
+        d_ours / d_nginx
+    );
+
+    // Signed in: from the click until the node table is drawn.
+    let mut drawn = [Vec::new(), Vec::new()];
+    for _ in 0..PAGE_RUNS {
+        for (i, (http, token, rows)) in [(big_http, big_token, 200), (small_http, small_token, 100)]
+            .into_iter()
+            .enumerate()
+        {
+            let browser = browser::Browser::start("bench", 1280, 1000);
+            browser.goto(&format!("http://{http}/"));
+            page_timing(&browser);
+            browser.type_into("#token", token);
+            browser.js(&format!(
+                "window.__drawn = null; const t0 = performance.now();
+                 new MutationObserver((m, o) => {{
+                   if (document.querySelectorAll('#nodes tbody tr').length >= {rows}) {{
+                     window.__drawn = performance.now() - t0; o.disconnect(); }}
+                 }}).observe(document.getElementById('nodes'), {{childList: true, subtree: true}});
+                 document.getElementById('signin-button').click(); return null;"
+            ));
+            browser.wait("the node table drawn", "window.__drawn !== null");
+            drawn[i].push(browser.js("return window.__drawn;").as_f64().expect("ms"));
+        }
+    }
+    let (big, small) = (median(drawn[0].clone()), median(drawn[1].clone()));
+    println!("signed-in view, sign-in click to node table drawn (median ms)");
+    println!("{:<34} {big:>12.1}", "10,000 nodes (200 shown)");
+    println!("{:<34} {small:>12.1}", "100 nodes");
+    println!("10,000 nodes / 100 nodes: {:.2}x\n", big / small);
 }

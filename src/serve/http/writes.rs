@@ -357,9 +357,14 @@ pub async fn list_nodes(
         },
         None => usize::MAX,
     };
-    nodes.sort_by_key(|n| n.mac.to_string());
+    // By MAC: byte order is the order of the colon strings. Only the
+    // page asked for is sorted in full.
     let total = nodes.len();
-    nodes.truncate(limit);
+    if limit < total {
+        nodes.select_nth_unstable_by_key(limit, |n| n.mac);
+        nodes.truncate(limit);
+    }
+    nodes.sort_unstable_by_key(|n| n.mac);
     let data: Vec<&crate::model::node::Node> = nodes.iter().map(|n| n.as_ref()).collect();
     axum::Json(json!({"data": data, "total": total})).into_response()
 }

@@ -429,8 +429,9 @@ async function listen() {
     setLive(true);
     page.backoff = 1000;
     document.body.dataset.connects = Number(document.body.dataset.connects || 0) + 1;
-    // Whatever happened while not connected is read afresh.
-    schedule(...Object.keys(REFRESH));
+    // Whatever happened while not connected is read afresh, at once (a
+    // burst of events is what schedule() waits to gather, not this).
+    for (const refresh of Object.values(REFRESH)) refresh();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
