@@ -866,3 +866,65 @@ fn with_a_controller_a_new_node_is_a_registration_sent_or_queued() {
         },
     );
 }
+
+/// DESIGN §5/§11: every admin endpoint answers 401 without the token or
+/// with a wrong one (the status page adds no way around it: it is open,
+/// and shows only what the open status shows).
+#[test]
+fn every_admin_endpoint_needs_the_token_and_the_page_is_open() {
+    let agent = AgentBuilder::new().start();
+    let mac = "52:54:00:00:94:01";
+    let admin = [
+        ("GET", "/api/v1/nodes".to_string()),
+        ("POST", "/api/v1/nodes".to_string()),
+        ("GET", format!("/api/v1/nodes/{mac}")),
+        ("DELETE", format!("/api/v1/nodes/{mac}")),
+        ("PATCH", format!("/api/v1/nodes/{mac}/state")),
+        ("GET", "/api/v1/queue".to_string()),
+        ("GET", "/api/v1/queue/stats".to_string()),
+        ("POST", "/api/v1/queue/1/retry".to_string()),
+        ("DELETE", "/api/v1/queue/1".to_string()),
+        ("POST", "/api/v1/queue/clear-failed".to_string()),
+        ("POST", "/api/v1/sync?full=true".to_string()),
+        ("GET", "/api/v1/sync/log".to_string()),
+        ("GET", "/api/v1/conflicts".to_string()),
+        ("GET", "/api/v1/conflicts/1".to_string()),
+        ("POST", "/api/v1/conflicts/1/resolve".to_string()),
+        ("GET", "/api/v1/conflicts/policy".to_string()),
+        ("PUT", "/api/v1/conflicts/policy".to_string()),
+        ("GET", "/api/v1/cache".to_string()),
+        ("DELETE", "/api/v1/cache".to_string()),
+        ("GET", "/api/v1/cache/stats".to_string()),
+        ("POST", "/api/v1/cache/prefetch".to_string()),
+        ("DELETE", "/api/v1/cache/debian/vmlinuz".to_string()),
+        ("GET", "/api/v1/boots".to_string()),
+        ("GET", "/api/v1/events".to_string()),
+        ("GET", "/metrics".to_string()),
+    ];
+    for (method, path) in &admin {
+        let url = agent.url(path);
+        for auth in [None, Some("Authorization: Bearer wrong-token")] {
+            let mut args = vec![
+                "-X",
+                method,
+                "--data",
+                "{}",
+                "-H",
+                "Content-Type: application/json",
+            ];
+            if let Some(auth) = auth {
+                args.extend(["-H", auth]);
+            }
+            args.push(&url);
+            let (code, _, _) = curl(&args);
+            assert_eq!(code, 401, "{method} {path} with {auth:?}");
+        }
+    }
+    for open in ["/", "/api/v1/status", "/health"] {
+        let (code, body) = curl_text(&agent.url(open));
+        assert_eq!(code, 200, "{open}: {body}");
+    }
+    // The page names no admin data: its token stays with the operator.
+    let (_, page) = curl_text(&agent.url("/"));
+    assert!(!page.contains(&common::admin_token(&agent)));
+}
