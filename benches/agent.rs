@@ -1015,6 +1015,39 @@ fn print_rates(title: &str, unit: &str, rows: &[(&str, f64)]) {
     }
 }
 
+/// Starts Debian's nginx (nginx-light) in `case`, serving `root` on a free
+/// port of 127.0.0.1 with `http_directives` added to its `http` block.
+fn start_nginx(case: &Path, root: &Path, http_directives: &str) -> (Proc, u16) {
+    let port = free_tcp_port();
+    let conf = case.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {pid};\nerror_log {err} error;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; {http_directives}\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = case.join("nginx.pid").display(),
+            err = case.join("nginx-error.log").display(),
+            root = root.display(),
+        ),
+    )
+    .expect("nginx.conf");
+    let nginx = Proc(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(case)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx (Debian nginx-light)"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    (nginx, port)
+}
+
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1448,34 +1481,11 @@ fn cache_benchmark(dir: &Path, data: &[u8]) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .expect("the cached file");
-    let nginx_port = free_tcp_port();
-    let conf = case.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes auto;\npid {pid};\nerror_log {err} error;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_timeout 65;\n\
-             default_type application/octet-stream;\n\
-             server {{ listen 127.0.0.1:{nginx_port}; root {root}; }} }}\n",
-            pid = case.join("nginx.pid").display(),
-            err = case.join("nginx-error.log").display(),
-            root = files.display(),
-        ),
-    )
-    .expect("nginx.conf");
-    let _nginx = Proc(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&case)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx (Debian nginx-light)"),
+    let (_nginx, nginx_port) = start_nginx(
+        &case,
+        &files,
+        "sendfile on; tcp_nopush on; keepalive_timeout 65; default_type application/octet-stream;",
     );
-    std::thread::sleep(Duration::from_millis(300));
     let ours_url = format!("http://{http}/assets/images/big.img");
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/{cached_name}");
     let out = case.join("out.bin");
@@ -1739,33 +1749,7 @@ fn page_benchmark(dir: &Path) {
         .stdout;
     assert!(html.starts_with(b"<!doctype html>"), "the page");
     std::fs::write(root.join("index.html"), &html).expect("index.html");
-    let nginx_port = free_tcp_port();
-    let conf = web.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {err} error;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; default_type text/html;\n\
-             server {{ listen 127.0.0.1:{nginx_port}; root {root}; }} }}\n",
-            pid = web.join("nginx.pid").display(),
-            err = web.join("nginx-error.log").display(),
-            root = root.display(),
-        ),
-    )
-    .expect("nginx.conf");
-    let _nginx = Proc(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&web)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx (Debian nginx-light)"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_nginx, nginx_port) = start_nginx(&web, &root, "default_type text/html;");
 
     let mut paint = [Vec::new(), Vec::new()];
     let mut dom = [Vec::new(), Vec::new()];

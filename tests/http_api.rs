@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{AgentBuilder, curl, curl_text};
+use common::{AgentBuilder, admin_call, curl, curl_text};
 
 const WORKFLOWS: &str = r#"
 [workflows.ubuntu]
@@ -654,25 +654,6 @@ fn an_unreadable_record_is_quarantined_and_the_agent_starts() {
     let (code, _, script) = boot(&agent, &mac(2));
     assert_eq!(code, 200);
     assert!(script.contains("state=discovered"), "{script}");
-}
-
-/// `siteboot`'s admin API call with the token: (status, JSON body).
-fn admin_call(
-    agent: &common::Agent,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let token = common::admin_token(agent);
-    let auth = format!("Authorization: Bearer {token}");
-    let url = agent.url(path);
-    let mut args = vec!["-X", method, "-H", auth.as_str()];
-    if let Some(body) = body {
-        args.extend(["-H", "Content-Type: application/json", "--data", body]);
-    }
-    args.push(&url);
-    let (status, _, bytes) = curl(&args);
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 /// DESIGN §5 node admin (issue 13), standalone: the store takes a node as

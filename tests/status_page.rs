@@ -11,33 +11,10 @@ use std::time::Duration;
 
 use common::browser::Browser;
 use common::controller::FakeController;
-use common::{AgentBuilder, admin_token, curl, get_json, mode, wait_until};
+use common::{AgentBuilder, admin_call, admin_token, curl, get_json, mode, wait_until};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn admin(agent: &common::Agent, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let token = admin_token(agent);
-    let auth = format!("Authorization: Bearer {token}");
-    let url = agent.url(path);
-    let mut args = vec![
-        "-X",
-        method,
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-    ];
-    if let Some(body) = body {
-        args.extend(["--data", body]);
-    }
-    args.push(&url);
-    let (status, _, bytes) = curl(&args);
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// The page's badge colour.
 fn badge_is(indicator: &str) -> String {
@@ -164,7 +141,7 @@ fn the_status_page_follows_an_outage_live_and_settles_a_conflict_with_its_button
         "document.getElementById('message').textContent.includes('queued')",
     );
     // ...and one more, for a node whose change the operator drops.
-    let (code, answer) = admin(
+    let (code, answer) = admin_call(
         &agent,
         "PATCH",
         &format!("/api/v1/nodes/{dropped}/state"),
@@ -232,7 +209,7 @@ fn the_status_page_follows_an_outage_live_and_settles_a_conflict_with_its_button
             .node(conflicted)
             .is_some_and(|n| n["state"] == "reprovision")
     });
-    let (_, record) = admin(
+    let (_, record) = admin_call(
         &agent,
         "GET",
         &format!("/api/v1/conflicts/{conflict_id}"),
@@ -301,7 +278,7 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
     browser.type_into("#add-node input[name=hostname]", "rack1-node1");
     browser.click("#add-node button[type=submit]");
     browser.wait("the node listed", &row("nodes", "data-mac", mac));
-    let (code, node) = admin(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+    let (code, node) = admin_call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
     assert_eq!(code, 200);
     assert_eq!(node["data"]["state"], "pending");
     assert_eq!(node["data"]["hostname"], "rack1-node1");
@@ -314,7 +291,7 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
         &format!("document.querySelector('{node_row}')?.dataset.state === 'active'"),
     );
     assert_eq!(
-        admin(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).1["data"]["state"],
+        admin_call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).1["data"]["state"],
         "active"
     );
     browser.screenshot("1-standalone-node");
@@ -328,7 +305,7 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
     browser.click(&delete);
     browser.wait("the node gone", &no_row("nodes", "data-mac", mac));
     assert_eq!(
-        admin(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).0,
+        admin_call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None).0,
         404
     );
 

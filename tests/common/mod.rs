@@ -521,6 +521,25 @@ pub fn admin_token(agent: &Agent) -> String {
         .to_string()
 }
 
+/// An admin API call with the agent's token: the status and the JSON
+/// answer (null when the answer is not JSON).
+pub fn admin_call(
+    agent: &Agent,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Authorization: Bearer {}", admin_token(agent));
+    let url = agent.url(path);
+    let mut args = vec!["-X", method, "-H", auth.as_str()];
+    if let Some(body) = body {
+        args.extend(["-H", "Content-Type: application/json", "--data", body]);
+    }
+    args.push(&url);
+    let (status, _, bytes) = curl(&args);
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
 /// GET a JSON document.
 pub fn get_json(url: &str) -> serde_json::Value {
     let (status, body) = curl_text(url);
