@@ -161,6 +161,17 @@ fn the_status_page_follows_an_outage_live_and_settles_a_conflict_with_its_button
         )),
         Value::from(1)
     );
+    // Retry asks the agent to send an item now (it stays pending while
+    // the controller is gone).
+    browser.click(&format!(
+        "#queue tr[data-queue-id=\"{dropped_id}\"] button.retry"
+    ));
+    browser.wait(
+        "the retry taken",
+        &format!(
+            "document.getElementById('message').textContent === 'item {dropped_id} retried: done.'"
+        ),
+    );
     let delete = format!("#queue tr[data-queue-id=\"{dropped_id}\"] button.delete-item");
     browser.click(&delete);
     browser.wait(
@@ -247,13 +258,16 @@ fn the_status_page_follows_an_outage_live_and_settles_a_conflict_with_its_button
         "document.getElementById('message').textContent.startsWith('Synced')",
     );
 
-    // A phone-sized window: the page still lays out (no sideways page).
+    // A 1080p screen, then a phone-sized window: the page lays out in
+    // both (no sideways page).
+    browser.resize(1920, 1080);
+    browser.screenshot("6-1080p");
     browser.resize(390, 844);
     browser.wait(
         "no horizontal scroll on a phone",
         "document.documentElement.scrollWidth <= window.innerWidth + 1",
     );
-    browser.screenshot("6-phone");
+    browser.screenshot("7-phone");
 }
 
 /// Standalone: grey; add a node with a state, change it, delete it, all
@@ -285,6 +299,24 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
 
     let node_row = format!("#nodes tr[data-mac=\"{mac}\"]");
     browser.select(&format!("{node_row} select.new-state"), "active");
+    // A live redraw (another operator adds a node) keeps the pick.
+    let other = "52:54:00:00:b0:03";
+    let body = format!(r#"{{"mac": "{other}"}}"#);
+    assert_eq!(
+        admin_call(&agent, "POST", "/api/v1/nodes", Some(&body)).0,
+        201
+    );
+    browser.wait(
+        "redrawn with the other node",
+        &row("nodes", "data-mac", other),
+    );
+    assert_eq!(
+        browser.js(&format!(
+            "return document.querySelector('{node_row} select.new-state').value;"
+        )),
+        Value::from("active"),
+        "the state picked but not set yet survived the redraw"
+    );
     browser.click(&format!("{node_row} button.set-state"));
     browser.wait(
         "the state changed",

@@ -119,6 +119,29 @@ impl Browser {
         }
     }
 
+    /// Runs `op` on the first match of `css`. The page redraws its lists
+    /// when live events come in; an element redrawn between finding and
+    /// using it is found again (the redrawn one is the same row).
+    fn on_element<T>(
+        &self,
+        css: &str,
+        what: &str,
+        op: impl AsyncFn(fantoccini::elements::Element) -> Result<T, fantoccini::error::CmdError>,
+    ) -> T {
+        let mut stale = 0;
+        loop {
+            let done = self.runtime.block_on(async {
+                let element = self.client().find(Locator::Css(css)).await?;
+                op(element).await
+            });
+            match done {
+                Ok(value) => return value,
+                Err(e) if e.to_string().contains("stale element") && stale < 20 => stale += 1,
+                Err(e) => panic!("{what} {css}: {e}"),
+            }
+        }
+    }
+
     /// A real click (WebDriver's element click) on the first match,
     /// brought to the middle of the window first (a sticky header may
     /// cover the top).
@@ -127,41 +150,23 @@ impl Browser {
         self.js(&format!(
             "const e = document.querySelector({selector}); if (e) e.scrollIntoView({{block: 'center'}}); return null;"
         ));
-        self.runtime
-            .block_on(async {
-                let element = self.client().find(Locator::Css(css)).await?;
-                element.click().await
-            })
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        self.on_element(css, "click", async |e| e.click().await);
     }
 
     /// Types `text` into the first match, as keystrokes.
     pub fn type_into(&self, css: &str, text: &str) {
-        self.runtime
-            .block_on(async {
-                let element = self.client().find(Locator::Css(css)).await?;
-                element.clear().await?;
-                element.send_keys(text).await
-            })
-            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        self.on_element(css, "type into", async |e| {
+            e.clear().await?;
+            e.send_keys(text).await
+        });
     }
 
     pub fn select(&self, css: &str, value: &str) {
-        self.runtime
-            .block_on(async {
-                let element = self.client().find(Locator::Css(css)).await?;
-                element.select_by_value(value).await
-            })
-            .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
+        self.on_element(css, "select in", async |e| e.select_by_value(value).await);
     }
 
     pub fn text(&self, css: &str) -> String {
-        self.runtime
-            .block_on(async {
-                let element = self.client().find(Locator::Css(css)).await?;
-                element.text().await
-            })
-            .unwrap_or_else(|e| panic!("text of {css}: {e}"))
+        self.on_element(css, "text of", async |e| e.text().await)
     }
 
     pub fn resize(&self, width: u32, height: u32) {

@@ -16,6 +16,7 @@ const page = {
   timer: null,
   offlineTick: null,
   armed: null,
+  picked: new Map(),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -179,8 +180,12 @@ async function refreshNodes() {
   const states = [...$("node-state-filter").options].map((o) => o.value).filter(Boolean);
   const standalone = document.body.dataset.mode === "standalone";
   $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
-    const choose = el("select", { "aria-label": `new state for ${n.mac}`, class: "new-state" },
-      ...states.map((s) => el("option", { value: s, selected: s === n.state, text: s })));
+    // A state picked but not yet set survives a redraw by a live event.
+    const picked = page.picked.get(n.mac) ?? n.state;
+    const choose = el("select", {
+      "aria-label": `new state for ${n.mac}`, class: "new-state",
+      onchange: (e) => page.picked.set(n.mac, e.target.value),
+    }, ...states.map((s) => el("option", { value: s, selected: s === picked, text: s })));
     return el("tr", { "data-mac": n.mac, "data-state": n.state },
       el("td", { class: "mono", text: n.mac }),
       el("td", { text: n.hostname || "-" }),
@@ -315,7 +320,7 @@ function written(result, what) {
 
 async function setState(button, mac, state) {
   const result = await busy(button, () => api("PATCH", `/api/v1/nodes/${mac}/state`, { state }));
-  written(result, `${mac} → ${state}`);
+  if (written(result, `${mac} → ${state}`)) page.picked.delete(mac);
   schedule("nodes", "status", "queue");
 }
 
