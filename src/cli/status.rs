@@ -113,3 +113,37 @@ pub fn render(status: &Value, boots: Option<&Value>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_headline_follows_mode_and_indicator() {
+        let headline = |status: Value| {
+            render(&status, None)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let status = |mode: &str, indicator: &str| {
+            json!({"mode": mode, "indicator": indicator, "site_id": "fra1", "version": "0.1.0",
+                   "offline_since": "2026-11-28T10:00:00Z", "offline_duration_s": 90})
+        };
+        assert!(headline(status("online", "green")).ends_with(": ONLINE"));
+        assert!(
+            headline(status("online", "yellow"))
+                .contains("ONLINE, but answering boots from the cache")
+        );
+        assert!(
+            headline(status("offline", "red"))
+                .contains("OFFLINE since 2026-11-28T10:00:00Z (90 s)")
+        );
+        assert!(headline(status("standalone", "grey")).contains("STANDALONE"));
+        assert!(
+            render(&status("online", "green"), None).contains("latest boots: need the admin token")
+        );
+    }
+}
