@@ -329,6 +329,21 @@ fn count_status(
     Ok(())
 }
 
+/// Gives a stored item a new status: writes it and moves it in the
+/// counters.
+fn restatus(
+    queue: &mut Items<'_>,
+    counters: &mut Counters<'_>,
+    key: (u8, u64),
+    item: &mut Item,
+    to: Status,
+) -> Result<(), QueueError> {
+    let from = item.status;
+    item.status = to;
+    queue.insert(key, encode(item).as_slice()).map_err(db_err)?;
+    count_status(counters, item.kind, Some(from), Some(to))
+}
+
 fn kind_key(status: Status, kind: Kind) -> String {
     format!("{}/{}", status.counter(), kind.as_str())
 }
@@ -521,16 +536,7 @@ impl Queue {
                 }
             }
             for (key, mut item) in stale {
-                item.status = Status::Pending;
-                queue
-                    .insert(key, encode(&item).as_slice())
-                    .map_err(db_err)?;
-                count_status(
-                    &mut counters,
-                    item.kind,
-                    Some(Status::InFlight),
-                    Some(Status::Pending),
-                )?;
+                restatus(&mut queue, &mut counters, key, &mut item, Status::Pending)?;
                 recovered += 1;
             }
         }
@@ -701,18 +707,9 @@ impl Queue {
                 Some((key, mut item))
                     if item.status == Status::Pending && item.kind == Kind::StateUpdate =>
                 {
-                    item.status = Status::Conflict;
                     item.not_before = None;
                     item.last_error = Some(error);
-                    queue
-                        .insert(key, encode(&item).as_slice())
-                        .map_err(db_err)?;
-                    count_status(
-                        &mut counters,
-                        item.kind,
-                        Some(Status::Pending),
-                        Some(Status::Conflict),
-                    )?;
+                    restatus(&mut queue, &mut counters, key, &mut item, Status::Conflict)?;
                     track_node(
                         &mut nodes,
                         &item,
@@ -800,18 +797,9 @@ impl Queue {
                 return Ok(Vec::new());
             }
             for (key, mut item) in chosen {
-                item.status = Status::InFlight;
                 item.attempts += 1;
                 item.last_attempt_at = Some(now);
-                queue
-                    .insert(key, encode(&item).as_slice())
-                    .map_err(db_err)?;
-                count_status(
-                    &mut counters,
-                    item.kind,
-                    Some(Status::Pending),
-                    Some(Status::InFlight),
-                )?;
+                restatus(&mut queue, &mut counters, key, &mut item, Status::InFlight)?;
                 taken.push(item);
             }
         }
@@ -887,11 +875,9 @@ impl Queue {
                         results.push((Some(before), None));
                     }
                     Some(after) => {
-                        item.status = after;
-                        queue
-                            .insert(key, encode(&item).as_slice())
-                            .map_err(db_err)?;
-                        count_status(&mut counters, item.kind, Some(before), Some(after))?;
+                        // `change` may have set fields; the status is set here.
+                        item.status = before;
+                        restatus(&mut queue, &mut counters, key, &mut item, after)?;
                         track_node(&mut nodes, &item, Some(before), Some(after))?;
                         results.push((Some(before), Some(item)));
                     }
