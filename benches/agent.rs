@@ -134,9 +134,7 @@ fn hardening_benchmark(dir: &Path) {
         .enable_all()
         .build()
         .expect("runtime");
-    let macs: Vec<Mac> = (0..NODES)
-        .map(|i| Mac::new([0x52, 0x54, 0x02, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-        .collect();
+    let macs: Vec<Mac> = fleet(0x02, NODES);
 
     let case = dir.join("idle-connections");
     std::fs::create_dir_all(&case).expect("mkdir");
@@ -583,9 +581,7 @@ fn firmware_probe(port: u16) -> String {
 fn http_benchmark(dir: &Path) {
     let dir = dir.join("http");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let macs: Vec<Mac> = (0..NODES)
-        .map(|i| Mac::new([0x52, 0x54, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-        .collect();
+    let macs: Vec<Mac> = fleet(0x00, NODES);
     populate(
         &dir,
         &macs,
@@ -674,9 +670,7 @@ fn wait_for_mode(http: SocketAddr, mode: &str, limit: Duration) -> Option<Durati
 /// deadline. Latency with a healthy, a slow (2 s) and a dead controller,
 /// then how long the agent takes to notice a dead controller.
 fn central_benchmark(dir: &Path) {
-    let macs: Vec<Mac> = (0..NODES)
-        .map(|i| Mac::new([0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-        .collect();
+    let macs: Vec<Mac> = fleet(0x01, NODES);
     let controller = controller::FakeController::start();
     for mac in &macs {
         controller.set_node(&mac.to_string(), "active", None);
@@ -848,10 +842,7 @@ fn api_enqueue_benchmark(dir: &Path, runtime: &tokio::runtime::Runtime, raw: f64
         ("SITEBOOT_SITE_ID", "bench".to_string()),
     ];
     let (_agent, http, _) = start_agent_with(&case_dir, &case_dir.join("boot-assets"), &env);
-    let token = std::fs::read_to_string(case_dir.join("data/admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let token = admin_token_in(&case_dir);
     let mut rates = Vec::new();
     for clients in [1usize, 16] {
         let macs = macs.clone();
@@ -1048,6 +1039,22 @@ fn start_nginx(case: &Path, root: &Path, http_directives: &str) -> (Proc, u16) {
     (nginx, port)
 }
 
+/// `count` MACs of one benchmark's own family (`52:54:<family>:…`), so the
+/// parts never share nodes.
+fn fleet(family: u8, count: u32) -> Vec<Mac> {
+    (0..count)
+        .map(|i| Mac::new([0x52, 0x54, family, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
+        .collect()
+}
+
+/// The admin token an agent started in `case` created.
+fn admin_token_in(case: &Path) -> String {
+    std::fs::read_to_string(case.join("data").join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string()
+}
+
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1207,9 +1214,7 @@ fn conflicts_benchmark(dir: &Path) {
 fn replay_with_conflicts(dir: &Path, items: usize, every: usize, policy: &str) -> Duration {
     use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue};
     std::fs::create_dir_all(dir).expect("mkdir");
-    let macs: Vec<Mac> = (0..items as u32)
-        .map(|i| Mac::new([0x52, 0x54, 0x04, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-        .collect();
+    let macs: Vec<Mac> = fleet(0x04, items as u32);
     let controller = controller::FakeController::start();
     controller.check_versions();
     for mac in &macs {
@@ -1324,10 +1329,7 @@ fn conflicts_listing(dir: &Path, records: u32, open: u32, label: &str) {
         }
     }
     let (_agent, http, _) = start_agent_with(dir, &dir.join("boot-assets"), &[]);
-    let token = std::fs::read_to_string(dir.join("data").join("admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let token = admin_token_in(dir);
     println!("GET /api/v1/conflicts, {label} (300 requests, one keep-alive connection)");
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
@@ -1614,19 +1616,14 @@ fn cache_benchmark(dir: &Path, data: &[u8]) {
 
 /// Issue 13's figures: `/api/v1/boot` at 64 connections (metrics always
 /// on) with no client of `/api/v1/events`, then 50, then 200 connected
-/// (each receives every boot as an event), interleaved with runs without.
+/// (each receives the `boots` events), interleaved with runs without.
 fn events_benchmark(dir: &Path) {
     let dir = dir.join("events");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let macs: Vec<Mac> = (0..NODES)
-        .map(|i| Mac::new([0x52, 0x54, 0x06, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-        .collect();
+    let macs: Vec<Mac> = fleet(0x06, NODES);
     populate(&dir, &macs, &[NodeState::Active, NodeState::Installed]);
     let (_agent, http, _) = start_agent(&dir, &dir.join("boot-assets"));
-    let token = std::fs::read_to_string(dir.join("data").join("admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let token = admin_token_in(&dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -1724,15 +1721,10 @@ fn page_benchmark(dir: &Path) {
     for nodes in [10_000u32, 100] {
         let case = dir.join(format!("page-{nodes}"));
         std::fs::create_dir_all(&case).expect("mkdir");
-        let macs: Vec<Mac> = (0..nodes)
-            .map(|i| Mac::new([0x52, 0x54, 0x07, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
-            .collect();
+        let macs: Vec<Mac> = fleet(0x07, nodes);
         populate(&case, &macs, &[NodeState::Active, NodeState::Installed]);
         let (agent, http, _) = start_agent(&case, &case.join("boot-assets"));
-        let token = std::fs::read_to_string(case.join("data").join("admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_string();
+        let token = admin_token_in(&case);
         agents.push((agent, http, token));
     }
     let (_, big_http, big_token) = &agents[0];
