@@ -767,11 +767,7 @@ fn with_a_controller_a_new_node_is_a_registration_sent_or_queued() {
     use common::controller::FakeController;
     let controller = FakeController::start();
     let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&format!(
-            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\nfailure_threshold = 1\n",
-            controller.central_toml()
-        ))
+        .watching(&controller, "failure_threshold = 1")
         .start();
     common::wait_until(std::time::Duration::from_secs(60), "online", || {
         common::mode(&agent) == "online"

@@ -63,12 +63,8 @@ fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
     let mac = "52:54:00:00:80:01";
     controller.set_node(mac, "active", None);
     let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&format!(
-            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-             failure_threshold = 1\n[queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\n",
-            controller.central_toml()
-        ))
+        .watching(&controller, "failure_threshold = 1")
+        .config("[queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"")
         .asset("small.bin", &common::pattern(100_000, 3))
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
@@ -268,11 +264,7 @@ fn siteboot_status_shows_the_mode_counts_and_latest_boots() {
 fn an_events_client_sees_boots_and_an_outage_in_order() {
     let controller = FakeController::start();
     let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&format!(
-            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\nfailure_threshold = 1\n",
-            controller.central_toml()
-        ))
+        .watching(&controller, "failure_threshold = 1")
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
     let (status, _, _) = common::curl_lenient(&["--max-time", "2", &agent.url("/api/v1/events")]);
@@ -355,12 +347,7 @@ fn the_status_indicator_is_green_yellow_red_and_grey() {
     let mac = "52:54:00:00:80:11";
     controller.set_node(mac, "active", None);
     let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&format!(
-            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-             failure_threshold = 3\n",
-            controller.central_toml()
-        ))
+        .watching(&controller, "failure_threshold = 3")
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
     let boot = || {

@@ -85,14 +85,12 @@ fn the_status_page_follows_an_outage_live_and_settles_a_conflict_with_its_button
         controller.set_node(mac, "active", None);
     }
     let agent = AgentBuilder::new()
-        .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&format!(
-            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-             failure_threshold = 1\nrecovery_threshold = 1\nheartbeat_interval = \"1s\"\n\
-             [queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\n\
-             [conflicts]\nstate_mismatch = \"manual\"\n",
-            controller.central_toml()
-        ))
+        .watching(
+            &controller,
+            "failure_threshold = 1\nrecovery_threshold = 1\nheartbeat_interval = \"1s\"",
+        )
+        .config("[queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"")
+        .config("[conflicts]\nstate_mismatch = \"manual\"")
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
     wait_until(LONG, "nodes synced", || {

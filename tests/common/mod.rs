@@ -73,6 +73,15 @@ impl AgentBuilder {
         self
     }
 
+    /// Site `fra1` at `controller`, probed every 200 ms with 2 s per call
+    /// (tests of outages), plus `central`: more `[central]` lines.
+    pub fn watching(self, controller: &controller::FakeController, central: &str) -> Self {
+        self.env("SITEBOOT_SITE_ID", "fra1").config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n{central}",
+            controller.central_toml()
+        ))
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
