@@ -116,19 +116,13 @@ fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
     // An outage, with a change queued meanwhile.
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
-    let token = admin_token(&agent);
-    let (code, _, _) = curl(&[
-        "-X",
+    let (code, answer) = common::admin_call(
+        &agent,
         "PATCH",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        "-H",
-        "Content-Type: application/json",
-        "--data",
-        r#"{"state": "reprovision", "comment": "queued"}"#,
-        &agent.url(&format!("/api/v1/nodes/{mac}/state")),
-    ]);
-    assert_eq!(code, 202);
+        &format!("/api/v1/nodes/{mac}/state"),
+        Some(r#"{"state": "reprovision", "comment": "queued"}"#),
+    );
+    assert_eq!(code, 202, "{answer}");
     let offline = scrape(&agent);
     promtool_check(&offline);
     assert_eq!(
