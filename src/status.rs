@@ -119,10 +119,10 @@ impl StatusSource {
             disk_usage_percent: disk,
             store_writable: self.store.writable(),
             quarantined_records,
-            answering_from_cache: self
-                .boots
-                .latest_source()
-                .is_some_and(|(source, at)| source == "cache" && now - at < CACHED_ANSWER_WINDOW),
+            answering_from_cache: self.boots.latest_source().is_some_and(|(source, at)| {
+                source == crate::model::boot::Source::Cache.as_str()
+                    && now - at < CACHED_ANSWER_WINDOW
+            }),
             uptime: self.started.elapsed(),
         }
     }

@@ -275,12 +275,7 @@ pub async fn delete_node(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     if state.port.mode().has_controller() {
-        if state.nodes.get(mac).is_none() {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no node with MAC {mac}"),
-            ));
-        }
+        // An unknown MAC is the outbox's 404, as for `PATCH …/state`.
         let change = StateChange {
             state: NodeState::Retired,
             comment: Some("deleted by the site operator".into()),
