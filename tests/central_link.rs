@@ -883,3 +883,48 @@ fn workflows_nobody_defines_are_named_at_start_and_by_check_config(dialect: Dial
     let line = agent.wait_for_log("workflows this agent cannot render");
     assert!(line.contains("ghost") && !line.contains("debian"), "{line}");
 }
+
+/// Issue 19 item 1 (DESIGN §6): a controller between two API versions
+/// sends both `mac` and `mac_address`. Equal values are one field: the
+/// nodes are synced and looked up, a retired node is refused, an active
+/// one boots its disk as the controller's, and no MAC is registered
+/// again. Two different values make only that record unreadable.
+#[test]
+fn a_controller_that_sends_both_mac_names_is_read() {
+    let controller = FakeController::start();
+    let (retired, active, torn) = (
+        "52:54:00:00:2b:01",
+        "52:54:00:00:2b:02",
+        "52:54:00:00:2b:03",
+    );
+    for (mac, state) in [(retired, "retired"), (active, "active"), (torn, "active")] {
+        controller.set_node(mac, state, None);
+        let mut node = controller.node(mac).expect("node");
+        node["mac_address"] = json!(mac.to_uppercase());
+        if mac == torn {
+            node["mac_address"] = json!("52:54:00:00:2b:09");
+        }
+        controller.set_raw_node(mac, node);
+    }
+    let agent = online_agent(&controller);
+    let token = admin_token(&agent);
+    let report = post_sync(&agent, &token, true);
+    assert_eq!(report["received"], 2, "{report}");
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("disagree"), "{report}");
+    let (body, _) = boot(&agent, retired);
+    assert!(body.contains("action=retired"), "{body}");
+    assert!(
+        !body.contains("sanboot") && !body.contains("exit"),
+        "{body}"
+    );
+    let (body, _) = boot(&agent, active);
+    assert!(
+        body.contains("state=active") && body.contains("action=local"),
+        "{body}"
+    );
+    assert!(
+        controller.calls_to("POST", "/api/v1/nodes").is_empty(),
+        "no known MAC registered again"
+    );
+}

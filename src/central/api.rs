@@ -115,8 +115,12 @@ pub struct NodeList {
 #[derive(Debug, Deserialize)]
 struct WireNode {
     id: String,
-    #[serde(alias = "mac_address")]
-    mac: String,
+    /// §6's name; PureBoot says `mac_address`; a controller between two
+    /// API versions sends both (see [`one_of_two_names`]).
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    mac_address: Option<String>,
     #[serde(default)]
     hostname: Option<String>,
     state: NodeState,
@@ -139,6 +143,24 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// One field that controllers spell two ways: either name, or both when
+/// they agree (equal values are one field; DESIGN §6). Two different
+/// values make the record unreadable rather than picking one on trust.
+pub fn one_of_two_names<T: PartialEq + std::fmt::Debug>(
+    first: Option<T>,
+    second: Option<T>,
+    first_name: &str,
+    second_name: &str,
+) -> Result<Option<T>, String> {
+    match (first, second) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "`{first_name}` ({a:?}) and `{second_name}` ({b:?}) disagree"
+        )),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
+}
+
 /// An RFC 3339 time, or one without a zone (PureBoot's naive UTC times,
 /// `2026-11-23T20:03:28` with optional fractions), read as UTC.
 pub fn parse_timestamp(text: &str) -> Result<OffsetDateTime, String> {
@@ -158,7 +180,17 @@ pub fn parse_timestamp(text: &str) -> Result<OffsetDateTime, String> {
 /// Parses one node a controller sent; the error names what was wrong.
 pub fn parse_node(value: &serde_json::Value) -> Result<Node, String> {
     let wire = WireNode::deserialize(value).map_err(|e| e.to_string())?;
-    let mac = wire.mac.parse::<Mac>().map_err(|e| format!("mac: {e}"))?;
+    let parse = |text: Option<String>, name: &str| {
+        text.map(|t| t.parse::<Mac>().map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    let mac = one_of_two_names(
+        parse(wire.mac, "mac")?,
+        parse(wire.mac_address, "mac_address")?,
+        "mac",
+        "mac_address",
+    )?
+    .ok_or_else(|| "missing field `mac` (or `mac_address`)".to_string())?;
     let state_changed_at = match wire.state_changed_at.as_deref() {
         Some(text) => Some(parse_timestamp(text).map_err(|e| format!("state_changed_at: {e}"))?),
         None => None,
@@ -287,6 +319,7 @@ pub struct StateChange {
 /// `NodeReport`. Fields this agent does not interpret are kept and passed
 /// on unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WireReport")]
 pub struct NodeReport {
     pub mac_address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,14 +328,57 @@ pub struct NodeReport {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// PureBoot's name; installers may also send `metadata`, which is
-    /// forwarded under this name (PureBoot drops `metadata` silently).
-    #[serde(default, alias = "metadata", skip_serializing_if = "Option::is_none")]
+    /// PureBoot's name; installers may also send `metadata`, or both
+    /// (see [`WireReport`]); it is forwarded under this name (PureBoot
+    /// drops `metadata` silently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation_status: Option<String>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A report as installers send it: `metadata`, `event_metadata`, or both
+/// at once (equal values are one field; DESIGN §6).
+#[derive(Deserialize)]
+struct WireReport {
+    mac_address: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    event_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    installation_status: Option<String>,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TryFrom<WireReport> for NodeReport {
+    type Error = String;
+
+    fn try_from(wire: WireReport) -> Result<NodeReport, String> {
+        Ok(NodeReport {
+            mac_address: wire.mac_address,
+            event: wire.event,
+            status: wire.status,
+            message: wire.message,
+            event_metadata: one_of_two_names(
+                wire.event_metadata,
+                wire.metadata,
+                "event_metadata",
+                "metadata",
+            )?,
+            installation_status: wire.installation_status,
+            extra: wire.extra,
+        })
+    }
 }
 
 /// Report events, as PureBoot names them.
@@ -400,6 +476,47 @@ mod tests {
             node.state_changed_at,
             Some(time::macros::datetime!(2026-11-23 20:03:28.123456 UTC))
         );
+    }
+
+    #[test]
+    fn both_spellings_of_the_mac_are_one_field_when_they_agree() {
+        let node = |fields: serde_json::Value| {
+            let mut value = json!({"id": "n", "state": "retired",
+                "updated_at": "2026-11-23T20:03:28Z"});
+            value
+                .as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            parse_node(&value)
+        };
+        let both =
+            node(json!({"mac": "52:54:00:aa:00:01", "mac_address": "52:54:00:AA:00:01"})).unwrap();
+        assert_eq!(both.mac.to_string(), "52:54:00:aa:00:01");
+        assert_eq!(both.state, NodeState::Retired);
+        assert!(node(json!({"mac_address": "52:54:00:aa:00:01"})).is_ok());
+        assert!(node(json!({"mac": "52:54:00:aa:00:01"})).is_ok());
+        let e = node(json!({"mac": "52:54:00:aa:00:01", "mac_address": "52:54:00:aa:00:02"}))
+            .unwrap_err();
+        assert!(e.contains("disagree"), "{e}");
+        let e = node(json!({})).unwrap_err();
+        assert!(e.contains("mac"), "{e}");
+    }
+
+    #[test]
+    fn a_report_may_carry_metadata_under_both_names() {
+        let report: NodeReport = serde_json::from_value(json!({
+            "mac_address": "52:54:00:aa:00:01", "event": "install_progress",
+            "metadata": {"pct": 5}, "event_metadata": {"pct": 5}}))
+        .unwrap();
+        assert_eq!(report.event_metadata, Some(json!({"pct": 5})));
+        assert!(!report.extra.contains_key("metadata"));
+        let sent = serde_json::to_value(&report).unwrap();
+        assert_eq!(sent["event_metadata"], json!({"pct": 5}));
+        assert!(sent.get("metadata").is_none());
+        let differ = serde_json::from_value::<NodeReport>(json!({
+            "mac_address": "52:54:00:aa:00:01", "event": "install_progress",
+            "metadata": {"pct": 5}, "event_metadata": {"pct": 6}}));
+        assert!(differ.is_err());
     }
 
     #[test]
