@@ -1781,6 +1781,7 @@ against_both_controllers_conflicts!(
     every_kind_of_conflict_is_settled_by_every_policy,
     a_node_a_full_sync_no_longer_lists_is_confirmed_missing_then_registered_again,
     a_node_registered_offline_that_the_controller_already_had_in_another_state_conflicts,
+    an_installer_report_observed_offline_conflicts_and_wins_under_auto,
 );
 
 /// The conflict about `mac` in the given status, if any.
@@ -2209,4 +2210,366 @@ fn a_merge_that_meets_a_second_change_at_the_controller_is_a_new_conflict() {
         None,
     );
     assert_eq!(first["data"]["resolution"], "merge", "{first}");
+}
+
+/// Issue 19 item 2 (DESIGN §6): a different request is a new request.
+/// Under `local_wins`, the forced resend of a change that got a 409 goes
+/// out under a new key, so a controller that replays a key's first answer
+/// does not send the 409 back (which looped: a new conflict per replay),
+/// and one that follows the IETF draft does not refuse it with 422. A
+/// merge (new base_version) gets a new key too. The conflict is recorded
+/// once and the change lands once.
+fn a_changed_request_goes_out_under_a_new_key(store: common::controller::KeyStore) {
+    let controller = FakeController::start();
+    controller.check_versions();
+    controller.set_key_store(store);
+    let (forced, merged) = ("52:54:00:00:5a:01", "52:54:00:00:5a:02");
+    controller.set_node(forced, "active", None);
+    controller.set_node(merged, "active", None);
+    let agent = synced_agent_with(
+        &controller,
+        &[forced, merged],
+        "[conflicts]\nstate_mismatch = \"manual\"\n",
+    );
+    assert_eq!(
+        call(
+            &agent,
+            "PUT",
+            "/api/v1/conflicts/policy",
+            Some(json!({"state_mismatch": "local_wins"}))
+        )
+        .0,
+        200
+    );
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, forced, "reprovision", "forced").0, 202);
+    controller.set_node(forced, "installed", None);
+    controller.up();
+    wait_until(LONG, "the forced change applied", || {
+        delivered_counts(&controller).get("forced") == Some(&1)
+    });
+    assert_eq!(
+        controller.node(forced).expect("node")["state"],
+        "reprovision"
+    );
+    let patches = controller.calls_to("PATCH", "/api/v1/nodes/");
+    let keys: BTreeSet<_> = patches
+        .iter()
+        .filter(|c| c.body["comment"] == "forced")
+        .filter_map(|c| c.idempotency_key.clone())
+        .collect();
+    assert!(
+        keys.len() >= 2,
+        "the forced resend has its own key: {patches:?}"
+    );
+    let (_, all) = call(&agent, "GET", "/api/v1/conflicts", None);
+    let records = all["data"]
+        .as_array()
+        .map(|list| list.iter().filter(|c| c["mac"] == forced).count());
+    assert_eq!(records, Some(1), "one conflict, settled once: {all}");
+    // Sent once more nothing changes: no loop of resends.
+    let sent = controller.calls_to("PATCH", "/api/v1/nodes/").len();
+    wait_until(LONG, "queue drained", || drained(&agent));
+    assert_eq!(controller.calls_to("PATCH", "/api/v1/nodes/").len(), sent);
+
+    // A merge: the change rebased onto the controller's version.
+    assert_eq!(
+        call(
+            &agent,
+            "PUT",
+            "/api/v1/conflicts/policy",
+            Some(json!({"state_mismatch": "manual"}))
+        )
+        .0,
+        200
+    );
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, merged, "reprovision", "merged").0, 202);
+    controller.set_node(merged, "installed", None);
+    controller.up();
+    let open = open_conflict(&agent, merged);
+    let (code, settled) = resolve(&agent, &open["id"], "merge");
+    assert_eq!(code, 200, "{settled}");
+    wait_until(LONG, "the merged change applied", || {
+        delivered_counts(&controller).get("merged") == Some(&1)
+    });
+    let mut keys = controller
+        .calls_to("PATCH", "/api/v1/nodes/")
+        .into_iter()
+        .filter(|c| c.body["comment"] == "merged")
+        .map(|c| (c.idempotency_key, c.status));
+    let (first_key, first_status) = keys.next().expect("the first attempt");
+    assert_eq!(first_status, 409);
+    assert!(
+        keys.all(|(key, _)| key != first_key),
+        "merge under a new key"
+    );
+}
+
+#[test]
+fn a_changed_request_goes_out_under_a_new_key_to_a_replaying_controller() {
+    a_changed_request_goes_out_under_a_new_key(common::controller::KeyStore::Replay);
+}
+
+#[test]
+fn a_changed_request_goes_out_under_a_new_key_to_an_ietf_controller() {
+    a_changed_request_goes_out_under_a_new_key(common::controller::KeyStore::Ietf);
+}
+
+/// The case idempotency keys exist for: the controller applies a change,
+/// then its answer is lost (held past `central.request_timeout`). The
+/// resend keeps its key, so the change is applied once and the agent takes
+/// the first answer.
+#[test]
+fn a_write_whose_answer_was_lost_is_resent_under_its_key_and_applied_once() {
+    let controller = FakeController::start();
+    controller.set_key_store(common::controller::KeyStore::Ietf);
+    let mac = "52:54:00:00:5a:03";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent(&controller, &[mac]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, mac, "reprovision", "lost answer").0, 202);
+    controller.set_mode(common::controller::Mode::ApplyThenStall(
+        Duration::from_secs(3),
+    ));
+    controller.up();
+    wait_until(LONG, "sent twice", || {
+        controller
+            .calls_to("PATCH", "/api/v1/nodes/")
+            .iter()
+            .filter(|c| c.body["comment"] == "lost answer")
+            .count()
+            >= 2
+    });
+    controller.set_mode(common::controller::Mode::Healthy);
+    wait_until(LONG, "queue drained", || drained(&agent));
+    let attempts: Vec<_> = controller
+        .calls_to("PATCH", "/api/v1/nodes/")
+        .into_iter()
+        .filter(|c| c.body["comment"] == "lost answer")
+        .collect();
+    let keys: BTreeSet<_> = attempts.iter().map(|c| c.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), 1, "one request, one key: {attempts:?}");
+    assert_eq!(delivered_counts(&controller).get("lost answer"), Some(&1));
+    assert_eq!(queue_stats(&agent)["failed"], 0);
+}
+
+/// Issue 19 item 3 (DESIGN §8): a state change observed at the site has a
+/// base like an operator's. An installer's `install_complete`, queued
+/// while the controller was gone, meets a controller that moved the node
+/// to `reprovision` meanwhile: a `state_mismatch` conflict (origin
+/// observed) that `auto` settles for the site: the report is delivered and
+/// the node set to `installed` with force. A node the controller retired
+/// meanwhile stays retired (a report never moves a retired node).
+fn an_installer_report_observed_offline_conflicts_and_wins_under_auto(dialect: Dialect) {
+    let controller = conflict_controller(dialect);
+    let (moved, retired) = ("52:54:00:00:5b:01", "52:54:00:00:5b:02");
+    controller.set_node(moved, "installing", None);
+    controller.set_node(retired, "installing", None);
+    let agent = synced_agent(&controller, &[moved, retired]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for mac in [moved, retired] {
+        let body = json!({"mac_address": mac, "event": "install_complete"});
+        let (code, text) =
+            http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer");
+        assert_eq!(code, 202, "{text}");
+    }
+    controller.set_node(moved, "reprovision", None);
+    controller.set_node(retired, "retired", None);
+    controller.up();
+    wait_until(LONG, "both settled", || {
+        conflict_of(&agent, moved, "resolved").is_some()
+            && conflict_of(&agent, retired, "resolved").is_some()
+    });
+    let won = conflict_of(&agent, moved, "resolved").expect("record");
+    assert_eq!(won["kind"], "state_mismatch", "{won}");
+    assert_eq!(won["local"]["origin"], "observed", "{won}");
+    assert_eq!(won["local"]["state"], "installed", "{won}");
+    assert_eq!(won["central"]["state"], "reprovision", "{won}");
+    assert_eq!(won["resolution"], "keep_local", "{won}");
+    assert_eq!(won["resolved_by"], "policy", "{won}");
+    let kept = conflict_of(&agent, retired, "resolved").expect("record");
+    assert_eq!(kept["resolution"], "keep_central", "{kept}");
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    assert_eq!(controller.node(moved).expect("node")["state"], "installed");
+    assert_eq!(controller.node(retired).expect("node")["state"], "retired");
+    let reports = controller
+        .applied()
+        .into_iter()
+        .filter(|w| w.op == "report" && w.mac == moved)
+        .count();
+    assert_eq!(reports, 1, "the install record reached the controller once");
+    let (_, token) = ((), admin_token(&agent));
+    let (status, _, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/sync?full=true"),
+    ]);
+    assert_eq!(status, 200);
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{moved}"), None);
+    assert_eq!(node["data"]["state"], "installed", "{node}");
+    assert!(boot(&agent, retired).contains("action=retired"));
+}
+
+/// Issue 19 item 4 (DESIGN §8): a conflict is resolved once. Two
+/// operators send `keep_central` and `keep_local` at the same moment: one
+/// gets 200, the other 409; the record, the sync log and what reached the
+/// controller all tell the same single resolution.
+#[test]
+fn two_resolutions_at_once_settle_a_conflict_once() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let macs = [
+        "52:54:00:00:5c:01",
+        "52:54:00:00:5c:02",
+        "52:54:00:00:5c:03",
+    ];
+    for mac in macs {
+        controller.set_node(mac, "active", None);
+    }
+    let agent = synced_agent_with(&controller, &macs, MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for mac in macs {
+        assert_eq!(set_state(&agent, mac, "reprovision", mac).0, 202);
+        controller.set_node(mac, "installed", None);
+    }
+    controller.up();
+    for mac in macs {
+        let conflict = open_conflict(&agent, mac);
+        let id = conflict["id"].clone();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = ["keep_central", "keep_local"]
+            .into_iter()
+            .map(|resolution| {
+                let (barrier, id, addr, token) =
+                    (barrier.clone(), id.clone(), agent.http, admin_token(&agent));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let body = json!({"resolution": resolution});
+                    let (code, _) = http(
+                        addr,
+                        "POST",
+                        &format!("/api/v1/conflicts/{id}/resolve"),
+                        Some(&token),
+                        Some(&body),
+                    )
+                    .expect("answer");
+                    (resolution, code)
+                })
+            })
+            .collect();
+        let codes: Vec<(&str, u16)> = racers
+            .into_iter()
+            .map(|r| r.join().expect("thread"))
+            .collect();
+        let winners: Vec<&str> = codes
+            .iter()
+            .filter(|(_, code)| *code == 200)
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(winners.len(), 1, "{mac}: {codes:?}");
+        assert!(codes.iter().any(|(_, code)| *code == 409), "{codes:?}");
+        let record = conflict_of(&agent, mac, "resolved").expect("resolved");
+        assert_eq!(record["resolution"], winners[0], "{record}");
+        let log = sync_log(&agent);
+        let resolutions = log.matches(&format!("conflict {id} ")).count();
+        assert_eq!(resolutions, 2, "detected and resolved once: {log}");
+    }
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    for mac in macs {
+        let record = conflict_of(&agent, mac, "resolved").expect("resolved");
+        let delivered = delivered_counts(&controller).get(mac).copied();
+        match record["resolution"].as_str() {
+            Some("keep_local") => assert_eq!(delivered, Some(1), "{mac}"),
+            _ => assert_eq!(
+                delivered, None,
+                "{mac}: no forced resend after keep_central"
+            ),
+        }
+    }
+}
+
+/// Issue 19 item 5 (DESIGN §10): one conflict record that does not decode
+/// is quarantined at start like any other record. Every conflict endpoint
+/// answers; the record no longer counts as open; the queue item it parked
+/// is failed with the reason (for an operator to retry or delete), and the
+/// node's later change is no longer held behind it.
+#[test]
+fn an_unreadable_conflict_record_is_quarantined_and_releases_its_node() {
+    let controller = FakeController::start();
+    controller.check_versions();
+    let mac = "52:54:00:00:5d:01";
+    controller.set_node(mac, "active", None);
+    let agent = synced_agent_with(&controller, &[mac], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    assert_eq!(set_state(&agent, mac, "reprovision", "parked").0, 202);
+    assert_eq!(set_state(&agent, mac, "pending", "held").0, 202);
+    controller.set_node(mac, "installed", None);
+    controller.up();
+    open_conflict(&agent, mac);
+    let (_, stopped) = agent.terminate();
+
+    // A byte of the record's JSON becomes a control character: the
+    // database stays sound, the record does not decode. `detected_at` is
+    // written by conflict records alone.
+    let file = stopped.path().join("data").join("siteboot.redb");
+    let mut bytes = std::fs::read(&file).expect("read database");
+    let needle = b"detected_at";
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+        bytes[at + i + 2] = 0x01;
+        flipped += 1;
+        at += i + needle.len();
+    }
+    assert!(flipped > 0, "the record's bytes were found in the file");
+    std::fs::write(&file, bytes).expect("write database");
+
+    let agent = stopped.start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    agent.wait_for_log("conflict record unreadable");
+    let (code, list) = call(&agent, "GET", "/api/v1/conflicts", None);
+    assert_eq!(code, 200, "{list}");
+    assert!(
+        list["data"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|c| c["id"] != 1)),
+        "{list}"
+    );
+    let (code, one) = call(&agent, "GET", "/api/v1/conflicts/1", None);
+    assert_eq!(code, 404, "{one}");
+    let (code, answer) = resolve(&agent, &json!(1), "keep_local");
+    assert_eq!(code, 404, "{answer}");
+    let status = status(&agent);
+    assert!(
+        status["quarantined_records"].as_u64() >= Some(1),
+        "{status}"
+    );
+    // The later change is sent now (built on the same old version, it
+    // meets the controller's change and becomes a conflict of its own).
+    wait_until(LONG, "the later change sent", || {
+        controller
+            .calls_to("PATCH", "/api/v1/nodes/")
+            .iter()
+            .any(|c| c.body["comment"] == "held")
+    });
+    let failed: Vec<Value> = queue_items(&agent)
+        .into_iter()
+        .filter(|item| item["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quarantined")),
+        "{failed:?}"
+    );
 }

@@ -35,7 +35,58 @@ pub enum Operation {
         base_changed_at: Option<time::OffsetDateTime>,
     },
     /// `POST /api/v1/report` (installer progress, boot events).
-    Report { report: NodeReport },
+    Report {
+        report: NodeReport,
+        /// For a report that moves the node (install complete, failed,
+        /// …): what the node's record was when the site observed it,
+        /// so that replay can tell a controller that moved the node
+        /// meanwhile (DESIGN §8). Kept here, never sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
+    },
+}
+
+/// The base of a state change observed at the site (an installer's
+/// report), like an operator change's `base_version`/`base_changed_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub base_changed_at: Option<time::OffsetDateTime>,
+    /// A conflict was settled for the site (`keep_local`, `auto`): the
+    /// report is sent, then its state set with `force`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+impl Observed {
+    /// The base for an observation made on `node` as cached here; None
+    /// for a node the controller does not know yet (nothing to compare).
+    pub fn on(node: &crate::model::node::Node) -> Option<Observed> {
+        if node.id.starts_with("local-") {
+            return None;
+        }
+        Some(Observed {
+            base_version: node.versioned.then_some(node.version),
+            base_changed_at: (!node.versioned)
+                .then(|| node.state_changed_at.unwrap_or(node.updated_at)),
+            force: false,
+        })
+    }
+
+    /// Has the controller's record `now` moved past this base?
+    pub fn moved(&self, now: &crate::model::node::Node) -> bool {
+        match (self.base_version, self.base_changed_at) {
+            (Some(base), _) if now.versioned => now.version != base,
+            (_, Some(at)) => now.state_changed_at.unwrap_or(now.updated_at) > at,
+            _ => false,
+        }
+    }
 }
 
 impl Operation {

@@ -195,7 +195,7 @@ impl ControllerPort {
                 .set_state(mac, node_id, change, idempotency_key)
                 .await
                 .map(Some),
-            Operation::Report { report } => controller
+            Operation::Report { report, .. } => controller
                 .report(report, idempotency_key)
                 .await
                 .map(|()| None),

@@ -225,6 +225,11 @@ pub fn close(
         Some(bytes) => decode(bytes.value())?,
         None => return Err(QueueError::NotFound(id)),
     };
+    // Checked in the transaction that settles it (DESIGN §8: resolved
+    // once): a second resolution racing this one aborts with all it did.
+    if conflict.status != Status::Open {
+        return Err(QueueError::Settled(id));
+    }
     conflict.status = Status::Resolved;
     conflict.resolution = Some(resolution.to_string());
     conflict.resolved_by = Some(resolved_by.to_string());
@@ -252,6 +257,60 @@ pub fn close(
     );
     txn.append_sync_log("conflict_resolved", &detail, now)?;
     Ok(conflict)
+}
+
+/// DESIGN §10: a conflict record that does not decode is moved to the
+/// quarantine at start, with its index entries, in one commit; it no
+/// longer counts as open. Returns the MACs whose open conflict it was (the
+/// caller releases their parked queue items).
+pub fn quarantine_unreadable(store: &Store) -> Result<Vec<String>, QueueError> {
+    let bad: Vec<(u64, Vec<u8>, String)> = {
+        let txn = store.begin_read()?;
+        let records = match txn.open_table(CONFLICTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut bad = Vec::new();
+        for entry in records.iter().map_err(db_err)? {
+            let (id, value) = entry.map_err(db_err)?;
+            if let Err(e) = serde_json::from_slice::<Conflict>(value.value()) {
+                bad.push((id.value(), value.value().to_vec(), e.to_string()));
+            }
+        }
+        bad
+    };
+    if bad.is_empty() {
+        return Ok(Vec::new());
+    }
+    let txn = store.begin_write()?;
+    let mut macs = Vec::new();
+    {
+        let mut records = txn.open_table(CONFLICTS).map_err(db_err)?;
+        let mut open = txn.open_table(OPEN).map_err(db_err)?;
+        let mut open_ids = txn.open_table(OPEN_IDS).map_err(db_err)?;
+        let mut resolved_ids = txn.open_table(RESOLVED_IDS).map_err(db_err)?;
+        let ids: std::collections::HashSet<u64> = bad.iter().map(|(id, _, _)| *id).collect();
+        for entry in open.iter().map_err(db_err)? {
+            let (mac, id) = entry.map_err(db_err)?;
+            if ids.contains(&id.value()) {
+                macs.push(mac.value().to_string());
+            }
+        }
+        for mac in &macs {
+            open.remove(mac.as_str()).map_err(db_err)?;
+        }
+        for (id, raw, reason) in &bad {
+            Store::quarantine_in(&txn, "conflicts", &id.to_string(), raw, reason)?;
+            records.remove(*id).map_err(db_err)?;
+            open_ids.remove(*id).map_err(db_err)?;
+            resolved_ids.remove(*id).map_err(db_err)?;
+            tracing::error!(id, %reason,
+                "conflict record unreadable; moved to the quarantine (GET /api/v1/status counts it)");
+        }
+    }
+    txn.commit()?;
+    Ok(macs)
 }
 
 /// Builds the id indexes of a database written before they existed (a
@@ -310,7 +369,12 @@ pub fn list(
             let (id, _) = entry.map_err(db_err)?;
             let id = id.value();
             if let Some(bytes) = records.get(id).map_err(db_err)? {
-                out.push(decode(bytes.value())?);
+                match decode(bytes.value()) {
+                    Ok(conflict) => out.push(conflict),
+                    // Quarantined at the next start; one bad record never
+                    // hides the others.
+                    Err(e) => tracing::warn!(id, error = %e, "conflict record unreadable; skipped"),
+                }
             }
         }
         return Ok(out);
@@ -323,8 +387,14 @@ pub fn list(
     let mut out = Vec::new();
     let mut skipped = 0;
     for entry in records.iter().map_err(db_err)?.rev() {
-        let (_, value) = entry.map_err(db_err)?;
-        let conflict = decode(value.value())?;
+        let (id, value) = entry.map_err(db_err)?;
+        let conflict = match decode(value.value()) {
+            Ok(conflict) => conflict,
+            Err(e) => {
+                tracing::warn!(id = id.value(), error = %e, "conflict record unreadable; skipped");
+                continue;
+            }
+        };
         if status.is_some_and(|s| s != conflict.status) {
             continue;
         }

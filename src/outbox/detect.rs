@@ -26,6 +26,7 @@ pub fn found_for(item: &Item, kind: Kind, central: Option<CentralSide>, error: S
     let operation = Operation::from_payload(&item.payload).ok();
     let state = match &operation {
         Some(Operation::SetState { change, .. }) => Some(change.state),
+        Some(Operation::Report { report, .. }) => report.implied_state(),
         _ => None,
     };
     let node_id = operation

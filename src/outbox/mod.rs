@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use crate::central::CentralError;
 use crate::central::api::{NewNode, NodeReport, StateChange};
-use crate::central::ops::Operation;
+use crate::central::ops::{Observed, Operation};
 use crate::central::port::ControllerPort;
 use crate::model::boot::{BootAnswer, BootFacts, discovered_node};
 use crate::model::mac::Mac;
@@ -171,6 +171,21 @@ impl Outbox {
         node_items_per_minute: u32,
         policies: crate::config::ConflictPolicies,
     ) -> Outbox {
+        match conflicts::quarantine_unreadable(queue.store()) {
+            Ok(macs) => {
+                for mac in macs {
+                    // Parked behind a record nobody can read: failed, with
+                    // the reason, for an operator to retry or delete; the
+                    // node's later items are no longer held.
+                    let reason = "its conflict record was unreadable and is quarantined; \
+                                  retry or delete this item";
+                    if let Err(e) = queue.fail_parked(&mac, reason) {
+                        tracing::error!(%mac, error = %e, "parked queue items not released");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "conflict records not checked at start"),
+        }
         if let Err(e) = conflicts::index(queue.store()) {
             tracing::error!(error = %e, "conflict indexes not built; listings scan the records");
         }
@@ -498,11 +513,16 @@ impl Outbox {
             tracing::warn!(%mac, event = report.effective_event().unwrap_or(""),
                 "installer report does not fit the node's state; the cache keeps its state");
         }
+        // An observed state change has a base like an operator's: replay
+        // compares it with the controller's record (DESIGN §8).
+        let observed = implied
+            .and_then(|_| self.nodes.get(mac))
+            .and_then(|node| Observed::on(&node));
         self.write(
             kind,
             Origin::Node,
             mac,
-            Operation::Report { report },
+            Operation::Report { report, observed },
             cache_takes,
         )
         .await
@@ -532,7 +552,10 @@ impl Outbox {
     /// A boot event: like any write, but only a few go directly at a time,
     /// and a refusal drops it (it is only news).
     async fn send_event(&self, mac: Mac, report: NodeReport) -> Result<(), WriteError> {
-        let operation = Operation::Report { report };
+        let operation = Operation::Report {
+            report,
+            observed: None,
+        };
         let direct = self.events.direct_send();
         match self.attempt(mac, &operation, direct.is_some()).await {
             Ok(Attempt::Sent(_)) => Ok(()),

@@ -347,9 +347,10 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                 change,
                 base_changed_at,
             };
+            let key = key_for(outbox, item, &operation).await?;
             let answer = outbox
                 .port()
-                .send(mac, &operation, &item.key)
+                .send(mac, &operation, &key)
                 .await
                 .map_err(SendError::Central)?;
             let moved = match (&answer, base, base_time) {
@@ -368,13 +369,108 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
             }
             Ok(Sent::Moved(moved))
         }
-        Operation::Report { .. } => outbox
-            .port()
-            .send(mac, &operation, &item.key)
-            .await
-            .map(|_| Sent::Done)
-            .map_err(SendError::Central),
+        Operation::Report {
+            ref report,
+            ref observed,
+        } => {
+            if let (Some(observed), Some(wanted)) = (observed, report.implied_state()) {
+                return send_observed(outbox, item, mac, &operation, observed, wanted).await;
+            }
+            outbox
+                .port()
+                .send(mac, &operation, &item.key)
+                .await
+                .map(|_| Sent::Done)
+                .map_err(SendError::Central)
+        }
     }
+}
+
+/// A report that moves the node, observed at the site (DESIGN §8): before
+/// it is sent, the controller's record is compared with the one the site
+/// saw. A record that moved on to a state the installer's event cannot
+/// follow (an operator sent the node to `reprovision` meanwhile) is a
+/// state mismatch, like an operator change's 409. Settled for the site
+/// (`force`), the report is sent, then its state set with `force` under a
+/// key of its own.
+async fn send_observed(
+    outbox: &Outbox,
+    item: &Item,
+    mac: Mac,
+    operation: &Operation,
+    observed: &crate::central::ops::Observed,
+    wanted: crate::model::node::NodeState,
+) -> Result<Sent, SendError> {
+    let now_there = outbox
+        .port()
+        .node_by_mac(mac)
+        .await
+        .map_err(SendError::Central)?;
+    if !observed.force
+        && let Some(node) = &now_there
+        && observed.moved(node)
+        && node.state != wanted
+        && !node.state.installer_may_move_to(wanted)
+    {
+        return Err(SendError::Stale(format!(
+            "the node changed at the controller ({} since this was observed); the site observed {}",
+            node.state.as_str(),
+            wanted.as_str()
+        )));
+    }
+    outbox
+        .port()
+        .send(mac, operation, &item.key)
+        .await
+        .map_err(SendError::Central)?;
+    if observed.force
+        && let Some(node) = now_there
+        && node.state != wanted
+    {
+        let forced = Operation::SetState {
+            node_id: node.id.clone(),
+            change: crate::central::api::StateChange {
+                state: wanted,
+                comment: Some(format!(
+                    "observed at the site (queue item {}), settled for the site",
+                    item.id
+                )),
+                force: Some(true),
+                base_version: None,
+            },
+            base_changed_at: None,
+        };
+        let answer = outbox
+            .port()
+            .send(mac, &forced, &format!("{}.state", item.key))
+            .await
+            .map_err(SendError::Central)?;
+        if let Some(node) = answer {
+            take_response(outbox, node).await;
+        }
+    }
+    Ok(Sent::Done)
+}
+
+/// The idempotency key for sending `operation` as item `item`: the item's
+/// own when that is what it holds; else the request is stored first (the
+/// queue gives it the next key), so that a different request never goes
+/// out under a key the controller has seen with another body, and a
+/// retry of this one after a timeout keeps its key (DESIGN §6).
+async fn key_for(outbox: &Outbox, item: &Item, operation: &Operation) -> Result<String, SendError> {
+    let payload = operation.to_payload();
+    if payload == item.payload {
+        return Ok(item.key.clone());
+    }
+    let id = item.id;
+    let stored = outbox
+        .queue()
+        .call(move |q| q.store_request(id, payload))
+        .await
+        .map_err(|e| SendError::NotReady(e.to_string()))?;
+    stored
+        .map(|item| item.key)
+        .ok_or_else(|| SendError::NotReady(format!("queue item {id} is gone")))
 }
 
 /// The controller id to address: the payload's, unless it is still local
@@ -721,6 +817,7 @@ mod tests {
                 report: serde_json::from_value(serde_json::json!({
                     "mac_address": mac, "event": "boot_started"}))
                 .unwrap(),
+                observed: None,
             }
             .to_payload(),
             key: None,

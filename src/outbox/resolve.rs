@@ -96,7 +96,7 @@ enum ItemChange {
     Retry,
     /// The node is registered again by this operation (queued in the same
     /// commit), then the change resent with force.
-    ReRegister(Operation),
+    ReRegister(Box<Operation>),
 }
 
 impl Outbox {
@@ -174,7 +174,11 @@ impl Outbox {
             })
         })
         .await
-        .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))??;
+        .map_err(|e| QueueError::Store(crate::store::StoreError::Task(e.to_string())))?
+        .map_err(|e| match e {
+            QueueError::Settled(id) => ResolveError::AlreadyResolved(id),
+            other => other.into(),
+        })?;
         if resolved.kind == Kind::MissingLocal
             && resolution == Resolution::KeepCentral
             && self
@@ -269,7 +273,7 @@ impl Outbox {
                     node_id: conflict.node_id.clone(),
                     request,
                 };
-                (ItemChange::ReRegister(register), None)
+                (ItemChange::ReRegister(Box::new(register)), None)
             }
             (Kind::MissingLocal, Resolution::KeepCentral) => (ItemChange::Drop, None),
             (Kind::MissingLocal, Resolution::KeepLocal) => (ItemChange::Retry, None),
@@ -285,6 +289,23 @@ impl Outbox {
 fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Option<Status> {
     if let ItemChange::Drop = change {
         return None;
+    }
+    if let Ok(Operation::Report {
+        report,
+        observed: Some(mut observed),
+    }) = Operation::from_payload(&item.payload)
+    {
+        match change {
+            ItemChange::ResendForced => observed.force = true,
+            ItemChange::Rebase(version) => observed.base_version = Some(version),
+            ItemChange::RebaseTime(at) => observed.base_changed_at = Some(at),
+            ItemChange::Retry | ItemChange::Drop | ItemChange::ReRegister(_) => {}
+        }
+        item.payload = Operation::Report {
+            report,
+            observed: Some(observed),
+        }
+        .to_payload();
     }
     if let Ok(Operation::SetState {
         node_id,
@@ -374,7 +395,17 @@ impl Outbox {
             Policy::LocalWins => Resolution::KeepLocal,
             // What the node observed (an installer's report) stands; an
             // operator's change at the site yields to the controller's.
+            // A node retired at the controller stays retired: a report
+            // never changes a retired node (DESIGN §10).
             Policy::Auto => match conflict.local.origin {
+                conflicts::ChangeOrigin::Observed
+                    if conflict
+                        .central
+                        .as_ref()
+                        .is_some_and(|c| c.state == crate::model::node::NodeState::Retired) =>
+                {
+                    Resolution::KeepCentral
+                }
                 conflicts::ChangeOrigin::Observed => Resolution::KeepLocal,
                 conflicts::ChangeOrigin::Operator => Resolution::KeepCentral,
             },

@@ -36,6 +36,9 @@ pub enum Mode {
     /// Every call, health check included, answers 502: a reverse proxy
     /// in front of a controller that is gone.
     BadGateway,
+    /// Writes are applied, then the answer is held this long: the answer
+    /// lost after the write landed, the case idempotency keys exist for.
+    ApplyThenStall(Duration),
     /// 200 with a body that is not JSON.
     Garbage,
     /// Every API call (not the health check) answers 200 with a body of
@@ -54,6 +57,30 @@ pub struct Call {
     pub idempotency_key: Option<String>,
     /// The status the fake answered with (0 while it has not answered).
     pub status: u16,
+}
+
+/// What the §6 fake's key store does with a key it has answered before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStore {
+    /// Replays the first answer, whatever the body (many controllers).
+    Replay,
+    /// The IETF idempotency draft: the first answer for the same body,
+    /// 422 for a different body under a used key.
+    Ietf,
+}
+
+/// One idempotency key as a real key store holds it.
+#[derive(Debug, Clone)]
+pub(super) enum KeyState {
+    /// The first request with it is still running: a second gets 409.
+    InFlight,
+    /// Answered: the request's body, and the answer given (every answer,
+    /// errors included).
+    Answered {
+        request: Value,
+        status: u16,
+        answer: Bytes,
+    },
 }
 
 /// A write the controller applied (a repeated idempotency key is answered
@@ -96,8 +123,9 @@ pub(super) struct Inner {
     /// Files are sent at this many bytes a second (None: at once).
     pub(super) file_rate: Option<u64>,
     pub(super) injections: Vec<Injection>,
-    /// Idempotency key → the answer first given.
-    pub(super) answered: BTreeMap<String, (u16, Value)>,
+    /// Idempotency key → its state (§6 dialect; PureBoot keeps none).
+    pub(super) keys: BTreeMap<String, KeyState>,
+    pub(super) key_store: Option<KeyStore>,
     pub(super) applied: Vec<Applied>,
     /// PureBoot: take any state change (tests of durability that write the
     /// same state over and over, not of its state machine).
@@ -248,6 +276,11 @@ impl FakeController {
     /// The `heartbeat_interval` (seconds) registration answers with.
     pub fn set_heartbeat_interval(&self, secs: u64) {
         self.inner.lock().expect("lock").heartbeat_interval = secs;
+    }
+
+    /// How the §6 fake answers a key it has seen (default: replay).
+    pub fn set_key_store(&self, store: KeyStore) {
+        self.inner.lock().expect("lock").key_store = Some(store);
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -529,14 +562,6 @@ async fn answer(
                 .into_response();
         }
     }
-    // PureBoot keeps no idempotency keys: a repeat is applied again.
-    if dialect == Dialect::Design
-        && let Some(key) = &idempotency_key
-        && let Some((status, answer)) = inner.lock().expect("lock").answered.get(key).cloned()
-    {
-        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        return (code, axum::Json(answer)).into_response();
-    }
     {
         let mut guard = inner.lock().expect("lock");
         guard.calls.push(Call {
@@ -563,14 +588,107 @@ async fn answer(
         Mode::Erroring => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
-        Mode::Huge(_) | Mode::Healthy => {}
+        Mode::Huge(_) | Mode::Healthy | Mode::ApplyThenStall(_) => {}
     }
+    // PureBoot keeps no idempotency keys: a repeat is applied again. The
+    // §6 fake keeps every key's answer, as a real key store does.
+    let keyed = match (&idempotency_key, dialect) {
+        (Some(key), Dialect::Design) if method != Method::GET => Some(key.clone()),
+        _ => None,
+    };
+    if let Some(key) = &keyed {
+        let mut guard = inner.lock().expect("lock");
+        let store = guard.key_store.unwrap_or(KeyStore::Replay);
+        match guard.keys.get(key).cloned() {
+            Some(KeyState::InFlight) => {
+                return (
+                    StatusCode::CONFLICT,
+                    axum::Json(
+                        json!({"error": "a request with this Idempotency-Key is in progress"}),
+                    ),
+                )
+                    .into_response();
+            }
+            Some(KeyState::Answered { request, .. })
+                if store == KeyStore::Ietf && request != body_json =>
+            {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(json!({"error": "Idempotency-Key reused with a different request"})),
+                )
+                    .into_response();
+            }
+            Some(KeyState::Answered { status, answer, .. }) => {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let mut response = (code, answer).into_response();
+                response.headers_mut().insert(
+                    "content-type",
+                    axum::http::HeaderValue::from_static("application/json"),
+                );
+                return response;
+            }
+            None => {
+                guard.keys.insert(key.clone(), KeyState::InFlight);
+            }
+        }
+    }
+    let response = route(
+        (inner.clone(), mode.clone(), dialect),
+        &method,
+        &path,
+        &query,
+        &headers,
+        &body_json,
+    );
+    let response = match keyed {
+        Some(key) => {
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            inner.lock().expect("lock").keys.insert(
+                key,
+                KeyState::Answered {
+                    request: body_json.clone(),
+                    status: parts.status.as_u16(),
+                    answer: bytes.clone(),
+                },
+            );
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        None => response,
+    };
+    if let Mode::ApplyThenStall(stall) = current
+        && method != Method::GET
+    {
+        tokio::time::sleep(stall).await;
+    }
+    response
+}
+
+/// The controller's answer to one request, after the modes and the key
+/// store have had their say.
+fn route(
+    (inner, _mode, dialect): Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body_json: &Value,
+) -> Response {
+    let path = path.to_string();
+    let query = query.to_string();
+    let body_json = body_json.clone();
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if dialect == Dialect::PureBoot {
         let request = super::pureboot::Request {
             method: method.as_str(),
             path: &path,
             query: &query,
-            headers: &headers,
+            headers,
             body: &body_json,
         };
         return super::pureboot::route(&mut inner.lock().expect("lock"), request);
@@ -872,9 +990,7 @@ pub(super) fn record(
     status: u16,
     answer: &Value,
 ) {
-    if let Some(key) = key {
-        inner.answered.insert(key.clone(), (status, answer.clone()));
-    }
+    let _ = (status, answer);
     inner.applied.push(Applied {
         op: op.to_string(),
         key: key.clone(),

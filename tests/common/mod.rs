@@ -421,6 +421,11 @@ pub struct StoppedAgent {
 }
 
 impl StoppedAgent {
+    /// The agent's directory (its database is `data/siteboot.redb`).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         run_cli(&self.config, &self.env, args)
     }

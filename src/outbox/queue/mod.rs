@@ -157,6 +157,30 @@ pub struct NewItem {
     pub local_state: Option<crate::model::node::NodeState>,
 }
 
+/// DESIGN §6: a different request is a new request. When a change to an
+/// item alters what will be sent (a resolution adds `force` or a new
+/// `base_version`, a remap points it at another node id), the item gets
+/// the next key in its line, `<key>.<n>`; a controller that remembers the
+/// old key would otherwise replay that key's first answer (the 409 again)
+/// or refuse the new body under it (422). A resend of the same body keeps
+/// its key, which is what makes a retry after a timeout safe.
+fn rekey_if_changed(item: &mut Item, sent_payload: &serde_json::Value) {
+    if item.payload != *sent_payload {
+        item.key = next_key(&item.key);
+    }
+}
+
+/// `k` → `k.1`, `k.1` → `k.2`: the keys of one item's successive requests.
+pub fn next_key(key: &str) -> String {
+    if let Some((base, n)) = key.rsplit_once('.')
+        && !base.is_empty()
+        && let Ok(n) = n.parse::<u32>()
+    {
+        return format!("{base}.{}", n.saturating_add(1));
+    }
+    format!("{key}.1")
+}
+
 /// A place in send order (an item's priority and id), for paging that
 /// holds while the queue changes: written `<priority>-<id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +258,10 @@ pub enum QueueError {
     Shed(String),
     #[error("no queue item {0}")]
     NotFound(u64),
+    /// A conflict settled by someone else first: its check and its
+    /// settlement commit together, so only one resolution lands.
+    #[error("conflict {0} is already resolved")]
+    Settled(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -865,7 +893,10 @@ impl Queue {
                     decode(bytes.value())?
                 };
                 let before = item.status;
-                match change(&mut item) {
+                let sent_payload = item.payload.clone();
+                let outcome = change(&mut item);
+                rekey_if_changed(&mut item, &sent_payload);
+                match outcome {
                     None => {
                         queue.remove(key).map_err(db_err)?;
                         ids.remove(id).map_err(db_err)?;
@@ -986,6 +1017,52 @@ impl Queue {
         })
     }
 
+    /// Stores what is about to be sent for item `id` (a state change
+    /// rebased on the node's chain, or addressed at the controller's id
+    /// learnt since), status kept; the item as it is now, with the key
+    /// that request goes under (a new one if the request changed).
+    pub fn store_request(
+        &self,
+        id: u64,
+        payload: serde_json::Value,
+    ) -> Result<Option<Item>, QueueError> {
+        self.update(id, move |item| {
+            item.payload = payload;
+            Some(item.status)
+        })
+    }
+
+    /// `node`'s items parked as conflicts become `failed` with `error`
+    /// (their conflict record is gone); returns how many.
+    pub fn fail_parked(&self, node: &str, error: &str) -> Result<usize, QueueError> {
+        let parked: Vec<u64> = {
+            let txn = self.store.begin_read()?;
+            let queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut ids = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (_, value) = entry.map_err(db_err)?;
+                let item = decode(value.value())?;
+                if item.node == node && item.status == Status::Conflict {
+                    ids.push(item.id);
+                }
+            }
+            ids
+        };
+        let changes = parked
+            .iter()
+            .map(|id| {
+                let error = error.to_string();
+                let change: Change = Box::new(move |item: &mut Item| {
+                    item.last_error = Some(error);
+                    item.not_before = None;
+                    Some(Status::Failed)
+                });
+                (*id, change)
+            })
+            .collect();
+        Ok(self.update_many(changes)?.len())
+    }
+
     /// An operator's retry: pending again now, attempts kept. An item in
     /// flight is left alone (its send is under way).
     pub fn retry(&self, id: u64) -> Result<Option<Item>, QueueError> {
@@ -1100,7 +1177,8 @@ impl Queue {
                 if let Ok(mut operation) = Operation::from_payload(&item.payload)
                     && change(&mut operation)
                 {
-                    item.payload = operation.to_payload();
+                    let sent_payload = std::mem::replace(&mut item.payload, operation.to_payload());
+                    rekey_if_changed(&mut item, &sent_payload);
                     rewrites.push((key.value(), item));
                 }
             }
@@ -1393,6 +1471,14 @@ pub fn backoff(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_changed_request_takes_the_next_key_in_its_line() {
+        assert_eq!(super::next_key("q1-7"), "q1-7.1");
+        assert_eq!(super::next_key("q1-7.1"), "q1-7.2");
+        assert_eq!(super::next_key("q1-d3f.9"), "q1-d3f.10");
+        assert_eq!(super::next_key(".5"), ".5.1");
+    }
+
     use super::*;
     use std::time::Duration;
 
