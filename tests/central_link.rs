@@ -724,6 +724,13 @@ fn the_asset_proxy_reaches_nothing_but_the_controllers_files(dialect: Dialect) {
         "/assets/a%2f..%2f..%2fhealth",
         "/assets/a/./b",
         "/assets/a//b",
+        // Issue 19 item 13: `;` path parameters (`..;` is `..` to Tomcat,
+        // Spring and Jetty) and dots followed by spaces.
+        "/assets/a/..;/..;/..;/sites/fra1/nodes",
+        "/assets/a/..;x/b",
+        "/assets/a/..%20/..%20/sites/fra1/nodes",
+        "/assets/a/.%20/b",
+        "/assets/a/.../b",
     ] {
         let (status, _, body) = curl(&["--path-as-is", &agent.url(hostile)]);
         let text = String::from_utf8_lossy(&body);

@@ -487,12 +487,15 @@ fn the_admin_token_is_compared_exactly() {
     let url = agent.url("/api/v1/nodes");
     let status_with = |header: String| curl(&["-H", &header, &url]).0;
     assert_eq!(status_with(format!("Authorization: Bearer {token}")), 200);
+    // Issue 19 item 15: the scheme is case-insensitive (RFC 7235).
+    assert_eq!(status_with(format!("Authorization: bearer {token}")), 200);
+    assert_eq!(status_with(format!("Authorization: BEARER {token}")), 200);
     for padded in [
         format!("Authorization: Bearer  {token}"),
         format!("Authorization: Bearer \t{token}"),
         format!("Authorization: Bearer {token}x"),
         format!("Authorization: Bearer {}", &token[1..]),
-        format!("Authorization: bearer {token}"),
+        format!("Authorization: Basic {token}"),
     ] {
         assert_eq!(status_with(padded.clone()), 401, "{padded:?} was let in");
     }

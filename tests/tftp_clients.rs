@@ -476,6 +476,28 @@ fn an_error_reply_is_never_larger_than_its_request() {
     }
 }
 
+/// Issue 19 item 15 (DESIGN §10): a datagram of 1 to 4 bytes can only be
+/// answered with a larger ERROR (5 bytes at least), so it is dropped. The
+/// proof that nothing came back: the first reply on the socket is the one
+/// to a request sent after them (one socket, one server loop, in order).
+#[test]
+fn datagrams_shorter_than_an_error_are_dropped_unanswered() {
+    let agent = AgentBuilder::new().start();
+    let client = raw_client();
+    for short in [&[0u8][..], &[0, 1], &[0, 9, 0], &[0, 1, b'x', 0]] {
+        client.send_to(short, agent.tftp).expect("send");
+    }
+    let marker = rrq("marker-file-that-is-not-there", &[]);
+    client.send_to(&marker, agent.tftp).expect("send");
+    let (reply, _) = recv(&client);
+    assert_eq!(opcode(&reply), 5, "expected an ERROR");
+    assert!(
+        String::from_utf8_lossy(&reply).contains("marker-file"),
+        "the first reply answers the later request: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
 #[test]
 fn a_flood_of_refused_requests_is_logged_once_with_a_count() {
     let agent = AgentBuilder::new().start();

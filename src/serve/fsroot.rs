@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
     #[error(
-        "path {0:?} is not allowed (empty, '..', backslash, drive letter or control character)"
+        "path {0:?} is not allowed (empty, '..', ';', backslash, drive letter or control character)"
     )]
     Forbidden(String),
     #[error("file {0:?} not found")]
@@ -21,8 +21,8 @@ pub enum PathError {
 /// Checks the request text itself and returns it as a relative path
 /// (DESIGN §10). Leading slashes are dropped: firmware often asks for
 /// `/undionly.kpxe` and means the root of the TFTP tree. The rest is split
-/// into segments, and a segment that is empty, `.` or `..`, or holds `%`,
-/// `?`, `#`, a backslash, a NUL or a control character refuses the whole
+/// into segments, and a segment that is empty, `.` or `..` (also with
+/// trailing spaces or dots), or holds `%`, `?`, `#`, `;`, a backslash, a NUL or a control character refuses the whole
 /// path: the text has been decoded once already, and nothing downstream
 /// (a filesystem, the controller's URL) may read it a second way.
 pub fn sanitise(requested: &str) -> Result<PathBuf, PathError> {
@@ -33,12 +33,14 @@ pub fn sanitise(requested: &str) -> Result<PathBuf, PathError> {
     }
     let mut clean = PathBuf::new();
     for segment in trimmed.split('/') {
+        // Dots with trailing spaces or dots (`.. `, `...`) are `..` to
+        // Windows and to some servers; `;` starts a path parameter that
+        // Tomcat, Spring and Jetty strip, reading `..;` as `..`.
         let refused = segment.is_empty()
-            || segment == "."
-            || segment == ".."
+            || segment.chars().all(|c| matches!(c, '.' | ' '))
             || segment
                 .chars()
-                .any(|c| matches!(c, '%' | '?' | '#' | '\\') || c.is_control());
+                .any(|c| matches!(c, '%' | '?' | '#' | ';' | '\\') || c.is_control());
         if refused {
             return Err(forbidden());
         }
@@ -146,6 +148,12 @@ mod tests {
             "%252e%252e/sites/s/nodes",
             "f?x=1",
             "f#frag",
+            "a/..;/..;/sites/default/nodes",
+            "a;jsessionid=1/b",
+            ".. /x",
+            "a/. /b",
+            "a/.../b",
+            "a/.. ./b",
         ] {
             assert!(
                 matches!(sanitise(bad), Err(PathError::Forbidden(_))),
@@ -160,6 +168,7 @@ mod tests {
             sanitise("debian12/vmlinuz").unwrap(),
             PathBuf::from("debian12/vmlinuz")
         );
+        assert!(sanitise("debian-12.5/.hidden/initrd.gz").is_ok());
     }
 
     #[test]

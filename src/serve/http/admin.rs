@@ -53,9 +53,10 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        // Compared exactly: a token with padding or anything else around
-        // it is another token.
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 7235); the token is
+        // compared exactly: with padding or anything around it, it is
+        // another token.
+        .and_then(bearer_token);
     if presented
         .is_some_and(|token| constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()))
     {
@@ -153,8 +154,25 @@ pub async fn events(State(_state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` value, the scheme in
+/// any case (`bearer`, `BEARER`).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(super::bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(super::bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(super::bearer_token("Basic abc"), None);
+        assert_eq!(super::bearer_token("Bearer"), None);
+        assert_eq!(super::bearer_token("Beare\u{e9} x"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -160,6 +160,12 @@ impl<P: FileProvider> TftpServer<P> {
                     continue;
                 }
             };
+            // No request fits in under 5 bytes, and the smallest ERROR is
+            // 5: an answer would be larger than what caused it (DESIGN
+            // §10), so such a datagram is dropped unanswered.
+            if len < packet::MIN_ERROR_LEN {
+                continue;
+            }
             match Packet::parse(&buf[..len]) {
                 Ok(Packet::ReadRequest(request)) => self.start_session(peer, request),
                 Ok(Packet::WriteRequest(request)) => {
@@ -214,6 +220,9 @@ impl<P: FileProvider> TftpServer<P> {
     /// Answers a request of `limit` bytes with an ERROR no larger (the
     /// server's own messages are kept short so that they fit).
     async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str, limit: usize) {
+        if limit < packet::MIN_ERROR_LEN {
+            return;
+        }
         let _ = self
             .socket
             .send_to(&packet::error_within(code, message, limit), peer)

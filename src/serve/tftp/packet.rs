@@ -168,11 +168,14 @@ pub fn error(code: ErrorCode, message: &str) -> Bytes {
     buf.freeze()
 }
 
+/// The smallest ERROR packet: opcode, code, an empty message's NUL.
+pub const MIN_ERROR_LEN: usize = 5;
+
 /// An ERROR packet no larger than `limit` bytes (the request it answers:
 /// a spoofed request must not buy a larger reply); the message is cut to
 /// fit, on a character boundary.
 pub fn error_within(code: ErrorCode, message: &str, limit: usize) -> Bytes {
-    let room = limit.saturating_sub(5);
+    let room = limit.saturating_sub(MIN_ERROR_LEN);
     let mut end = message.len().min(room);
     while !message.is_char_boundary(end) {
         end -= 1;
