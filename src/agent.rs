@@ -380,7 +380,10 @@ fn remote_port(
                 .await;
         });
     });
-    tracing::info!(url, "central controller configured");
+    tracing::info!(
+        url = %crate::logsafe::redact_userinfo(url),
+        "central controller configured"
+    );
     Ok((
         ControllerPort::remote(
             Arc::new(controller),

@@ -30,6 +30,56 @@ pub enum ConfigError {
 
 pub use crate::model::decision::OfflineDefault;
 
+/// The system's iPXE directories, served after `tftp.root` (Debian's
+/// `ipxe` package).
+pub const SYSTEM_IPXE_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
+
+/// `path` as an absolute path with `.`/`..` and symlinks resolved as far
+/// as it exists (the rest appended as written).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// DESIGN §10: the data directory holds the admin token and the database;
+/// inside a served root, any node could download both.
+fn data_dir_outside_served_roots(data_dir: &Path, tftp_root: &Path) -> Result<(), String> {
+    let data = resolved(data_dir);
+    let roots = std::iter::once(("tftp.root", tftp_root.to_path_buf())).chain(
+        SYSTEM_IPXE_DIRS
+            .iter()
+            .map(|d| ("the system iPXE directory", PathBuf::from(d))),
+    );
+    for (key, root) in roots {
+        let root_resolved = resolved(&root);
+        if data.starts_with(&root_resolved) {
+            return Err(format!(
+                "{} lies inside {key} ({}), which is served to every node over TFTP and \
+                 /assets: the admin token and the database would be downloadable; move \
+                 `data_dir` or `tftp.root`",
+                data_dir.display(),
+                root.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
     pub listen: SocketAddr,
@@ -623,6 +673,8 @@ impl Source {
             site_id,
             data_dir,
         };
+        data_dir_outside_served_roots(&config.data_dir, &config.tftp.root)
+            .map_err(|message| self.invalid("data_dir", message))?;
         Ok(config)
     }
 
@@ -793,6 +845,37 @@ mod tests {
             c.admin_token_file,
             PathBuf::from("./siteboot-data/admin.token")
         );
+    }
+
+    #[test]
+    fn a_data_dir_inside_a_served_root_is_refused_naming_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("boot");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        let toml = format!(
+            "data_dir = \"{}\"\n[tftp]\nroot = \"{}\"\n",
+            root.join("sub/../data").display(),
+            root.display()
+        );
+        let e = load(&toml, &[]).unwrap_err().to_string();
+        assert!(e.contains("`data_dir`") && e.contains("tftp.root"), "{e}");
+        let e = load("data_dir = \"/usr/lib/ipxe/x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iPXE"), "{e}");
+        let beside = format!(
+            "data_dir = \"{}\"\n[tftp]\nroot = \"{}\"\n",
+            dir.path().join("data").display(),
+            root.display()
+        );
+        assert!(load(&beside, &[]).is_ok());
+        // A root that is a prefix of the name, not a parent, is fine.
+        let sibling = format!(
+            "data_dir = \"{}-data\"\n[tftp]\nroot = \"{}\"\n",
+            root.display(),
+            root.display()
+        );
+        assert!(load(&sibling, &[]).is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay), [`content`] (the content cache) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
-//! | model, flood limits, counters, live events | [`model`], [`ratelimit`], [`metrics`], [`events`] |
+//! | model, flood limits, safe logging, counters, live events | [`model`], [`ratelimit`], [`logsafe`], [`metrics`], [`events`] |
 //!
 //! `docs/architecture.md` describes them and the paths through them.
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod content;
 pub mod events;
 pub mod link;
+pub mod logsafe;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("model", 0),
     ("ratelimit", 0),
+    ("logsafe", 0),
     ("metrics", 0),
     ("events", 0),
     ("config", 1),

@@ -295,3 +295,52 @@ fn an_empty_database_file_is_recreated_and_said_so() {
     let log = agent.wait_for_log("siteboot.redb was empty (0 bytes)");
     assert!(log.contains("new, empty database"), "{log}");
 }
+
+/// Issue 19 item 10 (DESIGN §10): a data_dir inside a served root would
+/// hand every node the admin token and the database (`GET
+/// /assets/data/admin.token`). Start-up and check-config refuse it, naming
+/// both keys.
+#[test]
+fn a_data_dir_inside_a_served_root_is_refused() {
+    let b = AgentBuilder::new();
+    let inside = b.path().join("boot-assets").join("data");
+    let b = b.env("SITEBOOT_DATA_DIR", &inside.display().to_string());
+    let out = b.cli(&["check-config"]);
+    assert!(!out.status.success(), "check-config said OK");
+    let err = stderr(&out);
+    assert!(
+        err.contains("data_dir") && err.contains("tftp.root"),
+        "{err}"
+    );
+    let err = b.start_fails();
+    assert!(
+        err.contains("data_dir") && err.contains("tftp.root"),
+        "{err}"
+    );
+    assert!(
+        !inside.join("admin.token").exists(),
+        "nothing written there"
+    );
+}
+
+/// Issue 19 item 11 (DESIGN §10): credentials in `central.url` never reach
+/// the log, neither at start nor in the errors of calls that fail.
+#[test]
+fn credentials_in_the_controller_url_are_never_logged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let agent = AgentBuilder::new()
+        .config(&format!(
+            "[central]\nurl = \"http://admin:S3cretPass@127.0.0.1:{port}\"\n\
+             check_interval = \"100ms\"\nfailure_threshold = 1\n"
+        ))
+        .start();
+    let log = agent.wait_for_log("central controller configured");
+    // Calls fail meanwhile (nothing listens there); their errors, which
+    // name the URL, are redacted the same way (unit-tested in logsafe).
+    let status = common::get_json(&agent.url("/api/v1/status"));
+    let log = format!("{log}\n{status}");
+    assert!(!log.contains("S3cretPass"), "{log}");
+    assert!(log.contains("***@127.0.0.1"), "{log}");
+}

@@ -183,7 +183,8 @@ fn behind_a_dead_proxy(status: StatusCode) -> bool {
 }
 
 fn unreachable(e: reqwest::Error) -> CentralError {
-    CentralError::Unreachable(e.to_string())
+    // reqwest names the URL, credentials and all.
+    CentralError::Unreachable(crate::logsafe::redact_userinfo(&e.to_string()))
 }
 
 fn rejected(status: StatusCode, body: &[u8]) -> CentralError {

@@ -15,7 +15,7 @@ use crate::serve::tftp::content::Content;
 use crate::serve::tftp::{FileProvider, OpenError, OpenedFile};
 
 /// Where Debian's `ipxe` package puts `undionly.kpxe`, `ipxe.efi`, `snponly.efi`.
-pub const SYSTEM_IPXE_DIRS: &[&str] = &["/usr/lib/ipxe", "/usr/share/ipxe"];
+pub use crate::config::SYSTEM_IPXE_DIRS;
 
 /// Names that are answered with the rendered bootstrap script.
 const BOOTSTRAP_NAMES: &[&str] = &["boot.ipxe", "autoexec.ipxe"];

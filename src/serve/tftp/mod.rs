@@ -9,7 +9,7 @@
 pub mod content;
 pub mod packet;
 pub mod session;
-pub mod shown;
+use crate::logsafe as shown;
 
 use std::collections::HashMap;
 use std::future::Future;
