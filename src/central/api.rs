@@ -210,6 +210,7 @@ pub fn parse_node(value: &serde_json::Value) -> Result<Node, String> {
         state_changed_at,
         cached_at: None,
         missing_central_since: None,
+        seen_at_boot: false,
     })
 }
 

@@ -51,6 +51,7 @@ pub struct BootAnswer {
 pub fn discovered_node(mac: Mac, facts: &BootFacts) -> Node {
     let mut node = Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc());
     node.arch = facts.arch.clone().filter(|a| is_plain_token(a));
+    node.seen_at_boot = true;
     node
 }
 

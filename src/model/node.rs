@@ -154,6 +154,11 @@ pub struct Node {
         with = "time::serde::rfc3339::option"
     )]
     pub missing_central_since: Option<OffsetDateTime>,
+    /// First seen at boot and stored by the agent itself (standalone),
+    /// not added by an operator: only such nodes count against, and are
+    /// evicted by, `nodes.max_discovered` (DESIGN §10).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seen_at_boot: bool,
 }
 
 impl Node {
@@ -200,6 +205,7 @@ impl Node {
             state_changed_at: None,
             cached_at: None,
             missing_central_since: None,
+            seen_at_boot: false,
         }
     }
 }

@@ -81,7 +81,8 @@ impl NodeCache {
                     } else {
                         let unassigned = || {
                             map.values().filter(|n| {
-                                n.state == crate::model::node::NodeState::Discovered
+                                n.seen_at_boot
+                                    && n.state == crate::model::node::NodeState::Discovered
                                     && n.workflow_id.is_none()
                             })
                         };
