@@ -163,7 +163,7 @@ pub async fn replay_round(
                     match sent {
                         // Before the ack: a crash in between resends the
                         // registration (same key), never loses the remap.
-                        Sent::Registered(node) => remap(outbox, item, node).await?,
+                        Sent::Registered(node) => remap(outbox, item, *node).await?,
                         Sent::Moved(Some((from, to))) => chains.push((item.node.clone(), from, to)),
                         Sent::Moved(None) | Sent::Done => {}
                     }
@@ -265,7 +265,7 @@ enum Sent {
     /// Nothing to do beyond the ack.
     Done,
     /// A registration: the controller's node.
-    Registered(Node),
+    Registered(Box<Node>),
     /// A state change: the controller's version it moved, from → to.
     Moved(Option<(u64, u64)>),
 }
@@ -284,7 +284,7 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
             .await
             .map_err(SendError::Central)?
         {
-            Some(node) => Ok(Sent::Registered(node)),
+            Some(node) => Ok(Sent::Registered(Box::new(node))),
             None => Ok(Sent::Done),
         },
         Operation::SetState {
