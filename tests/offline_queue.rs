@@ -2573,3 +2573,54 @@ fn an_unreadable_conflict_record_is_quarantined_and_releases_its_node() {
         "{failed:?}"
     );
 }
+
+/// Issue 19 item 14 (DESIGN §7): a node's queued item is bounded in
+/// bytes, not only in number. Offline, a report with 45 KB of message,
+/// metadata and extra fields, and a boot with 60 KB of facts, are queued
+/// (202 / the boot answered) cut to fit: the event and the MAC kept.
+#[test]
+fn what_a_node_may_make_the_queue_hold_is_bounded_in_bytes() {
+    let controller = FakeController::start();
+    let known = "52:54:00:00:5e:01";
+    controller.set_node(known, "installing", None);
+    let agent = synced_agent(&controller, &[known]);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let big = "x".repeat(15_000);
+    let body = json!({"mac_address": known, "event": "install_complete",
+        "message": big, "event_metadata": {"log": big}, "extra_field": big});
+    let (code, text) =
+        http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer");
+    assert_eq!(code, 202, "{text}");
+    let stranger = "52:54:00:00:5e:02";
+    let facts = "f".repeat(20_000);
+    let (status, _, _) = curl(&[&agent.url(&format!(
+        "/api/v1/boot?mac={stranger}&arch=x86_64&serial={facts}&manufacturer={facts}&product={facts}"
+    ))]);
+    assert_eq!(status, 200);
+    let items = queue_items(&agent);
+    // The report, the stranger's registration and its boot event.
+    assert_eq!(items.len(), 3, "{items:?}");
+    for item in &items {
+        let bytes = item["payload"].to_string().len();
+        assert!(
+            bytes <= 8 * 1024,
+            "node item {} carries {bytes} bytes",
+            item["id"]
+        );
+    }
+    let report = items
+        .iter()
+        .find(|i| i["node"] == known)
+        .expect("the report");
+    assert_eq!(report["payload"]["report"]["event"], "install_complete");
+    controller.up();
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    assert!(
+        controller
+            .applied()
+            .iter()
+            .any(|w| w.op == "report" && w.mac == known && w.body["event"] == "install_complete"),
+        "the cut report reached the controller"
+    );
+}

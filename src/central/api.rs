@@ -263,6 +263,22 @@ pub struct NewNode {
     pub site_id: String,
 }
 
+/// The most of one fact a node sent (vendor, serial, …) that is kept: a
+/// node's queued items are bounded in bytes (DESIGN §7).
+pub const FACT_MAX_BYTES: usize = 256;
+
+/// The most a node's report may carry once queued (DESIGN §7).
+pub const REPORT_MAX_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn cut_to(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 impl NewNode {
     /// The registration of `mac` with the facts iPXE sent.
     pub fn from_facts(
@@ -274,10 +290,13 @@ impl NewNode {
             mac_address: mac.to_string(),
             arch: facts.arch.as_deref().and_then(wire_arch),
             boot_mode: facts.platform.as_deref().and_then(wire_boot_mode),
-            vendor: facts.manufacturer.clone(),
-            model: facts.product.clone(),
-            serial_number: facts.serial.clone(),
-            system_uuid: facts.uuid.clone(),
+            vendor: facts
+                .manufacturer
+                .as_deref()
+                .map(|t| cut_to(t, FACT_MAX_BYTES)),
+            model: facts.product.as_deref().map(|t| cut_to(t, FACT_MAX_BYTES)),
+            serial_number: facts.serial.as_deref().map(|t| cut_to(t, FACT_MAX_BYTES)),
+            system_uuid: facts.uuid.as_deref().map(|t| cut_to(t, FACT_MAX_BYTES)),
             site_id: site_id.to_string(),
         }
     }
@@ -420,6 +439,47 @@ impl NodeReport {
         }
     }
 
+    /// The report cut to fit in `max` bytes as JSON (DESIGN §7: a node's
+    /// item carries at most 4 KiB): the message is cut first, then the
+    /// metadata and fields this agent does not read are replaced by a note
+    /// of what was left out. The event and the MAC are always kept.
+    pub fn fit(mut self, max: usize) -> NodeReport {
+        let size = |r: &NodeReport| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size(&self) <= max {
+            return self;
+        }
+        if let Some(message) = &self.message {
+            self.message = Some(cut_to(message, max / 4));
+        }
+        if size(&self) > max
+            && let Some(metadata) = self.event_metadata.take()
+        {
+            let bytes = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(0);
+            self.event_metadata = Some(serde_json::json!({
+                "siteboot_truncated": format!("metadata of {bytes} bytes left out at the site")
+            }));
+        }
+        if size(&self) > max && !self.extra.is_empty() {
+            let names = self.extra.len();
+            self.extra.clear();
+            self.extra.insert(
+                "siteboot_truncated_fields".into(),
+                serde_json::Value::from(names),
+            );
+        }
+        for text in [
+            &mut self.status,
+            &mut self.installation_status,
+            &mut self.event,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *text = cut_to(text, 64);
+        }
+        self
+    }
+
     /// Checks what the agent relies on; the error says what is wrong.
     pub fn validate(&self) -> Result<crate::model::mac::Mac, String> {
         let mac = self
@@ -518,6 +578,23 @@ mod tests {
             "mac_address": "52:54:00:aa:00:01", "event": "install_progress",
             "metadata": {"pct": 5}, "event_metadata": {"pct": 6}}));
         assert!(differ.is_err());
+    }
+
+    #[test]
+    fn a_large_report_is_cut_to_fit_keeping_its_event() {
+        let report: NodeReport = serde_json::from_value(json!({
+            "mac_address": "52:54:00:aa:00:01", "event": "install_complete",
+            "message": "m".repeat(60_000), "event_metadata": {"log": "x".repeat(60_000)},
+            "other": "y".repeat(60_000)}))
+        .unwrap();
+        let fitted = report.fit(REPORT_MAX_BYTES);
+        assert!(serde_json::to_vec(&fitted).unwrap().len() <= REPORT_MAX_BYTES);
+        assert_eq!(fitted.event.as_deref(), Some("install_complete"));
+        assert_eq!(fitted.implied_state(), Some(NodeState::Installed));
+        let small: NodeReport = serde_json::from_value(json!({
+            "mac_address": "52:54:00:aa:00:01", "event": "install_progress", "message": "50%"}))
+        .unwrap();
+        assert_eq!(small.clone().fit(REPORT_MAX_BYTES), small);
     }
 
     #[test]

@@ -495,6 +495,8 @@ impl Outbox {
         let mac = report
             .validate()
             .map_err(|body| WriteError::Rejected { status: 400, body })?;
+        // Unauthenticated: what it may make the queue hold is bounded.
+        let report = report.fit(crate::central::api::REPORT_MAX_BYTES);
         let implied = report.implied_state();
         let kind = if implied.is_some() {
             Kind::StateUpdate

@@ -157,6 +157,10 @@ pub struct NewItem {
     pub local_state: Option<crate::model::node::NodeState>,
 }
 
+/// The most one item caused by a node may carry (payload JSON): a 4 KiB
+/// report or a registration's cut facts, with the envelope around them.
+pub const NODE_ITEM_MAX_BYTES: usize = 8 * 1024;
+
 /// DESIGN §6: a different request is a new request. When a change to an
 /// item alters what will be sent (a resolution adds `force` or a new
 /// `base_version`, a remap points it at another node id), the item gets
@@ -769,6 +773,17 @@ impl Queue {
         counters: &mut Counters<'_>,
         nodes: &mut Counters<'_>,
     ) -> Result<(), QueueError> {
+        // The callers cut facts and reports to 4 KiB; this holds whatever
+        // path a node's item came by (DESIGN §7: bounded in bytes, not
+        // only in number).
+        let bytes = serde_json::to_vec(&new.payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if bytes > NODE_ITEM_MAX_BYTES {
+            return Err(QueueError::Shed(format!(
+                "an item caused by a node may carry {NODE_ITEM_MAX_BYTES} bytes; this one has {bytes}"
+            )));
+        }
         if new.kind == Kind::Registration
             && nodes
                 .get(registration_key(&new.node).as_str())
