@@ -111,8 +111,69 @@ impl<K: Hash + Eq + Copy> KeyedRate<K> {
     }
 }
 
+/// Lines logged overall per [`LOG_INTERVAL`] by a [`RefusalLog`].
+pub const REFUSALS_LOGGED_PER_INTERVAL: u32 = 20;
+
+/// The log throttle for refusals (DESIGN §10): per peer, then overall. A
+/// per-peer throttle alone is defeated by spoofed source addresses (UDP)
+/// or many clients; the overall budget bounds the log whatever they do.
+pub struct RefusalLog<K> {
+    per_peer: LogThrottle<K>,
+    /// (window start, lines logged in it, lines left out since the last
+    /// logged one).
+    overall: Mutex<(Option<Instant>, u32, u64)>,
+    per_interval: u32,
+}
+
+impl<K: Hash + Eq + Copy> RefusalLog<K> {
+    pub fn new(interval: Duration, per_interval: u32) -> RefusalLog<K> {
+        RefusalLog {
+            per_peer: LogThrottle::new(interval),
+            overall: Mutex::new((None, 0, 0)),
+            per_interval,
+        }
+    }
+
+    /// Some(lines left out overall since the last logged one) if a line
+    /// about `peer` may be logged now.
+    pub fn admit(&self, peer: K) -> Option<u64> {
+        self.admit_at(peer, Instant::now())
+    }
+
+    pub fn admit_at(&self, peer: K, now: Instant) -> Option<u64> {
+        let peer_ok = self.per_peer.admit_at(peer, now).is_some();
+        let mut overall = self.overall.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, lines, left_out) = &mut *overall;
+        if start.is_none_or(|at| now.duration_since(at) >= self.per_peer.interval) {
+            *start = Some(now);
+            *lines = 0;
+        }
+        if !peer_ok || *lines >= self.per_interval {
+            *left_out += 1;
+            return None;
+        }
+        *lines += 1;
+        Some(std::mem::take(left_out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_are_bounded_overall_whatever_the_peers() {
+        let log = super::RefusalLog::<u32>::new(std::time::Duration::from_secs(10), 3);
+        let now = std::time::Instant::now();
+        // 1,000 spoofed peers at once: three lines, the rest counted.
+        let logged = (0..1000)
+            .filter(|p| log.admit_at(*p, now).is_some())
+            .count();
+        assert_eq!(logged, 3);
+        // One peer again within the interval: left out by its own throttle.
+        assert!(log.admit_at(0, now).is_none());
+        let later = now + std::time::Duration::from_secs(11);
+        assert_eq!(log.admit_at(5000, later), Some(998));
+    }
+
     use super::*;
     use std::net::IpAddr;
 

@@ -918,3 +918,43 @@ fn every_admin_endpoint_needs_the_token_and_the_page_is_open() {
     let (_, page) = curl_text(&agent.url("/"));
     assert!(!page.contains(&common::admin_token(&agent)));
 }
+
+/// Issue 19 item 9 (DESIGN §10): refused `/assets` paths reach the log
+/// escaped, cut, and throttled: a `%0a` in a path cannot forge a log line,
+/// raw ESC bytes never reach it, and a flood of refused requests with long
+/// paths writes a bounded amount of log.
+#[test]
+fn refused_asset_paths_cannot_forge_or_flood_the_log() {
+    let agent = AgentBuilder::new().start();
+    let forged = "/assets/a%0a2026-01-01T00:00:00Z%20%20INFO%20FORGED%20line/..%1b[31m/x";
+    let (status, _, _) = curl(&["--globoff", "--path-as-is", &agent.url(forged)]);
+    assert_eq!(status, 403);
+    let long = format!("/assets/{}/../x", "p".repeat(6000));
+    let before: usize = agent.log_lines().iter().map(|l| l.len() + 1).sum();
+    for _ in 0..300 {
+        let (status, _, _) = curl(&["--path-as-is", &agent.url(&long)]);
+        assert_eq!(status, 403);
+    }
+    // A line written after them: once it is there, theirs are too.
+    let (status, _, _) = boot(&agent, &mac(90));
+    assert_eq!(status, 200);
+    agent.wait_for_log("boot script served");
+    let lines = agent.log_lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("2026-01-01")
+            || (l.contains("FORGED") && !l.contains("asset request refused"))),
+        "a forged line: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "a raw ESC reached the log"
+    );
+    let after: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let per_request = (after - before) / 300;
+    eprintln!("log bytes per refused request (6 KB paths): {per_request}");
+    assert!(
+        per_request < 100,
+        "{per_request} log bytes per refused request ({} in all)",
+        after - before
+    );
+}

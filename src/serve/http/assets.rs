@@ -2,6 +2,8 @@
 //! content cache (the controller's files), with single-range `Range`
 //! support (iPXE and installers resume and probe with it).
 
+use crate::logsafe;
+use crate::ratelimit::RefusalLog;
 use std::io::SeekFrom;
 use std::sync::Arc;
 
@@ -82,6 +84,15 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     }
 }
 
+/// Refused `/assets` paths, logged at most this often overall (the HTTP
+/// server does not hand the peer's address down here).
+static REFUSALS: std::sync::LazyLock<RefusalLog<()>> = std::sync::LazyLock::new(|| {
+    RefusalLog::new(
+        crate::ratelimit::LOG_INTERVAL,
+        crate::ratelimit::REFUSALS_LOGGED_PER_INTERVAL,
+    )
+});
+
 pub async fn serve(
     roots: Arc<Vec<ServedRoot>>,
     requested: String,
@@ -99,7 +110,13 @@ pub async fn serve(
             return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
         }
         Ok(Err(e)) => {
-            tracing::warn!(path = %requested, error = %e, "asset request refused");
+            // DESIGN §10: the path a client chose is escaped and cut, and
+            // refusals are throttled overall (with a count), so that they
+            // can neither forge log lines nor fill the disk.
+            if let Some(suppressed) = REFUSALS.admit(()) {
+                tracing::warn!(path = %logsafe::shown(&requested), suppressed,
+                    "asset request refused (path not allowed)");
+            }
             return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response();
         }
         Err(e) => return internal(format!("asset lookup failed: {e}")),
@@ -247,7 +264,8 @@ async fn from_cache(cache: &Arc<ContentCache>, requested: &str, headers: &Header
                 .into_response();
         }
         Progress::Failed(reason) => {
-            tracing::warn!(path = requested, %reason, "asset fill failed");
+            tracing::warn!(path = %logsafe::shown(requested), reason = %logsafe::shown(&reason),
+                "asset fill failed");
             return (
                 StatusCode::BAD_GATEWAY,
                 format!("cannot fetch {requested:?} from the controller: {reason}\n"),

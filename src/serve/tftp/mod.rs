@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use packet::{ErrorCode, Packet};
 use session::{Limits, Outcome};
 
-use crate::ratelimit::LogThrottle;
+use crate::ratelimit::RefusalLog;
 
 /// A file opened for one transfer.
 pub struct OpenedFile {
@@ -69,7 +69,7 @@ pub struct TftpServer<P: FileProvider> {
     executors: Executors,
     /// Refusals are logged once per peer and interval (with a count), so a
     /// flood of bad requests cannot flood the log.
-    log_throttle: Arc<LogThrottle<std::net::IpAddr>>,
+    log_throttle: Arc<RefusalLog<std::net::IpAddr>>,
 }
 
 /// Single-threaded runtimes, one per core, that run the transfers.
@@ -122,7 +122,10 @@ impl<P: FileProvider> TftpServer<P> {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             limits: Limits::default(),
-            log_throttle: Arc::new(LogThrottle::new(crate::ratelimit::LOG_INTERVAL)),
+            log_throttle: Arc::new(RefusalLog::new(
+                crate::ratelimit::LOG_INTERVAL,
+                crate::ratelimit::REFUSALS_LOGGED_PER_INTERVAL,
+            )),
             executors: Executors::start()?,
         })
     }
@@ -336,7 +339,7 @@ async fn serve_one<P: FileProvider>(
     bind_ip: IpAddr,
     request: packet::Request,
     limits: &Limits,
-    log_throttle: &LogThrottle<std::net::IpAddr>,
+    log_throttle: &RefusalLog<std::net::IpAddr>,
 ) {
     let started = Instant::now();
     let socket = match session_socket(bind_ip, peer).await {
@@ -382,7 +385,7 @@ async fn serve_one<P: FileProvider>(
             outcome("completed");
             counters.tftp_bytes.inc_by(bytes);
             tracing::info!(
-            %peer, file = %request.filename, bytes, blksize = neg.blksize,
+            %peer, file = %shown::shown(&request.filename), bytes, blksize = neg.blksize,
             windowsize = neg.windowsize, ms = started.elapsed().as_millis() as u64,
             "tftp transfer complete"
             )
@@ -390,13 +393,14 @@ async fn serve_one<P: FileProvider>(
         Ok(Outcome::ClientAborted { code }) => {
             outcome("aborted");
             tracing::debug!(
-                %peer, file = %request.filename, code, "tftp transfer ended by client"
+                %peer, file = %shown::shown(&request.filename), code, "tftp transfer ended by client"
             )
         }
         Err(e) => {
             outcome("failed");
             counters.tftp_errors.inc();
-            tracing::warn!(%peer, file = %request.filename, error = %e, "tftp transfer failed")
+            tracing::warn!(%peer, file = %shown::shown(&request.filename),
+                error = %shown::shown(&e.to_string()), "tftp transfer failed")
         }
     }
 }
