@@ -621,3 +621,46 @@ fn a_client_that_disconnects_does_not_cancel_the_fill_for_the_others() {
         },
     );
 }
+
+/// Issue 19 item 6 (DESIGN §12): a TFTP request waiting for a content
+/// cache fill holds no transfer slot. With `tftp.max_sessions = 4`, eight
+/// requests (from eight ports) for a controller file whose fill is held
+/// part-way, none of which will ever acknowledge anything, do not keep a
+/// node from fetching a bootloader that is here.
+#[test]
+fn tftp_requests_waiting_for_a_fill_hold_no_transfer_slot() {
+    let controller = FakeController::start();
+    controller.add_file("slow/initrd", &common::pattern(4 << 20, 3));
+    let gate = controller.gate_files_at(1 << 20);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .asset("undionly.kpxe", &common::pattern(80_000, 1))
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\n",
+            controller.central_toml()
+        ))
+        .env("SITEBOOT_TFTP_MAX_SESSIONS", "4")
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let mut rrq = vec![0u8, 1];
+    rrq.extend_from_slice(b"slow/initrd\0octet\0");
+    let waiters: Vec<std::net::UdpSocket> = (0..8)
+        .map(|_| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket.send_to(&rrq, agent.tftp).expect("send");
+            socket
+        })
+        .collect();
+    wait_until(LONG, "the fill under way", || {
+        downloads(&controller, "slow/initrd") >= 1
+    });
+    let url = format!("tftp://127.0.0.1:{}/undionly.kpxe", agent.tftp.port());
+    let (_, _, bytes) = curl(&["--tftp-blksize", "1468", &url]);
+    assert_eq!(
+        bytes,
+        common::pattern(80_000, 1),
+        "the bootloader was refused"
+    );
+    drop(gate);
+    drop(waiters);
+}

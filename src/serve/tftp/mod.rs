@@ -57,12 +57,22 @@ pub trait FileProvider: Send + Sync + 'static {
 
 type SessionTable = Mutex<HashMap<SocketAddr, (u64, AbortHandle)>>;
 
+/// Requests that may be opening (waiting for a fill) per transfer slot.
+const OPENINGS_PER_SLOT: usize = 4;
+
 pub struct TftpServer<P: FileProvider> {
     socket: Arc<UdpSocket>,
     provider: Arc<P>,
     max_sessions: usize,
     max_sessions_per_client: usize,
+    /// Transfers under way (`tftp.max_sessions`). Taken once the file is
+    /// open: a request waiting for a content-cache fill holds none
+    /// (DESIGN §12), so such waits cannot lock out nodes asking for files
+    /// that are here.
     slots: Arc<Semaphore>,
+    /// Requests being opened (a fill may keep one waiting): a bound of
+    /// their own, larger than the transfers', on tasks and sockets.
+    openings: Arc<Semaphore>,
     sessions: Arc<SessionTable>,
     next_id: AtomicU64,
     limits: Limits,
@@ -119,6 +129,9 @@ impl<P: FileProvider> TftpServer<P> {
             max_sessions,
             max_sessions_per_client: 16,
             slots: Arc::new(Semaphore::new(max_sessions)),
+            openings: Arc::new(Semaphore::new(
+                max_sessions.saturating_mul(OPENINGS_PER_SLOT),
+            )),
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             limits: Limits::default(),
@@ -202,7 +215,14 @@ impl<P: FileProvider> TftpServer<P> {
     /// `grace`; aborts those still running then.
     async fn drain(&self, grace: Duration) {
         let all = u32::try_from(self.max_sessions).unwrap_or(u32::MAX);
-        match tokio::time::timeout(grace, self.slots.acquire_many(all)).await {
+        let openings =
+            u32::try_from(self.max_sessions.saturating_mul(OPENINGS_PER_SLOT)).unwrap_or(u32::MAX);
+        let everything = async {
+            let transfers = self.slots.acquire_many(all).await;
+            let opening = self.openings.acquire_many(openings).await;
+            (transfers, opening)
+        };
+        match tokio::time::timeout(grace, everything).await {
             Ok(_) => tracing::debug!("tftp: every transfer finished"),
             Err(_) => {
                 let table = match self.sessions.lock() {
@@ -264,12 +284,12 @@ impl<P: FileProvider> TftpServer<P> {
                 .count()
                 >= self.max_sessions_per_client
         };
-        let permit = if crowded {
+        let opening = if crowded {
             None
         } else {
-            self.slots.clone().try_acquire_owned().ok()
+            self.openings.clone().try_acquire_owned().ok()
         };
-        let Some(permit) = permit else {
+        let Some(opening) = opening else {
             if let Some(suppressed) = self.log_throttle.admit(peer.ip()) {
                 tracing::warn!(%peer, suppressed, crowded,
                     "tftp session limit reached; request refused");
@@ -287,6 +307,7 @@ impl<P: FileProvider> TftpServer<P> {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slots = self.slots.clone();
         let provider = self.provider.clone();
         let sessions = self.sessions.clone();
         let limits = self.limits;
@@ -307,6 +328,7 @@ impl<P: FileProvider> TftpServer<P> {
             async move {
                 serve_one(
                     provider.as_ref(),
+                    Permits { opening, slots },
                     peer,
                     bind_ip,
                     request,
@@ -314,7 +336,6 @@ impl<P: FileProvider> TftpServer<P> {
                     &log_throttle,
                 )
                 .await;
-                drop(permit);
                 let mut table = match sessions.lock() {
                     Ok(table) => table,
                     Err(poisoned) => poisoned.into_inner(),
@@ -333,8 +354,15 @@ impl<P: FileProvider> TftpServer<P> {
     }
 }
 
+/// A session's place: while its file is opened, then as a transfer.
+struct Permits {
+    opening: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+}
+
 async fn serve_one<P: FileProvider>(
     provider: &P,
+    permits: Permits,
     peer: SocketAddr,
     bind_ip: IpAddr,
     request: packet::Request,
@@ -369,6 +397,23 @@ async fn serve_one<P: FileProvider>(
             session::refuse_request(&socket, code, &e.to_string(), request.wire_len).await;
             return;
         }
+    };
+    // Open: now it needs a transfer slot (and no longer an opening).
+    let Permits { opening, slots } = permits;
+    drop(opening);
+    let Ok(_transfer) = slots.try_acquire_owned() else {
+        outcome("refused");
+        if let Some(suppressed) = log_throttle.admit(peer.ip()) {
+            tracing::warn!(%peer, suppressed, "tftp session limit reached; request refused");
+        }
+        session::refuse_request(
+            &socket,
+            ErrorCode::NotDefined,
+            "busy, retry",
+            request.wire_len,
+        )
+        .await;
+        return;
     };
     let neg = session::negotiate(&request.options, file.size, limits);
     counters.tftp_sessions.inc();
