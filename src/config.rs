@@ -212,6 +212,13 @@ pub struct CacheConfig {
     pub prefetch_rate: u64,
     /// A cached file is checked against the controller at most this often.
     pub revalidate_interval: Duration,
+    /// Fills that client misses may run at once (DESIGN §12).
+    pub max_fills: usize,
+    /// Misses one client address may cause per minute.
+    pub misses_per_client: u32,
+    /// A file the controller answered 404 for is not asked for again for
+    /// this long.
+    pub negative_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -300,7 +307,14 @@ const KEYS: &[(&str, &[&str])] = &[
     ("nodes", &["max_discovered"]),
     (
         "cache",
-        &["max_bytes", "prefetch_rate", "revalidate_interval"],
+        &[
+            "max_bytes",
+            "prefetch_rate",
+            "revalidate_interval",
+            "max_fills",
+            "misses_per_client",
+            "negative_ttl",
+        ],
     ),
     ("admin", &["token_file"]),
     ("metrics", &["open"]),
@@ -658,6 +672,10 @@ impl Source {
                 max_bytes: self.size("cache.max_bytes", "20 GiB")?,
                 prefetch_rate: self.size("cache.prefetch_rate", "50 MB/s")?,
                 revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
+                max_fills: self.integer("cache.max_fills", 8, 1, 1024)? as usize,
+                misses_per_client: self.integer("cache.misses_per_client", 60, 1, 1_000_000)?
+                    as u32,
+                negative_ttl: self.duration("cache.negative_ttl", "60s")?,
             },
             metrics_open: self.boolean("metrics.open", false)?,
             log_format: match self.string("log.format", "text")?.as_str() {

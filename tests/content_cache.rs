@@ -664,3 +664,112 @@ fn tftp_requests_waiting_for_a_fill_hold_no_transfer_slot() {
     drop(gate);
     drop(waiters);
 }
+
+/// Issue 19 item 7 (DESIGN §12): what nodes can make the agent fetch is
+/// bounded. Nodes that ask for files and hang up after a few bytes do not
+/// make the agent download them whole (a fill no client waits for is
+/// abandoned, unless it is a prefetch); nothing of them is kept.
+#[test]
+fn fills_nobody_waits_for_are_abandoned() {
+    let controller = FakeController::start();
+    const FILES: usize = 5;
+    const SIZE: usize = 8 << 20;
+    for n in 0..FILES {
+        controller.add_file(&format!("big/{n}"), &common::pattern(SIZE, n as u64));
+    }
+    controller.set_file_rate(4 << 20);
+    let agent = online_agent(&controller, "");
+    for n in 0..FILES {
+        // Read a little, then hang up (curl stops at the range's end).
+        let (_, _, bytes) = curl_lenient_range(&agent.url(&format!("/assets/big/{n}")));
+        assert!(bytes >= 1, "file {n}: nothing arrived");
+    }
+    wait_until(LONG, "every fill ended", || stats(&agent)["filling"] == 0);
+    let sent = controller.file_bytes_sent();
+    eprintln!(
+        "controller bytes for {FILES} abandoned fills of {SIZE} bytes: {sent} ({:.2} of the files)",
+        sent as f64 / (FILES * SIZE) as f64
+    );
+    assert!(
+        cached_paths(&agent).iter().all(|p| !p.starts_with("big/")),
+        "an abandoned fill was kept"
+    );
+    assert!(
+        sent < (FILES * SIZE) as u64 / 2,
+        "the controller sent {sent} bytes for {FILES} files nobody read"
+    );
+}
+
+/// Reads about 1 KiB of `url` and hangs up; the number of bytes read.
+fn curl_lenient_range(url: &str) -> (Option<u16>, String, usize) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+    let mut buf = vec![0u8; 1024];
+    let mut got = 0;
+    while got < 1024 {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    drop(stream);
+    (None, String::new(), got)
+}
+
+/// Issue 19 item 7: a controller 404 is remembered for
+/// `cache.negative_ttl`; misses per client address are rate-limited
+/// (`cache.misses_per_client`); at most `cache.max_fills` fills run for
+/// clients at once. The refusals are 503 with Retry-After.
+#[test]
+fn misses_are_bounded_remembered_and_rate_limited() {
+    let controller = FakeController::start();
+    controller.add_file("held/a", &common::pattern(2 << 20, 1));
+    controller.add_file("held/b", &common::pattern(2 << 20, 2));
+    controller.add_file("held/c", &common::pattern(2 << 20, 3));
+    let agent = online_agent(
+        &controller,
+        "[cache]\nmax_fills = 2\nmisses_per_client = 8\nnegative_ttl = \"1h\"\n",
+    );
+    for _ in 0..4 {
+        let (status, _, _) = curl(&[&agent.url("/assets/never/there")]);
+        assert_eq!(status, 404);
+    }
+    assert_eq!(
+        downloads(&controller, "never/there"),
+        1,
+        "a 404 is remembered"
+    );
+
+    let gate = controller.gate_files_at(1 << 20);
+    let held: Vec<_> = ["held/a", "held/b"]
+        .into_iter()
+        .map(|path| {
+            let url = agent.url(&format!("/assets/{path}"));
+            std::thread::spawn(move || curl(&[&url]).0)
+        })
+        .collect();
+    wait_until(LONG, "two fills under way", || {
+        stats(&agent)["filling"] == 2
+    });
+    let (status, headers, _) = curl(&[&agent.url("/assets/held/c")]);
+    assert_eq!(status, 503, "a third fill at once");
+    assert!(
+        headers.to_ascii_lowercase().contains("retry-after"),
+        "{headers}"
+    );
+    drop(gate);
+    for request in held {
+        assert_eq!(request.join().expect("thread"), 200);
+    }
+    // Misses per client: 8 a minute. Four so far (never/there once,
+    // held/a, held/b, held/c); four more distinct misses, then 503.
+    let mut codes = Vec::new();
+    for n in 0..6 {
+        let (status, _, _) = curl(&[&agent.url(&format!("/assets/gone/{n}"))]);
+        codes.push(status);
+    }
+    assert_eq!(codes, [404, 404, 404, 404, 503, 503], "{codes:?}");
+}

@@ -366,7 +366,9 @@ fn write_requests_are_refused() {
 #[test]
 fn malformed_requests_and_missing_files_get_errors() {
     let agent = AgentBuilder::new().start();
-    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x']);
+    // (Under 5 bytes a datagram gets no answer at all: see
+    // datagrams_shorter_than_an_error_are_dropped_unanswered.)
+    let (code, _) = expect_error(agent.tftp, &[0, 1, b'x', b'y', b'z']);
     assert_eq!(code, 4);
     let (code, _) = expect_error(
         agent.tftp,

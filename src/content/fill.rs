@@ -36,6 +36,21 @@ pub struct Fill {
     announced: std::sync::OnceLock<Option<String>>,
     /// A client waits for it (not a background prefetch, which is paced).
     urgent: std::sync::atomic::AtomicBool,
+    /// Clients waiting for it now, and whether any ever did: a fill that
+    /// only clients wanted is abandoned once none waits (DESIGN §12).
+    waiting: std::sync::atomic::AtomicUsize,
+    ever_waited: std::sync::atomic::AtomicBool,
+}
+
+/// One client waiting for a fill, for as long as it lives.
+pub struct Waiting(Arc<Fill>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The filling task's side.
@@ -65,12 +80,29 @@ impl Fill {
             file: Arc::new(file),
             announced: std::sync::OnceLock::new(),
             urgent: std::sync::atomic::AtomicBool::new(false),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            ever_waited: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = FillWriter {
             progress: sender,
             fill: fill.clone(),
         };
         (fill, writer)
+    }
+
+    /// Marks a client as waiting until the guard is dropped.
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.ever_waited
+            .store(true, std::sync::atomic::Ordering::Release);
+        Waiting(self.clone())
+    }
+
+    /// Did clients wait for it, and none does any more?
+    pub fn abandoned(&self) -> bool {
+        self.ever_waited.load(std::sync::atomic::Ordering::Acquire)
+            && self.waiting.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
     pub fn make_urgent(&self) {
@@ -124,6 +156,7 @@ impl Fill {
     /// fill writes them; fails if the fill does.
     pub fn reader(self: &Arc<Self>, from: u64, end: Option<u64>) -> FillReader {
         FillReader {
+            _waiting: self.waiting(),
             fill: self.clone(),
             watch: self.progress.clone(),
             pos: from,
@@ -134,6 +167,7 @@ impl Fill {
 
 /// A client's view of a fill.
 pub struct FillReader {
+    _waiting: Waiting,
     fill: Arc<Fill>,
     watch: watch::Receiver<Progress>,
     pos: u64,

@@ -53,6 +53,10 @@ pub enum CacheError {
     NotCached(String),
     #[error("{0} is pinned (a file of an offline_safe workflow)")]
     Pinned(String),
+    /// What nodes may make the agent fetch is bounded (DESIGN §12): too
+    /// many fills at once, or too many misses from this client.
+    #[error("busy: {0}; retry")]
+    Busy(String),
 }
 
 /// What a request for a file finds.
@@ -66,7 +70,26 @@ pub enum Lookup {
     },
     /// Being fetched (by this request or an earlier one).
     Filling(Arc<Fill>),
+    /// The controller answered 404 for it within `cache.negative_ttl`.
+    Missing,
 }
+
+/// Who a fill is for: a client's miss (bounded by `cache.max_fills`,
+/// abandoned when no client waits any more), a revalidation, or a
+/// background prefetch (paced, always finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FillKind {
+    Client,
+    Revalidation,
+    Prefetch,
+}
+
+/// The reason a client's fill stopped when every client had gone.
+const ABANDONED: &str = "abandoned: no client waits for it any more";
+
+/// 404s remembered at most (the oldest expire first; past this, a miss is
+/// simply not remembered).
+const MISSING_REMEMBERED: usize = 4096;
 
 /// `GET /api/v1/cache/stats`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -124,6 +147,12 @@ pub struct ContentCache {
     /// One prefetch pass at a time (a sync that ends while one runs
     /// leaves its list for the next pass).
     prefetching: tokio::sync::Mutex<()>,
+    /// Paths the controller answered 404 for, and when (DESIGN §12).
+    missing: Mutex<HashMap<String, std::time::Instant>>,
+    /// Misses each client address may cause (`cache.misses_per_client`).
+    client_misses: crate::ratelimit::KeyedRate<std::net::IpAddr>,
+    /// Fills that client misses started and that have not ended.
+    client_fills: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A shared byte pace: each caller reserves its bytes' share of time.
@@ -240,6 +269,9 @@ impl ContentCache {
             pace: Pace::new(settings.prefetch_rate),
             revalidating: Mutex::new(std::collections::HashSet::new()),
             prefetching: tokio::sync::Mutex::new(()),
+            missing: Mutex::new(HashMap::new()),
+            client_misses: crate::ratelimit::KeyedRate::new(settings.misses_per_client),
+            client_fills: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             settings,
         })
     }
@@ -247,6 +279,17 @@ impl ContentCache {
     /// A complete copy of `path`, or the fill that brings it (started
     /// here if none is under way). `path` is a sanitised relative path.
     pub fn lookup(self: &Arc<Self>, path: &str) -> Result<Lookup, CacheError> {
+        self.lookup_for(path, None)
+    }
+
+    /// [`ContentCache::lookup`] for a request from `client`: a miss is
+    /// bounded (DESIGN §12) by the 404s remembered, the client's miss rate
+    /// and the fills under way.
+    pub fn lookup_for(
+        self: &Arc<Self>,
+        path: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Lookup, CacheError> {
         let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
         let hit = {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
@@ -279,8 +322,52 @@ impl ContentCache {
             fill.make_urgent();
             return Ok(Lookup::Filling(fill.clone()));
         }
-        let fill = self.start_fill(path, false, false, &mut fills)?;
+        if self.remembered_missing(path) {
+            crate::metrics::metrics().content_request("negative");
+            return Ok(Lookup::Missing);
+        }
+        if let Some(client) = client
+            && !self.client_misses.admit(client)
+        {
+            crate::metrics::metrics().content_request("refused");
+            return Err(CacheError::Busy(format!(
+                "{client} made more than cache.misses_per_client = {} misses this minute",
+                self.settings.misses_per_client
+            )));
+        }
+        if self.client_fills.load(Ordering::Relaxed) >= self.settings.max_fills {
+            crate::metrics::metrics().content_request("refused");
+            return Err(CacheError::Busy(format!(
+                "cache.max_fills = {} fills under way",
+                self.settings.max_fills
+            )));
+        }
+        let fill = self.start_fill(path, false, FillKind::Client, &mut fills)?;
         Ok(Lookup::Filling(fill))
+    }
+
+    /// Did the controller answer 404 for `path` within `negative_ttl`?
+    fn remembered_missing(&self, path: &str) -> bool {
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        match missing.get(path) {
+            Some(at) if at.elapsed() < self.settings.negative_ttl => true,
+            Some(_) => {
+                missing.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_missing(&self, path: &str) {
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing.len() >= MISSING_REMEMBERED {
+            let ttl = self.settings.negative_ttl;
+            missing.retain(|_, at| at.elapsed() < ttl);
+        }
+        if missing.len() < MISSING_REMEMBERED {
+            missing.insert(path.to_string(), std::time::Instant::now());
+        }
     }
 
     /// Where the complete copy of `path` is, if cached (not counted as a
@@ -320,7 +407,12 @@ impl ContentCache {
                     tracing::info!(path, "file changed at the controller; fetching it again");
                     let mut fills = cache.fills.lock().unwrap_or_else(|e| e.into_inner());
                     if !fills.contains_key(&path)
-                        && let Err(e) = cache.start_fill(&path, entry.pinned, false, &mut fills)
+                        && let Err(e) = cache.start_fill(
+                            &path,
+                            entry.pinned,
+                            FillKind::Revalidation,
+                            &mut fills,
+                        )
                     {
                         tracing::warn!(path, error = %e, "changed file not fetched again");
                     }
@@ -391,9 +483,10 @@ impl ContentCache {
         self: &Arc<Self>,
         path: &str,
         pinned: bool,
-        paced: bool,
+        kind: FillKind,
         fills: &mut HashMap<String, Arc<Fill>>,
     ) -> Result<Arc<Fill>, CacheError> {
+        let paced = kind == FillKind::Prefetch;
         let name = uuid::Uuid::new_v4().simple().to_string();
         let temp = self.tmp.join(&name);
         let file = std::fs::OpenOptions::new()
@@ -414,9 +507,18 @@ impl ContentCache {
         let cache = self.clone();
         let handle = fill.clone();
         let path = path.to_string();
-        // Its own task: a client that goes away does not stop it.
+        let counted = (kind == FillKind::Client).then(|| {
+            self.client_fills.fetch_add(1, Ordering::Relaxed);
+            self.client_fills.clone()
+        });
+        // Its own task: a client that goes away does not stop it (but
+        // when every client has gone, a client's fill is abandoned).
         tokio::spawn(async move {
-            let outcome = cache.run_fill(&path, &handle, &writer).await;
+            let abandonable = kind == FillKind::Client;
+            let outcome = cache.run_fill(&path, &handle, &writer, abandonable).await;
+            if let Some(counted) = counted {
+                counted.fetch_sub(1, Ordering::Relaxed);
+            }
             cache
                 .finish_fill(&path, name, temp, pinned, outcome, writer)
                 .await;
@@ -431,6 +533,7 @@ impl ContentCache {
         path: &str,
         fill: &Arc<Fill>,
         writer: &FillWriter,
+        abandonable: bool,
     ) -> Result<Verified, String> {
         let file = &fill.handle();
         let mut hasher = Sha256::new();
@@ -506,6 +609,9 @@ impl ContentCache {
                     }
                 };
                 match next {
+                    Some(Ok(_)) if abandonable && fill.abandoned() => {
+                        return Err(ABANDONED.into());
+                    }
                     Some(Ok(mut chunk)) => {
                         if !fill.is_urgent() {
                             self.pace.take(chunk.len() as u64).await;
@@ -663,7 +769,15 @@ impl ContentCache {
                 writer.report(Progress::Done { len: entry.size });
                 self.evict_over_limit().await;
             }
-            Err(reason) if reason == MISSING => writer.report(Progress::Missing),
+            Err(reason) if reason == ABANDONED => {
+                crate::metrics::metrics().content_request("abandoned");
+                tracing::debug!(path, "fill abandoned: no client waits for it any more");
+                writer.report(Progress::Failed(reason));
+            }
+            Err(reason) if reason == MISSING => {
+                self.remember_missing(path);
+                writer.report(Progress::Missing)
+            }
             Err(reason) => {
                 self.counters.fill_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path, %reason, "fill failed; nothing kept");
@@ -734,12 +848,14 @@ impl ContentCache {
             };
             let fill = {
                 let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
-                if self.has(&path) {
+                // A file the controller said it does not have is not asked
+                // for again at every sync (within `cache.negative_ttl`).
+                if self.has(&path) || self.remembered_missing(&path) {
                     continue;
                 }
                 match fills.get(&path) {
                     Some(fill) => fill.clone(),
-                    None => match self.start_fill(&path, pin, true, &mut fills) {
+                    None => match self.start_fill(&path, pin, FillKind::Prefetch, &mut fills) {
                         Ok(fill) => fill,
                         Err(e) => {
                             tracing::warn!(%path, error = %e, "prefetch not started");

@@ -72,16 +72,26 @@ impl BootFiles {
     /// whole file (its size for `tsize`, blocks in order with no pause a
     /// client would time out on), so a miss waits for the fill to end;
     /// a client's retransmitted request meanwhile joins the same fill.
-    async fn cached(cache: &Arc<ContentCache>, filename: &str) -> Result<PathBuf, OpenError> {
+    async fn cached(
+        cache: &Arc<ContentCache>,
+        filename: &str,
+        peer: SocketAddr,
+    ) -> Result<PathBuf, OpenError> {
         let clean = fsroot::sanitise(filename)
             .ok()
             .and_then(|p| p.to_str().map(str::to_string))
             .ok_or_else(|| OpenError::Forbidden(format!("{filename:?}: path not allowed")))?;
-        let fill = match cache.lookup(&clean) {
+        let fill = match cache.lookup_for(&clean, Some(peer.ip())) {
             Ok(Lookup::Hit { file, .. }) => return Ok(file),
             Ok(Lookup::Filling(fill)) => fill,
+            Ok(Lookup::Missing) => {
+                return Err(OpenError::NotFound(format!(
+                    "{filename:?} is not here nor at the controller"
+                )));
+            }
             Err(e) => return Err(OpenError::Io(e.to_string())),
         };
+        let _waiting = fill.waiting();
         match fill.finished().await {
             Progress::Done { .. } => cache
                 .cached_file(&clean)
@@ -116,7 +126,12 @@ pub fn is_bootstrap_name(requested: &str) -> bool {
 }
 
 impl FileProvider for BootFiles {
-    async fn open(&self, filename: &str, local: SocketAddr) -> Result<OpenedFile, OpenError> {
+    async fn open(
+        &self,
+        filename: &str,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<OpenedFile, OpenError> {
         if is_bootstrap_name(filename) {
             let script = self.boot.bootstrap(&self.base_url_for(local)).into_bytes();
             return Ok(OpenedFile {
@@ -132,7 +147,7 @@ impl FileProvider for BootFiles {
         let path = match (resolved, &self.cache) {
             (Ok(path), _) => path,
             (Err(PathError::NotFound(_)), Some(cache)) => {
-                BootFiles::cached(cache, filename).await?
+                BootFiles::cached(cache, filename, peer).await?
             }
             (Err(e @ PathError::NotFound(_)), None) => {
                 return Err(OpenError::NotFound(e.to_string()));

@@ -122,6 +122,8 @@ pub(super) struct Inner {
     pub(super) files: BTreeMap<String, Vec<u8>>,
     /// Files are sent at this many bytes a second (None: at once).
     pub(super) file_rate: Option<u64>,
+    /// Bytes of paced file answers handed to the connection so far.
+    pub(super) file_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
     pub(super) injections: Vec<Injection>,
     /// Idempotency key → its state (§6 dialect; PureBoot keeps none).
     pub(super) keys: BTreeMap<String, KeyState>,
@@ -400,6 +402,15 @@ impl FakeController {
     /// Sends files at `bytes_per_second` (a slow WAN), in 64 KiB pieces.
     pub fn set_file_rate(&self, bytes_per_second: u64) {
         self.inner.lock().expect("lock").file_rate = Some(bytes_per_second.max(1));
+    }
+
+    /// Bytes of paced file answers (`set_file_rate`) sent so far.
+    pub fn file_bytes_sent(&self) -> u64 {
+        self.inner
+            .lock()
+            .expect("lock")
+            .file_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Serves `bytes` at `GET /api/v1/files/{path}`.
@@ -882,7 +893,7 @@ fn route(
             let body = match (cut, rate, gate) {
                 (Some(after), rate, _) => cut_body(part, after, rate.unwrap_or(u64::MAX)),
                 (None, _, Some((at, gate))) => gated_body(part, at, gate),
-                (None, Some(rate), None) => slow_body(part, rate),
+                (None, Some(rate), None) => slow_body(part, rate, inner.file_bytes_sent.clone()),
                 (None, None, None) => axum::body::Body::from(part),
             };
             let mut response = (StatusCode::OK, body).into_response();
@@ -969,14 +980,22 @@ pub(super) fn gated_body(
 }
 
 /// `bytes` as a body that trickles out at `rate` bytes a second.
-pub(super) fn slow_body(bytes: Vec<u8>, rate: u64) -> axum::body::Body {
+pub(super) fn slow_body(
+    bytes: Vec<u8>,
+    rate: u64,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+) -> axum::body::Body {
     const PIECE: usize = 64 * 1024;
     let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
     let pieces: Vec<Bytes> = bytes.chunks(PIECE).map(Bytes::copy_from_slice).collect();
-    let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut rest| async move {
-        let piece = rest.next()?;
-        tokio::time::sleep(pause).await;
-        Some((Ok::<_, std::io::Error>(piece), rest))
+    let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut rest| {
+        let sent = sent.clone();
+        async move {
+            let piece = rest.next()?;
+            tokio::time::sleep(pause).await;
+            sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Some((Ok::<_, std::io::Error>(piece), rest))
+        }
     });
     axum::body::Body::from_stream(stream)
 }

@@ -393,7 +393,11 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                 // No checksum header: PureBoot sends one only when it has one.
                 Some(bytes) => match inner.file_rate {
                     None => (StatusCode::OK, bytes.clone()).into_response(),
-                    Some(rate) => (StatusCode::OK, slow_body(bytes.clone(), rate)).into_response(),
+                    Some(rate) => (
+                        StatusCode::OK,
+                        slow_body(bytes.clone(), rate, inner.file_bytes_sent.clone()),
+                    )
+                        .into_response(),
                 },
                 None => detail(StatusCode::NOT_FOUND, "File not found"),
             }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::content::fill::Progress;
-use crate::content::{ContentCache, Lookup};
+use crate::content::{CacheError, ContentCache, Lookup};
 use crate::serve::bootfiles;
 use crate::serve::fsroot::{PathError, ServedRoot};
 
@@ -98,13 +98,14 @@ pub async fn serve(
     requested: String,
     headers: &HeaderMap,
     cache: Option<&Arc<ContentCache>>,
+    client: Option<std::net::IpAddr>,
 ) -> Response {
     let lookup = requested.clone();
     let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
     let path = match resolved {
         Ok(Ok(path)) => path,
         Ok(Err(PathError::NotFound(_))) if let Some(cache) = cache => {
-            return from_cache(cache, &requested, headers).await;
+            return from_cache(cache, &requested, headers, client).await;
         }
         Ok(Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_)))) => {
             return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
@@ -236,7 +237,12 @@ fn respond(body: Body, status: StatusCode, start: u64, count: Option<u64>, len: 
 /// A file the agent does not serve from its roots: from the content
 /// cache (DESIGN §12), which fetches it from the controller on a miss and
 /// streams it while it fills.
-async fn from_cache(cache: &Arc<ContentCache>, requested: &str, headers: &HeaderMap) -> Response {
+async fn from_cache(
+    cache: &Arc<ContentCache>,
+    requested: &str,
+    headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
+) -> Response {
     // Only paths that passed the same sanitising as local files go out,
     // as the sanitised segments.
     let Some(clean) = crate::serve::fsroot::sanitise(requested)
@@ -245,14 +251,31 @@ async fn from_cache(cache: &Arc<ContentCache>, requested: &str, headers: &Header
     else {
         return (StatusCode::FORBIDDEN, "path not allowed\n").into_response();
     };
-    let fill = match cache.lookup(&clean) {
+    let fill = match cache.lookup_for(&clean, client) {
         Ok(Lookup::Hit { file, sha256, .. }) => {
             let response = serve_mapped(&file, requested, headers).await;
             return with_checksum(response, sha256);
         }
         Ok(Lookup::Filling(fill)) => fill,
+        Ok(Lookup::Missing) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("file {requested:?} not found here or at the controller\n"),
+            )
+                .into_response();
+        }
+        Err(e @ CacheError::Busy(_)) => {
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
         Err(e) => return internal(format!("content cache: {e}")),
     };
+    // This request waits for the fill until it has its reader (which
+    // waits in turn): a fill no client waits for is abandoned.
+    let _waiting = fill.waiting();
     let total = match fill.started().await {
         Progress::Filling { total, .. } => total,
         Progress::Done { len } => Some(len),

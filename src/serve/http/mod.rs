@@ -213,9 +213,18 @@ async fn boot(
 async fn asset(
     State(state): State<Arc<AppState>>,
     Path(path): Path<String>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    assets::serve(state.roots.clone(), path, &headers, state.cache.as_ref()).await
+    let client = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    assets::serve(
+        state.roots.clone(),
+        path,
+        &headers,
+        state.cache.as_ref(),
+        client,
+    )
+    .await
 }
 
 /// 200 while the agent can do its work; 503 while its store cannot write

@@ -217,8 +217,8 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors (EMFILE) or the like: wait a
                 // moment rather than spin; connections ending free some.
@@ -246,7 +246,7 @@ pub async fn serve(
         let app = app.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            serve_connection(stream, app, connection, limits, clock, stop).await;
+            serve_connection(stream, peer, app, connection, limits, clock, stop).await;
             registry.remove(id);
         });
     }
@@ -256,6 +256,7 @@ pub async fn serve(
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     connection: Arc<Connection>,
     limits: ServerLimits,
@@ -268,7 +269,12 @@ async fn serve_connection(
         clock,
     });
     let service_connection = connection.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Who asks, for what nodes may make the agent do per client
+        // (content-cache misses, DESIGN §12).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let guard = RequestGuard {
             connection: service_connection.clone(),
             clock,

@@ -46,12 +46,13 @@ pub enum OpenError {
 
 /// Where the server gets its files from.
 pub trait FileProvider: Send + Sync + 'static {
-    /// Opens `filename` for a client whose request reached `local` (the
-    /// server address it used, for files that embed a URL).
+    /// Opens `filename` for client `peer` whose request reached `local`
+    /// (the server address it used, for files that embed a URL).
     fn open(
         &self,
         filename: &str,
         local: SocketAddr,
+        peer: SocketAddr,
     ) -> impl Future<Output = Result<OpenedFile, OpenError>> + Send;
 }
 
@@ -380,7 +381,7 @@ async fn serve_one<P: FileProvider>(
     let local = socket.local_addr().unwrap_or(SocketAddr::new(bind_ip, 0));
     let counters = crate::metrics::metrics();
     let outcome = |outcome: &str| counters.tftp_outcome(outcome);
-    let file = match provider.open(&request.filename, local).await {
+    let file = match provider.open(&request.filename, local, peer).await {
         Ok(file) => file,
         Err(e) => {
             outcome("refused");
