@@ -30,6 +30,8 @@ fn path_text() -> impl Strategy<Value = String> {
             Just("%2e"),
             Just("?"),
             Just("#"),
+            Just(";"),
+            Just(" "),
             Just("\\"),
             Just("\u{0}"),
             Just("\n"),
@@ -157,8 +159,8 @@ proptest! {
                 // It is the request, minus leading slashes, unchanged.
                 prop_assert_eq!(text, path.trim_start_matches('/'));
                 for segment in text.split('/') {
-                    prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
-                    prop_assert!(!segment.chars().any(|c| matches!(c, '%' | '?' | '#' | '\\') || c.is_control()));
+                    prop_assert!(!segment.is_empty() && !segment.chars().all(|c| matches!(c, '.' | ' ')));
+                    prop_assert!(!segment.chars().any(|c| matches!(c, '%' | '?' | '#' | ';' | '\\') || c.is_control()));
                 }
                 prop_assert!(clean.is_relative());
             }
@@ -167,8 +169,10 @@ proptest! {
                 let refusable = trimmed.is_empty()
                     || trimmed.as_bytes().get(1) == Some(&b':')
                     || trimmed.split('/').any(|s| {
-                        s.is_empty() || s == "." || s == ".."
-                            || s.chars().any(|c| matches!(c, '%' | '?' | '#' | '\\') || c.is_control())
+                        // Dots with trailing dots or spaces (`...`, `.. `)
+                        // and `;` path parameters too (issue 19 item 13).
+                        s.is_empty() || s.chars().all(|c| matches!(c, '.' | ' '))
+                            || s.chars().any(|c| matches!(c, '%' | '?' | '#' | ';' | '\\') || c.is_control())
                     });
                 prop_assert!(refusable, "{:?} was refused without cause", path);
             }
