@@ -197,16 +197,7 @@ impl Snapshot {
 
 /// Percentage of the filesystem holding `path` that is in use.
 pub fn disk_usage_percent(path: &std::path::Path) -> Option<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes only into the struct we pass; the path is a
-    // valid NUL-terminated string for the call's duration.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
-        return None;
-    }
-    let used = stat.f_blocks.saturating_sub(stat.f_bfree) as f64;
-    Some((used / stat.f_blocks as f64 * 1000.0).round() / 10.0)
+    crate::store::disk::usage_percent(path)
 }
 
 #[cfg(test)]

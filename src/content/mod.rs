@@ -153,6 +153,31 @@ pub struct ContentCache {
     client_misses: crate::ratelimit::KeyedRate<std::net::IpAddr>,
     /// Fills that client misses started and that have not ended.
     client_fills: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes set aside for fills under way (their announced lengths):
+    /// counted with the cached files against `cache.max_bytes`.
+    reserved: Arc<AtomicU64>,
+}
+
+/// Room on the data directory's filesystem the cache never takes: the
+/// store's writes (the queue, the node cache) come first (DESIGN §12).
+pub const STORE_RESERVE: u64 = 64 << 20;
+
+/// The start of the reason a fill gives up on a file it must not keep
+/// (larger than the room under `cache.max_bytes` or on the disk): such a
+/// file is streamed through to its clients instead.
+pub const UNCACHEABLE: &str = "cannot be kept in the content cache";
+
+/// Room set aside for one fill; given back when the fill ends (by then a
+/// kept file is counted among the entries).
+struct Reservation {
+    reserved: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// A shared byte pace: each caller reserves its bytes' share of time.
@@ -272,6 +297,7 @@ impl ContentCache {
             missing: Mutex::new(HashMap::new()),
             client_misses: crate::ratelimit::KeyedRate::new(settings.misses_per_client),
             client_fills: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            reserved: Arc::new(AtomicU64::new(0)),
             settings,
         })
     }
@@ -540,6 +566,7 @@ impl ContentCache {
         let mut written: u64 = 0;
         let mut expected: Option<(Option<u64>, Option<String>, Option<String>)> = None;
         let mut resumes = 0;
+        let mut room: Option<Reservation> = None;
         loop {
             let request = FileRequest {
                 from: written,
@@ -568,6 +595,11 @@ impl ContentCache {
             } = remote;
             match &expected {
                 None => {
+                    // Room first (DESIGN §12): a length that cannot fit is
+                    // never written here.
+                    if let Some(total) = total {
+                        room = Some(self.reserve(total).await?);
+                    }
                     writer.announce(sha256.clone());
                     expected = Some((total, sha256, etag));
                 }
@@ -623,6 +655,17 @@ impl ContentCache {
                         }
                         hasher.update(&chunk);
                         buffer.extend_from_slice(&chunk);
+                        if room.is_none() {
+                            // No length announced: the file may take what
+                            // is left, and no more.
+                            let so_far = written + buffer.len() as u64;
+                            if so_far > self.room_left() {
+                                return Err(format!(
+                                    "{UNCACHEABLE}: {so_far} bytes so far, with no length \
+                                     announced, and no more room under cache.max_bytes"
+                                ));
+                            }
+                        }
                         if total.is_some_and(|t| written + buffer.len() as u64 > t) {
                             return Err(format!(
                                 "the controller sent more than the {} bytes it announced",
@@ -679,6 +722,7 @@ impl ContentCache {
                 sha256: sum,
                 verified: announced.is_some(),
                 etag,
+                _room: room,
             });
         }
     }
@@ -768,6 +812,10 @@ impl ContentCache {
                 );
                 writer.report(Progress::Done { len: entry.size });
                 self.evict_over_limit().await;
+            }
+            Err(reason) if reason.starts_with(UNCACHEABLE) => {
+                tracing::info!(path, %reason, "file not kept; its clients get it passed through");
+                writer.report(Progress::Failed(reason));
             }
             Err(reason) if reason == ABANDONED => {
                 crate::metrics::metrics().content_request("abandoned");
@@ -887,23 +935,28 @@ impl ContentCache {
     /// Evicts unpinned files, least recently used first, until the cache
     /// is within `cache.max_bytes`.
     async fn evict_over_limit(&self) {
+        // Room set aside for fills under way counts as taken.
+        let limit = self
+            .settings
+            .max_bytes
+            .saturating_sub(self.reserved.load(Ordering::Acquire));
         let victims: Vec<Entry> = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
             let mut total: u64 = entries.values().map(|e| e.size).sum();
-            if total <= self.settings.max_bytes {
+            if total <= limit {
                 return;
             }
             let mut unpinned: Vec<&Entry> = entries.values().filter(|e| !e.pinned).collect();
             unpinned.sort_by_key(|e| e.last_used);
             let mut victims = Vec::new();
             for entry in unpinned {
-                if total <= self.settings.max_bytes {
+                if total <= limit {
                     break;
                 }
                 total -= entry.size;
                 victims.push(entry.clone());
             }
-            if total > self.settings.max_bytes {
+            if total > limit {
                 tracing::warn!(
                     bytes = total,
                     max = self.settings.max_bytes,
@@ -925,6 +978,84 @@ impl ContentCache {
             .fetch_add(victims.len() as u64, Ordering::Relaxed);
         for entry in victims {
             tracing::info!(path = %entry.path, bytes = entry.size, "evicted from the content cache");
+        }
+    }
+
+    /// Sets aside `bytes` for a fill (DESIGN §12), evicting unpinned files
+    /// least recently used to make room; an error starting with
+    /// [`UNCACHEABLE`] when the file cannot fit beside the pinned files and
+    /// the other fills' room, or the disk would be left without the
+    /// store's reserve.
+    async fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
+        let max = self.settings.max_bytes;
+        {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let pinned: u64 = entries.values().filter(|e| e.pinned).map(|e| e.size).sum();
+            // Checked and taken at once: two fills never both get the
+            // last of the room.
+            let taken = self
+                .reserved
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                    (pinned.saturating_add(r).saturating_add(bytes) <= max).then_some(r + bytes)
+                });
+            if let Err(reserved) = taken {
+                return Err(format!(
+                    "{UNCACHEABLE}: {bytes} bytes do not fit under cache.max_bytes = {max} \
+                     ({pinned} pinned, {reserved} set aside for fills under way)"
+                ));
+            }
+        }
+        let room = Reservation {
+            reserved: self.reserved.clone(),
+            bytes,
+        };
+        self.evict_over_limit().await;
+        if let Some(available) = crate::store::disk::available_bytes(&self.files) {
+            let cached_beyond_limit = {
+                let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+                let cached: u64 = entries.values().map(|e| e.size).sum();
+                cached.saturating_sub(max.saturating_sub(self.reserved.load(Ordering::Acquire)))
+            };
+            if available < bytes.saturating_add(STORE_RESERVE) + cached_beyond_limit {
+                return Err(format!(
+                    "{UNCACHEABLE}: {bytes} bytes would leave the disk under the {STORE_RESERVE} \
+                     bytes kept for the store's writes ({available} available)"
+                ));
+            }
+        }
+        Ok(room)
+    }
+
+    /// What an unannounced fill may still take: under `cache.max_bytes`,
+    /// and on the disk beside the store's reserve.
+    fn room_left(&self) -> u64 {
+        let under_limit = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let cached: u64 = entries.values().map(|e| e.size).sum();
+            self.settings
+                .max_bytes
+                .saturating_sub(cached)
+                .saturating_sub(self.reserved.load(Ordering::Acquire))
+        };
+        let on_disk = crate::store::disk::available_bytes(&self.files)
+            .map_or(u64::MAX, |free| free.saturating_sub(STORE_RESERVE));
+        under_limit.min(on_disk)
+    }
+
+    /// A file the cache cannot keep, straight from the controller to one
+    /// client. Only a client whose fill was admitted (under
+    /// `cache.max_fills` and its miss rate) and then found the file too
+    /// large gets here, so this is bounded by those.
+    pub async fn pass_through(&self, path: &str) -> Result<crate::central::RemoteFile, CacheError> {
+        let request = FileRequest {
+            from: 0,
+            if_none_match: None,
+        };
+        crate::metrics::metrics().content_request("passed_through");
+        match self.port.fetch_file(path, request).await {
+            Ok(FileAnswer::Body(remote)) => Ok(remote),
+            Ok(_) => Err(CacheError::NotCached(path.to_string())),
+            Err(e) => Err(CacheError::Busy(format!("the controller: {e}"))),
         }
     }
 
@@ -1087,6 +1218,8 @@ struct Verified {
     sha256: String,
     verified: bool,
     etag: Option<String>,
+    /// Held until the entry is indexed.
+    _room: Option<Reservation>,
 }
 
 /// Writes `buffer` at `at`; the new end.

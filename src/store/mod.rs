@@ -4,6 +4,7 @@
 //! All calls here block; async code goes through [`Store::call`], which runs
 //! them on tokio's blocking pool so that disk I/O never stalls the runtime.
 
+pub mod disk;
 pub mod nodes;
 
 use std::path::{Path, PathBuf};

@@ -286,6 +286,9 @@ async fn from_cache(
             )
                 .into_response();
         }
+        Progress::Failed(reason) if reason.starts_with(crate::content::UNCACHEABLE) => {
+            return passed_through(cache, &clean).await;
+        }
         Progress::Failed(reason) => {
             tracing::warn!(path = %logsafe::shown(requested), reason = %logsafe::shown(&reason),
                 "asset fill failed");
@@ -322,6 +325,33 @@ async fn from_cache(
         ),
     };
     with_checksum(response, fill.announced())
+}
+
+/// A file the cache cannot keep (DESIGN §12), streamed from the
+/// controller to this client without being written here. The whole file
+/// (a Range is not passed on): installers that resume re-read it.
+async fn passed_through(cache: &Arc<ContentCache>, path: &str) -> Response {
+    match cache.pass_through(path).await {
+        Ok(remote) => {
+            let len = remote.total;
+            let response = respond(
+                Body::from_stream(remote.body),
+                StatusCode::OK,
+                0,
+                len,
+                len.unwrap_or(0),
+            );
+            with_checksum(response, remote.sha256)
+        }
+        Err(e @ CacheError::Busy(_)) => {
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Passes the controller's checksum on to the node (installers check it).
