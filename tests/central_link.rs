@@ -504,7 +504,11 @@ fn a_real_controllers_answers_drive_live_decisions(dialect: Dialect) {
     assert!(!log.contains("garbage"), "{log}");
 }
 
-fn heartbeat_commands_take_effect(dialect: Dialect) {
+/// §6 controllers only: PureBoot's heartbeat never delivers a command
+/// (its list is always empty), and its fake is as strict.
+#[test]
+fn heartbeat_commands_take_effect() {
+    let dialect = Dialect::Design;
     let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:27:01";
     controller.set_node(mac, "retired", None);
@@ -641,6 +645,7 @@ fn the_first_heartbeat_follows_registration_then_the_controllers_interval(dialec
     let controller = FakeController::start_as(dialect);
     controller.set_heartbeat_interval(3600);
     let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
         .config(
             &central_config(&controller)
                 .replace("heartbeat_interval = \"1s\"", "heartbeat_interval = \"1h\""),
@@ -859,7 +864,6 @@ against_both_controllers!(
     concurrent_boots_for_one_mac_make_one_controller_call,
     garbage_and_errors_never_panic_or_poison_the_cache,
     unknown_mac_is_registered_at_the_controller,
-    heartbeat_commands_take_effect,
     install_assets_missing_here_are_proxied_from_the_controller,
     a_gateway_answering_502_for_a_dead_controller_means_offline,
     the_first_heartbeat_follows_registration_then_the_controllers_interval,

@@ -1015,6 +1015,7 @@ fn a_hanging_controller_does_not_hold_an_operators_write(dialect: Dialect) {
     let mac = "52:54:00:00:48:01";
     controller.set_node(mac, "active", None);
     let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
         .config(
             &central_config(&controller)
                 .replace("request_timeout = \"2s\"", "request_timeout = \"10s\""),
@@ -1045,6 +1046,7 @@ fn nodes_cannot_crowd_operators_out_of_the_queue(dialect: Dialect) {
     let operated = "52:54:00:00:49:01";
     controller.set_node(operated, "active", None);
     let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
         .config(&central_config(&controller).replace(
             "[queue]\n",
             "[queue]\nmax_items = 300\nnode_items_per_minute = 5\n",

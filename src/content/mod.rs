@@ -17,6 +17,7 @@
 pub mod fill;
 pub mod index;
 
+use crate::central::CentralError;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -578,7 +579,14 @@ impl ContentCache {
                 Ok(FileAnswer::NotModified) => {
                     return Err("the controller answered 304 to an unconditional request".into());
                 }
-                Err(e) if written > 0 && resumes < RESUMES => {
+                // A broken stream resumes where it stopped; a request that
+                // could not be sent (a pooled connection the controller
+                // had just closed, a connect refused under load) is tried
+                // again too, a few times.
+                Err(e)
+                    if resumes < RESUMES
+                        && (written > 0 || matches!(e, CentralError::Unreachable(_))) =>
+                {
                     resumes += 1;
                     tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -1052,10 +1060,17 @@ impl ContentCache {
             if_none_match: None,
         };
         crate::metrics::metrics().content_request("passed_through");
-        match self.port.fetch_file(path, request).await {
-            Ok(FileAnswer::Body(remote)) => Ok(remote),
-            Ok(_) => Err(CacheError::NotCached(path.to_string())),
-            Err(e) => Err(CacheError::Busy(format!("the controller: {e}"))),
+        let mut tries = 0;
+        loop {
+            match self.port.fetch_file(path, request.clone()).await {
+                Ok(FileAnswer::Body(remote)) => return Ok(remote),
+                Ok(_) => return Err(CacheError::NotCached(path.to_string())),
+                Err(CentralError::Unreachable(_)) if tries < RESUMES => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(CacheError::Busy(format!("the controller: {e}"))),
+            }
         }
     }
 

@@ -16,6 +16,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// The bearer token the §6 fake wants on every call but `/health`
+/// (DESIGN §6: every call carries `Authorization: Bearer <token>`).
+pub const DESIGN_TOKEN: &str = "design-fake-token-7f3a";
+
 /// Which controller the fake is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -206,6 +210,8 @@ impl FakeController {
             super::pureboot::SITE_TOKEN,
         )
         .expect("write site token");
+        std::fs::write(secrets.path().join("design-token"), DESIGN_TOKEN)
+            .expect("write design token");
         let controller = FakeController {
             inner: Arc::new(Mutex::new(Inner {
                 heartbeat_interval: 1,
@@ -231,7 +237,11 @@ impl FakeController {
     /// site's agent token in the registration body).
     pub fn central_toml(&self) -> String {
         match self.dialect {
-            Dialect::Design => format!("url = \"{}\"\n", self.url()),
+            Dialect::Design => format!(
+                "url = \"{}\"\ntoken_file = \"{}\"\n",
+                self.url(),
+                self.secrets.path().join("design-token").display()
+            ),
             Dialect::PureBoot => format!(
                 "url = \"{}\"\ntoken_file = \"{}\"\nregistration_token_file = \"{}\"\n",
                 self.url(),
@@ -706,6 +716,21 @@ fn route(
     }
     let mut inner = inner.lock().expect("lock");
     let q = query_map(&query);
+    // §6: every call but the health check carries the bearer token (the
+    // scheme in any case, RFC 7235).
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_at_checked(7))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer "))
+        .map(|(_, token)| token);
+    if path != "/health" && bearer != Some(DESIGN_TOKEN) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response();
+    }
     match (method.as_str(), path.as_str()) {
         ("GET", "/health") => (StatusCode::OK, "ok").into_response(),
         ("POST", "/api/v1/agents/register") => axum::Json(json!({

