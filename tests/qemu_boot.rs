@@ -179,9 +179,9 @@ fn boot_vm_and_expect(
 fn linked_agent(controller: &common::controller::FakeController, extra: &str, nodes: u64) -> Agent {
     let agent = AgentBuilder::new()
         .config(&format!(
-            "[central]\nurl = \"{}\"\ncheck_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+            "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
              failure_threshold = 1\n{extra}",
-            controller.url()
+            controller.central_toml()
         ))
         .start();
     let status = || common::get_json(&agent.url("/api/v1/status"));
@@ -262,8 +262,8 @@ fn bios_ipxe_pending_node_at_the_controller_gets_a_live_install() {
     }));
     controller.set_node(mac, "pending", Some("debian"));
     let builder = AgentBuilder::new().config(&format!(
-        "[central]\nurl = \"{}\"\ncheck_interval = \"1s\"\nrequest_timeout = \"2s\"\n",
-        controller.url()
+        "[central]\n{}check_interval = \"1s\"\nrequest_timeout = \"2s\"\n",
+        controller.central_toml()
     ));
     boot_and_expect(
         builder,
