@@ -4,6 +4,19 @@ mod common;
 
 use common::AgentBuilder;
 
+/// A refusal: exit status 1 with a message, never a panic (101) or a
+/// signal.
+fn assert_refused(out: &std::process::Output, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit status 1, got {:?}: {}",
+        out.status,
+        stderr(out)
+    );
+    assert!(!stderr(out).contains("panicked"), "{what}: {}", stderr(out));
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -114,7 +127,7 @@ fn nodes_refuse_bad_input_clearly() {
     ];
     for (args, expected) in cases {
         let out = b.cli(args);
-        assert!(!out.status.success(), "{args:?} should fail");
+        assert_refused(&out, &format!("{args:?}"));
         assert!(
             stderr(&out).contains(expected),
             "{args:?}: {}",
@@ -164,7 +177,7 @@ fn nodes_refuse_while_the_agent_holds_the_database() {
         .arg(&config)
         .output()
         .expect("run");
-    assert!(!out.status.success());
+    assert_refused(&out, "nodes list on a database in use");
     let err = stderr(&out);
     assert!(err.contains("in use by another siteboot process"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -207,7 +220,7 @@ fn nodes_read_the_same_environment_as_serve() {
         .current_dir(dir.path())
         .output()
         .expect("run");
-    assert!(!bad.status.success());
+    assert_refused(&bad, "a bad variable");
     assert!(
         stderr(&bad).contains("tftp.max_sessions"),
         "{}",
@@ -226,7 +239,7 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
     );
     let b = AgentBuilder::new().config("[offline]\ndefault_action = \"reinstall\"\n");
     let out = b.cli(&["check-config"]);
-    assert!(!out.status.success());
+    assert_refused(&out, "check-config with a bad value");
     assert!(
         stderr(&out).contains("offline.default_action"),
         "{}",
@@ -306,7 +319,7 @@ fn a_data_dir_inside_a_served_root_is_refused() {
     let inside = b.path().join("boot-assets").join("data");
     let b = b.env("SITEBOOT_DATA_DIR", &inside.display().to_string());
     let out = b.cli(&["check-config"]);
-    assert!(!out.status.success(), "check-config said OK");
+    assert_refused(&out, "check-config with data_dir in tftp.root");
     let err = stderr(&out);
     assert!(
         err.contains("data_dir") && err.contains("tftp.root"),
