@@ -572,3 +572,38 @@ fn a_timeout_above_the_cap_is_not_negotiated() {
     );
     assert!(options.iter().any(|o| o == "tsize"), "{options:?}");
 }
+
+/// DESIGN §10 `tftp.stall_timeout`, untested until issue 19: a client
+/// that never acknowledges is given up on once the transfer has made no
+/// progress for the stall timeout, before the retry limit (5) would end
+/// it. Counted in retransmissions received, not timed: at 1 s per round,
+/// a 2 s stall timeout ends it after at most 4 copies of block 1, where
+/// the retry limit alone would send 6.
+#[test]
+fn a_transfer_that_makes_no_progress_ends_at_the_stall_timeout() {
+    let agent = AgentBuilder::new()
+        .asset("stalled.bin", &common::pattern(10_000, 7))
+        .env("SITEBOOT_TFTP_STALL_TIMEOUT", "2s")
+        .start();
+    let client = raw_client();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    client
+        .send_to(&rrq("stalled.bin", &[]), agent.tftp)
+        .expect("send");
+    let mut copies = 0;
+    loop {
+        let (packet, _) = recv(&client);
+        match opcode(&packet) {
+            3 => copies += 1,
+            5 => break,
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+    assert!(copies >= 1, "block 1 was sent");
+    assert!(
+        copies <= 4,
+        "{copies} copies of block 1: the stall timeout did not end the transfer"
+    );
+}
