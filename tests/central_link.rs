@@ -552,6 +552,19 @@ fn heartbeat_commands_take_effect() {
         controller.calls_to("POST", "/api/v1/agents/register").len() > registrations
     });
     controller.forget_agent(false);
+    // And one that answers 401 (its credentials were reset): the same.
+    let registrations = controller.calls_to("POST", "/api/v1/agents/register").len();
+    controller.inject(
+        "POST",
+        "/api/v1/agents/heartbeat",
+        None,
+        401,
+        std::time::Duration::ZERO,
+        1,
+    );
+    wait_until(LONG, "re-registration after 401", || {
+        controller.calls_to("POST", "/api/v1/agents/register").len() > registrations
+    });
 }
 
 fn install_assets_missing_here_are_proxied_from_the_controller(dialect: Dialect) {
