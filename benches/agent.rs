@@ -171,6 +171,10 @@ fn hardening_benchmark(dir: &Path) {
     std::fs::create_dir_all(&case).expect("mkdir");
     let env = [
         ("SITEBOOT_CENTRAL_URL", controller.url()),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
         ("SITEBOOT_SITE_ID", "bench".to_string()),
     ];
     let (_agent, http, _) = start_agent_with(&case, &case.join("boot-assets"), &env);
@@ -200,6 +204,10 @@ fn hardening_benchmark(dir: &Path) {
     std::fs::create_dir_all(&case).expect("mkdir");
     let env = [
         ("SITEBOOT_CENTRAL_URL", controller.url()),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
         ("SITEBOOT_SITE_ID", "bench".to_string()),
         ("SITEBOOT_CENTRAL_REQUEST_TIMEOUT", "20s".to_string()),
     ];
@@ -688,18 +696,39 @@ fn central_benchmark(dir: &Path) {
         "{:<40} {:>10} {:>9} {:>9} {:>9}",
         "controller", "req/s", "p50 ms", "p99 ms", "max ms"
     );
-    let cases: [(&str, Option<controller::Mode>); 3] = [
+    // What happens to the controller during the measured run: nothing,
+    // or, 3 s in, its socket closes (it dies under load) or it stops
+    // answering while keeping connections open (a black hole).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Midway {
+        Nothing,
+        Dies,
+        BlackHoles,
+    }
+    let cases: [(&str, Option<controller::Mode>, Midway); 5] = [
         (
             "(a) healthy (target p99 < 5 ms)",
             Some(controller::Mode::Healthy),
+            Midway::Nothing,
         ),
         (
             "(b) answers after 2 s (p99 < 305 ms)",
             Some(controller::Mode::Slow(Duration::from_secs(2))),
+            Midway::Nothing,
         ),
-        ("(c) dead (target p99 < 305 ms)", None),
+        ("(c) down from the start", None, Midway::Nothing),
+        (
+            "(d) dies 3 s into the run",
+            Some(controller::Mode::Healthy),
+            Midway::Dies,
+        ),
+        (
+            "(e) black-holes 3 s into the run",
+            Some(controller::Mode::Healthy),
+            Midway::BlackHoles,
+        ),
     ];
-    for (name, mode) in cases {
+    for (name, mode, midway) in cases {
         let case_dir = dir.join(format!("central-{}", &name[1..2]));
         std::fs::create_dir_all(&case_dir).expect("mkdir");
         populate(&case_dir, &macs, &[NodeState::Active]);
@@ -712,13 +741,29 @@ fn central_benchmark(dir: &Path) {
         }
         let env = [
             ("SITEBOOT_CENTRAL_URL", controller.url()),
+            (
+                "SITEBOOT_CENTRAL_TOKEN_FILE",
+                controller.token_file().display().to_string(),
+            ),
             ("SITEBOOT_SITE_ID", "bench".to_string()),
         ];
         let (_agent, http, _) = start_agent_with(&case_dir, &case_dir.join("boot-assets"), &env);
         if mode == Some(controller::Mode::Healthy) {
             wait_for_mode(http, "online", Duration::from_secs(30)).expect("agent online");
         }
-        let result = runtime.block_on(load(http, macs.clone(), Endpoint::Boot));
+        let result = std::thread::scope(|scope| {
+            if midway != Midway::Nothing {
+                let controller = &controller;
+                scope.spawn(move || {
+                    std::thread::sleep(HTTP_WARMUP + Duration::from_secs(3));
+                    match midway {
+                        Midway::Dies => controller.down(),
+                        _ => controller.set_mode(controller::Mode::Slow(Duration::from_secs(3600))),
+                    }
+                });
+            }
+            runtime.block_on(load(http, macs.clone(), Endpoint::Boot))
+        });
         print_row(name, &result);
     }
     controller.up_if_down();
@@ -732,7 +777,13 @@ fn central_benchmark(dir: &Path) {
     ] {
         let case_dir = dir.join(format!("offline-{}", interval.unwrap_or("default")));
         std::fs::create_dir_all(&case_dir).expect("mkdir");
-        let mut env = vec![("SITEBOOT_CENTRAL_URL", controller.url())];
+        let mut env = vec![
+            ("SITEBOOT_CENTRAL_URL", controller.url()),
+            (
+                "SITEBOOT_CENTRAL_TOKEN_FILE",
+                controller.token_file().display().to_string(),
+            ),
+        ];
         if let Some(interval) = interval {
             env.push(("SITEBOOT_CENTRAL_CHECK_INTERVAL", interval.to_string()));
         }
@@ -945,6 +996,10 @@ fn replay_benchmark(dir: &Path, raw: f64) {
     controller.down();
     let env = [
         ("SITEBOOT_CENTRAL_URL", controller.url()),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
         ("SITEBOOT_SITE_ID", "bench".to_string()),
         ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "100ms".to_string()),
         ("SITEBOOT_CENTRAL_SYNC_INTERVAL", "1h".to_string()),
@@ -1253,6 +1308,10 @@ fn replay_with_conflicts(dir: &Path, items: usize, every: usize, policy: &str) -
     controller.down();
     let env = [
         ("SITEBOOT_CENTRAL_URL", controller.url()),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
         ("SITEBOOT_SITE_ID", "bench".to_string()),
         ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "100ms".to_string()),
         ("SITEBOOT_CENTRAL_SYNC_INTERVAL", "1h".to_string()),
@@ -1407,6 +1466,10 @@ fn cache_benchmark(dir: &Path, data: &[u8]) {
     controller.add_file("images/big.img", data);
     let env = [
         ("SITEBOOT_CENTRAL_URL", controller.url()),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
         ("SITEBOOT_SITE_ID", "bench".to_string()),
         ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "100ms".to_string()),
         ("SITEBOOT_CENTRAL_SYNC_INTERVAL", "1h".to_string()),

@@ -232,6 +232,15 @@ impl FakeController {
         format!("http://{}", self.addr)
     }
 
+    /// The file holding the bearer token this controller wants (§6: the
+    /// fake's own; PureBoot: the service account's API key).
+    pub fn token_file(&self) -> std::path::PathBuf {
+        match self.dialect {
+            Dialect::Design => self.secrets.path().join("design-token"),
+            Dialect::PureBoot => self.secrets.path().join("api-key"),
+        }
+    }
+
     /// The agent's `[central]` keys for this controller: its URL and,
     /// for PureBoot, the two credentials (an API key in the header, the
     /// site's agent token in the registration body).
