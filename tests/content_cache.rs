@@ -195,7 +195,23 @@ fn a_broken_stream_is_resumed_and_one_that_keeps_breaking_keeps_nothing() {
     let (status, _, bytes) = curl(&[&agent.url("/assets/debian/vmlinuz")]);
     assert_eq!(status, 200);
     assert!(bytes == file, "resumed file differs");
-    assert_eq!(downloads(&controller, "debian/vmlinuz"), 2);
+    // Resumed, not fetched twice: the second request asks for the rest.
+    let ranges: Vec<Option<String>> = controller
+        .calls_to("GET", "/api/v1/files/debian/vmlinuz")
+        .into_iter()
+        .map(|c| c.range)
+        .collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None, "the first request is for the whole file");
+    let resumed_at = ranges[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(
+        resumed_at.is_some_and(|n| n > 0 && n <= 1 << 20),
+        "the second request resumes within what was sent: {ranges:?}"
+    );
     let counts = stats(&agent);
     assert_eq!(
         (counts["fills"].clone(), counts["fill_failures"].clone()),

@@ -100,6 +100,12 @@ fn metrics_pass_promtool_and_move_with_boots_tftp_an_outage_and_a_replay() {
     // A TFTP transfer.
     let (_, _, bytes) = curl(&[&format!("tftp://127.0.0.1:{}/small.bin", agent.tftp.port())]);
     assert_eq!(bytes.len(), 100_000);
+    // The server counts a transfer when the final ACK reaches it, which
+    // may be after curl has exited: wait for it, then check the figures.
+    let tftp_before = value(&after_boot, "siteboot_tftp_sent_bytes_total").unwrap_or(0.0);
+    wait_until(LONG, "the transfer counted", || {
+        value(&scrape(&agent), "siteboot_tftp_sent_bytes_total").unwrap_or(0.0) > tftp_before
+    });
     let after_tftp = scrape(&agent);
     assert_eq!(
         value(&after_tftp, "siteboot_tftp_sent_bytes_total").unwrap_or(0.0)

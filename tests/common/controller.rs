@@ -59,6 +59,8 @@ pub struct Call {
     pub body: Value,
     pub authorization: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The `Range` header, as sent.
+    pub range: Option<String>,
     /// The status the fake answered with (0 while it has not answered).
     pub status: u16,
 }
@@ -580,6 +582,7 @@ async fn answer(
                 body: body_json.clone(),
                 authorization: None,
                 idempotency_key: idempotency_key.clone(),
+                range: None,
                 status: 0,
             });
             *recorded = Some(guard.calls.len() - 1);
@@ -604,6 +607,10 @@ async fn answer(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             idempotency_key: idempotency_key.clone(),
+            range: headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             status: 0,
         });
         *recorded = Some(guard.calls.len() - 1);
