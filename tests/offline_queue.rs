@@ -2632,3 +2632,33 @@ fn what_a_node_may_make_the_queue_hold_is_bounded_in_bytes() {
         "the cut report reached the controller"
     );
 }
+
+/// DESIGN §4 last-known scripts, issue 19's untested promise: the
+/// recorder writes in batches, and SIGTERM writes what it holds. Boots
+/// answered just before the signal are there after the restart.
+#[test]
+fn sigterm_writes_the_last_served_scripts() {
+    let controller = FakeController::start();
+    let macs: Vec<String> = (0..20).map(|n| format!("52:54:00:00:5f:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    let refs: Vec<&str> = macs.iter().map(String::as_str).collect();
+    let agent = synced_agent_with(
+        &controller,
+        &refs,
+        "[offline]\ndefault_action = \"last_known\"\n",
+    );
+    for mac in &macs {
+        assert!(boot(&agent, mac).contains("action=local source=live"));
+    }
+    let (status, stopped) = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    controller.down();
+    let agent = stopped.start();
+    for mac in &macs {
+        let (code, node) = call(&agent, "GET", &format!("/api/v1/nodes/{mac}"), None);
+        assert_eq!(code, 200, "{node}");
+        assert_eq!(node["last_served"]["action"], "local", "{mac}: {node}");
+    }
+}
