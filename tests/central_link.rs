@@ -956,3 +956,50 @@ fn a_controller_that_sends_both_mac_names_is_read() {
         "no known MAC registered again"
     );
 }
+
+/// DESIGN §10, issue 19's untested promise: at most 16 controller lookups
+/// run at once; a boot that finds no room is answered from the cache
+/// within its deadline, as if the lookup were slow. 40 known nodes boot at
+/// once against a controller that holds every answer for 30 s.
+#[test]
+fn at_most_sixteen_lookups_run_and_the_rest_are_answered_from_the_cache() {
+    let controller = FakeController::start();
+    let macs: Vec<String> = (0..40).map(|n| format!("52:54:00:00:2c:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    let agent = online_agent(&controller);
+    let token = admin_token(&agent);
+    let report = post_sync(&agent, &token, true);
+    assert_eq!(report["received"], 40, "{report}");
+    controller.set_mode(Mode::Slow(Duration::from_secs(30)));
+    let before = controller.calls_to("GET", "/api/v1/nodes").len();
+    let mut args = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "30".into(),
+        "-Z".into(),
+        "--parallel-max".into(),
+        "40".into(),
+        "-w".into(),
+        "%{http_code}\n".into(),
+        "-o".into(),
+        "/dev/null".into(),
+    ];
+    for mac in &macs {
+        args.push(agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64")));
+    }
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(codes.lines().filter(|c| *c == "200").count(), 40, "{codes}");
+    // Lookups are recorded as they arrive, before the fake's delay.
+    let lookups = controller.calls_to("GET", "/api/v1/nodes").len() - before;
+    assert!(
+        (1..=16).contains(&lookups),
+        "{lookups} lookups at once for 40 boots"
+    );
+    controller.set_mode(Mode::Healthy);
+}
