@@ -773,6 +773,15 @@ fn route(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            // A registration names a MAC (§6); none, or a malformed one,
+            // creates nothing.
+            if mac.parse::<siteboot::model::mac::Mac>().is_err() {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(json!({"error": format!("mac_address {mac:?} is not a MAC")})),
+                )
+                    .into_response();
+            }
             if let Some(existing) = inner.nodes.get(&mac) {
                 return (
                     StatusCode::CONFLICT,
@@ -826,6 +835,14 @@ fn route(
                 )
                     .into_response();
             };
+            // §3's states only.
+            if serde_json::from_value::<siteboot::model::node::NodeState>(json!(state)).is_err() {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": format!("unknown state {state:?}")})),
+                )
+                    .into_response();
+            }
             // DESIGN §6: a change made against another version is a 409
             // (when the test asks for version checks).
             let current = inner.nodes[&mac]["version"].as_u64().unwrap_or(0);
