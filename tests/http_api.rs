@@ -640,18 +640,12 @@ fn an_unreadable_record_is_quarantined_and_the_agent_starts() {
     }
     // One byte of the second record's JSON becomes a control character:
     // the database stays sound, the record does not decode.
-    let file = builder.path().join("data").join("siteboot.redb");
-    let mut bytes = std::fs::read(&file).expect("read database");
     let needle = b"flipped-node";
-    let mut flipped = 0;
-    let mut at = 0;
-    while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
-        bytes[at + i + needle.len() - 1] = 0x01;
-        flipped += 1;
-        at += i + needle.len();
-    }
-    assert!(flipped > 0, "the record's bytes were found in the file");
-    std::fs::write(&file, bytes).expect("write database");
+    common::corrupt_records(
+        &builder.path().join("data").join("siteboot.redb"),
+        needle,
+        needle.len() - 1,
+    );
 
     let agent = builder.start();
     let status = common::get_json(&agent.url("/api/v1/status"));

@@ -2522,18 +2522,11 @@ fn an_unreadable_conflict_record_is_quarantined_and_releases_its_node() {
     // A byte of the record's JSON becomes a control character: the
     // database stays sound, the record does not decode. `detected_at` is
     // written by conflict records alone.
-    let file = stopped.path().join("data").join("siteboot.redb");
-    let mut bytes = std::fs::read(&file).expect("read database");
-    let needle = b"detected_at";
-    let mut flipped = 0;
-    let mut at = 0;
-    while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
-        bytes[at + i + 2] = 0x01;
-        flipped += 1;
-        at += i + needle.len();
-    }
-    assert!(flipped > 0, "the record's bytes were found in the file");
-    std::fs::write(&file, bytes).expect("write database");
+    common::corrupt_records(
+        &stopped.path().join("data").join("siteboot.redb"),
+        b"detected_at",
+        2,
+    );
 
     let agent = stopped.start();
     wait_until(LONG, "online", || mode(&agent) == "online");

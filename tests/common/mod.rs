@@ -610,3 +610,20 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// Makes every stored record holding `needle` unreadable: its byte at
+/// `offset` (within the needle) becomes a control character, which JSON
+/// does not allow in a string. The database file stays sound (redb keeps
+/// no checksum of a value); only those records fail to decode.
+pub fn corrupt_records(database: &Path, needle: &[u8], offset: usize) {
+    let mut bytes = std::fs::read(database).expect("read database");
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+        bytes[at + i + offset] = 0x01;
+        flipped += 1;
+        at += i + needle.len();
+    }
+    assert!(flipped > 0, "the record's bytes were found in the file");
+    std::fs::write(database, bytes).expect("write database");
+}
