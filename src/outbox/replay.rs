@@ -317,6 +317,14 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
             }
             // A controller without versions cannot answer 409: the agent
             // looks before sending (DESIGN §8). A forced change skips it.
+            // A node found already in the wanted state is not a conflict:
+            // maybe this very change, applied by an attempt whose answer
+            // was lost, maybe another change to the same state that got
+            // there first. Such a controller keeps no idempotency keys, so
+            // the agent cannot tell: it sends the change (at least once; a
+            // controller that refuses the repeat as an invalid transition
+            // is read as having it, see `HttpController::set_state`), so an
+            // acknowledged change is never taken as made without being sent.
             if let Some(base) = base_time
                 && change.force != Some(true)
                 && let Some(now_there) = outbox
@@ -325,16 +333,8 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                     .await
                     .map_err(SendError::Central)?
                 && nanos(super::changed_at(&now_there)) > base
+                && now_there.state != change.state
             {
-                if now_there.state == change.state {
-                    // Already in the wanted state: most likely this very
-                    // change, applied by an attempt whose answer was lost
-                    // (such a controller keeps no idempotency keys). The
-                    // change is made; later ones build on it.
-                    let moved = Some((base, nanos(super::changed_at(&now_there))));
-                    take_response(outbox, now_there).await;
-                    return Ok(Sent::Moved(moved));
-                }
                 return Err(SendError::Stale(format!(
                     "the node changed at the controller ({} since {}) after this change was made here",
                     now_there.state.as_str(),

@@ -114,11 +114,10 @@ fn node_response(node: &Value) -> Value {
         "boot_mode": node.get("boot_mode").cloned().unwrap_or(json!("bios")),
         "pi_model": null, "group_id": null, "tags": node["tags"],
         "install_attempts": 0, "last_install_error": null,
-        // PureBoot's is nullable (a node whose state never changed has
-        // none); sent always here for now: with null, the SIGKILL test
-        // loses acknowledged writes (issue 19's closing note), a defect
-        // left open.
-        "state_changed_at": naive_time(changes),
+        // Nullable, as PureBoot's: a node whose state never changed has
+        // none (with it, the SIGKILL test found acknowledged writes taken
+        // as made and never sent: issue 19).
+        "state_changed_at": if changes > 1 { json!(naive_time(changes)) } else { Value::Null },
         "created_at": naive_time(0), "updated_at": naive_time(changes),
         "last_seen_at": null, "health_status": "unknown", "health_score": 100
     })
