@@ -803,15 +803,7 @@ fn route(
             inner.nodes.insert(mac.clone(), node.clone());
             inner.changed_at.insert(mac.clone(), generation);
             let answer = json!({"data": node});
-            record(
-                &mut inner,
-                "register",
-                &idempotency_key,
-                &mac,
-                &body_json,
-                201,
-                &answer,
-            );
+            record(&mut inner, "register", &idempotency_key, &mac, &body_json);
             (StatusCode::CREATED, axum::Json(answer)).into_response()
         }
         ("PATCH", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/state") => {
@@ -867,15 +859,7 @@ fn route(
             node["version"] = json!(node["version"].as_u64().unwrap_or(0) + 1);
             let answer = json!({"data": node.clone()});
             inner.changed_at.insert(mac.clone(), generation);
-            record(
-                &mut inner,
-                "set_state",
-                &idempotency_key,
-                &mac,
-                &body_json,
-                200,
-                &answer,
-            );
+            record(&mut inner, "set_state", &idempotency_key, &mac, &body_json);
             axum::Json(answer).into_response()
         }
         ("POST", "/api/v1/report") => {
@@ -884,15 +868,7 @@ fn route(
                 .unwrap_or_default()
                 .to_string();
             let answer = json!({"success": true});
-            record(
-                &mut inner,
-                "report",
-                &idempotency_key,
-                &mac,
-                &body_json,
-                200,
-                &answer,
-            );
+            record(&mut inner, "report", &idempotency_key, &mac, &body_json);
             axum::Json(answer).into_response()
         }
         ("GET", p) if p.starts_with("/api/v1/sites/") && p.ends_with("/nodes") => {
@@ -1058,16 +1034,7 @@ pub(super) fn slow_body(
     axum::body::Body::from_stream(stream)
 }
 
-pub(super) fn record(
-    inner: &mut Inner,
-    op: &str,
-    key: &Option<String>,
-    mac: &str,
-    body: &Value,
-    status: u16,
-    answer: &Value,
-) {
-    let _ = (status, answer);
+pub(super) fn record(inner: &mut Inner, op: &str, key: &Option<String>, mac: &str, body: &Value) {
     inner.applied.push(Applied {
         op: op.to_string(),
         key: key.clone(),

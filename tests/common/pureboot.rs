@@ -294,7 +294,7 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             inner.changed_at.insert(mac.clone(), generation);
             let answer = json!({"success": true, "data": node_response(&node),
                                 "message": "Node registered successfully"});
-            record(inner, "register", &None, &mac, body, 201, &answer);
+            record(inner, "register", &None, &mac, body);
             (StatusCode::CREATED, axum::Json(answer)).into_response()
         }
         ("PATCH", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/state") => {
@@ -332,7 +332,7 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             let answer = json!({"success": true, "data": node_response(node),
                                 "message": format!("Node transitioned to {to}")});
             inner.changed_at.insert(mac.clone(), generation);
-            record(inner, "set_state", &None, &mac, body, 200, &answer);
+            record(inner, "set_state", &None, &mac, body);
             axum::Json(answer).into_response()
         }
         ("POST", "/api/v1/report") => {
@@ -380,15 +380,7 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                         .collect()
                 })
                 .unwrap_or_default();
-            record(
-                inner,
-                "report",
-                &None,
-                &mac,
-                &Value::Object(kept),
-                200,
-                &answer,
-            );
+            record(inner, "report", &None, &mac, &Value::Object(kept));
             axum::Json(answer).into_response()
         }
         // The site's own nodes (every node of the fake is at its one
