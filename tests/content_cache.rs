@@ -228,6 +228,65 @@ fn a_broken_stream_is_resumed_and_one_that_keeps_breaking_keeps_nothing() {
     assert!(leftovers(&agent).is_empty());
 }
 
+/// Issue 19, PureBoot's file route as it answers: `Range` ignored (a
+/// resumed request gets the whole file again, 200), a checksum only for
+/// a file uploaded with one, Content-Length always. A stream that breaks
+/// mid-file still arrives whole and correct: the agent skips what it has
+/// and hashes the file once; with a checksum known it is passed on, and
+/// a file without one is cached all the same.
+#[test]
+fn pureboot_files_cut_mid_stream_arrive_whole_without_range() {
+    let controller = FakeController::pureboot();
+    let file = common::pattern(4 << 20, 19);
+    controller.add_file("debian/vmlinuz", &file);
+    controller.add_file("debian/initrd.gz", &file[..3 << 20]);
+    let sum = common::controller::sha256_hex(&file);
+    controller.set_file_checksum("debian/vmlinuz", &sum);
+    let agent = online_agent(&controller, "");
+    controller.cut_files_after(1 << 20, 1);
+    let (status, headers, bytes) = curl(&[&agent.url("/assets/debian/vmlinuz")]);
+    assert_eq!(status, 200);
+    assert!(
+        bytes == file,
+        "file differs after a cut at a controller without Range"
+    );
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains(&format!("x-checksum-sha256: {sum}")),
+        "{headers}"
+    );
+    let calls = controller.calls_to("GET", "/api/v1/files/debian/vmlinuz");
+    assert_eq!(calls.len(), 2, "one resumption");
+    assert!(
+        calls[1].range.is_some() && calls[1].status == 200,
+        "asked for the rest, got the whole file: {:?} {}",
+        calls[1].range,
+        calls[1].status
+    );
+    controller.cut_files_after(512 << 10, 1);
+    let (status, headers, bytes) = curl(&[&agent.url("/assets/debian/initrd.gz")]);
+    assert_eq!(status, 200);
+    assert!(bytes == file[..3 << 20], "file without a checksum differs");
+    assert!(
+        !headers.to_ascii_lowercase().contains("x-checksum-sha256"),
+        "no checksum was sent: none is made up: {headers}"
+    );
+    let counts = stats(&agent);
+    assert_eq!(
+        (counts["fills"].clone(), counts["fill_failures"].clone()),
+        (2.into(), 0.into())
+    );
+    let mut cached = cached_paths(&agent);
+    cached.sort();
+    assert_eq!(cached, vec!["debian/initrd.gz", "debian/vmlinuz"]);
+    // Kept: served with the controller gone.
+    controller.down();
+    let (status, _, bytes) = curl(&[&agent.url("/assets/debian/vmlinuz")]);
+    assert_eq!(status, 200);
+    assert!(bytes == file, "cached file differs");
+}
+
 /// Issue 12: SIGKILL while a file is half fetched. After the restart no
 /// partial file is left or served: the file is fetched again, whole.
 #[test]

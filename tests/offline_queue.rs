@@ -2655,3 +2655,58 @@ fn sigterm_writes_the_last_served_scripts() {
         assert_eq!(node["last_served"]["action"], "local", "{mac}: {node}");
     }
 }
+
+/// Issue 19, PureBoot's clock: its `updated_at` moves on every write (an
+/// edit of the hostname, an installer's report) while `state_changed_at`
+/// stays null until the state first changes. A node renamed at the
+/// controller while an operator's change to it waits in the queue has not
+/// changed state: the change is sent, not taken for a state mismatch. And a failed install stays `installing` at PureBoot
+/// until its third failure: the site's report is delivered, no conflict
+/// is opened, and the cache takes the controller's state.
+#[test]
+fn pureboot_updated_at_moving_on_every_write_is_not_a_state_change() {
+    let controller = FakeController::pureboot();
+    let (fresh, failing) = ("52:54:00:00:5e:01", "52:54:00:00:5e:02");
+    controller.set_node(fresh, "discovered", None);
+    controller.set_node(failing, "installing", None);
+    let agent = synced_agent_with(&controller, &[fresh, failing], MANUAL);
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    for (mac, event) in [(fresh, "heartbeat"), (failing, "install_failed")] {
+        let body = json!({"mac_address": mac, "event": event, "message": "disk error"});
+        let (code, text) =
+            http(agent.http, "POST", "/api/v1/report", None, Some(&body)).expect("answer");
+        assert_eq!(code, 202, "{text}");
+    }
+    assert_eq!(set_state(&agent, fresh, "pending", "op-1").0, 202);
+    controller.edit_hostname(fresh, "renamed-at-the-controller");
+    controller.up();
+    wait_until(LONG, "queue drained", || queue_stats(&agent)["total"] == 0);
+    assert_eq!(delivered_counts(&controller).get("op-1"), Some(&1), "sent");
+    assert_eq!(controller.node(fresh).expect("node")["state"], "pending");
+    for mac in [fresh, failing] {
+        for status in ["open", "resolved"] {
+            assert!(
+                conflict_of(&agent, mac, status).is_none(),
+                "no conflict for {mac}: {:?}",
+                conflict_of(&agent, mac, status)
+            );
+        }
+    }
+    // PureBoot retries the install: the node is still installing there.
+    assert_eq!(
+        controller.node(failing).expect("node")["state"],
+        "installing"
+    );
+    let token = admin_token(&agent);
+    let (status, _, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &agent.url("/api/v1/sync?full=true"),
+    ]);
+    assert_eq!(status, 200);
+    let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{failing}"), None);
+    assert_eq!(node["data"]["state"], "installing", "{node}");
+}

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::api::{NewNode, NodeReport, StateChange};
+use crate::model::node::{Node, NodeState};
 
 /// The payload format this agent writes.
 pub const OPERATION_VERSION: u64 = 1;
@@ -33,6 +34,13 @@ pub enum Operation {
             with = "time::serde::rfc3339::option"
         )]
         base_changed_at: Option<time::OffsetDateTime>,
+        /// With `base_changed_at`: the node's state then. A controller
+        /// whose record has no state change time (PureBoot's is null
+        /// until the state first changes) moves `updated_at` on every
+        /// write, a report included; only a different state says the
+        /// state moved (see [`moved_past`]). Kept here, never sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_state: Option<NodeState>,
     },
     /// `POST /api/v1/report` (installer progress, boot events).
     Report {
@@ -58,6 +66,9 @@ pub struct Observed {
         with = "time::serde::rfc3339::option"
     )]
     pub base_changed_at: Option<time::OffsetDateTime>,
+    /// With `base_changed_at`: the node's state then (see [`moved_past`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_state: Option<NodeState>,
     /// A conflict was settled for the site (`keep_local`, `auto`): the
     /// report is sent, then its state set with `force`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -67,7 +78,7 @@ pub struct Observed {
 impl Observed {
     /// The base for an observation made on `node` as cached here; None
     /// for a node the controller does not know yet (nothing to compare).
-    pub fn on(node: &crate::model::node::Node) -> Option<Observed> {
+    pub fn on(node: &Node) -> Option<Observed> {
         if node.id.starts_with("local-") {
             return None;
         }
@@ -75,17 +86,33 @@ impl Observed {
             base_version: node.versioned.then_some(node.version),
             base_changed_at: (!node.versioned)
                 .then(|| node.state_changed_at.unwrap_or(node.updated_at)),
+            base_state: (!node.versioned).then_some(node.state),
             force: false,
         })
     }
 
     /// Has the controller's record `now` moved past this base?
-    pub fn moved(&self, now: &crate::model::node::Node) -> bool {
+    pub fn moved(&self, now: &Node) -> bool {
         match (self.base_version, self.base_changed_at) {
             (Some(base), _) if now.versioned => now.version != base,
-            (_, Some(at)) => now.state_changed_at.unwrap_or(now.updated_at) > at,
+            (_, Some(at)) => moved_past(at, self.base_state, now),
             _ => false,
         }
+    }
+}
+
+/// Has a controller without versions moved the node's state since a base
+/// taken at `at` (its state change time then, else its `updated_at`), in
+/// `state`? A record with a state change time answers by it. One without
+/// (PureBoot's `state_changed_at` is null until the state first changes,
+/// and its `updated_at` moves on every write, an installer's progress
+/// report or a new IP address included) has moved only if `updated_at`
+/// passed the base and the state is not the one the base saw; with no
+/// state known, a later `updated_at` is enough (DESIGN §8).
+pub fn moved_past(at: time::OffsetDateTime, state: Option<NodeState>, now: &Node) -> bool {
+    match now.state_changed_at {
+        Some(changed) => changed > at,
+        None => now.updated_at > at && state.is_none_or(|s| s != now.state),
     }
 }
 
@@ -144,6 +171,7 @@ impl Operation {
                 node_id,
                 change,
                 base_changed_at,
+                base_state,
             } if node_id == from => {
                 *node_id = to.to_string();
                 if change.force != Some(true) {
@@ -151,10 +179,12 @@ impl Operation {
                         Some(Base::Version(version)) => {
                             change.base_version = Some(version);
                             *base_changed_at = None;
+                            *base_state = None;
                         }
-                        Some(Base::ChangedAt(at)) => {
+                        Some(Base::ChangedAt(at, state)) => {
                             change.base_version = None;
                             *base_changed_at = Some(at);
+                            *base_state = state;
                         }
                         None => {}
                     }
@@ -171,7 +201,8 @@ impl Operation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Base {
     Version(u64),
-    ChangedAt(time::OffsetDateTime),
+    /// The change time, and the state then when the record had one.
+    ChangedAt(time::OffsetDateTime, Option<NodeState>),
 }
 
 #[cfg(test)]
@@ -189,6 +220,7 @@ mod tests {
                 base_version: Some(3),
             },
             base_changed_at: None,
+            base_state: None,
         }
     }
 
@@ -227,6 +259,26 @@ mod tests {
                 .unwrap_err()
                 .contains("teleport")
         );
+    }
+
+    #[test]
+    fn a_record_without_a_state_change_time_moved_only_if_its_state_did() {
+        let t = |s: i64| time::OffsetDateTime::from_unix_timestamp(s).unwrap();
+        let mac = "52:54:00:00:00:01".parse().unwrap();
+        let mut now = Node::new_local(mac, NodeState::Discovered, t(100));
+        now.versioned = false;
+        // PureBoot: a report moved `updated_at`, the state never changed.
+        assert!(!moved_past(t(50), Some(NodeState::Discovered), &now));
+        assert!(moved_past(t(50), Some(NodeState::Pending), &now));
+        assert!(
+            moved_past(t(50), None, &now),
+            "no state known: the time says"
+        );
+        assert!(!moved_past(t(100), None, &now));
+        // With a state change time, that time alone says.
+        now.state_changed_at = Some(t(60));
+        assert!(moved_past(t(50), Some(NodeState::Discovered), &now));
+        assert!(!moved_past(t(70), Some(NodeState::Pending), &now));
     }
 
     #[test]

@@ -463,6 +463,7 @@ impl Outbox {
             node_id: node.id.clone(),
             change,
             base_changed_at: (!local && !node.versioned).then(|| changed_at(&node)),
+            base_state: (!local && !node.versioned).then_some(node.state),
         };
         if local && self.port.mode().has_controller() {
             // Not registered at the controller yet: only the queue can

@@ -260,6 +260,10 @@ fn nanos(at: OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0)
 }
 
+fn from_nanos(at: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// What a send that succeeded brings back.
 enum Sent {
     /// Nothing to do beyond the ack.
@@ -291,6 +295,7 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
             node_id,
             mut change,
             base_changed_at,
+            mut base_state,
         } => {
             // Made here after the node's previous change, on top of it:
             // it builds on the version (or, version-less, the change time)
@@ -311,7 +316,10 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                         change.base_version = Some(latest);
                     }
                     if base_time.is_some_and(|b| (first..latest).contains(&b)) {
+                        // On top of this agent's own change: the state
+                        // that change left is not known here.
                         base_time = Some(latest);
+                        base_state = None;
                     }
                 }
             }
@@ -332,7 +340,7 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                     .node_by_mac(mac)
                     .await
                     .map_err(SendError::Central)?
-                && nanos(super::changed_at(&now_there)) > base
+                && crate::central::ops::moved_past(from_nanos(base), base_state, &now_there)
                 && now_there.state != change.state
             {
                 return Err(SendError::Stale(format!(
@@ -346,6 +354,7 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                 node_id: current_node_id(outbox, mac, &node_id)?,
                 change,
                 base_changed_at,
+                base_state,
             };
             let key = key_for(outbox, item, &operation).await?;
             let answer = outbox
@@ -439,6 +448,7 @@ async fn send_observed(
                 base_version: None,
             },
             base_changed_at: None,
+            base_state: None,
         };
         let answer = outbox
             .port()
@@ -532,10 +542,10 @@ fn registered_base(central: &Node) -> Base {
     let fresh = central.state == crate::model::node::NodeState::Discovered;
     match (central.versioned, fresh) {
         (true, true) => Base::Version(central.version),
-        (false, true) => Base::ChangedAt(super::changed_at(central)),
+        (false, true) => Base::ChangedAt(super::changed_at(central), Some(central.state)),
         // No version is 0, and no change time is before 1970.
         (true, false) => Base::Version(0),
-        (false, false) => Base::ChangedAt(OffsetDateTime::UNIX_EPOCH),
+        (false, false) => Base::ChangedAt(OffsetDateTime::UNIX_EPOCH, None),
     }
 }
 
@@ -982,6 +992,7 @@ mod tests {
                     base_version: Some(1),
                 },
                 base_changed_at: None,
+                base_state: None,
             }
             .to_payload(),
             _ => report_item("52:54:00:00:00:01").payload,

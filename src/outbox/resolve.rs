@@ -92,7 +92,7 @@ enum ItemChange {
     Rebase(u64),
     /// Version-less: the change now builds on the controller's record as
     /// of this change time.
-    RebaseTime(OffsetDateTime),
+    RebaseTime(OffsetDateTime, crate::model::node::NodeState),
     Retry,
     /// The node is registered again by this operation (queued in the same
     /// commit), then the change resent with force.
@@ -235,7 +235,10 @@ impl Outbox {
                 };
                 if !now_there.versioned {
                     // No version: it builds on the record's change time.
-                    (ItemChange::RebaseTime(super::changed_at(&now_there)), None)
+                    (
+                        ItemChange::RebaseTime(super::changed_at(&now_there), now_there.state),
+                        None,
+                    )
                 } else {
                     let node = cached.map(|mut n| {
                         n.version = now_there.version;
@@ -298,7 +301,10 @@ fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Op
         match change {
             ItemChange::ResendForced => observed.force = true,
             ItemChange::Rebase(version) => observed.base_version = Some(version),
-            ItemChange::RebaseTime(at) => observed.base_changed_at = Some(at),
+            ItemChange::RebaseTime(at, state) => {
+                observed.base_changed_at = Some(at);
+                observed.base_state = Some(state);
+            }
             ItemChange::Retry | ItemChange::Drop | ItemChange::ReRegister(_) => {}
         }
         item.payload = Operation::Report {
@@ -311,18 +317,23 @@ fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Op
         node_id,
         change: mut state_change,
         mut base_changed_at,
+        mut base_state,
     }) = Operation::from_payload(&item.payload)
     {
         match change {
             ItemChange::ResendForced => state_change.force = Some(true),
             ItemChange::Rebase(version) => state_change.base_version = Some(version),
-            ItemChange::RebaseTime(at) => base_changed_at = Some(at),
+            ItemChange::RebaseTime(at, state) => {
+                base_changed_at = Some(at);
+                base_state = Some(state);
+            }
             ItemChange::Retry | ItemChange::Drop | ItemChange::ReRegister(_) => {}
         }
         item.payload = Operation::SetState {
             node_id,
             change: state_change,
             base_changed_at,
+            base_state,
         }
         .to_payload();
     }

@@ -449,7 +449,8 @@ impl FakeController {
         self.inner.lock().expect("lock").check_versions = true;
     }
 
-    /// PureBoot: accept state changes its state machine would refuse.
+    /// Accept state changes the controller's state machine would refuse
+    /// (for tests about the queue, not the machine).
     pub fn allow_any_transition(&self) {
         self.inner.lock().expect("lock").any_transition = true;
     }
@@ -494,6 +495,18 @@ impl FakeController {
     /// Writes applied, in order.
     pub fn applied(&self) -> Vec<Applied> {
         self.inner.lock().expect("lock").applied.clone()
+    }
+
+    /// An edit at the controller that is not a state change (an operator
+    /// there renames the node): PureBoot's `updated_at` moves with it.
+    pub fn edit_hostname(&self, mac: &str, hostname: &str) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.generation += 1;
+        let generation = inner.generation;
+        if let Some(node) = inner.nodes.get_mut(mac) {
+            node["hostname"] = json!(hostname);
+            node["updated_at_tick"] = json!(generation);
+        }
     }
 
     pub fn node(&self, mac: &str) -> Option<Value> {
@@ -838,6 +851,32 @@ fn route(
             // DESIGN §6: a change made against another version is a 409
             // (when the test asks for version checks).
             let current = inner.nodes[&mac]["version"].as_u64().unwrap_or(0);
+            // DESIGN §3: the states and their transitions are the
+            // controller's; this one has PureBoot's machine, answers 400 to
+            // a change it does not allow (after the version check: a stale
+            // change is a conflict first), and `force` skips the check.
+            let from = inner.nodes[&mac]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let stale = inner.check_versions
+                && body_json["base_version"]
+                    .as_u64()
+                    .is_some_and(|base| base != current);
+            if !stale
+                && !inner.any_transition
+                && body_json["force"] != true
+                && !super::pureboot::can_transition(&from, &state)
+            {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": format!(
+                        "invalid transition from {from} to {state}; valid: {:?}",
+                        super::pureboot::valid_transitions(&from)
+                    )})),
+                )
+                    .into_response();
+            }
             if inner.check_versions
                 && let Some(base) = body_json["base_version"].as_u64()
                 && base != current

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::controller::{Inner, query_map, record, slow_body};
+use super::controller::{Inner, cut_body, query_map, record, slow_body};
 
 /// The service account's API key the fake accepts in the header.
 pub const API_KEY: &str = "pb_live_fakesiteboot0123456789";
@@ -42,7 +42,7 @@ pub(super) struct Request<'a> {
 
 /// PureBoot's `NodeStateMachine.TRANSITIONS` (and: any state but
 /// `retired` may be retired).
-fn valid_transitions(from: &str) -> Vec<&'static str> {
+pub(super) fn valid_transitions(from: &str) -> Vec<&'static str> {
     let to: &[&str] = match from {
         "discovered" => &["pending", "cloning_target"],
         "pending" => &["installing"],
@@ -65,7 +65,7 @@ fn valid_transitions(from: &str) -> Vec<&'static str> {
     to.to_vec()
 }
 
-fn can_transition(from: &str, to: &str) -> bool {
+pub(super) fn can_transition(from: &str, to: &str) -> bool {
     if to == "retired" {
         return from != "retired";
     }
@@ -105,7 +105,18 @@ fn node_response(node: &Value) -> Value {
     ) else {
         return node.clone();
     };
+    // PureBoot's clock: `state_changed_at` is set when the state changes
+    // (null until then), `updated_at` on every write (SQLAlchemy's
+    // `onupdate=now()`: a report's `last_seen_at` moves it too). Nodes a
+    // test planted carry only a version and use it for both.
     let changes = node["version"].as_u64().unwrap_or(1);
+    let state_changed = node["state_at"]
+        .as_u64()
+        .or((changes > 1).then_some(changes));
+    let updated = node["updated_at_tick"]
+        .as_u64()
+        .or(state_changed)
+        .unwrap_or(changes);
     json!({
         "id": id, "mac_address": mac, "hostname": node.get("hostname").cloned().unwrap_or(Value::Null),
         "ip_address": null, "state": state, "workflow_id": node["workflow_id"],
@@ -113,12 +124,13 @@ fn node_response(node: &Value) -> Value {
         "arch": node.get("arch").cloned().unwrap_or(json!("x86_64")),
         "boot_mode": node.get("boot_mode").cloned().unwrap_or(json!("bios")),
         "pi_model": null, "group_id": null, "tags": node["tags"],
-        "install_attempts": 0, "last_install_error": null,
+        "install_attempts": node["install_attempts"].as_u64().unwrap_or(0),
+        "last_install_error": null,
         // Nullable, as PureBoot's: a node whose state never changed has
         // none (with it, the SIGKILL test found acknowledged writes taken
         // as made and never sent: issue 19).
-        "state_changed_at": if changes > 1 { json!(naive_time(changes)) } else { Value::Null },
-        "created_at": naive_time(0), "updated_at": naive_time(changes),
+        "state_changed_at": state_changed.map(naive_time),
+        "created_at": naive_time(0), "updated_at": naive_time(updated),
         "last_seen_at": null, "health_status": "unknown", "health_score": 100
     })
 }
@@ -136,6 +148,9 @@ fn refusal(headers: &HeaderMap) -> Option<&'static str> {
     }
     (token != API_KEY).then_some("Invalid API key")
 }
+
+/// PureBoot's `StateTransitionService.MAX_INSTALL_ATTEMPTS`.
+pub const MAX_INSTALL_ATTEMPTS: u64 = 3;
 
 /// The one site the fake has (PureBoot's `DeviceGroup` with `is_site`).
 pub const SITE_ID: &str = "fra1";
@@ -288,7 +303,8 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             let generation = inner.generation;
             let node = json!({
                 "id": format!("pb-{:04x}", inner.next_id), "mac": mac, "state": "discovered",
-                "workflow_id": null, "tags": [], "version": 1, "arch": arch, "boot_mode": boot_mode
+                "workflow_id": null, "tags": [], "version": 1, "arch": arch, "boot_mode": boot_mode,
+                "updated_at_tick": generation
             });
             inner.nodes.insert(mac.clone(), node.clone());
             inner.changed_at.insert(mac.clone(), generation);
@@ -314,6 +330,22 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            let force = body["force"] == true;
+            let attempts = inner.nodes[&mac]["install_attempts"].as_u64().unwrap_or(0);
+            // PureBoot's StateService: a node that failed its install
+            // MAX_INSTALL_ATTEMPTS times goes back to pending only forced.
+            if from == "install_failed"
+                && to == "pending"
+                && !force
+                && attempts >= MAX_INSTALL_ATTEMPTS
+            {
+                return detail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Max install attempts ({MAX_INSTALL_ATTEMPTS}) exceeded. Use force=true to reset and retry."
+                    ),
+                );
+            }
             // PureBoot's StateService: `force` skips the transition check.
             if !inner.any_transition && body["force"] != true && !can_transition(&from, &to) {
                 return detail(
@@ -329,6 +361,11 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             let node = inner.nodes.get_mut(&mac).expect("found above");
             node["state"] = Value::String(to.clone());
             node["version"] = json!(node["version"].as_u64().unwrap_or(0) + 1);
+            node["state_at"] = json!(generation);
+            node["updated_at_tick"] = json!(generation);
+            if force || to == "installed" {
+                node["install_attempts"] = json!(0);
+            }
             let answer = json!({"success": true, "data": node_response(node),
                                 "message": format!("Node transitioned to {to}")});
             inner.changed_at.insert(mac.clone(), generation);
@@ -348,25 +385,43 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             {
                 return unprocessable(&["body", "event"], "Input should be a valid event");
             }
-            let Some(node) = inner.nodes.get_mut(&mac) else {
+            if !inner.nodes.contains_key(&mac) {
                 return detail(
                     StatusCode::NOT_FOUND,
                     format!("Node with MAC {mac} not found"),
                 );
-            };
+            }
+            inner.generation += 1;
+            let generation = inner.generation;
+            let node = inner.nodes.get_mut(&mac).expect("found above");
+            // Every report is a write: `last_seen_at`, so `updated_at`.
+            node["updated_at_tick"] = json!(generation);
             // What PureBoot's installer events do to a node's state.
             let from = node["state"].as_str().unwrap_or_default().to_string();
+            let attempts = node["install_attempts"].as_u64().unwrap_or(0);
             let to = match body["event"].as_str() {
                 // PureBoot's report moves only pending → installing.
-                Some("install_started") if from == "pending" => Some("installing"),
-                Some("install_complete") if from == "installing" => Some("installed"),
-                Some("install_failed") if from == "installing" => Some("install_failed"),
+                Some("install_started") if from == "pending" => {
+                    node["install_attempts"] = json!(0);
+                    Some("installing")
+                }
+                Some("install_complete") if from == "installing" => {
+                    node["install_attempts"] = json!(0);
+                    Some("installed")
+                }
+                // A failed install stays `installing` (PureBoot retries)
+                // until its MAX_INSTALL_ATTEMPTS-th failure.
+                Some("install_failed") if from == "installing" => {
+                    node["install_attempts"] = json!(attempts + 1);
+                    (attempts + 1 >= MAX_INSTALL_ATTEMPTS).then_some("install_failed")
+                }
                 Some("first_boot") if from == "installed" => Some("active"),
                 _ => None,
             };
             if let Some(to) = to {
                 node["state"] = json!(to);
                 node["version"] = json!(node["version"].as_u64().unwrap_or(0) + 1);
+                node["state_at"] = json!(generation);
             }
             let answer = json!({"success": true, "data": node_response(node),
                                 "message": "Status reported successfully"});
@@ -400,19 +455,44 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                 .collect();
             axum::Json(json!({"success": true, "data": data, "total": data.len()})).into_response()
         }
+        // PureBoot's `boot_files.py`: a StreamingResponse with
+        // Content-Length; `ETag: "sha256:…"` and `X-Checksum-SHA256` only
+        // for a file uploaded with its checksum (here: one a test set with
+        // `set_file_checksum`); `Range` and `If-None-Match` are ignored
+        // (always 200, the whole file); a stream can break off mid-file.
         ("GET", p) if p.starts_with("/api/v1/files/") => {
-            match inner.files.get(&p["/api/v1/files/".len()..]) {
-                // No checksum header: PureBoot sends one only when it has one.
-                Some(bytes) => match inner.file_rate {
-                    None => (StatusCode::OK, bytes.clone()).into_response(),
-                    Some(rate) => (
-                        StatusCode::OK,
-                        slow_body(bytes.clone(), rate, inner.file_bytes_sent.clone()),
-                    )
-                        .into_response(),
-                },
-                None => detail(StatusCode::NOT_FOUND, "File not found"),
+            let name = &p["/api/v1/files/".len()..];
+            let Some(bytes) = inner.files.get(name).cloned() else {
+                return detail(StatusCode::NOT_FOUND, format!("File not found: /{name}"));
+            };
+            let len = bytes.len();
+            let cut = match inner.file_cuts.first_mut() {
+                Some((after, times)) if *times > 0 => {
+                    *times -= 1;
+                    Some(*after)
+                }
+                _ => None,
+            };
+            inner.file_cuts.retain(|(_, times)| *times > 0);
+            let body = match (cut, inner.file_rate) {
+                (Some(after), rate) => cut_body(bytes, after, rate.unwrap_or(u64::MAX)),
+                (None, Some(rate)) => slow_body(bytes, rate, inner.file_bytes_sent.clone()),
+                (None, None) => axum::body::Body::from(bytes),
+            };
+            let mut response = (StatusCode::OK, body).into_response();
+            let h = response.headers_mut();
+            if len > 0 {
+                h.insert("content-length", len.into());
             }
+            if let Some(sum) = inner.file_checksums.get(name) {
+                h.insert("etag", format!("\"sha256:{sum}\"").parse().expect("header"));
+                h.insert("x-checksum-sha256", sum.parse().expect("header"));
+            }
+            let file = name.rsplit('/').next().unwrap_or(name);
+            if let Ok(disposition) = format!("inline; filename=\"{file}\"").parse() {
+                h.insert("content-disposition", disposition);
+            }
+            response
         }
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
     }

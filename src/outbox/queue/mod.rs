@@ -1998,6 +1998,7 @@ mod tests {
                     base_version: None,
                 },
                 base_changed_at: None,
+                base_state: None,
             }
             .to_payload(),
             key: None,
