@@ -925,10 +925,21 @@ fn refused_asset_paths_cannot_forge_or_flood_the_log() {
     assert_eq!(status, 403);
     let long = format!("/assets/{}/../x", "p".repeat(6000));
     let before: usize = agent.log_lines().iter().map(|l| l.len() + 1).sum();
+    let flood = std::time::Instant::now();
     for _ in 0..300 {
         let (status, _, _) = curl(&["--path-as-is", &agent.url(&long)]);
         assert_eq!(status, 403);
     }
+    let flood_took = flood.elapsed();
+    // Another peer is still heard: the throttle is per peer first.
+    let (status, _, _) = curl(&[
+        "--interface",
+        "127.0.0.2",
+        "--path-as-is",
+        &agent.url("/assets/other-peer/../x"),
+    ]);
+    assert_eq!(status, 403);
+    agent.wait_for_log("other-peer");
     // A line written after them: once it is there, theirs are too.
     let (status, _, _) = boot(&agent, &mac(90));
     assert_eq!(status, 200);
@@ -942,6 +953,17 @@ fn refused_asset_paths_cannot_forge_or_flood_the_log() {
     assert!(
         !lines.iter().any(|l| l.contains('\u{1b}')),
         "a raw ESC reached the log"
+    );
+    // One peer gets one line per 10 s (the forged one, then one per
+    // window the flood spanned), not the overall allowance.
+    let from_one_peer = lines
+        .iter()
+        .filter(|l| l.contains("asset request refused") && l.contains("127.0.0.1"))
+        .count();
+    let windows = 1 + flood_took.as_secs() as usize / 10 + 1;
+    assert!(
+        from_one_peer <= windows,
+        "{from_one_peer} refusal lines from one peer over {flood_took:?}"
     );
     let after: usize = lines.iter().map(|l| l.len() + 1).sum();
     let per_request = (after - before) / 300;

@@ -84,9 +84,10 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     }
 }
 
-/// Refused `/assets` paths, logged at most this often overall (the HTTP
-/// server does not hand the peer's address down here).
-static REFUSALS: std::sync::LazyLock<RefusalLog<()>> = std::sync::LazyLock::new(|| {
+/// Refused `/assets` paths: logged at most once per interval per peer,
+/// and a few lines per interval overall (many peers, or spoofed ones,
+/// cannot fill the log either).
+static REFUSALS: std::sync::LazyLock<RefusalLog<Option<std::net::IpAddr>>> = std::sync::LazyLock::new(|| {
     RefusalLog::new(
         crate::ratelimit::LOG_INTERVAL,
         crate::ratelimit::REFUSALS_LOGGED_PER_INTERVAL,
@@ -112,10 +113,11 @@ pub async fn serve(
         }
         Ok(Err(e)) => {
             // DESIGN §10: the path a client chose is escaped and cut, and
-            // refusals are throttled overall (with a count), so that they
-            // can neither forge log lines nor fill the disk.
-            if let Some(suppressed) = REFUSALS.admit(()) {
+            // refusals are throttled per peer and overall (with a count),
+            // so that they can neither forge log lines nor fill the disk.
+            if let Some(suppressed) = REFUSALS.admit(client) {
                 tracing::warn!(path = %logsafe::shown(&requested), suppressed,
+                    peer = %client.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
                     "asset request refused (path not allowed)");
             }
             return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response();
