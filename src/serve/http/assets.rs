@@ -87,12 +87,13 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
 /// Refused `/assets` paths: logged at most once per interval per peer,
 /// and a few lines per interval overall (many peers, or spoofed ones,
 /// cannot fill the log either).
-static REFUSALS: std::sync::LazyLock<RefusalLog<Option<std::net::IpAddr>>> = std::sync::LazyLock::new(|| {
-    RefusalLog::new(
-        crate::ratelimit::LOG_INTERVAL,
-        crate::ratelimit::REFUSALS_LOGGED_PER_INTERVAL,
-    )
-});
+static REFUSALS: std::sync::LazyLock<RefusalLog<Option<std::net::IpAddr>>> =
+    std::sync::LazyLock::new(|| {
+        RefusalLog::new(
+            crate::ratelimit::LOG_INTERVAL,
+            crate::ratelimit::REFUSALS_LOGGED_PER_INTERVAL,
+        )
+    });
 
 pub async fn serve(
     roots: Arc<Vec<ServedRoot>>,
