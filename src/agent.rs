@@ -1,7 +1,7 @@
 //! Wiring and lifecycle: builds the services from a [`Config`], then
 //! serves until a shutdown is asked for. One cancellation token reaches
-//! every background loop, and every task is joined before the agent
-//! returns:
+//! every background loop, and every task (all are spawned through
+//! [`crate::tasks`]) is joined before the agent returns:
 //!
 //! 1. the shutdown future resolves (SIGTERM, Ctrl-C): HTTP stops accepting
 //!    and TFTP stops taking requests;
@@ -11,14 +11,15 @@
 //!    left `in_flight`;
 //! 3. the last-script recorder writes what it holds; the queue writer has
 //!    nothing unacknowledged by then (an enqueue is answered only after
-//!    its commit).
+//!    its commit);
+//! 4. work that may be cut (content-cache fills, prefetches) is cut, and
+//!    every other task is waited for, up to [`SHUTDOWN_GRACE`] again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::boot::BootService;
 use crate::boot::record::Recorder;
@@ -162,16 +163,18 @@ pub struct Listening {
     pub tftp: SocketAddr,
 }
 
+/// The agent at work: resolves once `shutdown` has resolved and
+/// everything has stopped (see the module comment).
+pub type Running = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Starts both servers and the background work; returns once they
-/// listen, with a task that runs until `shutdown` resolves and everything
-/// has stopped (see the module comment).
+/// listen, with the future that serves (to be awaited by the caller).
 pub async fn start(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(Listening, tokio::task::JoinHandle<()>), StartError> {
+) -> Result<(Listening, Running), StartError> {
     let services = open_services(&config, true)?;
     let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let started = Instant::now();
     let status = Arc::new(StatusSource {
         site_id: config.site_id.clone(),
@@ -184,12 +187,12 @@ pub async fn start(
         boots: services.boot.stats(),
         cache: services.cache.clone(),
     });
-    tracker.spawn(crate::boot::stats::publish_boots(
+    crate::tasks::spawn(crate::boot::stats::publish_boots(
         services.boot.stats(),
         cancel.clone(),
     ));
     if services.port.mode().has_controller() {
-        tracker.spawn(crate::outbox::replay::run(
+        crate::tasks::spawn(crate::outbox::replay::run(
             services.outbox.clone(),
             ReplaySettings {
                 batch_size: config.queue.batch_size as usize,
@@ -259,7 +262,6 @@ pub async fn start(
                 templates_dir: config.templates_dir.clone(),
                 config_workflows: config.workflows.keys().cloned().collect(),
             },
-            &tracker,
             cancel.clone(),
         )
     });
@@ -297,15 +299,16 @@ pub async fn start(
     );
     let recorder = services.recorder;
     drop(services.boot);
-    let handle = tokio::spawn(async move {
-        let tftp_task = tokio::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
+    let running = Box::pin(async move {
+        let tftp_task = crate::tasks::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
         let stop = cancel.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn_until_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; finishing what is in flight");
             stop.cancel();
         });
-        let mut http_task = tokio::spawn(server::serve(listener, app, http_limits, cancel.clone()));
+        let mut http_task =
+            crate::tasks::spawn(server::serve(listener, app, http_limits, cancel.clone()));
         let served = tokio::select! {
             // The server ended on its own (its task failed); stop everything else.
             served = &mut http_task => Some(served),
@@ -324,14 +327,19 @@ pub async fn start(
         if let Err(e) = tftp_task.await {
             tracing::error!(error = %e, "tftp server task failed");
         }
-        tracker.close();
-        tracker.wait().await;
         // The router (and with it the boot service) is gone: the recorder's
         // channel closes, and it writes its last batch.
         if let Some(recorder) = recorder
             && let Err(e) = recorder.await
         {
             tracing::error!(error = %e, "last-script recorder failed");
+        }
+        let left = crate::tasks::join(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                "background tasks still running after the grace period; ended"
+            );
         }
         tracing::info!("siteboot agent stopped");
     });
@@ -340,7 +348,7 @@ pub async fn start(
             http: http_addr,
             tftp: tftp_addr,
         },
-        handle,
+        running,
     ))
 }
 
@@ -373,7 +381,7 @@ fn remote_port(
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()}),
         );
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let now = time::OffsetDateTime::now_utc();
             let _ = store
                 .call(move |s| s.append_sync_log(kind, detail, now))

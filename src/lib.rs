@@ -32,3 +32,4 @@ pub mod ratelimit;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tasks;

@@ -296,12 +296,12 @@ fn parse_mac(text: &str) -> Result<Mac> {
 }
 
 async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
-    let (listening, handle) = agent::start(config, shutdown_signal()).await?;
+    let (listening, running) = agent::start(config, shutdown_signal()).await?;
     if let Some(path) = ready_file {
         write_ready_file(&path, listening)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
-    handle.await.context("agent task failed")?;
+    running.await;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("logsafe", 0),
     ("metrics", 0),
     ("events", 0),
+    ("tasks", 0),
     ("config", 1),
     ("store", 2),
     ("central", 3),
@@ -307,4 +308,25 @@ fn the_reader_sees_imports_and_ignores_prose() {
             "queue::writer::QueueWriter"
         ]
     );
+}
+
+/// docs/architecture.md, "Lifecycle": every task is spawned through
+/// `crate::tasks`, so that shutdown joins it (tests may spawn as they
+/// like).
+#[test]
+fn tasks_are_spawned_only_through_the_tracker() {
+    let mut found = Vec::new();
+    for (module, path) in modules() {
+        if module == ["tasks"] {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let code = code_only(&text);
+        for (n, line) in code.lines().enumerate() {
+            if line.contains("tokio::spawn(") || line.contains("tokio::task::spawn(") {
+                found.push(format!("{}:{}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "spawned outside crate::tasks: {found:#?}");
 }

@@ -76,6 +76,7 @@ fn sigterm_during_a_boot_storm_and_a_tftp_transfer_exits_cleanly() {
     );
     let (exit, stopped) = agent.terminate();
     assert!(exit.success(), "SIGTERM must end the agent with 0: {exit}");
+    stopped.assert_every_task_joined();
     let transfer = transfer.wait_with_output().expect("curl tftp");
     assert!(transfer.status.success(), "the transfer under way was cut");
     assert!(
@@ -118,4 +119,48 @@ fn sigterm_during_a_boot_storm_and_a_tftp_transfer_exits_cleanly() {
         answered.len(),
         data.len()
     );
+}
+
+/// Issue 20 (lifecycle): a content-cache fill from a controller that
+/// stalls part-way is cut at shutdown, after the answers in
+/// flight had their grace; every other task is joined, and the agent
+/// exits 0. A partial file is never kept.
+#[test]
+fn sigterm_during_a_slow_fill_cuts_it_and_joins_every_task() {
+    let controller = common::controller::FakeController::start();
+    controller.add_file("debian/initrd.gz", &pattern(4 << 20, 23));
+    // The controller sends 1 MiB, then holds the rest for as long as the
+    // test lasts: the fill can only end by being cut.
+    let gate = controller.gate_files_at(1 << 20);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&format!(
+            "[central]\n{}check_interval = \"200ms\"\n",
+            controller.central_toml()
+        ))
+        .start();
+    wait_until(Duration::from_secs(120), "online", || {
+        common::mode(&agent) == "online"
+    });
+    let url = agent.url("/assets/debian/initrd.gz");
+    let client = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "120", &url])
+        .spawn()
+        .expect("start curl");
+    wait_until(Duration::from_secs(60), "the fill under way", || {
+        !controller
+            .calls_to("GET", "/api/v1/files/debian/initrd.gz")
+            .is_empty()
+    });
+    let (exit, stopped) = agent.terminate();
+    assert!(exit.success(), "SIGTERM must end the agent with 0: {exit}");
+    stopped.assert_every_task_joined();
+    let _ = client.wait_with_output();
+    drop(gate);
+    // Cut, or completed by resuming during the grace: never kept partial.
+    let listed = stopped.cli(&["cache", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    for entry in listed["data"].as_array().into_iter().flatten() {
+        assert_eq!(entry["size"], 4 << 20, "a partial file was kept: {entry}");
+    }
 }

@@ -949,6 +949,7 @@ fn sigterm_during_writes_and_replay_exits_cleanly_and_loses_nothing(dialect: Dia
     });
     let (exit, stopped) = agent.terminate();
     assert!(exit.success(), "SIGTERM must end the agent with 0: {exit}");
+    stopped.assert_every_task_joined();
     acknowledged.extend(
         writer
             .join()
@@ -2647,6 +2648,7 @@ fn sigterm_writes_the_last_served_scripts() {
     }
     let (status, stopped) = agent.terminate();
     assert!(status.success(), "{status:?}");
+    stopped.assert_every_task_joined();
     controller.down();
     let agent = stopped.start();
     for mac in &macs {

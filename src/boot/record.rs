@@ -25,7 +25,7 @@ impl Recorder {
     /// know that everything recorded is on disk.
     pub fn start(store: Store) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
-        let task = tokio::spawn(record_last_scripts(store, rx));
+        let task = crate::tasks::spawn(record_last_scripts(store, rx));
         (Recorder { tx }, task)
     }
 

@@ -188,7 +188,7 @@ impl Resolver {
                     inflight.insert(mac, rx.clone());
                     let resolver = self.clone();
                     let facts = facts.clone();
-                    tokio::spawn(async move {
+                    crate::tasks::spawn_until_shutdown(async move {
                         let outcome = resolver.fetch(mac, &facts).await;
                         drop(permit);
                         if let Err(e) = &outcome {

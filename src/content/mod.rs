@@ -425,7 +425,7 @@ impl ContentCache {
             return;
         }
         let cache = self.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn_until_shutdown(async move {
             let path = entry.path.clone();
             let changed = cache.check_with_controller(&entry).await;
             match changed {
@@ -540,7 +540,7 @@ impl ContentCache {
         });
         // Its own task: a client that goes away does not stop it (but
         // when every client has gone, a client's fill is abandoned).
-        tokio::spawn(async move {
+        crate::tasks::spawn_until_shutdown(async move {
             let abandonable = kind == FillKind::Client;
             let outcome = cache.run_fill(&path, &handle, &writer, abandonable).await;
             if let Some(counted) = counted {
@@ -920,7 +920,7 @@ impl ContentCache {
                     },
                 }
             };
-            running.push(tokio::spawn(async move {
+            running.push(crate::tasks::spawn_until_shutdown(async move {
                 let done = fill.finished().await;
                 drop(slot);
                 matches!(done, Progress::Done { .. })
@@ -930,7 +930,7 @@ impl ContentCache {
         let mut failed = 0;
         for task in running {
             match task.await {
-                Ok(true) => fetched += 1,
+                Ok(Some(true)) => fetched += 1,
                 _ => failed += 1,
             }
         }

@@ -10,7 +10,6 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::sync::{self, SyncReport};
 use crate::boot::BootService;
@@ -92,12 +91,12 @@ struct Tasks {
     unrenderable: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// Starts the background tasks on `tracker`; they end when `shutdown` is
-/// cancelled. Returns the handle for on-demand syncs.
+/// Starts the background tasks (joined at shutdown, `crate::tasks`); they
+/// end when `shutdown` is cancelled. Returns the handle for on-demand
+/// syncs.
 pub fn spawn(
     services: LinkServices,
     settings: LinkSettings,
-    tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> SyncHandle {
     let (tx, rx) = mpsc::channel(16);
@@ -112,16 +111,16 @@ pub fn spawn(
         sync: sync.clone(),
         unrenderable: Default::default(),
     });
-    tracker.spawn(tasks.clone().probe_loop());
-    tracker.spawn(tasks.clone().heartbeat_loop());
-    tracker.spawn(tasks.sync_loop(rx));
+    crate::tasks::spawn(tasks.clone().probe_loop());
+    crate::tasks::spawn(tasks.clone().heartbeat_loop());
+    crate::tasks::spawn(tasks.sync_loop(rx));
     sync
 }
 
 impl Tasks {
     fn log(&self, kind: &'static str, detail: String) {
         let store = self.services.store.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let now = OffsetDateTime::now_utc();
             if let Err(e) = store
                 .call(move |s| s.append_sync_log(kind, &detail, now))
@@ -394,7 +393,7 @@ impl Tasks {
         if wanted.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        crate::tasks::spawn_until_shutdown(async move {
             cache.prefetch(wanted).await;
         });
     }

@@ -543,7 +543,7 @@ impl Outbox {
         };
         let report = boot_report(mac, answer);
         let outbox = self.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             match outbox.send_event(mac, report).await {
                 Ok(()) | Err(WriteError::Queue(QueueError::Shed(_))) => {}
                 Err(e) => tracing::error!(%mac, error = %e, "boot event lost"),

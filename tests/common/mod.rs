@@ -313,11 +313,13 @@ impl Agent {
     pub fn stop(mut self) -> StoppedAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = self.log_lines();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
         StoppedAgent {
             dir,
             config: self.config.clone(),
             env: self.env.clone(),
+            log,
         }
     }
 
@@ -345,7 +347,7 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         };
         // The rest of its log (the stderr pipe is closed now).
-        self.log_lines();
+        let log = self.log_lines();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
         (
             status,
@@ -353,6 +355,7 @@ impl Agent {
                 dir,
                 config: self.config.clone(),
                 env: self.env.clone(),
+                log,
             },
         )
     }
@@ -418,6 +421,21 @@ pub struct StoppedAgent {
     pub dir: tempfile::TempDir,
     config: PathBuf,
     env: Vec<(String, String)>,
+    /// Its whole log, to the last line.
+    pub log: Vec<String>,
+}
+
+impl StoppedAgent {
+    /// Its log says it stopped with every task joined (none was still
+    /// running when the shutdown grace ran out).
+    pub fn assert_every_task_joined(&self) {
+        let log = self.log.join("\n");
+        assert!(log.contains("siteboot agent stopped"), "{log}");
+        assert!(
+            !log.contains("still running after the grace period"),
+            "a task outlived the shutdown: {log}"
+        );
+    }
 }
 
 impl StoppedAgent {

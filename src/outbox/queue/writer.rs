@@ -34,7 +34,7 @@ impl QueueWriter {
 
     fn spawn(queue: Queue, cache: Option<NodeCache>) -> QueueWriter {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(queue, cache, rx));
+        crate::tasks::spawn(run(queue, cache, rx));
         QueueWriter { tx }
     }
 

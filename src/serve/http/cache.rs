@@ -96,9 +96,9 @@ pub async fn prefetch(
     let listed: Vec<&String> = wanted.iter().map(|(p, _)| p).collect();
     let body = json!({ "prefetching": listed });
     if explicit {
-        tokio::spawn(async move { cache.fetch_paced(wanted).await });
+        crate::tasks::spawn_until_shutdown(async move { cache.fetch_paced(wanted).await });
     } else {
-        tokio::spawn(async move { cache.prefetch(wanted).await });
+        crate::tasks::spawn_until_shutdown(async move { cache.prefetch(wanted).await });
     }
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }

@@ -258,7 +258,7 @@ impl<P: FileProvider> TftpServer<P> {
         // and images are binary, so it is refused rather than served raw.
         if request.mode != "octet" {
             let socket = self.socket.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 let _ = socket
                     .send_to(
                         &packet::error_within(
@@ -297,7 +297,7 @@ impl<P: FileProvider> TftpServer<P> {
             }
             let socket = self.socket.clone();
             let limit = request.wire_len;
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 let _ = socket
                     .send_to(
                         &packet::error_within(ErrorCode::NotDefined, "busy, retry", limit),
