@@ -33,9 +33,10 @@ use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
 use crate::outbox::queue::{Limits, Queue};
 use crate::outbox::replay::ReplaySettings;
-use crate::serve::bootfiles::{self, BootFiles};
+use crate::serve::bootfiles::{self, BootFileResolver, BootFiles};
 use crate::serve::http::server::{self, ServerLimits};
 use crate::serve::http::{self, AppState};
+use crate::serve::origin::AgentOrigin;
 use crate::serve::tftp::TftpServer;
 use crate::status::StatusSource;
 use crate::store::nodes::NodeCache;
@@ -217,14 +218,10 @@ pub async fn start(
     let http_addr = listener
         .local_addr()
         .map_err(bind_error("http.listen", config.http.listen))?;
-    let files = BootFiles::new(
-        services.boot.clone(),
-        roots.clone(),
-        config.http.public_url.clone(),
-        http_addr.port(),
-        services.cache.clone(),
-    );
-    let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, files)
+    let origin = AgentOrigin::new(config.http.public_url.clone(), http_addr.port());
+    let files = Arc::new(BootFileResolver::new(roots, services.cache.clone()));
+    let tftp_files = BootFiles::new(services.boot.clone(), files.clone(), origin.clone());
+    let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, tftp_files)
         .await
         .map_err(bind_error("tftp.listen", config.tftp.listen))?
         .with_limits(
@@ -240,11 +237,7 @@ pub async fn start(
         .map_err(bind_error("tftp.listen", config.tftp.listen))?;
 
     let sync = services.port.mode().has_controller().then(|| {
-        let agent_url = config
-            .http
-            .public_url
-            .clone()
-            .unwrap_or_else(|| agent_url_from(http_addr));
+        let agent_url = origin.advertised(http_addr);
         crate::link::tasks::spawn(
             LinkServices {
                 port: services.port.clone(),
@@ -272,8 +265,8 @@ pub async fn start(
         nodes: services.nodes.clone(),
         store: services.store.clone(),
         status,
-        roots,
-        public_url: config.http.public_url.clone(),
+        files,
+        origin,
         admin_token,
         sync,
         cache: services.cache.clone(),
@@ -401,17 +394,4 @@ fn remote_port(
         ),
         token,
     ))
-}
-
-/// The URL the controller is told to reach this agent at when
-/// `http.public_url` is unset.
-fn agent_url_from(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        format!("http://{host}:{}", addr.port())
-    } else {
-        format!("http://{addr}")
-    }
 }

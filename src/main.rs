@@ -206,9 +206,12 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load_config(config.as_ref())?;
             let mac = parse_mac(&mac)?;
             let services = agent::open_services(&config, false)?;
-            let base_url = base_url
-                .or_else(|| config.http.public_url.clone())
-                .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.http.listen.port()));
+            let origin = siteboot::serve::origin::AgentOrigin::new(
+                config.http.public_url.clone(),
+                config.http.listen.port(),
+            );
+            let base_url =
+                base_url.unwrap_or_else(|| origin.url_at(std::net::Ipv4Addr::LOCALHOST.into()));
             let facts = BootFacts {
                 arch,
                 platform,

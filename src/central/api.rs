@@ -4,6 +4,7 @@
 //! without `workflows` or `cursor`, one bad node skipped rather than the
 //! list; exact in what they send.
 
+use crate::model::client::{Client, Cpu, Firmware};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -286,10 +287,11 @@ impl NewNode {
         facts: &crate::model::boot::BootFacts,
         site_id: &str,
     ) -> NewNode {
+        let client = Client::from_ipxe(mac, facts);
         NewNode {
             mac_address: mac.to_string(),
-            arch: facts.arch.as_deref().and_then(wire_arch),
-            boot_mode: facts.platform.as_deref().and_then(wire_boot_mode),
+            arch: wire_arch(client.cpu),
+            boot_mode: wire_boot_mode(client.firmware),
             vendor: facts
                 .manufacturer
                 .as_deref()
@@ -302,23 +304,23 @@ impl NewNode {
     }
 }
 
-/// A CPU architecture as controllers take it: iPXE's `${buildarch}` says
-/// `i386` for a BIOS build on an x86-64 machine, and PureBoot refuses
-/// anything but `x86_64`, `arm64` and `aarch64`.
-pub fn wire_arch(arch: &str) -> Option<String> {
-    match arch.to_ascii_lowercase().as_str() {
-        "x86_64" | "x86-64" | "amd64" | "i386" | "i686" | "x86" => Some("x86_64".into()),
-        "arm64" | "aarch64" => Some("arm64".into()),
-        _ => None,
+/// A CPU architecture as controllers take it: a BIOS x86 client is an
+/// x86-64 machine as far as installs go (iPXE's BIOS build says `i386`),
+/// and PureBoot refuses anything but `x86_64`, `arm64` and `aarch64`.
+pub fn wire_arch(cpu: Cpu) -> Option<String> {
+    match cpu {
+        Cpu::X86 | Cpu::X86_64 => Some("x86_64".into()),
+        Cpu::Arm64 => Some("arm64".into()),
+        Cpu::Arm32 | Cpu::Other => None,
     }
 }
 
-/// iPXE's `${platform}` as a boot mode: `pcbios` → `bios`, `efi` → `uefi`.
-pub fn wire_boot_mode(platform: &str) -> Option<String> {
-    match platform.to_ascii_lowercase().as_str() {
-        "pcbios" | "bios" => Some("bios".into()),
-        "efi" | "uefi" => Some("uefi".into()),
-        _ => None,
+/// The firmware as a boot mode: `bios` or `uefi`.
+pub fn wire_boot_mode(firmware: Firmware) -> Option<String> {
+    match firmware {
+        Firmware::Bios => Some("bios".into()),
+        Firmware::Uefi => Some("uefi".into()),
+        Firmware::Unknown => None,
     }
 }
 
@@ -645,12 +647,12 @@ mod tests {
 
     #[test]
     fn arch_and_boot_mode_are_sent_as_pureboot_takes_them() {
-        assert_eq!(wire_arch("i386").as_deref(), Some("x86_64"));
-        assert_eq!(wire_arch("x86_64").as_deref(), Some("x86_64"));
-        assert_eq!(wire_arch("arm64").as_deref(), Some("arm64"));
-        assert_eq!(wire_arch("riscv64"), None);
-        assert_eq!(wire_boot_mode("pcbios").as_deref(), Some("bios"));
-        assert_eq!(wire_boot_mode("efi").as_deref(), Some("uefi"));
+        assert_eq!(wire_arch(Cpu::X86).as_deref(), Some("x86_64"));
+        assert_eq!(wire_arch(Cpu::X86_64).as_deref(), Some("x86_64"));
+        assert_eq!(wire_arch(Cpu::Arm64).as_deref(), Some("arm64"));
+        assert_eq!(wire_arch(Cpu::Other), None);
+        assert_eq!(wire_boot_mode(Firmware::Bios).as_deref(), Some("bios"));
+        assert_eq!(wire_boot_mode(Firmware::Uefi).as_deref(), Some("uefi"));
         let facts = crate::model::boot::BootFacts {
             arch: Some("i386".into()),
             platform: Some("pcbios".into()),

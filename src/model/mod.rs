@@ -3,6 +3,7 @@
 //! and the agent's mode. Nothing here imports from outside `model`.
 
 pub mod boot;
+pub mod client;
 pub mod decision;
 pub mod mac;
 pub mod mode;

@@ -264,6 +264,7 @@ impl Outbox {
                     arch: cached
                         .as_ref()
                         .and_then(|n| n.arch.as_deref())
+                        .map(crate::model::client::Cpu::from_name)
                         .and_then(crate::central::api::wire_arch),
                     boot_mode: None,
                     vendor: None,

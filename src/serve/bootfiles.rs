@@ -3,14 +3,15 @@
 //! (`tftp.root`, then Debian's iPXE directories), and else the
 //! controller's files through the content cache.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::boot::BootService;
-use crate::content::fill::Progress;
-use crate::content::{ContentCache, Lookup};
+use crate::content::fill::{Fill, Progress};
+use crate::content::{CacheError, ContentCache, Lookup};
 use crate::serve::fsroot::{self, PathError, ServedRoot};
+use crate::serve::origin::AgentOrigin;
 use crate::serve::tftp::content::Content;
 use crate::serve::tftp::{FileProvider, OpenError, OpenedFile};
 
@@ -42,59 +43,145 @@ pub fn resolve(roots: &[ServedRoot], requested: &str) -> Result<PathBuf, PathErr
     fsroot::resolve_in(roots, requested)
 }
 
+/// Where a boot file asked for by name is found, the same for every
+/// transport (TFTP, `/assets`, and the DHCP and HTTP Boot answers that
+/// name files): the served roots first (`tftp.root`, then the system iPXE
+/// directories), then, with a controller, the content cache (DESIGN §12).
+pub struct BootFileResolver {
+    roots: Arc<Vec<ServedRoot>>,
+    cache: Option<Arc<ContentCache>>,
+}
+
+/// A boot file found.
+pub enum Located {
+    /// A complete file on disk: under a served root, or kept by the
+    /// content cache (`cached`, with its checksum when verified).
+    File {
+        path: PathBuf,
+        cached: bool,
+        sha256: Option<String>,
+    },
+    /// A controller file being fetched now, under its sanitised path:
+    /// stream it as it arrives or wait for its end.
+    Filling { fill: Arc<Fill>, clean: String },
+}
+
+/// Why a boot file cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The path was refused (traversal, a forbidden character).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The content cache is at its bound for misses: try again later.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl BootFileResolver {
+    pub fn new(roots: Arc<Vec<ServedRoot>>, cache: Option<Arc<ContentCache>>) -> BootFileResolver {
+        BootFileResolver { roots, cache }
+    }
+
+    /// The content cache, when a controller is configured.
+    pub fn cache(&self) -> Option<&Arc<ContentCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Finds `requested` for `client` (the address counted against the
+    /// cache's per-client miss limit).
+    pub async fn locate(
+        &self,
+        requested: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Located, LocateError> {
+        let roots = self.roots.clone();
+        let lookup = requested.to_string();
+        let resolved = tokio::task::spawn_blocking(move || resolve(&roots, &lookup))
+            .await
+            .map_err(|e| LocateError::Io(format!("boot file lookup failed: {e}")))?;
+        match (resolved, &self.cache) {
+            (Ok(path), _) => Ok(Located::File {
+                path,
+                cached: false,
+                sha256: None,
+            }),
+            (Err(PathError::NotFound(_)), Some(cache)) => from_cache(cache, requested, client),
+            (Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_))), _) => {
+                Err(LocateError::NotFound(e.to_string()))
+            }
+            (Err(e), _) => Err(LocateError::Forbidden(e.to_string())),
+        }
+    }
+}
+
+/// A file not under the roots, from the content cache. Only paths that
+/// passed the same sanitising as local files go out, as the sanitised
+/// segments.
+fn from_cache(
+    cache: &Arc<ContentCache>,
+    requested: &str,
+    client: Option<IpAddr>,
+) -> Result<Located, LocateError> {
+    let clean = fsroot::sanitise(requested)
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .ok_or_else(|| LocateError::Forbidden(format!("{requested:?}: path not allowed")))?;
+    match cache.lookup_for(&clean, client) {
+        Ok(Lookup::Hit { file, sha256, .. }) => Ok(Located::File {
+            path: file,
+            cached: true,
+            sha256,
+        }),
+        Ok(Lookup::Filling(fill)) => Ok(Located::Filling { fill, clean }),
+        Ok(Lookup::Missing) => Err(LocateError::NotFound(format!(
+            "file {requested:?} not found here or at the controller"
+        ))),
+        Err(e @ CacheError::Busy(_)) => Err(LocateError::Busy(e.to_string())),
+        Err(e) => Err(LocateError::Io(format!("content cache: {e}"))),
+    }
+}
+
+/// The TFTP server's files: the bootstrap script by its names, else what
+/// the [`BootFileResolver`] finds.
 pub struct BootFiles {
     boot: Arc<BootService>,
-    roots: Arc<Vec<ServedRoot>>,
-    public_url: Option<String>,
-    http_port: u16,
-    /// The controller's files (DESIGN §12), when a controller is configured.
-    cache: Option<Arc<ContentCache>>,
+    files: Arc<BootFileResolver>,
+    origin: AgentOrigin,
 }
 
 impl BootFiles {
     pub fn new(
         boot: Arc<BootService>,
-        roots: Arc<Vec<ServedRoot>>,
-        public_url: Option<String>,
-        http_port: u16,
-        cache: Option<Arc<ContentCache>>,
+        files: Arc<BootFileResolver>,
+        origin: AgentOrigin,
     ) -> BootFiles {
         BootFiles {
             boot,
-            roots,
-            public_url,
-            http_port,
-            cache,
+            files,
+            origin,
         }
     }
 
-    /// A file not under the roots, from the content cache. TFTP needs the
-    /// whole file (its size for `tsize`, blocks in order with no pause a
-    /// client would time out on), so a miss waits for the fill to end;
-    /// a client's retransmitted request meanwhile joins the same fill.
-    async fn cached(
-        cache: &Arc<ContentCache>,
+    /// A controller file being fetched: TFTP needs the whole file (its
+    /// size for `tsize`, blocks in order with no pause a client would time
+    /// out on), so the request waits for the fill to end; a client's
+    /// retransmitted request meanwhile joins the same fill.
+    async fn filled(
+        &self,
+        fill: Arc<Fill>,
+        clean: &str,
         filename: &str,
-        peer: SocketAddr,
     ) -> Result<PathBuf, OpenError> {
-        let clean = fsroot::sanitise(filename)
-            .ok()
-            .and_then(|p| p.to_str().map(str::to_string))
-            .ok_or_else(|| OpenError::Forbidden(format!("{filename:?}: path not allowed")))?;
-        let fill = match cache.lookup_for(&clean, Some(peer.ip())) {
-            Ok(Lookup::Hit { file, .. }) => return Ok(file),
-            Ok(Lookup::Filling(fill)) => fill,
-            Ok(Lookup::Missing) => {
-                return Err(OpenError::NotFound(format!(
-                    "{filename:?} is not here nor at the controller"
-                )));
-            }
-            Err(e) => return Err(OpenError::Io(e.to_string())),
-        };
         let _waiting = fill.waiting();
         match fill.finished().await {
-            Progress::Done { .. } => cache
-                .cached_file(&clean)
+            Progress::Done { .. } => self
+                .files
+                .cache()
+                .and_then(|cache| cache.cached_file(clean))
                 .ok_or_else(|| OpenError::Io(format!("{filename:?} was evicted as it arrived"))),
             Progress::Missing => Err(OpenError::NotFound(format!(
                 "{filename:?} is not here nor at the controller"
@@ -105,18 +192,6 @@ impl BootFiles {
             Progress::Asking | Progress::Filling { .. } => {
                 Err(OpenError::Io("the fill stopped".into()))
             }
-        }
-    }
-
-    /// The agent URL for a TFTP client: `http.public_url`, else the address
-    /// the request reached with the HTTP port.
-    pub fn base_url_for(&self, local: SocketAddr) -> String {
-        match &self.public_url {
-            Some(url) => url.clone(),
-            None => match local.ip() {
-                std::net::IpAddr::V4(ip) => format!("http://{ip}:{}", self.http_port),
-                std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}", self.http_port),
-            },
         }
     }
 }
@@ -133,26 +208,21 @@ impl FileProvider for BootFiles {
         peer: SocketAddr,
     ) -> Result<OpenedFile, OpenError> {
         if is_bootstrap_name(filename) {
-            let script = self.boot.bootstrap(&self.base_url_for(local)).into_bytes();
+            let script = self
+                .boot
+                .bootstrap(&self.origin.url_at(local.ip()))
+                .into_bytes();
             return Ok(OpenedFile {
                 size: script.len() as u64,
                 content: Content::Memory(script.into()),
             });
         }
-        let roots = self.roots.clone();
-        let requested = filename.to_string();
-        let resolved = tokio::task::spawn_blocking(move || resolve(&roots, &requested))
-            .await
-            .map_err(|e| OpenError::Io(e.to_string()))?;
-        let path = match (resolved, &self.cache) {
-            (Ok(path), _) => path,
-            (Err(PathError::NotFound(_)), Some(cache)) => {
-                BootFiles::cached(cache, filename, peer).await?
-            }
-            (Err(e @ PathError::NotFound(_)), None) => {
-                return Err(OpenError::NotFound(e.to_string()));
-            }
-            (Err(e), _) => return Err(OpenError::Forbidden(e.to_string())),
+        let path = match self.files.locate(filename, Some(peer.ip())).await {
+            Ok(Located::File { path, .. }) => path,
+            Ok(Located::Filling { fill, clean }) => self.filled(fill, &clean, filename).await?,
+            Err(LocateError::NotFound(e)) => return Err(OpenError::NotFound(e)),
+            Err(LocateError::Forbidden(e)) => return Err(OpenError::Forbidden(e)),
+            Err(LocateError::Busy(e) | LocateError::Io(e)) => return Err(OpenError::Io(e)),
         };
         let name = filename.to_string();
         let opened = tokio::task::spawn_blocking(move || {

@@ -4,4 +4,5 @@
 pub mod bootfiles;
 pub mod fsroot;
 pub mod http;
+pub mod origin;
 pub mod tftp;

@@ -13,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::content::fill::Progress;
-use crate::content::{CacheError, ContentCache, Lookup};
-use crate::serve::bootfiles;
-use crate::serve::fsroot::{PathError, ServedRoot};
+use crate::content::ContentCache;
+use crate::content::fill::{Fill, Progress};
+use crate::serve::bootfiles::{BootFileResolver, LocateError, Located};
 
 /// What a `Range` header asks of a file of a given length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,23 +95,28 @@ static REFUSALS: std::sync::LazyLock<RefusalLog<Option<std::net::IpAddr>>> =
     });
 
 pub async fn serve(
-    roots: Arc<Vec<ServedRoot>>,
+    files: &BootFileResolver,
     requested: String,
     headers: &HeaderMap,
-    cache: Option<&Arc<ContentCache>>,
     client: Option<std::net::IpAddr>,
 ) -> Response {
-    let lookup = requested.clone();
-    let resolved = tokio::task::spawn_blocking(move || bootfiles::resolve(&roots, &lookup)).await;
-    let path = match resolved {
-        Ok(Ok(path)) => path,
-        Ok(Err(PathError::NotFound(_))) if let Some(cache) = cache => {
-            return from_cache(cache, &requested, headers, client).await;
-        }
-        Ok(Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_)))) => {
-            return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
-        }
-        Ok(Err(e)) => {
+    match files.locate(&requested, client).await {
+        Ok(Located::File {
+            path,
+            cached: false,
+            ..
+        }) => serve_file(&path, &requested, headers).await,
+        Ok(Located::File {
+            path,
+            cached: true,
+            sha256,
+        }) => with_checksum(serve_mapped(&path, &requested, headers).await, sha256),
+        Ok(Located::Filling { fill, clean }) => match files.cache() {
+            Some(cache) => while_filling(cache, fill, &clean, &requested, headers).await,
+            None => internal("a fill without a content cache".into()),
+        },
+        Err(LocateError::NotFound(e)) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Err(LocateError::Forbidden(e)) => {
             // DESIGN §10: the path a client chose is escaped and cut, and
             // refusals are throttled per peer and overall (with a count),
             // so that they can neither forge log lines nor fill the disk.
@@ -121,11 +125,17 @@ pub async fn serve(
                     peer = %client.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
                     "asset request refused (path not allowed)");
             }
-            return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response();
+            (StatusCode::FORBIDDEN, format!("{e}\n")).into_response()
         }
-        Err(e) => return internal(format!("asset lookup failed: {e}")),
-    };
-    serve_file(&path, &requested, headers).await
+        Err(LocateError::Busy(e)) => {
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+        Err(LocateError::Io(e)) => internal(e),
+    }
 }
 
 /// A complete file on disk, with Range.
@@ -237,45 +247,15 @@ fn respond(body: Body, status: StatusCode, start: u64, count: Option<u64>, len: 
     response
 }
 
-/// A file the agent does not serve from its roots: from the content
-/// cache (DESIGN §12), which fetches it from the controller on a miss and
-/// streams it while it fills.
-async fn from_cache(
+/// A controller file the content cache is fetching now (DESIGN §12):
+/// streamed to this client as it arrives.
+async fn while_filling(
     cache: &Arc<ContentCache>,
+    fill: Arc<Fill>,
+    clean: &str,
     requested: &str,
     headers: &HeaderMap,
-    client: Option<std::net::IpAddr>,
 ) -> Response {
-    // Only paths that passed the same sanitising as local files go out,
-    // as the sanitised segments.
-    let Some(clean) = crate::serve::fsroot::sanitise(requested)
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_string))
-    else {
-        return (StatusCode::FORBIDDEN, "path not allowed\n").into_response();
-    };
-    let fill = match cache.lookup_for(&clean, client) {
-        Ok(Lookup::Hit { file, sha256, .. }) => {
-            let response = serve_mapped(&file, requested, headers).await;
-            return with_checksum(response, sha256);
-        }
-        Ok(Lookup::Filling(fill)) => fill,
-        Ok(Lookup::Missing) => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("file {requested:?} not found here or at the controller\n"),
-            )
-                .into_response();
-        }
-        Err(e @ CacheError::Busy(_)) => {
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return response;
-        }
-        Err(e) => return internal(format!("content cache: {e}")),
-    };
     // This request waits for the fill until it has its reader (which
     // waits in turn): a fill no client waits for is abandoned.
     let _waiting = fill.waiting();
@@ -290,7 +270,7 @@ async fn from_cache(
                 .into_response();
         }
         Progress::Failed(reason) if reason.starts_with(crate::content::UNCACHEABLE) => {
-            return passed_through(cache, &clean).await;
+            return passed_through(cache, clean).await;
         }
         Progress::Failed(reason) => {
             tracing::warn!(path = %logsafe::shown(requested), reason = %logsafe::shown(&reason),
@@ -346,7 +326,7 @@ async fn passed_through(cache: &Arc<ContentCache>, path: &str) -> Response {
             );
             with_checksum(response, remote.sha256)
         }
-        Err(e @ CacheError::Busy(_)) => {
+        Err(e @ crate::content::CacheError::Busy(_)) => {
             let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
             response
                 .headers_mut()

@@ -118,28 +118,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The agent URL nodes should use: `http.public_url`, else what the client
-/// called us by (its `Host` header), which must look like a host name.
+/// The agent URL nodes should use (see [`AgentOrigin::url_for_host`]).
 fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, String> {
-    if let Some(url) = &state.public_url {
-        return Ok(url.clone());
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let plausible = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    if plausible {
-        Ok(format!("http://{host}"))
-    } else {
-        Err(format!(
-            "missing or invalid Host header {host:?}; set http.public_url"
-        ))
-    }
+    state
+        .origin
+        .url_for_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 fn script_response(script: String, source: Option<&'static str>) -> Response {
@@ -217,14 +200,7 @@ async fn asset(
     headers: HeaderMap,
 ) -> Response {
     let client = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
-    assets::serve(
-        state.roots.clone(),
-        path,
-        &headers,
-        state.cache.as_ref(),
-        client,
-    )
-    .await
+    assets::serve(&state.files, path, &headers, client).await
 }
 
 /// 200 while the agent can do its work; 503 while its store cannot write

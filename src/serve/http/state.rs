@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::boot::BootService;
 use crate::central::port::ControllerPort;
-use crate::serve::fsroot::ServedRoot;
+use crate::serve::bootfiles::BootFileResolver;
+use crate::serve::origin::AgentOrigin;
 use crate::status::StatusSource;
 use crate::store::Store;
 use crate::store::nodes::NodeCache;
@@ -19,8 +20,10 @@ pub struct AppState {
     /// The sync log.
     pub store: Store,
     pub status: Arc<StatusSource>,
-    pub roots: Arc<Vec<ServedRoot>>,
-    pub public_url: Option<String>,
+    /// Where `/assets` paths are found (the same as for TFTP).
+    pub files: Arc<BootFileResolver>,
+    /// The agent's own URL, for the scripts.
+    pub origin: AgentOrigin,
     pub admin_token: String,
     /// Present when a controller is configured.
     pub sync: Option<crate::link::tasks::SyncHandle>,
