@@ -122,7 +122,7 @@ impl BootService {
     }
 
     /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
-    pub fn bootstrap(&self, base_url: &str) -> String {
+    pub fn bootstrap(&self, base_url: &str) -> crate::model::script::Script {
         self.renderer.bootstrap(base_url)
     }
 

@@ -14,6 +14,7 @@ use crate::model::boot::{BootAnswer, BootFacts, Source};
 use crate::model::decision::{self, Action, Decision};
 use crate::model::mac::Mac;
 use crate::model::node::{Node, NodeState, Workflow};
+use crate::model::script::Script;
 use crate::store::LastScript;
 
 /// How often iPXE's bootstrap retries the boot service before local boot.
@@ -76,20 +77,20 @@ impl Renderer {
     }
 
     /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
-    pub fn bootstrap(&self, base_url: &str) -> String {
+    pub fn bootstrap(&self, base_url: &str) -> Script {
         let ctx = BootstrapContext {
             base_url: base_url.to_string(),
             site_id: self.site_id.clone(),
             retries: BOOTSTRAP_RETRIES,
             retry_delay_s: BOOTSTRAP_RETRY_DELAY_S,
         };
-        match self.templates().render_bootstrap(&ctx) {
+        Script::ipxe(match self.templates().render_bootstrap(&ctx) {
             Ok(script) => script,
             Err(e) => {
                 tracing::error!(error = %e, "bootstrap template failed; serving local boot");
                 fallback_script(None, None, Source::Standalone)
             }
-        }
+        })
     }
 
     pub fn render(&self, scene: Scene<'_>, decision: &Decision) -> BootAnswer {
@@ -103,7 +104,7 @@ impl Renderer {
         });
         match rendered {
             Ok(script) => BootAnswer {
-                script,
+                script: Script::ipxe(script),
                 source,
                 action: decision.action,
                 state: Some(node.state),
@@ -129,11 +130,11 @@ impl Renderer {
         let ctx = self.context(scene, &decision);
         match self.templates().render_header(&ctx) {
             Ok(header) => BootAnswer {
-                script: format!(
+                script: Script::ipxe(format!(
                     "{header}echo siteboot: replaying the script served at {}\n{}",
                     rfc3339(last.served_at),
                     last.script
-                ),
+                )),
                 source,
                 action: Action::LastKnown,
                 state: Some(node.state),
@@ -261,12 +262,12 @@ pub fn fallback_for(
         return fallback_answer(mac, state, source);
     }
     BootAnswer {
-        script: format!(
+        script: Script::ipxe(format!(
             "#!ipxe\n{}echo *** siteboot ERROR: could not build this node's script (see the agent log) ***\n\
              echo *** siteboot: this node is RETIRED and will not boot. ***\n\
              :siteboot_retired\nsleep 3600\ngoto siteboot_retired\n",
             status_line(mac, state, Action::Retired, source)
-        ),
+        )),
         source,
         action: Action::Retired,
         state,
@@ -284,7 +285,7 @@ fn status_line(mac: Mac, state: Option<NodeState>, action: Action, source: Sourc
 
 pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> BootAnswer {
     BootAnswer {
-        script: fallback_script(Some(mac), state, source),
+        script: Script::ipxe(fallback_script(Some(mac), state, source)),
         source,
         action: Action::Local,
         state,

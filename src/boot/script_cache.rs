@@ -96,7 +96,7 @@ mod tests {
 
     fn answer(text: &str) -> BootAnswer {
         BootAnswer {
-            script: text.into(),
+            script: crate::model::script::Script::ipxe(text.into()),
             source: Source::Standalone,
             action: Action::Local,
             state: Some(NodeState::Active),
@@ -118,7 +118,11 @@ mod tests {
         cache.put(node.clone(), &facts, "http://a", &answer("one"));
         let s = Source::Standalone;
         assert_eq!(
-            cache.get(&node, &facts, "http://a", s).unwrap().script,
+            cache
+                .get(&node, &facts, "http://a", s)
+                .unwrap()
+                .script
+                .text(),
             "one"
         );
         assert!(cache.get(&node, &facts, "http://a", Source::Live).is_none());

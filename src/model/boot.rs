@@ -40,7 +40,7 @@ pub struct BootFacts {
 
 #[derive(Debug, Clone)]
 pub struct BootAnswer {
-    pub script: String,
+    pub script: super::script::Script,
     pub source: Source,
     pub action: Action,
     pub state: Option<NodeState>,

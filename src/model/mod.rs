@@ -8,3 +8,4 @@ pub mod decision;
 pub mod mac;
 pub mod mode;
 pub mod node;
+pub mod script;

@@ -208,14 +208,8 @@ impl FileProvider for BootFiles {
         peer: SocketAddr,
     ) -> Result<OpenedFile, OpenError> {
         if is_bootstrap_name(filename) {
-            let script = self
-                .boot
-                .bootstrap(&self.origin.url_at(local.ip()))
-                .into_bytes();
-            return Ok(OpenedFile {
-                size: script.len() as u64,
-                content: Content::Memory(script.into()),
-            });
+            let script = self.boot.bootstrap(&self.origin.url_at(local.ip()));
+            return Ok(crate::serve::script::tftp_file(&script));
         }
         let path = match self.files.locate(filename, Some(peer.ip())).await {
             Ok(Located::File { path, .. }) => path,

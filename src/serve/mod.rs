@@ -5,4 +5,5 @@ pub mod bootfiles;
 pub mod fsroot;
 pub mod http;
 pub mod origin;
+pub mod script;
 pub mod tftp;

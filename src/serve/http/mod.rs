@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::model::boot::BootFacts;
 use crate::model::mac::Mac;
+use crate::serve::script;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -125,27 +126,13 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, String> {
         .url_for_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
-fn script_response(script: String, source: Option<&'static str>) -> Response {
-    let mut response = script.into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(source) = source {
-        h.insert("x-siteboot-source", HeaderValue::from_static(source));
-    }
-    response
-}
-
 fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
 }
 
 async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match base_url(&state, &headers) {
-        Ok(url) => script_response(state.boot.bootstrap(&url), None),
+        Ok(url) => script::http_answer(&state.boot.bootstrap(&url), None),
         Err(message) => bad_request(&message),
     }
 }
@@ -190,7 +177,7 @@ async fn boot(
         source = answer.source.as_str(),
         "boot script served"
     );
-    script_response(answer.script, Some(answer.source.as_str()))
+    script::http_answer(&answer.script, Some(answer.source.as_str()))
 }
 
 async fn asset(

@@ -1,0 +1,121 @@
+//! A rendered script as an artifact: its format, its bytes (kept once and
+//! shared by every answer that sends them: the HTTP body, a TFTP file, the
+//! rendered-script cache) and their digest, computed when first asked.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+/// The language a script is written in; the client decides which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptFormat {
+    /// An iPXE script (`#!ipxe`).
+    Ipxe,
+}
+
+impl ScriptFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScriptFormat::Ipxe => "ipxe",
+        }
+    }
+}
+
+/// A rendered script; cloning it shares its bytes.
+#[derive(Clone)]
+pub struct Script(Arc<Rendered>);
+
+struct Rendered {
+    format: ScriptFormat,
+    bytes: Bytes,
+    sha256: OnceLock<String>,
+}
+
+impl Script {
+    pub fn new(format: ScriptFormat, text: String) -> Script {
+        Script(Arc::new(Rendered {
+            format,
+            bytes: Bytes::from(text),
+            sha256: OnceLock::new(),
+        }))
+    }
+
+    /// An iPXE script.
+    pub fn ipxe(text: String) -> Script {
+        Script::new(ScriptFormat::Ipxe, text)
+    }
+
+    pub fn format(&self) -> ScriptFormat {
+        self.0.format
+    }
+
+    /// The bytes to send (a cheap, shared handle).
+    pub fn bytes(&self) -> Bytes {
+        self.0.bytes.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.bytes.is_empty()
+    }
+
+    /// The text (a script is built from a `String`, so it is UTF-8).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.0.bytes).unwrap_or_default()
+    }
+
+    /// The SHA-256 of the bytes, lowercase hex.
+    pub fn sha256_hex(&self) -> &str {
+        self.0.sha256.get_or_init(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(&self.0.bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+    }
+}
+
+impl std::ops::Deref for Script {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.text()
+    }
+}
+
+impl std::fmt::Display for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("format", &self.0.format)
+            .field("text", &self.text())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_keeps_its_bytes_once_and_knows_their_digest() {
+        let script = Script::ipxe("#!ipxe\nexit\n".into());
+        let copy = script.clone();
+        assert_eq!(script.bytes().as_ptr(), copy.bytes().as_ptr(), "shared");
+        assert_eq!(copy.format(), ScriptFormat::Ipxe);
+        assert!(copy.contains("exit"));
+        assert_eq!(
+            script.sha256_hex(),
+            "b47e81073cc93222f98c0e29ca161286fe796b064e7506d18def21a41d3f2cf1"
+        );
+    }
+}
