@@ -21,6 +21,9 @@
 //! cores, as they would not in production, so ratios matter more than
 //! absolute figures.
 
+// A benchmark harness, like a test: it stops on what it cannot do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! other. Read from the source text, so a new upward import or cycle fails
 //! here with the path that closes it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

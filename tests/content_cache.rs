@@ -3,6 +3,8 @@
 //! checks that keep a partial or mismatching file from ever being served
 //! as complete, resumed fills, crashes during a fill, and eviction.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! test changes the machine (root, as CI runs): it removes the package
 //! again however it ends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@
 //! Needs root (CI runs as root) and Debian's qemu-system-x86, ovmf, ipxe
 //! and dnsmasq-base; without them the test fails, it does not skip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! and transfers under way finish, writes what it holds, and exits 0.
 //! (SIGTERM during queued writes and replay is in offline_queue.rs.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::collections::BTreeSet;

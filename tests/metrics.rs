@@ -3,6 +3,8 @@
 //! as a boot, a TFTP transfer, an outage and a replay happen, and it needs
 //! the admin token unless `metrics.open`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -4,6 +4,8 @@
 //! the registration remap, the queue admin API, a cold start with the
 //! controller down, and acknowledged writes surviving SIGKILL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

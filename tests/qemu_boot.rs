@@ -5,6 +5,8 @@
 //! reported, and the agent names itself by the request's `Host`.
 //! Success is the status line on the guest's serial console.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::path::{Path, PathBuf};

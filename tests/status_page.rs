@@ -5,6 +5,8 @@
 //! Screenshots of each state are written under
 //! `target/tmp/status-page/` for people to look at.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! data directory, and the real clients (curl, tftp, atftp, QEMU) against it.
 //! A missing client is a failure, never a skip.
 
+// Test helpers fail loudly on what they cannot do: unwrap and expect
+// are how a test says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 pub mod browser;
