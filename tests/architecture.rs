@@ -57,7 +57,10 @@ fn modules() -> BTreeMap<Vec<String>, PathBuf> {
             if parts.last().map(String::as_str) == Some("mod") {
                 parts.pop();
             }
-            if parts == ["main"] {
+            // `main.rs` is the binary; a `tests.rs` holds its parent's unit
+            // tests (declared under `#[cfg(test)]`), whose `super` is that
+            // parent.
+            if parts == ["main"] || parts.last().map(String::as_str) == Some("tests") {
                 continue;
             }
             if parts == ["lib"] {
