@@ -1,0 +1,297 @@
+//! A fill's download: the controller's file fetched into a temporary file
+//! (resumed with `Range` where it breaks, checked against the announced
+//! length and checksum, within the room reserved for it), then kept and
+//! indexed, or discarded (DESIGN §12).
+
+use super::*;
+
+impl ContentCache {
+    /// Downloads into the temporary file, resuming a broken stream;
+    /// returns what was kept (size, checksum) once verified.
+    pub(super) async fn run_fill(
+        &self,
+        path: &str,
+        fill: &Arc<Fill>,
+        writer: &FillWriter,
+        abandonable: bool,
+    ) -> Result<Verified, String> {
+        let file = &fill.handle();
+        let mut hasher = Sha256::new();
+        let mut written: u64 = 0;
+        let mut expected: Option<(Option<u64>, Option<String>, Option<String>)> = None;
+        let mut resumes = 0;
+        let mut room: Option<Reservation> = None;
+        loop {
+            let request = FileRequest {
+                from: written,
+                if_none_match: None,
+            };
+            let remote = match self.port.fetch_file(path, request).await {
+                Ok(FileAnswer::Body(remote)) => remote,
+                Ok(FileAnswer::Missing) => return Err(MISSING.into()),
+                Ok(FileAnswer::NotModified) => {
+                    return Err("the controller answered 304 to an unconditional request".into());
+                }
+                // A broken stream resumes where it stopped; a request that
+                // could not be sent (a pooled connection the controller
+                // had just closed, a connect refused under load) is tried
+                // again too, a few times.
+                Err(e)
+                    if resumes < RESUMES
+                        && (written > 0 || matches!(e, CentralError::Unreachable(_))) =>
+                {
+                    resumes += 1;
+                    tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let RemoteFile {
+                offset,
+                total,
+                sha256,
+                etag,
+                mut body,
+            } = remote;
+            match &expected {
+                None => {
+                    // Room first (DESIGN §12): a length that cannot fit is
+                    // never written here.
+                    if let Some(total) = total {
+                        room = Some(self.reserve(total).await?);
+                    }
+                    writer.announce(sha256.clone());
+                    expected = Some((total, sha256, etag));
+                }
+                Some((first_total, first_sum, _)) => {
+                    if (total.is_some() && total != *first_total)
+                        || (sha256.is_some() && sha256 != *first_sum)
+                    {
+                        return Err("the file changed at the controller during the fill".into());
+                    }
+                }
+            }
+            let total = expected.as_ref().and_then(|e| e.0);
+            if let Some(total) = total
+                && written == 0
+            {
+                writer.report(Progress::Filling {
+                    written,
+                    total: Some(total),
+                });
+            }
+            // A controller that does not take Range sends the whole file
+            // again: the part already kept is skipped.
+            let mut skip = written - offset.min(written);
+            let mut buffer = Vec::with_capacity(WRITE_BATCH);
+            let mut broken = None;
+            loop {
+                let next = if buffer.is_empty() {
+                    body.next().await
+                } else {
+                    match tokio::time::timeout(std::time::Duration::from_millis(20), body.next())
+                        .await
+                    {
+                        Ok(next) => next,
+                        Err(_) => {
+                            written = flush(file, &mut buffer, written).await?;
+                            writer.report(Progress::Filling { written, total });
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(Ok(_)) if abandonable && fill.abandoned() => {
+                        return Err(ABANDONED.into());
+                    }
+                    Some(Ok(mut chunk)) => {
+                        if !fill.is_urgent() {
+                            self.pace.take(chunk.len() as u64).await;
+                        }
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64) as usize;
+                            let _ = chunk.split_to(n);
+                            skip -= n as u64;
+                        }
+                        hasher.update(&chunk);
+                        buffer.extend_from_slice(&chunk);
+                        if room.is_none() {
+                            // No length announced: the file may take what
+                            // is left, and no more.
+                            let so_far = written + buffer.len() as u64;
+                            if so_far > self.room_left() {
+                                return Err(format!(
+                                    "{UNCACHEABLE}: {so_far} bytes so far, with no length \
+                                     announced, and no more room under cache.max_bytes"
+                                ));
+                            }
+                        }
+                        if total.is_some_and(|t| written + buffer.len() as u64 > t) {
+                            return Err(format!(
+                                "the controller sent more than the {} bytes it announced",
+                                total.unwrap_or_default()
+                            ));
+                        }
+                        if buffer.len() >= WRITE_BATCH {
+                            written = flush(file, &mut buffer, written).await?;
+                            writer.report(Progress::Filling { written, total });
+                        }
+                    }
+                    Some(Err(e)) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            written = flush(file, &mut buffer, written).await?;
+            writer.report(Progress::Filling { written, total });
+            match broken {
+                Some(e) if resumes < RESUMES => {
+                    resumes += 1;
+                    tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
+                    continue;
+                }
+                Some(e) => return Err(format!("the controller's stream broke: {e}")),
+                None if skip > 0 => {
+                    return Err("the controller's answer ended before the part kept".into());
+                }
+                None => {}
+            }
+            if let Some(total) = total
+                && written != total
+            {
+                if resumes < RESUMES {
+                    resumes += 1;
+                    tracing::warn!(path, written, total, "fill cut short; resuming");
+                    continue;
+                }
+                return Err(format!("{written} bytes of the {total} announced"));
+            }
+            let sum = hex(&hasher.finalize());
+            let (_, announced, etag) = expected.unwrap_or_default();
+            if let Some(announced) = &announced
+                && announced.trim_start_matches("sha256:") != sum
+            {
+                return Err(format!(
+                    "checksum mismatch: the controller announced {announced}, the bytes hash to {sum}"
+                ));
+            }
+            return Ok(Verified {
+                size: written,
+                sha256: sum,
+                verified: announced.is_some(),
+                etag,
+                _room: room,
+            });
+        }
+    }
+
+    /// Renames a verified fill into place and indexes it, or removes what
+    /// a failed one left; then tells the readers.
+    pub(super) async fn finish_fill(
+        self: &Arc<Self>,
+        path: &str,
+        name: String,
+        temp: PathBuf,
+        pinned: bool,
+        outcome: Result<Verified, String>,
+        writer: FillWriter,
+    ) {
+        let kept = match outcome {
+            Ok(verified) => {
+                let target = self.files.join(&name);
+                let files = self.files.clone();
+                let moved = tokio::task::spawn_blocking({
+                    let temp = temp.clone();
+                    move || -> std::io::Result<()> {
+                        std::fs::File::open(&temp)?.sync_all()?;
+                        std::fs::rename(&temp, &target)?;
+                        std::fs::File::open(&files)?.sync_all()
+                    }
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                match moved {
+                    Ok(()) => {
+                        let at = now();
+                        let entry = Entry {
+                            path: path.to_string(),
+                            file: name.clone(),
+                            size: verified.size,
+                            sha256: verified.sha256,
+                            verified: verified.verified,
+                            etag: verified.etag,
+                            fetched_at: at,
+                            validated_at: at,
+                            last_used: at,
+                            pinned,
+                        };
+                        let store = self.store.clone();
+                        let stored = entry.clone();
+                        match store.call(move |s| index::put(s, &[stored])).await {
+                            Ok(()) => Ok(entry),
+                            Err(e) => {
+                                let _ = std::fs::remove_file(self.files.join(&name));
+                                Err(format!("not indexed: {e}"))
+                            }
+                        }
+                    }
+                    Err(e) => Err(format!("cannot move the complete file into place: {e}")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if kept.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        {
+            let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(entry) = &kept {
+                let replaced = self
+                    .entries
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.to_string(), entry.clone());
+                // A changed file fetched again: the old copy goes (a client
+                // reading it keeps its open handle).
+                if let Some(old) = replaced.filter(|old| old.file != entry.file) {
+                    let _ = std::fs::remove_file(self.files.join(&old.file));
+                }
+            }
+            fills.remove(path);
+        }
+        match kept {
+            Ok(entry) => {
+                tracing::info!(
+                    path,
+                    bytes = entry.size,
+                    verified = entry.verified,
+                    "file cached"
+                );
+                writer.report(Progress::Done { len: entry.size });
+                self.evict_over_limit().await;
+            }
+            Err(reason) if reason.starts_with(UNCACHEABLE) => {
+                tracing::info!(path, %reason, "file not kept; its clients get it passed through");
+                writer.report(Progress::Failed(reason));
+            }
+            Err(reason) if reason == ABANDONED => {
+                crate::metrics::metrics().content_request("abandoned");
+                tracing::debug!(path, "fill abandoned: no client waits for it any more");
+                writer.report(Progress::Failed(reason));
+            }
+            Err(reason) if reason == MISSING => {
+                self.remember_missing(path);
+                writer.report(Progress::Missing)
+            }
+            Err(reason) => {
+                self.counters.fill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path, %reason, "fill failed; nothing kept");
+                writer.report(Progress::Failed(reason));
+            }
+        }
+    }
+}
