@@ -335,3 +335,20 @@ fn tasks_are_spawned_only_through_the_tracker() {
     }
     assert!(found.is_empty(), "spawned outside crate::tasks: {found:#?}");
 }
+
+/// docs/architecture.md: one module, one concern; no file in `src/` grows
+/// past 800 lines (unit tests live in a module's `tests.rs`).
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let mut long = Vec::new();
+    for path in modules().into_values() {
+        let lines = std::fs::read_to_string(&path)
+            .expect("read source")
+            .lines()
+            .count();
+        if lines > 800 {
+            long.push(format!("{}: {lines}", path.display()));
+        }
+    }
+    assert!(long.is_empty(), "split these: {long:#?}");
+}

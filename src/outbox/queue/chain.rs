@@ -1,0 +1,101 @@
+//! A node's acknowledged changes in a row (the versions they moved
+//! through, so a later change builds on them), and the rewrites of a
+//! node's queued operations (a local id remapped, a rebase).
+
+use super::*;
+
+impl Queue {
+    /// Notes in `txn` (the commit that acks the change) that `node`'s
+    /// change moved the controller's version `from` → `to`, extending the
+    /// node's chain when it continues it.
+    pub fn record_chain(
+        txn: &crate::store::StoreWrite,
+        node: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), QueueError> {
+        let mut table = txn.open_table(QUEUE_CHAIN).map_err(db_err)?;
+        let first = table
+            .get(node)
+            .map_err(db_err)?
+            .and_then(|v| parse_chain(v.value()))
+            .filter(|(_, latest)| *latest == from)
+            .map_or(from, |(first, _)| first);
+        table
+            .insert(node, format!("{first}:{to}").as_str())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The versions `node`'s acked changes moved through, `first..latest`.
+    pub fn chain(&self, node: &str) -> Result<Option<(u64, u64)>, QueueError> {
+        let txn = self.store.begin_read()?;
+        let table = match txn.open_table(QUEUE_CHAIN) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let chain = table
+            .get(node)
+            .map_err(db_err)?
+            .and_then(|v| parse_chain(v.value()));
+        Ok(chain)
+    }
+
+    /// Points `node`'s later operations from a local id at the controller's
+    /// (after its registration was accepted; see [`Operation::remap`]).
+    /// Returns how many items changed.
+    pub fn remap(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        base: Option<crate::central::ops::Base>,
+    ) -> Result<usize, QueueError> {
+        self.rewrite(node, |operation| operation.remap(from, to, base))
+    }
+
+    /// Applies `change` to each of `node`'s queued operations in one
+    /// commit; returns how many it changed.
+    fn rewrite(
+        &self,
+        node: &str,
+        mut change: impl FnMut(&mut Operation) -> bool,
+    ) -> Result<usize, QueueError> {
+        let txn = self.store.begin_write()?;
+        let mut changed = 0;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut rewrites = Vec::new();
+            for entry in queue.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let mut item = decode(value.value())?;
+                if item.node != node {
+                    continue;
+                }
+                // An unreadable payload is left as it is: replay fails it
+                // with the reason.
+                if let Ok(mut operation) = Operation::from_payload(&item.payload)
+                    && change(&mut operation)
+                {
+                    let sent_payload = std::mem::replace(&mut item.payload, operation.to_payload());
+                    rekey_if_changed(&mut item, &sent_payload);
+                    rewrites.push((key.value(), item));
+                }
+            }
+            for (key, item) in rewrites {
+                queue
+                    .insert(key, encode(&item).as_slice())
+                    .map_err(db_err)?;
+                changed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(changed)
+    }
+}
+
+fn parse_chain(text: &str) -> Option<(u64, u64)> {
+    let (first, latest) = text.split_once(':')?;
+    Some((first.parse().ok()?, latest.parse().ok()?))
+}
