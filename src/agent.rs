@@ -176,42 +176,11 @@ pub async fn start(
 ) -> Result<(Listening, Running), StartError> {
     let services = open_services(&config, true)?;
     let cancel = CancellationToken::new();
-    let started = Instant::now();
-    let status = Arc::new(StatusSource {
-        site_id: config.site_id.clone(),
-        data_dir: config.data_dir.clone(),
-        started,
-        port: services.port.clone(),
-        nodes: services.nodes.clone(),
-        store: services.store.clone(),
-        outbox: services.outbox.clone(),
-        boots: services.boot.stats(),
-        cache: services.cache.clone(),
-    });
-    crate::tasks::spawn(crate::boot::stats::publish_boots(
-        services.boot.stats(),
-        cancel.clone(),
-    ));
-    if services.port.mode().has_controller() {
-        crate::tasks::spawn(crate::outbox::replay::run(
-            services.outbox.clone(),
-            ReplaySettings {
-                batch_size: config.queue.batch_size as usize,
-                max_retries: config.queue.max_retries,
-                retry_base: config.queue.retry_base,
-                retry_max: config.queue.retry_max,
-                period: config.central.check_interval,
-            },
-            cancel.clone(),
-        ));
-    }
+    let status = status_source(&config, &services);
+    spawn_background(&config, &services, &cancel);
     let admin_token = crate::serve::http::admin::load_or_create_token(&config.admin_token_file)
         .map_err(StartError::AdminToken)?;
-    let roots = Arc::new(bootfiles::served_roots(&config.tftp.root));
 
-    let bind_error = |what: &'static str, addr: SocketAddr| {
-        move |source: std::io::Error| StartError::Bind { what, addr, source }
-    };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(bind_error("http.listen", config.http.listen))?;
@@ -219,43 +188,20 @@ pub async fn start(
         .local_addr()
         .map_err(bind_error("http.listen", config.http.listen))?;
     let origin = AgentOrigin::new(config.http.public_url.clone(), http_addr.port());
+    let roots = Arc::new(bootfiles::served_roots(&config.tftp.root));
     let files = Arc::new(BootFileResolver::new(roots, services.cache.clone()));
-    let tftp_files = BootFiles::new(services.boot.clone(), files.clone(), origin.clone());
-    let tftp = TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, tftp_files)
-        .await
-        .map_err(bind_error("tftp.listen", config.tftp.listen))?
-        .with_limits(
-            crate::serve::tftp::session::Limits {
-                max_timeout: config.tftp.max_timeout,
-                stall_timeout: config.tftp.stall_timeout,
-                ..Default::default()
-            },
-            config.tftp.max_sessions_per_client,
-        );
+    let tftp = bind_tftp(&config, &services, files.clone(), origin.clone()).await?;
     let tftp_addr = tftp
         .local_addr()
         .map_err(bind_error("tftp.listen", config.tftp.listen))?;
 
     let sync = services.port.mode().has_controller().then(|| {
-        let agent_url = origin.advertised(http_addr);
-        crate::link::tasks::spawn(
-            LinkServices {
-                port: services.port.clone(),
-                boot: services.boot.clone(),
-                outbox: services.outbox.clone(),
-                status: status.clone(),
-                store: services.store.clone(),
-                cache: services.cache.clone(),
-            },
-            LinkSettings {
-                central: config.central.clone(),
-                site_id: config.site_id.clone(),
-                agent_url,
-                token: services.registration_token.clone(),
-                templates_dir: config.templates_dir.clone(),
-                config_workflows: config.workflows.keys().cloned().collect(),
-            },
-            cancel.clone(),
+        spawn_link(
+            &config,
+            &services,
+            &status,
+            origin.advertised(http_addr),
+            &cancel,
         )
     });
     let state = Arc::new(AppState {
@@ -272,7 +218,6 @@ pub async fn start(
         cache: services.cache.clone(),
         metrics_open: config.metrics_open,
     });
-    let app = http::router(state);
     let http_limits = ServerLimits {
         header_timeout: config.http.header_timeout,
         idle_timeout: config.http.idle_timeout,
@@ -292,57 +237,180 @@ pub async fn start(
     );
     let recorder = services.recorder;
     drop(services.boot);
-    let running = Box::pin(async move {
-        let tftp_task = crate::tasks::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
-        let stop = cancel.clone();
-        crate::tasks::spawn_until_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests; finishing what is in flight");
-            stop.cancel();
-        });
-        let mut http_task =
-            crate::tasks::spawn(server::serve(listener, app, http_limits, cancel.clone()));
-        let served = tokio::select! {
-            // The server ended on its own (its task failed); stop everything else.
-            served = &mut http_task => Some(served),
-            // HTTP answers in flight get the grace period, then are cut.
-            _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task).await.ok(),
-        };
-        cancel.cancel();
-        match served {
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-            None => {
-                http_task.abort();
-                tracing::warn!("http answers still in flight after the grace period; cut");
-            }
-        }
-        if let Err(e) = tftp_task.await {
-            tracing::error!(error = %e, "tftp server task failed");
-        }
-        // The router (and with it the boot service) is gone: the recorder's
-        // channel closes, and it writes its last batch.
-        if let Some(recorder) = recorder
-            && let Err(e) = recorder.await
-        {
-            tracing::error!(error = %e, "last-script recorder failed");
-        }
-        let left = crate::tasks::join(SHUTDOWN_GRACE).await;
-        if left > 0 {
-            tracing::warn!(
-                tasks = left,
-                "background tasks still running after the grace period; ended"
-            );
-        }
-        tracing::info!("siteboot agent stopped");
-    });
+    let servers = Servers {
+        http: listener,
+        app: http::router(state),
+        http_limits,
+        tftp,
+        recorder,
+    };
     Ok((
         Listening {
             http: http_addr,
             tftp: tftp_addr,
         },
-        running,
+        Box::pin(serve_until(servers, shutdown, cancel)),
     ))
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source: std::io::Error| StartError::Bind { what, addr, source }
+}
+
+/// The snapshot source for `/api/v1/status`, the page and the heartbeat.
+fn status_source(config: &Config, services: &Services) -> Arc<StatusSource> {
+    Arc::new(StatusSource {
+        site_id: config.site_id.clone(),
+        data_dir: config.data_dir.clone(),
+        started: Instant::now(),
+        port: services.port.clone(),
+        nodes: services.nodes.clone(),
+        store: services.store.clone(),
+        outbox: services.outbox.clone(),
+        boots: services.boot.stats(),
+        cache: services.cache.clone(),
+    })
+}
+
+/// The loops that need no listener: boot counts published, and with a
+/// controller, the queue's replay.
+fn spawn_background(config: &Config, services: &Services, cancel: &CancellationToken) {
+    crate::tasks::spawn(crate::boot::stats::publish_boots(
+        services.boot.stats(),
+        cancel.clone(),
+    ));
+    if services.port.mode().has_controller() {
+        crate::tasks::spawn(crate::outbox::replay::run(
+            services.outbox.clone(),
+            ReplaySettings {
+                batch_size: config.queue.batch_size as usize,
+                max_retries: config.queue.max_retries,
+                retry_base: config.queue.retry_base,
+                retry_max: config.queue.retry_max,
+                period: config.central.check_interval,
+            },
+            cancel.clone(),
+        ));
+    }
+}
+
+/// The TFTP server, bound, with its limits.
+async fn bind_tftp(
+    config: &Config,
+    services: &Services,
+    files: Arc<BootFileResolver>,
+    origin: AgentOrigin,
+) -> Result<TftpServer<BootFiles>, StartError> {
+    let tftp_files = BootFiles::new(services.boot.clone(), files, origin);
+    Ok(
+        TftpServer::bind(config.tftp.listen, config.tftp.max_sessions, tftp_files)
+            .await
+            .map_err(bind_error("tftp.listen", config.tftp.listen))?
+            .with_limits(
+                crate::serve::tftp::session::Limits {
+                    max_timeout: config.tftp.max_timeout,
+                    stall_timeout: config.tftp.stall_timeout,
+                    ..Default::default()
+                },
+                config.tftp.max_sessions_per_client,
+            ),
+    )
+}
+
+/// Registration, probes, heartbeats and syncs with the controller.
+fn spawn_link(
+    config: &Config,
+    services: &Services,
+    status: &Arc<StatusSource>,
+    agent_url: String,
+    cancel: &CancellationToken,
+) -> crate::link::tasks::SyncHandle {
+    crate::link::tasks::spawn(
+        LinkServices {
+            port: services.port.clone(),
+            boot: services.boot.clone(),
+            outbox: services.outbox.clone(),
+            status: status.clone(),
+            store: services.store.clone(),
+            cache: services.cache.clone(),
+        },
+        LinkSettings {
+            central: config.central.clone(),
+            site_id: config.site_id.clone(),
+            agent_url,
+            token: services.registration_token.clone(),
+            templates_dir: config.templates_dir.clone(),
+            config_workflows: config.workflows.keys().cloned().collect(),
+        },
+        cancel.clone(),
+    )
+}
+
+/// What [`serve_until`] runs and stops.
+struct Servers {
+    http: tokio::net::TcpListener,
+    app: axum::Router,
+    http_limits: ServerLimits,
+    tftp: TftpServer<BootFiles>,
+    recorder: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves until `shutdown` resolves, then stops in the order the module
+/// comment gives.
+async fn serve_until(
+    servers: Servers,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    cancel: CancellationToken,
+) {
+    let Servers {
+        http: listener,
+        app,
+        http_limits,
+        tftp,
+        recorder,
+    } = servers;
+    let tftp_task = crate::tasks::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
+    let stop = cancel.clone();
+    crate::tasks::spawn_until_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new requests; finishing what is in flight");
+        stop.cancel();
+    });
+    let mut http_task =
+        crate::tasks::spawn(server::serve(listener, app, http_limits, cancel.clone()));
+    let served = tokio::select! {
+        // The server ended on its own (its task failed); stop everything else.
+        served = &mut http_task => Some(served),
+        // HTTP answers in flight get the grace period, then are cut.
+        _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task).await.ok(),
+    };
+    cancel.cancel();
+    match served {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+        None => {
+            http_task.abort();
+            tracing::warn!("http answers still in flight after the grace period; cut");
+        }
+    }
+    if let Err(e) = tftp_task.await {
+        tracing::error!(error = %e, "tftp server task failed");
+    }
+    // The router (and with it the boot service) is gone: the recorder's
+    // channel closes, and it writes its last batch.
+    if let Some(recorder) = recorder
+        && let Err(e) = recorder.await
+    {
+        tracing::error!(error = %e, "last-script recorder failed");
+    }
+    let left = crate::tasks::join(SHUTDOWN_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            tasks = left,
+            "background tasks still running after the grace period; ended"
+        );
+    }
+    tracing::info!("siteboot agent stopped");
 }
 
 /// The controller port for `central.url`, and the bearer token.
