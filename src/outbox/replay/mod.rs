@@ -293,90 +293,15 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
         },
         Operation::SetState {
             node_id,
-            mut change,
+            change,
             base_changed_at,
-            mut base_state,
+            base_state,
         } => {
-            // Made here after the node's previous change, on top of it:
-            // it builds on the version (or, version-less, the change time)
-            // that change produced.
-            let mut base_time = base_changed_at.map(nanos);
-            if change.base_version.is_some() || base_time.is_some() {
-                let name = item.node.clone();
-                let chain = outbox
-                    .queue()
-                    .call(move |q| q.chain(&name))
-                    .await
-                    .map_err(|e| SendError::NotReady(e.to_string()))?;
-                if let Some((first, latest)) = chain {
-                    if change
-                        .base_version
-                        .is_some_and(|b| (first..latest).contains(&b))
-                    {
-                        change.base_version = Some(latest);
-                    }
-                    if base_time.is_some_and(|b| (first..latest).contains(&b)) {
-                        // On top of this agent's own change: the state
-                        // that change left is not known here.
-                        base_time = Some(latest);
-                        base_state = None;
-                    }
-                }
-            }
-            // A controller without versions cannot answer 409: the agent
-            // looks before sending (DESIGN §8). A forced change skips it.
-            // A node found already in the wanted state is not a conflict:
-            // maybe this very change, applied by an attempt whose answer
-            // was lost, maybe another change to the same state that got
-            // there first. Such a controller keeps no idempotency keys, so
-            // the agent cannot tell: it sends the change (at least once; a
-            // controller that refuses the repeat as an invalid transition
-            // is read as having it, see `HttpController::set_state`), so an
-            // acknowledged change is never taken as made without being sent.
-            if let Some(base) = base_time
-                && change.force != Some(true)
-                && let Some(now_there) = outbox
-                    .port()
-                    .node_by_mac(mac)
-                    .await
-                    .map_err(SendError::Central)?
-                && crate::central::ops::moved_past(from_nanos(base), base_state, &now_there)
-                && now_there.state != change.state
-            {
-                return Err(SendError::Stale(format!(
-                    "the node changed at the controller ({} since {}) after this change was made here",
-                    now_there.state.as_str(),
-                    super::changed_at(&now_there)
-                )));
-            }
-            let base = change.base_version;
-            let operation = Operation::SetState {
-                node_id: current_node_id(outbox, mac, &node_id)?,
-                change,
-                base_changed_at,
-                base_state,
+            let base = StateBase {
+                changed_at: base_changed_at,
+                state: base_state,
             };
-            let key = key_for(outbox, item, &operation).await?;
-            let answer = outbox
-                .port()
-                .send(mac, &operation, &key)
-                .await
-                .map_err(SendError::Central)?;
-            let moved = match (&answer, base, base_time) {
-                (Some(node), Some(from), _) if node.versioned && node.version != from => {
-                    Some((from, node.version))
-                }
-                (Some(node), None, Some(from))
-                    if !node.versioned && nanos(super::changed_at(node)) != from =>
-                {
-                    Some((from, nanos(super::changed_at(node))))
-                }
-                _ => None,
-            };
-            if let Some(node) = answer {
-                take_response(outbox, node).await;
-            }
-            Ok(Sent::Moved(moved))
+            send_state_change(outbox, item, mac, node_id, change, base).await
         }
         Operation::Report {
             ref report,
@@ -393,6 +318,110 @@ async fn send(outbox: &Outbox, item: &Item) -> Result<Sent, SendError> {
                 .map_err(SendError::Central)
         }
     }
+}
+
+/// What a queued state change was made against, for a controller without
+/// versions: the node's change time and state then.
+struct StateBase {
+    changed_at: Option<OffsetDateTime>,
+    state: Option<crate::model::node::NodeState>,
+}
+
+/// A state change: rebased onto this agent's own acknowledged changes,
+/// looked at before sending for a controller without versions, sent under
+/// the key of exactly this request.
+async fn send_state_change(
+    outbox: &Outbox,
+    item: &Item,
+    mac: Mac,
+    node_id: String,
+    mut change: crate::central::api::StateChange,
+    base: StateBase,
+) -> Result<Sent, SendError> {
+    let StateBase {
+        changed_at: base_changed_at,
+        state: mut base_state,
+    } = base;
+    // Made here after the node's previous change, on top of it:
+    // it builds on the version (or, version-less, the change time)
+    // that change produced.
+    let mut base_time = base_changed_at.map(nanos);
+    if change.base_version.is_some() || base_time.is_some() {
+        let name = item.node.clone();
+        let chain = outbox
+            .queue()
+            .call(move |q| q.chain(&name))
+            .await
+            .map_err(|e| SendError::NotReady(e.to_string()))?;
+        if let Some((first, latest)) = chain {
+            if change
+                .base_version
+                .is_some_and(|b| (first..latest).contains(&b))
+            {
+                change.base_version = Some(latest);
+            }
+            if base_time.is_some_and(|b| (first..latest).contains(&b)) {
+                // On top of this agent's own change: the state
+                // that change left is not known here.
+                base_time = Some(latest);
+                base_state = None;
+            }
+        }
+    }
+    // A controller without versions cannot answer 409: the agent
+    // looks before sending (DESIGN §8). A forced change skips it.
+    // A node found already in the wanted state is not a conflict:
+    // maybe this very change, applied by an attempt whose answer
+    // was lost, maybe another change to the same state that got
+    // there first. Such a controller keeps no idempotency keys, so
+    // the agent cannot tell: it sends the change (at least once; a
+    // controller that refuses the repeat as an invalid transition
+    // is read as having it, see `HttpController::set_state`), so an
+    // acknowledged change is never taken as made without being sent.
+    if let Some(base) = base_time
+        && change.force != Some(true)
+        && let Some(now_there) = outbox
+            .port()
+            .node_by_mac(mac)
+            .await
+            .map_err(SendError::Central)?
+        && crate::central::ops::moved_past(from_nanos(base), base_state, &now_there)
+        && now_there.state != change.state
+    {
+        return Err(SendError::Stale(format!(
+            "the node changed at the controller ({} since {}) after this change was made here",
+            now_there.state.as_str(),
+            super::changed_at(&now_there)
+        )));
+    }
+    let base = change.base_version;
+    let operation = Operation::SetState {
+        node_id: current_node_id(outbox, mac, &node_id)?,
+        change,
+        base_changed_at,
+        base_state,
+    };
+    let key = key_for(outbox, item, &operation).await?;
+    let answer = outbox
+        .port()
+        .send(mac, &operation, &key)
+        .await
+        .map_err(SendError::Central)?;
+    let moved = match (&answer, base, base_time) {
+        (Some(node), Some(from), _) if node.versioned && node.version != from => {
+            Some((from, node.version))
+        }
+        (Some(node), None, Some(from))
+            if !node.versioned && nanos(super::changed_at(node)) != from =>
+        {
+            Some((from, nanos(super::changed_at(node))))
+        }
+        _ => None,
+    };
+    if let Some(node) = answer {
+        take_response(outbox, node).await;
+    }
+    Ok(Sent::Moved(moved))
 }
 
 /// A report that moves the node, observed at the site (DESIGN §8): before
