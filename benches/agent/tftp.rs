@@ -1,0 +1,244 @@
+//! The bench's the TFTP part: siteboot against tftpd-hpa, rs-tftpd and async-tftp, and the firmware probe.
+
+use super::*;
+
+/// One transfer; returns MB/s.
+pub(crate) fn transfer_rate(make: &mut dyn FnMut(&Path) -> Command, out: &Path) -> f64 {
+    let _ = std::fs::remove_file(out);
+    let started = Instant::now();
+    let status = make(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("client");
+    let secs = started.elapsed().as_secs_f64();
+    let len = std::fs::metadata(out)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
+    assert!(
+        status.success() && len == FILE_SIZE,
+        "transfer failed ({len} bytes)"
+    );
+    FILE_SIZE as f64 / 1e6 / secs
+}
+
+/// Builds the client command line for one transfer into the given file.
+pub(crate) type ClientCommand = Box<dyn FnMut(&Path) -> Command>;
+
+/// Runs each client command in turn, `RUNS` rounds (so that drift in the
+/// machine's speed hits all servers alike); returns the medians.
+pub(crate) fn measure_all(commands: &mut [ClientCommand], out: &Path) -> Vec<f64> {
+    let mut rates = vec![Vec::new(); commands.len()];
+    for _ in 0..RUNS {
+        for (i, make) in commands.iter_mut().enumerate() {
+            rates[i].push(transfer_rate(make.as_mut(), out));
+        }
+    }
+    rates.into_iter().map(median).collect()
+}
+
+pub(crate) fn measure(mut make: impl FnMut(&Path) -> Command + 'static, out: &Path) -> f64 {
+    median((0..RUNS).map(|_| transfer_rate(&mut make, out)).collect())
+}
+
+pub(crate) fn curl_get(port: u16, blksize: u32) -> impl FnMut(&Path) -> Command + 'static {
+    move |out: &Path| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--tftp-blksize", &blksize.to_string(), "-o"])
+            .arg(out)
+            .arg(format!("tftp://127.0.0.1:{port}/big.bin"));
+        c
+    }
+}
+
+pub(crate) fn atftp_get(
+    port: u16,
+    blksize: u32,
+    window: u32,
+) -> impl FnMut(&Path) -> Command + 'static {
+    move |out: &Path| {
+        let mut c = Command::new("atftp");
+        c.args(["--option", &format!("blksize {blksize}")]);
+        if window > 1 {
+            c.args(["--option", &format!("windowsize {window}")]);
+        }
+        c.args(["--get", "-r", "big.bin", "-l"])
+            .arg(out)
+            .args(["127.0.0.1", &port.to_string()]);
+        c
+    }
+}
+
+pub(crate) fn async_tftp_reference(root: &Path) -> (Proc, u16) {
+    // Built next to this benchmark (target/release/examples).
+    let exe = std::env::current_exe().expect("bench path");
+    let release = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = release.join("examples").join("async_tftp_reference");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--release", "--example", "async_tftp_reference"])
+            .status()
+            .expect("cargo build");
+        assert!(built.success(), "cannot build the async-tftp reference");
+    }
+    let port = free_udp_port();
+    let mut child = Command::new(&binary)
+        .arg(root)
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start async-tftp reference");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    assert!(
+        matches!(lines.next(), Some(Ok(line)) if line.starts_with("listening")),
+        "async-tftp reference did not start"
+    );
+    (Proc(child), port)
+}
+
+pub(crate) fn tftp_benchmark(dir: &Path, root: &Path) {
+    let (_agent, _, tftp) = start_agent(dir, root);
+    let ours = tftp.port();
+    let hpa = free_udp_port();
+    let _hpa = Proc(
+        Command::new("in.tftpd")
+            .args(["-L", "-s"])
+            .arg(root)
+            .args(["-a", &format!("127.0.0.1:{hpa}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start in.tftpd"),
+    );
+    let (_reference, crate_port) = async_tftp_reference(root);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = dir.join("out.bin");
+    println!("TFTP, 64 MiB file, 127.0.0.1, median of {RUNS} interleaved runs (MB/s)");
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>14}",
+        "client / options", "tftpd-hpa", "async-tftp", "siteboot", "siteboot/hpa"
+    );
+    let row = |name: String, r: &[f64]| {
+        println!(
+            "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>13.2}x",
+            r[0],
+            r[1],
+            r[2],
+            r[2] / r[0]
+        );
+    };
+    for blksize in [512u32, 1468, 8192] {
+        let mut commands: Vec<ClientCommand> = vec![
+            Box::new(curl_get(hpa, blksize)),
+            Box::new(curl_get(crate_port, blksize)),
+            Box::new(curl_get(ours, blksize)),
+        ];
+        row(
+            format!("curl blksize {blksize}"),
+            &measure_all(&mut commands, &out),
+        );
+    }
+    for blksize in [1468u32, 8192] {
+        let mut commands: Vec<ClientCommand> = vec![
+            Box::new(atftp_get(hpa, blksize, 1)),
+            Box::new(atftp_get(crate_port, blksize, 1)),
+            Box::new(atftp_get(ours, blksize, 1)),
+        ];
+        let lockstep = measure_all(&mut commands, &out);
+        row(format!("atftp blksize {blksize}"), &lockstep);
+        for window in [4u32, 16] {
+            let rate = measure(atftp_get(ours, blksize, window), &out);
+            println!(
+                "{:<34} {:>10} {:>10} {:>10.1} {:>13.2}x",
+                format!("atftp blksize {blksize} windowsize {window}"),
+                "n/a",
+                "n/a",
+                rate,
+                rate / lockstep[0]
+            );
+        }
+    }
+    println!(
+        "(windowsize: RFC 7440; neither reference implements it, so those ratios are to tftpd-hpa's lockstep figure)"
+    );
+    println!("\nUEFI firmware sequence: RRQ tsize=0 -> OACK -> ERROR 8 -> RRQ from the same port");
+    for (name, port) in [
+        ("tftpd-hpa", hpa),
+        ("async-tftp", crate_port),
+        ("siteboot", ours),
+    ] {
+        println!("{name:<12} {}", firmware_probe(port));
+    }
+    println!();
+}
+
+/// Plays the firmware's size probe and the real request from one port, as
+/// OVMF does; reports what the server did.
+pub(crate) fn firmware_probe(port: u16) -> String {
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let rrq =
+        |options: &[(&str, &str)]| siteboot::serve::tftp::packet::read_request("big.bin", options);
+    let mut buf = vec![0u8; 70_000];
+    let started = Instant::now();
+    socket
+        .send_to(&rrq(&[("tsize", "0"), ("blksize", "1468")]), server)
+        .expect("send");
+    let Ok((_, probe_tid)) = socket.recv_from(&mut buf) else {
+        return "no answer to the probe".into();
+    };
+    socket
+        .send_to(b"\x00\x05\x00\x08probe done\x00", probe_tid)
+        .expect("send");
+    socket
+        .send_to(&rrq(&[("blksize", "1468")]), server)
+        .expect("send");
+    let mut stray = 0;
+    let tid = loop {
+        match socket.recv_from(&mut buf) {
+            Ok((_, from)) if from == probe_tid => stray += 1,
+            Ok((n, from)) if n >= 2 && buf[1] == 6 => break from,
+            Ok(_) => return "unexpected answer to the re-request".into(),
+            Err(_) => {
+                return format!(
+                    "re-request not answered within 2 s ({stray} stray packets from the probe session)"
+                );
+            }
+        }
+    };
+    socket.send_to(&[0, 4, 0, 0], tid).expect("ack");
+    let mut received = 0usize;
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            return format!("transfer stalled after {received} bytes");
+        };
+        if from == probe_tid {
+            stray += 1;
+            continue;
+        }
+        received += n - 4;
+        socket.send_to(&[0, 4, buf[2], buf[3]], tid).expect("ack");
+        if n - 4 < 1468 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .expect("timeout");
+    while let Ok((_, from)) = socket.recv_from(&mut buf) {
+        if from == probe_tid {
+            stray += 1;
+        }
+    }
+    format!(
+        "completed in {:.0} ms; {stray} packets from the aborted probe session (within 4 s after)",
+        elapsed.as_secs_f64() * 1e3
+    )
+}
