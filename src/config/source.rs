@@ -382,59 +382,14 @@ impl Source {
             None => data_dir.join("admin.token"),
         };
         let config = Config {
-            tftp: TftpConfig {
-                listen: self.socket_addr("tftp.listen", "0.0.0.0:6969")?,
-                root: PathBuf::from(self.string("tftp.root", "boot-assets")?),
-                max_sessions: self.integer("tftp.max_sessions", 1024, 1, 65536)? as usize,
-                max_sessions_per_client: self.integer(
-                    "tftp.max_sessions_per_client",
-                    16,
-                    1,
-                    65536,
-                )? as usize,
-                max_timeout: self.duration("tftp.max_timeout", "5s")?,
-                stall_timeout: self.duration("tftp.stall_timeout", "30s")?,
-            },
-            http: HttpConfig {
-                listen: self.socket_addr("http.listen", "0.0.0.0:8080")?,
-                public_url: self.url("http.public_url")?,
-                header_timeout: self.duration("http.header_timeout", "10s")?,
-                idle_timeout: self.duration("http.idle_timeout", "60s")?,
-                max_connections: match self.values.contains_key("http.max_connections") {
-                    true => Some(self.integer("http.max_connections", 0, 1, 1_000_000)? as usize),
-                    false => None,
-                },
-            },
+            tftp: self.tftp()?,
+            http: self.http()?,
             templates_dir: PathBuf::from(self.string("templates.dir", "templates")?),
-            central: CentralConfig {
-                url: self.url("central.url")?,
-                token_file: self
-                    .optional_string("central.token_file")?
-                    .map(PathBuf::from),
-                registration_token_file: self
-                    .optional_string("central.registration_token_file")?
-                    .map(PathBuf::from),
-                check_interval: self.duration("central.check_interval", "30s")?,
-                request_timeout: self.duration("central.request_timeout", "5s")?,
-                boot_lookup_deadline: self.duration("central.boot_lookup_deadline", "300ms")?,
-                write_deadline: self.duration("central.write_deadline", "1s")?,
-                failure_threshold: self.integer("central.failure_threshold", 3, 1, 1000)? as u32,
-                recovery_threshold: self.integer("central.recovery_threshold", 1, 1, 1000)? as u32,
-                heartbeat_interval: self.duration("central.heartbeat_interval", "60s")?,
-                sync_interval: self.duration("central.sync_interval", "300s")?,
-            },
+            central: self.central()?,
             offline_default_action,
             conflicts,
             queue: self.queue()?,
-            cache: CacheConfig {
-                max_bytes: self.size("cache.max_bytes", "20 GiB")?,
-                prefetch_rate: self.size("cache.prefetch_rate", "50 MB/s")?,
-                revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
-                max_fills: self.integer("cache.max_fills", 8, 1, 1024)? as usize,
-                misses_per_client: self.integer("cache.misses_per_client", 60, 1, 1_000_000)?
-                    as u32,
-                negative_ttl: self.duration("cache.negative_ttl", "60s")?,
-            },
+            cache: self.cache()?,
             metrics_open: self.boolean("metrics.open", false)?,
             log_format: match self.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,
@@ -452,6 +407,62 @@ impl Source {
         data_dir_outside_served_roots(&config.data_dir, &config.tftp.root)
             .map_err(|message| self.invalid("data_dir", message))?;
         Ok(config)
+    }
+
+    fn tftp(&self) -> Result<TftpConfig, ConfigError> {
+        Ok(TftpConfig {
+            listen: self.socket_addr("tftp.listen", "0.0.0.0:6969")?,
+            root: PathBuf::from(self.string("tftp.root", "boot-assets")?),
+            max_sessions: self.integer("tftp.max_sessions", 1024, 1, 65536)? as usize,
+            max_sessions_per_client: self.integer("tftp.max_sessions_per_client", 16, 1, 65536)?
+                as usize,
+            max_timeout: self.duration("tftp.max_timeout", "5s")?,
+            stall_timeout: self.duration("tftp.stall_timeout", "30s")?,
+        })
+    }
+
+    fn http(&self) -> Result<HttpConfig, ConfigError> {
+        Ok(HttpConfig {
+            listen: self.socket_addr("http.listen", "0.0.0.0:8080")?,
+            public_url: self.url("http.public_url")?,
+            header_timeout: self.duration("http.header_timeout", "10s")?,
+            idle_timeout: self.duration("http.idle_timeout", "60s")?,
+            max_connections: match self.values.contains_key("http.max_connections") {
+                true => Some(self.integer("http.max_connections", 0, 1, 1_000_000)? as usize),
+                false => None,
+            },
+        })
+    }
+
+    fn central(&self) -> Result<CentralConfig, ConfigError> {
+        Ok(CentralConfig {
+            url: self.url("central.url")?,
+            token_file: self
+                .optional_string("central.token_file")?
+                .map(PathBuf::from),
+            registration_token_file: self
+                .optional_string("central.registration_token_file")?
+                .map(PathBuf::from),
+            check_interval: self.duration("central.check_interval", "30s")?,
+            request_timeout: self.duration("central.request_timeout", "5s")?,
+            boot_lookup_deadline: self.duration("central.boot_lookup_deadline", "300ms")?,
+            write_deadline: self.duration("central.write_deadline", "1s")?,
+            failure_threshold: self.integer("central.failure_threshold", 3, 1, 1000)? as u32,
+            recovery_threshold: self.integer("central.recovery_threshold", 1, 1, 1000)? as u32,
+            heartbeat_interval: self.duration("central.heartbeat_interval", "60s")?,
+            sync_interval: self.duration("central.sync_interval", "300s")?,
+        })
+    }
+
+    fn cache(&self) -> Result<CacheConfig, ConfigError> {
+        Ok(CacheConfig {
+            max_bytes: self.size("cache.max_bytes", "20 GiB")?,
+            prefetch_rate: self.size("cache.prefetch_rate", "50 MB/s")?,
+            revalidate_interval: self.duration("cache.revalidate_interval", "10m")?,
+            max_fills: self.integer("cache.max_fills", 8, 1, 1024)? as usize,
+            misses_per_client: self.integer("cache.misses_per_client", 60, 1, 1_000_000)? as u32,
+            negative_ttl: self.duration("cache.negative_ttl", "60s")?,
+        })
     }
 
     fn queue(&self) -> Result<QueueConfig, ConfigError> {

@@ -179,19 +179,8 @@ impl Outbox {
             QueueError::Settled(id) => ResolveError::AlreadyResolved(id),
             other => other.into(),
         })?;
-        if resolved.kind == Kind::MissingLocal
-            && resolution == Resolution::KeepCentral
-            && self
-                .nodes()
-                .get(mac)
-                .is_some_and(|n| n.id.starts_with("local-"))
-        {
-            // The controller refused the node for good: the cache forgets
-            // it, so that its next boot asks the controller afresh instead
-            // of booting a record the controller never had.
-            if let Err(e) = self.nodes().remove(mac).await {
-                tracing::warn!(%mac, error = %e, "refused local node not forgotten");
-            }
+        if resolved.kind == Kind::MissingLocal && resolution == Resolution::KeepCentral {
+            self.forget_refused_local(mac).await;
         }
         self.note_conflict_closed(&resolved.mac);
         self.wake_handle().notify_one();
@@ -202,6 +191,21 @@ impl Outbox {
             "conflict resolved"
         );
         Ok(resolved)
+    }
+
+    /// The controller refused a node first seen here for good, and the
+    /// operator agreed: the cache forgets it, so that its next boot asks
+    /// the controller afresh instead of booting a record the controller
+    /// never had.
+    async fn forget_refused_local(&self, mac: Mac) {
+        if self
+            .nodes()
+            .get(mac)
+            .is_some_and(|n| n.id.starts_with("local-"))
+            && let Err(e) = self.nodes().remove(mac).await
+        {
+            tracing::warn!(%mac, error = %e, "refused local node not forgotten");
+        }
     }
 
     /// What `resolution` does to the item, and the node the cache takes.
