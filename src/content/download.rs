@@ -22,30 +22,8 @@ impl ContentCache {
         let mut resumes = 0;
         let mut room: Option<Reservation> = None;
         loop {
-            let request = FileRequest {
-                from: written,
-                if_none_match: None,
-            };
-            let remote = match self.port.fetch_file(path, request).await {
-                Ok(FileAnswer::Body(remote)) => remote,
-                Ok(FileAnswer::Missing) => return Err(MISSING.into()),
-                Ok(FileAnswer::NotModified) => {
-                    return Err("the controller answered 304 to an unconditional request".into());
-                }
-                // A broken stream resumes where it stopped; a request that
-                // could not be sent (a pooled connection the controller
-                // had just closed, a connect refused under load) is tried
-                // again too, a few times.
-                Err(e)
-                    if resumes < RESUMES
-                        && (written > 0 || matches!(e, CentralError::Unreachable(_))) =>
-                {
-                    resumes += 1;
-                    tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.to_string()),
+            let Some(remote) = self.request_from(path, written, &mut resumes).await? else {
+                continue;
             };
             let RemoteFile {
                 offset,
@@ -54,24 +32,8 @@ impl ContentCache {
                 etag,
                 mut body,
             } = remote;
-            match &expected {
-                None => {
-                    // Room first (DESIGN §12): a length that cannot fit is
-                    // never written here.
-                    if let Some(total) = total {
-                        room = Some(self.reserve(total).await?);
-                    }
-                    writer.announce(sha256.clone());
-                    expected = Some((total, sha256, etag));
-                }
-                Some((first_total, first_sum, _)) => {
-                    if (total.is_some() && total != *first_total)
-                        || (sha256.is_some() && sha256 != *first_sum)
-                    {
-                        return Err("the file changed at the controller during the fill".into());
-                    }
-                }
-            }
+            self.admit_answer(&mut expected, &mut room, writer, total, sha256, etag)
+                .await?;
             let total = expected.as_ref().and_then(|e| e.0);
             if let Some(total) = total
                 && written == 0
@@ -116,23 +78,7 @@ impl ContentCache {
                         }
                         hasher.update(&chunk);
                         buffer.extend_from_slice(&chunk);
-                        if room.is_none() {
-                            // No length announced: the file may take what
-                            // is left, and no more.
-                            let so_far = written + buffer.len() as u64;
-                            if so_far > self.room_left() {
-                                return Err(format!(
-                                    "{UNCACHEABLE}: {so_far} bytes so far, with no length \
-                                     announced, and no more room under cache.max_bytes"
-                                ));
-                            }
-                        }
-                        if total.is_some_and(|t| written + buffer.len() as u64 > t) {
-                            return Err(format!(
-                                "the controller sent more than the {} bytes it announced",
-                                total.unwrap_or_default()
-                            ));
-                        }
+                        self.within_bounds(written + buffer.len() as u64, total, room.is_some())?;
                         if buffer.len() >= WRITE_BATCH {
                             written = flush(file, &mut buffer, written).await?;
                             writer.report(Progress::Filling { written, total });
@@ -169,22 +115,140 @@ impl ContentCache {
                 }
                 return Err(format!("{written} bytes of the {total} announced"));
             }
-            let sum = hex(&hasher.finalize());
-            let (_, announced, etag) = expected.unwrap_or_default();
-            if let Some(announced) = &announced
-                && announced.trim_start_matches("sha256:") != sum
-            {
-                return Err(format!(
-                    "checksum mismatch: the controller announced {announced}, the bytes hash to {sum}"
-                ));
+            return verified(hasher, written, expected, room);
+        }
+    }
+
+    /// The first answer's length and checksum are what the fill expects
+    /// (room is reserved for the length before a byte is written: DESIGN
+    /// §12); a later answer (a resumption) must announce the same.
+    async fn admit_answer(
+        &self,
+        expected: &mut Option<(Option<u64>, Option<String>, Option<String>)>,
+        room: &mut Option<Reservation>,
+        writer: &FillWriter,
+        total: Option<u64>,
+        sha256: Option<String>,
+        etag: Option<String>,
+    ) -> Result<(), String> {
+        match expected {
+            None => {
+                if let Some(total) = total {
+                    *room = Some(self.reserve(total).await?);
+                }
+                writer.announce(sha256.clone());
+                *expected = Some((total, sha256, etag));
             }
-            return Ok(Verified {
-                size: written,
-                sha256: sum,
-                verified: announced.is_some(),
-                etag,
-                _room: room,
-            });
+            Some((first_total, first_sum, _)) => {
+                if (total.is_some() && total != *first_total)
+                    || (sha256.is_some() && sha256 != *first_sum)
+                {
+                    return Err("the file changed at the controller during the fill".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One request for the file from byte `written` on. None: it could
+    /// not be sent and is to be tried again (counted in `resumes`).
+    async fn request_from(
+        &self,
+        path: &str,
+        written: u64,
+        resumes: &mut u32,
+    ) -> Result<Option<RemoteFile>, String> {
+        let request = FileRequest {
+            from: written,
+            if_none_match: None,
+        };
+        match self.port.fetch_file(path, request).await {
+            Ok(FileAnswer::Body(remote)) => Ok(Some(remote)),
+            Ok(FileAnswer::Missing) => Err(MISSING.into()),
+            Ok(FileAnswer::NotModified) => {
+                Err("the controller answered 304 to an unconditional request".into())
+            }
+            // A broken stream resumes where it stopped; a request that
+            // could not be sent (a pooled connection the controller had
+            // just closed, a connect refused under load) is tried again
+            // too, a few times.
+            Err(e)
+                if *resumes < RESUMES
+                    && (written > 0 || matches!(e, CentralError::Unreachable(_))) =>
+            {
+                *resumes += 1;
+                tracing::warn!(path, written, error = %e, "fill interrupted; resuming");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `so_far` bytes received: no more than announced, and with no length
+    /// announced (no room reserved), no more than the cache has left.
+    fn within_bounds(&self, so_far: u64, total: Option<u64>, reserved: bool) -> Result<(), String> {
+        if !reserved && so_far > self.room_left() {
+            return Err(format!(
+                "{UNCACHEABLE}: {so_far} bytes so far, with no length \
+                 announced, and no more room under cache.max_bytes"
+            ));
+        }
+        if let Some(total) = total
+            && so_far > total
+        {
+            return Err(format!(
+                "the controller sent more than the {total} bytes it announced"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves a verified fill into place (synced) and indexes it.
+    async fn keep(
+        &self,
+        path: &str,
+        name: &str,
+        temp: &Path,
+        pinned: bool,
+        verified: Verified,
+    ) -> Result<Entry, String> {
+        let target = self.files.join(name);
+        let files = self.files.clone();
+        let moved = tokio::task::spawn_blocking({
+            let temp = temp.to_path_buf();
+            move || -> std::io::Result<()> {
+                std::fs::File::open(&temp)?.sync_all()?;
+                std::fs::rename(&temp, &target)?;
+                std::fs::File::open(&files)?.sync_all()
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = moved {
+            return Err(format!("cannot move the complete file into place: {e}"));
+        }
+        let at = now();
+        let entry = Entry {
+            path: path.to_string(),
+            file: name.to_string(),
+            size: verified.size,
+            sha256: verified.sha256,
+            verified: verified.verified,
+            etag: verified.etag,
+            fetched_at: at,
+            validated_at: at,
+            last_used: at,
+            pinned,
+        };
+        let stored = entry.clone();
+        match self.store.call(move |s| index::put(s, &[stored])).await {
+            Ok(()) => Ok(entry),
+            Err(e) => {
+                let _ = std::fs::remove_file(self.files.join(name));
+                Err(format!("not indexed: {e}"))
+            }
         }
     }
 
@@ -200,48 +264,7 @@ impl ContentCache {
         writer: FillWriter,
     ) {
         let kept = match outcome {
-            Ok(verified) => {
-                let target = self.files.join(&name);
-                let files = self.files.clone();
-                let moved = tokio::task::spawn_blocking({
-                    let temp = temp.clone();
-                    move || -> std::io::Result<()> {
-                        std::fs::File::open(&temp)?.sync_all()?;
-                        std::fs::rename(&temp, &target)?;
-                        std::fs::File::open(&files)?.sync_all()
-                    }
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-                match moved {
-                    Ok(()) => {
-                        let at = now();
-                        let entry = Entry {
-                            path: path.to_string(),
-                            file: name.clone(),
-                            size: verified.size,
-                            sha256: verified.sha256,
-                            verified: verified.verified,
-                            etag: verified.etag,
-                            fetched_at: at,
-                            validated_at: at,
-                            last_used: at,
-                            pinned,
-                        };
-                        let store = self.store.clone();
-                        let stored = entry.clone();
-                        match store.call(move |s| index::put(s, &[stored])).await {
-                            Ok(()) => Ok(entry),
-                            Err(e) => {
-                                let _ = std::fs::remove_file(self.files.join(&name));
-                                Err(format!("not indexed: {e}"))
-                            }
-                        }
-                    }
-                    Err(e) => Err(format!("cannot move the complete file into place: {e}")),
-                }
-            }
+            Ok(verified) => self.keep(path, &name, &temp, pinned, verified).await,
             Err(e) => Err(e),
         };
         if kept.is_err() {
@@ -294,4 +317,30 @@ impl ContentCache {
             }
         }
     }
+}
+
+/// A fill's bytes, all received: checked against the checksum the
+/// controller announced, if any.
+fn verified(
+    hasher: Sha256,
+    written: u64,
+    expected: Option<(Option<u64>, Option<String>, Option<String>)>,
+    room: Option<Reservation>,
+) -> Result<Verified, String> {
+    let sum = hex(&hasher.finalize());
+    let (_, announced, etag) = expected.unwrap_or_default();
+    if let Some(announced) = &announced
+        && announced.trim_start_matches("sha256:") != sum
+    {
+        return Err(format!(
+            "checksum mismatch: the controller announced {announced}, the bytes hash to {sum}"
+        ));
+    }
+    Ok(Verified {
+        size: written,
+        sha256: sum,
+        verified: announced.is_some(),
+        etag,
+        _room: room,
+    })
 }

@@ -40,25 +40,15 @@ pub async fn has_cursor(nodes: &NodeCache) -> bool {
         .is_some()
 }
 
-/// Runs one sync (a full one when there is no cursor). Per-node errors are recorded in the report and the sync
-/// log, not fatal; a controller that cannot be reached, or answers garbage
-/// for the page as a whole, fails the sync and changes nothing.
-pub async fn run(
-    port: &ControllerPort,
-    nodes: &NodeCache,
-    full: bool,
-    protected: &std::collections::HashSet<crate::model::mac::Mac>,
-) -> Result<SyncReport, LookupError> {
-    let store = nodes.store().clone();
-    let cursor = if full {
-        None
-    } else {
-        store.call(|s| s.get_meta(META_CURSOR)).await?
-    };
-    // No cursor to go on (a controller that gives none, like PureBoot's
-    // central, or none received yet): only a full sync can tell.
-    let full = full || cursor.is_none();
-    let page = port.site_nodes(cursor.as_deref()).await?;
+/// The page's workflows and nodes, and a line for each entry that could
+/// not be read.
+fn parse_page(
+    page: &crate::central::api::NodePage,
+) -> (
+    Vec<crate::model::node::Workflow>,
+    Vec<crate::model::node::Node>,
+    Vec<String>,
+) {
     let mut errors = Vec::new();
     let mut workflows = Vec::new();
     for value in &page.workflows {
@@ -84,6 +74,51 @@ pub async fn run(
             )),
         }
     }
+    (workflows, received, errors)
+}
+
+/// Nodes with queued changes that a complete listing no longer has (and
+/// that the controller had: nodes first seen here were never its own).
+fn unlisted_with_changes(
+    nodes: &NodeCache,
+    received: &[crate::model::node::Node],
+    protected: &std::collections::HashSet<crate::model::mac::Mac>,
+) -> Vec<crate::model::mac::Mac> {
+    let listed: std::collections::HashSet<_> = received.iter().map(|n| n.mac).collect();
+    let mut unlisted: Vec<_> = protected
+        .iter()
+        .filter(|mac| !listed.contains(mac))
+        .filter(|mac| {
+            nodes
+                .get(**mac)
+                .is_some_and(|n| !n.id.starts_with("local-"))
+        })
+        .copied()
+        .collect();
+    unlisted.sort();
+    unlisted
+}
+
+/// Runs one sync (a full one when there is no cursor). Per-node errors are recorded in the report and the sync
+/// log, not fatal; a controller that cannot be reached, or answers garbage
+/// for the page as a whole, fails the sync and changes nothing.
+pub async fn run(
+    port: &ControllerPort,
+    nodes: &NodeCache,
+    full: bool,
+    protected: &std::collections::HashSet<crate::model::mac::Mac>,
+) -> Result<SyncReport, LookupError> {
+    let store = nodes.store().clone();
+    let cursor = if full {
+        None
+    } else {
+        store.call(|s| s.get_meta(META_CURSOR)).await?
+    };
+    // No cursor to go on (a controller that gives none, like PureBoot's
+    // central, or none received yet): only a full sync can tell.
+    let full = full || cursor.is_none();
+    let page = port.site_nodes(cursor.as_deref()).await?;
+    let (workflows, received, errors) = parse_page(&page);
     let workflow_count = workflows.len();
     if !workflows.is_empty() {
         store.call(move |s| s.put_workflows(&workflows)).await?;
@@ -93,20 +128,7 @@ pub async fn run(
     // "unreadable", so it marks nothing.
     let complete = full && errors.is_empty();
     let unlisted_with_changes = if complete {
-        let listed: std::collections::HashSet<_> = received.iter().map(|n| n.mac).collect();
-        let mut unlisted: Vec<_> = protected
-            .iter()
-            .filter(|mac| !listed.contains(mac))
-            // Nodes first seen here (local-…) were never the controller's.
-            .filter(|mac| {
-                nodes
-                    .get(**mac)
-                    .is_some_and(|n| !n.id.starts_with("local-"))
-            })
-            .copied()
-            .collect();
-        unlisted.sort();
-        unlisted
+        unlisted_with_changes(nodes, &received, protected)
     } else {
         Vec::new()
     };
