@@ -27,15 +27,28 @@ pub struct Script(Arc<Rendered>);
 
 struct Rendered {
     format: ScriptFormat,
+    /// The text; `bytes` shares its allocation.
+    text: Arc<str>,
     bytes: Bytes,
     sha256: OnceLock<String>,
 }
 
+/// Lets `Bytes` own the text's allocation (no copy).
+struct TextBytes(Arc<str>);
+
+impl AsRef<[u8]> for TextBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 impl Script {
     pub fn new(format: ScriptFormat, text: String) -> Script {
+        let text: Arc<str> = Arc::from(text);
         Script(Arc::new(Rendered {
             format,
-            bytes: Bytes::from(text),
+            bytes: Bytes::from_owner(TextBytes(text.clone())),
+            text,
             sha256: OnceLock::new(),
         }))
     }
@@ -62,9 +75,8 @@ impl Script {
         self.0.bytes.is_empty()
     }
 
-    /// The text (a script is built from a `String`, so it is UTF-8).
     pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.0.bytes).unwrap_or_default()
+        &self.0.text
     }
 
     /// The SHA-256 of the bytes, lowercase hex.
@@ -111,6 +123,11 @@ mod tests {
         let script = Script::ipxe("#!ipxe\nexit\n".into());
         let copy = script.clone();
         assert_eq!(script.bytes().as_ptr(), copy.bytes().as_ptr(), "shared");
+        assert_eq!(
+            script.bytes().as_ptr(),
+            copy.text().as_ptr(),
+            "one allocation"
+        );
         assert_eq!(copy.format(), ScriptFormat::Ipxe);
         assert!(copy.contains("exit"));
         assert_eq!(
