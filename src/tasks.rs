@@ -61,11 +61,6 @@ where
     })
 }
 
-/// Tasks still running.
-pub fn running() -> usize {
-    TASKS.tracker.len()
-}
-
 /// The end of the agent: cuts the `spawn_until_shutdown` tasks, then
 /// waits up to `grace` for every task. Returns how many were still
 /// running when the grace ran out (0: all joined).

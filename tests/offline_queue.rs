@@ -2408,15 +2408,8 @@ fn an_installer_report_observed_offline_conflicts_and_wins_under_auto(dialect: D
         .filter(|w| w.op == "report" && w.mac == moved)
         .count();
     assert_eq!(reports, 1, "the install record reached the controller once");
-    let (_, token) = ((), admin_token(&agent));
-    let (status, _, _) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &agent.url("/api/v1/sync?full=true"),
-    ]);
-    assert_eq!(status, 200);
+    let (status, report) = call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert_eq!(status, 200, "{report}");
     let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{moved}"), None);
     assert_eq!(node["data"]["state"], "installed", "{node}");
     assert!(boot(&agent, retired).contains("action=retired"));
@@ -2702,15 +2695,8 @@ fn pureboot_updated_at_moving_on_every_write_is_not_a_state_change() {
         controller.node(failing).expect("node")["state"],
         "installing"
     );
-    let token = admin_token(&agent);
-    let (status, _, _) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &agent.url("/api/v1/sync?full=true"),
-    ]);
-    assert_eq!(status, 200);
+    let (status, report) = call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert_eq!(status, 200, "{report}");
     let (_, node) = call(&agent, "GET", &format!("/api/v1/nodes/{failing}"), None);
     assert_eq!(node["data"]["state"], "installing", "{node}");
 }
