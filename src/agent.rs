@@ -31,7 +31,6 @@ use crate::config::Config;
 use crate::content::ContentCache;
 use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
-use crate::outbox::queue::{Limits, Queue};
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFileResolver, BootFiles};
 use crate::serve::http::server::{self, ServerLimits};
@@ -40,6 +39,7 @@ use crate::serve::origin::AgentOrigin;
 use crate::serve::tftp::TftpServer;
 use crate::status::StatusSource;
 use crate::store::nodes::NodeCache;
+use crate::store::queue::{Limits, Queue};
 use crate::store::{Store, StoreError};
 
 /// How long in-flight answers and transfers may take to finish after a
@@ -53,7 +53,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("queue: {0}")]
-    Queue(#[from] crate::outbox::queue::QueueError),
+    Queue(#[from] crate::store::queue::QueueError),
     #[error(transparent)]
     Cache(#[from] crate::content::CacheError),
     #[error(transparent)]

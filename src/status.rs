@@ -14,9 +14,9 @@ use crate::central::monitor::LinkState;
 use crate::central::port::ControllerPort;
 use crate::model::mode::Mode;
 use crate::outbox::Outbox;
-use crate::outbox::queue::Stats as QueueStats;
 use crate::store::Store;
 use crate::store::nodes::NodeCache;
+use crate::store::queue::Stats as QueueStats;
 
 /// The meta key of the last finished sync's time (RFC 3339).
 pub const META_LAST_SYNC: &str = "last_sync_at";
@@ -84,7 +84,7 @@ impl StatusSource {
         let conflicts_pending = self
             .outbox
             .queue()
-            .call(|q| crate::outbox::conflicts::open_count(q.store()))
+            .call(|q| crate::store::conflicts::open_count(q.store()))
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "conflict count unavailable");

@@ -34,8 +34,8 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every library source file, as its module path (`["outbox", "queue"]`
-/// for src/outbox/queue/mod.rs). `main.rs` is the binary, above everything.
+/// Every library source file, as its module path (`["store", "queue"]`
+/// for src/store/queue/mod.rs). `main.rs` is the binary, above everything.
 fn modules() -> BTreeMap<Vec<String>, PathBuf> {
     let mut found = BTreeMap::new();
     let mut stack = vec![src()];
@@ -334,6 +334,26 @@ fn tasks_are_spawned_only_through_the_tracker() {
         }
     }
     assert!(found.is_empty(), "spawned outside crate::tasks: {found:#?}");
+}
+
+/// docs/architecture.md: the store owns every table. Only `src/store/`
+/// names redb; everyone else reaches rows through the store's typed
+/// methods, so another storage could stand behind them.
+#[test]
+fn only_the_store_uses_redb() {
+    let mut found = Vec::new();
+    for (module, path) in modules() {
+        if module.first().map(String::as_str) == Some("store") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for (n, line) in code_only(&text).lines().enumerate() {
+            if line.contains("redb::") || line.contains("use redb") {
+                found.push(format!("{}:{}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "redb used outside src/store: {found:#?}");
 }
 
 /// docs/architecture.md: one module, one concern; no file in `src/` grows

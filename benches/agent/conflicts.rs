@@ -75,7 +75,7 @@ pub(crate) fn replay_with_conflicts(
     every: usize,
     policy: &str,
 ) -> Duration {
-    use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue};
+    use siteboot::store::queue::{Kind, Limits, NewItem, Origin, Queue};
     std::fs::create_dir_all(dir).expect("mkdir");
     let macs: Vec<Mac> = fleet(0x04, items as u32);
     let controller = controller::FakeController::start();
@@ -162,7 +162,7 @@ pub(crate) fn replay_with_conflicts(
 /// `GET /api/v1/conflicts` latency with `records` conflict records in the
 /// store, `open` of them open: 300 requests on one keep-alive connection.
 pub(crate) fn conflicts_listing(dir: &Path, records: u32, open: u32, label: &str) {
-    use siteboot::outbox::conflicts::{self, ChangeOrigin, Found, Kind, LocalSide};
+    use siteboot::store::conflicts::{self, ChangeOrigin, Found, Kind, LocalSide};
     std::fs::create_dir_all(dir).expect("mkdir");
     {
         let store = Store::open(&dir.join("data")).expect("store");

@@ -6,7 +6,7 @@ use super::*;
 /// 16 concurrent ones through the group-commit writer, next to the raw
 /// rate of single-item redb commits on the same disk.
 pub(crate) fn queue_benchmark(dir: &Path) {
-    use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue, writer::QueueWriter};
+    use siteboot::store::queue::{Kind, Limits, NewItem, Origin, Queue, writer::QueueWriter};
     const ITEMS: usize = 2000;
     let item = |n: usize| NewItem {
         kind: Kind::StateUpdate,
@@ -148,7 +148,7 @@ pub(crate) fn api_enqueue_benchmark(dir: &Path, runtime: &tokio::runtime::Runtim
 /// events) replayed to the fake controller once it comes back: time from
 /// the controller's socket opening to an empty queue.
 pub(crate) fn replay_benchmark(dir: &Path, raw: f64) {
-    use siteboot::outbox::queue::{Kind, Limits, NewItem, Origin, Queue};
+    use siteboot::store::queue::{Kind, Limits, NewItem, Origin, Queue};
     const NODES_WITH_ITEMS: usize = 2000;
     const PER_NODE: usize = 5;
     let case_dir = dir.join("queue-replay");

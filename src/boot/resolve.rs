@@ -19,9 +19,9 @@ use crate::model::boot::{BootFacts, Source};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::Node;
-use crate::outbox::queue::QueueError;
 use crate::outbox::{Outbox, Registered, WriteError};
 use crate::store::nodes::NodeCache;
+use crate::store::queue::QueueError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {

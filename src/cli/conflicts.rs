@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::agent_api::AgentApi;
 use crate::config::{Config, ConflictPolicies, Policy};
-use crate::outbox::conflicts::{self, Status};
+use crate::store::conflicts::{self, Status};
 use crate::store::{Store, StoreError};
 
 #[derive(Subcommand)]

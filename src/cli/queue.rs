@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::agent_api::AgentApi;
 use crate::config::Config;
-use crate::outbox::queue::{Limits, Queue, Status};
+use crate::store::queue::{Limits, Queue, Status};
 use crate::store::{Store, StoreError};
 
 #[derive(Subcommand)]

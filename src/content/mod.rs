@@ -3,7 +3,7 @@
 //! at LAN speed and, for `offline_safe` workflows, without the controller.
 //!
 //! * `files/<uuid>`: complete, verified files, each named by an entry of
-//!   the index (`index.rs`, in redb).
+//!   the index (`store/content.rs`, in redb).
 //! * `tmp/<uuid>`: fills under way. A fill is renamed into `files/` only
 //!   when its length and checksum are right, and its entry is written
 //!   after the rename: a crash leaves at most a temporary file or a file
@@ -16,7 +16,6 @@
 
 mod download;
 pub mod fill;
-pub mod index;
 mod prefetch;
 mod room;
 
@@ -35,9 +34,9 @@ use time::OffsetDateTime;
 use crate::central::port::ControllerPort;
 use crate::central::{FileAnswer, FileRequest, RemoteFile};
 use crate::config::CacheConfig;
+use crate::store::content::{self as index, Entry};
 use crate::store::{Store, StoreError};
 use fill::{Fill, FillWriter, Progress};
-use index::Entry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

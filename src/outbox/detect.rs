@@ -5,11 +5,11 @@
 use time::OffsetDateTime;
 
 use super::Outbox;
-use super::conflicts::{self, CentralSide, Conflict, Found, Kind, LocalSide};
-use super::queue::Item;
 use crate::central::ops::Operation;
 use crate::model::mac::Mac;
 use crate::model::node::Node;
+use crate::store::conflicts::{self, CentralSide, Conflict, Found, Kind, LocalSide};
+use crate::store::queue::Item;
 
 /// The controller's side of a conflict, from its record.
 pub fn central_side(node: &Node) -> CentralSide {

@@ -12,10 +12,8 @@
 //! Standalone the port is the local store: writes are applied to it at
 //! once, and nothing is ever queued.
 
-pub mod conflicts;
 mod detect;
 mod events;
-pub mod queue;
 pub mod replay;
 pub mod resolve;
 
@@ -36,10 +34,11 @@ use crate::model::mode::Mode;
 use crate::model::node::{Node, NodeState};
 use crate::ratelimit::{KeyedRate, LOG_INTERVAL, LogThrottle};
 use crate::store::StoreError;
+use crate::store::conflicts;
 use crate::store::nodes::NodeCache;
+use crate::store::queue::writer::QueueWriter;
+use crate::store::queue::{Kind, NewItem, Origin, Queue, QueueError, Stats};
 use events::{BootEvents, boot_report};
-use queue::writer::QueueWriter;
-use queue::{Kind, NewItem, Origin, Queue, QueueError, Stats};
 
 /// When a node's state last changed at its controller, as far as the
 /// record says: `state_changed_at`, else `updated_at` (a version-less

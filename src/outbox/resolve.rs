@@ -16,13 +16,13 @@
 use time::OffsetDateTime;
 
 use super::Outbox;
-use super::conflicts::{self, Conflict, Kind};
-use super::queue::{Kind as ItemKind, NewItem, Origin, QueueError, Status};
 use crate::central::CentralError;
 use crate::central::api::NewNode;
 use crate::central::ops::Operation;
 use crate::model::mac::Mac;
 use crate::model::node::Node;
+use crate::store::conflicts::{self, Conflict, Kind};
+use crate::store::queue::{Kind as ItemKind, NewItem, Origin, QueueError, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
@@ -135,7 +135,7 @@ impl Outbox {
                     }
                     other => (other, None),
                 };
-                let apply = move |item: &mut crate::outbox::queue::Item| -> Option<Status> {
+                let apply = move |item: &mut crate::store::queue::Item| -> Option<Status> {
                     apply_change(item, change)
                 };
                 let stored = node.clone();
@@ -294,7 +294,7 @@ impl Outbox {
     }
 }
 
-fn apply_change(item: &mut crate::outbox::queue::Item, change: ItemChange) -> Option<Status> {
+fn apply_change(item: &mut crate::store::queue::Item, change: ItemChange) -> Option<Status> {
     if let ItemChange::Drop = change {
         return None;
     }

@@ -1,13 +1,20 @@
-//! The agent's local state in one redb file: nodes keyed by MAC, workflows,
-//! the last script served to each MAC, and a schema-version record.
+//! The agent's local state in one redb file, and the only module that
+//! knows it is redb: nodes keyed by MAC, workflows, the last script served
+//! to each MAC, the sync log, the quarantine (here), the durable queue
+//! ([`queue`]), conflict records ([`conflicts`]), the content cache's index
+//! ([`content`]); every table and the migrations in [`schema`].
 //!
 //! All calls here block; async code goes through [`Store::call`], which runs
 //! them on tokio's blocking pool so that disk I/O never stalls the runtime.
 
+pub mod conflicts;
+pub mod content;
 pub mod disk;
 pub mod nodes;
 mod quarantine;
+pub mod queue;
 mod recovery;
+mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,42 +28,11 @@ use time::OffsetDateTime;
 
 use crate::model::mac::Mac;
 use crate::model::node::{Node, Workflow};
+pub use schema::SCHEMA_VERSION;
+use schema::*;
 
-const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
-const LAST_SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("last_scripts");
-/// Sync and connectivity events, oldest first, by sequence number.
-const SYNC_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("sync_log");
-/// Records found unreadable at start, moved aside: "<table>/<key>" → a
-/// [`Quarantined`] (DESIGN §10: one bad record never stops the agent).
-const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 /// How many sync-log entries are kept.
 const SYNC_LOG_KEEP: u64 = 1000;
-
-const SCHEMA_KEY: &str = "schema_version";
-/// The schema this build writes. Bump it and add a step to [`MIGRATIONS`]
-/// whenever a table or record layout changes.
-pub const SCHEMA_VERSION: u32 = 2;
-
-type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
-
-/// `MIGRATIONS[n]` takes a database from schema `n` to `n + 1`; schema 0 is a
-/// new, empty file.
-const MIGRATIONS: &[Migration] = &[create_schema_v1, add_sync_log_v2];
-
-fn create_schema_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(NODES)?;
-    txn.open_table(WORKFLOWS)?;
-    txn.open_table(LAST_SCRIPTS)?;
-    Ok(())
-}
-
-/// v2: the controller link's sync log.
-fn add_sync_log_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(SYNC_LOG)?;
-    Ok(())
-}
 
 /// A record moved out of its table because it could not be read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,11 +135,10 @@ redb_error_into_store_error!(
     redb::CommitError
 );
 
-/// A write transaction for a module that keeps tables of its own in the
-/// agent's database (the queue), so that its changes and the store's
-/// commit together. It opens its own tables through the transaction
-/// (`Deref` to redb's); the store's tables stay private to the store and
-/// change only through the methods here, in the store's format.
+/// A write transaction over the agent's database: the queue's, the
+/// conflicts' and the store's own changes commit together in it. Only the
+/// store's modules reach redb's transaction behind it; everyone else
+/// changes rows through their typed methods.
 pub struct StoreWrite {
     // Field order is drop order: the transaction ends before the database
     // handle it was begun on is released.
@@ -178,16 +153,16 @@ pub struct StoreRead {
     _db: Arc<Database>,
 }
 
-impl std::ops::Deref for StoreRead {
-    type Target = redb::ReadTransaction;
-    fn deref(&self) -> &redb::ReadTransaction {
+impl StoreRead {
+    /// redb's transaction, for the store's own table modules only.
+    pub(in crate::store) fn redb(&self) -> &redb::ReadTransaction {
         &self.txn
     }
 }
 
-impl std::ops::Deref for StoreWrite {
-    type Target = redb::WriteTransaction;
-    fn deref(&self) -> &redb::WriteTransaction {
+impl StoreWrite {
+    /// redb's transaction, for the store's own table modules only.
+    pub(in crate::store) fn redb(&self) -> &redb::WriteTransaction {
         &self.txn
     }
 }

@@ -82,7 +82,7 @@ impl Store {
             at: OffsetDateTime::now_utc(),
             raw_hex: hex(raw),
         };
-        let mut quarantine = txn.open_table(QUARANTINE)?;
+        let mut quarantine = txn.redb().open_table(QUARANTINE)?;
         quarantine.insert(
             format!("{table}/{key}").as_str(),
             encode(&record).as_slice(),

@@ -147,7 +147,7 @@ fn schema_v1_files_are_migrated() {
         txn.commit().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     store
         .append_sync_log("online", "", OffsetDateTime::now_utc())
         .unwrap();
@@ -178,4 +178,47 @@ fn last_scripts_are_batched() {
         .unwrap()
         .unwrap();
     assert_eq!(got.script, "#!ipxe\necho 2\n");
+}
+
+#[test]
+fn schema_v2_files_keep_their_queue_conflicts_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("content"))
+            .unwrap()
+            .insert("kept", b"{}".as_slice())
+            .unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, "2")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let txn = store.db().unwrap().begin_read().unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    for table in [
+        "queue",
+        "queue_ids",
+        "conflicts",
+        "conflicts_open",
+        "content",
+        "quarantine",
+    ] {
+        assert!(
+            names.iter().any(|n| n == table),
+            "{table} missing: {names:?}"
+        );
+    }
+    let content = txn
+        .open_table(TableDefinition::<&str, &[u8]>::new("content"))
+        .unwrap();
+    assert!(content.get("kept").unwrap().is_some());
 }

@@ -20,13 +20,13 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::Outbox;
-use super::conflicts::{self, Found};
 use super::detect::{central_side, found_for};
-use super::queue::{Item, Outcome, QueueError, backoff};
 use crate::central::ops::{Base, Operation};
 use crate::central::{CentralError, retryable_status};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
+use crate::store::conflicts::{self, Found};
+use crate::store::queue::{Item, Outcome, QueueError, backoff};
 
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
@@ -200,7 +200,7 @@ pub async fn replay_round(
                 // The conflicts' records commit with their items' status.
                 q.settle_with(outcomes, move |txn| {
                     for (node, from, to) in &chains {
-                        super::queue::Queue::record_chain(txn, node, *from, *to)?;
+                        crate::store::queue::Queue::record_chain(txn, node, *from, *to)?;
                     }
                     let mut opened = Vec::new();
                     for conflict in found {
@@ -591,7 +591,16 @@ async fn remap(outbox: &Outbox, item: &Item, central: Node) -> Result<(), QueueE
     let base = registered_base(&central);
     let changed = outbox
         .queue()
-        .call(move |q| q.remap(&node, &from, &to, Some(base)))
+        .call(move |q| {
+            // An unreadable payload is left as it is: replay fails it with
+            // the reason.
+            q.rewrite_payloads(&node, |payload| {
+                let mut operation = Operation::from_payload(payload).ok()?;
+                operation
+                    .remap(&from, &to, Some(base))
+                    .then(|| operation.to_payload())
+            })
+        })
         .await?;
     let cached = outbox.nodes().get(central.mac);
     let result = match cached {

@@ -6,9 +6,9 @@ use crate::central::api::{
 use crate::central::monitor::Monitor;
 use crate::central::port::ControllerPort;
 use crate::central::{BoxFuture, Controller, FileAnswer, FileRequest};
-use crate::outbox::queue::{Kind, Limits, NewItem, Origin, Queue, Status};
 use crate::store::Store;
 use crate::store::nodes::NodeCache;
+use crate::store::queue::{Kind, Limits, NewItem, Origin, Queue, Status};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 

@@ -12,8 +12,8 @@ use serde_json::json;
 use super::queue::{MAX_PAGE, number};
 use super::state::AppState;
 use super::writes::{ApiError, error};
-use crate::outbox::conflicts::{self, Status};
 use crate::outbox::resolve::{Resolution, ResolveError, ResolvedBy};
+use crate::store::conflicts::{self, Status};
 
 fn parse_status(text: &str) -> Result<Status, ApiError> {
     match text {

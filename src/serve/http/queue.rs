@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use super::writes::{ApiError, error};
-use crate::outbox::queue::{Cursor, Queue, QueueError, Status};
+use crate::store::queue::{Cursor, Queue, QueueError, Status};
 
 /// Most items one page returns.
 pub const MAX_PAGE: usize = 1000;

@@ -15,30 +15,13 @@ pub mod writer;
 use counters::*;
 pub use item::*;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::central::ops::Operation;
+use crate::store::schema::{QUEUE, QUEUE_CHAIN, QUEUE_COUNTERS, QUEUE_IDS, QUEUE_NODES};
 use crate::store::{Store, StoreError};
 
-/// (priority, sequence) → item. Key order is send order.
-const QUEUE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("queue");
-/// id (= sequence) → priority, to find an item by id.
-const QUEUE_IDS: TableDefinition<u64, u8> = TableDefinition::new("queue_ids");
-/// Counters: next sequence, items per status, events dropped.
-const QUEUE_COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("queue_counters");
-/// Node → number of its items still to send (pending or in flight). Kept
-/// in the same transactions as the items, so it never drifts: a write for
-/// a node listed here must queue behind its items, not overtake them.
-const QUEUE_NODES: TableDefinition<&str, u64> = TableDefinition::new("queue_nodes");
-/// Node → `first:latest`: the state changes acked here in a row moved the
-/// controller's version from `first` to `latest`, each from the previous
-/// one's result (a foreign change in between would have been a 409). The
-/// node's later changes were made here on top of ours, so one based on
-/// any version in `first..latest` is sent based on `latest` (else each
-/// would be a 409 against our own change).
-const QUEUE_CHAIN: TableDefinition<&str, &str> = TableDefinition::new("queue_chain");
 /// This database's queue instance id, the prefix of idempotency keys, so
 /// that a recreated database never reuses a key the controller has seen.
 const META_INSTANCE: &str = "queue_instance";
@@ -120,10 +103,10 @@ impl Queue {
         let mut results = Vec::with_capacity(items.len());
         let mut changed_nodes = Vec::new();
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
-            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.redb().open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
             for new in items {
                 if new.origin == Origin::Node
                     && let Err(shed) =
@@ -215,10 +198,10 @@ impl Queue {
         new: NewItem,
         now: OffsetDateTime,
     ) -> Result<u64, QueueError> {
-        let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-        let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
-        let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-        let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+        let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+        let mut ids = txn.redb().open_table(QUEUE_IDS).map_err(db_err)?;
+        let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
+        let mut nodes = txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
         let tables = Tables {
             queue: &mut queue,
             ids: &mut ids,
@@ -241,9 +224,9 @@ impl Queue {
     ) -> Result<Option<T>, QueueError> {
         let txn = self.store.begin_write()?;
         let parked = {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
             let mut first = None;
             for entry in queue.iter().map_err(db_err)? {
                 let (key, value) = entry.map_err(db_err)?;
@@ -329,7 +312,7 @@ impl Queue {
     /// The items [`Queue::take_batch`] would take now, without taking them.
     pub fn peek(&self, limit: usize, now: OffsetDateTime) -> Result<Vec<Item>, QueueError> {
         let txn = self.store.begin_read()?;
-        let queue = match txn.open_table(QUEUE) {
+        let queue = match txn.redb().open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
@@ -347,8 +330,8 @@ impl Queue {
         let txn = self.store.begin_write()?;
         let mut taken = Vec::new();
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
             let chosen = sendable(&queue, limit, now)?;
             if chosen.is_empty() {
                 // Nothing to mark: no commit (and no fsync) for an empty
@@ -371,7 +354,7 @@ impl Queue {
     /// When the next backed-off item becomes sendable, if any is waiting.
     pub fn next_retry_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
         let txn = self.store.begin_read()?;
-        let queue = match txn.open_table(QUEUE) {
+        let queue = match txn.redb().open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(db_err(e)),
@@ -408,10 +391,10 @@ impl Queue {
         let txn = self.store.begin_write()?;
         let mut results = Vec::with_capacity(changes.len());
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
-            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-            let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.redb().open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut nodes = txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
             for (id, change) in changes {
                 let Some(priority) = ids.get(id).map_err(db_err)?.map(|v| v.value()) else {
                     results.push((None, None));
@@ -570,7 +553,7 @@ impl Queue {
     pub fn fail_parked(&self, node: &str, error: &str) -> Result<usize, QueueError> {
         let parked: Vec<u64> = {
             let txn = self.store.begin_read()?;
-            let queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
             let mut ids = Vec::new();
             for entry in queue.iter().map_err(db_err)? {
                 let (_, value) = entry.map_err(db_err)?;

@@ -3,14 +3,12 @@
 //! into place, and removed before its file is deleted, so an entry always
 //! names a whole file.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::store::schema::CONTENT;
 use crate::store::{Store, StoreError};
-
-/// Controller path → entry (JSON).
-const CONTENT: TableDefinition<&str, &[u8]> = TableDefinition::new("content");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -49,7 +47,7 @@ fn corrupt(path: &str, source: serde_json::Error) -> StoreError {
 /// Every entry; unreadable ones are returned apart (to be dropped).
 pub fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
     let txn = store.begin_read()?;
-    let table = match txn.open_table(CONTENT) {
+    let table = match txn.redb().open_table(CONTENT) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(redb::Error::from(e).into()),
@@ -73,7 +71,7 @@ pub fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
 pub fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
     let txn = store.begin_write()?;
     {
-        let mut table = txn.open_table(CONTENT).map_err(redb::Error::from)?;
+        let mut table = txn.redb().open_table(CONTENT).map_err(redb::Error::from)?;
         for entry in entries {
             let bytes = serde_json::to_vec(entry).map_err(|e| corrupt(&entry.path, e))?;
             table
@@ -88,7 +86,7 @@ pub fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
 pub fn remove(store: &Store, paths: &[String]) -> Result<(), StoreError> {
     let txn = store.begin_write()?;
     {
-        let mut table = txn.open_table(CONTENT).map_err(redb::Error::from)?;
+        let mut table = txn.redb().open_table(CONTENT).map_err(redb::Error::from)?;
         for path in paths {
             table.remove(path.as_str()).map_err(redb::Error::from)?;
         }

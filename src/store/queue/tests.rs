@@ -82,7 +82,7 @@ fn depths_by_status_and_kind_follow_every_move_and_survive_a_recount() {
     {
         let txn = store.begin_write().unwrap();
         {
-            let mut counters = txn.open_table(QUEUE_COUNTERS).unwrap();
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).unwrap();
             counters
                 .retain(|name, _| !name.contains('/') && name != KINDS_COUNTED)
                 .unwrap();
@@ -345,7 +345,8 @@ fn an_unreadable_item_is_quarantined_and_the_queue_counted_afresh() {
             .unwrap();
         let bad_id = *ids[1].as_ref().unwrap();
         let txn = q.store().begin_write().unwrap();
-        txn.open_table(QUEUE)
+        txn.redb()
+            .open_table(QUEUE)
             .unwrap()
             .insert(
                 (Kind::Registration.priority(), bad_id),
@@ -495,24 +496,13 @@ fn unsent_items_keep_their_attempt_count_and_keys_are_stable() {
 }
 
 #[test]
-fn remap_rewrites_only_that_nodes_local_id() {
+fn rewriting_payloads_touches_only_that_node_and_rekeys_what_changed() {
     let (_d, q) = queue(100);
     let with_id = |node: &str, id: &str| NewItem {
         kind: Kind::StateUpdate,
         origin: Origin::Operator,
         node: node.into(),
-        payload: Operation::SetState {
-            node_id: id.into(),
-            change: crate::central::api::StateChange {
-                state: crate::model::node::NodeState::Active,
-                comment: None,
-                force: None,
-                base_version: None,
-            },
-            base_changed_at: None,
-            base_state: None,
-        }
-        .to_payload(),
+        payload: serde_json::json!({ "node_id": id, "state": "active" }),
         key: None,
         local_state: None,
     };
@@ -526,14 +516,36 @@ fn remap_rewrites_only_that_nodes_local_id() {
         now(),
     )
     .unwrap();
-    assert_eq!(q.remap("a", "local-1", "node-7", None).unwrap(), 2);
-    let ids: Vec<String> = q
+    let keys_before: Vec<String> = q
         .list(None, 0, 10)
         .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    let changed = q
+        .rewrite_payloads("a", |payload| {
+            (payload["node_id"] == "local-1").then(|| {
+                let mut payload = payload.clone();
+                payload["node_id"] = "node-7".into();
+                payload
+            })
+        })
+        .unwrap();
+    assert_eq!(changed, 2);
+    let after = q.list(None, 0, 10).unwrap();
+    let ids: Vec<&str> = after
         .iter()
-        .map(|i| i.payload["node_id"].as_str().unwrap().to_string())
+        .map(|i| i.payload["node_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["node-7", "node-7", "local-1", "other"]);
+    // A different request is a new request: the rewritten items' keys
+    // moved on, the others kept theirs.
+    let same: Vec<bool> = after
+        .iter()
+        .zip(&keys_before)
+        .map(|(item, before)| item.key == *before)
+        .collect();
+    assert_eq!(same, [false, false, true, true]);
 }
 
 #[test]

@@ -136,9 +136,9 @@ pub(super) fn counter_ro(
 /// being read, so their counts are unknown). The id sequence and the count
 /// of dropped events are kept.
 pub(super) fn recount(txn: &crate::store::StoreWrite) -> Result<(), QueueError> {
-    let queue = txn.open_table(QUEUE).map_err(db_err)?;
-    let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
-    let mut nodes = txn.open_table(QUEUE_NODES).map_err(db_err)?;
+    let queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+    let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
+    let mut nodes = txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
     let keep = ["next_id", "dropped_events"];
     counters
         .retain(|name, _| keep.contains(&name))

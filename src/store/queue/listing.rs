@@ -15,7 +15,7 @@ impl Queue {
         limit: usize,
     ) -> Result<(Vec<Item>, Option<Cursor>), QueueError> {
         let txn = self.store.begin_read()?;
-        let queue = match txn.open_table(QUEUE) {
+        let queue = match txn.redb().open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
             Err(e) => return Err(db_err(e)),
@@ -50,7 +50,7 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<Item>, QueueError> {
         let txn = self.store.begin_read()?;
-        let queue = match txn.open_table(QUEUE) {
+        let queue = match txn.redb().open_table(QUEUE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
@@ -77,7 +77,7 @@ impl Queue {
 
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let txn = self.store.begin_read()?;
-        let counters = match txn.open_table(QUEUE_COUNTERS) {
+        let counters = match txn.redb().open_table(QUEUE_COUNTERS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Stats::default()),
             Err(e) => return Err(db_err(e)),
@@ -105,7 +105,7 @@ impl Queue {
     /// Does `node` have items still to send?
     pub fn has_active(&self, node: &str) -> Result<bool, QueueError> {
         let txn = self.store.begin_read()?;
-        match txn.open_table(QUEUE_NODES) {
+        match txn.redb().open_table(QUEUE_NODES) {
             Ok(table) => Ok(table.get(node).map_err(db_err)?.is_some()),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
             Err(e) => Err(db_err(e)),
@@ -116,7 +116,7 @@ impl Queue {
     /// cached record holds local changes the controller has not seen.
     pub fn nodes_with_changes(&self) -> Result<std::collections::HashSet<String>, QueueError> {
         let txn = self.store.begin_read()?;
-        let table = match txn.open_table(QUEUE_NODES) {
+        let table = match txn.redb().open_table(QUEUE_NODES) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
             Err(e) => return Err(db_err(e)),

@@ -14,7 +14,7 @@ impl Queue {
         from: u64,
         to: u64,
     ) -> Result<(), QueueError> {
-        let mut table = txn.open_table(QUEUE_CHAIN).map_err(db_err)?;
+        let mut table = txn.redb().open_table(QUEUE_CHAIN).map_err(db_err)?;
         let first = table
             .get(node)
             .map_err(db_err)?
@@ -30,7 +30,7 @@ impl Queue {
     /// The versions `node`'s acked changes moved through, `first..latest`.
     pub fn chain(&self, node: &str) -> Result<Option<(u64, u64)>, QueueError> {
         let txn = self.store.begin_read()?;
-        let table = match txn.open_table(QUEUE_CHAIN) {
+        let table = match txn.redb().open_table(QUEUE_CHAIN) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(db_err(e)),
@@ -42,30 +42,20 @@ impl Queue {
         Ok(chain)
     }
 
-    /// Points `node`'s later operations from a local id at the controller's
-    /// (after its registration was accepted; see [`Operation::remap`]).
-    /// Returns how many items changed.
-    pub fn remap(
+    /// Applies `change` to each of `node`'s queued payloads in one commit
+    /// (a local id remapped once its registration was accepted, a rebase);
+    /// `change` answers the new payload, or None to leave the item as it
+    /// is. An item whose payload changes gets a new idempotency key: a
+    /// different request is a new request. Returns how many items changed.
+    pub fn rewrite_payloads(
         &self,
         node: &str,
-        from: &str,
-        to: &str,
-        base: Option<crate::central::ops::Base>,
-    ) -> Result<usize, QueueError> {
-        self.rewrite(node, |operation| operation.remap(from, to, base))
-    }
-
-    /// Applies `change` to each of `node`'s queued operations in one
-    /// commit; returns how many it changed.
-    fn rewrite(
-        &self,
-        node: &str,
-        mut change: impl FnMut(&mut Operation) -> bool,
+        mut change: impl FnMut(&serde_json::Value) -> Option<serde_json::Value>,
     ) -> Result<usize, QueueError> {
         let txn = self.store.begin_write()?;
         let mut changed = 0;
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
             let mut rewrites = Vec::new();
             for entry in queue.iter().map_err(db_err)? {
                 let (key, value) = entry.map_err(db_err)?;
@@ -73,12 +63,8 @@ impl Queue {
                 if item.node != node {
                     continue;
                 }
-                // An unreadable payload is left as it is: replay fails it
-                // with the reason.
-                if let Ok(mut operation) = Operation::from_payload(&item.payload)
-                    && change(&mut operation)
-                {
-                    let sent_payload = std::mem::replace(&mut item.payload, operation.to_payload());
+                if let Some(payload) = change(&item.payload) {
+                    let sent_payload = std::mem::replace(&mut item.payload, payload);
                     rekey_if_changed(&mut item, &sent_payload);
                     rewrites.push((key.value(), item));
                 }

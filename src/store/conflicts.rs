@@ -6,25 +6,16 @@
 //! node's queued item stays in status `conflict` and its later items wait
 //! behind it.
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::queue::{Origin, QueueError, db_err};
 use crate::model::node::NodeState;
+use crate::store::schema::{
+    CONFLICTS, CONFLICTS_META, CONFLICTS_OPEN, CONFLICTS_OPEN_IDS, CONFLICTS_RESOLVED_IDS,
+};
 use crate::store::{Store, StoreError, StoreWrite};
-
-/// id → record (JSON).
-const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
-/// MAC → id of the node's open conflict.
-const OPEN: TableDefinition<&str, u64> = TableDefinition::new("conflicts_open");
-/// Ids of the open conflicts, and of the resolved ones: a page of either,
-/// newest first, reads only its own entries (no scan of the history).
-const OPEN_IDS: TableDefinition<u64, ()> = TableDefinition::new("conflicts_open_ids");
-const RESOLVED_IDS: TableDefinition<u64, ()> = TableDefinition::new("conflicts_resolved_ids");
-/// `next_id`, and `indexed` once [`OPEN_IDS`] and [`RESOLVED_IDS`] are
-/// complete (databases written before they existed are indexed at start).
-const META: TableDefinition<&str, u64> = TableDefinition::new("conflicts_meta");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,11 +140,11 @@ pub fn open(
     found: Found,
     now: OffsetDateTime,
 ) -> Result<Option<Conflict>, QueueError> {
-    let mut open = txn.open_table(OPEN).map_err(db_err)?;
+    let mut open = txn.redb().open_table(CONFLICTS_OPEN).map_err(db_err)?;
     if open.get(found.mac.as_str()).map_err(db_err)?.is_some() {
         return Ok(None);
     }
-    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut meta = txn.redb().open_table(CONFLICTS_META).map_err(db_err)?;
     let id = meta
         .get("next_id")
         .map_err(db_err)?
@@ -175,12 +166,14 @@ pub fn open(
         comment: None,
         error: found.error,
     };
-    txn.open_table(CONFLICTS)
+    txn.redb()
+        .open_table(CONFLICTS)
         .map_err(db_err)?
         .insert(id, encode(&conflict).as_slice())
         .map_err(db_err)?;
     open.insert(conflict.mac.as_str(), id).map_err(db_err)?;
-    txn.open_table(OPEN_IDS)
+    txn.redb()
+        .open_table(CONFLICTS_OPEN_IDS)
         .map_err(db_err)?
         .insert(id, ())
         .map_err(db_err)?;
@@ -220,7 +213,7 @@ pub fn close(
     comment: Option<String>,
     now: OffsetDateTime,
 ) -> Result<Conflict, QueueError> {
-    let mut records = txn.open_table(CONFLICTS).map_err(db_err)?;
+    let mut records = txn.redb().open_table(CONFLICTS).map_err(db_err)?;
     let mut conflict = match records.get(id).map_err(db_err)? {
         Some(bytes) => decode(bytes.value())?,
         None => return Err(QueueError::NotFound(id)),
@@ -238,15 +231,18 @@ pub fn close(
     records
         .insert(id, encode(&conflict).as_slice())
         .map_err(db_err)?;
-    txn.open_table(OPEN)
+    txn.redb()
+        .open_table(CONFLICTS_OPEN)
         .map_err(db_err)?
         .remove(conflict.mac.as_str())
         .map_err(db_err)?;
-    txn.open_table(OPEN_IDS)
+    txn.redb()
+        .open_table(CONFLICTS_OPEN_IDS)
         .map_err(db_err)?
         .remove(id)
         .map_err(db_err)?;
-    txn.open_table(RESOLVED_IDS)
+    txn.redb()
+        .open_table(CONFLICTS_RESOLVED_IDS)
         .map_err(db_err)?
         .insert(id, ())
         .map_err(db_err)?;
@@ -266,7 +262,7 @@ pub fn close(
 pub fn quarantine_unreadable(store: &Store) -> Result<Vec<String>, QueueError> {
     let bad: Vec<(u64, Vec<u8>, String)> = {
         let txn = store.begin_read()?;
-        let records = match txn.open_table(CONFLICTS) {
+        let records = match txn.redb().open_table(CONFLICTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
@@ -286,10 +282,13 @@ pub fn quarantine_unreadable(store: &Store) -> Result<Vec<String>, QueueError> {
     let txn = store.begin_write()?;
     let mut macs = Vec::new();
     {
-        let mut records = txn.open_table(CONFLICTS).map_err(db_err)?;
-        let mut open = txn.open_table(OPEN).map_err(db_err)?;
-        let mut open_ids = txn.open_table(OPEN_IDS).map_err(db_err)?;
-        let mut resolved_ids = txn.open_table(RESOLVED_IDS).map_err(db_err)?;
+        let mut records = txn.redb().open_table(CONFLICTS).map_err(db_err)?;
+        let mut open = txn.redb().open_table(CONFLICTS_OPEN).map_err(db_err)?;
+        let mut open_ids = txn.redb().open_table(CONFLICTS_OPEN_IDS).map_err(db_err)?;
+        let mut resolved_ids = txn
+            .redb()
+            .open_table(CONFLICTS_RESOLVED_IDS)
+            .map_err(db_err)?;
         let ids: std::collections::HashSet<u64> = bad.iter().map(|(id, _, _)| *id).collect();
         for entry in open.iter().map_err(db_err)? {
             let (mac, id) = entry.map_err(db_err)?;
@@ -318,15 +317,18 @@ pub fn quarantine_unreadable(store: &Store) -> Result<Vec<String>, QueueError> {
 pub fn index(store: &Store) -> Result<(), QueueError> {
     let txn = store.begin_write()?;
     {
-        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let mut meta = txn.redb().open_table(CONFLICTS_META).map_err(db_err)?;
         if meta.get("indexed").map_err(db_err)?.is_some() {
             drop(meta);
             txn.abort()?;
             return Ok(());
         }
-        let records = txn.open_table(CONFLICTS).map_err(db_err)?;
-        let mut open = txn.open_table(OPEN_IDS).map_err(db_err)?;
-        let mut resolved = txn.open_table(RESOLVED_IDS).map_err(db_err)?;
+        let records = txn.redb().open_table(CONFLICTS).map_err(db_err)?;
+        let mut open = txn.redb().open_table(CONFLICTS_OPEN_IDS).map_err(db_err)?;
+        let mut resolved = txn
+            .redb()
+            .open_table(CONFLICTS_RESOLVED_IDS)
+            .map_err(db_err)?;
         for entry in records.iter().map_err(db_err)? {
             let (id, value) = entry.map_err(db_err)?;
             let id = id.value();
@@ -349,21 +351,21 @@ pub fn list(
     limit: usize,
 ) -> Result<Vec<Conflict>, QueueError> {
     let txn = store.begin_read()?;
-    let indexed = match txn.open_table(META) {
+    let indexed = match txn.redb().open_table(CONFLICTS_META) {
         Ok(meta) => meta.get("indexed").map_err(db_err)?.is_some(),
         Err(redb::TableError::TableDoesNotExist(_)) => false,
         Err(e) => return Err(db_err(e)),
     };
     if let (true, Some(status)) = (indexed, status) {
-        let ids = match txn.open_table(match status {
-            Status::Open => OPEN_IDS,
-            Status::Resolved => RESOLVED_IDS,
+        let ids = match txn.redb().open_table(match status {
+            Status::Open => CONFLICTS_OPEN_IDS,
+            Status::Resolved => CONFLICTS_RESOLVED_IDS,
         }) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
         };
-        let records = txn.open_table(CONFLICTS).map_err(db_err)?;
+        let records = txn.redb().open_table(CONFLICTS).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in ids.iter().map_err(db_err)?.rev().skip(offset).take(limit) {
             let (id, _) = entry.map_err(db_err)?;
@@ -379,7 +381,7 @@ pub fn list(
         }
         return Ok(out);
     }
-    let records = match txn.open_table(CONFLICTS) {
+    let records = match txn.redb().open_table(CONFLICTS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(db_err(e)),
@@ -412,7 +414,7 @@ pub fn list(
 
 pub fn get(store: &Store, id: u64) -> Result<Option<Conflict>, QueueError> {
     let txn = store.begin_read()?;
-    let records = match txn.open_table(CONFLICTS) {
+    let records = match txn.redb().open_table(CONFLICTS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(db_err(e)),
@@ -426,7 +428,7 @@ pub fn get(store: &Store, id: u64) -> Result<Option<Conflict>, QueueError> {
 /// The node's open conflict, if it has one.
 pub fn open_for(store: &Store, mac: &str) -> Result<Option<u64>, QueueError> {
     let txn = store.begin_read()?;
-    match txn.open_table(OPEN) {
+    match txn.redb().open_table(CONFLICTS_OPEN) {
         Ok(t) => Ok(t.get(mac).map_err(db_err)?.map(|v| v.value())),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(db_err(e)),
@@ -436,7 +438,7 @@ pub fn open_for(store: &Store, mac: &str) -> Result<Option<u64>, QueueError> {
 /// How many conflicts are open.
 pub fn open_count(store: &Store) -> Result<u64, QueueError> {
     let txn = store.begin_read()?;
-    match txn.open_table(OPEN) {
+    match txn.redb().open_table(CONFLICTS_OPEN) {
         Ok(t) => t.len().map_err(db_err),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
         Err(e) => Err(db_err(e)),
@@ -508,12 +510,18 @@ mod tests {
         // A database written before the indexes: the same pages, by scan,
         // then from the indexes built at start.
         let txn = store.begin_write().unwrap();
-        txn.open_table(META).unwrap().remove("indexed").unwrap();
-        txn.open_table(OPEN_IDS)
+        txn.redb()
+            .open_table(CONFLICTS_META)
+            .unwrap()
+            .remove("indexed")
+            .unwrap();
+        txn.redb()
+            .open_table(CONFLICTS_OPEN_IDS)
             .unwrap()
             .retain(|_, _| false)
             .unwrap();
-        txn.open_table(RESOLVED_IDS)
+        txn.redb()
+            .open_table(CONFLICTS_RESOLVED_IDS)
             .unwrap()
             .retain(|_, _| false)
             .unwrap();

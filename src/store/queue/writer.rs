@@ -104,8 +104,8 @@ async fn run(queue: Queue, cache: Option<NodeCache>, mut rx: mpsc::Receiver<Requ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::queue::{Kind, Limits, Origin};
     use crate::store::Store;
+    use crate::store::queue::{Kind, Limits, Origin};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_enqueues_are_all_durable_with_distinct_ids() {

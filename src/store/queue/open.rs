@@ -31,7 +31,7 @@ impl Queue {
     fn count_kinds_once(&self) -> Result<(), QueueError> {
         let txn = self.store.begin_write()?;
         let counted = {
-            let counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
             counter(&counters, KINDS_COUNTED)? > 0
         };
         if counted {
@@ -50,8 +50,8 @@ impl Queue {
         let txn = self.store.begin_write()?;
         let mut quarantined = Vec::new();
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut ids = txn.open_table(QUEUE_IDS).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            let mut ids = txn.redb().open_table(QUEUE_IDS).map_err(db_err)?;
             let mut bad = Vec::new();
             for entry in queue.iter().map_err(db_err)? {
                 let (key, value) = entry.map_err(db_err)?;
@@ -84,10 +84,10 @@ impl Queue {
         let txn = self.store.begin_write()?;
         let mut recovered = 0;
         {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            txn.open_table(QUEUE_IDS).map_err(db_err)?;
-            txn.open_table(QUEUE_NODES).map_err(db_err)?;
-            let mut counters = txn.open_table(QUEUE_COUNTERS).map_err(db_err)?;
+            let mut queue = txn.redb().open_table(QUEUE).map_err(db_err)?;
+            txn.redb().open_table(QUEUE_IDS).map_err(db_err)?;
+            txn.redb().open_table(QUEUE_NODES).map_err(db_err)?;
+            let mut counters = txn.redb().open_table(QUEUE_COUNTERS).map_err(db_err)?;
             let mut stale = Vec::new();
             for entry in queue.iter().map_err(db_err)? {
                 let (key, value) = entry.map_err(db_err)?;
