@@ -214,6 +214,12 @@ pub async fn start(
         files,
         origin,
         admin_token,
+        admin: Arc::new(crate::admin::LiveAdmin {
+            outbox: services.outbox.clone(),
+            cache: services.cache.clone(),
+            boot: services.boot.clone(),
+            nodes: services.nodes.clone(),
+        }),
         sync,
         cache: services.cache.clone(),
         metrics_open: config.metrics_open,

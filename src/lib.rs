@@ -8,7 +8,7 @@
 //! | wiring and command line | [`agent`], [`cli`] |
 //! | transports | [`serve`] (HTTP, TFTP) |
 //! | controller upkeep | [`link`] (registration, probes, heartbeat, sync) |
-//! | status | [`status`] |
+//! | status and admin | [`status`], [`admin`] (the queue's, conflicts' and cache's operations) |
 //! | services | [`boot`] (answering boots), [`outbox`] (writes, queue, replay), [`content`] (the content cache) |
 //! | ports | [`central`] (the controller), [`store`] (redb) |
 //! | configuration | [`config`] |
@@ -16,6 +16,7 @@
 //!
 //! `docs/architecture.md` describes them and the paths through them.
 
+pub mod admin;
 pub mod agent;
 pub mod boot;
 pub mod central;

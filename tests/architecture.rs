@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("content", 4),
     ("boot", 5),
     ("status", 6),
+    ("admin", 6),
     ("link", 7),
     ("serve", 8),
     ("cli", 9),

@@ -721,6 +721,16 @@ fn queue_cli_works_through_the_running_agent_and_directly_when_stopped(dialect: 
     assert_eq!(listed["data"][0]["payload"]["change"]["comment"], "cli 0");
     let deleted = cli_json(agent.cli(&["queue", "delete", &first.to_string(), "--url", &url]));
     assert_eq!(deleted["deleted"], first);
+    // One admin service: the command line answers what the API answers,
+    // through the agent and on the stopped database alike.
+    let by_cli = cli_json(agent.cli(&["queue", "list", "--url", &url]));
+    let (code, by_api) = call(&agent, "GET", "/api/v1/queue?offset=0&limit=100", None);
+    assert_eq!(code, 200, "{by_api}");
+    assert_eq!(by_cli, by_api);
+    let ids = |listing: &Value| -> Vec<Value> {
+        let items = listing["data"].as_array().expect("data").iter();
+        items.map(|i| i["id"].clone()).collect()
+    };
     let out = agent.cli(&["queue", "retry", "999999", "--url", &url]);
     assert!(!out.status.success());
     assert!(
@@ -736,6 +746,9 @@ fn queue_cli_works_through_the_running_agent_and_directly_when_stopped(dialect: 
     let stopped = agent.stop();
     let stats = cli_json(stopped.cli(&["queue", "stats"]));
     assert_eq!(stats["pending"], 2, "{stats}");
+    let on_disk = cli_json(stopped.cli(&["queue", "list"]));
+    assert_eq!(ids(&on_disk), ids(&by_api));
+    assert_eq!(on_disk["total"], by_api["total"], "{on_disk}");
     let cleared = cli_json(stopped.cli(&["queue", "clear-failed"]));
     assert_eq!(cleared["cleared"], 0);
     let out = stopped.cli(&["queue", "delete", "999999"]);

@@ -3,7 +3,7 @@
 //! `siteboot conflicts` ask it instead (with the token from
 //! `admin.token_file`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -44,23 +44,39 @@ impl AgentApi {
             .bearer_auth(&self.token)
     }
 
-    /// Sends `request`; the JSON answer, or the agent's error.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    /// Sends an admin request; the JSON answer, or the agent's refusal as
+    /// the admin error it was (its status and message).
+    pub async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, crate::admin::AdminError> {
+        use crate::admin::AdminError;
         let base = &self.base;
-        let response = request.send().await.with_context(|| {
-            format!("the agent holds the database but does not answer at {base}")
+        let response = request.send().await.map_err(|e| {
+            AdminError::Unavailable(format!(
+                "the agent holds the database but does not answer at {base}: {e}"
+            ))
         })?;
         let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .with_context(|| format!("the agent at {base} answered {status} without JSON"))?;
+        let body: Value = response.json().await.map_err(|e| {
+            AdminError::Internal(format!(
+                "the agent at {base} answered {status} without JSON: {e}"
+            ))
+        })?;
         if !status.is_success() {
-            bail!(
-                "the agent answered {status}: {}",
-                body["error"].as_str().unwrap_or(&body.to_string())
-            );
+            let message = body["error"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_string);
+            return Err(AdminError::from_http(
+                status.as_u16(),
+                format!("the agent answered {status}: {message}"),
+            ));
         }
         Ok(body)
+    }
+
+    /// Sends `request`; the JSON answer, or the agent's error.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        Ok(self.answer(request).await?)
     }
 }

@@ -616,8 +616,8 @@ impl ContentCache {
         self.forget(&[path.to_string()]).await
     }
 
-    /// `DELETE /api/v1/cache`: every unpinned file; how many.
-    pub async fn clear_unpinned(&self) -> Result<usize, CacheError> {
+    /// `DELETE /api/v1/cache`: every unpinned file; the paths removed.
+    pub async fn clear_unpinned(&self) -> Result<Vec<String>, CacheError> {
         let paths: Vec<String> = self
             .entries
             .read()
@@ -627,7 +627,7 @@ impl ContentCache {
             .map(|e| e.path.clone())
             .collect();
         self.forget(&paths).await?;
-        Ok(paths.len())
+        Ok(paths)
     }
 
     /// Every entry, by path.

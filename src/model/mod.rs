@@ -8,4 +8,5 @@ pub mod decision;
 pub mod mac;
 pub mod mode;
 pub mod node;
+pub mod path;
 pub mod script;

@@ -1,5 +1,6 @@
 //! The admin API's bearer token and the endpoints of the controller link
-//! (DESIGN §5): `POST /api/v1/sync?full=true`, `GET /api/v1/sync/log`.
+//! (DESIGN §5): `POST /api/v1/sync?full=true`, `GET /api/v1/sync/log`;
+//! and `admin_answer`, which turns every admin service answer into HTTP.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -159,6 +160,35 @@ pub async fn events(State(_state): State<Arc<AppState>>) -> Response {
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case("bearer ").then_some(token)
+}
+
+/// Carries out an admin request with the agent's admin service and
+/// answers it: the one place where an admin operation's refusal becomes
+/// an HTTP status (`AdminError::http_status`).
+pub(crate) async fn admin_answer(
+    state: &AppState,
+    request: Result<crate::admin::Request, crate::admin::AdminError>,
+) -> Response {
+    use crate::admin::AdminService;
+    let answered = match request {
+        Ok(request) => state.admin.call(request).await,
+        Err(refused) => Err(refused),
+    };
+    match answered {
+        Ok(answer) => {
+            let status = if answer.accepted {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(answer.body)).into_response()
+        }
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            super::writes::error(status, e)
+        }
+    }
 }
 
 #[cfg(test)]

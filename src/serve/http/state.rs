@@ -25,6 +25,8 @@ pub struct AppState {
     /// The agent's own URL, for the scripts.
     pub origin: AgentOrigin,
     pub admin_token: String,
+    /// The queue's, conflicts' and content cache's admin operations.
+    pub admin: Arc<crate::admin::LiveAdmin>,
     /// Present when a controller is configured.
     pub sync: Option<crate::link::tasks::SyncHandle>,
     /// The content cache: present when a controller is configured.

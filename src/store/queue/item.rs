@@ -53,6 +53,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status's name in the API (`?status=in_flight`).
+    pub fn as_str(self) -> &'static str {
+        self.counter()
+    }
+
     pub(super) fn counter(self) -> &'static str {
         match self {
             Status::Pending => "pending",
