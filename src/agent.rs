@@ -221,7 +221,6 @@ pub async fn start(
             nodes: services.nodes.clone(),
         }),
         sync,
-        cache: services.cache.clone(),
         metrics_open: config.metrics_open,
     });
     let http_limits = ServerLimits {

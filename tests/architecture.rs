@@ -27,8 +27,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("admin", 6),
     ("link", 7),
     ("serve", 8),
-    ("cli", 9),
-    ("agent", 10),
+    ("agent", 9),
+    ("cli", 10),
 ];
 
 fn src() -> PathBuf {

@@ -183,8 +183,7 @@ pub(crate) fn firmware_probe(port: u16) -> String {
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    let rrq =
-        |options: &[(&str, &str)]| siteboot::serve::tftp::packet::read_request("big.bin", options);
+    let rrq = |options: &[(&str, &str)]| read_request("big.bin", options);
     let mut buf = vec![0u8; 70_000];
     let started = Instant::now();
     socket
@@ -241,4 +240,17 @@ pub(crate) fn firmware_probe(port: u16) -> String {
         "completed in {:.0} ms; {stray} packets from the aborted probe session (within 4 s after)",
         elapsed.as_secs_f64() * 1e3
     )
+}
+
+/// An RRQ as a client writes it (RFC 1350, options per RFC 2347).
+fn read_request(filename: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = vec![0, 1];
+    for text in [filename, "octet"]
+        .into_iter()
+        .chain(options.iter().flat_map(|(name, value)| [*name, *value]))
+    {
+        packet.extend_from_slice(text.as_bytes());
+        packet.push(0);
+    }
+    packet
 }

@@ -18,6 +18,6 @@ mod stopped;
 
 pub use error::AdminError;
 pub use live::LiveAdmin;
-pub use request::{Evict, HttpCall, MAX_PAGE, Page, PolicyChange, Request, id};
+pub use request::{Evict, Page, PolicyChange, Request, id};
 pub use service::{AdminService, Answer};
 pub use stopped::StoppedAdmin;

@@ -188,11 +188,14 @@ impl Templates {
         Ok(templates)
     }
 
-    /// The built-in templates only (used by tests and as a last resort).
+    /// The built-in templates only.
+    #[cfg(test)]
     pub fn built_in() -> Result<Templates, TemplateError> {
         Self::load(Path::new("/nonexistent/siteboot-templates"))
     }
 
+    /// Where the template came from: the operator's file, or built in.
+    #[cfg(test)]
     pub fn origin(&self, name: &str) -> Option<&str> {
         self.origins.get(name).map(String::as_str)
     }

@@ -82,7 +82,6 @@ impl Controller for LocalController {
                 data: Vec::new(),
                 workflows: Vec::new(),
                 cursor: None,
-                total: Some(0),
             })
         })
     }

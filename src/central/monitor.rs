@@ -81,6 +81,7 @@ impl Monitor {
         self.state.borrow().clone()
     }
 
+    #[cfg(test)]
     pub fn is_online(&self) -> bool {
         self.state.borrow().online
     }

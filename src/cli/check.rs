@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::boot::templates::Templates;
 use crate::central::Controller;
 use crate::central::api::{parse_node, parse_workflow};
 use crate::central::client::HttpController;
@@ -79,4 +80,53 @@ pub fn stored_policy_override(
     let stored =
         crate::outbox::stored_policies(&store, config.conflicts).map_err(|e| e.to_string())?;
     Ok((stored != config.conflicts).then_some(stored))
+}
+
+/// `siteboot check-config`: the configuration and templates load, then
+/// what the controller and the stored conflict policy add.
+pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
+    Templates::load(&config.templates_dir)?;
+    println!(
+        "configuration OK: site_id={} mode={} http={} tftp={} data_dir={} workflows={}",
+        config.site_id,
+        if config.central.url.is_some() {
+            "central"
+        } else {
+            "standalone"
+        },
+        config.http.listen,
+        config.tftp.listen,
+        config.data_dir.display(),
+        config.workflows.len()
+    );
+    match controller_workflows(config).await {
+        Ok(None) => {}
+        Ok(Some(check)) if check.missing.is_empty() => println!(
+            "controller: {} nodes listed; every workflow they reference can be rendered",
+            check.nodes
+        ),
+        Ok(Some(check)) => println!(
+            "controller: {} nodes listed; workflows they reference that this agent cannot \
+             render (the controller lists none by these ids and the config defines none): {}",
+            check.nodes,
+            check.missing.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        Err(e) => println!("controller: not asked about workflows ({e})"),
+    }
+    match stored_policy_override(config) {
+        Ok(None) => {}
+        Ok(Some(p)) => println!(
+            "conflict policy: set at run time and stored, it wins over this config until \
+             changed again (PUT /api/v1/conflicts/policy): state_mismatch={} \
+             missing_central={} missing_local={}",
+            p.state_mismatch.as_str(),
+            p.missing_central.as_str(),
+            p.missing_local.as_str()
+        ),
+        Err(e) => println!(
+            "conflict policy: the stored one cannot be read now ({e}); \
+             GET /api/v1/conflicts/policy shows the one in force"
+        ),
+    }
+    Ok(())
 }

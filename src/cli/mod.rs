@@ -1,9 +1,119 @@
-//! Subcommands of the `siteboot` binary that are more than a few lines.
+//! The `siteboot` command line: its arguments (`command.rs`) and one
+//! file per subcommand that is more than a few lines. `main.rs` only calls
+//! [`main`].
 
-pub mod admin;
-pub mod agent_api;
-pub mod cache;
-pub mod check;
-pub mod conflicts;
-pub mod queue;
-pub mod status;
+mod admin;
+mod agent_api;
+mod cache;
+mod check;
+mod command;
+mod conflicts;
+mod nodes;
+mod queue;
+mod render;
+mod serve;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::config::{Config, LogFormat};
+use crate::model::mac::Mac;
+use command::{Cli, Command};
+
+/// The `siteboot` binary: parses the command line, starts logging and the
+/// runtime, and runs the subcommand; the exit code says whether it worked.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("siteboot: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("siteboot: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config, ready_file } => {
+            serve::run(load_config(config.as_ref())?, ready_file).await
+        }
+        Command::Render {
+            mac,
+            arch,
+            platform,
+            offline,
+            base_url,
+            config,
+        } => {
+            let request = render::RenderRequest {
+                mac: mac.parse::<Mac>()?,
+                arch,
+                platform,
+                offline,
+                base_url,
+            };
+            render::run(load_config(config.as_ref())?, request).await
+        }
+        Command::Nodes { config, action } => nodes::run(load_config(config.as_ref())?, action),
+        Command::Queue {
+            config,
+            url,
+            action,
+        } => queue::run(load_config(config.as_ref())?, url, action).await,
+        Command::Conflicts {
+            config,
+            url,
+            action,
+        } => conflicts::run(load_config(config.as_ref())?, url, action).await,
+        Command::Cache {
+            config,
+            url,
+            action,
+        } => cache::run(load_config(config.as_ref())?, url, action).await,
+        Command::Status { config, url, json } => {
+            status::run(load_config(config.as_ref())?, url, json).await
+        }
+        Command::CheckConfig { config } => check::run(&load_config(config.as_ref())?).await,
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    Ok(Config::load(path.map(PathBuf::as_path))?)
+}
+
+/// Logs to stderr: lines for people, or with `log.format = "json"` one
+/// JSON object per line for a log shipper. The format is read from the
+/// agent's configuration (`serve`); a configuration that does not load
+/// is reported after logging starts, in the default format.
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SITEBOOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match &cli.command {
+        Command::Serve { config, .. } => {
+            load_config(config.as_ref()).is_ok_and(|c| c.log_format == LogFormat::Json)
+        }
+        _ => false,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}

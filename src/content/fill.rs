@@ -123,10 +123,6 @@ impl Fill {
         self.file.clone()
     }
 
-    pub fn progress(&self) -> Progress {
-        self.progress.borrow().clone()
-    }
-
     /// Waits until the controller has answered (or the fill has ended).
     pub async fn started(&self) -> Progress {
         let mut watch = self.progress.clone();

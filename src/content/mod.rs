@@ -68,7 +68,6 @@ pub enum Lookup {
     /// verified it.
     Hit {
         file: PathBuf,
-        size: u64,
         sha256: Option<String>,
     },
     /// Being fetched (by this request or an earlier one).
@@ -306,12 +305,8 @@ impl ContentCache {
     }
 
     /// A complete copy of `path`, or the fill that brings it (started
-    /// here if none is under way). `path` is a sanitised relative path.
-    pub fn lookup(self: &Arc<Self>, path: &str) -> Result<Lookup, CacheError> {
-        self.lookup_for(path, None)
-    }
-
-    /// [`ContentCache::lookup`] for a request from `client`: a miss is
+    /// here if none is under way), for a request from `client`; `path` is
+    /// a sanitised relative path. A miss is
     /// bounded (DESIGN §12) by the 404s remembered, the client's miss rate
     /// and the fills under way.
     pub fn lookup_for(
@@ -330,7 +325,6 @@ impl ContentCache {
                         .unwrap_or(time::Duration::MAX);
                 let hit = Lookup::Hit {
                     file: self.files.join(&entry.file),
-                    size: entry.size,
                     sha256: entry.verified.then(|| entry.sha256.clone()),
                 };
                 (hit, due.then(|| entry.clone()))

@@ -22,8 +22,11 @@ pub enum Firmware {
 pub enum Cpu {
     /// 32-bit x86 (BIOS machines and IA32 UEFI).
     X86,
+    /// 64-bit x86.
     X86_64,
+    /// 32-bit ARM.
     Arm32,
+    /// 64-bit ARM (AArch64).
     Arm64,
     /// Anything else (Itanium, POWER, RISC-V, …): no boot file here.
     Other,
@@ -55,11 +58,15 @@ pub enum Fetch {
 /// A client asking for a boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
+    /// The client's MAC, when the request names one.
     pub mac: Option<Mac>,
     /// The machine's UUID (DHCP option 97, iPXE's `${uuid}`).
     pub uuid: Option<String>,
+    /// BIOS or UEFI.
     pub firmware: Firmware,
+    /// The processor architecture.
     pub cpu: Cpu,
+    /// How it fetches its boot file.
     pub fetch: Fetch,
     /// iPXE is already running (option 77 `iPXE`, option 175, or a
     /// request from an iPXE script).
@@ -68,6 +75,7 @@ pub struct Client {
 
 /// Option 60's class prefixes (PXE spec; UEFI 2.5 for HTTP Boot).
 pub const CLASS_PXE: &str = "PXEClient";
+/// Option 60's class prefix of a UEFI HTTP Boot client.
 pub const CLASS_HTTP: &str = "HTTPClient";
 
 impl Client {

@@ -6,8 +6,11 @@ use crate::model::node::{Node, NodeState, Workflow};
 /// the controller is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfflineDefault {
+    /// Boot the local disk.
     Local,
+    /// Boot the discovery image.
     Discovery,
+    /// Serve the script this MAC got last time, where that is safe.
     LastKnown,
 }
 
@@ -21,17 +24,23 @@ pub enum Connectivity {
     Offline,
 }
 
+/// What a boot script makes the node do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Run the node's workflow (installs an OS: destructive).
     Install,
+    /// Boot the local disk.
     Local,
+    /// Boot the discovery image.
     Discovery,
+    /// Print why and stop: a retired node never boots.
     Retired,
     /// Serve the script this MAC got last time (offline only).
     LastKnown,
 }
 
 impl Action {
+    /// The name the status line and the API use.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Install => "install",
@@ -51,11 +60,13 @@ impl Action {
 /// Extra text printed before a local boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Banner {
+    /// No banner.
     None,
     /// An install is due but cannot run from cached data.
     Hold,
     /// An install was started and has not reported back.
     InstallInProgress,
+    /// The last install reported failure.
     InstallFailed,
     /// Reprovision requested but no workflow is assigned.
     NoWorkflow,
@@ -67,6 +78,7 @@ pub enum Banner {
 }
 
 impl Banner {
+    /// The banner's name in the status line; None for no banner.
     pub fn as_str(self) -> Option<&'static str> {
         match self {
             Banner::None => None,
@@ -80,9 +92,12 @@ impl Banner {
     }
 }
 
+/// The outcome of the decision table for one boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// What the node does.
     pub action: Action,
+    /// What is printed before a local boot.
     pub banner: Banner,
     /// The workflow an `Install` runs.
     pub workflow: Option<Workflow>,
@@ -142,6 +157,8 @@ impl Decision {
         }
     }
 
+    /// An install (or a destructive replay) held back for an open conflict:
+    /// the node gets its disk and the CONFLICT banner instead.
     pub fn held_for_conflict(self, conflict: u64, destructive_replay: bool) -> Decision {
         let destructive = self.action == Action::Install
             || (self.action == Action::LastKnown && destructive_replay);
@@ -158,7 +175,9 @@ impl Decision {
 /// Inputs that are not the node itself.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionContext {
+    /// Is the controller reachable?
     pub connectivity: Connectivity,
+    /// What unknown and discovered nodes get while it is not.
     pub offline_default: OfflineDefault,
     /// A last-served script exists and may be replayed (it is not destructive,
     /// or its workflow is `offline_safe`).

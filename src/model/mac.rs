@@ -14,24 +14,34 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mac([u8; 6]);
 
+/// Why a text is not a node's MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MacParseError {
+    /// Not six hex pairs in one of the spellings below.
     #[error(
         "invalid MAC address {input:?}: expected six hex pairs such as 52:54:00:12:34:56, \
          52-54-00-12-34-56, 5254.0012.3456 or 525400123456"
     )]
-    Malformed { input: String },
+    Malformed {
+        /// The text as given.
+        input: String,
+    },
     /// DESIGN §10: the group bit is set (broadcast, multicast): such an
     /// address names no single machine, so it is never a node.
     #[error("{input:?} is a broadcast or multicast address, never one machine's")]
-    Group { input: String },
+    Group {
+        /// The text as given.
+        input: String,
+    },
 }
 
 impl Mac {
+    /// The MAC made of these six bytes.
     pub const fn new(bytes: [u8; 6]) -> Self {
         Mac(bytes)
     }
 
+    /// The six bytes.
     pub fn bytes(&self) -> [u8; 6] {
         self.0
     }

@@ -7,12 +7,19 @@ use time::OffsetDateTime;
 /// `since`). One place decides it: the controller port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// No controller is configured: the local store is the truth.
     Standalone,
+    /// The controller is reachable.
     Online,
-    Offline { since: OffsetDateTime },
+    /// The controller is configured and has been unreachable since `since`.
+    Offline {
+        /// When the agent last found it unreachable after being online.
+        since: OffsetDateTime,
+    },
 }
 
 impl Mode {
+    /// The mode's name in the status line and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Standalone => "standalone",
@@ -21,6 +28,7 @@ impl Mode {
         }
     }
 
+    /// The controller is configured and unreachable.
     pub fn is_offline(self) -> bool {
         matches!(self, Mode::Offline { .. })
     }

@@ -12,21 +12,34 @@ use crate::model::mac::Mac;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
+    /// Seen at boot, not yet assigned a workflow.
     Discovered,
+    /// Waiting to be installed at its next boot.
     Pending,
+    /// An install is under way.
     Installing,
+    /// The last install reported failure.
     InstallFailed,
+    /// Installed; boots its disk.
     Installed,
+    /// In service; boots its disk.
     Active,
+    /// To be installed again at its next boot.
     Reprovision,
+    /// Being taken out of service.
     Deprovisioning,
+    /// Moving to another machine.
     Migrating,
+    /// The source of a clone.
     ServingSource,
+    /// The target of a clone.
     CloningTarget,
+    /// Out of service for good: never boots.
     Retired,
 }
 
 impl NodeState {
+    /// Every state, in the order of DESIGN §3.
     pub const ALL: [NodeState; 12] = [
         NodeState::Discovered,
         NodeState::Pending,
@@ -42,6 +55,7 @@ impl NodeState {
         NodeState::Retired,
     ];
 
+    /// The state's name on the wire and in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Discovered => "discovered",
@@ -87,6 +101,7 @@ impl fmt::Display for NodeState {
 #[error(
     "unknown node state {0:?}; valid states: discovered, pending, installing, install_failed, installed, active, reprovision, deprovisioning, migrating, serving_source, cloning_target, retired"
 )]
+/// A state name that is none of DESIGN §3's.
 pub struct UnknownState(pub String);
 
 impl FromStr for NodeState {
@@ -110,19 +125,28 @@ fn is_true(value: &bool) -> bool {
 /// A node as the agent caches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
+    /// The controller's id for the node (a local id until it is registered).
     pub id: String,
+    /// The node's MAC address (the key of every record).
     pub mac: Mac,
+    /// The node's hostname, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Its state (DESIGN §3).
     pub state: NodeState,
+    /// The architecture it reported at boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// The workflow an install runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_id: Option<String>,
+    /// The controller's group the node belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// The controller's tags (`loader:shim` and the like).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// When the record last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// The controller's version of the record; a controller that keeps
@@ -210,6 +234,7 @@ impl Node {
     }
 }
 
+/// How a workflow boots its installer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BootMethod {
@@ -224,15 +249,22 @@ pub enum BootMethod {
 /// How a node is installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workflow {
+    /// The workflow's id (`[workflows.<id>]`, or the controller's).
     pub id: String,
+    /// A name for people.
     pub name: String,
+    /// How it boots.
     pub method: BootMethod,
+    /// The kernel's path under `/assets` (method `kernel`).
     #[serde(default)]
     pub kernel: String,
+    /// The initrds' paths under `/assets` (method `kernel`).
     #[serde(default)]
     pub initrd: Vec<String>,
+    /// The kernel command line.
     #[serde(default)]
     pub cmdline: String,
+    /// The URL to boot (methods `sanboot` and `chain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// May this workflow run from cached data while the controller is
@@ -255,12 +287,23 @@ impl Workflow {
     }
 }
 
+/// Why a workflow cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowError {
     #[error("workflow {id:?}: method kernel needs a kernel")]
-    MissingKernel { id: String },
+    /// Method `kernel` without a kernel.
+    MissingKernel {
+        /// The workflow's id.
+        id: String,
+    },
     #[error("workflow {id:?}: method {method} needs a url")]
-    MissingUrl { id: String, method: &'static str },
+    /// Method `sanboot` or `chain` without a URL.
+    MissingUrl {
+        /// The workflow's id.
+        id: String,
+        /// The method that needs it.
+        method: &'static str,
+    },
 }
 
 impl Workflow {

@@ -14,6 +14,7 @@ pub enum ScriptFormat {
 }
 
 impl ScriptFormat {
+    /// The format's name (`?format=` and the status line).
     pub fn as_str(self) -> &'static str {
         match self {
             ScriptFormat::Ipxe => "ipxe",
@@ -43,6 +44,7 @@ impl AsRef<[u8]> for TextBytes {
 }
 
 impl Script {
+    /// A script of `format` with this text.
     pub fn new(format: ScriptFormat, text: String) -> Script {
         let text: Arc<str> = Arc::from(text);
         Script(Arc::new(Rendered {
@@ -58,6 +60,7 @@ impl Script {
         Script::new(ScriptFormat::Ipxe, text)
     }
 
+    /// The script's format.
     pub fn format(&self) -> ScriptFormat {
         self.0.format
     }
@@ -67,14 +70,17 @@ impl Script {
         self.0.bytes.clone()
     }
 
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.0.bytes.len()
     }
 
+    /// Is it empty?
     pub fn is_empty(&self) -> bool {
         self.0.bytes.is_empty()
     }
 
+    /// The script's text.
     pub fn text(&self) -> &str {
         &self.0.text
     }

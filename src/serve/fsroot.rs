@@ -56,10 +56,6 @@ impl ServedRoot {
             })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.canonical
-    }
-
     /// Resolves `requested` (already sanitised) to a regular file inside the
     /// root. Blocking: call it off the async runtime.
     pub fn resolve(&self, requested: &str, relative: &Path) -> Result<PathBuf, PathError> {

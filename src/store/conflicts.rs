@@ -17,6 +17,7 @@ use crate::store::schema::{
 };
 use crate::store::{Store, StoreError, StoreWrite};
 
+/// What kind of disagreement with the controller (DESIGN §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -29,6 +30,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind's name in the API and the policy keys.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::StateMismatch => "state_mismatch",
@@ -43,7 +45,9 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeOrigin {
+    /// An operator's change at the site.
     Operator,
+    /// The node's own report (an installer): an observation.
     Observed,
 }
 
@@ -56,51 +60,73 @@ impl From<Origin> for ChangeOrigin {
     }
 }
 
+/// The site's side of a conflict: the queued change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalSide {
     /// The state the change sets (None: a registration).
     pub state: Option<NodeState>,
+    /// Who made it.
     pub origin: ChangeOrigin,
+    /// When it was made.
     #[serde(with = "time::serde::rfc3339")]
     pub changed_at: OffsetDateTime,
+    /// The queue item that carries it.
     pub queue_id: u64,
 }
 
+/// The controller's side of a conflict: its record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CentralSide {
+    /// The controller's state for the node.
     pub state: NodeState,
     /// None for a controller without versions.
     pub version: Option<u64>,
+    /// When the controller's record last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
+/// Whether a conflict still waits for a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Not settled yet.
     Open,
+    /// Settled (by an operator or a policy).
     Resolved,
 }
 
+/// A conflict the agent found while replaying its queue (DESIGN §8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
+    /// Its id, in the order found.
     pub id: u64,
+    /// What kind it is.
     pub kind: Kind,
+    /// The node's MAC.
     pub mac: String,
+    /// The node's id at the controller (or its local id).
     pub node_id: String,
+    /// The site's change.
     pub local: LocalSide,
     /// The controller's record when the conflict was found (None: it has
     /// none, or it could not be read).
     pub central: Option<CentralSide>,
+    /// When it was found.
     #[serde(with = "time::serde::rfc3339")]
     pub detected_at: OffsetDateTime,
+    /// Open or resolved.
     pub status: Status,
+    /// How it was settled (`keep_local`, `keep_central`, …).
     #[serde(default)]
     pub resolution: Option<String>,
+    /// Who settled it (an operator's name, or `policy`).
     #[serde(default)]
     pub resolved_by: Option<String>,
+    /// When it was settled.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub resolved_at: Option<OffsetDateTime>,
+    /// The operator's comment, if any.
     #[serde(default)]
     pub comment: Option<String>,
     /// What the controller said.
@@ -110,11 +136,17 @@ pub struct Conflict {
 /// A conflict found, before it has an id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
+    /// What kind it is.
     pub kind: Kind,
+    /// The node's MAC.
     pub mac: String,
+    /// The node's id at the controller (or its local id).
     pub node_id: String,
+    /// The site's change.
     pub local: LocalSide,
+    /// The controller's record, when it has one.
     pub central: Option<CentralSide>,
+    /// What the controller said.
     pub error: String,
 }
 
@@ -412,6 +444,7 @@ pub fn list(
     Ok(out)
 }
 
+/// The conflict with this id, open or resolved.
 pub fn get(store: &Store, id: u64) -> Result<Option<Conflict>, QueueError> {
     let txn = store.begin_read()?;
     let records = match txn.redb().open_table(CONFLICTS) {

@@ -10,12 +10,14 @@ use time::OffsetDateTime;
 use crate::store::schema::CONTENT;
 use crate::store::{Store, StoreError};
 
+/// A file kept in the content cache (DESIGN §12).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The controller's path (`GET /api/v1/files/{path}`).
     pub path: String,
     /// The file's name under `<data_dir>/content/files`.
     pub file: String,
+    /// Its size in bytes.
     pub size: u64,
     /// SHA-256 of the bytes kept, lowercase hex (checked against the
     /// controller's `X-Checksum-SHA256` when it sent one).
@@ -25,6 +27,7 @@ pub struct Entry {
     /// The controller's `ETag`, for revalidation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// When it was fetched.
     #[serde(with = "time::serde::rfc3339")]
     pub fetched_at: OffsetDateTime,
     /// When the controller last confirmed it (fetch or revalidation).

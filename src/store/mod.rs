@@ -37,9 +37,13 @@ const SYNC_LOG_KEEP: u64 = 1000;
 /// A record moved out of its table because it could not be read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quarantined {
+    /// The table it was in.
     pub table: String,
+    /// Its key.
     pub key: String,
+    /// Why it could not be read.
     pub reason: String,
+    /// When it was moved.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// The stored bytes, hex-encoded, for whoever wants to look.
@@ -53,51 +57,79 @@ fn hex(bytes: &[u8]) -> String {
 /// One sync-log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncLogEntry {
+    /// Its place in the log.
     #[serde(default)]
     pub seq: u64,
+    /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// `full_sync`, `incremental_sync`, `node_error`, `online`, `offline`,
     /// `registered`, `command` …
     pub kind: String,
+    /// What happened, for people.
     pub detail: String,
 }
 
+/// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "the database {path} is in use by another siteboot process (a running agent?); \
          stop it or use its HTTP API instead"
     )]
-    Locked { path: PathBuf },
+    /// Another process holds the database.
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database file cannot be opened.
     #[error("cannot open database {path}: {source}")]
     Open {
+        /// The database file.
         path: PathBuf,
+        /// redb's error.
         source: redb::DatabaseError,
     },
+    /// The data directory cannot be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error(
         "database schema version {found} is newer than this siteboot supports ({supported}); \
          upgrade siteboot"
     )]
-    NewerSchema { found: u32, supported: u32 },
+    /// The file was written by a newer siteboot.
+    NewerSchema {
+        /// The file's schema version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The schema record is not a version number.
     #[error("database schema record is unreadable: {0:?}")]
     BadSchemaRecord(String),
+    /// redb failed.
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
+    /// A stored record does not decode.
     #[error("stored record for {key} is unreadable: {source}")]
     Corrupt {
+        /// The record's key.
         key: String,
+        /// Why it does not decode.
         source: serde_json::Error,
     },
+    /// No node has this MAC.
     #[error("no node with MAC {0}")]
     NodeNotFound(Mac),
+    /// A blocking store task panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The database is being reopened after an I/O error.
     #[error("the database is being reopened after an I/O error; try again shortly")]
     Reopening,
     /// An I/O failure passed on to several callers (the group commit).
@@ -231,12 +263,14 @@ impl StoreWrite {
         Ok(Some(node))
     }
 
+    /// Makes every write of the transaction durable at once.
     pub fn commit(self) -> Result<(), StoreError> {
         let store = self.store.clone();
         let txn = self.txn;
         store.noted(|| Ok(txn.commit()?))
     }
 
+    /// Drops every write of the transaction.
     pub fn abort(self) -> Result<(), StoreError> {
         Ok(self.txn.abort()?)
     }
@@ -245,16 +279,21 @@ impl StoreWrite {
 /// What the agent served a MAC last, for `offline.default_action = last_known`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastScript {
+    /// The script's text.
     pub script: String,
+    /// When it was served.
     #[serde(with = "time::serde::rfc3339")]
     pub served_at: OffsetDateTime,
+    /// The action it carried out (`install`, `local`, …).
     pub action: String,
     /// Would running it again wipe or reinstall something?
     pub destructive: bool,
+    /// The workflow an install script runs.
     #[serde(default)]
     pub workflow_id: Option<String>,
 }
 
+/// The agent's database (redb): every table, and the one way to them.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
@@ -315,6 +354,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -391,6 +431,7 @@ impl Store {
         })
     }
 
+    /// The schema version the file is at.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -412,6 +453,7 @@ impl Store {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// The node with this MAC, if any.
     pub fn get_node(&self, mac: Mac) -> Result<Option<Node>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -423,6 +465,7 @@ impl Store {
         }
     }
 
+    /// Writes the node, replacing the record under its MAC.
     pub fn put_node(&self, node: &Node) -> Result<(), StoreError> {
         self.put_nodes(std::slice::from_ref(node))
     }
@@ -509,6 +552,7 @@ impl Store {
         })
     }
 
+    /// Removes the node; false if there was none.
     pub fn remove_node(&self, mac: Mac) -> Result<bool, StoreError> {
         self.noted(|| {
             let db = self.db()?;
@@ -525,6 +569,7 @@ impl Store {
         })
     }
 
+    /// Every node, in MAC order.
     pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -537,6 +582,7 @@ impl Store {
         Ok(nodes)
     }
 
+    /// Writes these workflows (the controller's or the config's).
     pub fn put_workflows(&self, workflows: &[Workflow]) -> Result<(), StoreError> {
         self.noted(|| {
             let db = self.db()?;
@@ -569,6 +615,7 @@ impl Store {
         Ok(out)
     }
 
+    /// The workflow with this id, if any.
     pub fn get_workflow(&self, id: &str) -> Result<Option<Workflow>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -579,6 +626,7 @@ impl Store {
         }
     }
 
+    /// What the agent served this MAC last, if anything.
     pub fn get_last_script(&self, mac: Mac) -> Result<Option<LastScript>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -617,6 +665,7 @@ impl Store {
         Ok(table.get(key)?.map(|v| v.value().to_string()))
     }
 
+    /// Removes a meta entry.
     pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
         self.noted(|| {
             let db = self.db()?;
@@ -627,6 +676,7 @@ impl Store {
         })
     }
 
+    /// Writes these meta entries in one transaction.
     pub fn put_meta(&self, entries: &[(&str, &str)]) -> Result<(), StoreError> {
         self.noted(|| {
             let db = self.db()?;

@@ -14,6 +14,8 @@ use crate::store::{Store, StoreError};
 
 type NodeMap = HashMap<Mac, Arc<Node>>;
 
+/// Every node in memory, written through to the store: boots read here,
+/// never the database.
 #[derive(Clone)]
 pub struct NodeCache {
     store: Store,
@@ -37,10 +39,12 @@ impl NodeCache {
         })
     }
 
+    /// The store behind it.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// The node with this MAC, if any.
     pub fn get(&self, mac: Mac) -> Option<Arc<Node>> {
         read(&self.nodes).get(&mac).cloned()
     }
@@ -50,10 +54,12 @@ impl NodeCache {
         read(&self.nodes).values().cloned().collect()
     }
 
+    /// How many nodes it holds.
     pub fn len(&self) -> usize {
         read(&self.nodes).len()
     }
 
+    /// Does it hold no node?
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

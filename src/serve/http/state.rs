@@ -29,8 +29,6 @@ pub struct AppState {
     pub admin: Arc<crate::admin::LiveAdmin>,
     /// Present when a controller is configured.
     pub sync: Option<crate::link::tasks::SyncHandle>,
-    /// The content cache: present when a controller is configured.
-    pub cache: Option<Arc<crate::content::ContentCache>>,
     /// `GET /metrics` needs no admin token (`metrics.open`).
     pub metrics_open: bool,
 }

@@ -3,15 +3,20 @@
 
 use super::*;
 
+/// What a queue item sends the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// A node registered offline (`POST /api/v1/nodes`).
     Registration,
+    /// A state change (`POST /api/v1/report` or `PATCH`).
     StateUpdate,
+    /// A boot or installer event.
     Event,
 }
 
 impl Kind {
+    /// The kind's name in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Registration => "registration",
@@ -40,15 +45,21 @@ pub enum Origin {
     /// items: they are never shed retroactively.
     #[default]
     Operator,
+    /// A node's unauthenticated traffic.
     Node,
 }
 
+/// Where an item is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Waiting to be sent.
     Pending,
+    /// Being sent now.
     InFlight,
+    /// Refused for good by the controller; kept for an operator.
     Failed,
+    /// Held for a conflict (DESIGN §8).
     Conflict,
 }
 
@@ -90,35 +101,50 @@ impl std::str::FromStr for Status {
     }
 }
 
+/// A change waiting for the controller (DESIGN §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
+    /// Its id, in the order queued.
     pub id: u64,
+    /// What it sends.
     pub kind: Kind,
+    /// Who caused it.
     #[serde(default)]
     pub origin: Origin,
     /// The node's MAC.
     pub node: String,
+    /// The body it sends.
     pub payload: serde_json::Value,
     /// Sent as `Idempotency-Key` with every attempt.
     #[serde(default)]
     pub key: String,
+    /// When it was queued.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// How many sends reached the controller.
     pub attempts: u32,
+    /// When it was last sent.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_attempt_at: Option<OffsetDateTime>,
+    /// The controller's answer to the last send, if it was an error.
     pub last_error: Option<String>,
+    /// Where it is in its life.
     pub status: Status,
     /// Not sent again before this (backoff).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub not_before: Option<OffsetDateTime>,
 }
 
+/// An item to queue.
 #[derive(Debug, Clone)]
 pub struct NewItem {
+    /// What it sends.
     pub kind: Kind,
+    /// Who caused it.
     pub origin: Origin,
+    /// The node's MAC.
     pub node: String,
+    /// The body it sends.
     pub payload: serde_json::Value,
     /// The idempotency key a direct attempt already used, so that a replay
     /// of a write the controller may have applied is recognised; None: the
@@ -186,22 +212,43 @@ pub enum Outcome {
     /// The controller took it: the item leaves the queue.
     Ack,
     /// Try again from `at` (a 5xx or garbage answer).
-    RetryAt { error: String, at: OffsetDateTime },
+    RetryAt {
+        /// What went wrong.
+        error: String,
+        /// Not before then.
+        at: OffsetDateTime,
+    },
     /// Never reached the controller: pending again, the attempt not counted.
-    Unsent { error: String },
+    Unsent {
+        /// What went wrong.
+        error: String,
+    },
     /// Final: `failed` with the controller's error kept.
-    Failed { error: String },
+    Failed {
+        /// The controller's error.
+        error: String,
+    },
     /// Final: `conflict` (DESIGN §8).
-    Conflict { error: String },
+    Conflict {
+        /// The controller's answer.
+        error: String,
+    },
 }
 
+/// How many items the queue holds, by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// Waiting to be sent.
     pub pending: u64,
+    /// Being sent now.
     pub in_flight: u64,
+    /// Refused for good.
     pub failed: u64,
+    /// Held for a conflict.
     pub conflict: u64,
+    /// Every item.
     pub total: u64,
+    /// Events dropped to make room for state changes.
     pub dropped_events: u64,
     /// Items caused by nodes (unauthenticated), of `total`.
     pub node_items: u64,
@@ -212,22 +259,26 @@ pub struct Stats {
     pub by_kind: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
+/// Why the queue could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(
         "the queue is full ({0} items) and holds no event that could make room; \
          the change was not accepted"
     )]
+    /// No room, and no event to drop for it.
     Full(u64),
     /// A node's item not admitted (DESIGN §7 "Admission").
     #[error("{0}; the change was not accepted")]
     Shed(String),
+    /// No item with this id.
     #[error("no queue item {0}")]
     NotFound(u64),
     /// A conflict settled by someone else first: its check and its
     /// settlement commit together, so only one resolution lands.
     #[error("conflict {0} is already resolved")]
     Settled(u64),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -248,12 +299,14 @@ pub(super) fn encode(item: &Item) -> Vec<u8> {
 /// How many items the queue holds at most.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Items at most.
     pub max_items: u64,
     /// Of `max_items`, items of [`Origin::Node`] at most.
     pub max_node_items: u64,
 }
 
 impl Limits {
+    /// The limits the configuration sets.
     pub fn from_config(config: &crate::config::QueueConfig) -> Limits {
         Limits {
             max_items: config.max_items,

@@ -75,6 +75,7 @@ impl Queue {
         Ok(out)
     }
 
+    /// The counts by status, kind and origin.
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let txn = self.store.begin_read()?;
         let counters = match txn.redb().open_table(QUEUE_COUNTERS) {

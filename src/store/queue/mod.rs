@@ -73,6 +73,7 @@ impl Queue {
             .map_err(|e| QueueError::Store(StoreError::Task(e.to_string())))?
     }
 
+    /// The store the queue lives in.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -591,6 +592,7 @@ impl Queue {
         })
     }
 
+    /// Deletes the item (an operator's decision).
     pub fn delete(&self, id: u64) -> Result<(), QueueError> {
         self.update(id, |_| None).map(|_| ())
     }

@@ -15,6 +15,7 @@ const MAX_BATCH: usize = 1024;
 
 type Request = (NewItem, oneshot::Sender<Result<u64, QueueError>>);
 
+/// Queues items in group commits: many writers, one transaction.
 #[derive(Clone)]
 pub struct QueueWriter {
     tx: mpsc::Sender<Request>,

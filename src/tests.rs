@@ -4,17 +4,15 @@
 //! panics on any input, never accepts what DESIGN §10 refuses, and what
 //! it accepts round-trips.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops on what it cannot do
-
 use std::time::Duration;
 
+use crate::central::api::{NodeReport, REPORT_EVENTS};
+use crate::model::mac::Mac;
+use crate::serve::fsroot::sanitise;
+use crate::serve::http::assets::{RangeRequest, parse_range};
+use crate::serve::tftp::packet::{self, ErrorCode, Packet};
+use crate::serve::tftp::session::{Limits, negotiate};
 use proptest::prelude::*;
-use siteboot::central::api::{NodeReport, REPORT_EVENTS};
-use siteboot::model::mac::Mac;
-use siteboot::serve::fsroot::sanitise;
-use siteboot::serve::http::assets::{RangeRequest, parse_range};
-use siteboot::serve::tftp::packet::{self, ErrorCode, Packet};
-use siteboot::serve::tftp::session::{Limits, negotiate};
 
 /// Text without NUL (TFTP strings are NUL-terminated).
 fn tftp_text() -> impl Strategy<Value = String> {
