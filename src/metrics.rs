@@ -16,26 +16,49 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
 
+/// The process's counters: the boot path's and HTTP's here, TFTP's and
+/// the controller link's in their own groups.
 pub struct Metrics {
     registry: Registry,
     boots: IntCounterVec,
     boot_seconds: Histogram,
-    tftp_transfers: IntCounterVec,
-    pub tftp_bytes: IntCounter,
-    pub tftp_errors: IntCounter,
-    pub tftp_retransmissions: IntCounter,
-    pub tftp_sessions: IntGauge,
     http_requests: IntCounterVec,
+    content_requests: IntCounterVec,
+    /// The TFTP server's.
+    pub tftp: TftpMetrics,
+    /// The controller link's, the queue's and conflicts'.
+    pub link: LinkMetrics,
+}
+
+/// The TFTP server's counters.
+pub struct TftpMetrics {
+    transfers: IntCounterVec,
+    /// File bytes sent.
+    pub bytes: IntCounter,
+    /// Requests refused and transfers failed.
+    pub errors: IntCounter,
+    /// Packets or windows sent again after a timeout.
+    pub retransmissions: IntCounter,
+    /// Transfers under way.
+    pub sessions: IntGauge,
+}
+
+/// The controller link's counters, and the queue's and conflicts' gauges.
+pub struct LinkMetrics {
     controller_calls: IntCounterVec,
     controller_seconds: HistogramVec,
     mode: IntGaugeVec,
+    /// Seconds the controller has been unreachable.
     pub offline_seconds: Gauge,
     queue_items: IntGaugeVec,
+    /// Queued changes the controller took on replay.
     pub replayed: IntCounter,
+    /// Node items not admitted to the queue.
     pub shed: IntCounter,
+    /// Conflicts waiting to be settled.
     pub conflicts_open: IntGauge,
+    /// Seconds since the last node sync.
     pub last_sync_age_seconds: Gauge,
-    content_requests: IntCounterVec,
 }
 
 /// Registers `metric` in `registry`; a name registered twice is a bug in
@@ -55,30 +78,141 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()
 }
 
-/// The definitions are constants: they cannot fail, and the test below
-/// checks that.
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name))
+// The definitions are constants: they cannot fail, and the test below
+// checks that. Each helper makes a metric and registers it.
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        r,
+        IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name))
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
-fn gauge(name: &str, help: &str) -> Gauge {
-    Gauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name))
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    registered(
+        r,
+        Gauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
-fn int_gauge(name: &str, help: &str) -> IntGauge {
-    IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name))
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        r,
+        IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
-fn int_gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name))
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn latency(r: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+    registered(
+        r,
+        Histogram::with_opts(opts).unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn latency_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+    registered(
+        r,
+        HistogramVec::new(opts, labels).unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
 fn unreachable_metric(name: &str) -> ! {
     panic!("metric {name}: invalid definition")
+}
+
+impl TftpMetrics {
+    fn new(r: &Registry) -> TftpMetrics {
+        TftpMetrics {
+            transfers: counter_vec(
+                r,
+                "tftp_transfers_total",
+                "TFTP requests by outcome: completed, aborted (by the client), failed, refused",
+                &["outcome"],
+            ),
+            bytes: counter(r, "tftp_sent_bytes_total", "File bytes sent over TFTP"),
+            errors: counter(
+                r,
+                "tftp_errors_total",
+                "TFTP requests refused and transfers failed",
+            ),
+            retransmissions: counter(
+                r,
+                "tftp_retransmissions_total",
+                "TFTP packets or windows sent again after a timeout",
+            ),
+            sessions: int_gauge(r, "tftp_active_sessions", "TFTP transfers under way"),
+        }
+    }
+}
+
+impl LinkMetrics {
+    fn new(r: &Registry) -> LinkMetrics {
+        LinkMetrics {
+            controller_calls: counter_vec(
+                r,
+                "controller_calls_total",
+                "Calls to the controller by call and outcome",
+                &["call", "outcome"],
+            ),
+            controller_seconds: latency_vec(
+                r,
+                "controller_call_seconds",
+                "Time of calls to the controller",
+                &["call"],
+            ),
+            mode: int_gauge_vec(
+                r,
+                "mode",
+                "1 for the agent's mode (standalone, online, offline), 0 for the others",
+                &["mode"],
+            ),
+            offline_seconds: gauge(
+                r,
+                "offline_seconds",
+                "Seconds the controller has been unreachable (0 when reachable)",
+            ),
+            queue_items: int_gauge_vec(
+                r,
+                "queue_items",
+                "Queued changes for the controller by status and kind",
+                &["status", "kind"],
+            ),
+            replayed: counter(
+                r,
+                "replayed_items_total",
+                "Queued changes the controller took on replay",
+            ),
+            shed: counter(
+                r,
+                "shed_items_total",
+                "Queue items caused by nodes that were not admitted",
+            ),
+            conflicts_open: int_gauge(r, "conflicts_open", "Conflicts waiting to be settled"),
+            last_sync_age_seconds: gauge(
+                r,
+                "last_sync_age_seconds",
+                "Seconds since the last node sync (0 before the first)",
+            ),
+        }
+    }
 }
 
 impl Metrics {
@@ -86,130 +220,28 @@ impl Metrics {
         let registry = Registry::new_custom(Some("siteboot".into()), None)
             .unwrap_or_else(|_| unreachable_metric("siteboot"));
         let r = &registry;
-        let boot_seconds = Histogram::with_opts(
-            HistogramOpts::new("boot_answer_seconds", "Time to answer a boot request")
-                .buckets(latency_buckets()),
-        )
-        .unwrap_or_else(|_| unreachable_metric("boot_answer_seconds"));
-        let controller_seconds = HistogramVec::new(
-            HistogramOpts::new("controller_call_seconds", "Time of calls to the controller")
-                .buckets(latency_buckets()),
-            &["call"],
-        )
-        .unwrap_or_else(|_| unreachable_metric("controller_call_seconds"));
         Metrics {
-            boots: registered(
+            boots: counter_vec(
                 r,
-                counter_vec(
-                    "boots_total",
-                    "Boot scripts served, by action and source",
-                    &["action", "source"],
-                ),
+                "boots_total",
+                "Boot scripts served, by action and source",
+                &["action", "source"],
             ),
-            boot_seconds: registered(r, boot_seconds),
-            tftp_transfers: registered(
+            boot_seconds: latency(r, "boot_answer_seconds", "Time to answer a boot request"),
+            http_requests: counter_vec(
                 r,
-                counter_vec(
-                    "tftp_transfers_total",
-                    "TFTP requests by outcome: completed, aborted (by the client), failed, refused",
-                    &["outcome"],
-                ),
+                "http_requests_total",
+                "HTTP requests by route and status code",
+                &["route", "code"],
             ),
-            tftp_bytes: registered(
+            content_requests: counter_vec(
                 r,
-                counter("tftp_sent_bytes_total", "File bytes sent over TFTP"),
+                "content_requests_total",
+                "Requests for the controller's files by outcome: hit (cached), miss",
+                &["outcome"],
             ),
-            tftp_errors: registered(
-                r,
-                counter(
-                    "tftp_errors_total",
-                    "TFTP requests refused and transfers failed",
-                ),
-            ),
-            tftp_retransmissions: registered(
-                r,
-                counter(
-                    "tftp_retransmissions_total",
-                    "TFTP packets or windows sent again after a timeout",
-                ),
-            ),
-            tftp_sessions: registered(
-                r,
-                int_gauge("tftp_active_sessions", "TFTP transfers under way"),
-            ),
-            http_requests: registered(
-                r,
-                counter_vec(
-                    "http_requests_total",
-                    "HTTP requests by route and status code",
-                    &["route", "code"],
-                ),
-            ),
-            controller_calls: registered(
-                r,
-                counter_vec(
-                    "controller_calls_total",
-                    "Calls to the controller by call and outcome",
-                    &["call", "outcome"],
-                ),
-            ),
-            controller_seconds: registered(r, controller_seconds),
-            mode: registered(
-                r,
-                int_gauge_vec(
-                    "mode",
-                    "1 for the agent's mode (standalone, online, offline), 0 for the others",
-                    &["mode"],
-                ),
-            ),
-            offline_seconds: registered(
-                r,
-                gauge(
-                    "offline_seconds",
-                    "Seconds the controller has been unreachable (0 when reachable)",
-                ),
-            ),
-            queue_items: registered(
-                r,
-                int_gauge_vec(
-                    "queue_items",
-                    "Queued changes for the controller by status and kind",
-                    &["status", "kind"],
-                ),
-            ),
-            replayed: registered(
-                r,
-                counter(
-                    "replayed_items_total",
-                    "Queued changes the controller took on replay",
-                ),
-            ),
-            shed: registered(
-                r,
-                counter(
-                    "shed_items_total",
-                    "Queue items caused by nodes that were not admitted",
-                ),
-            ),
-            conflicts_open: registered(
-                r,
-                int_gauge("conflicts_open", "Conflicts waiting to be settled"),
-            ),
-            last_sync_age_seconds: registered(
-                r,
-                gauge(
-                    "last_sync_age_seconds",
-                    "Seconds since the last node sync (0 before the first)",
-                ),
-            ),
-            content_requests: registered(
-                r,
-                counter_vec(
-                    "content_requests_total",
-                    "Requests for the controller's files by outcome: hit (cached), miss",
-                    &["outcome"],
-                ),
-            ),
+            tftp: TftpMetrics::new(r),
+            link: LinkMetrics::new(r),
             registry,
         }
     }
@@ -229,7 +261,7 @@ impl Metrics {
     }
 
     pub fn tftp_outcome(&self, outcome: &str) {
-        self.tftp_transfers.with_label_values(&[outcome]).inc();
+        self.tftp.transfers.with_label_values(&[outcome]).inc();
     }
 
     pub fn http_request(&self, route: &str, code: u16) {
@@ -239,10 +271,12 @@ impl Metrics {
     }
 
     pub fn controller_call(&self, call: &str, outcome: &str, seconds: f64) {
-        self.controller_calls
+        self.link
+            .controller_calls
             .with_label_values(&[call, outcome])
             .inc();
-        self.controller_seconds
+        self.link
+            .controller_seconds
             .with_label_values(&[call])
             .observe(seconds);
     }
@@ -252,7 +286,8 @@ impl Metrics {
     }
 
     pub fn set_queue(&self, status: &str, kind: &str, items: u64) {
-        self.queue_items
+        self.link
+            .queue_items
             .with_label_values(&[status, kind])
             .set(i64::try_from(items).unwrap_or(i64::MAX));
     }
@@ -260,7 +295,8 @@ impl Metrics {
     /// Sets the mode gauges: 1 for `current`, 0 for the others.
     pub fn set_mode(&self, current: &str) {
         for mode in ["standalone", "online", "offline"] {
-            self.mode
+            self.link
+                .mode
                 .with_label_values(&[mode])
                 .set(i64::from(mode == current));
         }

@@ -46,53 +46,17 @@ impl ContentCache {
             // A controller that does not take Range sends the whole file
             // again: the part already kept is skipped.
             let mut skip = written - offset.min(written);
-            let mut buffer = Vec::with_capacity(WRITE_BATCH);
-            let mut broken = None;
-            loop {
-                let next = if buffer.is_empty() {
-                    body.next().await
-                } else {
-                    match tokio::time::timeout(std::time::Duration::from_millis(20), body.next())
-                        .await
-                    {
-                        Ok(next) => next,
-                        Err(_) => {
-                            written = flush(file, &mut buffer, written).await?;
-                            writer.report(Progress::Filling { written, total });
-                            continue;
-                        }
-                    }
-                };
-                match next {
-                    Some(Ok(_)) if abandonable && fill.abandoned() => {
-                        return Err(ABANDONED.into());
-                    }
-                    Some(Ok(mut chunk)) => {
-                        if !fill.is_urgent() {
-                            self.pace.take(chunk.len() as u64).await;
-                        }
-                        if skip > 0 {
-                            let n = skip.min(chunk.len() as u64) as usize;
-                            let _ = chunk.split_to(n);
-                            skip -= n as u64;
-                        }
-                        hasher.update(&chunk);
-                        buffer.extend_from_slice(&chunk);
-                        self.within_bounds(written + buffer.len() as u64, total, room.is_some())?;
-                        if buffer.len() >= WRITE_BATCH {
-                            written = flush(file, &mut buffer, written).await?;
-                            writer.report(Progress::Filling { written, total });
-                        }
-                    }
-                    Some(Err(e)) => {
-                        broken = Some(e.to_string());
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            written = flush(file, &mut buffer, written).await?;
-            writer.report(Progress::Filling { written, total });
+            let target = FillTarget {
+                file,
+                fill,
+                writer,
+                abandonable,
+                total,
+                reserved: room.is_some(),
+            };
+            let broken = self
+                .receive(&target, &mut body, &mut hasher, &mut written, &mut skip)
+                .await?;
             match broken {
                 Some(e) if resumes < RESUMES => {
                     resumes += 1;
@@ -117,6 +81,79 @@ impl ContentCache {
             }
             return verified(hasher, written, expected, room);
         }
+    }
+
+    /// Reads one answer's body into the file after the `written` bytes
+    /// kept (dropping the first `skip` bytes, already kept), hashing as
+    /// it goes, in batches that report progress to the fill's readers.
+    /// Returns how the stream ended: None whole, Some(error) broken.
+    async fn receive(
+        &self,
+        target: &FillTarget<'_>,
+        body: &mut RemoteBody,
+        hasher: &mut Sha256,
+        written: &mut u64,
+        skip: &mut u64,
+    ) -> Result<Option<String>, String> {
+        let FillTarget {
+            file,
+            fill,
+            writer,
+            total,
+            ..
+        } = *target;
+        let mut buffer = Vec::with_capacity(WRITE_BATCH);
+        let broken = loop {
+            let next = if buffer.is_empty() {
+                body.next().await
+            } else {
+                // A slow stream still shows progress to the readers.
+                match tokio::time::timeout(std::time::Duration::from_millis(20), body.next()).await
+                {
+                    Ok(next) => next,
+                    Err(_) => {
+                        *written = flush(file, &mut buffer, *written).await?;
+                        writer.report(Progress::Filling {
+                            written: *written,
+                            total,
+                        });
+                        continue;
+                    }
+                }
+            };
+            let mut chunk = match next {
+                Some(Ok(_)) if target.abandonable && fill.abandoned() => {
+                    return Err(ABANDONED.into());
+                }
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break None,
+            };
+            if !fill.is_urgent() {
+                self.pace.take(chunk.len() as u64).await;
+            }
+            if *skip > 0 {
+                let n = (*skip).min(chunk.len() as u64) as usize;
+                let _ = chunk.split_to(n);
+                *skip -= n as u64;
+            }
+            hasher.update(&chunk);
+            buffer.extend_from_slice(&chunk);
+            self.within_bounds(*written + buffer.len() as u64, total, target.reserved)?;
+            if buffer.len() >= WRITE_BATCH {
+                *written = flush(file, &mut buffer, *written).await?;
+                writer.report(Progress::Filling {
+                    written: *written,
+                    total,
+                });
+            }
+        };
+        *written = flush(file, &mut buffer, *written).await?;
+        writer.report(Progress::Filling {
+            written: *written,
+            total,
+        });
+        Ok(broken)
     }
 
     /// The first answer's length and checksum are what the fill expects
@@ -344,3 +381,22 @@ fn verified(
         _room: room,
     })
 }
+
+/// Where one fill's bytes go, and what bounds them.
+#[derive(Clone, Copy)]
+struct FillTarget<'a> {
+    file: &'a Arc<std::fs::File>,
+    fill: &'a Fill,
+    writer: &'a FillWriter,
+    /// The fill stops when no client waits for it any more.
+    abandonable: bool,
+    /// The length the controller announced.
+    total: Option<u64>,
+    /// Room was reserved for `total` (else the cache's room left bounds it).
+    reserved: bool,
+}
+
+/// A controller file's body as it streams in.
+type RemoteBody = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
+>;

@@ -315,7 +315,7 @@ impl Outbox {
             }
             Err(QueueError::Shed(reason)) => {
                 let shed = 1 + self.shed.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::metrics().shed.inc();
+                crate::metrics::metrics().link.shed.inc();
                 if let Some(left_out) = self.shed_log.admit(()) {
                     tracing::warn!(shed_since_start = shed, left_out, reason = %reason,
                         "queue item caused by a node shed");

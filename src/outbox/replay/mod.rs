@@ -180,7 +180,7 @@ pub async fn replay_round(
                 unreachable = true;
             }
             if outcome == Outcome::Ack {
-                crate::metrics::metrics().replayed.inc();
+                crate::metrics::metrics().link.replayed.inc();
             }
             log_outcome(item, &outcome);
             outcomes.push((item.id, outcome));

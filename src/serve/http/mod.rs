@@ -218,7 +218,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .as_ref()
         .and_then(|l| l.offline_duration(snapshot.taken_at))
         .map_or(0.0, |d| d.as_secs_f64());
-    counters.offline_seconds.set(offline);
+    counters.link.offline_seconds.set(offline);
     // Every pair is set, so a depth that fell to zero reads 0, not its
     // last value.
     for status in ["pending", "in_flight", "failed", "conflict"] {
@@ -229,12 +229,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     counters
+        .link
         .conflicts_open
         .set(i64::try_from(snapshot.conflicts_pending).unwrap_or(i64::MAX));
     if let Some(age) = snapshot.last_sync_at.as_deref().and_then(|at| {
         time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
     }) {
         counters
+            .link
             .last_sync_age_seconds
             .set((snapshot.taken_at - age).as_seconds_f64().max(0.0));
     }

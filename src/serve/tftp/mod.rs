@@ -385,7 +385,7 @@ async fn serve_one<P: FileProvider>(
         Ok(file) => file,
         Err(e) => {
             outcome("refused");
-            counters.tftp_errors.inc();
+            counters.tftp.errors.inc();
             let code = match e {
                 OpenError::NotFound(_) => ErrorCode::FileNotFound,
                 OpenError::Forbidden(_) => ErrorCode::AccessViolation,
@@ -417,7 +417,7 @@ async fn serve_one<P: FileProvider>(
         return;
     };
     let neg = session::negotiate(&request.options, file.size, limits);
-    counters.tftp_sessions.inc();
+    counters.tftp.sessions.inc();
     let result = session::transfer(
         &socket,
         content::ChunkReader::new(file.content),
@@ -425,11 +425,11 @@ async fn serve_one<P: FileProvider>(
         limits,
     )
     .await;
-    counters.tftp_sessions.dec();
+    counters.tftp.sessions.dec();
     match result {
         Ok(Outcome::Completed { bytes }) => {
             outcome("completed");
-            counters.tftp_bytes.inc_by(bytes);
+            counters.tftp.bytes.inc_by(bytes);
             tracing::info!(
             %peer, file = %shown::shown(&request.filename), bytes, blksize = neg.blksize,
             windowsize = neg.windowsize, ms = started.elapsed().as_millis() as u64,
@@ -444,7 +444,7 @@ async fn serve_one<P: FileProvider>(
         }
         Err(e) => {
             outcome("failed");
-            counters.tftp_errors.inc();
+            counters.tftp.errors.inc();
             tracing::warn!(%peer, file = %shown::shown(&request.filename),
                 error = %shown::shown(&e.to_string()), "tftp transfer failed")
         }

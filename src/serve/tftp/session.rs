@@ -191,7 +191,7 @@ pub async fn transfer(
                     }
                     timer.as_mut().reset(round_deadline + neg.timeout);
                     retries += 1;
-                    crate::metrics::metrics().tftp_retransmissions.inc();
+                    crate::metrics::metrics().tftp.retransmissions.inc();
                     if retries > limits.max_retries
                         || last_progress.elapsed() > limits.stall_timeout
                     {
@@ -233,7 +233,7 @@ async fn await_ack(
 ) -> Result<Option<u16>, TransferError> {
     for attempt in 0..=limits.max_retries {
         if attempt > 0 {
-            crate::metrics::metrics().tftp_retransmissions.inc();
+            crate::metrics::metrics().tftp.retransmissions.inc();
         }
         socket.send(packet).await?;
         let deadline = Instant::now() + timeout;
