@@ -3,10 +3,11 @@
 //! every background loop, and every task (all are spawned through
 //! [`crate::tasks`]) is joined before the agent returns:
 //!
-//! 1. the shutdown future resolves (SIGTERM, Ctrl-C): HTTP stops accepting
-//!    and TFTP stops taking requests;
-//! 2. in-flight HTTP answers and TFTP transfers get [`SHUTDOWN_GRACE`] to
-//!    finish; the background loops (replay, probes, heartbeat, sync) stop
+//! 1. the shutdown future resolves (SIGTERM, Ctrl-C), or one of the
+//!    listeners ([`crate::serve::listener::Listener`]: HTTP, TFTP) ends on
+//!    its own: every listener stops taking requests;
+//! 2. each listener's work in flight (HTTP answers, TFTP transfers) gets
+//!    [`SHUTDOWN_GRACE`] to finish; the background loops (replay, probes, heartbeat, sync) stop
 //!    at their next wait, replay only between batches, so no queue item is
 //!    left `in_flight`;
 //! 3. the last-script recorder writes what it holds; the queue writer has
@@ -33,8 +34,9 @@ use crate::link::tasks::{LinkServices, LinkSettings};
 use crate::outbox::Outbox;
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFileResolver, BootFiles};
-use crate::serve::http::server::{self, ServerLimits};
+use crate::serve::http::server::{self, HttpListener, ServerLimits};
 use crate::serve::http::{self, AppState};
+use crate::serve::listener::Listener;
 use crate::serve::origin::AgentOrigin;
 use crate::serve::tftp::TftpServer;
 use crate::status::StatusSource;
@@ -191,9 +193,7 @@ pub async fn start(
     let roots = Arc::new(bootfiles::served_roots(&config.tftp.root));
     let files = Arc::new(BootFileResolver::new(roots, services.cache.clone()));
     let tftp = bind_tftp(&config, &services, files.clone(), origin.clone()).await?;
-    let tftp_addr = tftp
-        .local_addr()
-        .map_err(bind_error("tftp.listen", config.tftp.listen))?;
+    let tftp_addr = tftp.local_addr();
 
     let sync = services.port.mode().has_controller().then(|| {
         spawn_link(
@@ -242,19 +242,15 @@ pub async fn start(
     );
     let recorder = services.recorder;
     drop(services.boot);
-    let servers = Servers {
-        http: listener,
-        app: http::router(state),
-        http_limits,
-        tftp,
-        recorder,
-    };
+    let http = HttpListener::new(listener, http::router(state), http_limits)
+        .map_err(bind_error("http.listen", config.http.listen))?;
+    let listeners: Vec<Box<dyn Listener>> = vec![Box::new(http), Box::new(tftp)];
     Ok((
         Listening {
             http: http_addr,
             tftp: tftp_addr,
         },
-        Box::pin(serve_until(servers, shutdown, cancel)),
+        Box::pin(serve_until(listeners, recorder, shutdown, cancel)),
     ))
 }
 
@@ -351,56 +347,21 @@ fn spawn_link(
     )
 }
 
-/// What [`serve_until`] runs and stops.
-struct Servers {
-    http: tokio::net::TcpListener,
-    app: axum::Router,
-    http_limits: ServerLimits,
-    tftp: TftpServer<BootFiles>,
-    recorder: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Serves until `shutdown` resolves, then stops in the order the module
-/// comment gives.
+/// Serves until `shutdown` resolves, or until a listener ends on its own
+/// (its task failed), then stops in the order the module comment gives.
 async fn serve_until(
-    servers: Servers,
+    listeners: Vec<Box<dyn Listener>>,
+    recorder: Option<tokio::task::JoinHandle<()>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     cancel: CancellationToken,
 ) {
-    let Servers {
-        http: listener,
-        app,
-        http_limits,
-        tftp,
-        recorder,
-    } = servers;
-    let tftp_task = crate::tasks::spawn(tftp.run(cancel.clone(), SHUTDOWN_GRACE));
     let stop = cancel.clone();
     crate::tasks::spawn_until_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new requests; finishing what is in flight");
         stop.cancel();
     });
-    let mut http_task =
-        crate::tasks::spawn(server::serve(listener, app, http_limits, cancel.clone()));
-    let served = tokio::select! {
-        // The server ended on its own (its task failed); stop everything else.
-        served = &mut http_task => Some(served),
-        // HTTP answers in flight get the grace period, then are cut.
-        _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task).await.ok(),
-    };
-    cancel.cancel();
-    match served {
-        Some(Ok(())) => {}
-        Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-        None => {
-            http_task.abort();
-            tracing::warn!("http answers still in flight after the grace period; cut");
-        }
-    }
-    if let Err(e) = tftp_task.await {
-        tracing::error!(error = %e, "tftp server task failed");
-    }
+    run_listeners(listeners, &cancel).await;
     // The router (and with it the boot service) is gone: the recorder's
     // channel closes, and it writes its last batch.
     if let Some(recorder) = recorder
@@ -416,6 +377,41 @@ async fn serve_until(
         );
     }
     tracing::info!("siteboot agent stopped");
+}
+
+/// Runs every listener until `cancel` is cancelled or one of them ends on
+/// its own (then `cancel` is cancelled for the others); returns once all
+/// have ended.
+async fn run_listeners(listeners: Vec<Box<dyn Listener>>, cancel: &CancellationToken) {
+    let mut running: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let protocol = listener.protocol();
+            let task = crate::tasks::spawn(listener.serve(cancel.clone(), SHUTDOWN_GRACE));
+            (protocol, task)
+        })
+        .collect();
+    let first_to_end = tokio::select! {
+        () = cancel.cancelled() => None,
+        (ended, index, _) = futures_util::future::select_all(
+            running.iter_mut().map(|(_, task)| task),
+        ) => Some((index, ended)),
+    };
+    // Every listener stops: each finishes its work in flight within the
+    // grace period.
+    cancel.cancel();
+    if let Some((index, ended)) = first_to_end {
+        let (protocol, _) = running.remove(index);
+        tracing::error!(protocol, "a server ended on its own; stopping the agent");
+        if let Err(e) = ended {
+            tracing::error!(protocol, error = %e, "server task failed");
+        }
+    }
+    for (protocol, task) in running {
+        if let Err(e) = task.await {
+            tracing::error!(protocol, error = %e, "server task failed");
+        }
+    }
 }
 
 /// The controller port for `central.url`, and the bearer token.
@@ -467,4 +463,82 @@ fn remote_port(
         ),
         token,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A listener that ends at once (as a failed server task would), or
+    /// one that serves until stopped and records that it was.
+    struct Fake {
+        ends_on_its_own: bool,
+        stopped: Arc<AtomicBool>,
+    }
+
+    impl Listener for Fake {
+        fn protocol(&self) -> &'static str {
+            "fake"
+        }
+
+        fn local_addr(&self) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+
+        fn serve(
+            self: Box<Self>,
+            stop: CancellationToken,
+            _grace: Duration,
+        ) -> futures_util::future::BoxFuture<'static, ()> {
+            Box::pin(async move {
+                if self.ends_on_its_own {
+                    return;
+                }
+                stop.cancelled().await;
+                self.stopped.store(true, Ordering::SeqCst);
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_ends_on_its_own_stops_the_others() {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let listeners: Vec<Box<dyn Listener>> = vec![
+            Box::new(Fake {
+                ends_on_its_own: false,
+                stopped: stopped.clone(),
+            }),
+            Box::new(Fake {
+                ends_on_its_own: true,
+                stopped: Arc::new(AtomicBool::new(false)),
+            }),
+        ];
+        let cancel = CancellationToken::new();
+        run_listeners(listeners, &cancel).await;
+        assert!(cancel.is_cancelled());
+        assert!(
+            stopped.load(Ordering::SeqCst),
+            "the other listener was stopped"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_listener_stops_when_the_agent_does() {
+        let flags: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let listeners: Vec<Box<dyn Listener>> = flags
+            .iter()
+            .map(|stopped| {
+                Box::new(Fake {
+                    ends_on_its_own: false,
+                    stopped: stopped.clone(),
+                }) as Box<dyn Listener>
+            })
+            .collect();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        run_listeners(listeners, &cancel).await;
+        assert!(flags.iter().all(|f| f.load(Ordering::SeqCst)));
+    }
 }

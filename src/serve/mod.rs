@@ -4,6 +4,7 @@
 pub mod bootfiles;
 pub mod fsroot;
 pub mod http;
+pub mod listener;
 pub mod origin;
 pub mod script;
 pub mod tftp;

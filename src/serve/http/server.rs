@@ -35,6 +35,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::ratelimit::{LOG_INTERVAL, LogThrottle};
+use crate::serve::listener::Listener;
+use futures_util::future::BoxFuture;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
@@ -196,14 +198,70 @@ impl Registry {
     }
 }
 
-/// Serves `app` on `listener` until `stop`, then waits for the
-/// connections to finish their requests.
-pub async fn serve(
+/// The HTTP server as a [`Listener`]: the bound socket, the router and
+/// the connection limits.
+pub struct HttpListener {
     listener: TcpListener,
+    addr: std::net::SocketAddr,
     app: Router,
     limits: ServerLimits,
-    stop: CancellationToken,
-) {
+}
+
+impl HttpListener {
+    /// `app` on `listener` (bound before the router is built: the
+    /// router needs to know the port).
+    pub fn new(
+        listener: TcpListener,
+        app: Router,
+        limits: ServerLimits,
+    ) -> std::io::Result<HttpListener> {
+        Ok(HttpListener {
+            addr: listener.local_addr()?,
+            listener,
+            app,
+            limits,
+        })
+    }
+}
+
+impl Listener for HttpListener {
+    fn protocol(&self) -> &'static str {
+        "http"
+    }
+
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    fn serve(self: Box<Self>, stop: CancellationToken, grace: Duration) -> BoxFuture<'static, ()> {
+        let HttpListener {
+            listener,
+            app,
+            limits,
+            ..
+        } = *self;
+        Box::pin(async move {
+            let mut connections = crate::tasks::spawn(serve(listener, app, limits, stop.clone()));
+            let ended = tokio::select! {
+                ended = &mut connections => Some(ended),
+                // Answers in flight get the grace period, then are cut.
+                _ = stop.cancelled() => tokio::time::timeout(grace, &mut connections).await.ok(),
+            };
+            match ended {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+                None => {
+                    connections.abort();
+                    tracing::warn!("http answers still in flight after the grace period; cut");
+                }
+            }
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `stop`, then waits for the
+/// connections to finish their requests.
+async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, stop: CancellationToken) {
     let clock = Clock(Instant::now());
     let registry = Arc::new(Registry {
         open: Mutex::new(HashMap::new()),

@@ -63,6 +63,8 @@ const OPENINGS_PER_SLOT: usize = 4;
 
 pub struct TftpServer<P: FileProvider> {
     socket: Arc<UdpSocket>,
+    /// Where `socket` is bound.
+    addr: SocketAddr,
     provider: Arc<P>,
     max_sessions: usize,
     max_sessions_per_client: usize,
@@ -125,6 +127,7 @@ impl<P: FileProvider> TftpServer<P> {
     pub async fn bind(addr: SocketAddr, max_sessions: usize, provider: P) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(addr).await?;
         Ok(TftpServer {
+            addr: socket.local_addr()?,
             socket: Arc::new(socket),
             provider: Arc::new(provider),
             max_sessions,
@@ -149,10 +152,6 @@ impl<P: FileProvider> TftpServer<P> {
         self.limits = limits;
         self.max_sessions_per_client = max_sessions_per_client.max(1);
         self
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
     }
 
     /// Serves requests until `shutdown` is cancelled; then takes no new
@@ -313,11 +312,7 @@ impl<P: FileProvider> TftpServer<P> {
         let sessions = self.sessions.clone();
         let limits = self.limits;
         let log_throttle = self.log_throttle.clone();
-        let bind_ip = self
-            .socket
-            .local_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let bind_ip = self.addr.ip();
         // The table lock is held across spawn so the session cannot finish
         // (and remove itself) before it is registered.
         let mut table = match sessions.lock() {
@@ -464,4 +459,22 @@ async fn session_socket(bind_ip: IpAddr, peer: SocketAddr) -> std::io::Result<Ud
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     socket.connect(peer).await?;
     Ok(socket)
+}
+
+impl<P: FileProvider + 'static> crate::serve::listener::Listener for TftpServer<P> {
+    fn protocol(&self) -> &'static str {
+        "tftp"
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn serve(
+        self: Box<Self>,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(self.run(stop, grace))
+    }
 }
