@@ -114,7 +114,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
     let cache = match port.mode().has_controller() {
         true => Some(Arc::new(ContentCache::open(
             &config.data_dir.join("content"),
-            store.clone(),
+            Arc::new(store.clone()),
             port.clone(),
             config.cache.clone(),
         )?)),
@@ -129,8 +129,9 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         config.queue.node_items_per_minute,
         crate::outbox::stored_policies(&store, config.conflicts)?,
     ));
+    let boot_rows: Arc<dyn crate::store::rows::BootRows> = Arc::new(store.clone());
     let (recorder, recorder_task) = if record {
-        let (recorder, task) = Recorder::start(store.clone());
+        let (recorder, task) = Recorder::start(boot_rows.clone());
         (Some(recorder), Some(task))
     } else {
         (None, None)
@@ -138,7 +139,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
     let boot = Arc::new(
         BootService::new(
             config,
-            store.clone(),
+            boot_rows,
             nodes.clone(),
             templates,
             port.clone(),

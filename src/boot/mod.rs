@@ -26,8 +26,9 @@ use crate::model::mac::Mac;
 use crate::model::mode::Mode;
 use crate::model::node::{Node, NodeState, Workflow};
 use crate::outbox::Outbox;
+use crate::store::LastScript;
 use crate::store::nodes::NodeCache;
-use crate::store::{LastScript, Store};
+use crate::store::rows::{self, BootRows};
 use record::Recorder;
 use render::{Renderer, Scene, fallback_answer, rfc3339};
 use resolve::{Resolved, Resolver};
@@ -39,7 +40,8 @@ pub struct BootService {
     offline_default: OfflineDefault,
     workflows: HashMap<String, Workflow>,
     nodes: NodeCache,
-    store: Store,
+    /// Workflows as last synced and last-served scripts.
+    rows: Arc<dyn BootRows>,
     port: Arc<ControllerPort>,
     outbox: Arc<Outbox>,
     resolver: Arc<Resolver>,
@@ -58,7 +60,7 @@ pub struct BootService {
 impl BootService {
     pub fn new(
         config: &Config,
-        store: Store,
+        rows: Arc<dyn BootRows>,
         nodes: NodeCache,
         templates: Templates,
         port: Arc<ControllerPort>,
@@ -82,7 +84,7 @@ impl BootService {
             )),
             renderer: Renderer::new(config.site_id.clone(), templates),
             nodes,
-            store,
+            rows,
             port,
             outbox,
             scripts: ScriptCache::default(),
@@ -205,8 +207,7 @@ impl BootService {
             Source::Cache
         };
         let last = if self.offline_default == OfflineDefault::LastKnown {
-            self.store
-                .call(move |s| s.get_last_script(mac))
+            rows::blocking(&self.rows, move |r| r.last_script(mac))
                 .await
                 .ok()
                 .flatten()
@@ -361,7 +362,7 @@ impl BootService {
             return wf.offline_safe;
         }
         matches!(
-            self.store.call(move |s| s.get_workflow(&id)).await,
+            rows::blocking(&self.rows, move |r| r.workflow(&id)).await,
             Ok(Some(wf)) if wf.offline_safe
         )
     }
@@ -387,7 +388,9 @@ impl BootService {
                 let id = last?.workflow_id.clone()?;
                 match self.workflows.get(&id) {
                     Some(wf) => wf.clone(),
-                    None => self.store.call(move |s| s.get_workflow(&id)).await.ok()??,
+                    None => rows::blocking(&self.rows, move |r| r.workflow(&id))
+                        .await
+                        .ok()??,
                 }
             }
             _ => return None,
@@ -411,9 +414,7 @@ impl BootService {
     /// Every workflow this agent can render: the config's, then the
     /// controller's as last synced (an id in both is the config's).
     pub async fn all_workflows(&self) -> Vec<Workflow> {
-        let mut all: HashMap<String, Workflow> = self
-            .store
-            .call(|s| s.list_workflows())
+        let mut all: HashMap<String, Workflow> = rows::blocking(&self.rows, |r| r.workflows())
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "workflows unreadable");
@@ -434,7 +435,7 @@ impl BootService {
             return Some(wf.clone());
         }
         let lookup = id.clone();
-        match self.store.call(move |s| s.get_workflow(&lookup)).await {
+        match rows::blocking(&self.rows, move |r| r.workflow(&lookup)).await {
             Ok(Some(wf)) => Some(wf),
             Ok(None) => {
                 tracing::warn!(mac = %node.mac, workflow = %id, "node's workflow is not defined");

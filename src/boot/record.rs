@@ -3,6 +3,7 @@
 //! path, and flushed when the agent stops.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -12,7 +13,8 @@ use super::render::strip_header;
 use crate::model::boot::BootAnswer;
 use crate::model::decision::Decision;
 use crate::model::mac::Mac;
-use crate::store::{LastScript, Store};
+use crate::store::LastScript;
+use crate::store::rows::{self, BootRows};
 
 /// Hands served scripts to the writer task; dropping every handle (the
 /// boot service, at shutdown) lets the task write what it holds and end.
@@ -23,9 +25,9 @@ pub struct Recorder {
 impl Recorder {
     /// Starts the writer task (needs a tokio runtime); join the handle to
     /// know that everything recorded is on disk.
-    pub fn start(store: Store) -> (Recorder, tokio::task::JoinHandle<()>) {
+    pub fn start(rows: Arc<dyn BootRows>) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
-        let task = crate::tasks::spawn(record_last_scripts(store, rx));
+        let task = crate::tasks::spawn(record_last_scripts(rows, rx));
         (Recorder { tx }, task)
     }
 
@@ -57,7 +59,7 @@ const RECORD_REFRESH: time::Duration = time::Duration::minutes(10);
 
 /// Writes last-served scripts in batches: one commit per window, however
 /// many nodes booted in it.
-async fn record_last_scripts(store: Store, mut rx: mpsc::Receiver<(Mac, LastScript)>) {
+async fn record_last_scripts(rows: Arc<dyn BootRows>, mut rx: mpsc::Receiver<(Mac, LastScript)>) {
     let mut recorded: HashMap<Mac, (u64, OffsetDateTime)> = HashMap::new();
     // Ends when every sender is gone (shutdown), after the last batch.
     while let Some(first) = rx.recv().await {
@@ -83,7 +85,7 @@ async fn record_last_scripts(store: Store, mut rx: mpsc::Receiver<(Mac, LastScri
         }
         let entries: Vec<_> = batch.into_iter().collect();
         let count = entries.len();
-        if let Err(e) = store.call(move |s| s.put_last_scripts(&entries)).await {
+        if let Err(e) = rows::blocking(&rows, move |r| r.put_last_scripts(&entries)).await {
             tracing::error!(error = %e, count, "could not record last-served scripts");
         }
     }
@@ -96,4 +98,73 @@ fn digest(entry: &LastScript) -> u64 {
     entry.script.hash(&mut hasher);
     entry.workflow_id.hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::boot::Source;
+    use crate::model::decision::{Action, Banner};
+    use crate::model::node::Workflow;
+    use crate::model::script::Script;
+    use crate::store::StoreError;
+
+    /// Rows in memory: every commit the recorder makes, as it made it.
+    #[derive(Default)]
+    struct MemoryRows(Mutex<Vec<Vec<(Mac, LastScript)>>>);
+
+    impl BootRows for MemoryRows {
+        fn workflow(&self, _: &str) -> Result<Option<Workflow>, StoreError> {
+            Ok(None)
+        }
+        fn workflows(&self) -> Result<Vec<Workflow>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn last_script(&self, _: Mac) -> Result<Option<LastScript>, StoreError> {
+            Ok(None)
+        }
+        fn put_last_scripts(&self, scripts: &[(Mac, LastScript)]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(scripts.to_vec());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn served_scripts_reach_the_rows_it_was_given_once_per_mac() {
+        let rows = Arc::new(MemoryRows::default());
+        let (recorder, task) = Recorder::start(rows.clone());
+        let answer = |text: &str| BootAnswer {
+            script: Script::ipxe(format!("#!ipxe\n{text}\n")),
+            source: Source::Standalone,
+            action: Action::Local,
+            state: None,
+        };
+        let decision = Decision {
+            action: Action::Local,
+            banner: Banner::None,
+            workflow: None,
+            conflict: None,
+            missing_file: None,
+        };
+        let a = Mac::new([0x52, 0x54, 0, 0, 0, 1]);
+        let b = Mac::new([0x52, 0x54, 0, 0, 0, 2]);
+        recorder.record(a, &answer("exit"), &decision);
+        recorder.record(a, &answer("sanboot --no-describe --drive 0x80"), &decision);
+        recorder.record(b, &answer("exit"), &decision);
+        drop(recorder);
+        task.await.unwrap();
+        let written: HashMap<Mac, String> = rows
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|(mac, last)| (*mac, last.script.clone()))
+            .collect();
+        assert_eq!(written.len(), 2);
+        assert!(written[&a].contains("sanboot"), "the later script wins");
+        assert!(written[&b].contains("exit"));
+    }
 }

@@ -280,7 +280,7 @@ impl ContentCache {
             pinned,
         };
         let stored = entry.clone();
-        match self.store.call(move |s| index::put(s, &[stored])).await {
+        match self.index_call(move |i| i.put_entries(&[stored])).await {
             Ok(()) => Ok(entry),
             Err(e) => {
                 let _ = std::fs::remove_file(self.files.join(name));

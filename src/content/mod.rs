@@ -18,6 +18,8 @@ mod download;
 pub mod fill;
 mod prefetch;
 mod room;
+#[cfg(test)]
+mod tests;
 
 use crate::central::CentralError;
 use std::collections::HashMap;
@@ -34,8 +36,8 @@ use time::OffsetDateTime;
 use crate::central::port::ControllerPort;
 use crate::central::{FileAnswer, FileRequest, RemoteFile};
 use crate::config::CacheConfig;
-use crate::store::content::{self as index, Entry};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::store::content::{ContentIndex, Entry};
 use fill::{Fill, FillWriter, Progress};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +136,8 @@ struct Counters {
 pub struct ContentCache {
     files: PathBuf,
     tmp: PathBuf,
-    store: Store,
+    /// The index of what is kept (the store's table, behind its trait).
+    index: Arc<dyn ContentIndex>,
     port: Arc<ControllerPort>,
     settings: CacheConfig,
     entries: RwLock<HashMap<String, Entry>>,
@@ -231,12 +234,24 @@ fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 }
 
 impl ContentCache {
+    /// Runs `work` on the index off the async threads (redb blocks).
+    async fn index_call<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ContentIndex) -> Result<T, StoreError> + Send + 'static,
+    {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || work(index.as_ref()))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     /// Opens the cache under `dir`, after the start-up pass: leftover
     /// temporary files are removed, and so are files without an entry
     /// and entries without their whole file.
     pub fn open(
         dir: &Path,
-        store: Store,
+        index: Arc<dyn ContentIndex>,
         port: Arc<ControllerPort>,
         settings: CacheConfig,
     ) -> Result<ContentCache, CacheError> {
@@ -252,7 +267,7 @@ impl ContentCache {
                 leftovers += 1;
             }
         }
-        let (entries, unreadable) = index::load(&store)?;
+        let (entries, unreadable) = index.load_entries()?;
         let mut kept = HashMap::new();
         let mut dropped = unreadable;
         for entry in entries {
@@ -266,7 +281,7 @@ impl ContentCache {
             }
         }
         if !dropped.is_empty() {
-            index::remove(&store, &dropped)?;
+            index.remove_entries(&dropped)?;
         }
         let named: std::collections::HashSet<&str> =
             kept.values().map(|e| e.file.as_str()).collect();
@@ -288,7 +303,7 @@ impl ContentCache {
         Ok(ContentCache {
             files,
             tmp,
-            store,
+            index,
             port,
             entries: RwLock::new(kept),
             fills: Mutex::new(HashMap::new()),
@@ -486,11 +501,10 @@ impl ContentCache {
                 e.clone()
             })
         };
-        if let Some(entry) = updated {
-            let store = self.store.clone();
-            if let Err(e) = store.call(move |s| index::put(s, &[entry])).await {
-                tracing::warn!(path, error = %e, "revalidation not written");
-            }
+        if let Some(entry) = updated
+            && let Err(e) = self.index_call(move |i| i.put_entries(&[entry])).await
+        {
+            tracing::warn!(path, error = %e, "revalidation not written");
         }
     }
 
@@ -580,9 +594,8 @@ impl ContentCache {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
             paths.iter().filter_map(|p| entries.remove(p)).collect()
         };
-        let store = self.store.clone();
         let gone = paths.to_vec();
-        if let Err(e) = store.call(move |s| index::remove(s, &gone)).await {
+        if let Err(e) = self.index_call(move |i| i.remove_entries(&gone)).await {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
             for entry in removed {
                 entries.insert(entry.path.clone(), entry);
@@ -687,8 +700,8 @@ pub fn wanted_files(
 }
 
 /// With the agent stopped (the command line): the index's entries.
-pub fn stored_entries(store: &Store) -> Result<Vec<Entry>, CacheError> {
-    let (mut entries, _) = index::load(store)?;
+pub fn stored_entries(index: &dyn ContentIndex) -> Result<Vec<Entry>, CacheError> {
+    let (mut entries, _) = index.load_entries()?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(entries)
 }
@@ -696,11 +709,11 @@ pub fn stored_entries(store: &Store) -> Result<Vec<Entry>, CacheError> {
 /// With the agent stopped: removes `paths` (all unpinned ones if None)
 /// from the index and `dir`; the paths removed.
 pub fn evict_stored(
-    store: &Store,
+    index: &dyn ContentIndex,
     dir: &Path,
     paths: Option<Vec<String>>,
 ) -> Result<Vec<String>, CacheError> {
-    let entries = stored_entries(store)?;
+    let entries = stored_entries(index)?;
     let victims: Vec<Entry> = match paths {
         None => entries.into_iter().filter(|e| !e.pinned).collect(),
         Some(paths) => {
@@ -716,7 +729,7 @@ pub fn evict_stored(
         }
     };
     let gone: Vec<String> = victims.iter().map(|e| e.path.clone()).collect();
-    index::remove(store, &gone)?;
+    index.remove_entries(&gone)?;
     for entry in &victims {
         let _ = std::fs::remove_file(dir.join("files").join(&entry.file));
     }

@@ -42,11 +42,10 @@ impl ContentCache {
                 })
                 .collect()
         };
-        if !changed.is_empty() {
-            let store = self.store.clone();
-            if let Err(e) = store.call(move |s| index::put(s, &changed)).await {
-                tracing::warn!(error = %e, "pins not written");
-            }
+        if !changed.is_empty()
+            && let Err(e) = self.index_call(move |i| i.put_entries(&changed)).await
+        {
+            tracing::warn!(error = %e, "pins not written");
         }
     }
 

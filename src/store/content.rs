@@ -40,6 +40,32 @@ pub struct Entry {
     pub pinned: bool,
 }
 
+/// The rows the content cache needs: its index, and nothing else of the
+/// store. [`Store`] keeps them in redb; a test, or later a second agent
+/// sharing one cache, can put another implementation behind it.
+pub trait ContentIndex: Send + Sync + 'static {
+    /// Every entry; unreadable ones are returned apart (to be dropped).
+    fn load_entries(&self) -> Result<(Vec<Entry>, Vec<String>), StoreError>;
+    /// Writes entries, all or none.
+    fn put_entries(&self, entries: &[Entry]) -> Result<(), StoreError>;
+    /// Removes entries, all or none.
+    fn remove_entries(&self, paths: &[String]) -> Result<(), StoreError>;
+}
+
+impl ContentIndex for Store {
+    fn load_entries(&self) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
+        load(self)
+    }
+
+    fn put_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        put(self, entries)
+    }
+
+    fn remove_entries(&self, paths: &[String]) -> Result<(), StoreError> {
+        remove(self, paths)
+    }
+}
+
 fn corrupt(path: &str, source: serde_json::Error) -> StoreError {
     StoreError::Corrupt {
         key: format!("content entry {path}"),
@@ -48,7 +74,7 @@ fn corrupt(path: &str, source: serde_json::Error) -> StoreError {
 }
 
 /// Every entry; unreadable ones are returned apart (to be dropped).
-pub fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
+fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
     let txn = store.begin_read()?;
     let table = match txn.redb().open_table(CONTENT) {
         Ok(t) => t,
@@ -71,7 +97,7 @@ pub fn load(store: &Store) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
 }
 
 /// Writes entries (one commit).
-pub fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
+fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
     let txn = store.begin_write()?;
     {
         let mut table = txn.redb().open_table(CONTENT).map_err(redb::Error::from)?;
@@ -86,7 +112,7 @@ pub fn put(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
 }
 
 /// Removes entries (one commit).
-pub fn remove(store: &Store, paths: &[String]) -> Result<(), StoreError> {
+fn remove(store: &Store, paths: &[String]) -> Result<(), StoreError> {
     let txn = store.begin_write()?;
     {
         let mut table = txn.redb().open_table(CONTENT).map_err(redb::Error::from)?;

@@ -14,6 +14,7 @@ pub mod nodes;
 mod quarantine;
 pub mod queue;
 mod recovery;
+pub mod rows;
 mod schema;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,124 @@
+//! The cache over an index that is not the store's: the seam a test, or a
+//! second agent sharing one cache, uses.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::*;
+use crate::central::port::ControllerPort;
+use crate::store::Store;
+use crate::store::nodes::NodeCache;
+
+/// An index in memory.
+#[derive(Default)]
+struct MemoryIndex(Mutex<BTreeMap<String, Entry>>);
+
+impl ContentIndex for MemoryIndex {
+    fn load_entries(&self) -> Result<(Vec<Entry>, Vec<String>), StoreError> {
+        Ok((
+            self.0.lock().unwrap().values().cloned().collect(),
+            Vec::new(),
+        ))
+    }
+
+    fn put_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut rows = self.0.lock().unwrap();
+        for entry in entries {
+            rows.insert(entry.path.clone(), entry.clone());
+        }
+        Ok(())
+    }
+
+    fn remove_entries(&self, paths: &[String]) -> Result<(), StoreError> {
+        let mut rows = self.0.lock().unwrap();
+        for path in paths {
+            rows.remove(path);
+        }
+        Ok(())
+    }
+}
+
+fn entry(path: &str, file: &str, size: u64, pinned: bool) -> Entry {
+    let at = OffsetDateTime::UNIX_EPOCH;
+    Entry {
+        path: path.into(),
+        file: file.into(),
+        size,
+        sha256: String::new(),
+        verified: false,
+        etag: None,
+        fetched_at: at,
+        validated_at: at,
+        last_used: at,
+        pinned,
+    }
+}
+
+fn settings() -> CacheConfig {
+    CacheConfig {
+        max_bytes: 1 << 30,
+        prefetch_rate: 1 << 20,
+        revalidate_interval: Duration::from_secs(3600),
+        max_fills: 4,
+        misses_per_client: 60,
+        negative_ttl: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn the_cache_keeps_its_index_behind_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let port = Arc::new(ControllerPort::standalone(
+        NodeCache::load(store).unwrap(),
+        "site".into(),
+        16,
+    ));
+    let cache_dir = dir.path().join("content");
+    std::fs::create_dir_all(cache_dir.join("files")).unwrap();
+    std::fs::write(cache_dir.join("files").join("a"), b"1234").unwrap();
+    std::fs::write(cache_dir.join("files").join("b"), b"12").unwrap();
+    std::fs::write(cache_dir.join("files").join("stray"), b"x").unwrap();
+    let index = Arc::new(MemoryIndex::default());
+    index
+        .put_entries(&[
+            entry("debian/linux", "a", 4, false),
+            entry("debian/initrd.gz", "b", 2, true),
+            // Its file is missing: dropped at open, from this index too.
+            entry("debian/gone", "c", 9, false),
+        ])
+        .unwrap();
+
+    let cache = ContentCache::open(&cache_dir, index.clone(), port, settings()).unwrap();
+    let listed: Vec<String> = cache.list().into_iter().map(|e| e.path).collect();
+    assert_eq!(listed, ["debian/initrd.gz", "debian/linux"]);
+    assert!(!cache_dir.join("files").join("stray").exists());
+    assert_eq!(index.0.lock().unwrap().len(), 2);
+
+    // An eviction reaches the index it was given.
+    assert_eq!(cache.clear_unpinned().await.unwrap(), ["debian/linux"]);
+    let left: Vec<String> = index.0.lock().unwrap().keys().cloned().collect();
+    assert_eq!(left, ["debian/initrd.gz"]);
+    assert!(!cache_dir.join("files").join("a").exists());
+}
+
+#[test]
+fn a_stopped_agents_eviction_uses_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files").join("a"), b"1").unwrap();
+    let index = MemoryIndex::default();
+    index
+        .put_entries(&[entry("x", "a", 1, false), entry("y", "b", 1, true)])
+        .unwrap();
+    assert!(matches!(
+        evict_stored(&index, dir.path(), Some(vec!["y".into()])),
+        Err(CacheError::Pinned(_))
+    ));
+    assert_eq!(evict_stored(&index, dir.path(), None).unwrap(), ["x"]);
+    assert_eq!(stored_entries(&index).unwrap().len(), 1);
+    assert!(!dir.path().join("files").join("a").exists());
+}
