@@ -28,15 +28,25 @@ pub(crate) fn cache_benchmark(dir: &Path, data: &[u8]) {
     wait_for_mode(http, "online", Duration::from_secs(30)).expect("agent online");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // The controller's own file route wants its bearer token.
+    let token = std::fs::read_to_string(controller.token_file()).expect("token file");
+    let token = token.trim().to_string();
     let fetch_all = |url: String| -> Duration {
+        let token = token.clone();
         runtime.block_on(async move {
             let client = reqwest::Client::new();
             let started = Instant::now();
             let tasks: Vec<_> = (0..CLIENTS)
                 .map(|_| {
                     let (client, url) = (client.clone(), url.clone());
+                    let token = token.clone();
                     tokio::spawn(async move {
-                        let mut response = client.get(&url).send().await.expect("request");
+                        let mut response = client
+                            .get(&url)
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .expect("request");
                         assert_eq!(response.status(), 200);
                         let mut got = 0usize;
                         while let Some(chunk) = response.chunk().await.expect("body") {

@@ -157,8 +157,10 @@ pub(crate) fn replay_benchmark(dir: &Path, raw: f64) {
         .map(|i| Mac::new([0x52, 0x54, 0x03, 0, (i >> 8) as u8, i as u8]))
         .collect();
     let controller = controller::FakeController::start();
+    // installing → installed is a transition the fake's state machine
+    // takes (active → installed is refused, as a real controller does).
     for mac in &macs {
-        controller.set_node(&mac.to_string(), "active", None);
+        controller.set_node(&mac.to_string(), "installing", None);
     }
     {
         let store = Store::open(&case_dir.join("data")).expect("store");
