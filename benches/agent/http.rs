@@ -47,7 +47,8 @@ pub(crate) fn http_benchmark(dir: &Path) {
     let static_root = dir.join("static");
     std::fs::create_dir_all(&static_root).expect("mkdir static");
     std::fs::write(static_root.join("script.ipxe"), &script).expect("write script");
-    let (_nginx, nginx_port) = start_nginx(&dir, &static_root, "");
+    // nginx ends a keep-alive connection after 1,000 requests by default.
+    let (_nginx, nginx_port) = start_nginx(&dir, &static_root, "keepalive_requests 100000000;");
     let nginx: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
     let boot = runtime.block_on(load(http, macs.clone(), Endpoint::Boot));
     let health = runtime.block_on(load(http, macs.clone(), Endpoint::Health));
