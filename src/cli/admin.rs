@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::agent_api::AgentApi;
-use crate::admin::{AdminError, AdminService, Answer, Request, StoppedAdmin};
+use crate::admin::{AdminError, AdminService, Answer, Page, Request, StoppedAdmin};
 use crate::config::Config;
 use crate::store::{Store, StoreError};
 
@@ -73,4 +73,21 @@ pub async fn run(config: Config, url: Option<String>, request: Request) -> Resul
     };
     println!("{}", serde_json::to_string_pretty(&answer.body)?);
     Ok(())
+}
+
+/// `--offset` and `--limit` of a listing.
+#[derive(clap::Args)]
+pub(crate) struct PageArgs {
+    /// Rows to skip.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Rows at most.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+impl PageArgs {
+    pub(crate) fn page(&self) -> Result<Page, AdminError> {
+        Page::new(self.offset, self.limit)
+    }
 }

@@ -6,7 +6,8 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::admin::{AdminError, Page, PolicyChange, Request};
+use super::admin::PageArgs;
+use crate::admin::{AdminError, PolicyChange, Request};
 use crate::config::Config;
 
 #[derive(Subcommand)]
@@ -16,10 +17,8 @@ pub enum ConflictsCommand {
         /// open or resolved.
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One conflict, both sides.
     Show { id: u64 },
@@ -42,11 +41,9 @@ impl ConflictsCommand {
     /// The admin request this command makes.
     pub fn request(self) -> Result<Request, AdminError> {
         Ok(match self {
-            ConflictsCommand::List {
-                status,
-                offset,
-                limit,
-            } => Request::conflict_list(status.as_deref(), Page::new(offset, limit)?)?,
+            ConflictsCommand::List { status, page } => {
+                Request::conflict_list(status.as_deref(), page.page()?)?
+            }
             ConflictsCommand::Show { id } => Request::ConflictShow(id),
             ConflictsCommand::Resolve {
                 id,

@@ -5,7 +5,8 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::admin::{AdminError, Page, Request};
+use super::admin::PageArgs;
+use crate::admin::{AdminError, Request};
 use crate::config::Config;
 
 #[derive(Subcommand)]
@@ -15,10 +16,8 @@ pub enum QueueCommand {
         /// pending, in_flight, failed or conflict.
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Counts per status, and events dropped to make room.
     Stats,
@@ -34,11 +33,9 @@ impl QueueCommand {
     /// The admin request this command makes.
     pub fn request(self) -> Result<Request, AdminError> {
         Ok(match self {
-            QueueCommand::List {
-                status,
-                offset,
-                limit,
-            } => Request::queue_list(status.as_deref(), Page::new(offset, limit)?, None)?,
+            QueueCommand::List { status, page } => {
+                Request::queue_list(status.as_deref(), page.page()?, None)?
+            }
             QueueCommand::Stats => Request::QueueStats,
             QueueCommand::Retry { id } => Request::QueueRetry(id),
             QueueCommand::Delete { id } => Request::QueueDelete(id),

@@ -418,30 +418,28 @@ pub fn list(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(db_err(e)),
     };
-    let mut out = Vec::new();
-    let mut skipped = 0;
-    for entry in records.iter().map_err(db_err)?.rev() {
-        let (id, value) = entry.map_err(db_err)?;
-        let conflict = match decode(value.value()) {
-            Ok(conflict) => conflict,
-            Err(e) => {
-                tracing::warn!(id = id.value(), error = %e, "conflict record unreadable; skipped");
-                continue;
-            }
-        };
-        if status.is_some_and(|s| s != conflict.status) {
-            continue;
-        }
-        if skipped < offset {
-            skipped += 1;
-            continue;
-        }
-        if out.len() >= limit {
-            break;
-        }
-        out.push(conflict);
-    }
-    Ok(out)
+    // An unreadable record is skipped (quarantined at the next start):
+    // one bad record never hides the others.
+    let readable = records
+        .iter()
+        .map_err(db_err)?
+        .rev()
+        .filter_map(|entry| match entry {
+            Err(e) => Some(Err(db_err(e))),
+            Ok((id, value)) => match decode(value.value()) {
+                Ok(conflict) => Some(Ok(conflict)),
+                Err(e) => {
+                    tracing::warn!(id = id.value(), error = %e, "conflict record unreadable; skipped");
+                    None
+                }
+            },
+        });
+    crate::store::page(
+        readable,
+        |conflict: &Conflict| status.is_none_or(|s| s == conflict.status),
+        offset,
+        limit,
+    )
 }
 
 /// The conflict with this id, open or resolved.

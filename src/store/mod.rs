@@ -456,13 +456,21 @@ impl Store {
 
     /// The node with this MAC, if any.
     pub fn get_node(&self, mac: Mac) -> Result<Option<Node>, StoreError> {
+        self.get_row(NODES, &mac.to_string())
+    }
+
+    /// The row under `key` of a table of JSON records, decoded.
+    fn get_row<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let table = txn.open_table(NODES)?;
-        let key = mac.to_string();
-        match table.get(key.as_str())? {
+        let table = txn.open_table(table)?;
+        match table.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode(&key, bytes.value()).map(Some),
+            Some(bytes) => decode(key, bytes.value()).map(Some),
         }
     }
 
@@ -618,25 +626,12 @@ impl Store {
 
     /// The workflow with this id, if any.
     pub fn get_workflow(&self, id: &str) -> Result<Option<Workflow>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(WORKFLOWS)?;
-        match table.get(id)? {
-            None => Ok(None),
-            Some(bytes) => decode(id, bytes.value()).map(Some),
-        }
+        self.get_row(WORKFLOWS, id)
     }
 
     /// What the agent served this MAC last, if anything.
     pub fn get_last_script(&self, mac: Mac) -> Result<Option<LastScript>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(LAST_SCRIPTS)?;
-        let key = mac.to_string();
-        match table.get(key.as_str())? {
-            None => Ok(None),
-            Some(bytes) => decode(&key, bytes.value()).map(Some),
-        }
+        self.get_row(LAST_SCRIPTS, &mac.to_string())
     }
 
     /// Records several last-served scripts in one commit (the boot path
@@ -727,6 +722,33 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs to JSON cannot fail: no maps with
     // non-string keys, no custom serialisers that error.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The rows `keep` accepts, from the `offset`-th of them, at most
+/// `limit`: a page of a listing with a filter (the queue's, conflicts').
+pub(crate) fn page<T, E>(
+    rows: impl Iterator<Item = Result<T, E>>,
+    keep: impl Fn(&T) -> bool,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for row in rows {
+        let row = row?;
+        if !keep(&row) {
+            continue;
+        }
+        if skipped < offset {
+            skipped += 1;
+            continue;
+        }
+        if out.len() >= limit {
+            break;
+        }
+        out.push(row);
+    }
+    Ok(out)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {

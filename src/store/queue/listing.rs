@@ -55,24 +55,16 @@ impl Queue {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
         };
-        let mut out = Vec::new();
-        let mut skipped = 0;
-        for entry in queue.iter().map_err(db_err)? {
+        let items = queue.iter().map_err(db_err)?.map(|entry| {
             let (_, value) = entry.map_err(db_err)?;
-            let item = decode(value.value())?;
-            if status.is_some_and(|s| s != item.status) {
-                continue;
-            }
-            if skipped < offset {
-                skipped += 1;
-                continue;
-            }
-            if out.len() >= limit {
-                break;
-            }
-            out.push(item);
-        }
-        Ok(out)
+            decode(value.value())
+        });
+        crate::store::page(
+            items,
+            |item: &Item| status.is_none_or(|s| s == item.status),
+            offset,
+            limit,
+        )
     }
 
     /// The counts by status, kind and origin.
