@@ -31,9 +31,11 @@ use crate::central::port::ControllerPort;
 use crate::config::Config;
 use crate::content::ContentCache;
 use crate::link::tasks::{LinkServices, LinkSettings};
+use crate::model::client::UefiLoader;
 use crate::outbox::Outbox;
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFileResolver, BootFiles};
+use crate::serve::dhcp::server::DhcpListener;
 use crate::serve::http::server::{self, HttpListener, ServerLimits};
 use crate::serve::http::{self, AppState};
 use crate::serve::listener::Listener;
@@ -62,6 +64,8 @@ pub enum StartError {
     Central(#[from] crate::central::client::ClientError),
     #[error("admin token: {0}")]
     AdminToken(String),
+    #[error("ProxyDHCP (dhcp.mode = proxy): {0}")]
+    Dhcp(#[from] crate::serve::dhcp::server::DhcpError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -165,6 +169,8 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
 pub struct Listening {
     pub http: SocketAddr,
     pub tftp: SocketAddr,
+    /// ProxyDHCP's DHCP port and PXE port (`dhcp.mode = proxy`).
+    pub dhcp: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// The agent at work: resolves once `shutdown` has resolved and
@@ -195,6 +201,16 @@ pub async fn start(
     let files = Arc::new(BootFileResolver::new(roots, services.cache.clone()));
     let tftp = bind_tftp(&config, &services, files.clone(), origin.clone()).await?;
     let tftp_addr = tftp.local_addr();
+    let dhcp = match config.dhcp.mode {
+        crate::config::DhcpMode::Off => None,
+        crate::config::DhcpMode::Proxy => Some(DhcpListener::bind(
+            &config.dhcp,
+            origin.clone(),
+            UefiLoader::Ipxe,
+            services.nodes.clone(),
+        )?),
+    };
+    let dhcp_addrs = dhcp.as_ref().map(|d| (d.local_addr(), d.pxe_addr()));
 
     let sync = services.port.mode().has_controller().then(|| {
         spawn_link(
@@ -245,11 +261,15 @@ pub async fn start(
     drop(services.boot);
     let http = HttpListener::new(listener, http::router(state), http_limits)
         .map_err(bind_error("http.listen", config.http.listen))?;
-    let listeners: Vec<Box<dyn Listener>> = vec![Box::new(http), Box::new(tftp)];
+    let mut listeners: Vec<Box<dyn Listener>> = vec![Box::new(http), Box::new(tftp)];
+    if let Some(dhcp) = dhcp {
+        listeners.push(Box::new(dhcp));
+    }
     Ok((
         Listening {
             http: http_addr,
             tftp: tftp_addr,
+            dhcp: dhcp_addrs,
         },
         Box::pin(serve_until(listeners, recorder, shutdown, cancel)),
     ))

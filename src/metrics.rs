@@ -24,6 +24,7 @@ pub struct Metrics {
     boot_seconds: Histogram,
     http_requests: IntCounterVec,
     content_requests: IntCounterVec,
+    dhcp_requests: IntCounterVec,
     /// The TFTP server's.
     pub tftp: TftpMetrics,
     /// The controller link's, the queue's and conflicts'.
@@ -240,6 +241,12 @@ impl Metrics {
                 "Requests for the controller's files by outcome: hit (cached), miss",
                 &["outcome"],
             ),
+            dhcp_requests: counter_vec(
+                r,
+                "dhcp_requests_total",
+                "ProxyDHCP requests by message type, client class and result",
+                &["type", "class", "result"],
+            ),
             tftp: TftpMetrics::new(r),
             link: LinkMetrics::new(r),
             registry,
@@ -279,6 +286,13 @@ impl Metrics {
             .controller_seconds
             .with_label_values(&[call])
             .observe(seconds);
+    }
+
+    /// A ProxyDHCP request and what became of it (DESIGN §13).
+    pub fn dhcp_request(&self, kind: &str, class: &str, result: &str) {
+        self.dhcp_requests
+            .with_label_values(&[kind, class, result])
+            .inc();
     }
 
     pub fn content_request(&self, outcome: &str) {

@@ -64,7 +64,10 @@ impl<K: Hash + Eq + Copy> LogThrottle<K> {
 /// At most `per_minute` admissions per key and minute, in bursts of up to
 /// `per_minute` (a token bucket refilled continuously).
 pub struct KeyedRate<K> {
-    per_minute: u32,
+    /// The burst: admissions a key may take at once.
+    capacity: f64,
+    /// Admissions a key gets back per second.
+    refill_per_sec: f64,
     /// Key → (tokens left, when they were counted).
     keys: Mutex<HashMap<K, (f64, Instant)>>,
 }
@@ -72,7 +75,18 @@ pub struct KeyedRate<K> {
 impl<K: Hash + Eq + Copy> KeyedRate<K> {
     pub fn new(per_minute: u32) -> KeyedRate<K> {
         KeyedRate {
-            per_minute,
+            capacity: f64::from(per_minute),
+            refill_per_sec: f64::from(per_minute) / 60.0,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// At most `per_second` admissions per key and second, in bursts of
+    /// up to `per_second`.
+    pub fn per_second(per_second: u32) -> KeyedRate<K> {
+        KeyedRate {
+            capacity: f64::from(per_second),
+            refill_per_sec: f64::from(per_second),
             keys: Mutex::new(HashMap::new()),
         }
     }
@@ -83,8 +97,7 @@ impl<K: Hash + Eq + Copy> KeyedRate<K> {
     }
 
     pub fn admit_at(&self, key: K, now: Instant) -> bool {
-        let capacity = f64::from(self.per_minute);
-        let refill_per_sec = capacity / 60.0;
+        let (capacity, refill_per_sec) = (self.capacity, self.refill_per_sec);
         let refilled = |(tokens, at): (f64, Instant)| {
             (tokens + now.saturating_duration_since(at).as_secs_f64() * refill_per_sec)
                 .min(capacity)

@@ -21,11 +21,15 @@ pub(crate) async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(
 /// Written to a temporary name and renamed, so a reader never sees half
 /// a file.
 fn write_ready_file(path: &Path, listening: agent::Listening) -> std::io::Result<()> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "http": listening.http.to_string(),
         "tftp": listening.tftp.to_string(),
         "pid": std::process::id(),
     });
+    if let Some((dhcp, pxe)) = listening.dhcp {
+        body["dhcp"] = dhcp.to_string().into();
+        body["dhcp_pxe"] = pxe.to_string().into();
+    }
     let partial = path.with_extension("partial");
     std::fs::write(&partial, format!("{body}\n"))?;
     std::fs::rename(&partial, path)

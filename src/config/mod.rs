@@ -203,6 +203,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// `dhcp.mode`: whether the agent answers PXE clients beside the site's
+/// DHCP server (DESIGN §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    /// No DHCP at all (the site's DHCP server points clients here).
+    Off,
+    /// ProxyDHCP: the boot question only, never an address.
+    Proxy,
+}
+
+/// ProxyDHCP (DESIGN §13).
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    /// Off, or proxy.
+    pub mode: DhcpMode,
+    /// The interfaces answered on; empty: every one with an IPv4 address
+    /// (but loopback).
+    pub interfaces: Vec<String>,
+    /// The address put in answers (option 54, `siaddr`, URLs); None: the
+    /// address of the interface a request came in on.
+    pub server_address: Option<std::net::Ipv4Addr>,
+    /// Answer only MACs the node cache holds.
+    pub known_only: bool,
+    /// Answers per MAC per second, at most.
+    pub rate_per_mac: u32,
+    /// The DHCP server port (67; tests use another).
+    pub port: u16,
+    /// The PXE boot server port (4011).
+    pub pxe_port: u16,
+    /// Where broadcast answers go (68, the DHCP client port).
+    pub client_port: u16,
+}
+
 /// The content cache (DESIGN §12).
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -235,6 +268,8 @@ pub struct Config {
     pub conflicts: ConflictPolicies,
     pub queue: QueueConfig,
     pub cache: CacheConfig,
+    /// ProxyDHCP (`[dhcp]`).
+    pub dhcp: DhcpConfig,
     /// `GET /metrics` without the admin token (`metrics.open`).
     pub metrics_open: bool,
     /// `log.format`: lines for people (`text`) or one JSON object per line.

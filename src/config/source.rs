@@ -74,6 +74,19 @@ const KEYS: &[(&str, &[&str])] = &[
             "negative_ttl",
         ],
     ),
+    (
+        "dhcp",
+        &[
+            "mode",
+            "interfaces",
+            "server_address",
+            "known_only",
+            "rate_per_mac",
+            "port",
+            "pxe_port",
+            "client_port",
+        ],
+    ),
     ("admin", &["token_file"]),
     ("metrics", &["open"]),
     ("log", &["format"]),
@@ -390,6 +403,7 @@ impl Source {
             conflicts,
             queue: self.queue()?,
             cache: self.cache()?,
+            dhcp: self.dhcp()?,
             metrics_open: self.boolean("metrics.open", false)?,
             log_format: match self.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,
@@ -452,6 +466,68 @@ impl Source {
             heartbeat_interval: self.duration("central.heartbeat_interval", "60s")?,
             sync_interval: self.duration("central.sync_interval", "300s")?,
         })
+    }
+
+    fn dhcp(&self) -> Result<DhcpConfig, ConfigError> {
+        let mode = match self.string("dhcp.mode", "off")?.trim() {
+            "off" => DhcpMode::Off,
+            "proxy" => DhcpMode::Proxy,
+            other => {
+                return Err(self.invalid("dhcp.mode", format!("{other:?}: use off or proxy")));
+            }
+        };
+        let server_address = match self.optional_string("dhcp.server_address")? {
+            None => None,
+            Some(text) => Some(text.trim().parse::<std::net::Ipv4Addr>().map_err(|_| {
+                self.invalid(
+                    "dhcp.server_address",
+                    format!("{text:?} is not an IPv4 address such as 10.0.0.5"),
+                )
+            })?),
+        };
+        let port = |key: &str, default: u64| -> Result<u16, ConfigError> {
+            // 0: any free port (tests; the ready file says which).
+            Ok(self.integer(key, default, 0, 65535)? as u16)
+        };
+        Ok(DhcpConfig {
+            mode,
+            interfaces: self.string_list("dhcp.interfaces")?,
+            server_address,
+            known_only: self.boolean("dhcp.known_only", false)?,
+            rate_per_mac: self.integer("dhcp.rate_per_mac", 4, 1, 10_000)? as u32,
+            port: port("dhcp.port", 67)?,
+            pxe_port: port("dhcp.pxe_port", 4011)?,
+            client_port: port("dhcp.client_port", 68)?,
+        })
+    }
+
+    /// A list of names: a TOML array of strings, or (from the
+    /// environment) one string separated by commas. Empty entries drop.
+    fn string_list(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = match self.values.get(key) {
+            None => Vec::new(),
+            Some(RawValue {
+                value: toml::Value::String(s),
+                ..
+            }) => s.split(',').map(str::to_string).collect(),
+            Some(RawValue {
+                value: toml::Value::Array(values),
+                ..
+            }) => values
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| self.invalid(key, "expected a list of strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(self.invalid(key, "expected a list of strings")),
+        };
+        Ok(items
+            .into_iter()
+            .map(|item| item.trim().to_string())
+            .filter(|item| !item.is_empty())
+            .collect())
     }
 
     fn cache(&self) -> Result<CacheConfig, ConfigError> {

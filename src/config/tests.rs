@@ -155,3 +155,44 @@ fn syntax_errors_name_the_file() {
     let err = load("[tftp\n", &[]).unwrap_err().to_string();
     assert!(err.contains("test.toml"), "{err}");
 }
+
+#[test]
+fn dhcp_keys_read_from_the_file_and_the_environment() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.dhcp.mode, DhcpMode::Off);
+    assert!(c.dhcp.interfaces.is_empty());
+    assert_eq!(
+        (c.dhcp.port, c.dhcp.pxe_port, c.dhcp.client_port),
+        (67, 4011, 68)
+    );
+    assert_eq!(c.dhcp.rate_per_mac, 4);
+    assert!(!c.dhcp.known_only);
+
+    let c = load(
+        "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"eth0\", \"eth1\"]\n\
+         server_address = \"10.0.0.5\"\nknown_only = true\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
+    assert_eq!(c.dhcp.interfaces, ["eth0", "eth1"]);
+    assert_eq!(
+        c.dhcp.server_address,
+        Some(std::net::Ipv4Addr::new(10, 0, 0, 5))
+    );
+    assert!(c.dhcp.known_only);
+
+    let c = load("", &[("SITEBOOT_DHCP_INTERFACES", "eth0, br0")]).unwrap();
+    assert_eq!(c.dhcp.interfaces, ["eth0", "br0"]);
+    for (toml, key) in [
+        ("[dhcp]\nmode = \"full\"\n", "dhcp.mode"),
+        (
+            "[dhcp]\nserver_address = \"boot.example\"\n",
+            "dhcp.server_address",
+        ),
+        ("[dhcp]\ninterfaces = [1]\n", "dhcp.interfaces"),
+    ] {
+        let err = load(toml, &[]).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}

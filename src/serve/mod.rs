@@ -2,6 +2,7 @@
 //! installer reports, the admin API) and TFTP (bootloaders).
 
 pub mod bootfiles;
+pub mod dhcp;
 pub mod fsroot;
 pub mod http;
 pub mod listener;

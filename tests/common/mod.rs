@@ -46,6 +46,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub tftp: SocketAddr,
+    /// ProxyDHCP's DHCP port and PXE port, when `dhcp.mode = proxy`.
+    pub dhcp: Option<(SocketAddr, SocketAddr)>,
     stderr: mpsc::Receiver<String>,
     /// Log lines read from `stderr` so far.
     log: std::cell::RefCell<Vec<String>>,
@@ -244,9 +246,11 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_else(|| panic!("ready file lacks {key}: {text}"))
             };
+            let optional = |key: &str| doc[key].as_str().and_then(|a| a.parse().ok());
             return Agent {
                 http: addr("http"),
                 tftp: addr("tftp"),
+                dhcp: optional("dhcp").zip(optional("dhcp_pxe")),
                 child,
                 dir,
                 stderr: rx,
