@@ -119,9 +119,7 @@ impl LiveAdmin {
             }
             Request::CacheEvict(Evict::AllUnpinned) => evicted(cache.clear_unpinned().await?),
             Request::CacheEvict(Evict::Paths(paths)) => {
-                for path in &paths {
-                    cache.remove(path).await?;
-                }
+                cache.remove(&paths).await?;
                 evicted(paths)
             }
             Request::CachePrefetch(paths) => self.prefetch(cache.clone(), paths).await,

@@ -82,7 +82,9 @@ impl PolicyChange {
 /// Which cached files to remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Evict {
-    /// These; a pinned or uncached one refuses the whole request.
+    /// These; a pinned or uncached one refuses the whole request. (The
+    /// command line's client of a running agent sends one API call per
+    /// path, so there the paths before the refused one are gone.)
     Paths(Vec<String>),
     /// Every unpinned file.
     AllUnpinned,

@@ -609,18 +609,20 @@ impl ContentCache {
     }
 
     /// `DELETE /api/v1/cache/{path}`: one file (not a pinned one).
-    pub async fn remove(&self, path: &str) -> Result<(), CacheError> {
-        let pinned = {
+    pub async fn remove(&self, paths: &[String]) -> Result<(), CacheError> {
+        // Every path is checked before any is removed: a pinned or
+        // uncached one refuses the whole request, as on a stopped agent.
+        {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            match entries.get(path) {
-                None => return Err(CacheError::NotCached(path.to_string())),
-                Some(entry) => entry.pinned,
+            for path in paths {
+                match entries.get(path) {
+                    None => return Err(CacheError::NotCached(path.clone())),
+                    Some(entry) if entry.pinned => return Err(CacheError::Pinned(path.clone())),
+                    Some(_) => {}
+                }
             }
-        };
-        if pinned {
-            return Err(CacheError::Pinned(path.to_string()));
         }
-        self.forget(&[path.to_string()]).await
+        self.forget(paths).await
     }
 
     /// `DELETE /api/v1/cache`: every unpinned file; the paths removed.

@@ -98,6 +98,15 @@ async fn the_cache_keeps_its_index_behind_the_trait() {
     assert!(!cache_dir.join("files").join("stray").exists());
     assert_eq!(index.0.lock().unwrap().len(), 2);
 
+    // A pinned path refuses the whole removal: nothing goes.
+    let both = ["debian/linux".to_string(), "debian/initrd.gz".to_string()];
+    assert!(matches!(
+        cache.remove(&both).await,
+        Err(CacheError::Pinned(p)) if p == "debian/initrd.gz"
+    ));
+    assert_eq!(index.0.lock().unwrap().len(), 2);
+    assert!(cache_dir.join("files").join("a").exists());
+
     // An eviction reaches the index it was given.
     assert_eq!(cache.clear_unpinned().await.unwrap(), ["debian/linux"]);
     let left: Vec<String> = index.0.lock().unwrap().keys().cloned().collect();
