@@ -37,6 +37,9 @@ pub enum NoAnswer {
     OtherServer,
     /// A DISCOVER on the PXE port: PXE clients send REQUESTs there.
     DiscoverOnPxePort,
+    /// The answer does not fit its fields (a boot file name past the
+    /// file field's 128 bytes).
+    Unencodable,
 }
 
 impl NoAnswer {
@@ -46,6 +49,7 @@ impl NoAnswer {
             NoAnswer::NoBootFile => "no_boot_file",
             NoAnswer::OtherServer => "other_server",
             NoAnswer::DiscoverOnPxePort => "discover_on_pxe_port",
+            NoAnswer::Unencodable => "unencodable",
         }
     }
 }
@@ -124,7 +128,7 @@ pub fn answer(request: &BootRequest, at: &Answering<'_>) -> Result<Answer, NoAns
     let mut bytes = Vec::with_capacity(300);
     reply
         .encode(&mut Encoder::new(&mut bytes))
-        .map_err(|_| NoAnswer::NoBootFile)?;
+        .map_err(|_| NoAnswer::Unencodable)?;
     Ok(Answer {
         bytes,
         boot_file,
