@@ -506,8 +506,12 @@ fn a_changed_file_replaces_the_cached_one_online_and_offline_the_cached_one_is_s
 
     controller.add_file("debian/initrd.gz", &v2);
     wait_until(LONG, "the changed file served", || {
-        let (_, _, bytes) = curl(&[&url]);
-        assert!(bytes == v1 || bytes == v2, "a copy that is neither");
+        let (status, _, bytes) = curl(&[&url]);
+        assert!(
+            bytes == v1 || bytes == v2,
+            "a copy that is neither: {status} {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        );
         bytes == v2
     });
     assert_eq!(stats(&agent)["entries"], 1);

@@ -56,6 +56,13 @@ pub enum CacheError {
     Store(#[from] StoreError),
     #[error("no cached file {0}")]
     NotCached(String),
+    /// An entry whose file cannot be opened (removed behind the agent's
+    /// back).
+    #[error("cannot open the cached copy of {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0} is pinned (a file of an offline_safe workflow)")]
     Pinned(String),
     /// What nodes may make the agent fetch is bounded (DESIGN §12): too
@@ -66,10 +73,12 @@ pub enum CacheError {
 
 /// What a request for a file finds.
 pub enum Lookup {
-    /// Complete, at this path; `sha256` when the controller's checksum
+    /// Complete: the file, opened while the entry was looked up (a
+    /// revalidation or an eviction that removes it afterwards cannot take
+    /// it from this client); `sha256` when the controller's checksum
     /// verified it.
     Hit {
-        file: PathBuf,
+        file: std::fs::File,
         sha256: Option<String>,
     },
     /// Being fetched (by this request or an earlier one).
@@ -338,14 +347,19 @@ impl ContentCache {
                 let due = at - entry.validated_at
                     >= time::Duration::try_from(self.settings.revalidate_interval)
                         .unwrap_or(time::Duration::MAX);
-                let hit = Lookup::Hit {
-                    file: self.files.join(&entry.file),
-                    sha256: entry.verified.then(|| entry.sha256.clone()),
-                };
-                (hit, due.then(|| entry.clone()))
+                // Opened under the lock: a replaced or evicted file is
+                // removed only after its entry left the map.
+                let opened = std::fs::File::open(self.files.join(&entry.file));
+                let sha256 = entry.verified.then(|| entry.sha256.clone());
+                (opened, sha256, due.then(|| entry.clone()))
             })
         };
-        if let Some((hit, due)) = hit {
+        if let Some((opened, sha256, due)) = hit {
+            let file = opened.map_err(|source| CacheError::Open {
+                path: path.to_string(),
+                source,
+            })?;
+            let hit = Lookup::Hit { file, sha256 };
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             crate::metrics::metrics().content_request("hit");
             if let Some(entry) = due {
@@ -408,14 +422,13 @@ impl ContentCache {
         }
     }
 
-    /// Where the complete copy of `path` is, if cached (not counted as a
-    /// hit: for the request whose miss just filled it).
-    pub fn cached_file(&self, path: &str) -> Option<PathBuf> {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .map(|entry| self.files.join(&entry.file))
+    /// The complete copy of `path`, opened, if cached (not counted as a
+    /// hit: for the request whose miss just filled it). Opened under the
+    /// lock, as a hit is.
+    pub fn open_cached(&self, path: &str) -> Option<std::fs::File> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.get(path)?;
+        std::fs::File::open(self.files.join(&entry.file)).ok()
     }
 
     /// DESIGN §12 revalidation, at most every `cache.revalidate_interval`

@@ -131,3 +131,47 @@ fn a_stopped_agents_eviction_uses_the_same_index() {
     assert_eq!(stored_entries(&index).unwrap().len(), 1);
     assert!(!dir.path().join("files").join("a").exists());
 }
+
+/// The CI failure of 2026-12-03 (`a_changed_file_replaces_the_cached_one…`
+/// saw a 500): a hit named a path, and the revalidation that replaced the
+/// file removed the old copy before the request opened it. A hit is now
+/// the open file: removing the entry and its file afterwards, as a
+/// replacement or an eviction does, leaves this client its bytes.
+#[tokio::test]
+async fn a_hit_keeps_its_bytes_when_the_file_is_replaced_or_evicted_after() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let port = Arc::new(ControllerPort::standalone(
+        NodeCache::load(store).unwrap(),
+        "site".into(),
+        16,
+    ));
+    let cache_dir = dir.path().join("content");
+    std::fs::create_dir_all(cache_dir.join("files")).unwrap();
+    std::fs::write(cache_dir.join("files").join("a"), b"first").unwrap();
+    let index = Arc::new(MemoryIndex::default());
+    index
+        .put_entries(&[entry("debian/linux", "a", 5, false)])
+        .unwrap();
+    let cache = Arc::new(ContentCache::open(&cache_dir, index, port, settings()).unwrap());
+
+    let Ok(Lookup::Hit { mut file, .. }) = cache.lookup_for("debian/linux", None) else {
+        panic!("a hit");
+    };
+    let after = cache.open_cached("debian/linux");
+    assert!(after.is_some());
+    assert_eq!(
+        cache.clear_unpinned().await.unwrap(),
+        ["debian/linux"],
+        "evicted"
+    );
+    assert!(!cache_dir.join("files").join("a").exists());
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, b"first");
+    let mut bytes = Vec::new();
+    after.unwrap().read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, b"first");
+    assert!(cache.open_cached("debian/linux").is_none());
+}

@@ -54,11 +54,14 @@ pub struct BootFileResolver {
 
 /// A boot file found.
 pub enum Located {
-    /// A complete file on disk: under a served root, or kept by the
-    /// content cache (`cached`, with its checksum when verified).
-    File {
-        path: PathBuf,
-        cached: bool,
+    /// A file under a served root (opened when it is sent: an operator
+    /// may change it).
+    File(PathBuf),
+    /// A complete copy kept by the content cache, already open (with its
+    /// checksum when verified): never changed in place, and a newer copy
+    /// or an eviction cannot take it from this client.
+    Cached {
+        file: std::fs::File,
         sha256: Option<String>,
     },
     /// A controller file being fetched now, under its sanitised path:
@@ -104,11 +107,7 @@ impl BootFileResolver {
             .await
             .map_err(|e| LocateError::Io(format!("boot file lookup failed: {e}")))?;
         match (resolved, &self.cache) {
-            (Ok(path), _) => Ok(Located::File {
-                path,
-                cached: false,
-                sha256: None,
-            }),
+            (Ok(path), _) => Ok(Located::File(path)),
             (Err(PathError::NotFound(_)), Some(cache)) => from_cache(cache, requested, client),
             (Err(e @ (PathError::NotFound(_) | PathError::NotAFile(_))), _) => {
                 Err(LocateError::NotFound(e.to_string()))
@@ -131,11 +130,7 @@ fn from_cache(
         .and_then(|p| p.to_str().map(str::to_string))
         .ok_or_else(|| LocateError::Forbidden(format!("{requested:?}: path not allowed")))?;
     match cache.lookup_for(&clean, client) {
-        Ok(Lookup::Hit { file, sha256, .. }) => Ok(Located::File {
-            path: file,
-            cached: true,
-            sha256,
-        }),
+        Ok(Lookup::Hit { file, sha256 }) => Ok(Located::Cached { file, sha256 }),
         Ok(Lookup::Filling(fill)) => Ok(Located::Filling { fill, clean }),
         Ok(Lookup::Missing) => Err(LocateError::NotFound(format!(
             "file {requested:?} not found here or at the controller"
@@ -175,13 +170,13 @@ impl BootFiles {
         fill: Arc<Fill>,
         clean: &str,
         filename: &str,
-    ) -> Result<PathBuf, OpenError> {
+    ) -> Result<std::fs::File, OpenError> {
         let _waiting = fill.waiting();
         match fill.finished().await {
             Progress::Done { .. } => self
                 .files
                 .cache()
-                .and_then(|cache| cache.cached_file(clean))
+                .and_then(|cache| cache.open_cached(clean))
                 .ok_or_else(|| OpenError::Io(format!("{filename:?} was evicted as it arrived"))),
             Progress::Missing => Err(OpenError::NotFound(format!(
                 "{filename:?} is not here nor at the controller"
@@ -211,17 +206,21 @@ impl FileProvider for BootFiles {
             let script = self.boot.bootstrap(&self.origin.url_at(local.ip()));
             return Ok(crate::serve::script::tftp_file(&script));
         }
-        let path = match self.files.locate(filename, Some(peer.ip())).await {
-            Ok(Located::File { path, .. }) => path,
-            Ok(Located::Filling { fill, clean }) => self.filled(fill, &clean, filename).await?,
+        let located = match self.files.locate(filename, Some(peer.ip())).await {
+            Ok(Located::File(path)) => Err(path),
+            Ok(Located::Cached { file, .. }) => Ok(file),
+            Ok(Located::Filling { fill, clean }) => Ok(self.filled(fill, &clean, filename).await?),
             Err(LocateError::NotFound(e)) => return Err(OpenError::NotFound(e)),
             Err(LocateError::Forbidden(e)) => return Err(OpenError::Forbidden(e)),
             Err(LocateError::Busy(e) | LocateError::Io(e)) => return Err(OpenError::Io(e)),
         };
         let name = filename.to_string();
         let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)
-                .map_err(|e| OpenError::Io(format!("cannot open {name:?}: {e}")))?;
+            let file = match located {
+                Ok(file) => file,
+                Err(path) => std::fs::File::open(&path)
+                    .map_err(|e| OpenError::Io(format!("cannot open {name:?}: {e}")))?,
+            };
             let size = file
                 .metadata()
                 .map_err(|e| OpenError::Io(format!("cannot stat {name:?}: {e}")))?

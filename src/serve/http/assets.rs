@@ -101,16 +101,13 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
 ) -> Response {
     match files.locate(&requested, client).await {
-        Ok(Located::File {
-            path,
-            cached: false,
-            ..
-        }) => serve_file(&path, &requested, headers).await,
-        Ok(Located::File {
-            path,
-            cached: true,
-            sha256,
-        }) => with_checksum(serve_mapped(&path, &requested, headers).await, sha256),
+        Ok(Located::File(path)) => match tokio::fs::File::open(&path).await {
+            Ok(file) => serve_file(file, &requested, headers).await,
+            Err(e) => internal(format!("cannot open {requested:?}: {e}")),
+        },
+        Ok(Located::Cached { file, sha256 }) => {
+            with_checksum(serve_mapped(file, &requested, headers).await, sha256)
+        }
         Ok(Located::Filling { fill, clean }) => match files.cache() {
             Some(cache) => while_filling(cache, fill, &clean, &requested, headers).await,
             None => internal("a fill without a content cache".into()),
@@ -138,12 +135,8 @@ pub async fn serve(
     }
 }
 
-/// A complete file on disk, with Range.
-async fn serve_file(path: &std::path::Path, requested: &str, headers: &HeaderMap) -> Response {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(e) => return internal(format!("cannot open {requested:?}: {e}")),
-    };
+/// A complete file, opened, with Range.
+async fn serve_file(mut file: tokio::fs::File, requested: &str, headers: &HeaderMap) -> Response {
     let len = match file.metadata().await {
         Ok(meta) => meta.len(),
         Err(e) => return internal(format!("cannot stat {requested:?}: {e}")),
@@ -165,24 +158,27 @@ async fn serve_file(path: &std::path::Path, requested: &str, headers: &HeaderMap
 /// new file) from a memory map: its pages go to the socket without a read
 /// into a buffer of ours first. Files under the served roots are not
 /// mapped: an operator may truncate one while it is sent.
-async fn serve_mapped(path: &std::path::Path, requested: &str, headers: &HeaderMap) -> Response {
-    let owned = path.to_path_buf();
+async fn serve_mapped(file: std::fs::File, requested: &str, headers: &HeaderMap) -> Response {
     let mapped = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&owned)?;
-        if file.metadata()?.len() == 0 {
-            return Ok(None);
-        }
-        // SAFETY: content cache files are written once under tmp/ and
-        // renamed into place complete; nothing writes or truncates them
-        // after (eviction unlinks, which leaves the mapping valid).
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok::<_, std::io::Error>(Some(map))
+        let mapped = match file.metadata() {
+            // Empty: nothing to map.
+            Ok(meta) if meta.len() == 0 => None,
+            // SAFETY: content cache files are written once under tmp/ and
+            // renamed into place complete; nothing writes or truncates
+            // them after (eviction unlinks, which leaves the mapping valid).
+            Ok(_) => unsafe { memmap2::Mmap::map(&file) }.ok(),
+            Err(_) => None,
+        };
+        (mapped, file)
     })
     .await;
     let map = match mapped {
-        Ok(Ok(Some(map))) => map,
-        // Empty (nothing to map) or not mappable: read it instead.
-        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return serve_file(path, requested, headers).await,
+        Ok((Some(map), _)) => map,
+        // Empty or not mappable: read it instead.
+        Ok((None, file)) => {
+            return serve_file(tokio::fs::File::from_std(file), requested, headers).await;
+        }
+        Err(e) => return internal(format!("cannot map {requested:?}: {e}")),
     };
     let _ = map.advise(memmap2::Advice::Sequential);
     let len = map.len() as u64;
