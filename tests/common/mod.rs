@@ -10,6 +10,7 @@
 pub mod browser;
 pub mod controller;
 pub mod pureboot;
+pub mod segment;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

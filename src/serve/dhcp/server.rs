@@ -216,7 +216,12 @@ fn handle(
             metrics.dhcp_request(kind, class, "answered");
             tracing::debug!(mac = %request.mac, interface = %link.name,
                 boot_file = %answer.boot_file, "proxydhcp answered");
-            let server_port = shared.config.port;
+            // A relay listens on the server port: the one bound (the
+            // configured one, or the port the OS gave for `port = 0`).
+            let server_port = link
+                .dhcp
+                .local_addr()
+                .map_or(shared.config.port, |a| a.port());
             let to = answer::destination(&request, from, server_port, shared.config.client_port);
             Some((answer.bytes, to))
         }
