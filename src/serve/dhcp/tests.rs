@@ -263,9 +263,107 @@ fn malformed_packets_are_named_and_dropped() {
     })));
 }
 
+/// Requests real firmware sent, captured on the test LAN of
+/// `tests/proxy_firmware.rs` by `tests/harness/capture-dhcp.py` (the DHCP
+/// payload of each datagram, as it arrived).
+mod captured {
+    pub const OVMF_PXE_DISCOVER: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ovmf-pxe-discover.bin");
+    /// Its REQUEST of the site server's address (option 54 names dnsmasq).
+    pub const OVMF_PXE_REQUEST_TO_DHCP_SERVER: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ovmf-pxe-request-to-dhcp-server.bin");
+    /// Its REQUEST to the proxy's port 4011, for the boot file.
+    pub const OVMF_PXE_REQUEST_4011: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ovmf-pxe-request-4011.bin");
+    pub const OVMF_HTTP_DISCOVER: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ovmf-http-discover.bin");
+    pub const OVMF_HTTP_REQUEST: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ovmf-http-request.bin");
+    /// Debian's `ipxe.efi`, loaded by OVMF, configuring itself.
+    pub const IPXE_EFI_DISCOVER: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ipxe-efi-discover.bin");
+    pub const IPXE_EFI_REQUEST: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/ipxe-efi-request.bin");
+    /// QEMU's iPXE NIC ROM under SeaBIOS.
+    pub const SEABIOS_IPXE_DISCOVER: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/seabios-ipxe-discover.bin");
+    pub const SEABIOS_IPXE_REQUEST: &[u8] =
+        include_bytes!("../../../tests/fixtures/dhcp/seabios-ipxe-request.bin");
+
+    pub const ALL: [&[u8]; 9] = [
+        OVMF_PXE_DISCOVER,
+        OVMF_PXE_REQUEST_TO_DHCP_SERVER,
+        OVMF_PXE_REQUEST_4011,
+        OVMF_HTTP_DISCOVER,
+        OVMF_HTTP_REQUEST,
+        IPXE_EFI_DISCOVER,
+        IPXE_EFI_REQUEST,
+        SEABIOS_IPXE_DISCOVER,
+        SEABIOS_IPXE_REQUEST,
+    ];
+}
+
+#[test]
+fn captured_firmware_requests_are_read_as_the_firmware_meant_them() {
+    use captured::*;
+    let pxe = parse(OVMF_PXE_DISCOVER).unwrap();
+    assert_eq!((pxe.kind, pxe.arch), (Kind::Discover, 7));
+    assert!(
+        pxe.class.starts_with("PXEClient:Arch:00007"),
+        "{}",
+        pxe.class
+    );
+    assert!(pxe.machine_id.is_some());
+    let http = parse(OVMF_HTTP_DISCOVER).unwrap();
+    assert_eq!(http.arch, 16);
+    assert_eq!(http.class, "HTTPClient:Arch:00016:UNDI:003000");
+    for ipxe in [IPXE_EFI_DISCOVER, SEABIOS_IPXE_DISCOVER] {
+        let parsed = parse(ipxe).unwrap();
+        assert!(parsed.ipxe_options, "option 175 seen");
+        assert_eq!(parsed.user_class.as_deref(), Some(&b"iPXE"[..]));
+    }
+    assert_eq!(parse(SEABIOS_IPXE_DISCOVER).unwrap().arch, 0);
+    assert_eq!(parse(IPXE_EFI_DISCOVER).unwrap().arch, 7);
+    // The same MAC throughout one machine's chain.
+    assert_eq!(pxe.mac, parse(OVMF_PXE_REQUEST_4011).unwrap().mac);
+}
+
+#[test]
+fn captured_firmware_requests_get_the_answer_their_boot_needs() {
+    use captured::*;
+    let (offer, file) = reply_to(OVMF_PXE_DISCOVER, false).unwrap();
+    assert_eq!(file, "ipxe.efi");
+    assert_eq!(class_of(&offer), "PXEClient");
+    let (ack, file) = reply_to(OVMF_PXE_REQUEST_4011, true).unwrap();
+    assert_eq!(file, "ipxe.efi");
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    // Its REQUEST of dnsmasq's offer is dnsmasq's business.
+    assert!(reply_to(OVMF_PXE_REQUEST_TO_DHCP_SERVER, false).is_err());
+    let (offer, file) = reply_to(OVMF_HTTP_DISCOVER, false).unwrap();
+    assert_eq!(file, format!("http://{SERVER}:8080/assets/ipxe.efi"));
+    assert_eq!(class_of(&offer), "HTTPClient");
+    for ipxe in [IPXE_EFI_DISCOVER, SEABIOS_IPXE_DISCOVER] {
+        let (_, file) = reply_to(ipxe, false).unwrap();
+        assert_eq!(file, format!("http://{SERVER}:8080/boot.ipxe"));
+    }
+    for request in [OVMF_HTTP_REQUEST, IPXE_EFI_REQUEST, SEABIOS_IPXE_REQUEST] {
+        assert!(reply_to(request, false).is_err(), "not ours to answer");
+    }
+    for bytes in ALL {
+        for on_pxe_port in [false, true] {
+            if let Ok(answer) = parse(bytes)
+                .map(|p| answer(&p, &answering(&AgentOrigin::new(None, 8080), on_pxe_port)))
+                && let Ok(answer) = answer
+            {
+                assert!(answer.bytes.len() <= 548);
+            }
+        }
+    }
+}
+
 /// A valid request's bytes with a few of them changed.
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
-    let bases = vec![
+    let mut bases = vec![
         discover(BIOS, 0),
         discover(UEFI, 7),
         discover(HTTP, 16),
@@ -276,6 +374,7 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
             &[DhcpOption::ServerIdentifier(SERVER)],
         ),
     ];
+    bases.extend(captured::ALL.iter().map(|b| b.to_vec()));
     (
         prop::sample::select(bases),
         prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
