@@ -291,6 +291,7 @@ fn status_source(config: &Config, services: &Services) -> Arc<StatusSource> {
         outbox: services.outbox.clone(),
         boots: services.boot.stats(),
         cache: services.cache.clone(),
+        proxy_dhcp: config.dhcp.mode == crate::config::DhcpMode::Proxy,
     })
 }
 

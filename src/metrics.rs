@@ -295,6 +295,28 @@ impl Metrics {
             .inc();
     }
 
+    /// The ProxyDHCP counts so far, as (type, class, result, count): the
+    /// same numbers `/metrics` shows, for the status views.
+    pub fn dhcp_counts(&self) -> Vec<(String, String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut counts = Vec::new();
+        for family in self.dhcp_requests.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                let count = metric.get_counter().get_value() as u64;
+                counts.push((label("type"), label("class"), label("result"), count));
+            }
+        }
+        counts
+    }
+
     pub fn content_request(&self, outcome: &str) {
         self.content_requests.with_label_values(&[outcome]).inc();
     }

@@ -37,6 +37,31 @@ pub struct StatusSource {
     pub boots: Arc<BootStats>,
     /// The content cache, when a controller is configured.
     pub cache: Option<Arc<crate::content::ContentCache>>,
+    /// Whether ProxyDHCP answers (DESIGN §13).
+    pub proxy_dhcp: bool,
+}
+
+/// ProxyDHCP's requests so far (the counts `/metrics` has): answered by
+/// client class, and the ones not answered by reason.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DhcpCounts {
+    pub answered: std::collections::BTreeMap<String, u64>,
+    pub not_answered: std::collections::BTreeMap<String, u64>,
+}
+
+impl DhcpCounts {
+    fn from_metrics() -> DhcpCounts {
+        let mut counts = DhcpCounts::default();
+        for (_, class, result, count) in crate::metrics::metrics().dhcp_counts() {
+            let (map, key) = if result == "answered" {
+                (&mut counts.answered, class)
+            } else {
+                (&mut counts.not_answered, result)
+            };
+            *map.entry(key).or_default() += count;
+        }
+        counts
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +82,8 @@ pub struct Snapshot {
     /// (0..1; 0 before any, and without a cache).
     pub cache_hit_rate: f64,
     pub cache: Option<crate::content::CacheStats>,
+    /// None when ProxyDHCP is off.
+    pub dhcp: Option<DhcpCounts>,
     pub disk_usage_percent: f64,
     /// False while the store cannot write (DESIGN §10 "Storage").
     pub store_writable: bool,
@@ -116,6 +143,7 @@ impl StatusSource {
             active_boots: self.boots.active_boots(),
             cache_hit_rate: cache.as_ref().map_or(0.0, |c| c.hit_rate()),
             cache,
+            dhcp: self.proxy_dhcp.then(DhcpCounts::from_metrics),
             disk_usage_percent: disk,
             store_writable: self.store.writable(),
             quarantined_records,
@@ -165,6 +193,7 @@ impl Snapshot {
             "quarantined_records": self.quarantined_records,
             "conflicts_pending": self.conflicts_pending,
             "cache": self.cache,
+            "dhcp": self.dhcp,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),
         })

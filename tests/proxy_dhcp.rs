@@ -136,6 +136,26 @@ fn a_discover_is_answered_by_broadcast_and_a_pxe_request_to_its_sender() {
         ),
         1.0
     );
+
+    // The same counts in the status views (issue 21).
+    let status = common::get_json(&agent.url("/api/v1/status"));
+    assert_eq!(status["dhcp"]["answered"]["pxe"], 2, "{status}");
+    assert_eq!(status["dhcp"]["not_answered"]["malformed"], 1, "{status}");
+    let shown = String::from_utf8(agent.cli(&["status", "--url", &agent.url("")]).stdout).unwrap();
+    assert!(
+        shown.contains("proxydhcp: answered pxe 2; not answered malformed 1"),
+        "{shown}"
+    );
+    let (_, _, page) = curl(&[&agent.url("/")]);
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("<div id=\"dhcp-row\"><dt>ProxyDHCP</dt>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<span id=\"dhcp-answered\">pxe 2</span>"),
+        "{page}"
+    );
 }
 
 #[test]

@@ -48,6 +48,21 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// `{"pxe": 2, "ipxe": 4}` as `pxe 2, ipxe 4`; `none` when empty.
+fn counts(map: &Value) -> String {
+    let shown: Vec<String> = map
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, count)| format!("{key} {}", text(count)))
+        .collect();
+    if shown.is_empty() {
+        "none".into()
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// The terminal view.
 pub fn render(status: &Value, boots: Option<&Value>) -> String {
     let mut out = String::new();
@@ -92,6 +107,13 @@ pub fn render(status: &Value, boots: Option<&Value>) -> String {
             text(&cache["pinned"].clone()),
             text(&cache["hits"].clone()),
             text(&cache["misses"].clone())
+        ));
+    }
+    if let Some(dhcp) = status["dhcp"].as_object() {
+        out.push_str(&format!(
+            "proxydhcp: answered {}; not answered {}\n",
+            counts(&dhcp["answered"]),
+            counts(&dhcp["not_answered"])
         ));
     }
     match boots.and_then(|b| b["data"].as_array()) {
@@ -144,6 +166,19 @@ mod tests {
         assert!(headline(status("standalone", "grey")).contains("STANDALONE"));
         assert!(
             render(&status("online", "green"), None).contains("latest boots: need the admin token")
+        );
+    }
+
+    #[test]
+    fn proxydhcp_counts_are_shown_only_when_it_runs() {
+        let off = json!({"mode": "standalone", "dhcp": null});
+        assert!(!render(&off, None).contains("proxydhcp"));
+        let on = json!({"mode": "standalone", "dhcp": {
+            "answered": {"ipxe": 4, "pxe": 2}, "not_answered": {}}});
+        assert!(
+            render(&on, None).contains("proxydhcp: answered ipxe 4, pxe 2; not answered none\n"),
+            "{}",
+            render(&on, None)
         );
     }
 }

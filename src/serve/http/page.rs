@@ -65,6 +65,18 @@ fn headline(indicator: &str) -> &'static str {
     }
 }
 
+/// `pxe 2, ipxe 4`, as the page's script and `siteboot status` show
+/// counts; `none` when empty.
+fn shown_counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(key, count)| format!("{key} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub async fn status_page(State(state): State<Arc<AppState>>) -> Response {
     let page = match &*PAGE {
         Ok(page) => page,
@@ -90,6 +102,9 @@ pub async fn status_page(State(state): State<Arc<AppState>>) -> Response {
         queue_in_flight => snapshot.queue.in_flight,
         queue_failed => snapshot.queue.failed + snapshot.queue.conflict,
         conflicts_open => snapshot.conflicts_pending,
+        dhcp => snapshot.dhcp.is_some(),
+        dhcp_answered => snapshot.dhcp.as_ref().map(|d| shown_counts(&d.answered)),
+        dhcp_not_answered => snapshot.dhcp.as_ref().map(|d| shown_counts(&d.not_answered)),
         states => NodeState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         // Ours, written into the page as they are (not escaped).
         style => Value::from_safe_string(STYLE.to_string()),

@@ -94,6 +94,13 @@ const HEADLINES = {
   grey: "STANDALONE",
 };
 
+// {"pxe": 2, "ipxe": 4} as "pxe 2, ipxe 4" (the same words as the page's
+// first render and `siteboot status`).
+function counts(map) {
+  const shown = Object.entries(map || {}).map(([key, count]) => `${key} ${count}`);
+  return shown.length ? shown.join(", ") : "none";
+}
+
 async function refreshStatus() {
   let status;
   try {
@@ -116,6 +123,11 @@ async function refreshStatus() {
   $("queue-in-flight").textContent = status.queue.in_flight;
   $("queue-failed").textContent = status.queue.failed + status.queue.conflict;
   $("conflicts-open").textContent = status.conflicts_pending;
+  $("dhcp-row").hidden = !status.dhcp;
+  if (status.dhcp) {
+    $("dhcp-answered").textContent = counts(status.dhcp.answered);
+    $("dhcp-not-answered").textContent = counts(status.dhcp.not_answered);
+  }
   document.title = `siteboot · ${status.site_id} · ${HEADLINES[indicator] || status.mode}`;
 }
 
