@@ -414,11 +414,16 @@ async fn run_listeners(listeners: Vec<Box<dyn Listener>>, cancel: &CancellationT
         })
         .collect();
     let first_to_end = tokio::select! {
+        // A listener that ends because the stop was asked did not end on
+        // its own: the stop is looked at first.
+        biased;
         () = cancel.cancelled() => None,
         (ended, index, _) = futures_util::future::select_all(
             running.iter_mut().map(|(_, task)| task),
         ) => Some((index, ended)),
     };
+    // Ended after the stop was asked (both were ready at once): a stop.
+    let first_to_end = first_to_end.filter(|_| !cancel.is_cancelled());
     // Every listener stops: each finishes its work in flight within the
     // grace period.
     cancel.cancel();

@@ -1,6 +1,7 @@
 //! The Debian package (issue 13): `cargo deb` builds
 //! `siteboot_<version>_amd64.deb`; it installs with apt on this machine,
-//! its unit passes `systemd-analyze verify`, its production config passes
+//! its unit passes `systemd-analyze verify` (and `security`: exposure at
+//! most 1.6), its production config passes
 //! `siteboot check-config`, and it is removed (and purged) cleanly. The
 //! test changes the machine (root, as CI runs): it removes the package
 //! again however it ends.
@@ -131,6 +132,25 @@ fn the_debian_package_installs_verifies_and_removes_cleanly() {
     .expect("the unit installed");
     require_tool("systemd-analyze");
     ok("systemd-analyze", &["verify", unit]);
+    // The sandbox is no weaker for ProxyDHCP (issue 21): exposure at most
+    // 1.6, as before it; and it allows what ProxyDHCP needs.
+    let security = run("systemd-analyze", &["security", "--offline=true", unit]);
+    let report = String::from_utf8_lossy(&security.stdout).into_owned();
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for siteboot.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    assert!(exposure <= 1.6, "exposure {exposure}:\n{report}");
+    let text = std::fs::read_to_string(unit).unwrap();
+    assert!(
+        text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE\n") && text.contains("AF_NETLINK"),
+        "{text}"
+    );
     let checked = ok(
         "/usr/bin/siteboot",
         &["check-config", "--config", "/etc/siteboot/siteboot.toml"],

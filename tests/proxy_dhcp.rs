@@ -199,3 +199,97 @@ fn known_only_answers_the_nodes_the_agent_knows_and_no_other() {
     );
     assert_eq!(boot_file(&offer), "ipxe.efi");
 }
+
+/// The packaged unit's privileges are enough (issue 21): the agent as an
+/// unprivileged user with CAP_NET_BIND_SERVICE alone, in a namespace of
+/// its own, answers on the real ports 67 and 4011 of an interface (a veth
+/// whose other end is here) and binds TFTP's port 69.
+#[test]
+fn proxydhcp_runs_on_port_67_with_only_the_packaged_units_capability() {
+    let netns = format!("sbpd{}", std::process::id());
+    let host = format!("sbpd{}h", std::process::id() % 100_000);
+    let net = 20 + std::process::id() % 200;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.1])
+                .status();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    run(&["ip", "netns", "add", &netns]);
+    let _cleanup = Cleanup(netns.clone(), host.clone());
+    run(&[
+        "ip", "link", "add", &host, "type", "veth", "peer", "name", "lan0", "netns", &netns,
+    ]);
+    let (here, there) = (format!("10.78.{net}.1"), format!("10.78.{net}.2"));
+    run(&["ip", "addr", "add", &format!("{here}/24"), "dev", &host]);
+    run(&["ip", "link", "set", &host, "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &netns,
+        "addr",
+        "add",
+        &format!("{there}/24"),
+        "dev",
+        "lan0",
+    ]);
+    run(&["ip", "-n", &netns, "link", "set", "lan0", "up"]);
+    run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+
+    let (client, client_port) = client_socket();
+    let agent = AgentBuilder::new()
+        .netns(&netns)
+        .unprivileged()
+        .env("SITEBOOT_TFTP_LISTEN", &format!("{there}:69"))
+        .env("SITEBOOT_HTTP_LISTEN", &format!("{there}:0"))
+        .config(&format!(
+            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"lan0\"]\nclient_port = {client_port}\n"
+        ))
+        .start();
+    assert!(
+        agent.proc_status("Uid").starts_with("65534"),
+        "{}",
+        agent.proc_status("Uid")
+    );
+    // CAP_NET_BIND_SERVICE is bit 10: 0x400 and nothing else.
+    assert_eq!(agent.proc_status("CapEff"), "0000000000000400");
+    let (dhcp, pxe) = agent.dhcp.unwrap();
+    assert_eq!((dhcp.port(), pxe.port()), (67, 4011));
+
+    let server: std::net::Ipv4Addr = there.parse().unwrap();
+    client
+        .send_to(
+            &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, MAC),
+            (server, 67),
+        )
+        .unwrap();
+    let offer = reply(&client);
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.siaddr(), server);
+    assert_eq!(boot_file(&offer), "ipxe.efi");
+    let (unicast, _) = client_socket();
+    unicast
+        .send_to(
+            &uefi_request(MessageType::Request, here.parse().unwrap(), MAC),
+            (server, 4011),
+        )
+        .unwrap();
+    let ack = reply(&unicast);
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+}

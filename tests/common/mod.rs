@@ -98,6 +98,13 @@ impl AgentBuilder {
         self.env(NETNS_VAR, name)
     }
 
+    /// Runs the agent as the packaged unit does: an unprivileged user
+    /// (`nobody` here) with CAP_NET_BIND_SERVICE and no other capability
+    /// (`setpriv`), from a copy of the binary in its own directory.
+    pub fn unprivileged(self) -> Self {
+        self.env(UNPRIVILEGED_VAR, "1")
+    }
+
     /// Starts the agent with this open-file limit (kept across restarts).
     pub fn file_limit(self, limit: u64) -> Self {
         self.env(FILE_LIMIT_VAR, &limit.to_string())
@@ -180,14 +187,20 @@ fn run_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
 fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String)>) -> Agent {
     let ready = dir.path().join("ready.json");
     let _ = std::fs::remove_file(&ready);
+    let program = agent_program(dir.path(), &env);
     let mut cmd = match env.iter().find(|(k, _)| k == NETNS_VAR) {
         Some((_, netns)) => {
             let mut cmd = Command::new("ip");
-            // `ip netns exec` execs the program: the child is the agent.
-            cmd.args(["netns", "exec", netns, BIN]);
+            // `ip netns exec` execs the program (and setpriv execs the
+            // agent): the child is the agent.
+            cmd.args(["netns", "exec", netns]).args(&program);
             cmd
         }
-        None => Command::new(BIN),
+        None => {
+            let mut cmd = Command::new(&program[0]);
+            cmd.args(&program[1..]);
+            cmd
+        }
     };
     cmd.arg("serve")
         .arg("--config")
@@ -282,6 +295,50 @@ fn spawn_agent(dir: tempfile::TempDir, config: PathBuf, env: Vec<(String, String
 const FILE_LIMIT_VAR: &str = "AGENT_TEST_FILE_LIMIT";
 /// Carries [`AgentBuilder::netns`] to every start of the agent.
 const NETNS_VAR: &str = "AGENT_TEST_NETNS";
+/// Carries [`AgentBuilder::unprivileged`] to every start of the agent.
+const UNPRIVILEGED_VAR: &str = "AGENT_TEST_UNPRIVILEGED";
+/// `nobody`.
+const UNPRIVILEGED_ID: u32 = 65534;
+
+/// The program and arguments that start the agent: as root, or as
+/// [`AgentBuilder::unprivileged`] says (the directory and a copy of the
+/// binary then belong to that user).
+fn agent_program(dir: &Path, env: &[(String, String)]) -> Vec<String> {
+    if !env.iter().any(|(k, _)| k == UNPRIVILEGED_VAR) {
+        return vec![BIN.to_string()];
+    }
+    require_tool("setpriv");
+    let copy = dir.join("siteboot-unprivileged");
+    if !copy.exists() {
+        std::fs::copy(BIN, &copy).expect("copy the agent's binary");
+    }
+    chown_tree(dir);
+    let id = UNPRIVILEGED_ID.to_string();
+    [
+        "setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "--inh-caps=-all,+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+        "--bounding-set=-all,+net_bind_service",
+        copy.to_str().expect("utf-8 path"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn chown_tree(path: &Path) {
+    std::os::unix::fs::chown(path, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
+        .expect("chown (the test needs root)");
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir") {
+            chown_tree(&entry.expect("dir entry").path());
+        }
+    }
+}
 
 /// Far beyond a normal start (milliseconds); only a hung agent reaches it.
 const AGENT_START_GIVE_UP: Duration = Duration::from_secs(120);
@@ -297,6 +354,17 @@ impl Agent {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .expect("VmHWM in /proc/<agent>/status")
+    }
+
+    /// A line of `/proc/<agent>/status` (`Uid`, `CapEff`, …), its value.
+    pub fn proc_status(&self, key: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<agent>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{key} in /proc/<agent>/status"))
     }
 
     pub fn url(&self, path: &str) -> String {
