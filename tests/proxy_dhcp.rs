@@ -293,3 +293,177 @@ fn proxydhcp_runs_on_port_67_with_only_the_packaged_units_capability() {
     let ack = reply(&unicast);
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
 }
+
+/// A small deterministic generator: the same hostile packets every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One of several kinds of broken request, made from a valid one.
+fn hostile_packet(rng: &mut XorShift) -> Vec<u8> {
+    let valid = uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, MAC);
+    let mut bytes = valid.clone();
+    match rng.below(7) {
+        // Noise of any length.
+        0 => {
+            let len = rng.below(700);
+            return (0..len).map(|_| rng.next() as u8).collect();
+        }
+        // Cut anywhere before the end option (a request missing only its
+        // end option is read tolerantly, and answered).
+        1 => bytes.truncate(rng.below(valid.len() - 1)),
+        // An option whose length runs past the end.
+        2 => {
+            let end = bytes.len() - 1;
+            bytes.truncate(end);
+            bytes.extend_from_slice(&[60, 255, b'P', b'X']);
+        }
+        // Option overload (52) pointing into the file and sname fields.
+        3 => {
+            let end = bytes.len() - 1;
+            bytes.splice(end..end, [52, 1, 3]);
+        }
+        // A relay loop: more hops than any real relay chain.
+        4 => bytes[3] = 5 + rng.below(250) as u8,
+        // A hardware address length that is not Ethernet's.
+        5 => bytes[2] = 16,
+        // The same option twice with different values (93).
+        _ => {
+            let end = bytes.len() - 1;
+            bytes.splice(end..end, [93, 2, 0, 0]);
+        }
+    }
+    bytes
+}
+
+/// Drains `socket` until it stays quiet for a moment; the answers' MACs.
+fn drain(socket: &UdpSocket) -> Vec<[u8; 6]> {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut macs = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+        if let Ok(message) = Message::decode(&mut Decoder::new(&buf[..len])) {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&message.chaddr()[..6]);
+            macs.push(mac);
+        }
+    }
+    macs
+}
+
+/// DESIGN §10 and §13, issue 21's hostile cases: 10,000 malformed packets
+/// (noise, cuts, option overflows, overload, relay hop loops), a relay
+/// that is the agent itself, a flood of DISCOVERs from one MAC and from
+/// 10,000 random MACs. No panic, memory bounded, answers to one MAC
+/// bounded by `dhcp.rate_per_mac`, and another node's boot still answered.
+#[test]
+fn hostile_packets_and_floods_cost_a_bounded_amount_and_other_boots_go_on() {
+    let (client, client_port) = client_socket();
+    let agent = proxy_agent(client_port, "rate_per_mac = 2\n");
+    let (dhcp, _) = agent.dhcp.unwrap();
+    let before = agent.peak_rss();
+
+    let mut rng = XorShift(0x5eed_d4c9_0001);
+    for _ in 0..10_000 {
+        let _ = client.send_to(&hostile_packet(&mut rng), dhcp);
+    }
+    // Nothing of that is answered.
+    assert_eq!(drain(&client), Vec::<[u8; 6]>::new());
+
+    // A relay that is the agent itself: its answer comes back to it as a
+    // reply (not a BOOTREQUEST: malformed), which it drops; no loop.
+    let malformed_series =
+        "siteboot_dhcp_requests_total{class=\"other\",result=\"malformed\",type=\"unknown\"}";
+    let malformed = metric(&agent, malformed_series);
+    let relayed_mac = [0x52, 0x54, 0x00, 0xd4, 0xc0, 0x07];
+    let mut relayed = Message::decode(&mut Decoder::new(&uefi_request(
+        MessageType::Discover,
+        Ipv4Addr::UNSPECIFIED,
+        relayed_mac,
+    )))
+    .unwrap();
+    relayed.set_giaddr(Ipv4Addr::LOCALHOST);
+    let mut bytes = Vec::new();
+    relayed.encode(&mut Encoder::new(&mut bytes)).unwrap();
+    client.send_to(&bytes, dhcp).unwrap();
+
+    // One MAC, as fast as the socket goes.
+    let started = std::time::Instant::now();
+    for _ in 0..5_000 {
+        let _ = client.send_to(
+            &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, MAC),
+            dhcp,
+        );
+    }
+    // Random MACs.
+    for _ in 0..10_000 {
+        let mut mac = [0x52, 0x54, 0, 0, 0, 0];
+        for b in &mut mac[2..] {
+            *b = rng.next() as u8;
+        }
+        let _ = client.send_to(
+            &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, mac),
+            dhcp,
+        );
+    }
+    let answers = drain(&client);
+    let elapsed = started.elapsed().as_secs_f64();
+    let to_one = answers.iter().filter(|m| **m == MAC).count() as f64;
+    // The bucket: a burst of 2, then 2 a second (the bound is computed
+    // from the time the flood took; it never waits on it).
+    assert!(
+        to_one >= 1.0 && to_one <= 2.0 + 2.0 * elapsed.ceil(),
+        "{to_one} answers to one MAC in {elapsed:.1} s"
+    );
+    assert!(
+        answers.len() <= 5_000 + 1,
+        "at most one answer per request: {}",
+        answers.len()
+    );
+
+    // The relay loop ended after one turn: the looped reply was dropped
+    // once, and nothing else since was malformed.
+    assert_eq!(metric(&agent, malformed_series), malformed + 1.0);
+
+    // Another node, retransmitting as firmware does, is answered.
+    let other = [0x52, 0x54, 0x00, 0xd4, 0xc0, 0x09];
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answered = false;
+    for _ in 0..60 {
+        client
+            .send_to(
+                &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, other),
+                dhcp,
+            )
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((len, _)) = client.recv_from(&mut buf) {
+            let reply = Message::decode(&mut Decoder::new(&buf[..len])).unwrap();
+            if reply.chaddr()[..6] == other {
+                answered = true;
+                break;
+            }
+        }
+        if answered {
+            break;
+        }
+    }
+    assert!(answered, "another node's DISCOVER was answered");
+    let grown = agent.peak_rss().saturating_sub(before);
+    assert!(grown < 32 << 20, "peak memory grew {grown} bytes");
+}
