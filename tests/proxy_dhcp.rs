@@ -200,15 +200,16 @@ fn known_only_answers_the_nodes_the_agent_knows_and_no_other() {
     assert_eq!(boot_file(&offer), "ipxe.efi");
 }
 
-/// The packaged unit's privileges are enough (issue 21): the agent as an
-/// unprivileged user with CAP_NET_BIND_SERVICE alone, in a namespace of
-/// its own, answers on the real ports 67 and 4011 of an interface (a veth
-/// whose other end is here) and binds TFTP's port 69.
+/// The packaged unit's privileges are enough, on a multi-homed host
+/// (issue 21): the agent as an unprivileged user with CAP_NET_BIND_SERVICE
+/// alone, in a namespace of its own with two links (veths whose other
+/// ends are here, on two subnets), answers on the real ports 67 and 4011
+/// of each with that link's address, and binds TFTP's port 69.
 #[test]
-fn proxydhcp_runs_on_port_67_with_only_the_packaged_units_capability() {
-    let netns = format!("sbpd{}", std::process::id());
-    let host = format!("sbpd{}h", std::process::id() % 100_000);
-    let net = 20 + std::process::id() % 200;
+fn proxydhcp_answers_each_link_with_its_address_with_only_the_packaged_units_capability() {
+    let pid = std::process::id();
+    let netns = format!("sbpd{pid}");
+    let net = 20 + pid % 200;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(args[0])
             .args(&args[1..])
@@ -220,46 +221,59 @@ fn proxydhcp_runs_on_port_67_with_only_the_packaged_units_capability() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    struct Cleanup(String, String);
+    struct Cleanup(String, Vec<String>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", &self.1])
-                .status();
+            for link in &self.1 {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "del", link])
+                    .status();
+            }
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", &self.0])
                 .status();
         }
     }
     run(&["ip", "netns", "add", &netns]);
-    let _cleanup = Cleanup(netns.clone(), host.clone());
-    run(&[
-        "ip", "link", "add", &host, "type", "veth", "peer", "name", "lan0", "netns", &netns,
-    ]);
-    let (here, there) = (format!("10.78.{net}.1"), format!("10.78.{net}.2"));
-    run(&["ip", "addr", "add", &format!("{here}/24"), "dev", &host]);
-    run(&["ip", "link", "set", &host, "up"]);
-    run(&[
-        "ip",
-        "-n",
-        &netns,
-        "addr",
-        "add",
-        &format!("{there}/24"),
-        "dev",
-        "lan0",
-    ]);
-    run(&["ip", "-n", &netns, "link", "set", "lan0", "up"]);
+    let mut cleanup = Cleanup(netns.clone(), Vec::new());
     run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+    // (host end, agent end, host address, agent address)
+    let links: Vec<(String, String, Ipv4Addr, Ipv4Addr)> = (0..2u8)
+        .map(|i| {
+            let host = format!("sbpd{}h{i}", pid % 100_000);
+            let lan = format!("lan{i}");
+            run(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", &lan, "netns", &netns,
+            ]);
+            cleanup.1.push(host.clone());
+            let here = Ipv4Addr::new(10, 78 - i, net as u8, 1);
+            let there = Ipv4Addr::new(10, 78 - i, net as u8, 2);
+            run(&["ip", "addr", "add", &format!("{here}/24"), "dev", &host]);
+            run(&["ip", "link", "set", &host, "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{there}/24"),
+                "dev",
+                &lan,
+            ]);
+            run(&["ip", "-n", &netns, "link", "set", &lan, "up"]);
+            (host, lan, here, there)
+        })
+        .collect();
 
     let (client, client_port) = client_socket();
+    let first = links[0].3;
     let agent = AgentBuilder::new()
         .netns(&netns)
         .unprivileged()
-        .env("SITEBOOT_TFTP_LISTEN", &format!("{there}:69"))
-        .env("SITEBOOT_HTTP_LISTEN", &format!("{there}:0"))
+        .env("SITEBOOT_TFTP_LISTEN", &format!("{first}:69"))
+        .env("SITEBOOT_HTTP_LISTEN", &format!("{first}:0"))
         .config(&format!(
-            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"lan0\"]\nclient_port = {client_port}\n"
+            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"lan0\", \"lan1\"]\nrate_per_mac = 100\nclient_port = {client_port}\n"
         ))
         .start();
     assert!(
@@ -272,26 +286,32 @@ fn proxydhcp_runs_on_port_67_with_only_the_packaged_units_capability() {
     let (dhcp, pxe) = agent.dhcp.unwrap();
     assert_eq!((dhcp.port(), pxe.port()), (67, 4011));
 
-    let server: std::net::Ipv4Addr = there.parse().unwrap();
-    client
-        .send_to(
-            &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, MAC),
-            (server, 67),
-        )
-        .unwrap();
-    let offer = reply(&client);
-    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
-    assert_eq!(offer.siaddr(), server);
-    assert_eq!(boot_file(&offer), "ipxe.efi");
-    let (unicast, _) = client_socket();
-    unicast
-        .send_to(
-            &uefi_request(MessageType::Request, here.parse().unwrap(), MAC),
-            (server, 4011),
-        )
-        .unwrap();
-    let ack = reply(&unicast);
-    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    for (_, _, here, there) in &links {
+        client
+            .send_to(
+                &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, MAC),
+                (*there, 67),
+            )
+            .unwrap();
+        let offer = reply(&client);
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(offer.siaddr(), *there, "the address of the link asked on");
+        assert_eq!(
+            offer.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(*there))
+        );
+        assert_eq!(boot_file(&offer), "ipxe.efi");
+        let (unicast, _) = client_socket();
+        unicast
+            .send_to(
+                &uefi_request(MessageType::Request, *here, MAC),
+                (*there, 4011),
+            )
+            .unwrap();
+        let ack = reply(&unicast);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.siaddr(), *there);
+    }
 }
 
 /// A small deterministic generator: the same hostile packets every run.

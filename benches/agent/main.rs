@@ -17,7 +17,13 @@
 //!   conflicting (left to an operator, and settled by policy); the
 //!   conflicts API's latency at 100,000 records.
 //!
-//! Everything runs on 127.0.0.1; clients and servers share the machine's
+//! * dhcp: ProxyDHCP DISCOVER answers/s and latency, siteboot vs
+//!   dnsmasq's own proxy mode, the same packets over a veth pair.
+//! * firmware: power-on to status line for OVMF PXE, OVMF HTTP Boot and
+//!   SeaBIOS iPXE, through ProxyDHCP vs a DHCP server configured for
+//!   network boot (QEMU under TCG, on a bridge in a network namespace).
+//!
+//! Everything runs on 127.0.0.1 (ProxyDHCP: a veth pair); clients and servers share the machine's
 //! cores, as they would not in production, so ratios matter more than
 //! absolute figures.
 
@@ -39,6 +45,9 @@ mod controller;
 #[path = "../../tests/common/pureboot.rs"]
 #[allow(dead_code)]
 mod pureboot;
+#[path = "../../tests/common/segment.rs"]
+#[allow(dead_code)]
+mod segment;
 
 /// For [`browser`]: a missing program stops the benchmark.
 fn require_tool(name: &str) -> std::path::PathBuf {
@@ -59,7 +68,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod cache;
 mod central;
 mod conflicts;
+mod dhcp;
 mod events;
+mod firmware;
 mod hardening;
 mod http;
 mod page;
@@ -68,7 +79,9 @@ mod tftp;
 use cache::*;
 use central::*;
 use conflicts::*;
+use dhcp::*;
 use events::*;
+use firmware::*;
 use hardening::*;
 use http::*;
 use page::*;
@@ -144,6 +157,12 @@ fn main() {
     }
     if wanted("page") {
         page_benchmark(work.path());
+    }
+    if wanted("dhcp") {
+        dhcp_benchmark(work.path());
+    }
+    if wanted("firmware") {
+        firmware_benchmark(work.path());
     }
 }
 
