@@ -370,3 +370,49 @@ fn standalone_the_page_adds_changes_and_deletes_nodes() {
         "!document.getElementById('signin-section').hidden && document.getElementById('app').hidden",
     );
 }
+
+/// Issue 21: with ProxyDHCP on, the page shows its counts, and redraws
+/// them when the boot that follows an answer arrives (a boot event
+/// refreshes the status; DHCP answers themselves publish no event).
+#[test]
+fn the_page_shows_proxydhcp_counts_and_follows_them() {
+    use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
+    use dhcproto::{Encodable, Encoder};
+    let agent = AgentBuilder::new()
+        .config(
+            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"lo\"]\nport = 0\npxe_port = 0\nclient_port = 9\n",
+        )
+        .start();
+    let browser = Browser::start("proxydhcp", 1280, 900);
+    browser.goto(&agent.url("/"));
+    sign_in(&browser, &agent);
+    let answered = "document.getElementById('dhcp-answered').textContent";
+    assert!(browser.js("return document.getElementById('dhcp-row').hidden;") == Value::Bool(false));
+    assert_eq!(
+        browser.js(&format!("return {answered};")),
+        Value::from("none")
+    );
+
+    let mut message = Message::default();
+    message
+        .set_xid(0x5a6e_0001)
+        .set_chaddr(&[0x52, 0x54, 0x00, 0x00, 0xb2, 0x01]);
+    let opts = message.opts_mut();
+    opts.insert(DhcpOption::MessageType(MessageType::Discover));
+    opts.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+    ));
+    opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+    let mut bytes = Vec::new();
+    message.encode(&mut Encoder::new(&mut bytes)).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&bytes, agent.dhcp.unwrap().0).unwrap();
+    wait_until(LONG, "the answer counted", || {
+        get_json(&agent.url("/api/v1/status"))["dhcp"]["answered"]["pxe"] == 1
+    });
+    // The node's boot follows, as iPXE's would.
+    let (status, _, _) = curl(&[&agent.url("/api/v1/boot?mac=52:54:00:00:b2:01")]);
+    assert_eq!(status, 200);
+    browser.wait("the count redrawn", &format!("{answered} === 'pxe 1'"));
+    browser.screenshot("5-proxydhcp");
+}
