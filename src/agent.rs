@@ -31,7 +31,6 @@ use crate::central::port::ControllerPort;
 use crate::config::Config;
 use crate::content::ContentCache;
 use crate::link::tasks::{LinkServices, LinkSettings};
-use crate::model::client::UefiLoader;
 use crate::outbox::Outbox;
 use crate::outbox::replay::ReplaySettings;
 use crate::serve::bootfiles::{self, BootFileResolver, BootFiles};
@@ -206,7 +205,7 @@ pub async fn start(
         crate::config::DhcpMode::Proxy => Some(DhcpListener::bind(
             &config.dhcp,
             origin.clone(),
-            UefiLoader::Ipxe,
+            config.uefi_loader,
             services.nodes.clone(),
         )?),
     };

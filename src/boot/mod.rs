@@ -123,9 +123,14 @@ impl BootService {
         }
     }
 
-    /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
-    pub fn bootstrap(&self, base_url: &str) -> crate::model::script::Script {
-        self.renderer.bootstrap(base_url)
+    /// The bootstrap (`/boot.ipxe`, or GRUB's `grub/grub.cfg`) for a
+    /// given agent URL.
+    pub fn bootstrap(
+        &self,
+        base_url: &str,
+        format: crate::model::script::ScriptFormat,
+    ) -> crate::model::script::Script {
+        self.renderer.bootstrap(base_url, format)
     }
 
     /// Answers a boot request. Side effects: an unknown MAC is registered
@@ -156,7 +161,7 @@ impl BootService {
             }
             Resolved::Failed(e) => {
                 tracing::error!(%mac, error = %e, "node store failed; serving local boot");
-                fallback_answer(mac, None, Source::Standalone)
+                fallback_answer(mac, None, Source::Standalone, facts.format)
             }
         };
         self.stats.answered();

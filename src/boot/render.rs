@@ -14,7 +14,7 @@ use crate::model::boot::{BootAnswer, BootFacts, Source};
 use crate::model::decision::{self, Action, Decision};
 use crate::model::mac::Mac;
 use crate::model::node::{Node, NodeState, Workflow};
-use crate::model::script::Script;
+use crate::model::script::{Script, ScriptFormat};
 use crate::store::LastScript;
 
 /// How often iPXE's bootstrap retries the boot service before local boot.
@@ -76,35 +76,43 @@ impl Renderer {
         }
     }
 
-    /// The bootstrap script (`/boot.ipxe`) for a given agent URL.
-    pub fn bootstrap(&self, base_url: &str) -> Script {
+    /// The bootstrap (`/boot.ipxe`, or GRUB's `grub/grub.cfg`) for a
+    /// given agent URL.
+    pub fn bootstrap(&self, base_url: &str, format: ScriptFormat) -> Script {
         let ctx = BootstrapContext {
             base_url: base_url.to_string(),
             site_id: self.site_id.clone(),
             retries: BOOTSTRAP_RETRIES,
             retry_delay_s: BOOTSTRAP_RETRY_DELAY_S,
         };
-        Script::ipxe(match self.templates().render_bootstrap(&ctx) {
-            Ok(script) => script,
-            Err(e) => {
-                tracing::error!(error = %e, "bootstrap template failed; serving local boot");
-                fallback_script(None, None, Source::Standalone)
-            }
-        })
+        Script::new(
+            format,
+            match self.templates().render_bootstrap(&ctx, format) {
+                Ok(script) => script,
+                Err(e) => {
+                    tracing::error!(error = %e, "bootstrap template failed; serving local boot");
+                    fallback_script(None, None, Source::Standalone, format)
+                }
+            },
+        )
     }
 
+    /// The node's script in the format its client reads (`facts.format`):
+    /// one decision, rendered by that format's templates.
     pub fn render(&self, scene: Scene<'_>, decision: &Decision) -> BootAnswer {
-        let (node, source) = (scene.node, scene.source);
+        let (node, source, format) = (scene.node, scene.source, scene.facts.format);
         let ctx = self.context(scene, decision);
         let templates = self.templates();
-        let rendered = templates.render_header(&ctx).and_then(|header| {
-            templates
-                .render_body(decision.action.as_str(), &ctx)
-                .map(|body| header + &body)
-        });
+        let rendered = unreachable_for_grub(&ctx, decision, format)
+            .and_then(|()| templates.render_header(&ctx, format))
+            .and_then(|header| {
+                templates
+                    .render_body(decision.action.as_str(), &ctx, format)
+                    .map(|body| header + &body)
+            });
         match rendered {
             Ok(script) => BootAnswer {
-                script: Script::ipxe(script),
+                script: Script::new(format, script),
                 source,
                 action: decision.action,
                 state: Some(node.state),
@@ -112,7 +120,7 @@ impl Renderer {
             Err(e) => {
                 tracing::error!(mac = %node.mac, action = decision.action.as_str(), error = %e,
                     "script template failed; serving the built-in script of the same intent");
-                fallback_for(decision.action, node.mac, Some(node.state), source)
+                fallback_for(decision.action, node.mac, Some(node.state), source, format)
             }
         }
     }
@@ -127,8 +135,14 @@ impl Renderer {
             missing_file: None,
         };
         let (node, source) = (scene.node, scene.source);
+        if scene.facts.format == ScriptFormat::Grub {
+            // The script kept for `last_known` is iPXE's: GRUB cannot run
+            // it, and the safe answer of every other failure is the disk.
+            tracing::warn!(mac = %node.mac, "last_known has no GRUB form; booting local disk");
+            return fallback_answer(node.mac, Some(node.state), source, ScriptFormat::Grub);
+        }
         let ctx = self.context(scene, &decision);
-        match self.templates().render_header(&ctx) {
+        match self.templates().render_header(&ctx, ScriptFormat::Ipxe) {
             Ok(header) => BootAnswer {
                 script: Script::ipxe(format!(
                     "{header}echo siteboot: replaying the script served at {}\n{}",
@@ -141,7 +155,7 @@ impl Renderer {
             },
             Err(e) => {
                 tracing::error!(mac = %node.mac, error = %e, "header template failed");
-                fallback_answer(node.mac, Some(node.state), source)
+                fallback_answer(node.mac, Some(node.state), source, ScriptFormat::Ipxe)
             }
         }
     }
@@ -179,8 +193,71 @@ impl Renderer {
             conflict_id: decision.conflict,
             missing_file: decision.missing_file.clone(),
             offline,
+            asset_root: grub_path(&format!("{base_url}/assets"), base_url).unwrap_or_default(),
         }
     }
+}
+
+/// GRUB fetches over TFTP or plain HTTP only: a GRUB configuration that
+/// would name a file it cannot fetch is not rendered (the built-in one of
+/// the same intent is served, and the reason logged).
+fn unreachable_for_grub(
+    ctx: &ScriptContext,
+    decision: &Decision,
+    format: ScriptFormat,
+) -> Result<(), TemplateError> {
+    if format != ScriptFormat::Grub {
+        return Ok(());
+    }
+    let refused = |what: &str| {
+        Err(TemplateError::Render {
+            origin: "GRUB configuration".into(),
+            line: 0,
+            message: format!(
+                "GRUB cannot fetch {what} (plain http:// or the agent's /assets only)"
+            ),
+        })
+    };
+    if ctx.asset_root.is_empty() {
+        return refused(&format!("from the agent at {}", ctx.base_url));
+    }
+    match (&ctx.workflow, decision.action) {
+        (Some(wf), Action::Install) if wf.method == "kernel" => {
+            if wf.kernel_path.is_none() {
+                return refused(&wf.kernel_url);
+            }
+            match wf.initrds.iter().find(|i| i.path.is_none()) {
+                Some(image) => refused(&image.url),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// GRUB's device path of a file a configuration names. The agent's own
+/// files (`<base_url>/assets/<path>`) are fetched over the agent's TFTP,
+/// which serves the same files (served roots, then the content cache):
+/// Debian 12's GRUB (2.06) cannot name an HTTP port, and the agent's HTTP
+/// is rarely on 80. Another server's `http://host/path` (port 80) is
+/// fetched over HTTP. Anything else (https, a port) is None: GRUB cannot
+/// fetch it.
+pub fn grub_path(url: &str, base_url: &str) -> Option<String> {
+    let host_of = |rest: &str| rest.split('/').next().unwrap_or("").to_string();
+    if let Some(path) = url
+        .strip_prefix(&format!("{base_url}/assets"))
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+    {
+        let agent = host_of(base_url.strip_prefix("http://")?);
+        let ip = agent.rsplit_once(':').map_or(agent.as_str(), |(ip, _)| ip);
+        return (!ip.is_empty()).then(|| format!("(tftp,{ip}){path}"));
+    }
+    let rest = url.strip_prefix("http://")?;
+    let host = host_of(rest);
+    if host.is_empty() || host.contains(':') {
+        return None;
+    }
+    Some(format!("(http,{host}){}", &rest[host.len()..]))
 }
 
 fn workflow_view(wf: &Workflow, base_url: &str) -> WorkflowView {
@@ -201,12 +278,15 @@ fn workflow_view(wf: &Workflow, base_url: &str) -> WorkflowView {
                 let url = asset_url(path, base_url);
                 ImageView {
                     name: image_name(&url),
+                    path: grub_path(&url, base_url),
                     url,
                 }
             })
             .collect(),
         cmdline: wf.cmdline.clone(),
+        cmdline_args: wf.cmdline.split_whitespace().map(str::to_string).collect(),
         url: wf.url.as_ref().map(|u| asset_url(u, base_url)),
+        kernel_path: grub_path(&asset_url(&wf.kernel, base_url), base_url),
     }
 }
 
@@ -257,35 +337,61 @@ pub fn fallback_for(
     mac: Mac,
     state: Option<NodeState>,
     source: Source,
+    format: ScriptFormat,
 ) -> BootAnswer {
     if action != Action::Retired {
-        return fallback_answer(mac, state, source);
+        return fallback_answer(mac, state, source, format);
     }
-    BootAnswer {
-        script: Script::ipxe(format!(
-            "#!ipxe\n{}echo *** siteboot ERROR: could not build this node's script (see the agent log) ***\n\
+    let status = status_line(mac, state, Action::Retired, source, format);
+    let text = match format {
+        ScriptFormat::Ipxe => format!(
+            "#!ipxe\n{status}echo *** siteboot ERROR: could not build this node's script (see the agent log) ***\n\
              echo *** siteboot: this node is RETIRED and will not boot. ***\n\
-             :siteboot_retired\nsleep 3600\ngoto siteboot_retired\n",
-            status_line(mac, state, Action::Retired, source)
-        )),
+             :siteboot_retired\nsleep 3600\ngoto siteboot_retired\n"
+        ),
+        ScriptFormat::Grub => format!(
+            "{status}echo '*** siteboot ERROR: could not build this node'\\''s configuration (see the agent log) ***'\n\
+             echo '*** siteboot: this node is RETIRED and will not boot. ***'\n\
+             while sleep 3600; do echo '*** siteboot: RETIRED ***'; done\n"
+        ),
+    };
+    BootAnswer {
+        script: Script::new(format, text),
         source,
         action: Action::Retired,
         state,
     }
 }
 
-fn status_line(mac: Mac, state: Option<NodeState>, action: Action, source: Source) -> String {
-    format!(
-        "echo siteboot: mac={mac} state={} action={} source={}\n",
+/// The status line in `format` (the values are the agent's own names and
+/// a MAC: nothing to quote).
+fn status_line(
+    mac: Mac,
+    state: Option<NodeState>,
+    action: Action,
+    source: Source,
+    format: ScriptFormat,
+) -> String {
+    let line = format!(
+        "siteboot: mac={mac} state={} action={} source={}",
         state.map(NodeState::as_str).unwrap_or("unknown"),
         action.as_str(),
         source.as_str()
-    )
+    );
+    match format {
+        ScriptFormat::Ipxe => format!("echo {line}\n"),
+        ScriptFormat::Grub => format!("echo '{line}'\n"),
+    }
 }
 
-pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> BootAnswer {
+pub fn fallback_answer(
+    mac: Mac,
+    state: Option<NodeState>,
+    source: Source,
+    format: ScriptFormat,
+) -> BootAnswer {
     BootAnswer {
-        script: Script::ipxe(fallback_script(Some(mac), state, source)),
+        script: Script::new(format, fallback_script(Some(mac), state, source, format)),
         source,
         action: Action::Local,
         state,
@@ -294,15 +400,25 @@ pub fn fallback_answer(mac: Mac, state: Option<NodeState>, source: Source) -> Bo
 
 /// The script served when templates or the store fail: boots the local
 /// disk, never anything destructive. Deliberately not a template.
-pub fn fallback_script(mac: Option<Mac>, state: Option<NodeState>, source: Source) -> String {
+pub fn fallback_script(
+    mac: Option<Mac>,
+    state: Option<NodeState>,
+    source: Source,
+    format: ScriptFormat,
+) -> String {
     let status = match mac {
-        Some(mac) => status_line(mac, state, Action::Local, source),
+        Some(mac) => status_line(mac, state, Action::Local, source, format),
         None => String::new(),
     };
-    format!(
-        "#!ipxe\n{status}echo *** siteboot ERROR: could not build this node's script (see the agent log); booting local disk ***\n\
-         iseq ${{platform}} efi && exit 0 ||\nsanboot --no-describe --drive 0x80 || exit 0\n"
-    )
+    match format {
+        ScriptFormat::Ipxe => format!(
+            "#!ipxe\n{status}echo *** siteboot ERROR: could not build this node's script (see the agent log); booting local disk ***\n\
+             iseq ${{platform}} efi && exit 0 ||\nsanboot --no-describe --drive 0x80 || exit 0\n"
+        ),
+        ScriptFormat::Grub => format!(
+            "{status}echo '*** siteboot ERROR: could not build this node'\\''s configuration (see the agent log); booting local disk ***'\nexit\n"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -330,7 +446,12 @@ mod tests {
     #[test]
     fn fallback_script_boots_locally_with_a_status_line() {
         let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
-        let s = fallback_script(Some(mac), Some(NodeState::Pending), Source::Standalone);
+        let s = fallback_script(
+            Some(mac),
+            Some(NodeState::Pending),
+            Source::Standalone,
+            ScriptFormat::Ipxe,
+        );
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
             "echo siteboot: mac=52:54:00:00:00:09 state=pending action=local source=standalone\n"
@@ -342,13 +463,25 @@ mod tests {
     #[test]
     fn a_retired_node_still_does_not_boot_when_its_script_fails() {
         let mac: Mac = "52:54:00:00:00:0a".parse().unwrap();
-        let a = fallback_for(Action::Retired, mac, Some(NodeState::Retired), Source::Live);
+        let a = fallback_for(
+            Action::Retired,
+            mac,
+            Some(NodeState::Retired),
+            Source::Live,
+            ScriptFormat::Ipxe,
+        );
         assert_eq!(a.action, Action::Retired);
         assert!(a.script.contains(
             "echo siteboot: mac=52:54:00:00:00:0a state=retired action=retired source=live\n"
         ));
         assert!(!a.script.contains("sanboot") && !a.script.contains("exit"));
-        let b = fallback_for(Action::Install, mac, Some(NodeState::Pending), Source::Live);
+        let b = fallback_for(
+            Action::Install,
+            mac,
+            Some(NodeState::Pending),
+            Source::Live,
+            ScriptFormat::Ipxe,
+        );
         assert_eq!(b.action, Action::Local);
         assert!(!b.script.contains("kernel"));
     }

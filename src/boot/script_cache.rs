@@ -47,6 +47,7 @@ impl ScriptCache {
         let valid = Arc::ptr_eq(&entry.node, node)
             && entry.arch == facts.arch
             && entry.platform == facts.platform
+            && entry.answer.script.format() == facts.format
             && entry.base_url == base_url
             && entry.answer.source == source
             && entry.rendered_at.elapsed() < MAX_AGE;

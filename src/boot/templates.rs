@@ -14,6 +14,8 @@ use minijinja::value::{Serde, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
+use crate::model::script::ScriptFormat;
+
 /// Built-in templates: (name, source).
 const BUILT_IN: &[(&str, &str)] = &[
     (
@@ -56,10 +58,52 @@ const BUILT_IN: &[(&str, &str)] = &[
         "retired.ipxe.j2",
         include_str!("../../templates/retired.ipxe.j2"),
     ),
+    (
+        "_header.grub.j2",
+        include_str!("../../templates/_header.grub.j2"),
+    ),
+    (
+        "_status.grub.j2",
+        include_str!("../../templates/_status.grub.j2"),
+    ),
+    (
+        "_offline_banner.grub.j2",
+        include_str!("../../templates/_offline_banner.grub.j2"),
+    ),
+    (
+        "_conflict_banner.grub.j2",
+        include_str!("../../templates/_conflict_banner.grub.j2"),
+    ),
+    (
+        "_localboot.grub.j2",
+        include_str!("../../templates/_localboot.grub.j2"),
+    ),
+    (
+        "bootstrap.grub.j2",
+        include_str!("../../templates/bootstrap.grub.j2"),
+    ),
+    (
+        "install.grub.j2",
+        include_str!("../../templates/install.grub.j2"),
+    ),
+    (
+        "local.grub.j2",
+        include_str!("../../templates/local.grub.j2"),
+    ),
+    (
+        "discovery.grub.j2",
+        include_str!("../../templates/discovery.grub.j2"),
+    ),
+    (
+        "retired.grub.j2",
+        include_str!("../../templates/retired.grub.j2"),
+    ),
 ];
 
-pub const HEADER: &str = "_header.ipxe.j2";
-pub const BOOTSTRAP: &str = "bootstrap.ipxe.j2";
+/// The template file name of `part` (`_header`, `install` …) in `format`.
+fn template_name(part: &str, format: ScriptFormat) -> String {
+    format!("{part}.{}.j2", format.as_str())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -97,6 +141,9 @@ pub struct ScriptContext {
     /// The file an offline install was held back for (banner `not_cached`).
     pub missing_file: Option<String>,
     pub offline: Option<OfflineView>,
+    /// GRUB's device path of the agent's `/assets` files (`(tftp,<agent>)`:
+    /// the agent's TFTP serves them), for GRUB configurations.
+    pub asset_root: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +162,13 @@ pub struct WorkflowView {
     pub kernel_url: String,
     pub initrds: Vec<ImageView>,
     pub cmdline: String,
+    /// The command line's words, each its own argument in GRUB (one
+    /// quoted argument with spaces would reach the kernel in quotes).
+    pub cmdline_args: Vec<String>,
     pub url: Option<String>,
+    /// GRUB's device path of the kernel (see `render::grub_path`); None
+    /// where GRUB cannot fetch it (https, an HTTP port).
+    pub kernel_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +177,8 @@ pub struct ImageView {
     /// iPXE names a fetched image after the last path segment of its URL;
     /// UEFI kernels need `initrd=<that name>` on their command line.
     pub name: String,
+    /// GRUB's device path of the image; None where GRUB cannot fetch it.
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,8 +220,15 @@ impl Templates {
                     message: e.to_string(),
                 })?,
         );
-        env.set_formatter(|out, _state, value| {
-            let text = refuse_unsafe(value)?;
+        // Each format has its own rule for a value: iPXE has no quoting
+        // (a dangerous value is refused), GRUB's single quotes hold
+        // anything but a control character.
+        env.set_formatter(|out, state, value| {
+            let text = if state.name().ends_with(".grub.j2") {
+                grub_word(value)?
+            } else {
+                refuse_unsafe(value)?
+            };
             out.write_str(&text).map_err(minijinja::Error::from)
         });
         let mut origins = HashMap::new();
@@ -200,18 +262,33 @@ impl Templates {
         self.origins.get(name).map(String::as_str)
     }
 
-    pub fn render_bootstrap(&self, ctx: &BootstrapContext) -> Result<String, TemplateError> {
-        self.render(BOOTSTRAP, Value::from(Serde(ctx)))
+    /// The bootstrap (`boot.ipxe`, or GRUB's `grub/grub.cfg`).
+    pub fn render_bootstrap(
+        &self,
+        ctx: &BootstrapContext,
+        format: ScriptFormat,
+    ) -> Result<String, TemplateError> {
+        self.render(&template_name("bootstrap", format), Value::from(Serde(ctx)))
     }
 
-    /// Renders the header (`#!ipxe`, status line, offline banner).
-    pub fn render_header(&self, ctx: &ScriptContext) -> Result<String, TemplateError> {
-        self.render(HEADER, Value::from(Serde(ctx)))
+    /// Renders the header (`#!ipxe` or a comment, status line, offline
+    /// banner).
+    pub fn render_header(
+        &self,
+        ctx: &ScriptContext,
+        format: ScriptFormat,
+    ) -> Result<String, TemplateError> {
+        self.render(&template_name("_header", format), Value::from(Serde(ctx)))
     }
 
     /// Renders the body template of an action (`install`, `local` …).
-    pub fn render_body(&self, action: &str, ctx: &ScriptContext) -> Result<String, TemplateError> {
-        self.render(&format!("{action}.ipxe.j2"), Value::from(Serde(ctx)))
+    pub fn render_body(
+        &self,
+        action: &str,
+        ctx: &ScriptContext,
+        format: ScriptFormat,
+    ) -> Result<String, TemplateError> {
+        self.render(&template_name(action, format), Value::from(Serde(ctx)))
     }
 
     fn render(&self, name: &str, ctx: Value) -> Result<String, TemplateError> {
@@ -229,13 +306,15 @@ impl Templates {
             retries: 3,
             retry_delay_s: 2,
         };
-        self.render_bootstrap(&bootstrap)?;
-        for action in ["install", "local", "discovery", "retired"] {
-            for offline in [false, true] {
-                for method in ["kernel", "sanboot", "chain"] {
-                    let ctx = sample_context(action, method, offline);
-                    self.render_header(&ctx)?;
-                    self.render_body(action, &ctx)?;
+        for format in [ScriptFormat::Ipxe, ScriptFormat::Grub] {
+            self.render_bootstrap(&bootstrap, format)?;
+            for action in ["install", "local", "discovery", "retired"] {
+                for offline in [false, true] {
+                    for method in ["kernel", "sanboot", "chain"] {
+                        let ctx = sample_context(action, method, offline);
+                        self.render_header(&ctx, format)?;
+                        self.render_body(action, &ctx, format)?;
+                    }
                 }
             }
         }
@@ -250,7 +329,8 @@ impl Templates {
         ] {
             let mut ctx = sample_context("local", "kernel", false);
             ctx.banner = Some(banner.into());
-            self.render_body("local", &ctx)?;
+            self.render_body("local", &ctx, ScriptFormat::Ipxe)?;
+            self.render_body("local", &ctx, ScriptFormat::Grub)?;
         }
         Ok(())
     }
@@ -284,9 +364,12 @@ fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
             initrds: vec![ImageView {
                 url: format!("{url}/assets/sample/initrd.img"),
                 name: "initrd.img".into(),
+                path: Some("(tftp,192.0.2.1)/sample/initrd.img".into()),
             }],
             cmdline: "console=ttyS0".into(),
+            cmdline_args: vec!["console=ttyS0".into()],
             url: Some(format!("{url}/assets/sample.iso")),
+            kernel_path: Some("(tftp,192.0.2.1)/sample/vmlinuz".into()),
         }),
         banner: Some("hold".into()),
         conflict_id: Some(7),
@@ -296,6 +379,7 @@ fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
             duration: "5m".into(),
             cached_at: "2026-01-01T00:00:00Z".into(),
         }),
+        asset_root: "(tftp,192.0.2.1)".into(),
     }
 }
 
@@ -306,6 +390,28 @@ fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
 /// arguments passed to shells) treat it as a separator.
 fn is_unsafe_char(c: char) -> bool {
     c.is_control() || matches!(c, '|' | '&' | '$' | ';' | '`' | '\\' | '"' | '\'')
+}
+
+/// Renders a value for a GRUB configuration as one single-quoted word:
+/// inside single quotes GRUB expands nothing (no `$`, no `;`, no
+/// globbing), and a quote cannot be escaped there, so `'` becomes `'\''`
+/// (close, an escaped quote, reopen). A control character is refused: no
+/// value needs one, and a line break would make a configuration no one
+/// can read. Nothing a value holds can add a GRUB command.
+fn grub_word(value: &Value) -> Result<String, minijinja::Error> {
+    if value.is_none() {
+        return Ok(String::new());
+    }
+    let text = value.to_string();
+    if let Some(bad) = text.chars().find(|c| c.is_control()) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "refusing to put {text:?} into a GRUB configuration: control character {bad:?}"
+            ),
+        ));
+    }
+    Ok(format!("'{}'", text.replace('\'', "'\\''")))
 }
 
 /// Renders a value for an iPXE script, or refuses it.
@@ -350,7 +456,7 @@ mod tests {
     #[test]
     fn built_in_templates_render() {
         let t = Templates::built_in().unwrap();
-        let header = t.render_header(&ctx()).unwrap();
+        let header = t.render_header(&ctx(), ScriptFormat::Ipxe).unwrap();
         assert!(header.starts_with("#!ipxe\n"), "{header}");
         assert!(header.contains(
             "echo siteboot: mac=52:54:00:00:00:01 state=pending action=local source=standalone\n"
@@ -362,7 +468,7 @@ mod tests {
             duration: "1h".into(),
             cached_at: "2026-11-22T09:00:00Z".into(),
         });
-        let header = t.render_header(&offline).unwrap();
+        let header = t.render_header(&offline, ScriptFormat::Ipxe).unwrap();
         assert!(
             header.contains(
                 "*** siteboot OFFLINE: central unreachable since 2026-11-22T10:00:00Z ***"
@@ -374,7 +480,11 @@ mod tests {
     fn install_script_carries_kernel_initrd_and_bootif() {
         let t = Templates::built_in().unwrap();
         let body = t
-            .render_body("install", &sample_context("install", "kernel", false))
+            .render_body(
+                "install",
+                &sample_context("install", "kernel", false),
+                ScriptFormat::Ipxe,
+            )
             .unwrap();
         assert!(body.contains("kernel http://192.0.2.1:8080/assets/sample/vmlinuz initrd=initrd.img console=ttyS0 BOOTIF=01-52-54-00-00-00-01"), "{body}");
         assert!(
@@ -400,13 +510,19 @@ mod tests {
         ] {
             let mut c = ctx();
             c.hostname = Some(evil.to_string());
-            let err = t.render_body("retired", &c).expect_err(evil).to_string();
+            let err = t
+                .render_body("retired", &c, ScriptFormat::Ipxe)
+                .expect_err(evil)
+                .to_string();
             assert!(err.contains("could inject commands"), "{evil:?}: {err}");
             let mut c = sample_context("install", "kernel", false);
             if let Some(wf) = c.workflow.as_mut() {
                 wf.cmdline = evil.to_string();
             }
-            assert!(t.render_body("install", &c).is_err(), "cmdline {evil:?}");
+            assert!(
+                t.render_body("install", &c, ScriptFormat::Ipxe).is_err(),
+                "cmdline {evil:?}"
+            );
         }
     }
 
@@ -427,7 +543,10 @@ mod tests {
             let t = Templates::load(dir.path()).unwrap();
             let mut c = ctx();
             c.hostname = Some("web\nchain http://evil/x".into());
-            let err = t.render_body("retired", &c).expect_err(body).to_string();
+            let err = t
+                .render_body("retired", &c, ScriptFormat::Ipxe)
+                .expect_err(body)
+                .to_string();
             assert!(err.contains("could inject commands"), "{body:?}: {err}");
         }
     }
@@ -469,7 +588,8 @@ mod tests {
         .unwrap();
         let t = Templates::load(dir.path()).unwrap();
         assert_eq!(
-            t.render_body("retired", &ctx()).unwrap(),
+            t.render_body("retired", &ctx(), ScriptFormat::Ipxe)
+                .unwrap(),
             "echo custom retired 52:54:00:00:00:01\n"
         );
         assert!(

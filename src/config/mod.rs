@@ -270,6 +270,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// ProxyDHCP (`[dhcp]`).
     pub dhcp: DhcpConfig,
+    /// What a UEFI x64 PXE client is given to load (`boot.uefi_loader`,
+    /// DESIGN §14): iPXE, or the Secure Boot chain's shim; a node's tag
+    /// `loader:shim` / `loader:ipxe` overrides it.
+    pub uefi_loader: crate::model::client::UefiLoader,
     /// `GET /metrics` without the admin token (`metrics.open`).
     pub metrics_open: bool,
     /// `log.format`: lines for people (`text`) or one JSON object per line.

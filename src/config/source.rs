@@ -46,6 +46,7 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("offline", &["default_action"]),
+    ("boot", &["uefi_loader"]),
     (
         "conflicts",
         &["state_mismatch", "missing_central", "missing_local"],
@@ -404,6 +405,15 @@ impl Source {
             queue: self.queue()?,
             cache: self.cache()?,
             dhcp: self.dhcp()?,
+            uefi_loader: match self.string("boot.uefi_loader", "ipxe")?.trim() {
+                "ipxe" => crate::model::client::UefiLoader::Ipxe,
+                "shim" => crate::model::client::UefiLoader::Shim,
+                other => {
+                    return Err(
+                        self.invalid("boot.uefi_loader", format!("{other:?}: use ipxe or shim"))
+                    );
+                }
+            },
             metrics_open: self.boolean("metrics.open", false)?,
             log_format: match self.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,

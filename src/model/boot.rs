@@ -47,6 +47,9 @@ pub struct BootFacts {
     pub manufacturer: Option<String>,
     /// The machine's product name (SMBIOS).
     pub product: Option<String>,
+    /// The language the client reads: iPXE, or GRUB (`?format=grub`, or
+    /// GRUB's TFTP request for its configuration).
+    pub format: super::script::ScriptFormat,
 }
 
 /// What the agent answers a boot: the script and why it was chosen.

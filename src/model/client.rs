@@ -197,6 +197,18 @@ pub enum UefiLoader {
     Shim,
 }
 
+impl UefiLoader {
+    /// A node's own choice, from its tags (`loader:shim`, `loader:ipxe`);
+    /// the last such tag wins. None: the node has none.
+    pub fn from_tags(tags: &[String]) -> Option<UefiLoader> {
+        tags.iter().rev().find_map(|tag| match tag.trim() {
+            "loader:shim" => Some(UefiLoader::Shim),
+            "loader:ipxe" => Some(UefiLoader::Ipxe),
+            _ => None,
+        })
+    }
+}
+
 /// The first file a client is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootFile {

@@ -7,10 +7,14 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 /// The language a script is written in; the client decides which.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScriptFormat {
     /// An iPXE script (`#!ipxe`).
+    #[default]
     Ipxe,
+    /// A GRUB configuration, for the Secure Boot chain (shim → GRUB,
+    /// DESIGN §14).
+    Grub,
 }
 
 impl ScriptFormat {
@@ -18,6 +22,16 @@ impl ScriptFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             ScriptFormat::Ipxe => "ipxe",
+            ScriptFormat::Grub => "grub",
+        }
+    }
+
+    /// The format named `name` (`?format=`), if it is one.
+    pub fn parse(name: &str) -> Option<ScriptFormat> {
+        match name {
+            "ipxe" => Some(ScriptFormat::Ipxe),
+            "grub" => Some(ScriptFormat::Grub),
+            _ => None,
         }
     }
 }
@@ -58,6 +72,11 @@ impl Script {
     /// An iPXE script.
     pub fn ipxe(text: String) -> Script {
         Script::new(ScriptFormat::Ipxe, text)
+    }
+
+    /// A GRUB configuration.
+    pub fn grub(text: String) -> Script {
+        Script::new(ScriptFormat::Grub, text)
     }
 
     /// The script's format.

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use crate::boot::BootService;
 use crate::content::fill::{Fill, Progress};
 use crate::content::{CacheError, ContentCache, Lookup};
+use crate::model::boot::BootFacts;
+use crate::model::mac::Mac;
+use crate::model::script::ScriptFormat;
 use crate::serve::fsroot::{self, PathError, ServedRoot};
 use crate::serve::origin::AgentOrigin;
 use crate::serve::tftp::content::Content;
@@ -20,6 +23,38 @@ pub use crate::config::SYSTEM_IPXE_DIRS;
 
 /// Names that are answered with the rendered bootstrap script.
 const BOOTSTRAP_NAMES: &[&str] = &["boot.ipxe", "autoexec.ipxe"];
+
+/// What Debian's signed GRUB network image loads first (its prefix is
+/// `/grub`): answered with GRUB's bootstrap (DESIGN §14).
+const GRUB_BOOTSTRAP: &str = "grub/grub.cfg";
+
+/// Where GRUB's bootstrap asks for a machine's own configuration:
+/// `grub/siteboot/<MAC>.cfg` (`$net_default_mac`, with colons).
+const GRUB_NODE_DIR: &str = "grub/siteboot/";
+
+/// The Secure Boot chain's loaders under the names the firmware, shim and
+/// GRUB ask for, and where Debian installs them (`shim-signed`,
+/// `grub-efi-amd64-signed`). `tftp.root` may hold its own under the same
+/// names; it is looked at first.
+pub const SIGNED_LOADERS: &[(&str, &str)] = &[
+    ("shimx64.efi", "/usr/lib/shim/shimx64.efi.signed"),
+    (
+        "grubx64.efi",
+        "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    ),
+    // MokManager, which shim starts when a key enrolment is pending.
+    ("mmx64.efi", "/usr/lib/shim/mmx64.efi.signed"),
+];
+
+/// The signed loader Debian installs under `requested`'s name, if any.
+fn signed_loader(requested: &str) -> Option<PathBuf> {
+    let name = requested.trim_start_matches('/');
+    SIGNED_LOADERS
+        .iter()
+        .find(|(served, _)| *served == name)
+        .map(|(_, path)| PathBuf::from(path))
+        .filter(|path| path.is_file())
+}
 
 /// The operator's root first, then the system iPXE directories that exist.
 pub fn served_roots(operator_root: &Path) -> Vec<ServedRoot> {
@@ -106,6 +141,12 @@ impl BootFileResolver {
         let resolved = tokio::task::spawn_blocking(move || resolve(&roots, &lookup))
             .await
             .map_err(|e| LocateError::Io(format!("boot file lookup failed: {e}")))?;
+        // Not under the roots: a signed loader Debian installed, else the
+        // controller's file.
+        let resolved = match resolved {
+            Err(PathError::NotFound(e)) => signed_loader(requested).ok_or(PathError::NotFound(e)),
+            found => found,
+        };
         match (resolved, &self.cache) {
             (Ok(path), _) => Ok(Located::File(path)),
             (Err(PathError::NotFound(_)), Some(cache)) => from_cache(cache, requested, client),
@@ -203,8 +244,40 @@ impl FileProvider for BootFiles {
         peer: SocketAddr,
     ) -> Result<OpenedFile, OpenError> {
         if is_bootstrap_name(filename) {
-            let script = self.boot.bootstrap(&self.origin.url_at(local.ip()));
+            let script = self
+                .boot
+                .bootstrap(&self.origin.url_at(local.ip()), ScriptFormat::Ipxe);
             return Ok(crate::serve::script::tftp_file(&script));
+        }
+        let name = filename.trim_start_matches('/');
+        if name == GRUB_BOOTSTRAP {
+            let script = self
+                .boot
+                .bootstrap(&self.origin.url_at(local.ip()), ScriptFormat::Grub);
+            return Ok(crate::serve::script::tftp_file(&script));
+        }
+        if let Some(mac) = name
+            .strip_prefix(GRUB_NODE_DIR)
+            .and_then(|rest| rest.strip_suffix(".cfg"))
+        {
+            let mac: Mac = mac
+                .parse()
+                .map_err(|e| OpenError::NotFound(format!("{filename:?}: {e}")))?;
+            // Debian's signed GRUB is x86_64 UEFI.
+            let facts = BootFacts {
+                format: ScriptFormat::Grub,
+                arch: Some("x86_64".into()),
+                platform: Some("efi".into()),
+                ..BootFacts::default()
+            };
+            let answer = self
+                .boot
+                .boot(mac, &facts, &self.origin.url_at(local.ip()))
+                .await;
+            tracing::info!(%mac, state = answer.state.map(|s| s.as_str()).unwrap_or("unknown"),
+                action = answer.action.as_str(), source = answer.source.as_str(),
+                "grub configuration served");
+            return Ok(crate::serve::script::tftp_file(&answer.script));
         }
         let located = match self.files.locate(filename, Some(peer.ip())).await {
             Ok(Located::File(path)) => Err(path),

@@ -36,6 +36,6 @@ pub fn tftp_file(script: &Script) -> OpenedFile {
 
 fn content_type(format: ScriptFormat) -> &'static str {
     match format {
-        ScriptFormat::Ipxe => "text/plain; charset=utf-8",
+        ScriptFormat::Ipxe | ScriptFormat::Grub => "text/plain; charset=utf-8",
     }
 }

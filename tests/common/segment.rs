@@ -17,6 +17,9 @@ use super::require_tool;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot enforced, Microsoft's keys enrolled (Debian's `ovmf`).
+pub const OVMF_SB_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+pub const OVMF_SB_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const BRIDGE: &str = "sbbr0";
 
 /// Segments made by this process: each has its own subnet, so that the
@@ -32,6 +35,9 @@ pub enum Firmware {
     UefiHttp,
     /// SeaBIOS with the iPXE ROM QEMU puts on the NIC.
     BiosIpxe,
+    /// OVMF's Secure Boot build with Microsoft's keys enrolled (SMM and a
+    /// secure flash), its own PXE client: only signed loaders start.
+    UefiSecureBoot,
 }
 
 pub struct Segment {
@@ -203,29 +209,41 @@ impl Segment {
             ),
         ]);
         match firmware {
-            Firmware::UefiPxe | Firmware::UefiHttp => {
-                for file in [OVMF_CODE, OVMF_VARS] {
+            Firmware::UefiPxe | Firmware::UefiHttp | Firmware::UefiSecureBoot => {
+                let secure = matches!(firmware, Firmware::UefiSecureBoot);
+                let (code, vars_file) = if secure {
+                    (OVMF_SB_CODE, OVMF_SB_VARS)
+                } else {
+                    (OVMF_CODE, OVMF_VARS)
+                };
+                for file in [code, vars_file] {
                     assert!(
                         Path::new(file).exists(),
                         "{file} missing: install Debian's ovmf package"
                     );
                 }
                 let vars = dir.join(format!("vars-{name}.fd"));
-                std::fs::copy(OVMF_VARS, &vars).expect("copy OVMF vars");
-                cmd.args(["-machine", "q35"])
-                    .args([
-                        "-drive",
-                        &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-                    ])
-                    .args([
-                        "-drive",
-                        &format!("if=pflash,format=raw,file={}", vars.display()),
-                    ])
-                    // `romfile=`: no iPXE ROM; the firmware's own client boots.
-                    .args([
-                        "-device",
-                        &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-                    ]);
+                std::fs::copy(vars_file, &vars).expect("copy OVMF vars");
+                if secure {
+                    // Secure Boot needs SMM and a flash only SMM may write.
+                    cmd.args(["-machine", "q35,smm=on"])
+                        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                } else {
+                    cmd.args(["-machine", "q35"]);
+                }
+                cmd.args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,readonly=on,file={code}"),
+                ])
+                .args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,file={}", vars.display()),
+                ])
+                // `romfile=`: no iPXE ROM; the firmware's own client boots.
+                .args([
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+                ]);
                 if let Firmware::UefiHttp = firmware {
                     for switch in ["IPv4PXESupport", "IPv6PXESupport"] {
                         cmd.args([
@@ -264,6 +282,30 @@ impl Drop for Segment {
     }
 }
 
+/// The text without terminal escape sequences (GRUB and OVMF's setup
+/// screen draw with them): `ESC [ … final byte` and two-byte `ESC x`.
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&d) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
 /// A running guest; killed when dropped.
 pub struct Vm {
     child: Child,
@@ -282,7 +324,7 @@ impl Vm {
     /// with CR LF; those pieces are joined back).
     pub fn console(&self) -> Vec<String> {
         let raw = std::fs::read(&self.serial).unwrap_or_default();
-        let text = String::from_utf8_lossy(&raw).replace('\r', "");
+        let text = strip_escapes(&String::from_utf8_lossy(&raw)).replace('\r', "");
         let mut lines: Vec<String> = Vec::new();
         let mut continues = false;
         for piece in text.split('\n') {
@@ -294,6 +336,37 @@ impl Vm {
             continues = piece.chars().count() == 80;
         }
         lines
+    }
+
+    /// Waits for a status line (`siteboot: mac=… source=…`) starting with
+    /// `prefix` and returns it whole: GRUB's console wraps words at 80
+    /// columns, so a line without its `source=` is joined with the next
+    /// (which must have arrived).
+    pub fn wait_for_status(
+        &mut self,
+        prefix: &str,
+        give_up: Duration,
+        context: impl Fn() -> String,
+    ) -> String {
+        let first = self.wait_for_line(prefix, give_up, &context);
+        if first.contains(" source=") {
+            return first;
+        }
+        let started = Instant::now();
+        loop {
+            let lines = self.console();
+            let whole = &lines[..lines.len().saturating_sub(1)];
+            if let Some(at) = whole.iter().position(|l| l.starts_with(prefix))
+                && let Some(next) = whole.get(at + 1)
+            {
+                return format!("{} {}", whole[at].trim_end(), next.trim_end());
+            }
+            assert!(
+                started.elapsed() < give_up,
+                "the status line's rest never came"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Waits for the first console line starting with `prefix` and

@@ -208,7 +208,12 @@ fn handle(
     let at = Answering {
         server: shared.config.server_address.unwrap_or(link.address),
         origin: &shared.origin,
-        loader: shared.loader,
+        // The node's tag, else `boot.uefi_loader` (DESIGN §14).
+        loader: shared
+            .nodes
+            .get(request.mac)
+            .and_then(|node| UefiLoader::from_tags(&node.tags))
+            .unwrap_or(shared.loader),
         on_pxe_port,
     };
     match answer::answer(&request, &at) {

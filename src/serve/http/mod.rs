@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::model::boot::BootFacts;
 use crate::model::mac::Mac;
+use crate::model::script::ScriptFormat;
 use crate::serve::script;
 
 /// Request bodies larger than this are refused with 413.
@@ -132,7 +133,7 @@ fn bad_request(message: &str) -> Response {
 
 async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match base_url(&state, &headers) {
-        Ok(url) => script::http_answer(&state.boot.bootstrap(&url), None),
+        Ok(url) => script::http_answer(&state.boot.bootstrap(&url, ScriptFormat::Ipxe), None),
         Err(message) => bad_request(&message),
     }
 }
@@ -161,7 +162,15 @@ async fn boot(
         Ok(url) => url,
         Err(message) => return bad_request(&message),
     };
+    let format = match fact(&query, "format") {
+        None => ScriptFormat::Ipxe,
+        Some(name) => match ScriptFormat::parse(&name) {
+            Some(format) => format,
+            None => return bad_request("format must be ipxe or grub"),
+        },
+    };
     let facts = BootFacts {
+        format,
         arch: fact(&query, "arch"),
         platform: fact(&query, "platform"),
         uuid: fact(&query, "uuid"),
