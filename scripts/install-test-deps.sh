@@ -3,7 +3,7 @@
 # from Debian's archive. Needs root (or sudo). Does nothing when all are present.
 set -euo pipefail
 
-packages=(qemu-system-x86 ipxe-qemu ipxe ovmf tftp-hpa atftp curl tftpd-hpa wrk stress-ng dnsmasq-base iproute2 busybox-static cpio nginx-light prometheus chromium chromium-driver fonts-dejavu-core isc-dhcp-server kea-dhcp4-server kea-admin)
+packages=(qemu-system-x86 ipxe-qemu ipxe ovmf tftp-hpa atftp curl tftpd-hpa wrk stress-ng dnsmasq-base iproute2 busybox-static cpio nginx-light prometheus chromium chromium-driver fonts-dejavu-core isc-dhcp-server kea-dhcp4-server kea-admin shim-signed grub-efi-amd64-signed sbsigntool)
 
 # cargo-deb builds the Debian package its test installs.
 if ! command -v cargo-deb >/dev/null 2>&1 && ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb" ]; then

@@ -11,6 +11,9 @@ pub mod script_cache;
 pub mod stats;
 pub mod templates;
 
+#[cfg(test)]
+mod grub_tests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -337,7 +337,7 @@ impl Templates {
 }
 
 /// Sample data covering every optional field, for the start-up self-test.
-fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
+pub(crate) fn sample_context(action: &str, method: &str, offline: bool) -> ScriptContext {
     let url = "http://192.0.2.1:8080";
     ScriptContext {
         site_id: "sample".into(),
