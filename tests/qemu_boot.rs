@@ -434,26 +434,6 @@ fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_
     assert_eq!(controller.node(mac).expect("node")["state"], "reprovision");
 }
 
-/// A small real Linux (Debian's cloud kernel and a busybox initrd that
-/// prints `SITEBOOT-LINUX-UP` and powers off), built once per target
-/// directory by the test's own script.
-fn linux_assets() -> (Vec<u8>, Vec<u8>) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-assets");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/linux-assets.sh");
-    let out = Command::new("sh")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .expect("run linux-assets.sh");
-    assert!(
-        out.status.success(),
-        "linux-assets.sh (needs busybox-static, cpio and Debian's archive): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read = |name: &str| std::fs::read(dir.join(name)).expect("linux asset");
-    (read("vmlinuz"), read("initrd.gz"))
-}
-
 /// DESIGN §12, issue 12: with the controller killed, a `pending` node
 /// whose workflow is `offline_safe`, and whose files were prefetched while
 /// the controller was there, boots a real Linux kernel and initrd from
@@ -464,7 +444,7 @@ fn linux_assets() -> (Vec<u8>, Vec<u8>) {
 fn bios_ipxe_installs_a_real_linux_from_the_cache_with_the_controller_killed() {
     use common::controller::FakeController;
     use common::{get_json, wait_until};
-    let (kernel, initrd) = linux_assets();
+    let (kernel, initrd) = common::linux_assets();
     let controller = FakeController::start();
     controller.add_file("linux/vmlinuz", &kernel);
     controller.add_file("linux/initrd.gz", &initrd);

@@ -721,3 +721,24 @@ pub fn corrupt_records(database: &Path, needle: &[u8], offset: usize) {
     assert!(flipped > 0, "the record's bytes were found in the file");
     std::fs::write(database, bytes).expect("write database");
 }
+
+/// A small Linux for boot tests: Debian's cloud kernel (signed for Secure
+/// Boot) and a busybox initrd whose `/init` prints `SITEBOOT-LINUX-UP
+/// kernel=…` and powers off (`tests/harness/linux-assets.sh`, kept under
+/// the target directory between runs).
+pub fn linux_assets() -> (Vec<u8>, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-assets");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/linux-assets.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("run linux-assets.sh");
+    assert!(
+        out.status.success(),
+        "linux-assets.sh (needs busybox-static, cpio and Debian's archive): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("linux asset");
+    (read("vmlinuz"), read("initrd.gz"))
+}
