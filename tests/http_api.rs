@@ -976,3 +976,42 @@ fn refused_asset_paths_cannot_forge_or_flood_the_log() {
         after - before
     );
 }
+
+/// DESIGN §14: `format=grub` answers the same decision as a GRUB
+/// configuration (status line, single-quoted values, the kernel fetched
+/// over the agent's TFTP); an unknown format is a clear 400.
+#[test]
+fn format_grub_renders_the_same_decision_for_grub() {
+    let agent = AgentBuilder::new().config(WORKFLOWS).start();
+    let mac = mac(0x61);
+    let (status, _) = admin_call(
+        &agent,
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(
+            r#"{{"mac": "{mac}", "state": "pending", "workflow_id": "ubuntu", "hostname": "web-01"}}"#
+        )),
+    );
+    assert_eq!(status, 201);
+    let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&format=grub"))]);
+    assert_eq!(status, 200);
+    let config = String::from_utf8(body).unwrap();
+    assert!(
+        config.contains(&format!(
+            "echo 'siteboot: mac=''{mac}'' state=''pending'' action=''install'' source=''standalone'\n"
+        )),
+        "{config}"
+    );
+    let host = agent.http.ip();
+    assert!(
+        config.contains(&format!(
+            "if linux '(tftp,{host})/ubuntu/vmlinuz' 'console=ttyS0' 'autoinstall' "
+        )),
+        "{config}"
+    );
+    assert!(config.contains("' on ''web-01'"), "{config}");
+    assert!(!config.contains("#!ipxe"), "{config}");
+    let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}&format=pxelinux"))]);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("format must be ipxe or grub"));
+}

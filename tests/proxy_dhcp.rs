@@ -487,3 +487,55 @@ fn hostile_packets_and_floods_cost_a_bounded_amount_and_other_boots_go_on() {
     let grown = agent.peak_rss().saturating_sub(before);
     assert!(grown < 32 << 20, "peak memory grew {grown} bytes");
 }
+
+/// DESIGN §14: what a UEFI x64 PXE client is given follows
+/// `boot.uefi_loader`, and a node's `loader:shim` / `loader:ipxe` tag
+/// (from the controller) overrides it, in the proxy's answer.
+#[test]
+fn the_uefi_loader_follows_the_configuration_and_the_nodes_tag() {
+    use common::controller::FakeController;
+    let controller = FakeController::start();
+    let tagged = |mac: &str, tag: &str| {
+        serde_json::json!({
+            "id": format!("node-{mac}"), "mac": mac, "state": "active", "workflow_id": null,
+            "tags": [tag], "updated_at": "2026-11-22T10:00:00Z", "version": 1
+        })
+    };
+    let (shim, ipxe) = (
+        [0x52, 0x54, 0x00, 0xd4, 0xc0, 0x21],
+        [0x52, 0x54, 0x00, 0xd4, 0xc0, 0x22],
+    );
+    controller.set_raw_node(
+        "52:54:00:d4:c0:21",
+        tagged("52:54:00:d4:c0:21", "loader:shim"),
+    );
+    controller.set_raw_node(
+        "52:54:00:d4:c0:22",
+        tagged("52:54:00:d4:c0:22", "loader:ipxe"),
+    );
+    for (loader, untagged) in [("ipxe", "ipxe.efi"), ("shim", "shimx64.efi")] {
+        let (client, client_port) = client_socket();
+        let agent = proxy_agent(
+            client_port,
+            &format!(
+                "\n[boot]\nuefi_loader = \"{loader}\"\n\n[central]\n{}check_interval = \"200ms\"\n",
+                controller.central_toml()
+            ),
+        );
+        common::wait_until(Duration::from_secs(60), "synced", || {
+            common::get_json(&agent.url("/api/v1/status"))["nodes_cached"] == 2
+        });
+        let (dhcp, _) = agent.dhcp.unwrap();
+        for (mac, expected) in [(MAC, untagged), (shim, "shimx64.efi"), (ipxe, "ipxe.efi")] {
+            client
+                .send_to(
+                    &uefi_request(MessageType::Discover, Ipv4Addr::UNSPECIFIED, mac),
+                    dhcp,
+                )
+                .unwrap();
+            let offer = reply(&client);
+            assert_eq!(offer.chaddr(), mac);
+            assert_eq!(boot_file(&offer), expected, "boot.uefi_loader = {loader}");
+        }
+    }
+}

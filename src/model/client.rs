@@ -335,4 +335,19 @@ mod tests {
         assert!(Client::from_http_boot(Some("UefiHttpBoot/1.0")).is_some());
         assert!(Client::from_http_boot(Some("curl/8")).is_none());
     }
+
+    #[test]
+    fn a_nodes_loader_tag_overrides_the_configuration() {
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(UefiLoader::from_tags(&tags(&["rack1"])), None);
+        assert_eq!(
+            UefiLoader::from_tags(&tags(&["loader:shim"])),
+            Some(UefiLoader::Shim)
+        );
+        assert_eq!(
+            UefiLoader::from_tags(&tags(&["loader:shim", "loader:ipxe"])),
+            Some(UefiLoader::Ipxe),
+            "the last one wins"
+        );
+    }
 }
