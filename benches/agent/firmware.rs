@@ -134,3 +134,55 @@ pub fn firmware_benchmark(work: &std::path::Path) {
         );
     }
 }
+
+/// Issue 22: power-on to status line under Secure Boot (shim → GRUB, the
+/// site server handing out `shimx64.efi`) vs the same node with
+/// `ipxe.efi` and Secure Boot off, both full DHCP, interleaved.
+pub fn secure_boot_benchmark(work: &std::path::Path) {
+    println!(
+        "\n== Power-on to status line, Secure Boot (shim -> GRUB) vs ipxe.efi, s (median of {ROUNDS} rounds) =="
+    );
+    let mut secure = Vec::new();
+    let mut plain = Vec::new();
+    for round in 0..ROUNDS {
+        for shim in [true, false] {
+            let mut segment = Segment::create();
+            let (interface, address) = segment.join_host();
+            let dir = work.join(format!("secureboot-{shim}-{round}"));
+            let (_agent, port) = start_agent(&dir.join("agent"), &interface, &address, false);
+            let extra = if shim {
+                vec![
+                    "--dhcp-match=set:efi64,option:client-arch,7".to_string(),
+                    format!("--dhcp-boot=tag:efi64,shimx64.efi,,{address}"),
+                ]
+            } else {
+                full_dhcp(&address, port)
+            };
+            segment.start_dnsmasq(&extra, &dir.join("dnsmasq.log"));
+            let mac = format!("52:54:00:5e:{:02x}:{:02x}", u8::from(shim), round);
+            let firmware = if shim {
+                Firmware::UefiSecureBoot
+            } else {
+                Firmware::UefiPxe
+            };
+            let started = Instant::now();
+            let mut vm = segment.start_vm(firmware, &mac, &dir);
+            let _ = vm.wait_for_status(&format!("siteboot: mac={mac} "), GIVE_UP, || {
+                std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default()
+            });
+            let seconds = started.elapsed().as_secs_f64();
+            if shim {
+                secure.push(seconds);
+            } else {
+                plain.push(seconds);
+            }
+        }
+    }
+    let (secure, plain) = (median(secure), median(plain));
+    println!("Secure Boot, shim -> GRUB -> status line   {secure:>6.1}");
+    println!("Secure Boot off, ipxe.efi -> status line   {plain:>6.1}");
+    println!(
+        "shim -> GRUB vs ipxe.efi                   {:>6.2}x",
+        secure / plain
+    );
+}

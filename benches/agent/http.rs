@@ -52,14 +52,21 @@ pub(crate) fn http_benchmark(dir: &Path) {
     let nginx: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
     let boot = runtime.block_on(load(http, macs.clone(), Endpoint::Boot));
     let health = runtime.block_on(load(http, macs.clone(), Endpoint::Health));
+    let grub = runtime.block_on(load(http, macs.clone(), Endpoint::BootGrub));
     let reference = runtime.block_on(load(nginx, macs, Endpoint::Static));
     print_row("/health (the HTTP stack's floor)", &health);
     print_row("/api/v1/boot (target p99 < 2 ms)", &boot);
+    print_row("/api/v1/boot?format=grub", &grub);
     print_row("nginx, the same script as a file", &reference);
     println!(
         "/api/v1/boot vs /health: {:.2}x the requests/s, {:.2}x the p99",
         boot.rate / health.rate,
         boot.p99 / health.p99
+    );
+    println!(
+        "GRUB configurations vs iPXE scripts: {:.2}x the requests/s, {:.2}x the p99",
+        grub.rate / boot.rate,
+        grub.p99 / boot.p99
     );
     println!(
         "/api/v1/boot vs nginx: {:.2}x the requests/s, {:.2}x the p99\n",
@@ -85,6 +92,8 @@ pub(crate) fn print_row(name: &str, r: &LoadResult) {
 #[derive(Clone, Copy)]
 pub(crate) enum Endpoint {
     Boot,
+    /// The same decisions as GRUB configurations (`format=grub`).
+    BootGrub,
     Health,
     /// nginx's copy of a script.
     Static,
@@ -177,6 +186,9 @@ pub(crate) async fn load(http: SocketAddr, macs: Vec<Mac>, endpoint: Endpoint) -
                 let request = match endpoint {
                     Endpoint::Boot => format!(
                         "GET /api/v1/boot?mac={mac}&arch=x86_64&platform=efi HTTP/1.1\r\nHost: {http}\r\n\r\n"
+                    ),
+                    Endpoint::BootGrub => format!(
+                        "GET /api/v1/boot?mac={mac}&format=grub HTTP/1.1\r\nHost: {http}\r\n\r\n"
                     ),
                     Endpoint::Health => format!("GET /health HTTP/1.1\r\nHost: {http}\r\n\r\n"),
                     Endpoint::Static => {

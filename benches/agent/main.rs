@@ -22,6 +22,8 @@
 //! * firmware: power-on to status line for OVMF PXE, OVMF HTTP Boot and
 //!   SeaBIOS iPXE, through ProxyDHCP vs a DHCP server configured for
 //!   network boot (QEMU under TCG, on a bridge in a network namespace).
+//! * secureboot: power-on to status line through shim → GRUB under Secure
+//!   Boot vs `ipxe.efi` with it off.
 //!
 //! Everything runs on 127.0.0.1 (ProxyDHCP: a veth pair); clients and servers share the machine's
 //! cores, as they would not in production, so ratios matter more than
@@ -163,6 +165,9 @@ fn main() {
     }
     if wanted("firmware") {
         firmware_benchmark(work.path());
+    }
+    if wanted("secureboot") {
+        secure_boot_benchmark(work.path());
     }
 }
 
