@@ -218,3 +218,30 @@ proptest! {
         prop_assert_eq!(&linux[3..3 + expected.len()], expected.as_slice());
     }
 }
+
+/// An operator's `.grub.j2` replaces the built-in one like an iPXE
+/// template does, is checked at start, and cannot get a value past the
+/// quoting (`|safe` changes nothing).
+#[test]
+fn an_operator_grub_template_overrides_and_still_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("retired.grub.j2"),
+        "echo 'custom: '{{ hostname|safe }}\n",
+    )
+    .unwrap();
+    let t = Templates::load(dir.path()).unwrap();
+    let mut ctx = sample_context("retired", "kernel", false);
+    ctx.hostname = Some("web'; reboot; '".into());
+    let body = t.render_body("retired", &ctx, ScriptFormat::Grub).unwrap();
+    assert_eq!(
+        words(body.trim_end()).unwrap(),
+        ["echo", "custom: web'; reboot; '"]
+    );
+    std::fs::write(dir.path().join("local.grub.j2"), "echo {{ no_such }}\n").unwrap();
+    let err = Templates::load(dir.path())
+        .err()
+        .expect("refused at start")
+        .to_string();
+    assert!(err.contains("local.grub.j2:1:"), "{err}");
+}
