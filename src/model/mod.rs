@@ -9,4 +9,5 @@ pub mod mac;
 pub mod mode;
 pub mod node;
 pub mod path;
+pub mod policy;
 pub mod script;
