@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::segment::console_lines;
 use common::{Agent, AgentBuilder, require_tool};
 
 /// TCG guests are CPU-bound; on two cores, one at a time.
@@ -87,23 +88,6 @@ fn start_vm(firmware: Firmware, mac: &str, bootfile: &str, dir: &Path) -> (Vm, P
         .spawn()
         .expect("start qemu");
     (Vm { child }, serial)
-}
-
-/// The serial log as text lines. SeaBIOS's serial console wraps lines at
-/// 80 columns (inserting CR LF); those pieces are joined back.
-fn console_lines(raw: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(raw).replace('\r', "");
-    let mut lines: Vec<String> = Vec::new();
-    let mut continues = false;
-    for piece in text.split('\n') {
-        if continues && let Some(last) = lines.last_mut() {
-            last.push_str(piece);
-        } else {
-            lines.push(piece.to_string());
-        }
-        continues = piece.chars().count() == 80;
-    }
-    lines
 }
 
 /// Waits until the console holds a line equal to `status` and, for each of

@@ -282,6 +282,24 @@ impl Drop for Segment {
     }
 }
 
+/// A serial log as text lines, without terminal escapes. SeaBIOS's
+/// serial console wraps lines at 80 columns (inserting CR LF); those
+/// pieces are joined back.
+pub fn console_lines(raw: &[u8]) -> Vec<String> {
+    let text = strip_escapes(&String::from_utf8_lossy(raw)).replace('\r', "");
+    let mut lines: Vec<String> = Vec::new();
+    let mut continues = false;
+    for piece in text.split('\n') {
+        if continues && let Some(last) = lines.last_mut() {
+            last.push_str(piece);
+        } else {
+            lines.push(piece.to_string());
+        }
+        continues = piece.chars().count() == 80;
+    }
+    lines
+}
+
 /// The text without terminal escape sequences (GRUB and OVMF's setup
 /// screen draw with them): `ESC [ … final byte` and two-byte `ESC x`.
 fn strip_escapes(text: &str) -> String {
@@ -323,19 +341,7 @@ impl Vm {
     /// The serial console so far, as lines (SeaBIOS wraps at 80 columns
     /// with CR LF; those pieces are joined back).
     pub fn console(&self) -> Vec<String> {
-        let raw = std::fs::read(&self.serial).unwrap_or_default();
-        let text = strip_escapes(&String::from_utf8_lossy(&raw)).replace('\r', "");
-        let mut lines: Vec<String> = Vec::new();
-        let mut continues = false;
-        for piece in text.split('\n') {
-            if continues && let Some(last) = lines.last_mut() {
-                last.push_str(piece);
-            } else {
-                lines.push(piece.to_string());
-            }
-            continues = piece.chars().count() == 80;
-        }
-        lines
+        console_lines(&std::fs::read(&self.serial).unwrap_or_default())
     }
 
     /// Waits for a status line (`siteboot: mac=… source=…`) starting with
