@@ -337,7 +337,7 @@ fn bios_ipxe_boots_offline_then_the_queue_reaches_the_controller() {
 #[test]
 fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_central() {
     use common::controller::FakeController;
-    use common::{admin_token, curl, get_json, wait_until};
+    use common::{admin_token, curl};
     let controller = FakeController::start();
     controller.check_versions();
     let mac = "52:54:00:5b:00:07";
@@ -348,8 +348,6 @@ fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_
     controller.set_node(mac, "active", None);
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = linked_agent(&controller, "[conflicts]\nstate_mismatch = \"manual\"\n", 1);
-    let status = || get_json(&agent.url("/api/v1/status"));
-    let limit = Duration::from_secs(60);
     let token = admin_token(&agent);
     let auth = format!("Authorization: Bearer {token}");
     let admin = |method: &str, path: &str, body: &str| {
@@ -368,23 +366,7 @@ fn bios_ipxe_node_with_an_open_conflict_boots_its_disk_then_installs_after_keep_
             serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
         (code, answer)
     };
-    controller.down();
-    wait_until(limit, "offline", || status()["mode"] == "offline");
-    let (code, answer) = admin(
-        "PATCH",
-        &format!("/api/v1/nodes/{mac}/state"),
-        r#"{"state": "retired", "comment": "retired at the site"}"#,
-    );
-    assert_eq!(code, 202, "{answer}");
-    controller.set_node(mac, "reprovision", Some("debian"));
-    controller.up();
-    wait_until(limit, "the conflict open", || {
-        status()["conflicts_pending"] == 1
-    });
-    let (code, _, list) = curl(&["-H", &auth, &agent.url("/api/v1/conflicts?status=open")]);
-    assert_eq!(code, 200);
-    let list: serde_json::Value = serde_json::from_slice(&list).expect("a JSON list");
-    let id = list["data"][0]["id"].as_u64().expect("conflict id");
+    let id = common::open_retired_vs_reprovision_conflict(&agent, &controller, mac, "debian");
 
     boot_vm_and_expect(
         &agent,

@@ -307,22 +307,7 @@ fn under_secure_boot_a_node_with_an_open_conflict_gets_the_banner_and_its_disk()
         1,
         "[conflicts]\nstate_mismatch = \"manual\"\n",
     );
-    let status = || get_json(&agent.url("/api/v1/status"));
-    let limit = Duration::from_secs(60);
-    controller.down();
-    wait_until(limit, "offline", || status()["mode"] == "offline");
-    let (code, answer) = common::admin_call(
-        &agent,
-        "PATCH",
-        &format!("/api/v1/nodes/{mac}/state"),
-        Some(r#"{"state": "retired", "comment": "retired at the site"}"#),
-    );
-    assert_eq!(code, 202, "{answer}");
-    controller.set_node(mac, "reprovision", Some("debian"));
-    controller.up();
-    wait_until(limit, "the conflict open", || {
-        status()["conflicts_pending"] == 1
-    });
+    let id = common::open_retired_vs_reprovision_conflict(&agent, &controller, mac, "debian");
 
     let dir = agent.dir.path().to_path_buf();
     segment.start_dnsmasq(&full_dhcp(&address), &dir.join("dnsmasq.log"));
@@ -333,6 +318,9 @@ fn under_secure_boot_a_node_with_an_open_conflict_gets_the_banner_and_its_disk()
     );
     vm.wait_for_line("siteboot: booting local disk", BOOT_GIVE_UP, String::new);
     let console = vm.console().join("\n");
-    assert!(console.contains("*** siteboot CONFLICT "), "{console}");
+    assert!(
+        console.contains(&format!("*** siteboot CONFLICT {id}:")),
+        "{console}"
+    );
     assert!(!console.contains("installing"), "{console}");
 }

@@ -74,11 +74,6 @@ impl Script {
         Script::new(ScriptFormat::Ipxe, text)
     }
 
-    /// A GRUB configuration.
-    pub fn grub(text: String) -> Script {
-        Script::new(ScriptFormat::Grub, text)
-    }
-
     /// The script's format.
     pub fn format(&self) -> ScriptFormat {
         self.0.format

@@ -742,3 +742,34 @@ pub fn linux_assets() -> (Vec<u8>, Vec<u8>) {
     let read = |name: &str| std::fs::read(dir.join(name)).expect("linux asset");
     (read("vmlinuz"), read("initrd.gz"))
 }
+
+/// DESIGN §8: opens a state conflict on `mac` the way an outage does, and
+/// returns its id: the controller goes down, the site retires the node,
+/// the controller meanwhile sets it to `reprovision` with `workflow`, and
+/// comes back. The agent is configured with `state_mismatch = "manual"`.
+pub fn open_retired_vs_reprovision_conflict(
+    agent: &Agent,
+    controller: &controller::FakeController,
+    mac: &str,
+    workflow: &str,
+) -> u64 {
+    let status = || get_json(&agent.url("/api/v1/status"));
+    let limit = Duration::from_secs(60);
+    controller.down();
+    wait_until(limit, "offline", || status()["mode"] == "offline");
+    let (code, answer) = admin_call(
+        agent,
+        "PATCH",
+        &format!("/api/v1/nodes/{mac}/state"),
+        Some(r#"{"state": "retired", "comment": "retired at the site"}"#),
+    );
+    assert_eq!(code, 202, "{answer}");
+    controller.set_node(mac, "reprovision", Some(workflow));
+    controller.up();
+    wait_until(limit, "the conflict open", || {
+        status()["conflicts_pending"] == 1
+    });
+    let (code, list) = admin_call(agent, "GET", "/api/v1/conflicts?status=open", None);
+    assert_eq!(code, 200, "{list}");
+    list["data"][0]["id"].as_u64().expect("conflict id")
+}

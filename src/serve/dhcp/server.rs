@@ -197,7 +197,8 @@ fn handle(
     };
     let kind = request.kind.as_str();
     let class = class_label(&request);
-    if shared.config.known_only && shared.nodes.get(request.mac).is_none() {
+    let node = shared.nodes.get(request.mac);
+    if shared.config.known_only && node.is_none() {
         metrics.dhcp_request(kind, class, "unknown_mac");
         return None;
     }
@@ -209,9 +210,7 @@ fn handle(
         server: shared.config.server_address.unwrap_or(link.address),
         origin: &shared.origin,
         // The node's tag, else `boot.uefi_loader` (DESIGN §14).
-        loader: shared
-            .nodes
-            .get(request.mac)
+        loader: node
             .and_then(|node| UefiLoader::from_tags(&node.tags))
             .unwrap_or(shared.loader),
         on_pxe_port,
