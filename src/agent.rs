@@ -86,6 +86,8 @@ pub struct Services {
     pub registration_token: Option<String>,
     /// The content cache (DESIGN §12), when a controller is configured.
     pub cache: Option<Arc<ContentCache>>,
+    /// The site policy in force (DESIGN §15).
+    pub policy: Arc<crate::policy::PolicyCell>,
     recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -114,13 +116,20 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         ),
     };
     let port = Arc::new(port);
+    let policy = Arc::new(crate::policy::PolicyCell::open(
+        &store,
+        config.policy_pins.clone(),
+    )?);
     let cache = match port.mode().has_controller() {
-        true => Some(Arc::new(ContentCache::open(
-            &config.data_dir.join("content"),
-            Arc::new(store.clone()),
-            port.clone(),
-            config.cache.clone(),
-        )?)),
+        true => Some(Arc::new(
+            ContentCache::open(
+                &config.data_dir.join("content"),
+                Arc::new(store.clone()),
+                port.clone(),
+                config.cache.clone(),
+            )?
+            .with_site_policy(policy.clone()),
+        )),
         false => None,
     };
     let queue = Queue::open(store.clone(), Limits::from_config(&config.queue))?;
@@ -131,7 +140,8 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         config.central.write_deadline,
         config.queue.node_items_per_minute,
         crate::outbox::stored_policies(&store, config.conflicts)?,
-    ));
+    )
+    .with_site_policy(policy.clone()));
     let boot_rows: Arc<dyn crate::store::rows::BootRows> = Arc::new(store.clone());
     let (recorder, recorder_task) = if record {
         let (recorder, task) = Recorder::start(boot_rows.clone());
@@ -159,6 +169,7 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         boot,
         registration_token,
         cache,
+        policy,
         recorder: recorder_task,
     })
 }
@@ -355,6 +366,7 @@ fn spawn_link(
             status: status.clone(),
             store: services.store.clone(),
             cache: services.cache.clone(),
+            policy: services.policy.clone(),
         },
         LinkSettings {
             central: config.central.clone(),

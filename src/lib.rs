@@ -35,6 +35,7 @@ pub(crate) mod logsafe;
 pub(crate) mod metrics;
 pub mod model;
 pub(crate) mod outbox;
+pub(crate) mod policy;
 pub(crate) mod ratelimit;
 pub(crate) mod serve;
 pub(crate) mod status;

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 1),
     ("store", 2),
     ("central", 3),
+    ("policy", 3),
     ("outbox", 4),
     ("content", 4),
     ("boot", 5),

@@ -104,6 +104,7 @@ impl From<WriteError> for AdminError {
     fn from(e: WriteError) -> AdminError {
         match e {
             WriteError::Unwritable(_) => AdminError::Unavailable(e.to_string()),
+            WriteError::Refused(_) => AdminError::Conflict(e.to_string()),
             WriteError::Store(store) => store.into(),
             WriteError::Queue(queue) => queue.into(),
             other => AdminError::Internal(other.to_string()),

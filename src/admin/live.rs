@@ -138,7 +138,7 @@ impl LiveAdmin {
             paths.into_iter().map(|p| (p, false)).collect()
         } else {
             let workflows = self.boot.all_workflows().await;
-            crate::content::wanted_files(&workflows, &self.nodes.all())
+            cache.wanted(&workflows, &self.nodes.all())
         };
         let listed: Vec<&String> = wanted.iter().map(|(p, _)| p).collect();
         let body = json!({ "prefetching": listed });

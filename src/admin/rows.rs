@@ -84,10 +84,11 @@ pub(super) fn changed_policies(
             .policy
             .parse::<Policy>()
             .map_err(|e| AdminError::BadRequest(format!("{}: {e}", change.kind)))?;
-        if policy == Policy::Auto && change.kind != "state_mismatch" {
+        if !policy.fits_every_kind() && change.kind != "state_mismatch" {
             return Err(AdminError::BadRequest(format!(
-                "{}: auto applies to state_mismatch only",
-                change.kind
+                "{}: {} applies to state_mismatch only",
+                change.kind,
+                policy.as_str()
             )));
         }
         *slot = policy;

@@ -30,6 +30,10 @@ pub struct AgentSettings {
     /// Seconds.
     #[serde(default)]
     pub heartbeat_interval: Option<u64>,
+    /// Everything else the controller said (PureBoot: the site policy,
+    /// DESIGN §15), read by `model::policy::ControllerPolicy::read`.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -296,6 +296,25 @@ impl Controller for HttpController {
         Box::pin(self.call(builder, SYNC_PAGE_MAX))
     }
 
+    fn site_record(
+        &self,
+        site_id: &str,
+    ) -> BoxFuture<'_, Result<Option<serde_json::Value>, CentralError>> {
+        let builder = self.request(reqwest::Method::GET, &format!("/api/v1/sites/{site_id}"));
+        Box::pin(async move {
+            match self.call::<serde_json::Value>(builder, ONE_RECORD_MAX).await {
+                // PureBoot wraps it as `{success, data}`; a bare record is
+                // taken as it is.
+                Ok(mut answer) => Ok(Some(match answer.get_mut("data") {
+                    Some(data) if data.is_object() => data.take(),
+                    _ => answer,
+                })),
+                Err(CentralError::Rejected { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>> {
         let builder = self
             .request(reqwest::Method::GET, "/api/v1/nodes")

@@ -83,6 +83,15 @@ pub trait Controller: Send + Sync + 'static {
         site_id: &str,
         since: Option<&str>,
     ) -> BoxFuture<'_, Result<NodePage, CentralError>>;
+    /// The site's record (`GET /api/v1/sites/{id}`, PureBoot's), its
+    /// `data` object; `Ok(None)`: the controller has none (404), or is no
+    /// controller at all (standalone).
+    fn site_record(
+        &self,
+        _site_id: &str,
+    ) -> BoxFuture<'_, Result<Option<serde_json::Value>, CentralError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// `Ok(None)`: the controller does not know the MAC.
     fn node_by_mac(&self, mac: Mac) -> BoxFuture<'_, Result<Option<Node>, CentralError>>;
     /// Registers a node; an existing one (409) is fetched and returned.

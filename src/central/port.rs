@@ -154,6 +154,17 @@ impl ControllerPort {
         )
     }
 
+    /// The site's record at the controller, if it keeps one (DESIGN §6,
+    /// §15: where PureBoot keeps the conflict strategy and cache patterns).
+    pub async fn site_record(&self) -> Result<Option<serde_json::Value>, CentralError> {
+        let started = std::time::Instant::now();
+        self.observe_call(
+            "site_record",
+            started,
+            self.controller.site_record(&self.site_id).await,
+        )
+    }
+
     /// The controller's record of `mac`; `Ok(None)` if it has none. The
     /// MAC of what comes back is checked: a controller's answer for
     /// another machine is never taken for this one.

@@ -138,6 +138,10 @@ pub enum Policy {
     LocalWins,
     /// Left open for an operator.
     Manual,
+    /// State mismatches only: the later change wins, the site's by its
+    /// `changed_at`, the controller's by its record's `updated_at`
+    /// (DESIGN §15); ties go to the controller.
+    LastWrite,
 }
 
 impl Policy {
@@ -147,6 +151,7 @@ impl Policy {
             Policy::CentralWins => "central_wins",
             Policy::LocalWins => "local_wins",
             Policy::Manual => "manual",
+            Policy::LastWrite => "last_write",
         }
     }
 }
@@ -159,9 +164,40 @@ impl std::str::FromStr for Policy {
             "central_wins" => Ok(Policy::CentralWins),
             "local_wins" => Ok(Policy::LocalWins),
             "manual" => Ok(Policy::Manual),
+            "last_write" => Ok(Policy::LastWrite),
             other => Err(format!(
-                "{other:?}: expected auto, central_wins, local_wins or manual"
+                "{other:?}: expected auto, central_wins, local_wins, last_write or manual"
             )),
+        }
+    }
+}
+
+impl Policy {
+    /// Has this policy a meaning for every kind? `auto` and `last_write`
+    /// compare the two sides' changes, which only a state mismatch has.
+    pub fn fits_every_kind(self) -> bool {
+        !matches!(self, Policy::Auto | Policy::LastWrite)
+    }
+}
+
+impl ConflictPolicies {
+    /// The per-kind policies a site-wide strategy stands for (DESIGN
+    /// §15): `last_write` where it has a meaning, `manual` elsewhere.
+    pub fn of_strategy(strategy: crate::model::policy::ConflictStrategy) -> ConflictPolicies {
+        use crate::model::policy::ConflictStrategy;
+        let every = |policy| ConflictPolicies {
+            state_mismatch: policy,
+            missing_central: policy,
+            missing_local: policy,
+        };
+        match strategy {
+            ConflictStrategy::CentralWins => every(Policy::CentralWins),
+            ConflictStrategy::SiteWins => every(Policy::LocalWins),
+            ConflictStrategy::Manual => every(Policy::Manual),
+            ConflictStrategy::LastWrite => ConflictPolicies {
+                state_mismatch: Policy::LastWrite,
+                ..every(Policy::Manual)
+            },
         }
     }
 }
@@ -266,6 +302,10 @@ pub struct Config {
     /// How conflicts of each kind are settled when found (DESIGN §8),
     /// until changed at run time.
     pub conflicts: ConflictPolicies,
+    /// The local keys that pin the site policy (DESIGN §2, §15):
+    /// `site.autonomy`, `cache.policy`, `cache.patterns`,
+    /// `cache.retention`, `conflicts.site_policy`.
+    pub policy_pins: crate::model::policy::LocalPins,
     pub queue: QueueConfig,
     pub cache: CacheConfig,
     /// ProxyDHCP (`[dhcp]`).

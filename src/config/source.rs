@@ -45,11 +45,17 @@ const KEYS: &[(&str, &[&str])] = &[
             "sync_interval",
         ],
     ),
+    ("site", &["autonomy"]),
     ("offline", &["default_action"]),
     ("boot", &["uefi_loader"]),
     (
         "conflicts",
-        &["state_mismatch", "missing_central", "missing_local"],
+        &[
+            "state_mismatch",
+            "missing_central",
+            "missing_local",
+            "site_policy",
+        ],
     ),
     (
         "queue",
@@ -73,6 +79,9 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_fills",
             "misses_per_client",
             "negative_ttl",
+            "policy",
+            "patterns",
+            "retention",
         ],
     ),
     (
@@ -391,6 +400,7 @@ impl Source {
             missing_central: self.policy("conflicts.missing_central", Policy::Manual, false)?,
             missing_local: self.policy("conflicts.missing_local", Policy::Manual, false)?,
         };
+        let policy_pins = self.policy_pins()?;
         let admin_token_file = match self.optional_string("admin.token_file")? {
             Some(path) => PathBuf::from(path),
             None => data_dir.join("admin.token"),
@@ -402,6 +412,7 @@ impl Source {
             central: self.central()?,
             offline_default_action,
             conflicts,
+            policy_pins,
             queue: self.queue()?,
             cache: self.cache()?,
             dhcp: self.dhcp()?,
@@ -571,6 +582,57 @@ impl Source {
         })
     }
 
+    /// The local keys that pin the site policy against the controller
+    /// (DESIGN §2, §15); unset keys leave the value to the controller.
+    fn policy_pins(&self) -> Result<crate::model::policy::LocalPins, ConfigError> {
+        use crate::model::policy::{Autonomy, CachePolicy, ConflictStrategy};
+        fn named<T>(
+            source: &Source,
+            key: &str,
+            parse: fn(&str) -> Option<T>,
+            expected: &str,
+        ) -> Result<Option<T>, ConfigError> {
+            match source.optional_string(key)? {
+                None => Ok(None),
+                Some(text) => parse(&text)
+                    .map(Some)
+                    .ok_or_else(|| source.invalid(key, format!("{text:?}: use {expected}"))),
+            }
+        }
+        let patterns = if self.values.contains_key("cache.patterns") {
+            Some(self.string_list("cache.patterns")?)
+        } else {
+            None
+        };
+        let retention = if self.values.contains_key("cache.retention") {
+            Some(self.duration("cache.retention", "30d")?)
+        } else {
+            None
+        };
+        Ok(crate::model::policy::LocalPins {
+            autonomy: named(
+                self,
+                "site.autonomy",
+                Autonomy::parse,
+                "readonly, limited or full",
+            )?,
+            cache_policy: named(
+                self,
+                "cache.policy",
+                CachePolicy::parse,
+                "minimal, assigned, mirror or pattern",
+            )?,
+            cache_patterns: patterns,
+            cache_retention: retention,
+            conflict_strategy: named(
+                self,
+                "conflicts.site_policy",
+                ConflictStrategy::parse,
+                "central_wins, last_write, site_wins or manual",
+            )?,
+        })
+    }
+
     fn policy(
         &self,
         key: &str,
@@ -579,9 +641,12 @@ impl Source {
     ) -> Result<Policy, ConfigError> {
         let text = self.string(key, default.as_str())?;
         match text.parse::<Policy>() {
-            Ok(Policy::Auto) if !auto_allowed => Err(self.invalid(
+            Ok(policy) if !policy.fits_every_kind() && !auto_allowed => Err(self.invalid(
                 key,
-                "auto applies to state_mismatch only; use central_wins, local_wins or manual",
+                format!(
+                    "{} applies to state_mismatch only; use central_wins, local_wins or manual",
+                    policy.as_str()
+                ),
             )),
             Ok(policy) => Ok(policy),
             Err(e) => Err(self.invalid(key, e)),

@@ -170,6 +170,9 @@ pub struct ContentCache {
     /// Bytes set aside for fills under way (their announced lengths):
     /// counted with the cached files against `cache.max_bytes`.
     reserved: Arc<AtomicU64>,
+    /// The site policy: what to fetch ahead, the controller's size and
+    /// retention (DESIGN §15).
+    site_policy: Arc<crate::policy::PolicyCell>,
 }
 
 /// Room on the data directory's filesystem the cache never takes: the
@@ -325,7 +328,29 @@ impl ContentCache {
             client_fills: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reserved: Arc::new(AtomicU64::new(0)),
             settings,
+            site_policy: Arc::new(crate::policy::PolicyCell::with(
+                crate::model::policy::SitePolicy::defaults(),
+                Default::default(),
+            )),
         })
+    }
+
+    /// Follows the site policy in force (DESIGN §15) instead of the
+    /// defaults.
+    pub fn with_site_policy(mut self, policy: Arc<crate::policy::PolicyCell>) -> ContentCache {
+        self.site_policy = policy;
+        self
+    }
+
+    /// The cache's size bound: `cache.max_bytes`, or the controller's
+    /// `cache_max_size_gb` where that is smaller (the site's disk was
+    /// sized for the local key; the controller may ask for less, never
+    /// more).
+    pub fn max_bytes(&self) -> u64 {
+        match self.site_policy.cache_max_bytes() {
+            Some(limit) => limit.min(self.settings.max_bytes),
+            None => self.settings.max_bytes,
+        }
     }
 
     /// A complete copy of `path`, or the fill that brings it (started
@@ -673,7 +698,7 @@ impl ContentCache {
             bytes: entries.values().map(|e| e.size).sum(),
             pinned: entries.values().filter(|e| e.pinned).count() as u64,
             pinned_bytes: entries.values().filter(|e| e.pinned).map(|e| e.size).sum(),
-            max_bytes: self.settings.max_bytes,
+            max_bytes: self.max_bytes(),
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             fills: c.fills.load(Ordering::Relaxed),
@@ -682,36 +707,6 @@ impl ContentCache {
             filling: self.fills.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
         }
     }
-}
-
-/// DESIGN §12 prefetch list: the files of workflows assigned to `pending`
-/// or `reprovision` nodes, and, pinned, those of every `offline_safe`
-/// workflow; (path, pinned), each path once.
-pub fn wanted_files(
-    workflows: &[crate::model::node::Workflow],
-    nodes: &[Arc<crate::model::node::Node>],
-) -> Vec<(String, bool)> {
-    use crate::model::node::NodeState;
-    let by_id: HashMap<&str, &crate::model::node::Workflow> =
-        workflows.iter().map(|w| (w.id.as_str(), w)).collect();
-    let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
-    for workflow in workflows.iter().filter(|w| w.offline_safe) {
-        for file in workflow.files() {
-            wanted.insert(file.to_string(), true);
-        }
-    }
-    for node in nodes {
-        if !matches!(node.state, NodeState::Pending | NodeState::Reprovision) {
-            continue;
-        }
-        let Some(workflow) = node.workflow_id.as_deref().and_then(|id| by_id.get(id)) else {
-            continue;
-        };
-        for file in workflow.files() {
-            wanted.entry(file.to_string()).or_insert(false);
-        }
-    }
-    wanted.into_iter().collect()
 }
 
 /// With the agent stopped (the command line): the index's entries.

@@ -101,3 +101,134 @@ impl ContentCache {
         (fetched, failed)
     }
 }
+
+impl ContentCache {
+    /// What to fetch ahead after a sync, under the site policy in force
+    /// (DESIGN §12, §15): (path, pinned), each path once.
+    pub fn wanted(
+        &self,
+        workflows: &[crate::model::node::Workflow],
+        nodes: &[Arc<crate::model::node::Node>],
+    ) -> Vec<(String, bool)> {
+        wanted_files(&self.site_policy.current(), workflows, nodes)
+    }
+
+    /// DESIGN §15 retention: unpinned files unused for the retention the
+    /// site policy sets (none: kept until room is needed) are evicted, as
+    /// of `now` (injected, so a test need not wait days). The count.
+    pub async fn expire_unused(&self, now: OffsetDateTime) -> usize {
+        let Some(retention) = self.site_policy.current().cache_retention.value else {
+            return 0;
+        };
+        let Ok(retention) = time::Duration::try_from(retention) else {
+            return 0;
+        };
+        let cutoff = now - retention;
+        let victims: Vec<Entry> = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .values()
+                .filter(|e| !e.pinned && e.last_used < cutoff)
+                .cloned()
+                .collect()
+        };
+        if victims.is_empty() {
+            return 0;
+        }
+        let paths: Vec<String> = victims.iter().map(|e| e.path.clone()).collect();
+        if let Err(e) = self.forget(&paths).await {
+            tracing::warn!(error = %e, "expired files not removed; kept");
+            return 0;
+        }
+        self.counters
+            .evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        for entry in &victims {
+            tracing::info!(path = %entry.path, bytes = entry.size, last_used = %entry.last_used,
+                "evicted from the content cache: unused longer than the retention");
+        }
+        victims.len()
+    }
+}
+
+/// The prefetch list under `policy` (DESIGN §12, §15):
+/// * the files of every `offline_safe` workflow, pinned, under every
+///   policy, so that the site can install offline what it was told it
+///   may; only a `minimal` pinned by the local key drops them too (the
+///   site's operator then wants nothing fetched ahead, and says so);
+/// * `assigned`: the files of workflows assigned to `pending` or
+///   `reprovision` nodes; `mirror`: every file of every workflow;
+///   `pattern`: every file whose path matches one of the patterns
+///   (shell-style, as PureBoot's agent matches them: `*` crosses `/`);
+///   `minimal`: nothing more.
+pub fn wanted_files(
+    policy: &crate::model::policy::SitePolicy,
+    workflows: &[crate::model::node::Workflow],
+    nodes: &[Arc<crate::model::node::Node>],
+) -> Vec<(String, bool)> {
+    use crate::model::node::NodeState;
+    use crate::model::policy::{CachePolicy, Origin};
+    let chosen = policy.cache_policy.value;
+    let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
+    let pinned_minimal =
+        chosen == CachePolicy::Minimal && policy.cache_policy.origin == Origin::Config;
+    if !pinned_minimal {
+        for workflow in workflows.iter().filter(|w| w.offline_safe) {
+            for file in workflow.files() {
+                wanted.insert(file.to_string(), true);
+            }
+        }
+    }
+    let mut add = |file: &str| {
+        wanted.entry(file.to_string()).or_insert(false);
+    };
+    match chosen {
+        CachePolicy::Minimal => {}
+        CachePolicy::Assigned => {
+            let by_id: HashMap<&str, &crate::model::node::Workflow> =
+                workflows.iter().map(|w| (w.id.as_str(), w)).collect();
+            for node in nodes {
+                if !matches!(node.state, NodeState::Pending | NodeState::Reprovision) {
+                    continue;
+                }
+                let Some(workflow) = node.workflow_id.as_deref().and_then(|id| by_id.get(id))
+                else {
+                    continue;
+                };
+                workflow.files().into_iter().for_each(&mut add);
+            }
+        }
+        CachePolicy::Mirror => workflows
+            .iter()
+            .flat_map(|w| w.files())
+            .for_each(&mut add),
+        CachePolicy::Pattern => {
+            let patterns = patterns(&policy.cache_patterns.value);
+            workflows
+                .iter()
+                .flat_map(|w| w.files())
+                .filter(|path| patterns.is_match(path))
+                .for_each(&mut add);
+        }
+    }
+    wanted.into_iter().collect()
+}
+
+/// The `pattern` policy's patterns; one that is not a valid pattern is
+/// logged and matches nothing.
+fn patterns(texts: &[String]) -> globset::GlobSet {
+    let mut set = globset::GlobSetBuilder::new();
+    for text in texts {
+        match globset::Glob::new(text) {
+            Ok(glob) => {
+                set.add(glob);
+            }
+            Err(e) => tracing::warn!(pattern = %crate::logsafe::shown(text), error = %e,
+                "cache pattern not understood; it matches nothing"),
+        }
+    }
+    set.build().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cache patterns not usable; nothing matches");
+        globset::GlobSet::empty()
+    })
+}

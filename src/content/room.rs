@@ -10,8 +10,7 @@ impl ContentCache {
     pub(super) async fn evict_over_limit(&self) {
         // Room set aside for fills under way counts as taken.
         let limit = self
-            .settings
-            .max_bytes
+            .max_bytes()
             .saturating_sub(self.reserved.load(Ordering::Acquire));
         let victims: Vec<Entry> = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -32,7 +31,7 @@ impl ContentCache {
             if total > limit {
                 tracing::warn!(
                     bytes = total,
-                    max = self.settings.max_bytes,
+                    max = self.max_bytes(),
                     "content cache over its size with pinned files alone"
                 );
             }
@@ -60,7 +59,7 @@ impl ContentCache {
     /// the other fills' room, or the disk would be left without the
     /// store's reserve.
     pub(super) async fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
-        let max = self.settings.max_bytes;
+        let max = self.max_bytes();
         {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
             let pinned: u64 = entries.values().filter(|e| e.pinned).map(|e| e.size).sum();
@@ -105,8 +104,7 @@ impl ContentCache {
         let under_limit = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
             let cached: u64 = entries.values().map(|e| e.size).sum();
-            self.settings
-                .max_bytes
+            self.max_bytes()
                 .saturating_sub(cached)
                 .saturating_sub(self.reserved.load(Ordering::Acquire))
         };

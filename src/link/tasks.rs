@@ -48,6 +48,8 @@ pub struct LinkServices {
     pub store: Store,
     /// Files to prefetch after each sync (DESIGN §12).
     pub cache: Option<Arc<crate::content::ContentCache>>,
+    /// The site policy in force, refreshed from the controller (§15).
+    pub policy: Arc<crate::policy::PolicyCell>,
 }
 
 type SyncRequest = (
@@ -148,6 +150,9 @@ impl Tasks {
         if let Some(secs) = reply.config.heartbeat_interval.filter(|s| *s > 0) {
             self.heartbeat_secs.store(secs, Ordering::Relaxed);
         }
+        let said = serde_json::Value::Object(reply.config.rest.clone());
+        self.take_policy(&said, "registration").await;
+        self.refresh_site_record().await;
         self.registered.store(true, Ordering::Relaxed);
         self.registered_now.notify_one();
         let record = serde_json::json!({
@@ -173,6 +178,37 @@ impl Tasks {
             ),
         );
         Ok(())
+    }
+
+    /// DESIGN §15: the site policy the controller sent, taken under the
+    /// local pins; a change goes to the sync log too.
+    async fn take_policy(&self, said: &serde_json::Value, from: &'static str) {
+        let said = crate::model::policy::ControllerPolicy::read(said);
+        let changed = self
+            .services
+            .policy
+            .take(&self.services.store, &said, from)
+            .await;
+        if !changed.is_empty() {
+            let now = crate::policy::status_json(&self.services.policy.current());
+            let shown: Vec<String> = changed
+                .iter()
+                .map(|name| format!("{name}={}", now[name.as_str()]["value"]))
+                .collect();
+            self.log("policy", format!("from the {from}: {}", shown.join(", ")));
+        }
+    }
+
+    /// The site record, where the controller keeps one (PureBoot: the
+    /// conflict strategy and cache patterns live only there). A failure
+    /// keeps the policy in force; the next registration or full sync
+    /// tries again.
+    async fn refresh_site_record(&self) {
+        match self.services.port.site_record().await {
+            Ok(Some(record)) => self.take_policy(&record, "site record").await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "site record not read; the policy in force stays"),
+        }
     }
 
     async fn ensure_registered(&self) {
@@ -379,17 +415,19 @@ impl Tasks {
         *reported = missing;
     }
 
-    /// DESIGN §12: after a sync, the files of workflows assigned to
-    /// `pending` or `reprovision` nodes, and (pinned) of every
-    /// `offline_safe` workflow, are fetched into the content cache in the
-    /// background.
+    /// DESIGN §12, §15: after a sync, files unused past the retention are
+    /// evicted, and the files the cache policy wants are fetched into the
+    /// content cache in the background.
     async fn prefetch(&self) {
         let Some(cache) = self.services.cache.clone() else {
             return;
         };
+        // Retention (DESIGN §15) first: what expired is not counted
+        // against the room the prefetch needs.
+        cache.expire_unused(OffsetDateTime::now_utc()).await;
         let workflows = self.services.boot.all_workflows().await;
         let nodes = self.services.outbox.nodes().all();
-        let wanted = crate::content::wanted_files(&workflows, &nodes);
+        let wanted = cache.wanted(&workflows, &nodes);
         if wanted.is_empty() {
             return;
         }
@@ -423,6 +461,7 @@ impl Tasks {
                 }
                 if report.full {
                     self.report_unrenderable().await;
+                    self.refresh_site_record().await;
                 }
                 self.prefetch().await;
                 if !report.unlisted_with_changes.is_empty() {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use super::node::NodeState;
 
 /// What the site may decide alone while the controller is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Autonomy {
     /// No new nodes and no operator writes; installer reports still queue.
     Readonly,
@@ -90,7 +91,8 @@ impl NodeState {
 }
 
 /// Which of the controller's files the content cache fetches ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CachePolicy {
     /// Nothing ahead; files are cached as nodes ask for them.
     Minimal,
@@ -127,7 +129,8 @@ impl CachePolicy {
 }
 
 /// How the controller's site record says conflicts are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConflictStrategy {
     /// The controller's side wins.
     CentralWins,
@@ -163,7 +166,8 @@ impl ConflictStrategy {
 }
 
 /// Where a value in force came from (shown to operators).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The controller's registration answer or site record.
     Controller,
@@ -185,7 +189,7 @@ impl Origin {
 }
 
 /// A value in force and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Setting<T> {
     /// The value.
     pub value: T,
@@ -304,7 +308,7 @@ pub struct LocalPins {
 }
 
 /// The policy in force, each value with its origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SitePolicy {
     /// What the site may decide alone while offline.
     pub autonomy: Setting<Autonomy>,
@@ -356,7 +360,12 @@ impl SitePolicy {
     /// value the controller gave replaces the previous one; where it said
     /// nothing (or nothing understood), the previous value stays.
     pub fn resolve(previous: &SitePolicy, pins: &LocalPins, said: &ControllerPolicy) -> SitePolicy {
-        fn pick<T: Clone>(pinned: Option<T>, said: Option<T>, previous: &Setting<T>) -> Setting<T> {
+        fn pick<T: Clone>(
+            pinned: Option<T>,
+            said: Option<T>,
+            previous: &Setting<T>,
+            default: Setting<T>,
+        ) -> Setting<T> {
             match (pinned, said) {
                 (Some(value), _) => Setting {
                     value,
@@ -366,31 +375,49 @@ impl SitePolicy {
                     value,
                     origin: Origin::Controller,
                 },
+                // A pin taken out of the configuration no longer holds:
+                // the default until the controller says otherwise.
+                (None, None) if previous.origin == Origin::Config => default,
                 (None, None) => previous.clone(),
             }
         }
+        let defaults = SitePolicy::defaults();
         SitePolicy {
-            autonomy: pick(pins.autonomy, said.autonomy, &previous.autonomy),
-            cache_policy: pick(pins.cache_policy, said.cache_policy, &previous.cache_policy),
+            autonomy: pick(
+                pins.autonomy,
+                said.autonomy,
+                &previous.autonomy,
+                defaults.autonomy,
+            ),
+            cache_policy: pick(
+                pins.cache_policy,
+                said.cache_policy,
+                &previous.cache_policy,
+                defaults.cache_policy,
+            ),
             cache_patterns: pick(
                 pins.cache_patterns.clone(),
                 said.cache_patterns.clone(),
                 &previous.cache_patterns,
+                defaults.cache_patterns,
             ),
             cache_max_bytes: pick(
                 None,
                 said.cache_max_bytes.map(Some),
                 &previous.cache_max_bytes,
+                defaults.cache_max_bytes,
             ),
             cache_retention: pick(
                 pins.cache_retention.map(Some),
                 said.cache_retention.map(Some),
                 &previous.cache_retention,
+                defaults.cache_retention,
             ),
             conflict_strategy: pick(
                 pins.conflict_strategy.map(Some),
                 said.conflict_strategy.map(Some),
                 &previous.conflict_strategy,
+                defaults.conflict_strategy,
             ),
         }
     }

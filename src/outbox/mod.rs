@@ -86,6 +86,10 @@ pub enum WriteError {
     NotRegistered(CentralError),
     #[error("{0}")]
     Local(String),
+    /// The site policy forbids it now (DESIGN §15: the autonomy level
+    /// while offline, or a strategy the controller set): 409, naming why.
+    #[error("{0}")]
+    Refused(String),
     /// The agent's disk cannot take the write now (full, an I/O error):
     /// nothing was acknowledged; it may succeed later.
     #[error("the agent cannot store the change now: {0}")]
@@ -158,6 +162,9 @@ pub struct Outbox {
     /// Open conflicts the policy has been tried on since start (a policy
     /// that cannot be applied is not retried every round).
     policy_tried: Mutex<HashSet<u64>>,
+    /// The site policy: its autonomy level bounds the writes made while
+    /// offline, its conflict strategy (if any) the policies (§15).
+    site_policy: Arc<crate::policy::PolicyCell>,
 }
 
 impl Outbox {
@@ -212,7 +219,30 @@ impl Outbox {
             policies: std::sync::RwLock::new(policies),
             open_conflicts: std::sync::RwLock::new(open_conflicts),
             policy_tried: Mutex::new(HashSet::new()),
+            site_policy: Arc::new(crate::policy::PolicyCell::with(
+                crate::model::policy::SitePolicy::defaults(),
+                Default::default(),
+            )),
         }
+    }
+
+    /// The site policy in force (DESIGN §15) this outbox obeys.
+    pub fn with_site_policy(mut self, policy: Arc<crate::policy::PolicyCell>) -> Outbox {
+        self.site_policy = policy;
+        self
+    }
+
+    /// DESIGN §15: may the site make `write` now? Online (and standalone)
+    /// every write may go, the controller (or the store) judges it; while
+    /// the controller is unreachable the autonomy level decides.
+    pub fn offline_check(&self, write: crate::model::policy::OfflineWrite) -> Result<(), WriteError> {
+        if !self.port.mode().is_offline() {
+            return Ok(());
+        }
+        self.site_policy
+            .autonomy()
+            .allows(write)
+            .map_err(WriteError::Refused)
     }
 
     pub fn queue(&self) -> &Queue {
@@ -249,17 +279,35 @@ impl Outbox {
         );
     }
 
-    /// The conflict policies in force.
+    /// The conflict policies in force: those of the site's conflict
+    /// strategy when one is set (by the controller, or pinned by
+    /// `conflicts.site_policy`), else the per-kind ones (DESIGN §8, §15).
     pub fn policies(&self) -> crate::config::ConflictPolicies {
-        *self.policies.read().unwrap_or_else(|e| e.into_inner())
+        match self.site_policy.current().conflict_strategy.value {
+            Some(strategy) => crate::config::ConflictPolicies::of_strategy(strategy),
+            None => *self.policies.read().unwrap_or_else(|e| e.into_inner()),
+        }
     }
 
     /// Changes the conflict policies; stored, so they outlast a restart
-    /// (and win over the config until changed again).
+    /// (and win over the config until changed again). Refused while a
+    /// site-wide strategy is in force: the controller (or the pin) decides.
     pub async fn set_policies(
         &self,
         policies: crate::config::ConflictPolicies,
     ) -> Result<(), WriteError> {
+        let strategy = self.site_policy.current().conflict_strategy;
+        if let Some(value) = strategy.value {
+            let by = match strategy.origin {
+                crate::model::policy::Origin::Config => "the conflicts.site_policy key".to_string(),
+                other => format!("the {}", other.as_str()),
+            };
+            return Err(WriteError::Refused(format!(
+                "the site's conflict strategy is {} (set by {by}); per-kind policies do not \
+                 apply while it is in force: change it there, or pin conflicts.site_policy",
+                value.as_str()
+            )));
+        }
         let text = serde_json::to_string(&policies).unwrap_or_default();
         self.queue
             .store()
@@ -451,6 +499,7 @@ impl Outbox {
     /// `PATCH /api/v1/nodes/{mac}/state`.
     pub async fn set_state(&self, mac: Mac, change: StateChange) -> Result<Written, WriteError> {
         let node = self.nodes.get(mac).ok_or(WriteError::UnknownNode(mac))?;
+        self.offline_check(crate::model::policy::OfflineWrite::StateChange(change.state))?;
         let local = node.id.starts_with("local-");
         let change = StateChange {
             // A controller without versions gets none (DESIGN §8).

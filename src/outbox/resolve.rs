@@ -413,6 +413,10 @@ impl Outbox {
             // operator's change at the site yields to the controller's.
             // A node retired at the controller stays retired: a report
             // never changes a retired node (DESIGN §10).
+            Policy::LastWrite => match last_write(conflict) {
+                Some(resolution) => resolution,
+                None => return,
+            },
             Policy::Auto => match conflict.local.origin {
                 conflicts::ChangeOrigin::Observed
                     if conflict
@@ -434,4 +438,23 @@ impl Outbox {
                 "conflict policy could not be applied; left open for an operator");
         }
     }
+}
+
+/// DESIGN §15 `last_write`: the later of the two changes wins, the site's
+/// by its `changed_at`, the controller's by its record's `updated_at`
+/// (both kept in the record); a tie goes to the controller. Without the
+/// controller's record there is nothing to compare: left for an operator
+/// (None). A node retired at the controller stays retired before a
+/// report (DESIGN §10), whatever the times.
+pub(crate) fn last_write(conflict: &Conflict) -> Option<Resolution> {
+    let central = conflict.central.as_ref()?;
+    let retired = central.state == crate::model::node::NodeState::Retired;
+    if retired && conflict.local.origin == conflicts::ChangeOrigin::Observed {
+        return Some(Resolution::KeepCentral);
+    }
+    Some(if conflict.local.changed_at > central.updated_at {
+        Resolution::KeepLocal
+    } else {
+        Resolution::KeepCentral
+    })
 }
