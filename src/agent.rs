@@ -133,15 +133,17 @@ pub fn open_services(config: &Config, record: bool) -> Result<Services, StartErr
         false => None,
     };
     let queue = Queue::open(store.clone(), Limits::from_config(&config.queue))?;
-    let outbox = Arc::new(Outbox::new(
-        queue,
-        nodes.clone(),
-        port.clone(),
-        config.central.write_deadline,
-        config.queue.node_items_per_minute,
-        crate::outbox::stored_policies(&store, config.conflicts)?,
-    )
-    .with_site_policy(policy.clone()));
+    let outbox = Arc::new(
+        Outbox::new(
+            queue,
+            nodes.clone(),
+            port.clone(),
+            config.central.write_deadline,
+            config.queue.node_items_per_minute,
+            crate::outbox::stored_policies(&store, config.conflicts)?,
+        )
+        .with_site_policy(policy.clone()),
+    );
     let boot_rows: Arc<dyn crate::store::rows::BootRows> = Arc::new(store.clone());
     let (recorder, recorder_task) = if record {
         let (recorder, task) = Recorder::start(boot_rows.clone());

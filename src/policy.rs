@@ -120,7 +120,10 @@ fn changes(before: &SitePolicy, after: &SitePolicy) -> Vec<String> {
     };
     note("autonomy", before.autonomy != after.autonomy);
     note("cache_policy", before.cache_policy != after.cache_policy);
-    note("cache_patterns", before.cache_patterns != after.cache_patterns);
+    note(
+        "cache_patterns",
+        before.cache_patterns != after.cache_patterns,
+    );
     note(
         "cache_max_bytes",
         before.cache_max_bytes != after.cache_max_bytes,
@@ -163,6 +166,30 @@ pub fn status_json(policy: &SitePolicy) -> serde_json::Value {
             policy.conflict_strategy.origin,
         ),
     })
+}
+
+/// One line for people (the status page; its script writes the same):
+/// `autonomy readonly (controller) · cache minimal (controller) ·
+/// conflicts central_wins (controller)`, and `· sync paused` when held.
+pub fn summary(status: &serde_json::Value, sync_paused: bool) -> String {
+    let part = |label: &str, name: &str, none: &str| {
+        let value = &status[name];
+        let shown = value["value"].as_str().unwrap_or(none);
+        format!(
+            "{label} {shown} ({})",
+            value["origin"].as_str().unwrap_or("default")
+        )
+    };
+    let mut line = [
+        part("autonomy", "autonomy", "full"),
+        part("cache", "cache_policy", "assigned"),
+        part("conflicts", "conflict_strategy", "per kind"),
+    ]
+    .join(" · ");
+    if sync_paused {
+        line.push_str(" · sync paused");
+    }
+    line
 }
 
 #[cfg(test)]

@@ -93,6 +93,10 @@ pub struct Snapshot {
     /// answered from the cache: the controller is reachable yet gave no
     /// usable answer for it (an error, garbage, its deadline).
     pub answering_from_cache: bool,
+    /// The site policy in force, each value with its origin (DESIGN §15).
+    pub policy: serde_json::Value,
+    /// Replay and syncs held by an operator.
+    pub sync_paused: bool,
     pub uptime: Duration,
 }
 
@@ -151,6 +155,8 @@ impl StatusSource {
                 source == crate::model::boot::Source::Cache.as_str()
                     && now - at < CACHED_ANSWER_WINDOW
             }),
+            policy: crate::policy::status_json(&self.outbox.site_policy().current()),
+            sync_paused: self.outbox.pause().is_paused(),
             uptime: self.started.elapsed(),
         }
     }
@@ -194,6 +200,8 @@ impl Snapshot {
             "conflicts_pending": self.conflicts_pending,
             "cache": self.cache,
             "dhcp": self.dhcp,
+            "policy": self.policy,
+            "sync_paused": self.sync_paused,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.uptime.as_secs(),
         })

@@ -97,9 +97,34 @@ impl LiveAdmin {
                 }
                 json!({ "data": policies })
             }
+            Request::SyncPause(paused) => {
+                let changed = self.outbox.set_sync_paused(paused).await?;
+                json!({ "paused": paused, "changed": changed })
+            }
+            Request::ConnectivityCheck => self.connectivity_check().await,
             other => return self.content(other).await,
         };
         Ok(Answer::done(body))
+    }
+
+    /// `POST /api/v1/connectivity/check` (DESIGN §15): the controller's
+    /// health asked now, outside the probe's period; the answer counts
+    /// toward the mode like any call.
+    async fn connectivity_check(&self) -> serde_json::Value {
+        let port = self.outbox.port();
+        if !port.mode().has_controller() {
+            return json!({ "reachable": false, "mode": port.mode().as_str(),
+                           "error": "no controller configured (standalone)" });
+        }
+        let started = std::time::Instant::now();
+        let result = port.health().await;
+        let took_ms = started.elapsed().as_millis() as u64;
+        let mode = port.mode();
+        match result {
+            Ok(()) => json!({ "reachable": true, "mode": mode.as_str(), "took_ms": took_ms }),
+            Err(e) => json!({ "reachable": false, "mode": mode.as_str(), "took_ms": took_ms,
+                              "error": e.to_string() }),
+        }
     }
 
     async fn content(&self, request: Request) -> Result<Answer, AdminError> {

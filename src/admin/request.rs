@@ -121,6 +121,10 @@ pub enum Request {
     /// These files now (none: what a sync would prefetch).
     CachePrefetch(Vec<String>),
     CacheEvict(Evict),
+    /// Hold (true) or release replay and syncs (DESIGN §15).
+    SyncPause(bool),
+    /// Probe the controller now and say what came of it.
+    ConnectivityCheck,
 }
 
 impl Request {
@@ -266,6 +270,9 @@ impl Request {
                 body: Some(json!({ "paths": paths })),
                 ..call("POST", "/api/v1/cache/prefetch".into())
             },
+            Request::SyncPause(true) => call("POST", "/api/v1/sync/pause".into()),
+            Request::SyncPause(false) => call("POST", "/api/v1/sync/resume".into()),
+            Request::ConnectivityCheck => call("POST", "/api/v1/connectivity/check".into()),
             Request::CacheEvict(Evict::AllUnpinned) => call("DELETE", "/api/v1/cache".into()),
             Request::CacheEvict(Evict::Paths(paths)) => {
                 let path = paths.first().map(String::as_str).unwrap_or_default();

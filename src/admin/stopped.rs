@@ -53,6 +53,18 @@ impl StoppedAdmin {
                         .into(),
                 ));
             }
+            Request::SyncPause(paused) => {
+                // Read by the agent at its next start.
+                let value = if paused { "paused" } else { "" };
+                self.store()
+                    .put_meta(&[(crate::outbox::pause::META_SYNC_PAUSED, value)])?;
+                json!({ "paused": paused })
+            }
+            Request::ConnectivityCheck => {
+                return Err(AdminError::NeedsAgent(
+                    "a connectivity check is the running agent's probe; start it".into(),
+                ));
+            }
             Request::PolicyShow => self.policies(&[])?,
             Request::PolicySet(changes) => self.policies(&changes)?,
             Request::CacheList => {

@@ -103,10 +103,12 @@ impl Resolver {
                     node: Some(node),
                     source: Source::Standalone,
                 },
-                Ok(Registered::Known(None) | Registered::Queued(_)) => Resolved::Online {
-                    node: self.nodes.get(mac),
-                    source: Source::Standalone,
-                },
+                Ok(Registered::Known(None) | Registered::Queued(_) | Registered::Deferred) => {
+                    Resolved::Online {
+                        node: self.nodes.get(mac),
+                        source: Source::Standalone,
+                    }
+                }
                 Err(e) => Resolved::Failed(e.to_string()),
             },
             Mode::Offline { since } => {
@@ -223,9 +225,9 @@ impl Resolver {
                 .map_err(|e| LookupError::Local(e.to_string())),
             None => match self.outbox.register(mac, facts).await? {
                 Registered::Known(Some(node)) | Registered::Sent(node) => Ok(node),
-                Registered::Queued(_) => Err(LookupError::Central(CentralError::Unreachable(
-                    "registration queued".into(),
-                ))),
+                Registered::Queued(_) | Registered::Deferred => Err(LookupError::Central(
+                    CentralError::Unreachable("registration queued".into()),
+                )),
                 Registered::Known(None) => Err(LookupError::Local(
                     "registration by a concurrent boot still under way".into(),
                 )),

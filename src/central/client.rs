@@ -302,7 +302,10 @@ impl Controller for HttpController {
     ) -> BoxFuture<'_, Result<Option<serde_json::Value>, CentralError>> {
         let builder = self.request(reqwest::Method::GET, &format!("/api/v1/sites/{site_id}"));
         Box::pin(async move {
-            match self.call::<serde_json::Value>(builder, ONE_RECORD_MAX).await {
+            match self
+                .call::<serde_json::Value>(builder, ONE_RECORD_MAX)
+                .await
+            {
                 // PureBoot wraps it as `{success, data}`; a bare record is
                 // taken as it is.
                 Ok(mut answer) => Ok(Some(match answer.get_mut("data") {

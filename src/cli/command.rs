@@ -92,6 +92,18 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: CacheCommand,
     },
+    /// The hand-over to the controller (DESIGN §15): pause or resume
+    /// replay and syncs, or probe the controller now (through the running
+    /// agent; pause and resume also on the database while it is stopped).
+    Sync {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The running agent's URL (default: http://127.0.0.1:<http port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: SyncCommand,
+    },
     /// The running agent at a glance: mode, counts, latest boots.
     Status {
         #[arg(long)]
@@ -108,6 +120,28 @@ pub(crate) enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+pub(crate) enum SyncCommand {
+    /// Hold replay and syncs (writes queue, boots go on) until resumed;
+    /// kept across restarts.
+    Pause,
+    /// Hand the queue over to the controller again.
+    Resume,
+    /// Probe the controller now and print what came of it.
+    Check,
+}
+
+impl SyncCommand {
+    /// The admin request this command makes.
+    pub fn request(self) -> crate::admin::Request {
+        match self {
+            SyncCommand::Pause => crate::admin::Request::SyncPause(true),
+            SyncCommand::Resume => crate::admin::Request::SyncPause(false),
+            SyncCommand::Check => crate::admin::Request::ConnectivityCheck,
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -82,6 +82,11 @@ async fn run(cli: Cli) -> Result<()> {
             url,
             action,
         } => cache::run(load_config(config.as_ref())?, url, action).await,
+        Command::Sync {
+            config,
+            url,
+            action,
+        } => admin::run(load_config(config.as_ref())?, url, action.request()).await,
         Command::Status { config, url, json } => {
             status::run(load_config(config.as_ref())?, url, json).await
         }

@@ -109,6 +109,23 @@ pub fn render(status: &Value, boots: Option<&Value>) -> String {
             text(&cache["misses"].clone())
         ));
     }
+    if status["sync_paused"] == true {
+        out.push_str("sync: PAUSED by an operator (siteboot sync resume)\n");
+    }
+    if let Some(policy) = status["policy"].as_object() {
+        let shown: Vec<String> = ["autonomy", "cache_policy", "conflict_strategy"]
+            .iter()
+            .filter_map(|name| {
+                let value = policy.get(*name)?;
+                Some(format!(
+                    "{name} {} ({})",
+                    text(&value["value"]),
+                    text(&value["origin"])
+                ))
+            })
+            .collect();
+        out.push_str(&format!("policy: {}\n", shown.join(", ")));
+    }
     if let Some(dhcp) = status["dhcp"].as_object() {
         out.push_str(&format!(
             "proxydhcp: answered {}; not answered {}\n",

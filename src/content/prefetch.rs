@@ -198,10 +198,7 @@ pub fn wanted_files(
                 workflow.files().into_iter().for_each(&mut add);
             }
         }
-        CachePolicy::Mirror => workflows
-            .iter()
-            .flat_map(|w| w.files())
-            .for_each(&mut add),
+        CachePolicy::Mirror => workflows.iter().flat_map(|w| w.files()).for_each(&mut add),
         CachePolicy::Pattern => {
             let patterns = patterns(&policy.cache_patterns.value);
             workflows

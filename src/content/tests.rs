@@ -175,3 +175,65 @@ async fn a_hit_keeps_its_bytes_when_the_file_is_replaced_or_evicted_after() {
     assert_eq!(bytes, b"first");
     assert!(cache.open_cached("debian/linux").is_none());
 }
+
+/// DESIGN §15 retention, with the time given (no waiting days): an
+/// unpinned file unused past the retention goes, a recent one and a
+/// pinned old one stay; without a retention nothing goes. And the
+/// controller's size bounds the cache only below `cache.max_bytes`.
+#[tokio::test]
+async fn retention_evicts_unused_unpinned_files_as_of_the_time_given() {
+    use crate::model::policy::{ControllerPolicy, LocalPins, SitePolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let port = Arc::new(ControllerPort::standalone(
+        NodeCache::load(store.clone()).unwrap(),
+        "site".into(),
+        16,
+    ));
+    let cache_dir = dir.path().join("content");
+    std::fs::create_dir_all(cache_dir.join("files")).unwrap();
+    for file in ["old", "new", "kept"] {
+        std::fs::write(cache_dir.join("files").join(file), b"12").unwrap();
+    }
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(100);
+    let used = |path: &str, file: &str, days_ago: i64, pinned: bool| Entry {
+        last_used: now - time::Duration::days(days_ago),
+        ..entry(path, file, 2, pinned)
+    };
+    let index = Arc::new(MemoryIndex::default());
+    index
+        .put_entries(&[
+            used("old", "old", 8, false),
+            used("new", "new", 6, false),
+            used("kept", "kept", 30, true),
+        ])
+        .unwrap();
+    let policy = Arc::new(crate::policy::PolicyCell::with(
+        SitePolicy::defaults(),
+        LocalPins::default(),
+    ));
+    let cache = ContentCache::open(&cache_dir, index.clone(), port, settings())
+        .unwrap()
+        .with_site_policy(policy.clone());
+    assert_eq!(cache.expire_unused(now).await, 0, "no retention: kept");
+
+    let said = ControllerPolicy {
+        cache_retention: Some(Duration::from_secs(7 * 86_400)),
+        cache_max_bytes: Some(1 << 20),
+        ..ControllerPolicy::default()
+    };
+    policy.take(&store, &said, "registration").await;
+    assert_eq!(cache.expire_unused(now).await, 1);
+    let left: Vec<String> = index.0.lock().unwrap().keys().cloned().collect();
+    assert_eq!(left, ["kept", "new"]);
+    assert!(!cache_dir.join("files").join("old").exists());
+    assert_eq!(cache.stats().evictions, 1);
+    // 1 MiB from the controller, under the local 1 GiB.
+    assert_eq!(cache.max_bytes(), 1 << 20);
+    let larger = ControllerPolicy {
+        cache_max_bytes: Some(1 << 40),
+        ..ControllerPolicy::default()
+    };
+    policy.take(&store, &larger, "site record").await;
+    assert_eq!(cache.max_bytes(), 1 << 30, "never above cache.max_bytes");
+}

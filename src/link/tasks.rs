@@ -211,6 +211,11 @@ impl Tasks {
         }
     }
 
+    /// Held by an operator (DESIGN §15): scheduled syncs are skipped.
+    fn paused(&self) -> bool {
+        self.services.outbox.pause().is_paused()
+    }
+
     async fn ensure_registered(&self) {
         if self.registered.load(Ordering::Relaxed) {
             return;
@@ -343,7 +348,9 @@ impl Tasks {
             _ = online.wait_for(|s| s.online) => {}
         }
         self.ensure_registered().await;
-        self.sync_once(true).await.ok();
+        if !self.paused() {
+            self.sync_once(true).await.ok();
+        }
         let mut full_tick = tokio::time::interval(self.settings.central.sync_interval);
         full_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         full_tick.tick().await;
@@ -361,7 +368,7 @@ impl Tasks {
                     }
                 }
                 _ = full_tick.tick() => {
-                    if self.services.port.mode() == Mode::Online {
+                    if self.services.port.mode() == Mode::Online && !self.paused() {
                         self.sync_once(true).await.ok();
                     }
                 }
@@ -369,6 +376,7 @@ impl Tasks {
                     // Without a cursor (PureBoot's central gives none)
                     // only the full syncs run.
                     if self.services.port.mode() == Mode::Online
+                        && !self.paused()
                         && sync::has_cursor(self.services.outbox.nodes()).await
                     {
                         self.sync_once(false).await.ok();
@@ -437,6 +445,13 @@ impl Tasks {
     }
 
     async fn sync_once(&self, full: bool) -> Result<SyncReport, LookupError> {
+        if self.services.outbox.pause().is_paused() {
+            return Err(LookupError::Local(
+                "sync is paused by an operator (POST /api/v1/sync/resume, or \
+                 `siteboot sync resume`)"
+                    .into(),
+            ));
+        }
         let protected = self
             .services
             .outbox

@@ -56,9 +56,7 @@ impl Autonomy {
             // Facts from an installer are never refused (DESIGN §15).
             (_, OfflineWrite::InstallerReport) => Ok(()),
             (Autonomy::Full, _) => Ok(()),
-            (Autonomy::Readonly, OfflineWrite::NewNode) => {
-                refused("create nodes (the registration is queued)")
-            }
+            (Autonomy::Readonly, OfflineWrite::NewNode) => refused("create nodes"),
             (Autonomy::Readonly, OfflineWrite::StateChange(_)) => refused("change a node's state"),
             (Autonomy::Limited, OfflineWrite::NewNode) => Ok(()),
             (Autonomy::Limited, OfflineWrite::StateChange(state)) if state.starts_install() => {

@@ -14,6 +14,8 @@
 
 mod detect;
 mod events;
+pub mod pause;
+mod register;
 pub mod replay;
 pub mod resolve;
 
@@ -123,6 +125,10 @@ pub enum Registered {
     Sent(Arc<Node>),
     /// Queued; the node is cached under its local id.
     Queued(Arc<Node>),
+    /// Queued, and not cached: the site's autonomy level (`readonly`)
+    /// lets it create no node while offline (DESIGN §15), so the MAC
+    /// stays unknown here and boots `offline.default_action`.
+    Deferred,
 }
 
 /// The direct attempt of [`Outbox::write`].
@@ -165,6 +171,8 @@ pub struct Outbox {
     /// The site policy: its autonomy level bounds the writes made while
     /// offline, its conflict strategy (if any) the policies (§15).
     site_policy: Arc<crate::policy::PolicyCell>,
+    /// The operators' hold on replay and syncs (DESIGN §15).
+    pause: pause::SyncPause,
 }
 
 impl Outbox {
@@ -205,6 +213,7 @@ impl Outbox {
                 .filter_map(|c| Some((c.mac.parse::<Mac>().ok()?, c.id)))
                 .collect();
         Outbox {
+            pause: pause::SyncPause::open(queue.store()),
             writer: QueueWriter::start_with_cache(queue.clone(), nodes.clone()),
             queue,
             nodes,
@@ -232,10 +241,33 @@ impl Outbox {
         self
     }
 
+    /// The site policy in force.
+    pub fn site_policy(&self) -> &crate::policy::PolicyCell {
+        &self.site_policy
+    }
+
+    /// The operators' hold on replay and syncs.
+    pub fn pause(&self) -> &pause::SyncPause {
+        &self.pause
+    }
+
+    /// Pauses (true) or resumes replay and syncs; kept across restarts.
+    /// A resume wakes replay at once.
+    pub async fn set_sync_paused(&self, paused: bool) -> Result<bool, WriteError> {
+        let changed = self.pause.set(self.queue.store(), paused).await?;
+        if changed && !paused {
+            self.wake.notify_one();
+        }
+        Ok(changed)
+    }
+
     /// DESIGN §15: may the site make `write` now? Online (and standalone)
     /// every write may go, the controller (or the store) judges it; while
     /// the controller is unreachable the autonomy level decides.
-    pub fn offline_check(&self, write: crate::model::policy::OfflineWrite) -> Result<(), WriteError> {
+    pub fn offline_check(
+        &self,
+        write: crate::model::policy::OfflineWrite,
+    ) -> Result<(), WriteError> {
         if !self.port.mode().is_offline() {
             return Ok(());
         }
@@ -394,7 +426,10 @@ impl Outbox {
         direct: bool,
     ) -> Result<Attempt, WriteError> {
         let mode = self.port.mode();
+        // Paused, every write queues: the operators hand the queue over
+        // when they resume, in order.
         let can_send = direct
+            && !self.pause.is_paused()
             && !mode.is_offline()
             && (mode == Mode::Standalone || !self.has_queued(mac).await?);
         if !can_send {
@@ -499,7 +534,9 @@ impl Outbox {
     /// `PATCH /api/v1/nodes/{mac}/state`.
     pub async fn set_state(&self, mac: Mac, change: StateChange) -> Result<Written, WriteError> {
         let node = self.nodes.get(mac).ok_or(WriteError::UnknownNode(mac))?;
-        self.offline_check(crate::model::policy::OfflineWrite::StateChange(change.state))?;
+        self.offline_check(crate::model::policy::OfflineWrite::StateChange(
+            change.state,
+        ))?;
         let local = node.id.starts_with("local-");
         let change = StateChange {
             // A controller without versions gets none (DESIGN §8).
@@ -622,95 +659,6 @@ impl Outbox {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// DESIGN §4, an unknown MAC: registered at the controller (standalone:
-    /// stored as `discovered`) when it can be reached; when it cannot, the
-    /// registration is queued and the node cached as `discovered` under a
-    /// local id (`local-<uuid>`, remapped when the registration is
-    /// accepted). A controller that answers the registration with an error
-    /// gets no queued registration (DESIGN §4: not until it answers
-    /// properly). A MAC already cached, or being registered by a
-    /// concurrent boot, is left alone.
-    pub async fn register(&self, mac: Mac, facts: &BootFacts) -> Result<Registered, WriteError> {
-        self.register_once(mac, facts, true).await
-    }
-
-    /// Like [`Outbox::register`] when the caller has just found the
-    /// controller unreachable: queued without another attempt.
-    pub async fn register_offline(
-        &self,
-        mac: Mac,
-        facts: &BootFacts,
-    ) -> Result<Registered, WriteError> {
-        self.register_once(mac, facts, false).await
-    }
-
-    async fn register_once(
-        &self,
-        mac: Mac,
-        facts: &BootFacts,
-        direct: bool,
-    ) -> Result<Registered, WriteError> {
-        if let Some(node) = self.nodes.get(mac) {
-            return Ok(Registered::Known(Some(node)));
-        }
-        if !self
-            .registering
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(mac)
-        {
-            return Ok(Registered::Known(None));
-        }
-        // Checked again under the guard: a boot that finished registering
-        // just before it was taken has cached the node.
-        let result = match self.nodes.get(mac) {
-            Some(node) => Ok(Registered::Known(Some(node))),
-            None => self.write_registration(mac, facts, direct).await,
-        };
-        self.registering
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&mac);
-        result
-    }
-
-    async fn write_registration(
-        &self,
-        mac: Mac,
-        facts: &BootFacts,
-        direct: bool,
-    ) -> Result<Registered, WriteError> {
-        let node = discovered_node(mac, facts);
-        let operation = Operation::Register {
-            node_id: node.id.clone(),
-            request: NewNode::from_facts(mac, facts, self.port.site_id()),
-        };
-        let key = match self.attempt(mac, &operation, direct).await? {
-            Attempt::Sent(answer) => {
-                let answer = answer.ok_or_else(|| {
-                    WriteError::NotRegistered(CentralError::Garbage(
-                        "registration answered without a node".into(),
-                    ))
-                })?;
-                let stored = self.nodes.upsert_central(answer).await?;
-                tracing::info!(%mac, id = %stored.id, mode = self.port.mode().as_str(), "new node registered");
-                return Ok(Registered::Sent(stored));
-            }
-            Attempt::Queue { error: Some(e), .. } if !e.is_unreachable() => {
-                return Err(WriteError::NotRegistered(e));
-            }
-            Attempt::Queue { key, .. } => key,
-        };
-        // Queued first: a crash between the two writes leaves a
-        // registration without a cached node (harmless: the controller's
-        // record is cached when it is accepted), never the reverse.
-        self.enqueue_operation(Kind::Registration, Origin::Node, mac, &operation, key, None)
-            .await?;
-        let stored = self.nodes.insert_if_absent(node).await?;
-        tracing::info!(%mac, id = %stored.id, "unknown node seen offline; registration queued");
-        Ok(Registered::Queued(stored))
     }
 
     /// A change the controller took, applied to the cache for the next

@@ -458,3 +458,74 @@ pub(crate) fn last_write(conflict: &Conflict) -> Option<Resolution> {
         Resolution::KeepCentral
     })
 }
+
+#[cfg(test)]
+mod last_write_tests {
+    use super::*;
+    use crate::model::node::NodeState;
+    use conflicts::{CentralSide, ChangeOrigin, LocalSide, Status};
+
+    fn conflict(
+        local_at: i64,
+        central_at: i64,
+        origin: ChangeOrigin,
+        central: NodeState,
+    ) -> Conflict {
+        let at = |s: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
+        Conflict {
+            id: 1,
+            kind: Kind::StateMismatch,
+            mac: "52:54:00:00:00:01".into(),
+            node_id: "n1".into(),
+            local: LocalSide {
+                state: Some(NodeState::Active),
+                origin,
+                changed_at: at(local_at),
+                queue_id: 1,
+            },
+            central: Some(CentralSide {
+                state: central,
+                version: None,
+                updated_at: at(central_at),
+            }),
+            detected_at: at(local_at.max(central_at)),
+            status: Status::Open,
+            resolution: None,
+            resolved_by: None,
+            resolved_at: None,
+            comment: None,
+            error: "409".into(),
+        }
+    }
+
+    #[test]
+    fn the_later_change_wins_either_way_and_a_tie_goes_to_the_controller() {
+        let op = ChangeOrigin::Operator;
+        let r = NodeState::Reprovision;
+        assert_eq!(
+            last_write(&conflict(20, 10, op, r)),
+            Some(Resolution::KeepLocal)
+        );
+        assert_eq!(
+            last_write(&conflict(10, 20, op, r)),
+            Some(Resolution::KeepCentral)
+        );
+        assert_eq!(
+            last_write(&conflict(10, 10, op, r)),
+            Some(Resolution::KeepCentral)
+        );
+        // With versions or without, the times decide; without the
+        // controller's record there is nothing to compare.
+        let mut versioned = conflict(20, 10, op, r);
+        if let Some(c) = versioned.central.as_mut() {
+            c.version = Some(7);
+        }
+        assert_eq!(last_write(&versioned), Some(Resolution::KeepLocal));
+        let mut gone = conflict(20, 10, op, r);
+        gone.central = None;
+        assert_eq!(last_write(&gone), None);
+        // A report never revives a node retired at the controller.
+        let retired = conflict(20, 10, ChangeOrigin::Observed, NodeState::Retired);
+        assert_eq!(last_write(&retired), Some(Resolution::KeepCentral));
+    }
+}

@@ -153,6 +153,12 @@ pub(super) struct Inner {
     /// Every node id given out: a node registered again after it was
     /// deleted gets a new one, as from a real controller.
     pub(super) used_ids: std::collections::BTreeSet<String>,
+    /// The site's policy as the controller keeps it (PureBoot's site
+    /// columns: `autonomy_level`, `conflict_resolution`, `cache_policy`,
+    /// `cache_patterns_json`, `cache_max_size_gb`, `cache_retention_days`);
+    /// an empty object: none set. The §6 fake answers a site record only
+    /// when one is set (404 otherwise, "no site record").
+    pub(super) site_policy: serde_json::Map<String, Value>,
 }
 
 /// Holds file answers part-way until opened.
@@ -296,6 +302,19 @@ impl FakeController {
         }
     }
 
+    /// Sets site policy fields at the controller (PureBoot's names, as
+    /// its `PATCH /api/v1/sites/{id}` stores them); a null clears one.
+    pub fn set_site_policy(&self, fields: Value) {
+        let mut inner = self.inner.lock().expect("lock");
+        for (key, value) in fields.as_object().expect("an object") {
+            if value.is_null() {
+                inner.site_policy.remove(key);
+            } else {
+                inner.site_policy.insert(key.clone(), value.clone());
+            }
+        }
+    }
+
     /// The `heartbeat_interval` (seconds) registration answers with.
     pub fn set_heartbeat_interval(&self, secs: u64) {
         self.inner.lock().expect("lock").heartbeat_interval = secs;
@@ -335,6 +354,17 @@ impl FakeController {
             }),
         );
         inner.changed_at.insert(mac.to_string(), generation);
+    }
+
+    /// Like [`FakeController::set_node`], with the record's change time
+    /// far in the future: later than any change the agent makes now (the
+    /// order `last_write` compares, DESIGN §15).
+    pub fn set_node_changed_in_future(&self, mac: &str, state: &str) {
+        self.set_node(mac, state, None);
+        let mut inner = self.inner.lock().expect("lock");
+        let node = inner.nodes.get_mut(mac).expect("just set");
+        node["updated_at"] = json!("2099-01-01T00:00:00Z");
+        node["future"] = json!(true);
     }
 
     /// Announces `sum` as the file's `X-Checksum-SHA256` (a wrong one).
@@ -762,12 +792,29 @@ fn route(
     }
     match (method.as_str(), path.as_str()) {
         ("GET", "/health") => (StatusCode::OK, "ok").into_response(),
-        ("POST", "/api/v1/agents/register") => axum::Json(json!({
-            "success": true, "message": "welcome",
-            "config": {"site_id": body_json["site_id"], "site_name": "Test site",
-                       "heartbeat_interval": inner.heartbeat_interval}
-        }))
-        .into_response(),
+        ("POST", "/api/v1/agents/register") => {
+            // §6 (and §15): the site policy's registration fields, when set.
+            let mut config = json!({"site_id": body_json["site_id"], "site_name": "Test site",
+                                    "heartbeat_interval": inner.heartbeat_interval});
+            for field in [
+                "autonomy_level",
+                "cache_policy",
+                "cache_max_size_gb",
+                "cache_retention_days",
+            ] {
+                if let Some(value) = inner.site_policy.get(field) {
+                    config[field] = value.clone();
+                }
+            }
+            axum::Json(json!({"success": true, "message": "welcome", "config": config}))
+                .into_response()
+        }
+        ("GET", p) if p.starts_with("/api/v1/sites/") && p.matches('/').count() == 4 => {
+            if inner.site_policy.is_empty() {
+                return (StatusCode::NOT_FOUND, "no site record").into_response();
+            }
+            axum::Json(json!({"data": Value::Object(inner.site_policy.clone())})).into_response()
+        }
         ("POST", "/api/v1/agents/heartbeat") => {
             if inner.forget_agent {
                 return (StatusCode::NOT_FOUND, "unknown agent").into_response();

@@ -117,6 +117,7 @@ fn node_response(node: &Value) -> Value {
         .as_u64()
         .or(state_changed)
         .unwrap_or(changes);
+    let future = node["future"] == true;
     json!({
         "id": id, "mac_address": mac, "hostname": node.get("hostname").cloned().unwrap_or(Value::Null),
         "ip_address": null, "state": state, "workflow_id": node["workflow_id"],
@@ -129,8 +130,9 @@ fn node_response(node: &Value) -> Value {
         // Nullable, as PureBoot's: a node whose state never changed has
         // none (with it, the SIGKILL test found acknowledged writes taken
         // as made and never sent: issue 19).
-        "state_changed_at": state_changed.map(naive_time),
-        "created_at": naive_time(0), "updated_at": naive_time(updated),
+        "state_changed_at": if future { json!("2099-01-01T00:00:00") } else { json!(state_changed.map(naive_time)) },
+        "created_at": naive_time(0),
+        "updated_at": if future { "2099-01-01T00:00:00".to_string() } else { naive_time(updated) },
         "last_seen_at": null, "health_status": "unknown", "health_score": 100
     })
 }
@@ -218,11 +220,16 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
             if body["token"] != SITE_TOKEN {
                 return detail(StatusCode::UNAUTHORIZED, "Invalid registration token");
             }
+            // `agents.py`: AgentConfig from the site's columns (nullable:
+            // a column never set is null).
+            let column = |name: &str| inner.site_policy.get(name).cloned().unwrap_or(Value::Null);
             axum::Json(json!({
                 "success": true, "message": "Agent registered successfully",
                 "config": {"site_id": body["site_id"], "site_name": "Test site",
-                           "autonomy_level": null, "cache_policy": null,
-                           "cache_max_size_gb": null, "cache_retention_days": null,
+                           "autonomy_level": column("autonomy_level"),
+                           "cache_policy": column("cache_policy"),
+                           "cache_max_size_gb": column("cache_max_size_gb"),
+                           "cache_retention_days": column("cache_retention_days"),
                            "heartbeat_interval": inner.heartbeat_interval, "sync_enabled": true}
             }))
             .into_response()
@@ -454,6 +461,37 @@ pub(super) fn route(inner: &mut Inner, request: Request<'_>) -> Response {
                 .map(|(_, node)| node_response(node))
                 .collect();
             axum::Json(json!({"success": true, "data": data, "total": data.len()})).into_response()
+        }
+        // `sites.py` `get_site`: `ApiResponse[SiteResponse]`, every site
+        // column present (null when never set), 404 for an unknown site.
+        ("GET", p) if p.starts_with("/api/v1/sites/") && p.matches('/').count() == 4 => {
+            let site = &p["/api/v1/sites/".len()..];
+            if !is_site(Some(site)) {
+                return detail(StatusCode::NOT_FOUND, "Site not found");
+            }
+            let column = |name: &str| inner.site_policy.get(name).cloned().unwrap_or(Value::Null);
+            axum::Json(json!({
+                "success": true, "message": null,
+                "data": {
+                    "id": SITE_ID, "name": "Test site", "description": null,
+                    "parent_id": null, "path": "/Test site", "depth": 0,
+                    "children_count": 0, "default_workflow_id": null,
+                    "auto_provision": null, "effective_workflow_id": null,
+                    "effective_auto_provision": false, "node_count": inner.nodes.len(),
+                    "created_at": "2026-11-22T09:00:00", "updated_at": "2026-11-22T09:00:00",
+                    "is_site": true, "agent_url": null, "agent_status": "online",
+                    "agent_last_seen": "2026-11-22T10:00:00",
+                    "autonomy_level": column("autonomy_level"),
+                    "conflict_resolution": column("conflict_resolution"),
+                    "cache_policy": column("cache_policy"),
+                    "cache_patterns_json": column("cache_patterns_json"),
+                    "cache_max_size_gb": column("cache_max_size_gb"),
+                    "cache_retention_days": column("cache_retention_days"),
+                    "discovery_method": null, "discovery_config_json": null,
+                    "migration_policy": null
+                }
+            }))
+            .into_response()
         }
         // PureBoot's `boot_files.py`: a StreamingResponse with
         // Content-Length; `ETag: "sha256:…"` and `X-Checksum-SHA256` only

@@ -85,8 +85,11 @@ pub async fn run(
     let Some(mut link_state) = outbox.port().subscribe() else {
         return;
     };
+    let mut paused = outbox.pause().subscribe();
     loop {
-        let online = outbox.port().mode() == crate::model::mode::Mode::Online;
+        // Paused by an operator (DESIGN §15): nothing goes until resumed.
+        let online = outbox.port().mode() == crate::model::mode::Mode::Online
+            && !*paused.borrow_and_update();
         let mut deadline = tokio::time::Instant::now() + settings.period;
         if online {
             match replay_round(&outbox, &settings, clock, &shutdown).await {
@@ -116,6 +119,11 @@ pub async fn run(
                 tokio::time::sleep(WAKE_COALESCE).await;
             }
             changed = link_state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = paused.changed() => {
                 if changed.is_err() {
                     return;
                 }

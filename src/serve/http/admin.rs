@@ -87,6 +87,14 @@ pub async fn sync(
         )
             .into_response();
     };
+    if state.outbox.pause().is_paused() {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "sync is paused by an operator; \
+                POST /api/v1/sync/resume (siteboot sync resume) first"})),
+        )
+            .into_response();
+    }
     let full = match query.get("full").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
@@ -189,6 +197,22 @@ pub(crate) async fn admin_answer(
             super::writes::error(status, e)
         }
     }
+}
+
+/// `POST /api/v1/sync/pause` (DESIGN §15): replay and syncs wait, writes
+/// queue, boots go on; kept across restarts.
+pub async fn sync_pause(State(state): State<Arc<AppState>>) -> Response {
+    admin_answer(&state, Ok(crate::admin::Request::SyncPause(true))).await
+}
+
+/// `POST /api/v1/sync/resume`: the queue goes to the controller again.
+pub async fn sync_resume(State(state): State<Arc<AppState>>) -> Response {
+    admin_answer(&state, Ok(crate::admin::Request::SyncPause(false))).await
+}
+
+/// `POST /api/v1/connectivity/check`: the controller probed now.
+pub async fn connectivity_check(State(state): State<Arc<AppState>>) -> Response {
+    admin_answer(&state, Ok(crate::admin::Request::ConnectivityCheck)).await
 }
 
 #[cfg(test)]

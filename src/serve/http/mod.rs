@@ -41,6 +41,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/v1/sync", axum::routing::post(admin::sync))
         .route("/api/v1/sync/log", get(admin::sync_log))
+        .route("/api/v1/sync/pause", axum::routing::post(admin::sync_pause))
+        .route(
+            "/api/v1/sync/resume",
+            axum::routing::post(admin::sync_resume),
+        )
+        .route(
+            "/api/v1/connectivity/check",
+            axum::routing::post(admin::connectivity_check),
+        )
         .route("/api/v1/boots", get(admin::latest_boots))
         .route("/api/v1/events", get(admin::events))
         .route(

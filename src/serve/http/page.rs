@@ -102,6 +102,7 @@ pub async fn status_page(State(state): State<Arc<AppState>>) -> Response {
         queue_in_flight => snapshot.queue.in_flight,
         queue_failed => snapshot.queue.failed + snapshot.queue.conflict,
         conflicts_open => snapshot.conflicts_pending,
+        policy_text => crate::policy::summary(&status["policy"], snapshot.sync_paused),
         dhcp => snapshot.dhcp.is_some(),
         dhcp_answered => snapshot.dhcp.as_ref().map(|d| shown_counts(&d.answered)),
         dhcp_not_answered => snapshot.dhcp.as_ref().map(|d| shown_counts(&d.not_answered)),

@@ -66,6 +66,12 @@ fn written(outcome: Written) -> Response {
 fn write_failed(e: WriteError, refused_by: &str) -> Response {
     match e {
         WriteError::UnknownNode(_) => error(StatusCode::NOT_FOUND, e),
+        // DESIGN §15: the site policy forbids it; the body names why.
+        WriteError::Refused(reason) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": reason, "refused_by": "site_policy"})),
+        )
+            .into_response(),
         WriteError::Rejected { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             (
@@ -192,6 +198,12 @@ pub async fn add_node(
                  hostname or workflow at the controller, or with PATCH …/state once registered",
             ));
         }
+        if let Err(e) = state
+            .outbox
+            .offline_check(crate::model::policy::OfflineWrite::NewNode)
+        {
+            return Ok(write_failed(e, "site_policy"));
+        }
         let facts = crate::model::boot::BootFacts {
             arch: request.arch.clone(),
             ..Default::default()
@@ -213,6 +225,13 @@ pub async fn add_node(
             Ok(crate::outbox::Registered::Queued(node)) => (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"status": "queued", "offline": true, "data": *node})),
+            )
+                .into_response(),
+            // Not reached: the check above refuses first. Said plainly
+            // should the two ever part.
+            Ok(crate::outbox::Registered::Deferred) => (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"status": "queued", "offline": true, "data": null})),
             )
                 .into_response(),
             Err(e) => write_failed(e, refuser(&state)),

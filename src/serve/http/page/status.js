@@ -101,6 +101,30 @@ function counts(map) {
   return shown.length ? shown.join(", ") : "none";
 }
 
+// The same line as the server renders (policy::summary).
+function policyText(status) {
+  const p = status.policy || {};
+  const part = (label, v, none) => `${label} ${(v && v.value) || none} (${(v && v.origin) || "default"})`;
+  const line = [part("autonomy", p.autonomy, "full"), part("cache", p.cache_policy, "assigned"),
+    part("conflicts", p.conflict_strategy, "per kind")].join(" · ");
+  return status.sync_paused ? `${line} · sync paused` : line;
+}
+
+// DESIGN §15: what the autonomy level forbids while the controller is
+// unreachable, in the agent's own words (its 409 says the same); null
+// when allowed. `state` null: adding a node.
+function forbidden(state) {
+  const status = page.status;
+  if (!status || status.mode !== "offline") return null;
+  const level = status.policy && status.policy.autonomy && status.policy.autonomy.value;
+  const refused = (what) => `the site's autonomy level is ${level}: while the controller is unreachable it may not ${what}`;
+  if (level === "readonly") return refused(state === null ? "create nodes" : "change a node's state");
+  if (level === "limited" && (state === "pending" || state === "reprovision")) {
+    return refused(`set a node to ${state} (it would start an install)`);
+  }
+  return null;
+}
+
 async function refreshStatus() {
   let status;
   try {
@@ -123,6 +147,16 @@ async function refreshStatus() {
   $("queue-in-flight").textContent = status.queue.in_flight;
   $("queue-failed").textContent = status.queue.failed + status.queue.conflict;
   $("conflicts-open").textContent = status.conflicts_pending;
+  $("policy-text").textContent = policyText(status);
+  // The node buttons follow the mode and the autonomy level: redrawn when
+  // either changes.
+  const allowKey = `${status.mode} ${status.policy && status.policy.autonomy && status.policy.autonomy.value}`;
+  if (page.allowKey !== undefined && page.allowKey !== allowKey) schedule("nodes");
+  page.allowKey = allowKey;
+  const addForbidden = forbidden(null);
+  $("add-node-button").disabled = !!addForbidden;
+  $("add-node-forbidden").hidden = !addForbidden;
+  $("add-node-forbidden").textContent = addForbidden || "";
   $("dhcp-row").hidden = !status.dhcp;
   if (status.dhcp) {
     $("dhcp-answered").textContent = counts(status.dhcp.answered);
@@ -194,10 +228,19 @@ async function refreshNodes() {
   $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
     // A state picked but not yet set survives a redraw by a live event.
     const picked = page.picked.get(n.mac) ?? n.state;
+    const setButton = el("button", { type: "button", class: "quiet set-state" }, "Set state");
+    const allow = (state) => {
+      const reason = forbidden(state);
+      setButton.disabled = !!reason;
+      setButton.title = reason || "";
+    };
     const choose = el("select", {
       "aria-label": `new state for ${n.mac}`, class: "new-state",
-      onchange: (e) => page.picked.set(n.mac, e.target.value),
+      onchange: (e) => { page.picked.set(n.mac, e.target.value); allow(e.target.value); },
     }, ...states.map((s) => el("option", { value: s, selected: s === picked, text: s })));
+    setButton.addEventListener("click", (e) => setState(e.target, n.mac, choose.value));
+    allow(picked);
+    const retireForbidden = standalone ? null : forbidden("retired");
     return el("tr", { "data-mac": n.mac, "data-state": n.state },
       el("td", { class: "mono", text: n.mac }),
       el("td", { text: n.hostname || "-" }),
@@ -206,10 +249,10 @@ async function refreshNodes() {
       el("td", { class: "mono", text: n.id }),
       el("td", { class: "actions" },
         choose,
-        el("button", { type: "button", class: "quiet set-state", onclick: (e) => setState(e.target, n.mac, choose.value) }, "Set state"),
+        setButton,
         armable(el("button", {
-          type: "button", class: "danger delete-node",
-          title: standalone ? "remove from the store" : "retire at the controller (its record is kept there)",
+          type: "button", class: "danger delete-node", disabled: !!retireForbidden,
+          title: retireForbidden || (standalone ? "remove from the store" : "retire at the controller (its record is kept there)"),
           onclick: (e) => armed(e.target, `node-${n.mac}`, () => deleteNode(e.target, n.mac)),
         }, standalone ? "Delete" : "Retire"), `node-${n.mac}`),
       ));
@@ -420,6 +463,8 @@ function handle(kind, data) {
     case "conflict": schedule("status", "conflicts", "queue"); break;
     case "sync": schedule("status", "nodes"); break;
     case "node": schedule("status", "nodes"); break;
+    case "policy": schedule("status"); break;
+    case "sync_pause": schedule("status", "queue"); break;
     case "lagged": schedule(...Object.keys(REFRESH)); break;
     default: break;
   }
