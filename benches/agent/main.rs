@@ -22,6 +22,9 @@
 //! * firmware: power-on to status line for OVMF PXE, OVMF HTTP Boot and
 //!   SeaBIOS iPXE, through ProxyDHCP vs a DHCP server configured for
 //!   network boot (QEMU under TCG, on a bridge in a network namespace).
+//! * policy: WAN bytes for one sync and prefetch under the cache policies
+//!   minimal, assigned and mirror (100 nodes, 5 workflows); what reading
+//!   the site policy adds to a registration.
 //! * secureboot: power-on to status line through shim → GRUB under Secure
 //!   Boot vs `ipxe.efi` with it off.
 //!
@@ -76,6 +79,7 @@ mod firmware;
 mod hardening;
 mod http;
 mod page;
+mod policy;
 mod queue;
 mod tftp;
 use cache::*;
@@ -87,6 +91,7 @@ use firmware::*;
 use hardening::*;
 use http::*;
 use page::*;
+use policy::*;
 use queue::*;
 use tftp::*;
 
@@ -165,6 +170,9 @@ fn main() {
     }
     if wanted("firmware") {
         firmware_benchmark(work.path());
+    }
+    if wanted("policy") {
+        policy_benchmark(work.path());
     }
     if wanted("secureboot") {
         secure_boot_benchmark(work.path());
