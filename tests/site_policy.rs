@@ -288,6 +288,17 @@ fn level_follows_the_controller_unless_pinned(dialect: Dialect) {
         "{log}"
     );
 
+    // A value the agent does not know: logged, and the last one stays.
+    controller.set_site_policy(json!({"autonomy_level": "sovereign"}));
+    let (code, _) = call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert_eq!(code, 200);
+    let line = agent.wait_for_log("not understood");
+    assert!(line.contains("sovereign"), "{line}");
+    assert_eq!(
+        policy_value(&agent, "autonomy"),
+        ("readonly".into(), "controller".into())
+    );
+
     // At registration too: the controller forgets the agent, which
     // registers again and takes the answer's level.
     controller.set_site_policy(json!({"autonomy_level": "limited"}));

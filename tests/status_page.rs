@@ -416,3 +416,113 @@ fn the_page_shows_proxydhcp_counts_and_follows_them() {
     browser.wait("the count redrawn", &format!("{answered} === 'pxe 1'"));
     browser.screenshot("5-proxydhcp");
 }
+
+/// DESIGN §15 on the page: the site policy row (values and origins, live
+/// when the controller changes it), and, offline, the buttons the
+/// autonomy level forbids disabled with the reason; the ones it allows
+/// still work.
+#[test]
+fn the_page_shows_the_site_policy_and_disables_what_the_level_forbids() {
+    let controller = FakeController::pureboot();
+    let node = "52:54:00:00:a5:01";
+    controller.set_node(node, "active", None);
+    controller.set_site_policy(serde_json::json!({"autonomy_level": "full"}));
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .watching(
+            &controller,
+            "failure_threshold = 1\nrecovery_threshold = 1\nheartbeat_interval = \"1s\"",
+        )
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    wait_until(LONG, "node synced", || {
+        get_json(&agent.url("/api/v1/status"))["nodes_cached"] == 1
+    });
+    let browser = Browser::start("policy", 1280, 1000);
+    browser.goto(&agent.url("/"));
+    let policy = "document.getElementById('policy-text').textContent";
+    // Server-rendered before sign-in.
+    assert_eq!(
+        browser.js(&format!("return {policy};")),
+        Value::from(
+            "autonomy full (controller) · cache assigned (default) · conflicts per kind (default)"
+        )
+    );
+    sign_in(&browser, &agent);
+    let node_row = format!("#nodes tr[data-mac=\"{node}\"]");
+    browser.wait("node listed", &row("nodes", "data-mac", node));
+
+    // The controller sets limited; the next full sync brings it, live.
+    controller.set_site_policy(serde_json::json!({"autonomy_level": "limited"}));
+    let (code, _) = admin_call(&agent, "POST", "/api/v1/sync?full=true", None);
+    assert_eq!(code, 200);
+    browser.wait(
+        "limited shown",
+        &format!("{policy}.startsWith('autonomy limited (controller)')"),
+    );
+    controller.down();
+    browser.wait("red", &badge_is("red"));
+    let set = format!("document.querySelector('{node_row} button.set-state')");
+    let retire = format!("document.querySelector('{node_row} button.delete-node')");
+    // limited: reprovision would start an install: refused, said why.
+    browser.select(&format!("{node_row} select.new-state"), "reprovision");
+    browser.wait("set-state disabled", &format!("{set}.disabled"));
+    let reason = browser.js(&format!("return {set}.title;"));
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("autonomy level is limited") && r.contains("reprovision")),
+        "{reason}"
+    );
+    assert_eq!(
+        browser.js(&format!("return {retire}.disabled;")),
+        Value::Bool(false)
+    );
+    browser.screenshot("6-policy-limited-offline");
+    // installed is allowed: the button works, the change is queued.
+    browser.select(&format!("{node_row} select.new-state"), "installed");
+    browser.wait("set-state enabled", &format!("!{set}.disabled"));
+    browser.click(&format!("{node_row} button.set-state"));
+    browser.wait(
+        "the change queued",
+        "document.getElementById('message').textContent.includes('queued')",
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('add-node-button').disabled;"),
+        Value::Bool(false)
+    );
+
+    // readonly, pinned on a restart with the controller still gone: every
+    // operator write is disabled, adding a node too.
+    let stopped = agent.stop();
+    let config = stopped.path().join("siteboot.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("\n[site]\nautonomy = \"readonly\"\n");
+    std::fs::write(&config, text).expect("config");
+    let agent = stopped.start();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    browser.goto(&agent.url("/"));
+    sign_in(&browser, &agent);
+    browser.wait("node listed", &row("nodes", "data-mac", node));
+    browser.wait(
+        "readonly shown",
+        &format!("{policy}.startsWith('autonomy readonly (config)')"),
+    );
+    browser.wait("set-state disabled", &format!("{set}.disabled"));
+    assert_eq!(
+        browser.js(&format!("return {retire}.disabled;")),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('add-node-button').disabled;"),
+        Value::Bool(true)
+    );
+    // (The form sits in a closed <details>: its text, not what is drawn.)
+    let said = browser.js("return document.getElementById('add-node-forbidden').textContent;");
+    assert!(
+        said.as_str()
+            .is_some_and(|s| s.contains("autonomy level is readonly")),
+        "{said}"
+    );
+    browser.screenshot("7-policy-readonly-offline");
+}

@@ -217,6 +217,9 @@ pub struct ControllerPolicy {
 }
 
 const GIB: u64 = 1 << 30;
+/// Patterns of the `pattern` cache policy taken at most, and their length.
+const MAX_PATTERNS: usize = 256;
+const MAX_PATTERN_LEN: usize = 512;
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 impl ControllerPolicy {
@@ -260,8 +263,13 @@ impl ControllerPolicy {
         let cache_policy = parsed(cache, "cache_policy").and_then(|t| CachePolicy::parse(&t));
         let conflict_strategy =
             parsed(conflicts, "conflict_resolution").and_then(|t| ConflictStrategy::parse(&t));
+        // A list of shell patterns, bounded: a controller's mistake must
+        // not become a prefetch that matches by a million patterns.
         let cache_patterns = parsed(patterns, "cache_patterns_json")
-            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok());
+            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+            .filter(|list| {
+                list.len() <= MAX_PATTERNS && list.iter().all(|p| p.len() <= MAX_PATTERN_LEN)
+            });
         let understood = [
             ("autonomy_level", autonomy.is_some()),
             ("cache_policy", cache_policy.is_some()),
@@ -457,6 +465,18 @@ mod tests {
             .collect();
         fields.sort_unstable();
         assert_eq!(fields, ["cache_max_size_gb", "cache_policy"]);
+
+        // Patterns that are not a list of strings, or too many: noted.
+        let many: Vec<String> = (0..300).map(|i| format!("p{i}/*")).collect();
+        for garbage in [
+            json!("not json"),
+            json!("{\"a\": 1}"),
+            json!(serde_json::to_string(&many).unwrap()),
+        ] {
+            let said = ControllerPolicy::read(&json!({"cache_patterns_json": garbage}));
+            assert_eq!(said.cache_patterns, None);
+            assert_eq!(said.not_understood.len(), 1, "{garbage}");
+        }
     }
 
     #[test]

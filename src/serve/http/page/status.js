@@ -110,6 +110,12 @@ function policyText(status) {
   return status.sync_paused ? `${line} · sync paused` : line;
 }
 
+// What the node buttons depend on: the mode and the autonomy level.
+function allowKey(status) {
+  if (!status) return "none";
+  return `${status.mode} ${status.policy && status.policy.autonomy && status.policy.autonomy.value}`;
+}
+
 // DESIGN §15: what the autonomy level forbids while the controller is
 // unreachable, in the agent's own words (its 409 says the same); null
 // when allowed. `state` null: adding a node.
@@ -148,11 +154,12 @@ async function refreshStatus() {
   $("queue-failed").textContent = status.queue.failed + status.queue.conflict;
   $("conflicts-open").textContent = status.conflicts_pending;
   $("policy-text").textContent = policyText(status);
+  $("sync-now").disabled = !!status.sync_paused;
+  $("sync-now").title = status.sync_paused ? "sync is paused by an operator: siteboot sync resume" : "";
   // The node buttons follow the mode and the autonomy level: redrawn when
   // either changes.
-  const allowKey = `${status.mode} ${status.policy && status.policy.autonomy && status.policy.autonomy.value}`;
-  if (page.allowKey !== undefined && page.allowKey !== allowKey) schedule("nodes");
-  page.allowKey = allowKey;
+  // (Drawn before this status came, they are drawn again too.)
+  if (page.nodesAllowKey !== undefined && page.nodesAllowKey !== allowKey(status)) schedule("nodes");
   const addForbidden = forbidden(null);
   $("add-node-button").disabled = !!addForbidden;
   $("add-node-forbidden").hidden = !addForbidden;
@@ -225,6 +232,7 @@ async function refreshNodes() {
   const total = result.data.total ?? nodes.length;
   const states = [...$("node-state-filter").options].map((o) => o.value).filter(Boolean);
   const standalone = document.body.dataset.mode === "standalone";
+  page.nodesAllowKey = allowKey(page.status);
   $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
     // A state picked but not yet set survives a redraw by a live event.
     const picked = page.picked.get(n.mac) ?? n.state;
