@@ -225,9 +225,19 @@ fn start_agent_with(
     root: &Path,
     env: &[(&str, String)],
 ) -> (Proc, SocketAddr, SocketAddr) {
+    start_binary_with(Path::new(env!("CARGO_BIN_EXE_siteboot")), dir, root, env)
+}
+
+/// [`start_agent_with`] for another build of the agent (a before/after).
+fn start_binary_with(
+    binary: &Path,
+    dir: &Path,
+    root: &Path,
+    env: &[(&str, String)],
+) -> (Proc, SocketAddr, SocketAddr) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siteboot"))
+    let mut child = Command::new(binary)
         .arg("serve")
         .arg("--ready-file")
         .arg(&ready)

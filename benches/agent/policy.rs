@@ -119,79 +119,104 @@ fn answer_bytes(controller: &controller::FakeController, path: &str, query: &str
 
 /// What reading the policy adds at registration, against the PureBoot
 /// fake (its registration answer and site record, as PureBoot's code
-/// shapes them): 10 starts, the controller's call times from the agent's
-/// own `/metrics`, and start → online with the controller's policy.
+/// shapes them): 10 starts each, interleaved, of this build and, when
+/// `BENCH_BEFORE_BIN` names one, a build from before the policy was read;
+/// time from the process's start to its first heartbeat at the controller
+/// (it follows the registration, and now the site record), and the
+/// controller calls' own times from the agent's `/metrics`.
 fn registration_cost(dir: &Path) {
     let controller = controller::FakeController::pureboot();
     controller.set_site_policy(serde_json::json!({"autonomy_level": "limited",
         "cache_policy": "minimal", "conflict_resolution": "central_wins"}));
+    let before = std::env::var_os("BENCH_BEFORE_BIN").map(std::path::PathBuf::from);
+    let after = std::path::PathBuf::from(env!("CARGO_BIN_EXE_siteboot"));
+    let mut builds = vec![("after", after)];
+    if let Some(path) = before {
+        builds.insert(0, ("before", path));
+    }
+    let mut ready: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
     let mut register = Vec::new();
     let mut record = Vec::new();
-    let mut ready = Vec::new();
     for run in 0..10 {
-        let case = dir.join(format!("policy-registration-{run}"));
-        std::fs::create_dir_all(&case).expect("mkdir");
-        let env = [
-            ("SITEBOOT_CENTRAL_URL", controller.url()),
-            (
-                "SITEBOOT_CENTRAL_TOKEN_FILE",
-                controller.token_file().display().to_string(),
-            ),
-            (
-                "SITEBOOT_CENTRAL_REGISTRATION_TOKEN_FILE",
-                controller
-                    .token_file()
-                    .with_file_name("site-token")
-                    .display()
-                    .to_string(),
-            ),
-            ("SITEBOOT_SITE_ID", pureboot::SITE_ID.to_string()),
-            ("SITEBOOT_METRICS_OPEN", "true".to_string()),
-        ];
-        let started = Instant::now();
-        let (_agent, http, _) = start_agent_with(&case, &case.join("boot-assets"), &env);
-        loop {
-            let status = agent_status(http).unwrap_or_default();
-            if status["policy"]["autonomy"]["origin"] == "controller" {
-                ready.push(started.elapsed().as_secs_f64() * 1000.0);
-                break;
+        for (b, (name, binary)) in builds.iter().enumerate() {
+            let case = dir.join(format!("policy-registration-{name}-{run}"));
+            std::fs::create_dir_all(&case).expect("mkdir");
+            let env = [
+                ("SITEBOOT_CENTRAL_URL", controller.url()),
+                (
+                    "SITEBOOT_CENTRAL_TOKEN_FILE",
+                    controller.token_file().display().to_string(),
+                ),
+                (
+                    "SITEBOOT_CENTRAL_REGISTRATION_TOKEN_FILE",
+                    controller
+                        .token_file()
+                        .with_file_name("site-token")
+                        .display()
+                        .to_string(),
+                ),
+                ("SITEBOOT_SITE_ID", pureboot::SITE_ID.to_string()),
+                ("SITEBOOT_METRICS_OPEN", "true".to_string()),
+            ];
+            let heartbeats = controller
+                .calls_to("POST", "/api/v1/agents/heartbeat")
+                .len();
+            let started = Instant::now();
+            let (_agent, http, _) =
+                start_binary_with(binary, &case, &case.join("boot-assets"), &env);
+            while controller
+                .calls_to("POST", "/api/v1/agents/heartbeat")
+                .len()
+                == heartbeats
+            {
+                assert!(started.elapsed() < Duration::from_secs(30), "no heartbeat");
+                std::thread::sleep(Duration::from_millis(1));
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "policy never taken"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+            ready[b].push(started.elapsed().as_secs_f64() * 1000.0);
+            if *name == "after" {
+                let (reg, rec) = call_times(http);
+                register.push(reg);
+                record.push(rec);
+            }
         }
-        let metrics = Command::new("curl")
-            .args(["-sS", &format!("http://{http}/metrics")])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&metrics.stdout);
-        let sum = |call: &str| -> f64 {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("siteboot_controller_call_seconds_sum")
-                        && l.contains(&format!("call=\"{call}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-                * 1000.0
-        };
-        register.push(sum("register_agent"));
-        record.push(sum("site_record"));
     }
-    println!("site policy at registration (PureBoot fake, 10 starts, medians):");
+    println!("site policy at registration (PureBoot fake, 10 starts each, interleaved, medians):");
+    for (b, (name, _)) in builds.iter().enumerate() {
+        println!(
+            "  {name:<7} start → first heartbeat {:>8.1} ms",
+            median(ready[b].clone())
+        );
+    }
+    if builds.len() == 2 {
+        println!(
+            "  after / before                  {:>8.2}×",
+            median(ready[1].clone()) / median(ready[0].clone())
+        );
+    }
     let (reg, rec) = (median(register), median(record));
-    println!("  registration call            {reg:>8.2} ms   (before: the whole exchange)");
-    println!("  + site record call           {rec:>8.2} ms");
     println!(
-        "  registration + policy        {:>8.2} ms   {:.2}× the registration alone",
-        reg + rec,
-        (reg + rec) / reg
+        "  registration call {reg:>6.2} ms, site record call {rec:>6.2} ms (this build's /metrics)"
     );
-    println!(
-        "  start → online with the controller's policy {:>8.1} ms",
-        median(ready)
-    );
+}
+
+/// The agent's summed times of its registration and site record calls
+/// (one each after a start), in ms.
+fn call_times(http: SocketAddr) -> (f64, f64) {
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://{http}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let sum = |call: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("siteboot_controller_call_seconds_sum")
+                    && l.contains(&format!("call=\"{call}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            * 1000.0
+    };
+    (sum("register_agent"), sum("site_record"))
 }

@@ -196,3 +196,44 @@ fn dhcp_keys_read_from_the_file_and_the_environment() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+#[test]
+fn policy_pins_are_unset_by_default_read_when_set_and_refused_by_key() {
+    use crate::model::policy::{Autonomy, CachePolicy, ConflictStrategy, LocalPins};
+    assert_eq!(load("", &[]).unwrap().policy_pins, LocalPins::default());
+    let c = load(
+        "[site]\nautonomy = \"readonly\"\n[cache]\npolicy = \"pattern\"\n\
+         patterns = [\"ubuntu/*\"]\nretention = \"7d\"\n[conflicts]\nsite_policy = \"last_write\"\n",
+        &[("SITEBOOT_SITE_AUTONOMY", "limited")],
+    )
+    .unwrap();
+    assert_eq!(c.policy_pins.autonomy, Some(Autonomy::Limited), "env wins");
+    assert_eq!(c.policy_pins.cache_policy, Some(CachePolicy::Pattern));
+    assert_eq!(c.policy_pins.cache_patterns, Some(vec!["ubuntu/*".into()]));
+    assert_eq!(
+        c.policy_pins.cache_retention,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(
+        c.policy_pins.conflict_strategy,
+        Some(ConflictStrategy::LastWrite)
+    );
+    for (toml, key) in [
+        ("[site]\nautonomy = \"sovereign\"\n", "site.autonomy"),
+        ("[cache]\npolicy = \"everything\"\n", "cache.policy"),
+        (
+            "[conflicts]\nsite_policy = \"local_wins\"\n",
+            "conflicts.site_policy",
+        ),
+        (
+            "[conflicts]\nmissing_local = \"last_write\"\n",
+            "conflicts.missing_local",
+        ),
+    ] {
+        let e = load(toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    // last_write per kind: for state mismatches only.
+    let c = load("[conflicts]\nstate_mismatch = \"last_write\"\n", &[]).unwrap();
+    assert_eq!(c.conflicts.state_mismatch, Policy::LastWrite);
+}
