@@ -19,16 +19,6 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn central_config(controller: &FakeController) -> String {
-    format!(
-        "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-         boot_lookup_deadline = \"300ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
-         heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n\
-         [queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\nmax_retries = 5\nbatch_size = 20\n",
-        controller.central_toml()
-    )
-}
-
 fn status(agent: &common::Agent) -> Value {
     get_json(&agent.url("/api/v1/status"))
 }
@@ -128,7 +118,7 @@ fn synced_agent(controller: &FakeController, macs: &[&str]) -> common::Agent {
 fn synced_agent_with(controller: &FakeController, macs: &[&str], extra: &str) -> common::Agent {
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(controller))
+        .config(&common::quick_link_config(controller))
         .config(extra)
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
@@ -457,7 +447,7 @@ fn cold_start_with_the_controller_down_queues_and_replays_on_arrival(dialect: Di
     controller.down();
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
+        .config(&common::quick_link_config(&controller))
         .config("[offline]\ndefault_action = \"discovery\"\n")
         .start();
     let mac = "52:54:00:00:42:01";
@@ -789,7 +779,7 @@ fn last_known_replays_only_what_is_safe_offline(dialect: Dialect) {
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .env("SITEBOOT_OFFLINE_DEFAULT_ACTION", "last_known")
-        .config(&central_config(&controller))
+        .config(&common::quick_link_config(&controller))
         .config(&local_workflows)
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");
@@ -881,7 +871,7 @@ fn offline_templates_are_operator_overridable(dialect: Dialect) {
     controller.down();
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
+        .config(&common::quick_link_config(&controller))
         .template(
             "_offline_banner.ipxe.j2",
             "echo *** siteboot OFFLINE: central unreachable since {{ offline.since }} ***\n\
@@ -1033,7 +1023,7 @@ fn a_hanging_controller_does_not_hold_an_operators_write(dialect: Dialect) {
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
         .config(
-            &central_config(&controller)
+            &common::quick_link_config(&controller)
                 .replace("request_timeout = \"2s\"", "request_timeout = \"10s\""),
         )
         .start();
@@ -1063,7 +1053,7 @@ fn nodes_cannot_crowd_operators_out_of_the_queue(dialect: Dialect) {
     controller.set_node(operated, "active", None);
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller).replace(
+        .config(&common::quick_link_config(&controller).replace(
             "[queue]\n",
             "[queue]\nmax_items = 300\nnode_items_per_minute = 5\n",
         ))
@@ -1158,7 +1148,7 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_there_is_room(dialec
     controller.set_node(mac, "active", None);
     let builder = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller));
+        .config(&common::quick_link_config(&controller));
     let disk = common::SmallDisk::mount(&builder.path().join("data"), "8m");
     let agent = builder.start();
     wait_until(LONG, "online", || mode(&agent) == "online");
@@ -2077,7 +2067,7 @@ fn a_node_a_full_sync_no_longer_lists_is_confirmed_missing_then_registered_again
     controller.set_node(hidden, "active", None);
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(&controller))
+        .config(&common::quick_link_config(&controller))
         .config(MANUAL)
         // A change the controller failed stays held for the test.
         .env("SITEBOOT_QUEUE_RETRY_BASE", "1h")

@@ -16,20 +16,10 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn central_config(controller: &FakeController) -> String {
-    format!(
-        "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
-         boot_lookup_deadline = \"300ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
-         heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n\
-         [queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\nmax_retries = 5\n",
-        controller.central_toml()
-    )
-}
-
 fn start_agent(controller: &FakeController, extra: &str) -> common::Agent {
     let agent = AgentBuilder::new()
         .env("SITEBOOT_SITE_ID", "fra1")
-        .config(&central_config(controller))
+        .config(&common::quick_link_config(controller))
         .config(extra)
         .start();
     wait_until(LONG, "online", || mode(&agent) == "online");

@@ -648,6 +648,19 @@ pub fn admin_call(
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
+/// `[central]` and `[queue]` for a test that watches the agent go offline
+/// and come back quickly: probes every 200 ms, one failure or success
+/// flips the mode, retries within half a second.
+pub fn quick_link_config(controller: &controller::FakeController) -> String {
+    format!(
+        "[central]\n{}check_interval = \"200ms\"\nrequest_timeout = \"2s\"\n\
+         boot_lookup_deadline = \"300ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
+         heartbeat_interval = \"1s\"\nsync_interval = \"60s\"\n\
+         [queue]\nretry_base = \"100ms\"\nretry_max = \"400ms\"\nmax_retries = 5\nbatch_size = 20\n",
+        controller.central_toml()
+    )
+}
+
 /// GET a JSON document.
 pub fn get_json(url: &str) -> serde_json::Value {
     let (status, body) = curl_text(url);
