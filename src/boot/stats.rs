@@ -28,8 +28,63 @@ pub struct BootSeen {
 pub struct BootStats {
     total: AtomicU64,
     active: AtomicU64,
-    seen: Mutex<HashMap<Mac, Instant>>,
+    seen: Mutex<SeenWindow>,
     latest: Mutex<std::collections::VecDeque<BootSeen>>,
+}
+
+/// A MAC's time is moved on at most this often: the hour's count is
+/// exact to a minute, and a node booting in a loop costs one lookup.
+const SEEN_GRAIN: Duration = Duration::from_secs(60);
+/// Times kept at most; past it the oldest go first (the count may then
+/// be low by the MACs they were the last sight of): a flood of MACs
+/// costs bounded memory.
+const SEEN_MAX: usize = 1 << 18;
+
+/// Distinct MACs seen within [`SEEN_WINDOW`], counted without a scan: the
+/// map holds each MAC's latest time, the queue the times in order (a
+/// MAC's older entries are skipped when they reach the front).
+#[derive(Default)]
+struct SeenWindow {
+    last: HashMap<Mac, Instant>,
+    order: std::collections::VecDeque<(Instant, Mac)>,
+}
+
+impl SeenWindow {
+    fn saw(&mut self, mac: Mac, now: Instant) {
+        match self.last.get(&mac) {
+            Some(at) if now.saturating_duration_since(*at) < SEEN_GRAIN => return,
+            _ => {}
+        }
+        self.last.insert(mac, now);
+        self.order.push_back((now, mac));
+        while self.order.len() > SEEN_MAX {
+            self.pop_front();
+        }
+        self.expire(now);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((at, mac)) = self.order.pop_front()
+            && self.last.get(&mac) == Some(&at)
+        {
+            self.last.remove(&mac);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= SEEN_WINDOW)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn count(&mut self, now: Instant) -> u64 {
+        self.expire(now);
+        self.last.len() as u64
+    }
 }
 
 /// Decrements the active-boot gauge when the boot ends, however it ends.
@@ -44,8 +99,10 @@ impl Drop for ActiveBoot<'_> {
 impl BootStats {
     pub fn begin(&self, mac: Mac) -> ActiveBoot<'_> {
         self.active.fetch_add(1, Ordering::Relaxed);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.insert(mac, Instant::now());
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saw(mac, Instant::now());
         ActiveBoot(self)
     }
 
@@ -92,9 +149,10 @@ impl BootStats {
 
     /// Distinct MACs that asked for a script in the last hour.
     pub fn nodes_seen_last_hour(&self) -> u64 {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, at| at.elapsed() < SEEN_WINDOW);
-        seen.len() as u64
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(Instant::now())
     }
 }
 
@@ -154,5 +212,39 @@ mod tests {
         assert_eq!(stats.active_boots(), 0);
         assert_eq!(stats.nodes_seen_last_hour(), 1);
         assert_eq!(stats.total(), 2);
+    }
+
+    #[test]
+    fn the_hours_count_follows_the_window_and_stays_bounded() {
+        let mut window = SeenWindow::default();
+        let start = Instant::now();
+        let mac = |n: u32| -> Mac {
+            format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                n >> 16,
+                (n >> 8) & 0xff,
+                n & 0xff
+            )
+            .parse()
+            .unwrap()
+        };
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        window.saw(mac(1), at(0));
+        window.saw(mac(2), at(10));
+        // Seen again within the grain: nothing moves.
+        window.saw(mac(1), at(30));
+        assert_eq!(window.order.len(), 2);
+        // Seen again later: its time moves on; its old entry is skipped.
+        window.saw(mac(1), at(1800));
+        assert_eq!(window.count(at(1800)), 2);
+        // An hour after mac 2, only mac 1 (seen at 1800) is left.
+        assert_eq!(window.count(at(3610)), 1);
+        assert_eq!(window.count(at(5400)), 0);
+        // A flood of distinct MACs: bounded.
+        for n in 0..(SEEN_MAX as u32 + 1000) {
+            window.saw(mac(n + 10), at(6000));
+        }
+        assert_eq!(window.order.len(), SEEN_MAX);
+        assert_eq!(window.count(at(6000)), SEEN_MAX as u64);
     }
 }
