@@ -272,9 +272,26 @@ impl Metrics {
     }
 
     pub fn http_request(&self, route: &str, code: u16) {
-        self.http_requests
-            .with_label_values(&[route, &code.to_string()])
-            .inc();
+        // The common codes without a new string per request.
+        let common = match code {
+            200 => Some("200"),
+            202 => Some("202"),
+            206 => Some("206"),
+            304 => Some("304"),
+            400 => Some("400"),
+            401 => Some("401"),
+            404 => Some("404"),
+            409 => Some("409"),
+            503 => Some("503"),
+            _ => None,
+        };
+        match common {
+            Some(text) => self.http_requests.with_label_values(&[route, text]).inc(),
+            None => self
+                .http_requests
+                .with_label_values(&[route, &code.to_string()])
+                .inc(),
+        }
     }
 
     pub fn controller_call(&self, call: &str, outcome: &str, seconds: f64) {

@@ -100,38 +100,54 @@ pub struct Snapshot {
     pub uptime: Duration,
 }
 
+/// What a snapshot reads from the disk.
+#[derive(Default)]
+struct DiskReads {
+    last_sync_at: Option<String>,
+    queue: QueueStats,
+    conflicts_pending: u64,
+    quarantined_records: u64,
+    disk: f64,
+}
+
 impl StatusSource {
     pub async fn snapshot(&self) -> Snapshot {
-        let last_sync_at = self
-            .store
-            .call(|s| s.get_meta(META_LAST_SYNC))
-            .await
-            .ok()
-            .flatten();
-        let queue = self.outbox.stats().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "queue counts unavailable");
-            Default::default()
+        // Every read that touches the disk, in one trip to a blocking
+        // thread: five trips (one each) cost more than the reads
+        // themselves under load (issue 24's profile of the status).
+        let (store, queue, data_dir) = (
+            self.store.clone(),
+            self.outbox.queue().clone(),
+            self.data_dir.clone(),
+        );
+        let reads = tokio::task::spawn_blocking(move || DiskReads {
+            last_sync_at: store.get_meta(META_LAST_SYNC).ok().flatten(),
+            queue: queue.stats().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "queue counts unavailable");
+                Default::default()
+            }),
+            conflicts_pending: crate::store::conflicts::open_count(queue.store()).unwrap_or_else(
+                |e| {
+                    tracing::warn!(error = %e, "conflict count unavailable");
+                    0
+                },
+            ),
+            quarantined_records: store.quarantined_count().unwrap_or(0),
+            disk: disk_usage_percent(&data_dir).unwrap_or(0.0),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "status reads failed");
+            DiskReads::default()
         });
-        let conflicts_pending = self
-            .outbox
-            .queue()
-            .call(|q| crate::store::conflicts::open_count(q.store()))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "conflict count unavailable");
-                0
-            });
-        let quarantined_records = self
-            .store
-            .call(|s| s.quarantined_count())
-            .await
-            .unwrap_or(0);
-        let data_dir = self.data_dir.clone();
-        let disk = tokio::task::spawn_blocking(move || disk_usage_percent(&data_dir))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0.0);
+        let DiskReads {
+            last_sync_at,
+            queue,
+            conflicts_pending,
+            quarantined_records,
+            disk,
+        } = reads;
+        let queue = self.outbox.with_shed(queue);
         let cache = self.cache.as_ref().map(|c| c.stats());
         let now = OffsetDateTime::now_utc();
         Snapshot {

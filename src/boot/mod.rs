@@ -171,7 +171,7 @@ impl BootService {
         // Boots reach event clients in batches (`boot::stats::publish_boots`),
         // never one event per boot: a boot storm must not become one.
         let seen = stats::BootSeen {
-            mac: mac.to_string(),
+            mac,
             state: answer.state.map(|s| s.as_str()),
             action: answer.action.as_str(),
             source: answer.source.as_str(),

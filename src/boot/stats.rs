@@ -16,7 +16,7 @@ pub const LATEST_BOOTS: usize = 50;
 /// One boot answered, for the operator's view (DESIGN §11).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BootSeen {
-    pub mac: String,
+    pub mac: Mac,
     pub state: Option<&'static str>,
     pub action: &'static str,
     pub source: &'static str,

@@ -363,9 +363,15 @@ impl Outbox {
     }
 
     pub async fn stats(&self) -> Result<Stats, QueueError> {
-        let mut stats = self.queue.call(|q| q.stats()).await?;
+        let stats = self.queue.call(|q| q.stats()).await?;
+        Ok(self.with_shed(stats))
+    }
+
+    /// The queue's counts read by the caller (already on a blocking
+    /// thread), with the items shed since start.
+    pub fn with_shed(&self, mut stats: Stats) -> Stats {
         stats.shed_node_items = self.shed.load(Ordering::Relaxed);
-        Ok(stats)
+        stats
     }
 
     async fn has_queued(&self, mac: Mac) -> Result<bool, QueueError> {

@@ -13,12 +13,11 @@ pub mod writes;
 
 pub use state::AppState;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -147,20 +146,50 @@ async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     }
 }
 
-/// iPXE sends unset settings as empty strings.
-fn fact(query: &HashMap<String, String>, key: &str) -> Option<String> {
-    query
-        .get(key)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+/// The boot request's query, read in one pass without a map (the boot
+/// path is the agent's hottest): the MAC and the facts iPXE sends. A
+/// repeated key keeps its last value, as a map would; unknown keys are
+/// ignored. iPXE sends unset settings as empty strings: those are None.
+#[derive(Default)]
+struct BootQuery {
+    mac: Option<String>,
+    format: Option<String>,
+    facts: BootFacts,
+}
+
+impl BootQuery {
+    fn read(query: &str) -> BootQuery {
+        let mut read = BootQuery::default();
+        for (key, raw) in form_urlencoded::parse(query.as_bytes()) {
+            let value = raw.trim();
+            let kept = (!value.is_empty()).then(|| value.to_string());
+            match key.as_ref() {
+                "mac" => read.mac = Some(raw.into_owned()),
+                "format" => read.format = kept,
+                "arch" => read.facts.arch = kept,
+                "platform" => read.facts.platform = kept,
+                "uuid" => read.facts.uuid = kept,
+                "serial" => read.facts.serial = kept,
+                "manufacturer" => read.facts.manufacturer = kept,
+                "product" => read.facts.product = kept,
+                _ => {}
+            }
+        }
+        read
+    }
 }
 
 async fn boot(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(raw_mac) = query.get("mac") else {
+    let BootQuery {
+        mac: raw_mac,
+        format,
+        mut facts,
+    } = BootQuery::read(query.as_deref().unwrap_or(""));
+    let Some(raw_mac) = raw_mac else {
         return bad_request("missing query parameter mac (e.g. ?mac=${net0/mac})");
     };
     let mac: Mac = match raw_mac.parse() {
@@ -171,21 +200,12 @@ async fn boot(
         Ok(url) => url,
         Err(message) => return bad_request(&message),
     };
-    let format = match fact(&query, "format") {
+    facts.format = match format {
         None => ScriptFormat::Ipxe,
         Some(name) => match ScriptFormat::parse(&name) {
             Some(format) => format,
             None => return bad_request("format must be ipxe or grub"),
         },
-    };
-    let facts = BootFacts {
-        format,
-        arch: fact(&query, "arch"),
-        platform: fact(&query, "platform"),
-        uuid: fact(&query, "uuid"),
-        serial: fact(&query, "serial"),
-        manufacturer: fact(&query, "manufacturer"),
-        product: fact(&query, "product"),
     };
     let answer = state.boot.boot(mac, &facts, &base).await;
     tracing::info!(
