@@ -99,6 +99,27 @@ pub(crate) fn async_tftp_reference(root: &Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
+/// rs-tftpd (the `tftpd` crate's server, `cargo install tftpd`), read-only
+/// on `root`: the TFTP peer that implements windowsize.
+pub(crate) fn rs_tftpd(root: &Path) -> (Proc, u16) {
+    let binary = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin")))
+        .map(|dir| dir.join("tftpd"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("rs-tftpd is required: cargo install tftpd --locked"));
+    let port = free_udp_port();
+    let child = Command::new(binary)
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-r", "-q", "-d"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rs-tftpd");
+    (Proc(child), port)
+}
+
 pub(crate) fn tftp_benchmark(dir: &Path, root: &Path) {
     let (_agent, _, tftp) = start_agent(dir, root);
     let ours = tftp.port();
@@ -114,59 +135,76 @@ pub(crate) fn tftp_benchmark(dir: &Path, root: &Path) {
             .expect("start in.tftpd"),
     );
     let (_reference, crate_port) = async_tftp_reference(root);
+    let (_rs, rs) = rs_tftpd(root);
     std::thread::sleep(Duration::from_millis(300));
     let out = dir.join("out.bin");
     println!("TFTP, 64 MiB file, 127.0.0.1, median of {RUNS} interleaved runs (MB/s)");
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>14}",
-        "client / options", "tftpd-hpa", "async-tftp", "siteboot", "siteboot/hpa"
+        "{:<34} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "client / options", "tftpd-hpa", "rs-tftpd", "async-tftp", "siteboot", "vs hpa", "vs rs"
     );
-    let row = |name: String, r: &[f64]| {
+    // Columns: hpa, rs-tftpd, async-tftp, siteboot (None: not measured,
+    // the server does not implement the option).
+    let row = |name: String, r: [Option<f64>; 4]| {
+        let shown = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+        let ratio = |peer: Option<f64>| match (r[3], peer) {
+            (Some(ours), Some(peer)) => format!("{:.2}x", ours / peer),
+            _ => "n/a".to_string(),
+        };
         println!(
-            "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>13.2}x",
-            r[0],
-            r[1],
-            r[2],
-            r[2] / r[0]
+            "{name:<34} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+            shown(r[0]),
+            shown(r[1]),
+            shown(r[2]),
+            shown(r[3]),
+            ratio(r[0]),
+            ratio(r[1])
         );
     };
     for blksize in [512u32, 1468, 8192] {
         let mut commands: Vec<ClientCommand> = vec![
             Box::new(curl_get(hpa, blksize)),
+            Box::new(curl_get(rs, blksize)),
             Box::new(curl_get(crate_port, blksize)),
             Box::new(curl_get(ours, blksize)),
         ];
+        let r = measure_all(&mut commands, &out);
         row(
             format!("curl blksize {blksize}"),
-            &measure_all(&mut commands, &out),
+            [Some(r[0]), Some(r[1]), Some(r[2]), Some(r[3])],
         );
     }
     for blksize in [1468u32, 8192] {
         let mut commands: Vec<ClientCommand> = vec![
             Box::new(atftp_get(hpa, blksize, 1)),
+            Box::new(atftp_get(rs, blksize, 1)),
             Box::new(atftp_get(crate_port, blksize, 1)),
             Box::new(atftp_get(ours, blksize, 1)),
         ];
-        let lockstep = measure_all(&mut commands, &out);
-        row(format!("atftp blksize {blksize}"), &lockstep);
+        let r = measure_all(&mut commands, &out);
+        row(
+            format!("atftp blksize {blksize}"),
+            [Some(r[0]), Some(r[1]), Some(r[2]), Some(r[3])],
+        );
         for window in [4u32, 16] {
-            let rate = measure(atftp_get(ours, blksize, window), &out);
-            println!(
-                "{:<34} {:>10} {:>10} {:>10.1} {:>13.2}x",
+            // tftpd-hpa and async-tftp ignore windowsize: only rs-tftpd
+            // is a peer here.
+            let mut commands: Vec<ClientCommand> = vec![
+                Box::new(atftp_get(rs, blksize, window)),
+                Box::new(atftp_get(ours, blksize, window)),
+            ];
+            let r = measure_all(&mut commands, &out);
+            row(
                 format!("atftp blksize {blksize} windowsize {window}"),
-                "n/a",
-                "n/a",
-                rate,
-                rate / lockstep[0]
+                [None, Some(r[0]), None, Some(r[1])],
             );
         }
     }
-    println!(
-        "(windowsize: RFC 7440; neither reference implements it, so those ratios are to tftpd-hpa's lockstep figure)"
-    );
+    println!("(windowsize: RFC 7440; of the peers only rs-tftpd implements it)");
     println!("\nUEFI firmware sequence: RRQ tsize=0 -> OACK -> ERROR 8 -> RRQ from the same port");
     for (name, port) in [
         ("tftpd-hpa", hpa),
+        ("rs-tftpd", rs),
         ("async-tftp", crate_port),
         ("siteboot", ours),
     ] {
