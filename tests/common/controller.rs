@@ -34,6 +34,10 @@ pub enum Mode {
     Healthy,
     /// Answers after this long.
     Slow(Duration),
+    /// Node lookups (`GET /api/v1/nodes…`) answer after this long; the
+    /// health check, heartbeats and everything else stay prompt, so the
+    /// agent stays online however long a test takes to send its boots.
+    SlowLookups(Duration),
     /// Every API call answers 500 (the controller is up but wrong; its
     /// health check still answers).
     Erroring,
@@ -661,6 +665,9 @@ async fn answer(
     let current = *mode.lock().expect("lock");
     match current {
         Mode::Slow(delay) => tokio::time::sleep(delay).await,
+        Mode::SlowLookups(delay) if method == Method::GET && path.starts_with("/api/v1/nodes") => {
+            tokio::time::sleep(delay).await
+        }
         Mode::Erroring if path != "/health" => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
         }
@@ -668,7 +675,7 @@ async fn answer(
         Mode::Erroring => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
-        Mode::Huge(_) | Mode::Healthy | Mode::ApplyThenStall(_) => {}
+        Mode::Huge(_) | Mode::Healthy | Mode::ApplyThenStall(_) | Mode::SlowLookups(_) => {}
     }
     // PureBoot keeps no idempotency keys: a repeat is applied again. The
     // §6 fake keeps every key's answer, as a real key store does.
