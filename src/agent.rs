@@ -304,6 +304,7 @@ fn status_source(config: &Config, services: &Services) -> Arc<StatusSource> {
         boots: services.boot.stats(),
         cache: services.cache.clone(),
         proxy_dhcp: config.dhcp.mode == crate::config::DhcpMode::Proxy,
+        reads: Default::default(),
     })
 }
 

@@ -39,6 +39,35 @@ pub struct StatusSource {
     pub cache: Option<Arc<crate::content::ContentCache>>,
     /// Whether ProxyDHCP answers (DESIGN §13).
     pub proxy_dhcp: bool,
+    /// The last disk reads, kept while the store has not been written.
+    pub reads: ReadsMemo,
+}
+
+/// How long a disk-usage figure is kept when nothing else moved: files
+/// outside the store (the content cache, logs) fill the disk too.
+const DISK_USAGE_FOR: Duration = Duration::from_secs(1);
+
+/// The snapshot's disk reads as of a store generation. A status request
+/// that finds the store unwritten since reads nothing from the disk: its
+/// cost does not grow with the queue, the conflicts or the fleet, and an
+/// open status page polled by many browsers costs no disk I/O.
+#[derive(Default)]
+pub struct ReadsMemo {
+    last: std::sync::Mutex<Option<(u64, Instant, DiskReads)>>,
+}
+
+impl ReadsMemo {
+    fn current(&self, generation: u64) -> Option<DiskReads> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(g, at, _)| *g == generation && at.elapsed() < DISK_USAGE_FOR)
+            .map(|(_, _, reads)| reads.clone())
+    }
+
+    fn keep(&self, generation: u64, reads: &DiskReads) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, Instant::now(), reads.clone()));
+    }
 }
 
 /// ProxyDHCP's requests so far (the counts `/metrics` has): answered by
@@ -101,7 +130,7 @@ pub struct Snapshot {
 }
 
 /// What a snapshot reads from the disk.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct DiskReads {
     last_sync_at: Option<String>,
     queue: QueueStats,
@@ -111,16 +140,16 @@ struct DiskReads {
 }
 
 impl StatusSource {
-    pub async fn snapshot(&self) -> Snapshot {
-        // Every read that touches the disk, in one trip to a blocking
-        // thread: five trips (one each) cost more than the reads
-        // themselves under load (issue 24's profile of the status).
+    /// Every read that touches the disk, in one trip to a blocking thread:
+    /// five trips (one each) cost more than the reads themselves under
+    /// load (issue 24's profile of the status).
+    async fn read_disk(&self) -> DiskReads {
         let (store, queue, data_dir) = (
             self.store.clone(),
             self.outbox.queue().clone(),
             self.data_dir.clone(),
         );
-        let reads = tokio::task::spawn_blocking(move || DiskReads {
+        tokio::task::spawn_blocking(move || DiskReads {
             last_sync_at: store.get_meta(META_LAST_SYNC).ok().flatten(),
             queue: queue.stats().unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "queue counts unavailable");
@@ -139,7 +168,21 @@ impl StatusSource {
         .unwrap_or_else(|e| {
             tracing::warn!(error = %e, "status reads failed");
             DiskReads::default()
-        });
+        })
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        // The generation is taken before reading: a write that lands
+        // during the reads moves it, and the next snapshot reads again.
+        let generation = self.store.generation();
+        let reads = match self.reads.current(generation) {
+            Some(reads) => reads,
+            None => {
+                let reads = self.read_disk().await;
+                self.reads.keep(generation, &reads);
+                reads
+            }
+        };
         let DiskReads {
             last_sync_at,
             queue,
@@ -256,6 +299,19 @@ pub fn disk_usage_percent(path: &std::path::Path) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_are_kept_only_for_the_generation_they_were_taken_at() {
+        let memo = ReadsMemo::default();
+        assert!(memo.current(7).is_none());
+        let reads = DiskReads {
+            conflicts_pending: 3,
+            ..DiskReads::default()
+        };
+        memo.keep(7, &reads);
+        assert_eq!(memo.current(7).map(|r| r.conflicts_pending), Some(3));
+        assert!(memo.current(8).is_none(), "a write since: read again");
+    }
 
     #[test]
     fn disk_usage_is_a_percentage() {

@@ -312,6 +312,9 @@ struct Shared {
     writable: AtomicBool,
     /// A recovery thread is running.
     recovering: AtomicBool,
+    /// Moves on every write (committed or not): what was read from the
+    /// store at one generation is still true while it has not moved.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Pause between attempts to make the database writable again.
@@ -345,6 +348,7 @@ impl Store {
                 db: RwLock::new(Some(Arc::new(db))),
                 writable: AtomicBool::new(true),
                 recovering: AtomicBool::new(false),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
             path,
         };
@@ -387,6 +391,13 @@ impl Store {
             txn: db.begin_read()?,
             _db: db,
         })
+    }
+
+    /// A number that moves after every write: a reader that took it
+    /// before reading knows its reads are current while it stays the same
+    /// (the status snapshot keeps its reads that way).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
     }
 
     /// False while the store cannot write (a full disk, an I/O error) and

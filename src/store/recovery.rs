@@ -29,6 +29,8 @@ impl Store {
     }
 
     pub(super) fn note<T>(&self, result: &Result<T, StoreError>) {
+        // After the write (its commit is visible), never before it.
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         match result {
             Err(e) if e.is_io() => self.start_recovery(e),
             // A write committed: the disk takes writes (again).

@@ -222,3 +222,37 @@ fn schema_v2_files_keep_their_queue_conflicts_and_index() {
         .unwrap();
     assert!(content.get("kept").unwrap().is_some());
 }
+
+#[test]
+fn the_generation_moves_with_every_write_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let m = mac("52:54:00:00:00:01");
+    let before = store.generation();
+    let _ = store.get_meta("anything").unwrap();
+    let _ = store.list_nodes().unwrap();
+    assert_eq!(store.generation(), before, "reads leave it alone");
+    store.put_meta(&[("k", "v")]).unwrap();
+    let after_meta = store.generation();
+    assert!(after_meta > before);
+    store
+        .put_node(&Node::new_local(
+            m,
+            NodeState::Active,
+            OffsetDateTime::now_utc(),
+        ))
+        .unwrap();
+    let after_node = store.generation();
+    assert!(after_node > after_meta);
+    // A transaction of a module with its own tables moves it at commit.
+    let txn = store.begin_write().unwrap();
+    txn.append_sync_log("test", "detail", OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(store.generation(), after_node, "not before the commit");
+    txn.commit().unwrap();
+    assert!(store.generation() > after_node);
+    // Clones are one store.
+    let clone = store.clone();
+    clone.put_meta(&[("k", "w")]).unwrap();
+    assert_eq!(store.generation(), clone.generation());
+}
