@@ -25,6 +25,10 @@
 //! * policy: WAN bytes for one sync and prefetch under the cache policies
 //!   minimal, assigned and mirror (100 nodes, 5 workflows); what reading
 //!   the site policy adds to a registration.
+//! * speed: issue 24 in one run: `/api/v1/boot` standalone, offline and
+//!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
+//!   storms vs tftpd-hpa and rs-tftpd, then the TFTP table; interleaved,
+//!   medians.
 //! * secureboot: power-on to status line through shim → GRUB under Secure
 //!   Boot vs `ipxe.efi` with it off.
 //!
@@ -81,6 +85,7 @@ mod http;
 mod page;
 mod policy;
 mod queue;
+mod speed;
 mod tftp;
 use cache::*;
 use central::*;
@@ -93,6 +98,7 @@ use http::*;
 use page::*;
 use policy::*;
 use queue::*;
+use speed::*;
 use tftp::*;
 
 const FILE_SIZE: usize = 64 * 1024 * 1024;
@@ -173,6 +179,9 @@ fn main() {
     }
     if wanted("policy") {
         policy_benchmark(work.path());
+    }
+    if wanted("speed") {
+        speed_benchmark(work.path(), &root);
     }
     if wanted("secureboot") {
         secure_boot_benchmark(work.path());

@@ -1,0 +1,342 @@
+//! The bench's speed part (issue 24), one run: `/api/v1/boot` standalone,
+//! offline and online against nginx serving the same script as a file,
+//! the status endpoints, all under `wrk` (2 threads, 64 keep-alive
+//! connections, 10,000 MACs in rotation); TFTP boot storms against
+//! tftpd-hpa and rs-tftpd; then the TFTP transfer table. Every case runs
+//! in each round, rounds interleave, figures are medians.
+
+use super::*;
+
+/// wrk's run per case and round.
+const WRK_SECONDS: u32 = 4;
+/// Interleaved rounds; the figures are their medians.
+const ROUNDS: usize = 3;
+
+struct WrkResult {
+    rate: f64,
+    p99_ms: f64,
+}
+
+/// A wrk Lua script whose requests visit `paths` in rotation (each wrk
+/// thread from its own place), so that the server cannot answer one
+/// request over and over from a single cache line.
+fn rotation_script(dir: &Path, name: &str, paths: &[String]) -> std::path::PathBuf {
+    let mut lua = String::from("local paths = {\n");
+    for p in paths {
+        lua.push_str(&format!("  \"{p}\",\n"));
+    }
+    lua.push_str(
+        "}\nlocal threads = 0\n\
+         function setup(thread)\n  thread:set(\"offset\", threads * 4999)\n  threads = threads + 1\nend\n\
+         function init(args)\n  i = offset or 0\nend\n\
+         request = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n",
+    );
+    let file = dir.join(format!("{name}.lua"));
+    std::fs::write(&file, lua).expect("write lua");
+    file
+}
+
+/// One wrk run; panics on socket errors or non-2xx answers (a figure
+/// from failed requests would be meaningless).
+fn wrk(addr: SocketAddr, script: &Path) -> WrkResult {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c64",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .output()
+        .expect("wrk (Debian package wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {text}");
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk saw errors: {text}"
+    );
+    let rate = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate in wrk's output: {text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| wrk_ms(v.trim()))
+        .unwrap_or_else(|| panic!("no p99 in wrk's output: {text}"));
+    WrkResult { rate, p99_ms: p99 }
+}
+
+/// wrk's latency ("812.00us", "2.31ms", "1.02s") in milliseconds.
+fn wrk_ms(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1e3,
+        "ms" => number,
+        "s" => number * 1e3,
+        "m" => number * 60e3,
+        _ => f64::NAN,
+    }
+}
+
+struct HttpCase {
+    name: &'static str,
+    addr: SocketAddr,
+    script: std::path::PathBuf,
+    /// Compared with nginx (a boot answer) or not (the status endpoints).
+    versus_nginx: bool,
+}
+
+pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
+    let dir = dir.join("speed");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let macs: Vec<Mac> = fleet(0x24, NODES);
+    let states = [
+        NodeState::Active,
+        NodeState::Installed,
+        NodeState::Discovered,
+        NodeState::InstallFailed,
+        NodeState::Retired,
+    ];
+    let boot_paths: Vec<String> = macs
+        .iter()
+        .map(|m| format!("/api/v1/boot?mac={m}&arch=x86_64&platform=efi"))
+        .collect();
+
+    // Standalone: the store is the fleet.
+    let standalone_dir = dir.join("standalone");
+    std::fs::create_dir_all(&standalone_dir).expect("mkdir");
+    populate(&standalone_dir, &macs, &states);
+    let (_standalone, standalone, standalone_tftp) = start_agent(&standalone_dir, root);
+
+    // Online: a controller that knows the fleet and answers at once; each
+    // boot is a live lookup.
+    let controller = controller::FakeController::start();
+    for (i, mac) in macs.iter().enumerate() {
+        let state = states[i % states.len()].as_str();
+        controller.set_node(&mac.to_string(), state, None);
+    }
+    let online_dir = dir.join("online");
+    std::fs::create_dir_all(&online_dir).expect("mkdir");
+    populate(&online_dir, &macs, &states);
+    let central_env = |url: String| {
+        vec![
+            ("SITEBOOT_CENTRAL_URL", url),
+            (
+                "SITEBOOT_CENTRAL_TOKEN_FILE",
+                controller.token_file().display().to_string(),
+            ),
+            ("SITEBOOT_SITE_ID", "bench".to_string()),
+            ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "1s".to_string()),
+        ]
+    };
+    let (_online, online, _) = start_agent_with(&online_dir, root, &central_env(controller.url()));
+    wait_for_mode(online, "online", Duration::from_secs(60)).expect("agent online");
+
+    // Offline: the fleet cached, the controller's address answers nothing.
+    let offline_dir = dir.join("offline");
+    std::fs::create_dir_all(&offline_dir).expect("mkdir");
+    populate(&offline_dir, &macs, &states);
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let (_offline, offline, _) = start_agent_with(&offline_dir, root, &central_env(dead));
+    wait_for_mode(offline, "offline", Duration::from_secs(120)).expect("agent offline");
+
+    // nginx serves one node's standalone script as a file, asked for with
+    // the same rotating query strings (which it ignores).
+    let script = Command::new("curl")
+        .args(["-sS", &format!("http://{standalone}{}", boot_paths[0])])
+        .output()
+        .expect("curl a script")
+        .stdout;
+    let web = dir.join("nginx");
+    let static_root = web.join("root");
+    std::fs::create_dir_all(&static_root).expect("mkdir");
+    std::fs::write(static_root.join("script.ipxe"), &script).expect("write");
+    let (_nginx, nginx_port) = start_nginx(&web, &static_root, "keepalive_requests 100000000;");
+    let nginx: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
+    let static_paths: Vec<String> = macs
+        .iter()
+        .map(|m| format!("/script.ipxe?mac={m}&arch=x86_64&platform=efi"))
+        .collect();
+
+    let boots = rotation_script(&dir, "boots", &boot_paths);
+    let cases = [
+        HttpCase {
+            name: "nginx, the script as a file",
+            addr: nginx,
+            script: rotation_script(&dir, "static", &static_paths),
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "/api/v1/boot standalone",
+            addr: standalone,
+            script: boots.clone(),
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "/api/v1/boot offline",
+            addr: offline,
+            script: boots.clone(),
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "/api/v1/boot online (live lookups)",
+            addr: online,
+            script: boots,
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "/health",
+            addr: standalone,
+            script: rotation_script(&dir, "health", &["/health".to_string()]),
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "/api/v1/status",
+            addr: standalone,
+            script: rotation_script(&dir, "status", &["/api/v1/status".to_string()]),
+            versus_nginx: false,
+        },
+        HttpCase {
+            name: "/ (status page, signed out)",
+            addr: standalone,
+            script: rotation_script(&dir, "page", &["/".to_string()]),
+            versus_nginx: false,
+        },
+    ];
+    let mut rates = vec![Vec::new(); cases.len()];
+    let mut p99s = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, case) in cases.iter().enumerate() {
+            let r = wrk(case.addr, &case.script);
+            rates[i].push(r.rate);
+            p99s[i].push(r.p99_ms);
+        }
+    }
+    println!(
+        "HTTP under wrk -t2 -c64, {NODES} MACs in rotation, {WRK_SECONDS}s per run, \
+         medians of {ROUNDS} interleaved rounds"
+    );
+    println!(
+        "{:<38} {:>10} {:>9} {:>11} {:>11}",
+        "case", "req/s", "p99 ms", "vs nginx", "p99 vs ng."
+    );
+    let nginx_rate = median(rates[0].clone());
+    let nginx_p99 = median(p99s[0].clone());
+    for (i, case) in cases.iter().enumerate() {
+        let rate = median(rates[i].clone());
+        let p99 = median(p99s[i].clone());
+        let (vs, vs_p99) = if case.versus_nginx {
+            (
+                format!("{:.2}x", rate / nginx_rate),
+                format!("{:.2}x", p99 / nginx_p99),
+            )
+        } else {
+            ("-".to_string(), "-".to_string())
+        };
+        println!(
+            "{:<38} {rate:>10.0} {p99:>9.2} {vs:>11} {vs_p99:>11}",
+            case.name
+        );
+    }
+    println!("(p99 vs nginx: below 1.00x is better)\n");
+
+    storm_benchmark(&dir, root, standalone_tftp.port());
+    tftp_benchmark(&dir, root);
+}
+
+/// Boot storms over TFTP: `clients` transfers of one file at once (curl's
+/// parallel mode, blksize 1468, as iPXE and most firmware ask), siteboot
+/// vs tftpd-hpa vs rs-tftpd serving the same directory, interleaved.
+fn storm_benchmark(dir: &Path, root: &Path, ours: u16) {
+    let hpa = free_udp_port();
+    let _hpa = Proc(
+        Command::new("in.tftpd")
+            .args(["-L", "-s"])
+            .arg(root)
+            .args(["-a", &format!("127.0.0.1:{hpa}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start in.tftpd"),
+    );
+    let (_rs, rs) = rs_tftpd(root);
+    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "TFTP boot storms: N clients of one file at once (curl -Z, blksize 1468), \
+         seconds until all are whole, medians of {ROUNDS} interleaved rounds"
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "storm", "tftpd-hpa", "rs-tftpd", "siteboot", "vs hpa", "vs rs"
+    );
+    for (name, clients, size) in [
+        ("200 x 80 KB", 200usize, 80 * 1024usize),
+        ("50 x 8 MiB", 50, 8 << 20),
+    ] {
+        let file = format!("storm-{clients}-{size}.bin");
+        std::fs::write(root.join(&file), vec![0x5au8; size]).expect("storm file");
+        let mut times = vec![Vec::new(); 3];
+        for _ in 0..ROUNDS {
+            for (i, port) in [hpa, rs, ours].into_iter().enumerate() {
+                times[i].push(storm(dir, port, &file, clients, size));
+            }
+        }
+        let [h, r, o] = [0, 1, 2].map(|i| median(times[i].clone()));
+        // Speed is the inverse of time: > 1.00x means siteboot finished first.
+        println!(
+            "{name:<22} {h:>10.2} {r:>10.2} {o:>10.2} {:>7.2}x {:>7.2}x",
+            h / o,
+            r / o
+        );
+    }
+    println!("(vs: the peer's time over siteboot's; above 1.00x siteboot is faster)\n");
+}
+
+/// One storm; seconds until every client has the whole file.
+fn storm(dir: &Path, port: u16, file: &str, clients: usize, size: usize) -> f64 {
+    let out = dir.join("storm-out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let mut command = Command::new("curl");
+    command.args([
+        "-sS",
+        "-Z",
+        "--parallel-max",
+        &clients.to_string(),
+        "--tftp-blksize",
+        "1468",
+        "--max-time",
+        "120",
+    ]);
+    for n in 0..clients {
+        command
+            .arg("-o")
+            .arg(out.join(format!("{n}")))
+            .arg(format!("tftp://127.0.0.1:{port}/{file}"));
+    }
+    let started = Instant::now();
+    let status = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("curl");
+    let took = started.elapsed().as_secs_f64();
+    let whole = (0..clients)
+        .filter(|n| {
+            std::fs::metadata(out.join(format!("{n}"))).is_ok_and(|m| m.len() as usize == size)
+        })
+        .count();
+    assert!(
+        status.success() && whole == clients,
+        "storm on port {port}: {whole} of {clients} whole"
+    );
+    took
+}
