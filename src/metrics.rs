@@ -25,6 +25,11 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     content_requests: IntCounterVec,
     dhcp_requests: IntCounterVec,
+    /// Rendered boot scripts kept for the next boot (`boot::script_cache`).
+    pub script_cache_entries: IntGauge,
+    pub script_cache_bytes: IntGauge,
+    script_cache_hits: IntCounter,
+    script_cache_misses: IntCounter,
     /// The TFTP server's.
     pub tftp: TftpMetrics,
     /// The controller link's, the queue's and conflicts'.
@@ -221,6 +226,12 @@ impl Metrics {
         let registry = Registry::new_custom(Some("siteboot".into()), None)
             .unwrap_or_else(|_| unreachable_metric("siteboot"));
         let r = &registry;
+        let lookups = counter_vec(
+            r,
+            "script_cache_lookups_total",
+            "Boots that found their script ready (hit) or rendered it (miss)",
+            &["result"],
+        );
         Metrics {
             boots: counter_vec(
                 r,
@@ -247,6 +258,18 @@ impl Metrics {
                 "ProxyDHCP requests by message type, client class and result",
                 &["type", "class", "result"],
             ),
+            script_cache_entries: int_gauge(
+                r,
+                "script_cache_entries",
+                "Rendered boot scripts kept in memory for the next boot",
+            ),
+            script_cache_bytes: int_gauge(
+                r,
+                "script_cache_bytes",
+                "Bytes of the rendered boot scripts kept in memory",
+            ),
+            script_cache_hits: lookups.with_label_values(&["hit"]),
+            script_cache_misses: lookups.with_label_values(&["miss"]),
             tftp: TftpMetrics::new(r),
             link: LinkMetrics::new(r),
             registry,
@@ -265,6 +288,15 @@ impl Metrics {
     pub fn boot(&self, action: &str, source: &str, seconds: f64) {
         self.boots.with_label_values(&[action, source]).inc();
         self.boot_seconds.observe(seconds);
+    }
+
+    /// A boot that found its script kept (or not).
+    pub fn script_cache_lookup(&self, hit: bool) {
+        if hit {
+            self.script_cache_hits.inc();
+        } else {
+            self.script_cache_misses.inc();
+        }
     }
 
     pub fn tftp_outcome(&self, outcome: &str) {

@@ -375,3 +375,52 @@ fn the_status_indicator_is_green_yellow_red_and_grey() {
     let standalone = AgentBuilder::new().start();
     assert_eq!(indicator(&standalone), "grey");
 }
+
+#[test]
+fn kept_boot_scripts_are_counted_and_a_change_is_seen_at_the_next_boot() {
+    // Issue 24: a rendered script is kept per node; what is kept is in
+    // `/metrics`, and a write to the node is visible to the very next boot.
+    let agent = AgentBuilder::new().start();
+    let mac = "52:54:00:00:80:24";
+    let boot = || {
+        let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let hits = "siteboot_script_cache_lookups_total{result=\"hit\"}";
+    let misses = "siteboot_script_cache_lookups_total{result=\"miss\"}";
+    let first = boot();
+    assert!(first.contains("state=discovered"), "{first}");
+    let before = scrape(&agent);
+    assert_eq!(boot(), first, "an unchanged node gets the same script");
+    let after = scrape(&agent);
+    promtool_check(&after);
+    assert_eq!(
+        value(&after, hits).unwrap_or(0.0),
+        value(&before, hits).unwrap_or(0.0) + 1.0,
+        "{after}"
+    );
+    assert!(value(&after, "siteboot_script_cache_entries") >= Some(1.0));
+    assert!(value(&after, "siteboot_script_cache_bytes") >= Some(first.len() as f64));
+    let token = admin_token(&agent);
+    let (status, _, body) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"state":"retired"}"#,
+        &agent.url(&format!("/api/v1/nodes/{mac}/state")),
+    ]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let changed = boot();
+    assert!(changed.contains("state=retired"), "{changed}");
+    let last = scrape(&agent);
+    assert_eq!(
+        value(&last, misses).unwrap_or(0.0),
+        value(&after, misses).unwrap_or(0.0) + 1.0,
+        "{last}"
+    );
+}

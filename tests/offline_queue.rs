@@ -152,6 +152,15 @@ fn offline_writes_are_queued_then_replayed_through_500_400_slow_and_a_remap(dial
     controller.down();
     wait_until(LONG, "offline", || mode(&agent) == "offline");
 
+    // An offline answer is kept for its banner's second: booting twice
+    // before the change must not let the change wait for that second.
+    for _ in 0..2 {
+        let script = boot(&agent, a);
+        assert!(
+            script.contains(&format!("mac={a} state=active action=local source=offline")),
+            "{script}"
+        );
+    }
     // Offline: 202 queued, and the cache shows the change at once.
     let (code, answer) = set_state(&agent, a, "reprovision", "offline a");
     assert_eq!(code, 202, "{answer}");

@@ -214,6 +214,21 @@ impl BootService {
         } else {
             Source::Cache
         };
+        // An offline answer is kept for its banner (at most a second) when
+        // nothing outside the node record decides it: no last script to
+        // replay, no open conflict (installs are never kept: see below).
+        let keepable = offline.is_some()
+            && self.offline_default != OfflineDefault::LastKnown
+            && self.outbox.open_conflict(mac).is_none();
+        if keepable
+            && let Some(node) = &node
+            && let Some(answer) = self
+                .scripts
+                .get(node, facts, base_url, source, offline.as_ref())
+        {
+            return answer;
+        }
+        let banner = if keepable { offline.clone() } else { None };
         let last = if self.offline_default == OfflineDefault::LastKnown {
             rows::blocking(&self.rows, move |r| r.last_script(mac))
                 .await
@@ -256,12 +271,23 @@ impl BootService {
             base_url,
             offline,
         };
-        match last {
+        let answer = match last {
             Some(last) if decision.action == Action::LastKnown => {
                 self.renderer.replay(scene, &last)
             }
             _ => self.renderer.render(scene, &decision),
+        };
+        // An install depends on the content cache and changes the node's
+        // state: decided afresh each time, as online.
+        if let (Some(banner), Some(node)) = (&banner, node)
+            && answer.action != Action::Install
+            && decision.conflict.is_none()
+            && decision.missing_file.is_none()
+        {
+            self.scripts
+                .put(node, facts, base_url, &answer, Some(banner));
         }
+        answer
     }
 
     /// Decides and renders for a known (or, with `None`, unknown) node
@@ -287,7 +313,7 @@ impl BootService {
         // know about) and never cached.
         let conflict = self.outbox.open_conflict(mac);
         if conflict.is_none()
-            && let Some(answer) = self.scripts.get(&node, facts, base_url, source)
+            && let Some(answer) = self.scripts.get(&node, facts, base_url, source, None)
         {
             return answer;
         }
@@ -304,7 +330,7 @@ impl BootService {
             // installer's reports move the state there.
             self.mark_installing(mac).await;
         } else if answer.action != Action::Install && conflict.is_none() {
-            self.scripts.put(node, facts, base_url, &answer);
+            self.scripts.put(node, facts, base_url, &answer, None);
         }
         self.record(mac, &answer, &decision);
         answer

@@ -181,7 +181,7 @@ pub struct ImageView {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OfflineView {
     pub since: String,
     pub duration: String,
