@@ -27,8 +27,8 @@
 //!   the site policy adds to a registration.
 //! * speed: issue 24 in one run: `/api/v1/boot` standalone, offline and
 //!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
-//!   storms vs tftpd-hpa and rs-tftpd, then the TFTP table; interleaved,
-//!   medians.
+//!   storms vs tftpd-hpa and rs-tftpd; interleaved, medians (with `tftp`:
+//!   all of issue 24's figures).
 //! * secureboot: power-on to status line through shim → GRUB under Secure
 //!   Boot vs `ipxe.efi` with it off.
 //!

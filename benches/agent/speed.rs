@@ -2,8 +2,10 @@
 //! offline and online against nginx serving the same script as a file,
 //! the status endpoints, all under `wrk` (2 threads, 64 keep-alive
 //! connections, 10,000 MACs in rotation); TFTP boot storms against
-//! tftpd-hpa and rs-tftpd; then the TFTP transfer table. Every case runs
-//! in each round, rounds interleave, figures are medians.
+//! tftpd-hpa and rs-tftpd. Every case runs in each round, rounds
+//! interleave, figures are medians. Issue 24's whole measurement is
+//! `cargo bench --bench agent -- speed tftp` (the TFTP transfer table is
+//! the `tftp` part).
 
 use super::*;
 
@@ -114,7 +116,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     let standalone_dir = dir.join("standalone");
     std::fs::create_dir_all(&standalone_dir).expect("mkdir");
     populate(&standalone_dir, &macs, &states);
-    let (_standalone, standalone, standalone_tftp) = start_agent(&standalone_dir, root);
+    let (_standalone, standalone, _) = start_agent(&standalone_dir, root);
 
     // Online: a controller that knows the fleet and answers at once; each
     // boot is a live lookup.
@@ -248,14 +250,23 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     }
     println!("(p99 vs nginx: below 1.00x is better)\n");
 
-    storm_benchmark(&dir, root, standalone_tftp.port());
-    tftp_benchmark(&dir, root);
+    storm_benchmark(&dir, root);
 }
 
 /// Boot storms over TFTP: `clients` transfers of one file at once (curl's
 /// parallel mode, blksize 1468, as iPXE and most firmware ask), siteboot
 /// vs tftpd-hpa vs rs-tftpd serving the same directory, interleaved.
-fn storm_benchmark(dir: &Path, root: &Path, ours: u16) {
+fn storm_benchmark(dir: &Path, root: &Path) {
+    // Every client here is 127.0.0.1; on a site each node has its own
+    // address, so the per-client session bound (16) is lifted.
+    let storm_dir = dir.join("storm-agent");
+    std::fs::create_dir_all(&storm_dir).expect("mkdir");
+    let (_agent, _, tftp) = start_agent_with(
+        &storm_dir,
+        root,
+        &[("SITEBOOT_TFTP_MAX_SESSIONS_PER_CLIENT", "1000".to_string())],
+    );
+    let ours = tftp.port();
     let hpa = free_udp_port();
     let _hpa = Proc(
         Command::new("in.tftpd")

@@ -35,7 +35,7 @@ use crate::store::rows::{self, BootRows};
 use record::Recorder;
 use render::{Renderer, Scene, fallback_answer, rfc3339};
 use resolve::{Resolved, Resolver};
-use script_cache::ScriptCache;
+use script_cache::{Outage, ScriptCache};
 use stats::BootStats;
 use templates::{OfflineView, TemplateError, Templates};
 
@@ -199,6 +199,31 @@ impl BootService {
         outage: Option<(OffsetDateTime, Duration)>,
     ) -> BootAnswer {
         let node = self.nodes.get(mac);
+        let source = if outage.is_some() {
+            Source::Offline
+        } else {
+            Source::Cache
+        };
+        // An offline answer is kept for its banner (at most a second) when
+        // nothing outside the node record decides it: no last script to
+        // replay, no open conflict (installs are never kept: see below).
+        // The banner is compared before it is formatted.
+        let kept_for = outage
+            .map(|(since, duration)| Outage {
+                since,
+                seconds: duration.as_secs(),
+            })
+            .filter(|_| {
+                self.offline_default != OfflineDefault::LastKnown
+                    && self.outbox.open_conflict(mac).is_none()
+            });
+        if let (Some(outage), Some(node)) = (kept_for, &node)
+            && let Some(answer) = self
+                .scripts
+                .get(node, facts, base_url, source, Some(outage))
+        {
+            return answer;
+        }
         let offline = outage.map(|(since, duration)| OfflineView {
             since: rfc3339(since),
             // Whole seconds: "1h 2m 3s", not nanoseconds.
@@ -209,26 +234,6 @@ impl BootService {
                 .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
                 .unwrap_or_else(|| "never".into()),
         });
-        let source = if offline.is_some() {
-            Source::Offline
-        } else {
-            Source::Cache
-        };
-        // An offline answer is kept for its banner (at most a second) when
-        // nothing outside the node record decides it: no last script to
-        // replay, no open conflict (installs are never kept: see below).
-        let keepable = offline.is_some()
-            && self.offline_default != OfflineDefault::LastKnown
-            && self.outbox.open_conflict(mac).is_none();
-        if keepable
-            && let Some(node) = &node
-            && let Some(answer) = self
-                .scripts
-                .get(node, facts, base_url, source, offline.as_ref())
-        {
-            return answer;
-        }
-        let banner = if keepable { offline.clone() } else { None };
         let last = if self.offline_default == OfflineDefault::LastKnown {
             rows::blocking(&self.rows, move |r| r.last_script(mac))
                 .await
@@ -279,13 +284,13 @@ impl BootService {
         };
         // An install depends on the content cache and changes the node's
         // state: decided afresh each time, as online.
-        if let (Some(banner), Some(node)) = (&banner, node)
+        if let (Some(outage), Some(node)) = (kept_for, node)
             && answer.action != Action::Install
             && decision.conflict.is_none()
             && decision.missing_file.is_none()
         {
             self.scripts
-                .put(node, facts, base_url, &answer, Some(banner));
+                .put(node, facts, base_url, &answer, Some(outage));
         }
         answer
     }

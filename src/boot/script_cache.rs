@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::templates::OfflineView;
 use crate::model::boot::{BootAnswer, BootFacts, Source};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
@@ -31,10 +30,18 @@ struct Entry {
     arch: Option<String>,
     platform: Option<String>,
     base_url: String,
-    /// The banner of an offline answer (None online).
-    offline: Option<OfflineView>,
+    /// The outage an offline answer's banner shows (None online).
+    offline: Option<Outage>,
     answer: BootAnswer,
     rendered_at: Instant,
+}
+
+/// What an offline answer's banner says: since when, and for how many
+/// whole seconds, the controller has been unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub since: time::OffsetDateTime,
+    pub seconds: u64,
 }
 
 #[derive(Default)]
@@ -76,7 +83,7 @@ impl ScriptCache {
         facts: &BootFacts,
         base_url: &str,
         source: Source,
-        offline: Option<&OfflineView>,
+        offline: Option<Outage>,
     ) -> Option<BootAnswer> {
         let found = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +97,7 @@ impl ScriptCache {
                         && entry.answer.script.format() == facts.format
                         && entry.base_url == base_url
                         && entry.answer.source == source
-                        && entry.offline.as_ref() == offline
+                        && entry.offline == offline
                         && entry.rendered_at.elapsed() < MAX_AGE
                 })
                 .map(|entry| entry.answer.clone())
@@ -105,7 +112,7 @@ impl ScriptCache {
         facts: &BootFacts,
         base_url: &str,
         answer: &BootAnswer,
-        offline: Option<&OfflineView>,
+        offline: Option<Outage>,
     ) {
         let size = answer.script.len();
         if size > MAX_BYTES {
@@ -123,7 +130,7 @@ impl ScriptCache {
                 arch: facts.arch.clone(),
                 platform: facts.platform.clone(),
                 base_url: base_url.to_string(),
-                offline: offline.cloned(),
+                offline,
                 answer: answer.clone(),
                 rendered_at: Instant::now(),
                 node,
@@ -214,23 +221,22 @@ mod tests {
             time::OffsetDateTime::UNIX_EPOCH,
         ));
         let facts = BootFacts::default();
-        let banner = |duration: &str| OfflineView {
-            since: "2026-12-03T10:00:00Z".into(),
-            duration: duration.into(),
-            cached_at: "2026-12-03T09:00:00Z".into(),
+        let banner = |seconds: u64| Outage {
+            since: time::OffsetDateTime::UNIX_EPOCH,
+            seconds,
         };
         let offline = Source::Offline;
         let down = BootAnswer {
             source: Source::Offline,
             ..answer("down 5s")
         };
-        cache.put(node.clone(), &facts, "http://a", &down, Some(&banner("5s")));
-        let hit = cache.get(&node, &facts, "http://a", offline, Some(&banner("5s")));
+        cache.put(node.clone(), &facts, "http://a", &down, Some(banner(5)));
+        let hit = cache.get(&node, &facts, "http://a", offline, Some(banner(5)));
         assert_eq!(hit.unwrap().script.text(), "down 5s");
         // A second later the banner says 6s: rendered again.
         assert!(
             cache
-                .get(&node, &facts, "http://a", offline, Some(&banner("6s")))
+                .get(&node, &facts, "http://a", offline, Some(banner(6)))
                 .is_none()
         );
         // Back online: the offline entry is not an online answer.

@@ -181,7 +181,7 @@ pub struct ImageView {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OfflineView {
     pub since: String,
     pub duration: String,
