@@ -208,6 +208,7 @@ impl BootService {
         // nothing outside the node record decides it: no last script to
         // replay, no open conflict (installs are never kept: see below).
         // The banner is compared before it is formatted.
+        let outage = outage.map(|(since, duration)| (since, banner_duration(duration)));
         let kept_for = outage
             .map(|(since, duration)| Outage {
                 since,
@@ -226,9 +227,7 @@ impl BootService {
         }
         let offline = outage.map(|(since, duration)| OfflineView {
             since: rfc3339(since),
-            // Whole seconds: "1h 2m 3s", not nanoseconds.
-            duration: humantime::format_duration(Duration::from_secs(duration.as_secs()))
-                .to_string(),
+            duration: humantime::format_duration(duration).to_string(),
             cached_at: node
                 .as_ref()
                 .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
@@ -503,5 +502,37 @@ impl BootService {
         if let Some(recorder) = &self.recorder {
             recorder.record(mac, answer, decision);
         }
+    }
+}
+
+/// How long the offline banner says the controller has been unreachable:
+/// whole seconds for the first minute ("42s"), whole minutes after it
+/// ("1h 12m"). The `since` beside it stays exact; the coarser figure lets
+/// a node's offline answer be kept for a minute of a long outage instead
+/// of a second (a boot storm during an outage renders once a minute).
+pub fn banner_duration(outage: Duration) -> Duration {
+    let seconds = outage.as_secs();
+    if seconds < 60 {
+        Duration::from_secs(seconds)
+    } else {
+        Duration::from_secs(seconds - seconds % 60)
+    }
+}
+
+#[cfg(test)]
+mod banner_tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_counts_seconds_then_minutes() {
+        let shown = |s: f64| {
+            humantime::format_duration(banner_duration(Duration::from_secs_f64(s))).to_string()
+        };
+        assert_eq!(shown(0.4), "0s");
+        assert_eq!(shown(42.9), "42s");
+        assert_eq!(shown(59.99), "59s");
+        assert_eq!(shown(60.0), "1m");
+        assert_eq!(shown(61.0), "1m");
+        assert_eq!(shown(4331.0), "1h 12m");
     }
 }

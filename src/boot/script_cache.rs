@@ -5,9 +5,10 @@
 //! An entry is valid for the exact node record it was rendered from (the
 //! node cache replaces the `Arc` on every write), the same iPXE facts and
 //! agent URL, and at most [`MAX_AGE`]. An offline answer is valid for
-//! the same outage banner too: its duration is in whole seconds, so such
-//! an entry lives at most a second (a boot storm during an outage renders
-//! each node's script once a second, not once a boot).
+//! the same outage banner too ([`super::banner_duration`]: whole seconds
+//! in an outage's first minute, whole minutes after), so such an entry
+//! lives a second, then a minute: a boot storm during an outage renders
+//! each node's script once a minute, not once a boot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
