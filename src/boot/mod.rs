@@ -204,10 +204,11 @@ impl BootService {
         } else {
             Source::Cache
         };
-        // An offline answer is kept for its banner (at most a second) when
-        // nothing outside the node record decides it: no last script to
-        // replay, no open conflict (installs are never kept: see below).
-        // The banner is compared before it is formatted.
+        // An offline answer is kept while its banner reads the same (a
+        // second, then a minute: `banner_duration`) when nothing outside
+        // the node record decides it: no last script to replay, no open
+        // conflict (installs are never kept: see below). The outage is
+        // compared before the banner is formatted.
         let outage = outage.map(|(since, duration)| (since, banner_duration(duration)));
         let kept_for = outage
             .map(|(since, duration)| Outage {
