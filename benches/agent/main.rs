@@ -110,7 +110,22 @@ const HTTP_MEASURE: Duration = Duration::from_secs(10);
 
 struct Proc(Child);
 impl Drop for Proc {
+    /// SIGTERM first, so that a server with children (nginx's master and
+    /// its workers) takes them down with it; SIGKILL after 2 s.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: a signal to our own child, which has not been waited for.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
