@@ -177,17 +177,7 @@ pub(crate) fn cache_benchmark(dir: &Path, data: &[u8]) {
     );
     println!("(target: siteboot >= 0.9x nginx)\n");
 
-    let hpa = free_udp_port();
-    let _hpa = Proc(
-        Command::new("in.tftpd")
-            .args(["-L", "-s"])
-            .arg(&files)
-            .args(["-a", &format!("127.0.0.1:{hpa}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start in.tftpd"),
-    );
+    let (_hpa, hpa) = tftpd_hpa(&files);
     std::thread::sleep(Duration::from_millis(300));
     let atftp = |port: u16, name: String, blksize: u32, window: u32| {
         move |out: &Path| {

@@ -267,17 +267,7 @@ fn storm_benchmark(dir: &Path, root: &Path) {
         &[("SITEBOOT_TFTP_MAX_SESSIONS_PER_CLIENT", "1000".to_string())],
     );
     let ours = tftp.port();
-    let hpa = free_udp_port();
-    let _hpa = Proc(
-        Command::new("in.tftpd")
-            .args(["-L", "-s"])
-            .arg(root)
-            .args(["-a", &format!("127.0.0.1:{hpa}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start in.tftpd"),
-    );
+    let (_hpa, hpa) = tftpd_hpa(root);
     let (_rs, rs) = rs_tftpd(root);
     std::thread::sleep(Duration::from_millis(300));
     println!(

@@ -114,6 +114,20 @@ pub(crate) fn async_tftp_reference(root: &Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
+/// Debian's tftpd-hpa (`in.tftpd`), in the foreground, serving `root`.
+pub(crate) fn tftpd_hpa(root: &Path) -> (Proc, u16) {
+    let port = free_udp_port();
+    let child = Command::new("in.tftpd")
+        .args(["-L", "-s"])
+        .arg(root)
+        .args(["-a", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start in.tftpd");
+    (Proc(child), port)
+}
+
 /// rs-tftpd (the `tftpd` crate's server, `cargo install tftpd`), read-only
 /// on `root`: the TFTP peer that implements windowsize.
 pub(crate) fn rs_tftpd(root: &Path) -> (Proc, u16) {
@@ -138,17 +152,7 @@ pub(crate) fn rs_tftpd(root: &Path) -> (Proc, u16) {
 pub(crate) fn tftp_benchmark(dir: &Path, root: &Path) {
     let (_agent, _, tftp) = start_agent(dir, root);
     let ours = tftp.port();
-    let hpa = free_udp_port();
-    let _hpa = Proc(
-        Command::new("in.tftpd")
-            .args(["-L", "-s"])
-            .arg(root)
-            .args(["-a", &format!("127.0.0.1:{hpa}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start in.tftpd"),
-    );
+    let (_hpa, hpa) = tftpd_hpa(root);
     let (_reference, crate_port) = async_tftp_reference(root);
     let (_rs, rs) = rs_tftpd(root);
     std::thread::sleep(Duration::from_millis(300));
