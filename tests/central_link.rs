@@ -321,7 +321,9 @@ fn slow_controller_answers_from_cache_and_refreshes_in_the_background(dialect: D
 fn concurrent_boots_for_one_mac_make_one_controller_call(dialect: Dialect) {
     let controller = FakeController::start_as(dialect);
     let mac = "52:54:00:00:24:01";
-    controller.set_node(mac, "active", None);
+    // Pending: a boot that may install always asks for its own MAC (a
+    // disk-booting node is confirmed by the change feed instead, below).
+    controller.set_node(mac, "pending", None);
     let agent = online_agent(&controller);
     // The one lookup stays in flight far longer than the 100 boots take,
     // however slow the machine: every boot finds it under way (a window
@@ -984,8 +986,9 @@ fn a_controller_that_sends_both_mac_names_is_read() {
 fn at_most_sixteen_lookups_run_and_the_rest_are_answered_from_the_cache() {
     let controller = FakeController::start();
     let macs: Vec<String> = (0..40).map(|n| format!("52:54:00:00:2c:{n:02x}")).collect();
+    // Pending: each boot asks for its own MAC (see above).
     for mac in &macs {
-        controller.set_node(mac, "active", None);
+        controller.set_node(mac, "pending", None);
     }
     let agent = online_agent(&controller);
     let token = admin_token(&agent);
@@ -1021,4 +1024,121 @@ fn at_most_sixteen_lookups_run_and_the_rest_are_answered_from_the_cache() {
         "{lookups} lookups at once for 40 boots"
     );
     controller.set_mode(Mode::Healthy);
+}
+
+/// Sources and status lines of boots sent at once, one per URL.
+fn boots_at_once(agent: &common::Agent, macs: &[String]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "30".into(),
+        "-Z".into(),
+        "--parallel-max".into(),
+        macs.len().to_string(),
+    ];
+    for (n, mac) in macs.iter().enumerate() {
+        args.push("-o".into());
+        args.push(dir.path().join(n.to_string()).display().to_string());
+        args.push(agent.url(&format!("/api/v1/boot?mac={mac}&arch=x86_64")));
+    }
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (0..macs.len())
+        .map(|n| {
+            let body = std::fs::read_to_string(dir.path().join(n.to_string())).expect("body");
+            body.lines()
+                .find(|l| l.contains("siteboot: mac="))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+fn feed_calls(controller: &FakeController) -> usize {
+    controller
+        .calls_to("GET", "/api/v1/sites/fra1/nodes")
+        .iter()
+        .filter(|c| c.query.contains("since="))
+        .count()
+}
+
+/// A controller with a change feed (a cursor): boots of cached nodes that
+/// boot their disks are confirmed by one feed call for many boots, never
+/// looked up one MAC at a time, and a change at the controller still
+/// reaches the very next boot.
+#[test]
+fn boots_of_cached_nodes_share_one_change_feed_call_and_see_every_change() {
+    let controller = FakeController::start();
+    let macs: Vec<String> = (0..40).map(|n| format!("52:54:00:00:2d:{n:02x}")).collect();
+    for mac in &macs {
+        controller.set_node(mac, "active", None);
+    }
+    // A deadline far above the feed's delay: every boot waits for the
+    // call that starts after it arrived, however loaded the machine.
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .env("SITEBOOT_CENTRAL_BOOT_LOOKUP_DEADLINE", "20s")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let report = post_sync(&agent, &admin_token(&agent), true);
+    assert_eq!(report["received"], 40, "{report}");
+    assert!(report["cursor"].is_string(), "{report}");
+
+    let lookups = controller.calls_to("GET", "/api/v1/nodes").len();
+    let feeds = feed_calls(&controller);
+    controller.set_mode(Mode::SlowFeed(Duration::from_millis(500)));
+    let lines = boots_at_once(&agent, &macs);
+    controller.set_mode(Mode::Healthy);
+    for (mac, line) in macs.iter().zip(&lines) {
+        assert!(
+            line.contains(&format!(
+                "siteboot: mac={mac} state=active action=local source=live"
+            )),
+            "{line}"
+        );
+    }
+    let feed_rounds = feed_calls(&controller) - feeds;
+    println!("40 boots at once: {feed_rounds} change feed calls");
+    assert!(
+        (1..=10).contains(&feed_rounds),
+        "{feed_rounds} feed calls for 40 boots at once"
+    );
+    assert_eq!(
+        controller.calls_to("GET", "/api/v1/nodes").len(),
+        lookups,
+        "no lookup by MAC for a confirmed node"
+    );
+
+    // A change at the controller: the very next boot shows it, live.
+    controller.set_node(&macs[0], "retired", None);
+    let (body, source) = boot(&agent, &macs[0]);
+    assert_eq!(source, "live");
+    assert!(
+        body.contains(&format!(
+            "mac={} state=retired action=retired source=live",
+            macs[0]
+        )),
+        "{body}"
+    );
+    // A node that may be installed is asked for by its MAC.
+    controller.set_node(&macs[1], "pending", None);
+    let (body, _) = boot(&agent, &macs[1]);
+    assert!(body.contains("state=pending"), "{body}");
+    let (body, source) = boot(&agent, &macs[1]);
+    assert_eq!(source, "live");
+    assert!(body.contains("state=pending"), "{body}");
+    assert_eq!(
+        controller.calls_to("GET", "/api/v1/nodes").len(),
+        lookups + 1,
+        "one lookup by MAC, for the pending node's second boot"
+    );
 }

@@ -4,6 +4,8 @@
 //! is never an error: whatever fails, the node gets a script of the same
 //! intent that never does anything destructive, and the failure is logged.
 
+pub mod changes;
+pub mod lookup;
 pub mod record;
 pub mod render;
 pub mod resolve;

@@ -3,7 +3,9 @@
 //! local store; online the controller's live record if it comes within
 //! `central.boot_lookup_deadline`, else the cache (the lookup finishes in
 //! the background and still updates the cache; concurrent boots of one MAC
-//! share one controller call); offline the cache. An unknown MAC is
+//! share one controller call); offline the cache. Online, a cached record
+//! confirmed by the controller's change feed ([`super::changes`]) is the
+//! live record, with one call for many boots. An unknown MAC is
 //! registered through the outbox, the one place that registers.
 
 use std::collections::HashMap;
@@ -13,38 +15,17 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::boot::changes::{ChangeFeed, Confirmation};
+pub use crate::boot::lookup::LookupError;
 use crate::central::CentralError;
 use crate::central::port::ControllerPort;
 use crate::model::boot::{BootFacts, Source};
 use crate::model::mac::Mac;
 use crate::model::mode::Mode;
-use crate::model::node::Node;
+use crate::model::node::{Node, NodeState};
 use crate::outbox::{Outbox, Registered, WriteError};
 use crate::store::nodes::NodeCache;
 use crate::store::queue::QueueError;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LookupError {
-    #[error(transparent)]
-    Central(#[from] CentralError),
-    #[error("{0}")]
-    Local(String),
-}
-
-impl From<crate::store::StoreError> for LookupError {
-    fn from(e: crate::store::StoreError) -> Self {
-        LookupError::Local(e.to_string())
-    }
-}
-
-impl From<WriteError> for LookupError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::NotRegistered(e) => LookupError::Central(e),
-            other => LookupError::Local(other.to_string()),
-        }
-    }
-}
 
 type Lookup = Result<Arc<Node>, LookupError>;
 
@@ -77,6 +58,18 @@ pub struct Resolver {
     deadline: Duration,
     inflight: Mutex<HashMap<Mac, watch::Receiver<Option<Lookup>>>>,
     lookups: Arc<tokio::sync::Semaphore>,
+    feed: Arc<ChangeFeed>,
+}
+
+/// Can a boot of this cached node be answered `live` from the change
+/// feed? Not a node the controller never had (`local-…`) or no longer
+/// lists (the feed does not report deletions), and not one whose answer
+/// can be an install: a destructive answer is always taken from the
+/// controller's record of that very MAC, asked for at that boot.
+fn confirmable(node: &Node) -> bool {
+    !node.id.starts_with("local-")
+        && node.missing_central_since.is_none()
+        && !matches!(node.state, NodeState::Pending | NodeState::Reprovision)
 }
 
 impl Resolver {
@@ -87,6 +80,7 @@ impl Resolver {
         deadline: Duration,
     ) -> Resolver {
         Resolver {
+            feed: Arc::new(ChangeFeed::new(port.clone(), outbox.clone(), nodes.clone())),
             port,
             outbox,
             nodes,
@@ -115,28 +109,69 @@ impl Resolver {
                 self.register_offline(mac, facts).await;
                 Resolved::Offline { since }
             }
-            Mode::Online => match self.lookup(mac, facts).await {
-                Some(Ok(node)) => Resolved::Online {
-                    node: Some(node),
-                    source: Source::Live,
-                },
-                Some(Err(e)) => {
-                    tracing::debug!(%mac, error = %e, "answering from the cache");
-                    if matches!(&e, LookupError::Central(c) if c.is_unreachable()) {
-                        self.register_offline(mac, facts).await;
+            Mode::Online => self.resolve_online(mac, facts).await,
+        }
+    }
+
+    /// Online: a cached record the change feed confirms, else the
+    /// controller's record of the MAC, within the one deadline.
+    async fn resolve_online(self: &Arc<Self>, mac: Mac, facts: &BootFacts) -> Resolved {
+        let started = tokio::time::Instant::now();
+        // A node with an open conflict is decided from what the
+        // controller says of it now, as before the feed.
+        if self.outbox.open_conflict(mac).is_none()
+            && self.nodes.get(mac).is_some_and(|node| confirmable(&node))
+        {
+            match self.feed.confirm(mac, self.deadline).await {
+                Confirmation::Confirmed => {
+                    if let Some(node) = self.nodes.get(mac) {
+                        return Resolved::Online {
+                            node: Some(node),
+                            source: Source::Live,
+                        };
                     }
-                    match self.port.mode() {
+                }
+                Confirmation::Late => {
+                    return Resolved::Online {
+                        node: self.nodes.get(mac),
+                        source: Source::Cache,
+                    };
+                }
+                Confirmation::Failed(e) => {
+                    tracing::debug!(%mac, error = %e, "answering from the cache");
+                    return match self.port.mode() {
                         Mode::Offline { since } => Resolved::Offline { since },
                         _ => Resolved::Online {
                             node: self.nodes.get(mac),
                             source: Source::Cache,
                         },
-                    }
+                    };
                 }
-                None => Resolved::Online {
-                    node: self.nodes.get(mac),
-                    source: Source::Cache,
-                },
+                Confirmation::Unavailable => {}
+            }
+        }
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match self.lookup_within(mac, facts, left).await {
+            Some(Ok(node)) => Resolved::Online {
+                node: Some(node),
+                source: Source::Live,
+            },
+            Some(Err(e)) => {
+                tracing::debug!(%mac, error = %e, "answering from the cache");
+                if matches!(&e, LookupError::Central(c) if c.is_unreachable()) {
+                    self.register_offline(mac, facts).await;
+                }
+                match self.port.mode() {
+                    Mode::Offline { since } => Resolved::Offline { since },
+                    _ => Resolved::Online {
+                        node: self.nodes.get(mac),
+                        source: Source::Cache,
+                    },
+                }
+            }
+            None => Resolved::Online {
+                node: self.nodes.get(mac),
+                source: Source::Cache,
             },
         }
     }
@@ -158,6 +193,15 @@ impl Resolver {
     /// background and still updates the cache. Concurrent calls for one
     /// MAC share one controller call.
     pub async fn lookup(self: &Arc<Self>, mac: Mac, facts: &BootFacts) -> Option<Lookup> {
+        self.lookup_within(mac, facts, self.deadline).await
+    }
+
+    async fn lookup_within(
+        self: &Arc<Self>,
+        mac: Mac,
+        facts: &BootFacts,
+        deadline: Duration,
+    ) -> Option<Lookup> {
         let started = tokio::time::Instant::now();
         let joined = self
             .inflight
@@ -171,7 +215,7 @@ impl Resolver {
             Some(_) => None,
             None => {
                 let place =
-                    tokio::time::timeout(self.deadline, self.lookups.clone().acquire_owned()).await;
+                    tokio::time::timeout(deadline, self.lookups.clone().acquire_owned()).await;
                 match place {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
@@ -207,7 +251,7 @@ impl Resolver {
                 }
             }
         };
-        let left = self.deadline.saturating_sub(started.elapsed());
+        let left = deadline.saturating_sub(started.elapsed());
         let waited = tokio::time::timeout(left, rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(value)) => value.clone(),

@@ -111,6 +111,46 @@ pub struct NodePage {
     pub cursor: Option<String>,
 }
 
+/// A [`NodePage`] read: its workflows and nodes, and a line for each
+/// entry that could not be read.
+#[derive(Debug, Default)]
+pub struct ParsedPage {
+    pub workflows: Vec<Workflow>,
+    pub nodes: Vec<Node>,
+    pub errors: Vec<String>,
+}
+
+impl NodePage {
+    /// Reads every entry; one that cannot be read becomes an error line
+    /// naming it, and the others are kept.
+    pub fn parse(&self) -> ParsedPage {
+        let mut parsed = ParsedPage::default();
+        for value in &self.workflows {
+            match parse_workflow(value) {
+                Ok(workflow) => parsed.workflows.push(workflow),
+                Err(e) => parsed.errors.push(format!(
+                    "workflow {}: {e}",
+                    value.get("id").unwrap_or(&serde_json::Value::Null)
+                )),
+            }
+        }
+        for value in &self.data {
+            match parse_node(value) {
+                Ok(node) => parsed.nodes.push(node),
+                Err(e) => parsed.errors.push(format!(
+                    "node {}: {e}",
+                    value
+                        .get("mac")
+                        .or_else(|| value.get("mac_address"))
+                        .or_else(|| value.get("id"))
+                        .unwrap_or(&serde_json::Value::Null)
+                )),
+            }
+        }
+        parsed
+    }
+}
+
 /// `GET /api/v1/nodes?mac=`: raw entries, like [`NodePage`], so that one
 /// malformed node does not fail the lookup of another.
 #[derive(Debug, Clone, Deserialize)]

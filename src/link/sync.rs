@@ -5,13 +5,12 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::boot::resolve::LookupError;
-use crate::central::api::{parse_node, parse_workflow};
+use crate::boot::lookup::LookupError;
 use crate::central::port::ControllerPort;
 use crate::status::META_LAST_SYNC;
 use crate::store::nodes::NodeCache;
 
-pub const META_CURSOR: &str = "sync_cursor";
+pub use crate::boot::changes::META_CURSOR;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SyncReport {
@@ -38,43 +37,6 @@ pub async fn has_cursor(nodes: &NodeCache) -> bool {
         .ok()
         .flatten()
         .is_some()
-}
-
-/// The page's workflows and nodes, and a line for each entry that could
-/// not be read.
-fn parse_page(
-    page: &crate::central::api::NodePage,
-) -> (
-    Vec<crate::model::node::Workflow>,
-    Vec<crate::model::node::Node>,
-    Vec<String>,
-) {
-    let mut errors = Vec::new();
-    let mut workflows = Vec::new();
-    for value in &page.workflows {
-        match parse_workflow(value) {
-            Ok(workflow) => workflows.push(workflow),
-            Err(e) => errors.push(format!(
-                "workflow {}: {e}",
-                value.get("id").unwrap_or(&serde_json::Value::Null)
-            )),
-        }
-    }
-    let mut received = Vec::new();
-    for value in &page.data {
-        match parse_node(value) {
-            Ok(node) => received.push(node),
-            Err(e) => errors.push(format!(
-                "node {}: {e}",
-                value
-                    .get("mac")
-                    .or_else(|| value.get("mac_address"))
-                    .or_else(|| value.get("id"))
-                    .unwrap_or(&serde_json::Value::Null)
-            )),
-        }
-    }
-    (workflows, received, errors)
 }
 
 /// Nodes with queued changes that a complete listing no longer has (and
@@ -109,6 +71,7 @@ pub async fn run(
     protected: &std::collections::HashSet<crate::model::mac::Mac>,
 ) -> Result<SyncReport, LookupError> {
     let store = nodes.store().clone();
+    let _feed = nodes.lock_feed().await;
     let cursor = if full {
         None
     } else {
@@ -118,7 +81,11 @@ pub async fn run(
     // central, or none received yet): only a full sync can tell.
     let full = full || cursor.is_none();
     let page = port.site_nodes(cursor.as_deref()).await?;
-    let (workflows, received, errors) = parse_page(&page);
+    let crate::central::api::ParsedPage {
+        workflows,
+        nodes: received,
+        errors,
+    } = page.parse();
     let workflow_count = workflows.len();
     if !workflows.is_empty() {
         store.call(move |s| s.put_workflows(&workflows)).await?;

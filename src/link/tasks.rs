@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sync::{self, SyncReport};
 use crate::boot::BootService;
-use crate::boot::resolve::LookupError;
+use crate::boot::lookup::LookupError;
 use crate::central::CentralError;
 use crate::central::api::{Command, Heartbeat, Registration, ServiceHealth, ServicesStatus};
 use crate::central::port::ControllerPort;

@@ -22,6 +22,11 @@ pub struct NodeCache {
     nodes: Arc<RwLock<NodeMap>>,
     /// Serialises write-then-publish, see the module comment.
     write_lock: Arc<Mutex<()>>,
+    /// Held by whoever reads the controller's change feed (a sync, a boot
+    /// confirmation round) from the stored cursor to the new cursor
+    /// written: two readers at once could store an older page after a
+    /// newer one.
+    feed: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl NodeCache {
@@ -36,7 +41,13 @@ impl NodeCache {
             store,
             nodes: Arc::new(RwLock::new(nodes)),
             write_lock: Arc::new(Mutex::new(())),
+            feed: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// Taken while reading the controller's change feed (see `feed`).
+    pub async fn lock_feed(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.feed.lock().await
     }
 
     /// The store behind it.

@@ -38,6 +38,9 @@ pub enum Mode {
     /// health check, heartbeats and everything else stay prompt, so the
     /// agent stays online however long a test takes to send its boots.
     SlowLookups(Duration),
+    /// Only the change feed (`GET /api/v1/sites/…/nodes?since=`) answers
+    /// after this long; the rest stays prompt.
+    SlowFeed(Duration),
     /// Every API call answers 500 (the controller is up but wrong; its
     /// health check still answers).
     Erroring,
@@ -668,6 +671,13 @@ async fn answer(
         Mode::SlowLookups(delay) if method == Method::GET && path.starts_with("/api/v1/nodes") => {
             tokio::time::sleep(delay).await
         }
+        Mode::SlowFeed(delay)
+            if method == Method::GET
+                && path.starts_with("/api/v1/sites/")
+                && query.contains("since=") =>
+        {
+            tokio::time::sleep(delay).await
+        }
         Mode::Erroring if path != "/health" => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
         }
@@ -675,7 +685,11 @@ async fn answer(
         Mode::Erroring => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
-        Mode::Huge(_) | Mode::Healthy | Mode::ApplyThenStall(_) | Mode::SlowLookups(_) => {}
+        Mode::Huge(_)
+        | Mode::Healthy
+        | Mode::ApplyThenStall(_)
+        | Mode::SlowLookups(_)
+        | Mode::SlowFeed(_) => {}
     }
     // PureBoot keeps no idempotency keys: a repeat is applied again. The
     // §6 fake keeps every key's answer, as a real key store does.
