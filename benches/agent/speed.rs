@@ -118,17 +118,14 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     populate(&standalone_dir, &macs, &states);
     let (_standalone, standalone, _) = start_agent(&standalone_dir, root);
 
-    // Online: a controller that knows the fleet and answers at once; each
-    // boot is a live lookup.
+    // Online: a controller that knows the fleet and answers at once. It
+    // gives a sync cursor, so boots are confirmed by its change feed.
     let controller = controller::FakeController::start();
     for (i, mac) in macs.iter().enumerate() {
         let state = states[i % states.len()].as_str();
         controller.set_node(&mac.to_string(), state, None);
     }
-    let online_dir = dir.join("online");
-    std::fs::create_dir_all(&online_dir).expect("mkdir");
-    populate(&online_dir, &macs, &states);
-    let central_env = |url: String| {
+    let central_env = |controller: &controller::FakeController, url: String| {
         vec![
             ("SITEBOOT_CENTRAL_URL", url),
             (
@@ -139,15 +136,38 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
             ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "1s".to_string()),
         ]
     };
-    let (_online, online, _) = start_agent_with(&online_dir, root, &central_env(controller.url()));
-    wait_for_mode(online, "online", Duration::from_secs(60)).expect("agent online");
+    let online_agent = |name: &str, controller: &controller::FakeController| {
+        let online_dir = dir.join(name);
+        std::fs::create_dir_all(&online_dir).expect("mkdir");
+        populate(&online_dir, &macs, &states);
+        let (agent, addr, _) = start_agent_with(
+            &online_dir,
+            root,
+            &central_env(controller, controller.url()),
+        );
+        wait_for_mode(addr, "online", Duration::from_secs(60)).expect("agent online");
+        // Its first full sync done, which brings the cursor the change
+        // feed needs.
+        let started = Instant::now();
+        while agent_status(addr).is_none_or(|s| s["last_sync_at"].is_null()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{name}: no sync: {:?}",
+                agent_status(addr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (agent, addr)
+    };
+    let (_online, online) = online_agent("online", &controller);
 
     // Offline: the fleet cached, the controller's address answers nothing.
     let offline_dir = dir.join("offline");
     std::fs::create_dir_all(&offline_dir).expect("mkdir");
     populate(&offline_dir, &macs, &states);
     let dead = format!("http://127.0.0.1:{}", free_tcp_port());
-    let (_offline, offline, _) = start_agent_with(&offline_dir, root, &central_env(dead));
+    let (_offline, offline, _) =
+        start_agent_with(&offline_dir, root, &central_env(&controller, dead));
     wait_for_mode(offline, "offline", Duration::from_secs(120)).expect("agent offline");
 
     // nginx serves one node's standalone script as a file, asked for with
@@ -189,7 +209,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
             versus_nginx: true,
         },
         HttpCase {
-            name: "/api/v1/boot online (live lookups)",
+            name: "/api/v1/boot online, change feed",
             addr: online,
             script: boots,
             versus_nginx: true,

@@ -164,12 +164,9 @@ impl ChangeFeed {
         let _feed = self.nodes.lock_feed().await;
         let store = self.nodes.store().clone();
         let generation = store.generation();
-        let read = store
-            .call(|s| Ok((s.get_meta(META_CURSOR)?, s.list_workflows()?)))
-            .await;
-        let (cursor, stored_workflows) = match read {
-            Ok((Some(cursor), workflows)) => (cursor, workflows),
-            Ok((None, _)) => {
+        let cursor = match store.call(|s| s.get_meta(META_CURSOR)).await {
+            Ok(Some(cursor)) => cursor,
+            Ok(None) => {
                 self.cursorless_at.store(generation, Ordering::SeqCst);
                 return Outcome::NoCursor;
             }
@@ -196,7 +193,14 @@ impl ChangeFeed {
         if let Err(e) = self.nodes.apply_sync(parsed.nodes, false, &protected).await {
             return Outcome::Failed(e.into());
         }
-        let workflows = changed_workflows(parsed.workflows, &stored_workflows);
+        let workflows = if parsed.workflows.is_empty() {
+            Vec::new()
+        } else {
+            match store.call(|s| s.list_workflows()).await {
+                Ok(stored) => changed_workflows(parsed.workflows, &stored),
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+        };
         if !workflows.is_empty() || new_cursor != cursor {
             let written = store
                 .call(move |s| {
