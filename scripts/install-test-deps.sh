@@ -15,7 +15,18 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+# The Secure Boot chain must be Debian 12's own: its shim (16.1) refuses
+# bookworm-backports' signed GRUB 2.12 ("Verification failed: (0x1A)
+# Security Violation"), which an install with `-t bookworm-backports`
+# (below) would otherwise bring.
+chain=(grub-common/bookworm grub2-common/bookworm grub-efi-amd64-bin/bookworm grub-efi-amd64-signed/bookworm shim-signed)
+install_chain=false
+for p in grub-efi-amd64-signed grub-efi-amd64-bin; do
+  case "$(dpkg-query -W -f '${Version}' "$p" 2>/dev/null || true)" in
+    *bpo*) install_chain=true ;;
+  esac
+done
+if [ ${#missing[@]} -eq 0 ] && ! $install_chain; then
   echo "install-test-deps: all packages present"
   exit 0
 fi
@@ -38,8 +49,23 @@ if dpkg --compare-versions "$qemu_utils" ge 1:8; then
   release=(-t bookworm-backports)
 fi
 
-echo "install-test-deps: installing ${missing[*]}"
+# The chain's packages go in on their own, from bookworm itself.
+rest=()
+for p in "${missing[@]}"; do
+  case "$p" in
+    shim-signed | grub-efi-amd64-signed) install_chain=true ;;
+    *) rest+=("$p") ;;
+  esac
+done
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-  "${release[@]}" "${missing[@]}" >/dev/null
+if [ ${#rest[@]} -gt 0 ]; then
+  echo "install-test-deps: installing ${rest[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${release[@]}" "${rest[@]}" >/dev/null
+fi
+if $install_chain; then
+  echo "install-test-deps: installing Debian 12's Secure Boot chain (${chain[*]})"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "${chain[@]}" >/dev/null
+fi
 echo "install-test-deps: done ($(qemu-system-x86_64 --version | head -n 1))"
