@@ -145,17 +145,24 @@ impl ChangeFeed {
 
     /// Runs round `number`, then the next while boots wait for one.
     async fn run_rounds(self: Arc<Self>, mut number: u64) {
+        let mut running = Running {
+            feed: &self,
+            number,
+            done: false,
+        };
         loop {
             let outcome = self.round().await;
             self.finished.send_replace(Round { number, outcome });
             let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
             if !rounds.wanted {
                 rounds.running = false;
+                running.done = true;
                 return;
             }
             rounds.wanted = false;
             rounds.started += 1;
             number = rounds.started;
+            running.number = number;
         }
     }
 
@@ -235,6 +242,34 @@ impl ChangeFeed {
             .await
             .map_err(|e| LookupError::Local(e.to_string()))?;
         Ok(macs.iter().filter_map(|m| m.parse().ok()).collect())
+    }
+}
+
+/// While rounds run: if they end any other way than by running out of
+/// boots to answer (the task cancelled at shutdown, a panic), the boots
+/// waiting are told the call failed and the next boot starts a new round,
+/// rather than every later boot waiting for a round that never comes.
+struct Running<'a> {
+    feed: &'a ChangeFeed,
+    number: u64,
+    done: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut rounds = self.feed.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        rounds.running = false;
+        rounds.wanted = false;
+        drop(rounds);
+        self.feed.finished.send_replace(Round {
+            number: self.number,
+            outcome: Outcome::Failed(LookupError::Local(
+                "the change feed call was cut short".into(),
+            )),
+        });
     }
 }
 
