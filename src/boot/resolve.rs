@@ -124,7 +124,11 @@ impl Resolver {
         {
             match self.feed.confirm(mac, self.deadline).await {
                 Confirmation::Confirmed => {
-                    if let Some(node) = self.nodes.get(mac) {
+                    // The feed may have brought a change that makes the
+                    // answer an install: that one is asked for by MAC.
+                    if let Some(node) = self.nodes.get(mac)
+                        && confirmable(&node)
+                    {
                         return Resolved::Online {
                             node: Some(node),
                             source: Source::Live,
