@@ -1149,4 +1149,44 @@ fn boots_of_cached_nodes_share_one_change_feed_call_and_see_every_change() {
         lookups + 2,
         "a lookup by MAC for each of the pending node's boots"
     );
+
+    // A node with a change queued for the controller: its cached record
+    // is the agent's, so its boot asks for its MAC. The rounds before
+    // kept their store reads (nothing was written); the queued change is
+    // a write, and the next round reads them again.
+    let (held, other) = (&macs[2], &macs[3]);
+    for _ in 0..2 {
+        assert_eq!(boot(&agent, other).1, "live");
+    }
+    controller.set_mode(Mode::RefusingWrites);
+    let token = admin_token(&agent);
+    let (status, _, answer) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"state": "migrating"}"#,
+        &agent.url(&format!("/api/v1/nodes/{held}/state")),
+    ]);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!((200..300).contains(&status), "{status} {answer}");
+    let lookups = controller.calls_to("GET", "/api/v1/nodes").len();
+    let (_, source) = boot(&agent, held);
+    assert_eq!(source, "live");
+    assert_eq!(
+        controller.calls_to("GET", "/api/v1/nodes").len(),
+        lookups + 1,
+        "a lookup by MAC for the node with a change queued"
+    );
+    let (_, source) = boot(&agent, other);
+    assert_eq!(source, "live");
+    assert_eq!(
+        controller.calls_to("GET", "/api/v1/nodes").len(),
+        lookups + 1,
+        "no lookup for a node without one"
+    );
+    controller.set_mode(Mode::Healthy);
 }

@@ -84,6 +84,21 @@ pub struct ChangeFeed {
     rounds: Mutex<Rounds>,
     finished: watch::Sender<Round>,
     cursorless_at: AtomicU64,
+    /// The round's two store reads as of the last round that wrote
+    /// nothing (see [`KeptReads`]).
+    kept: Mutex<Option<KeptReads>>,
+}
+
+/// A round's store reads (the cursor, the MACs with changes queued) and
+/// the store generation taken before them. While the generation has not
+/// moved, nothing was written since and a new read would return the
+/// same: the rounds of a boot storm, when nothing changes, are one call
+/// to the controller each, without two hops to the blocking pool.
+#[derive(Clone)]
+struct KeptReads {
+    generation: u64,
+    cursor: String,
+    queued: Arc<HashSet<Mac>>,
 }
 
 impl ChangeFeed {
@@ -99,6 +114,7 @@ impl ChangeFeed {
             rounds: Mutex::new(Rounds::default()),
             finished,
             cursorless_at: AtomicU64::new(CURSOR_UNKNOWN),
+            kept: Mutex::new(None),
         }
     }
 
@@ -171,13 +187,17 @@ impl ChangeFeed {
         let _feed = self.nodes.lock_feed().await;
         let store = self.nodes.store().clone();
         let generation = store.generation();
-        let cursor = match store.call(|s| s.get_meta(META_CURSOR)).await {
-            Ok(Some(cursor)) => cursor,
-            Ok(None) => {
-                self.cursorless_at.store(generation, Ordering::SeqCst);
-                return Outcome::NoCursor;
-            }
-            Err(e) => return Outcome::Failed(e.into()),
+        let kept = self.kept_at(generation);
+        let cursor = match &kept {
+            Some(kept) => kept.cursor.clone(),
+            None => match store.call(|s| s.get_meta(META_CURSOR)).await {
+                Ok(Some(cursor)) => cursor,
+                Ok(None) => {
+                    self.cursorless_at.store(generation, Ordering::SeqCst);
+                    return Outcome::NoCursor;
+                }
+                Err(e) => return Outcome::Failed(e.into()),
+            },
         };
         let page = match self.port.site_nodes(Some(&cursor)).await {
             Ok(page) => page,
@@ -193,9 +213,25 @@ impl ChangeFeed {
         for error in &parsed.errors {
             tracing::warn!(error = %error, "change feed entry unreadable");
         }
-        let protected = match self.queued_changes().await {
-            Ok(macs) => macs,
-            Err(e) => return Outcome::Failed(e),
+        // Read after the call, so that a change queued during it is
+        // protected; kept with the cursor while nothing was written.
+        let now = store.generation();
+        let protected = match kept.filter(|kept| kept.generation == now) {
+            Some(kept) => kept.queued,
+            None => {
+                let queued = match self.queued_changes().await {
+                    Ok(macs) => Arc::new(macs),
+                    Err(e) => return Outcome::Failed(e),
+                };
+                if now == generation {
+                    self.keep(KeptReads {
+                        generation,
+                        cursor: cursor.clone(),
+                        queued: queued.clone(),
+                    });
+                }
+                queued
+            }
         };
         if let Err(e) = self.nodes.apply_sync(parsed.nodes, false, &protected).await {
             return Outcome::Failed(e.into());
@@ -230,10 +266,23 @@ impl ChangeFeed {
                 parsed.errors.len()
             ))));
         }
-        Outcome::Applied(Arc::new(protected))
+        Outcome::Applied(protected)
     }
 
     /// MACs with local changes queued for the controller.
+    /// The kept reads, if taken at `generation`.
+    fn kept_at(&self, generation: u64) -> Option<KeptReads> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|kept| kept.generation == generation)
+    }
+
+    fn keep(&self, reads: KeptReads) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(reads);
+    }
+
     async fn queued_changes(&self) -> Result<HashSet<Mac>, LookupError> {
         let macs = self
             .outbox

@@ -44,6 +44,9 @@ pub enum Mode {
     /// Every API call answers 500 (the controller is up but wrong; its
     /// health check still answers).
     Erroring,
+    /// Writes (every call but a GET and the heartbeat) answer 500; reads
+    /// are answered: the agent's changes stay queued while it is online.
+    RefusingWrites,
     /// Every call, health check included, answers 502: a reverse proxy
     /// in front of a controller that is gone.
     BadGateway,
@@ -683,6 +686,10 @@ async fn answer(
         }
         Mode::BadGateway => return (StatusCode::BAD_GATEWAY, "<html>502</html>").into_response(),
         Mode::Erroring => {}
+        Mode::RefusingWrites if method != Method::GET && !path.ends_with("/heartbeat") => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "writes refused").into_response();
+        }
+        Mode::RefusingWrites => {}
         Mode::Garbage => return (StatusCode::OK, "<html>not json").into_response(),
         Mode::Huge(bytes) if path != "/health" => return huge_body(bytes),
         Mode::Huge(_)
