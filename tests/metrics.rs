@@ -434,3 +434,50 @@ fn kept_boot_scripts_are_counted_and_a_change_is_seen_at_the_next_boot() {
         "{last}"
     );
 }
+
+/// Issue 24: during an outage a node's script is rendered once, not once
+/// per second of the banner's duration: the duration is filled in per
+/// answer, and a boot that shows a new duration is still a kept script.
+#[test]
+fn an_offline_script_is_kept_for_the_outage_with_its_duration_current() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:80:25";
+    controller.set_node(mac, "active", None);
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&common::quick_link_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let boot = || {
+        let (status, _, body) = curl(&[&agent.url(&format!("/api/v1/boot?mac={mac}"))]);
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    wait_until(LONG, "node cached", || boot().contains("state=active"));
+    controller.down();
+    wait_until(LONG, "offline", || mode(&agent) == "offline");
+    let duration = |script: &str| {
+        script
+            .lines()
+            .find_map(|l| l.split_once("offline for ")?.1.split(',').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no duration in {script}"))
+    };
+    let first = boot();
+    assert!(first.contains("source=offline"), "{first}");
+    let misses = "siteboot_script_cache_lookups_total{result=\"miss\"}";
+    let before = value(&scrape(&agent), misses).unwrap_or(0.0);
+    let mut later = first.clone();
+    wait_until(LONG, "the banner's duration moves on", || {
+        later = boot();
+        duration(&later) != duration(&first)
+    });
+    assert!(later.contains("source=offline"), "{later}");
+    let after = value(&scrape(&agent), misses).unwrap_or(0.0);
+    assert_eq!(
+        after, before,
+        "no boot rendered again: {} then {}",
+        duration(&first),
+        duration(&later)
+    );
+}

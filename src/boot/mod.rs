@@ -37,7 +37,7 @@ use crate::store::rows::{self, BootRows};
 use record::Recorder;
 use render::{Renderer, Scene, fallback_answer, rfc3339};
 use resolve::{Resolved, Resolver};
-use script_cache::{Outage, ScriptCache};
+use script_cache::{ScriptCache, Spliced};
 use stats::BootStats;
 use templates::{OfflineView, TemplateError, Templates};
 
@@ -206,31 +206,28 @@ impl BootService {
         } else {
             Source::Cache
         };
-        // An offline answer is kept while its banner reads the same (a
-        // second, then a minute: `banner_duration`) when nothing outside
-        // the node record decides it: no last script to replay, no open
-        // conflict (installs are never kept: see below). The outage is
-        // compared before the banner is formatted.
-        let outage = outage.map(|(since, duration)| (since, banner_duration(duration)));
-        let kept_for = outage
-            .map(|(since, duration)| Outage {
-                since,
-                seconds: duration.as_secs(),
-            })
-            .filter(|_| {
-                self.offline_default != OfflineDefault::LastKnown
-                    && self.outbox.open_conflict(mac).is_none()
-            });
-        if let (Some(outage), Some(node)) = (kept_for, &node)
+        // An offline answer is kept for the rest of its outage, its
+        // banner's duration filled in per answer (`script_cache::Spliced`),
+        // when nothing outside the node record decides it: no last script
+        // to replay, no open conflict (installs are never kept: see below).
+        let banner = outage.map(|(since, duration)| {
+            let duration = humantime::format_duration(banner_duration(duration)).to_string();
+            (since, duration)
+        });
+        let kept_for = banner.as_ref().filter(|_| {
+            self.offline_default != OfflineDefault::LastKnown
+                && self.outbox.open_conflict(mac).is_none()
+        });
+        if let (Some((since, duration)), Some(node)) = (kept_for, &node)
             && let Some(answer) = self
                 .scripts
-                .get(node, facts, base_url, source, Some(outage))
+                .get_offline(node, facts, base_url, *since, duration)
         {
             return answer;
         }
-        let offline = outage.map(|(since, duration)| OfflineView {
-            since: rfc3339(since),
-            duration: humantime::format_duration(duration).to_string(),
+        let offline = banner.as_ref().map(|(since, duration)| OfflineView {
+            since: rfc3339(*since),
+            duration: duration.clone(),
             cached_at: node
                 .as_ref()
                 .map(|n| rfc3339(n.cached_at.unwrap_or(n.updated_at)))
@@ -271,28 +268,37 @@ impl BootService {
         let shown = node.as_deref().cloned().unwrap_or_else(|| {
             Node::new_local(mac, NodeState::Discovered, OffsetDateTime::now_utc())
         });
-        let scene = Scene {
+        let scene = |offline: Option<OfflineView>| Scene {
             node: &shown,
             facts,
             source,
             base_url,
             offline,
         };
-        let answer = match last {
+        let answer = match &last {
             Some(last) if decision.action == Action::LastKnown => {
-                self.renderer.replay(scene, &last)
+                self.renderer.replay(scene(offline.clone()), last)
             }
-            _ => self.renderer.render(scene, &decision),
+            _ => self.renderer.render(scene(offline.clone()), &decision),
         };
         // An install depends on the content cache and changes the node's
         // state: decided afresh each time, as online.
-        if let (Some(outage), Some(node)) = (kept_for, node)
+        if let (Some((since, duration)), Some(node), Some(view)) = (kept_for, node, offline)
             && answer.action != Action::Install
             && decision.conflict.is_none()
             && decision.missing_file.is_none()
         {
-            self.scripts
-                .put(node, facts, base_url, &answer, Some(outage));
+            let marked = OfflineView {
+                duration: DURATION_MARK.to_string(),
+                ..view
+            };
+            let marked = self.renderer.render(scene(Some(marked)), &decision);
+            if let Some(spliced) =
+                Spliced::cut(&marked.script, DURATION_MARK, duration, &answer.script)
+            {
+                self.scripts
+                    .put_offline(node, facts, base_url, &answer, *since, spliced);
+            }
         }
         answer
     }
@@ -320,7 +326,7 @@ impl BootService {
         // know about) and never cached.
         let conflict = self.outbox.open_conflict(mac);
         if conflict.is_none()
-            && let Some(answer) = self.scripts.get(&node, facts, base_url, source, None)
+            && let Some(answer) = self.scripts.get(&node, facts, base_url, source)
         {
             return answer;
         }
@@ -337,7 +343,7 @@ impl BootService {
             // installer's reports move the state there.
             self.mark_installing(mac).await;
         } else if answer.action != Action::Install && conflict.is_none() {
-            self.scripts.put(node, facts, base_url, &answer, None);
+            self.scripts.put(node, facts, base_url, &answer);
         }
         self.record(mac, &answer, &decision);
         answer
@@ -507,6 +513,10 @@ impl BootService {
         }
     }
 }
+
+/// Rendered in place of the offline banner's duration, to find where it
+/// goes (letters and digits: no template escaping changes them).
+const DURATION_MARK: &str = "siteboot0duration0b7e51d";
 
 /// How long the offline banner says the controller has been unreachable:
 /// whole seconds for the first minute ("42s"), whole minutes after it

@@ -5,10 +5,10 @@
 //! An entry is valid for the exact node record it was rendered from (the
 //! node cache replaces the `Arc` on every write), the same iPXE facts and
 //! agent URL, and at most [`MAX_AGE`]. An offline answer is valid for
-//! the same outage banner too ([`super::banner_duration`]: whole seconds
-//! in an outage's first minute, whole minutes after), so such an entry
-//! lives a second, then a minute: a boot storm during an outage renders
-//! each node's script once a minute, not once a boot.
+//! the same outage (its start): the banner's duration, which moves every
+//! second, is not rendered into a kept offline script but filled in per
+//! answer ([`Spliced`]), so a boot storm during an outage renders each
+//! node's script once, from the outage's first second on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::model::boot::{BootAnswer, BootFacts, Source};
 use crate::model::mac::Mac;
 use crate::model::node::Node;
+use crate::model::script::{Script, ScriptFormat};
 
 /// After this long an entry is rendered (and recorded for `last_known`) again.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
@@ -31,18 +32,58 @@ struct Entry {
     arch: Option<String>,
     platform: Option<String>,
     base_url: String,
-    /// The outage an offline answer's banner shows (None online).
-    offline: Option<Outage>,
+    /// The start of the outage an offline answer was rendered in (None
+    /// online), and its script with the banner's duration left open.
+    offline: Option<(time::OffsetDateTime, Arc<Spliced>)>,
     answer: BootAnswer,
     rendered_at: Instant,
 }
 
-/// What an offline answer's banner says: since when, and for how many
-/// whole seconds, the controller has been unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outage {
-    pub since: time::OffsetDateTime,
-    pub seconds: u64,
+impl Entry {
+    fn bytes(&self) -> usize {
+        match &self.offline {
+            Some((_, spliced)) => spliced.len(),
+            None => self.answer.script.len(),
+        }
+    }
+}
+
+/// An offline script's text cut where the banner's duration goes: the
+/// duration is filled in per answer, so the script is rendered once per
+/// outage, not once per second of it.
+pub struct Spliced {
+    /// The text between the places of the duration (one part: the
+    /// template does not show it).
+    parts: Vec<String>,
+    /// The script itself when there is nothing to fill in.
+    whole: Option<Script>,
+}
+
+impl Spliced {
+    /// `marked` (rendered with `mark` as the duration) cut at each `mark`,
+    /// if filling in `duration` gives exactly `rendered` (the same scene
+    /// rendered with it): a template that changes the duration (a filter,
+    /// a slice) is never spliced, it is rendered per answer.
+    pub fn cut(marked: &Script, mark: &str, duration: &str, rendered: &Script) -> Option<Spliced> {
+        let parts: Vec<String> = marked.text().split(mark).map(str::to_string).collect();
+        let spliced = Spliced {
+            whole: (parts.len() == 1).then(|| rendered.clone()),
+            parts,
+        };
+        (spliced.parts.join(duration) == rendered.text()).then_some(spliced)
+    }
+
+    /// The script with `duration` in the banner.
+    pub fn fill(&self, format: ScriptFormat, duration: &str) -> Script {
+        match &self.whole {
+            Some(whole) => whole.clone(),
+            None => Script::new(format, self.parts.join(duration)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.parts.iter().map(String::len).sum()
+    }
 }
 
 #[derive(Default)]
@@ -55,7 +96,7 @@ struct Entries {
 impl Entries {
     fn remove(&mut self, mac: &Mac) {
         if let Some(old) = self.by_mac.remove(mac) {
-            self.bytes -= old.answer.script.len();
+            self.bytes -= old.bytes();
         }
     }
 
@@ -78,13 +119,44 @@ pub struct ScriptCache {
 }
 
 impl ScriptCache {
+    /// The kept answer for this node record, facts and URL, online.
     pub fn get(
         &self,
         node: &Arc<Node>,
         facts: &BootFacts,
         base_url: &str,
         source: Source,
-        offline: Option<Outage>,
+    ) -> Option<BootAnswer> {
+        self.find(node, facts, base_url, |entry| {
+            (entry.answer.source == source && entry.offline.is_none()).then(|| entry.answer.clone())
+        })
+    }
+
+    /// The kept offline answer of the outage that began at `since`, with
+    /// `duration` in its banner.
+    pub fn get_offline(
+        &self,
+        node: &Arc<Node>,
+        facts: &BootFacts,
+        base_url: &str,
+        since: time::OffsetDateTime,
+        duration: &str,
+    ) -> Option<BootAnswer> {
+        self.find(node, facts, base_url, |entry| match &entry.offline {
+            Some((began, spliced)) if *began == since => Some(BootAnswer {
+                script: spliced.fill(entry.answer.script.format(), duration),
+                ..entry.answer.clone()
+            }),
+            _ => None,
+        })
+    }
+
+    fn find(
+        &self,
+        node: &Arc<Node>,
+        facts: &BootFacts,
+        base_url: &str,
+        answer: impl FnOnce(&Entry) -> Option<BootAnswer>,
     ) -> Option<BootAnswer> {
         let found = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -97,46 +169,62 @@ impl ScriptCache {
                         && entry.platform == facts.platform
                         && entry.answer.script.format() == facts.format
                         && entry.base_url == base_url
-                        && entry.answer.source == source
-                        && entry.offline == offline
                         && entry.rendered_at.elapsed() < MAX_AGE
                 })
-                .map(|entry| entry.answer.clone())
+                .and_then(answer)
         };
         crate::metrics::metrics().script_cache_lookup(found.is_some());
         found
     }
 
-    pub fn put(
+    /// Keeps an online answer.
+    pub fn put(&self, node: Arc<Node>, facts: &BootFacts, base_url: &str, answer: &BootAnswer) {
+        self.insert(node, facts, base_url, answer, None);
+    }
+
+    /// Keeps an offline answer for the rest of the outage that began at
+    /// `since`, its duration left open.
+    pub fn put_offline(
         &self,
         node: Arc<Node>,
         facts: &BootFacts,
         base_url: &str,
         answer: &BootAnswer,
-        offline: Option<Outage>,
+        since: time::OffsetDateTime,
+        spliced: Spliced,
     ) {
-        let size = answer.script.len();
+        let offline = Some((since, Arc::new(spliced)));
+        self.insert(node, facts, base_url, answer, offline);
+    }
+
+    fn insert(
+        &self,
+        node: Arc<Node>,
+        facts: &BootFacts,
+        base_url: &str,
+        answer: &BootAnswer,
+        offline: Option<(time::OffsetDateTime, Arc<Spliced>)>,
+    ) {
+        let entry = Entry {
+            arch: facts.arch.clone(),
+            platform: facts.platform.clone(),
+            base_url: base_url.to_string(),
+            offline,
+            answer: answer.clone(),
+            rendered_at: Instant::now(),
+            node,
+        };
+        let size = entry.bytes();
         if size > MAX_BYTES {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&node.mac);
+        entries.remove(&entry.node.mac);
         if entries.by_mac.len() >= MAX_ENTRIES || entries.bytes + size > MAX_BYTES {
             entries.clear();
         }
         entries.bytes += size;
-        entries.by_mac.insert(
-            node.mac,
-            Entry {
-                arch: facts.arch.clone(),
-                platform: facts.platform.clone(),
-                base_url: base_url.to_string(),
-                offline,
-                answer: answer.clone(),
-                rendered_at: Instant::now(),
-                node,
-            },
-        );
+        entries.by_mac.insert(entry.node.mac, entry);
         entries.publish();
     }
 
@@ -182,39 +270,35 @@ mod tests {
             arch: Some("x86_64".into()),
             ..BootFacts::default()
         };
-        cache.put(node.clone(), &facts, "http://a", &answer("one"), None);
+        cache.put(node.clone(), &facts, "http://a", &answer("one"));
         let s = Source::Standalone;
         assert_eq!(
             cache
-                .get(&node, &facts, "http://a", s, None)
+                .get(&node, &facts, "http://a", s)
                 .unwrap()
                 .script
                 .text(),
             "one"
         );
+        assert!(cache.get(&node, &facts, "http://a", Source::Live).is_none());
+        assert!(cache.get(&node, &facts, "http://b", s).is_none());
         assert!(
             cache
-                .get(&node, &facts, "http://a", Source::Live, None)
-                .is_none()
-        );
-        assert!(cache.get(&node, &facts, "http://b", s, None).is_none());
-        assert!(
-            cache
-                .get(&node, &BootFacts::default(), "http://a", s, None)
+                .get(&node, &BootFacts::default(), "http://a", s)
                 .is_none()
         );
         // Same content, new record (a write happened): not valid.
         let rewritten = Arc::new((*node).clone());
-        assert!(cache.get(&rewritten, &facts, "http://a", s, None).is_none());
+        assert!(cache.get(&rewritten, &facts, "http://a", s).is_none());
         cache.forget(node.mac);
-        assert!(cache.get(&node, &facts, "http://a", s, None).is_none());
-        cache.put(node.clone(), &facts, "http://a", &answer("one"), None);
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
+        cache.put(node.clone(), &facts, "http://a", &answer("one"));
         cache.clear();
-        assert!(cache.get(&node, &facts, "http://a", s, None).is_none());
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
     }
 
     #[test]
-    fn an_offline_entry_is_valid_for_its_banner_only() {
+    fn an_offline_entry_lasts_its_outage_and_fills_in_the_duration() {
         let cache = ScriptCache::default();
         let node = Arc::new(Node::new_local(
             "52:54:00:00:00:02".parse().unwrap(),
@@ -222,29 +306,47 @@ mod tests {
             time::OffsetDateTime::UNIX_EPOCH,
         ));
         let facts = BootFacts::default();
-        let banner = |seconds: u64| Outage {
-            since: time::OffsetDateTime::UNIX_EPOCH,
-            seconds,
-        };
-        let offline = Source::Offline;
+        let since = time::OffsetDateTime::UNIX_EPOCH;
+        let script = |text: &str| Script::ipxe(text.into());
+        let rendered = script("echo offline for 5s\necho 5s ago\n");
+        let marked = script("echo offline for @D@\necho @D@ ago\n");
+        let spliced = Spliced::cut(&marked, "@D@", "5s", &rendered).expect("spliced");
         let down = BootAnswer {
             source: Source::Offline,
-            ..answer("down 5s")
+            script: rendered,
+            ..answer("")
         };
-        cache.put(node.clone(), &facts, "http://a", &down, Some(banner(5)));
-        let hit = cache.get(&node, &facts, "http://a", offline, Some(banner(5)));
-        assert_eq!(hit.unwrap().script.text(), "down 5s");
-        // A second later the banner says 6s: rendered again.
+        cache.put_offline(node.clone(), &facts, "http://a", &down, since, spliced);
+        let hit = cache.get_offline(&node, &facts, "http://a", since, "1m");
+        assert_eq!(
+            hit.unwrap().script.text(),
+            "echo offline for 1m\necho 1m ago\n"
+        );
+        // Another outage, or back online: not this entry.
+        let later = since + time::Duration::seconds(1);
         assert!(
             cache
-                .get(&node, &facts, "http://a", offline, Some(banner(6)))
+                .get_offline(&node, &facts, "http://a", later, "1m")
                 .is_none()
         );
-        // Back online: the offline entry is not an online answer.
         assert!(
             cache
-                .get(&node, &facts, "http://a", offline, None)
+                .get(&node, &facts, "http://a", Source::Offline)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_template_that_changes_the_duration_is_not_spliced() {
+        let script = |text: &str| Script::ipxe(text.into());
+        // `| upper` on the duration: the marked rendering does not say
+        // where the real one goes.
+        let rendered = script("offline for 5S");
+        let marked = script("offline for @d@");
+        assert!(Spliced::cut(&marked, "@d@", "5s", &rendered).is_none());
+        // No duration shown: the script is kept whole.
+        let plain = script("offline");
+        let spliced = Spliced::cut(&plain, "@d@", "5s", &plain).expect("whole");
+        assert_eq!(spliced.fill(ScriptFormat::Ipxe, "9s").text(), "offline");
     }
 }
