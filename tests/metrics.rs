@@ -475,7 +475,8 @@ fn an_offline_script_is_kept_for_the_outage_with_its_duration_current() {
     assert!(later.contains("source=offline"), "{later}");
     let after = value(&scrape(&agent), misses).unwrap_or(0.0);
     assert_eq!(
-        after, before,
+        after,
+        before,
         "no boot rendered again: {} then {}",
         duration(&first),
         duration(&later)
