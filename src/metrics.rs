@@ -285,8 +285,13 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub fn boot(&self, action: &str, source: &str, seconds: f64) {
-        self.boots.with_label_values(&[action, source]).inc();
+    /// The `boots_total` series of one action and source, for a caller
+    /// that keeps it (a lookup by label hashes both strings).
+    pub fn boot_counter(&self, action: &str, source: &str) -> IntCounter {
+        self.boots.with_label_values(&[action, source])
+    }
+
+    pub fn boot_answer_seconds(&self, seconds: f64) {
         self.boot_seconds.observe(seconds);
     }
 
@@ -402,7 +407,8 @@ mod tests {
         // Its own registry: other unit tests in this process count into
         // the global one (a content cache hit, a boot) at the same time.
         let m = super::Metrics::new();
-        m.boot("install", "live", 0.001);
+        m.boot_counter("install", "live").inc();
+        m.boot_answer_seconds(0.001);
         m.tftp_outcome("completed");
         m.http_request("/api/v1/boot", 200);
         m.controller_call("health", "ok", 0.002);

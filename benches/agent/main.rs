@@ -162,6 +162,10 @@ fn main() {
     if wanted("tftp") {
         tftp_benchmark(work.path(), &root);
     }
+    // `BENCH_BEFORE_BIN=<older siteboot> cargo bench --bench agent -- tftp-ab`
+    if only.iter().any(|o| o == "tftp-ab") {
+        tftp_before_after(work.path(), &root);
+    }
     if wanted("http") {
         http_benchmark(work.path());
     }

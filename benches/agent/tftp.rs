@@ -240,6 +240,90 @@ pub(crate) fn tftp_benchmark(dir: &Path, root: &Path) {
 
 /// Plays the firmware's size probe and the real request from one port, as
 /// OVMF does; reports what the server did.
+/// This build's TFTP engine against another build of the agent
+/// (`BENCH_BEFORE_BIN`), both serving the same 64 MiB file, every case
+/// interleaved: a change to the engine measured apart from the peers.
+/// Beside the rate (bound as much by the client and the scheduler as by
+/// the server), the agent's own CPU time per transfer, which is what a
+/// change to the engine changes.
+pub(crate) fn tftp_before_after(dir: &Path, root: &Path) {
+    let Some(before_bin) = std::env::var_os("BENCH_BEFORE_BIN") else {
+        panic!("tftp-ab needs BENCH_BEFORE_BIN, the path of the build to compare with");
+    };
+    let before_dir = dir.join("before");
+    let after_dir = dir.join("after");
+    for d in [&before_dir, &after_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let (before_agent, _, before_tftp) =
+        start_binary_with(Path::new(&before_bin), &before_dir, root, &[]);
+    let (after_agent, _, after_tftp) = start_agent(&after_dir, root);
+    let pids = [before_agent.0.id(), after_agent.0.id()];
+    let (before, after) = (before_tftp.port(), after_tftp.port());
+    let out = dir.join("out.bin");
+    println!("TFTP before/after, 64 MiB file, median of {RUNS} interleaved runs");
+    println!(
+        "{:<34} {:>8} {:>8} {:>6} {:>9} {:>9} {:>6}",
+        "client / options", "MB/s bef", "MB/s aft", "ratio", "cpu ms b", "cpu ms a", "ratio"
+    );
+    let mut cases: Vec<(String, [ClientCommand; 2])> = Vec::new();
+    for blksize in [512u32, 1468, 8192] {
+        cases.push((
+            format!("curl blksize {blksize}"),
+            [
+                Box::new(curl_get(before, blksize)),
+                Box::new(curl_get(after, blksize)),
+            ],
+        ));
+    }
+    for blksize in [1468u32, 8192] {
+        for window in [1u32, 4, 16] {
+            cases.push((
+                format!("atftp blksize {blksize} windowsize {window}"),
+                [
+                    Box::new(atftp_get(before, blksize, window)),
+                    Box::new(atftp_get(after, blksize, window)),
+                ],
+            ));
+        }
+    }
+    for (name, mut commands) in cases {
+        let mut rates = [Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
+        for _ in 0..RUNS {
+            for (i, make) in commands.iter_mut().enumerate() {
+                let start = process_cpu_ms(pids[i]);
+                rates[i].push(transfer_rate(make.as_mut(), &out));
+                cpu[i].push(process_cpu_ms(pids[i]) - start);
+            }
+        }
+        let [rate_b, rate_a] = rates.map(median);
+        let [cpu_b, cpu_a] = cpu.map(median);
+        println!(
+            "{name:<34} {rate_b:>8.1} {rate_a:>8.1} {:>5.2}x {cpu_b:>9.0} {cpu_a:>9.0} {:>5.2}x",
+            rate_a / rate_b.max(f64::MIN_POSITIVE),
+            cpu_a / cpu_b.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+}
+
+/// User and system CPU time a process has used, in milliseconds.
+fn process_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15, 12 and 13 here; 100 ticks a second.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
 pub(crate) fn firmware_probe(port: u16) -> String {
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

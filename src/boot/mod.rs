@@ -53,6 +53,7 @@ pub struct BootService {
     renderer: Renderer,
     scripts: ScriptCache,
     stats: Arc<BootStats>,
+    counters: stats::BootCounters,
     /// None: nothing is recorded (the CLI's `render`).
     recorder: Option<Recorder>,
     /// The content cache (with a controller): an offline install starts
@@ -94,6 +95,7 @@ impl BootService {
             outbox,
             scripts: ScriptCache::default(),
             stats: Arc::new(BootStats::default()),
+            counters: stats::BootCounters::default(),
             recorder,
         }
     }
@@ -180,9 +182,9 @@ impl BootService {
             at: OffsetDateTime::now_utc(),
         };
         self.stats.remember(seen);
-        crate::metrics::metrics().boot(
-            answer.action.as_str(),
-            answer.source.as_str(),
+        self.counters.count(
+            answer.action,
+            answer.source,
             started.elapsed().as_secs_f64(),
         );
         self.outbox.boot_event(mac, &answer);

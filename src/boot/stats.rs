@@ -2,10 +2,12 @@
 //! the last hour, boots in progress, boots answered, and the latest ones.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::model::boot::Source;
+use crate::model::decision::Action;
 use crate::model::mac::Mac;
 
 const SEEN_WINDOW: Duration = Duration::from_secs(3600);
@@ -22,6 +24,31 @@ pub struct BootSeen {
     pub source: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     pub at: time::OffsetDateTime,
+}
+
+/// `siteboot_boots_total`'s series, each looked up by its labels once: a
+/// boot is then counted through an array index, not a hash of two strings.
+#[derive(Default)]
+pub struct BootCounters {
+    /// By `Action as usize`, then `Source as usize`.
+    series: [[OnceLock<prometheus::IntCounter>; 4]; 5],
+}
+
+impl BootCounters {
+    pub fn count(&self, action: Action, source: Source, seconds: f64) {
+        let metrics = crate::metrics::metrics();
+        let resolve = || metrics.boot_counter(action.as_str(), source.as_str());
+        match self
+            .series
+            .get(action as usize)
+            .and_then(|row| row.get(source as usize))
+        {
+            Some(kept) => kept.get_or_init(resolve).inc(),
+            // A variant added without growing the table: still counted.
+            None => resolve().inc(),
+        }
+        metrics.boot_answer_seconds(seconds);
+    }
 }
 
 #[derive(Default)]

@@ -54,7 +54,11 @@ impl AgentOrigin {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
             });
         if plausible {
-            Ok(format!("http://{host}"))
+            // Built by hand: `format!` costs a boot answer more than the copy.
+            let mut url = String::with_capacity("http://".len() + host.len());
+            url.push_str("http://");
+            url.push_str(host);
+            Ok(url)
         } else {
             Err(format!(
                 "missing or invalid Host header {host:?}; set http.public_url"

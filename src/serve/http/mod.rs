@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod assets;
+mod boot_query;
 mod cache;
 pub mod conflicts;
 mod page;
@@ -26,10 +27,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::model::boot::BootFacts;
 use crate::model::mac::Mac;
 use crate::model::script::ScriptFormat;
 use crate::serve::script;
+use boot_query::BootQuery;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -146,49 +147,15 @@ async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     }
 }
 
-/// The boot request's query, read in one pass without a map (the boot
-/// path is the agent's hottest): the MAC and the facts iPXE sends. A
-/// repeated key keeps its last value, as a map would; unknown keys are
-/// ignored. iPXE sends unset settings as empty strings: those are None.
-#[derive(Default)]
-struct BootQuery {
-    mac: Option<String>,
-    format: Option<String>,
-    facts: BootFacts,
-}
-
-impl BootQuery {
-    fn read(query: &str) -> BootQuery {
-        let mut read = BootQuery::default();
-        for (key, raw) in form_urlencoded::parse(query.as_bytes()) {
-            let value = raw.trim();
-            let kept = (!value.is_empty()).then(|| value.to_string());
-            match key.as_ref() {
-                "mac" => read.mac = Some(raw.into_owned()),
-                "format" => read.format = kept,
-                "arch" => read.facts.arch = kept,
-                "platform" => read.facts.platform = kept,
-                "uuid" => read.facts.uuid = kept,
-                "serial" => read.facts.serial = kept,
-                "manufacturer" => read.facts.manufacturer = kept,
-                "product" => read.facts.product = kept,
-                _ => {}
-            }
-        }
-        read
-    }
-}
-
-async fn boot(
-    State(state): State<Arc<AppState>>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    headers: HeaderMap,
-) -> Response {
+/// The request itself, not a `HeaderMap` extractor (which copies every
+/// header): the boot path reads the query and the `Host` in place.
+async fn boot(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    let headers = request.headers();
     let BootQuery {
         mac: raw_mac,
         format,
         mut facts,
-    } = BootQuery::read(query.as_deref().unwrap_or(""));
+    } = BootQuery::read(request.uri().query().unwrap_or(""));
     let Some(raw_mac) = raw_mac else {
         return bad_request("missing query parameter mac (e.g. ?mac=${net0/mac})");
     };
@@ -196,7 +163,7 @@ async fn boot(
         Ok(mac) => mac,
         Err(e) => return bad_request(&e.to_string()),
     };
-    let base = match base_url(&state, &headers) {
+    let base = match base_url(&state, headers) {
         Ok(url) => url,
         Err(message) => return bad_request(&message),
     };
