@@ -29,6 +29,9 @@
 //!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
 //!   storms vs tftpd-hpa and rs-tftpd; interleaved, medians (with `tftp`:
 //!   all of issue 24's figures).
+//! * profile (only when named): where the standalone agent's time goes
+//!   under the speed part's load, `perf record` top entries for
+//!   `/api/v1/boot` and `/health`.
 //! * secureboot: power-on to status line through shim → GRUB under Secure
 //!   Boot vs `ipxe.efi` with it off.
 //!
@@ -84,6 +87,7 @@ mod hardening;
 mod http;
 mod page;
 mod policy;
+mod profile;
 mod queue;
 mod speed;
 mod tftp;
@@ -97,6 +101,7 @@ use hardening::*;
 use http::*;
 use page::*;
 use policy::*;
+use profile::*;
 use queue::*;
 use speed::*;
 use tftp::*;
@@ -201,6 +206,10 @@ fn main() {
     }
     if wanted("speed") {
         speed_benchmark(work.path(), &root);
+    }
+    // Not in the default run (it needs perf and says nothing by itself).
+    if only.iter().any(|o| o == "profile") {
+        profile_benchmark(work.path(), &root);
     }
     if wanted("secureboot") {
         secure_boot_benchmark(work.path());

@@ -14,15 +14,15 @@ const WRK_SECONDS: u32 = 4;
 /// Interleaved rounds; the figures are their medians.
 const ROUNDS: usize = 3;
 
-struct WrkResult {
-    rate: f64,
+pub(crate) struct WrkResult {
+    pub(crate) rate: f64,
     p99_ms: f64,
 }
 
 /// A wrk Lua script whose requests visit `paths` in rotation (each wrk
 /// thread from its own place), so that the server cannot answer one
 /// request over and over from a single cache line.
-fn rotation_script(dir: &Path, name: &str, paths: &[String]) -> std::path::PathBuf {
+pub(crate) fn rotation_script(dir: &Path, name: &str, paths: &[String]) -> std::path::PathBuf {
     let mut lua = String::from("local paths = {\n");
     for p in paths {
         lua.push_str(&format!("  \"{p}\",\n"));
@@ -40,7 +40,7 @@ fn rotation_script(dir: &Path, name: &str, paths: &[String]) -> std::path::PathB
 
 /// One wrk run; panics on socket errors or non-2xx answers (a figure
 /// from failed requests would be meaningless).
-fn wrk(addr: SocketAddr, script: &Path) -> WrkResult {
+pub(crate) fn wrk(addr: SocketAddr, script: &Path) -> WrkResult {
     let out = Command::new("wrk")
         .args([
             "-t2",
