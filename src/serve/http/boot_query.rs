@@ -13,28 +13,30 @@ use std::borrow::Cow;
 use crate::model::boot::BootFacts;
 
 #[derive(Default)]
-pub struct BootQuery {
-    pub mac: Option<String>,
-    pub format: Option<String>,
+pub struct BootQuery<'a> {
+    pub mac: Option<Cow<'a, str>>,
+    pub format: Option<Cow<'a, str>>,
     pub facts: BootFacts,
 }
 
-impl BootQuery {
-    pub fn read(query: &str) -> BootQuery {
+impl<'a> BootQuery<'a> {
+    pub fn read(query: &'a str) -> BootQuery<'a> {
         let mut read = BootQuery::default();
+        // A closure, not `split('&')`: for a query this short, its
+        // searcher's setup costs more than the walk.
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = decode_pair(pair);
-            let value = raw.trim();
-            let kept = (!value.is_empty()).then(|| value.to_string());
+            let value = trim(&raw);
+            let kept = || (!value.is_empty()).then(|| value.to_string());
             match key.as_ref() {
-                "mac" => read.mac = Some(raw.into_owned()),
-                "format" => read.format = kept,
-                "arch" => read.facts.arch = kept,
-                "platform" => read.facts.platform = kept,
-                "uuid" => read.facts.uuid = kept,
-                "serial" => read.facts.serial = kept,
-                "manufacturer" => read.facts.manufacturer = kept,
-                "product" => read.facts.product = kept,
+                "mac" => read.mac = Some(raw),
+                "format" => read.format = (!value.is_empty()).then(|| Cow::Owned(value.into())),
+                "arch" => read.facts.arch = kept(),
+                "platform" => read.facts.platform = kept(),
+                "uuid" => read.facts.uuid = kept(),
+                "serial" => read.facts.serial = kept(),
+                "manufacturer" => read.facts.manufacturer = kept(),
+                "product" => read.facts.product = kept(),
                 _ => {}
             }
         }
@@ -42,9 +44,20 @@ impl BootQuery {
     }
 }
 
+/// `str::trim`, without its character walk when both ends are plain
+/// ASCII (every Unicode space begins with an ASCII space or a non-ASCII
+/// byte, and ends with an ASCII space or a non-ASCII byte).
+fn trim(value: &str) -> &str {
+    let plain = |b: u8| b.is_ascii() && !b.is_ascii_whitespace();
+    match (value.as_bytes().first(), value.as_bytes().last()) {
+        (Some(&first), Some(&last)) if plain(first) && plain(last) => value,
+        _ => value.trim(),
+    }
+}
+
 /// One `key=value` (a pair without `=` is a key with an empty value).
 fn decode_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
-    if pair.contains(['%', '+']) {
+    if pair.bytes().any(|b| b == b'%' || b == b'+') {
         // The encoded case, rare: the form decoder's own rules (invalid
         // UTF-8 after decoding becomes U+FFFD).
         let mut decoded = form_urlencoded::parse(pair.as_bytes());
@@ -52,8 +65,10 @@ fn decode_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
             return (Cow::Owned(key.into_owned()), Cow::Owned(value.into_owned()));
         }
     }
-    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-    (Cow::Borrowed(key), Cow::Borrowed(value))
+    match pair.bytes().position(|b| b == b'=') {
+        Some(at) => (Cow::Borrowed(&pair[..at]), Cow::Borrowed(&pair[at + 1..])),
+        None => (Cow::Borrowed(pair), Cow::Borrowed("")),
+    }
 }
 
 #[cfg(test)]
@@ -82,8 +97,16 @@ mod tests {
             for (k, v) in form_urlencoded::parse(query.as_bytes()) {
                 reference.insert(k.into_owned(), v.into_owned());
             }
-            assert_eq!(ours.mac.as_ref(), reference.get("mac"), "{query}");
-            assert_eq!(ours.format.as_ref(), reference.get("format"), "{query}");
+            assert_eq!(
+                ours.mac.as_deref(),
+                reference.get("mac").map(String::as_str),
+                "{query}"
+            );
+            assert_eq!(
+                ours.format.as_deref(),
+                reference.get("format").map(String::as_str),
+                "{query}"
+            );
             assert_eq!(
                 ours.facts.product.as_ref(),
                 reference.get("product"),

@@ -182,7 +182,7 @@ async fn boot(State(state): State<Arc<AppState>>, request: axum::extract::Reques
         source = answer.source.as_str(),
         "boot script served"
     );
-    script::http_answer(&answer.script, Some(answer.source.as_str()))
+    script::http_answer(&answer.script, Some(answer.source))
 }
 
 async fn asset(
