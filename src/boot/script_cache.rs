@@ -10,7 +10,7 @@
 //! answer ([`Spliced`]), so a boot storm during an outage renders each
 //! node's script once, from the outage's first second on.
 
-use std::collections::HashMap;
+use crate::model::mac::MacMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ impl Spliced {
 
 #[derive(Default)]
 struct Entries {
-    by_mac: HashMap<Mac, Entry>,
+    by_mac: MacMap<Entry>,
     /// The kept scripts' bytes.
     bytes: usize,
 }

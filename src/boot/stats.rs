@@ -1,7 +1,7 @@
 //! Boot counters for the heartbeat, status and live view: nodes seen in
 //! the last hour, boots in progress, boots answered, and the latest ones.
 
-use std::collections::HashMap;
+use crate::model::mac::MacMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ const SEEN_MAX: usize = 1 << 18;
 /// MAC's older entries are skipped when they reach the front).
 #[derive(Default)]
 struct SeenWindow {
-    last: HashMap<Mac, Instant>,
+    last: MacMap<Instant>,
     order: std::collections::VecDeque<(Instant, Mac)>,
 }
 

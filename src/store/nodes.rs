@@ -5,14 +5,14 @@
 //! (durably) and only then to memory, under one lock so that memory and disk
 //! never disagree about which write came last.
 
-use std::collections::HashMap;
+use crate::model::mac::MacMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::model::mac::Mac;
 use crate::model::node::Node;
 use crate::store::{Store, StoreError};
 
-type NodeMap = HashMap<Mac, Arc<Node>>;
+type NodeMap = MacMap<Arc<Node>>;
 
 /// Every node in memory, written through to the store: boots read here,
 /// never the database.
