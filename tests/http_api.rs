@@ -1015,3 +1015,61 @@ fn format_grub_renders_the_same_decision_for_grub() {
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("format must be ipxe or grub"));
 }
+
+/// `GET /api/v1/boot` is answered beside the router (the boot lane):
+/// everything around it must still be the router's, and the lane's
+/// answers must be counted and shaped as routed ones.
+#[test]
+fn the_boot_lane_answers_as_the_router_would() {
+    let agent = AgentBuilder::new().start();
+    let token = common::admin_token(&agent);
+    let requests = |code: u16| -> f64 {
+        let (status, _, body) = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &agent.url("/metrics"),
+        ]);
+        assert_eq!(status, 200);
+        let wanted =
+            format!("siteboot_http_requests_total{{code=\"{code}\",route=\"/api/v1/boot\"}} ");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix(&wanted)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (ok_before, bad_before) = (requests(200), requests(400));
+
+    let (status, headers, body) = boot(&agent, &mac(1));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("#!ipxe"), "{body}");
+    let header = |headers: &str, name: &str| -> Option<String> {
+        headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    };
+    assert_eq!(
+        header(&headers, "content-length"),
+        Some(body.len().to_string())
+    );
+    assert!(header(&headers, "content-type").is_some(), "{headers}");
+    let (status, _) = curl_text(&agent.url("/api/v1/boot?mac=zz"));
+    assert_eq!(status, 400);
+    assert_eq!(requests(200), ok_before + 1.0, "a lane answer is counted");
+    assert_eq!(requests(400), bad_before + 1.0, "so is a refusal");
+
+    // HEAD is routed: the same head, no body.
+    let url = agent.url(&format!("/api/v1/boot?mac={}", mac(1)));
+    let (status, head, _) = curl(&["-I", &url]);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        header(&headers, "content-type")
+    );
+    // Other methods and near-miss paths are the router's answers.
+    let (status, _, _) = curl(&["-X", "POST", &url]);
+    assert_eq!(status, 405);
+    let (status, _) = curl_text(&agent.url(&format!("/api/v1/boot/?mac={}", mac(1))));
+    assert_eq!(status, 404);
+}

@@ -4,22 +4,26 @@
 pub mod admin;
 pub mod assets;
 mod boot_query;
+mod boot_route;
 mod cache;
 pub mod conflicts;
+mod limits;
 mod page;
 pub mod queue;
+mod routes;
 pub mod server;
 pub mod state;
 pub mod writes;
 
+pub use limits::{BODY_LIMIT, REQUEST_TIMEOUT};
+pub use routes::Routes;
 pub use state::AppState;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -27,17 +31,15 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::model::mac::Mac;
 use crate::model::script::ScriptFormat;
 use crate::serve::script;
-use boot_query::BootQuery;
+use boot_route::{bad_request, base_url};
 
-/// Request bodies larger than this are refused with 413.
-pub const BODY_LIMIT: usize = 64 * 1024;
-/// Time to produce a response's head (not to stream an asset).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub fn router(state: Arc<AppState>) -> Routes {
+    Routes::new(full_router(state.clone()), state)
+}
 
-pub fn router(state: Arc<AppState>) -> Router {
+fn full_router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/v1/sync", axum::routing::post(admin::sync))
         .route("/api/v1/sync/log", get(admin::sync_log))
@@ -113,7 +115,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin)
         .merge(metrics_route)
         .route("/boot.ipxe", get(bootstrap))
-        .route("/api/v1/boot", get(boot))
+        .route(boot_route::BOOT_PATH, get(boot))
         .route("/assets/{*path}", get(asset))
         .route("/api/v1/report", axum::routing::post(writes::report))
         .route("/health", get(health))
@@ -129,17 +131,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The agent URL nodes should use (see [`AgentOrigin::url_for_host`]).
-fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, String> {
-    state
-        .origin
-        .url_for_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-}
-
-fn bad_request(message: &str) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
-}
-
 async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match base_url(&state, &headers) {
         Ok(url) => script::http_answer(&state.boot.bootstrap(&url, ScriptFormat::Ipxe), None),
@@ -147,42 +138,9 @@ async fn bootstrap(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     }
 }
 
-/// The request itself, not a `HeaderMap` extractor (which copies every
-/// header): the boot path reads the query and the `Host` in place.
+/// `HEAD /api/v1/boot` (GET takes the lane in [`Routes::answer`]).
 async fn boot(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
-    let headers = request.headers();
-    let BootQuery {
-        mac: raw_mac,
-        format,
-        mut facts,
-    } = BootQuery::read(request.uri().query().unwrap_or(""));
-    let Some(raw_mac) = raw_mac else {
-        return bad_request("missing query parameter mac (e.g. ?mac=${net0/mac})");
-    };
-    let mac: Mac = match raw_mac.parse() {
-        Ok(mac) => mac,
-        Err(e) => return bad_request(&e.to_string()),
-    };
-    let base = match base_url(&state, headers) {
-        Ok(url) => url,
-        Err(message) => return bad_request(&message),
-    };
-    facts.format = match format {
-        None => ScriptFormat::Ipxe,
-        Some(name) => match ScriptFormat::parse(&name) {
-            Some(format) => format,
-            None => return bad_request("format must be ipxe or grub"),
-        },
-    };
-    let answer = state.boot.boot(mac, &facts, &base).await;
-    tracing::info!(
-        %mac,
-        state = answer.state.map(|s| s.as_str()).unwrap_or("unknown"),
-        action = answer.action.as_str(),
-        source = answer.source.as_str(),
-        "boot script served"
-    );
-    script::http_answer(&answer.script, Some(answer.source))
+    boot_route::answer(&state, request.uri(), request.headers()).await
 }
 
 async fn asset(

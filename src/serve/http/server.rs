@@ -1,4 +1,4 @@
-//! The HTTP connection loop (DESIGN §10): hyper under the axum router,
+//! The HTTP connection loop (DESIGN §10): hyper under the agent's routes ([`Routes`]),
 //! with the limits `axum::serve` does not have.
 //!
 //! * A request's head must arrive within `http.header_timeout`, counted
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use super::routes::Routes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,7 +32,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::ratelimit::{LOG_INTERVAL, LogThrottle};
 use crate::serve::listener::Listener;
@@ -198,12 +197,12 @@ impl Registry {
     }
 }
 
-/// The HTTP server as a [`Listener`]: the bound socket, the router and
+/// The HTTP server as a [`Listener`]: the bound socket, the routes and
 /// the connection limits.
 pub struct HttpListener {
     listener: TcpListener,
     addr: std::net::SocketAddr,
-    app: Router,
+    app: Routes,
     limits: ServerLimits,
 }
 
@@ -212,7 +211,7 @@ impl HttpListener {
     /// router needs to know the port).
     pub fn new(
         listener: TcpListener,
-        app: Router,
+        app: Routes,
         limits: ServerLimits,
     ) -> std::io::Result<HttpListener> {
         Ok(HttpListener {
@@ -261,7 +260,7 @@ impl Listener for HttpListener {
 
 /// Serves `app` on `listener` until `stop`, then waits for the
 /// connections to finish their requests.
-async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, stop: CancellationToken) {
+async fn serve(listener: TcpListener, app: Routes, limits: ServerLimits, stop: CancellationToken) {
     let clock = Clock(Instant::now());
     let registry = Arc::new(Registry {
         open: Mutex::new(HashMap::new()),
@@ -315,7 +314,7 @@ async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, stop: C
 async fn serve_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    app: Router,
+    app: Routes,
     connection: Arc<Connection>,
     limits: ServerLimits,
     clock: Clock,
@@ -327,12 +326,7 @@ async fn serve_connection(
         clock,
     });
     let service_connection = connection.clone();
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        // Who asks, for what nodes may make the agent do per client
-        // (content-cache misses, DESIGN §12).
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let guard = RequestGuard {
             connection: service_connection.clone(),
             clock,
@@ -340,10 +334,7 @@ async fn serve_connection(
         guard.connection.request_started();
         let app = app.clone();
         async move {
-            let response = match app.oneshot(request.map(axum::body::Body::new)).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
+            let response = app.answer(request, peer).await;
             let (parts, body) = response.into_parts();
             Ok::<_, Infallible>(hyper::Response::from_parts(
                 parts,
