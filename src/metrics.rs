@@ -308,6 +308,13 @@ impl Metrics {
         self.tftp.transfers.with_label_values(&[outcome]).inc();
     }
 
+    /// The `http_requests_total` series of one route and code, for a
+    /// caller that counts it often enough to keep it (the boot lane).
+    pub fn http_request_counter(&self, route: &str, code: u16) -> prometheus::IntCounter {
+        self.http_requests
+            .with_label_values(&[route, &code.to_string()])
+    }
+
     pub fn http_request(&self, route: &str, code: u16) {
         // The common codes without a new string per request.
         let common = match code {

@@ -22,8 +22,6 @@ pub struct BootQuery<'a> {
 impl<'a> BootQuery<'a> {
     pub fn read(query: &'a str) -> BootQuery<'a> {
         let mut read = BootQuery::default();
-        // A closure, not `split('&')`: for a query this short, its
-        // searcher's setup costs more than the walk.
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = decode_pair(pair);
             let value = trim(&raw);

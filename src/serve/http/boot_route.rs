@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::OnceLock;
 use std::task::Poll;
 
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -38,8 +39,22 @@ pub async fn lane(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Response 
             .await
             .unwrap_or_else(|_| StatusCode::SERVICE_UNAVAILABLE.into_response()),
     };
-    crate::metrics::metrics().http_request(BOOT_PATH, response.status().as_u16());
+    count(response.status().as_u16());
     response
+}
+
+/// `http_requests_total` for a boot answer; the series of the 200s is
+/// kept, not looked up by its labels per answer.
+fn count(code: u16) {
+    static ANSWERED: OnceLock<prometheus::IntCounter> = OnceLock::new();
+    let metrics = crate::metrics::metrics();
+    if code == 200 {
+        ANSWERED
+            .get_or_init(|| metrics.http_request_counter(BOOT_PATH, 200))
+            .inc();
+    } else {
+        metrics.http_request(BOOT_PATH, code);
+    }
 }
 
 /// The script for the MAC in `uri`'s query. The request's parts are read
