@@ -25,8 +25,8 @@ impl Routes {
     /// The answer to `request` from `peer`.
     ///
     /// `GET /api/v1/boot` skips the router: its matching, the layers'
-    /// boxed futures and the extensions they insert cost a third of a
-    /// boot answer (callgrind, docs/benchmarks.md). The lane keeps what
+    /// boxed futures and the extensions they insert were half of a boot
+    /// answer's instructions (callgrind, docs/benchmarks.md). The lane keeps what
     /// those layers give a boot: the request timeout and the
     /// `http_requests_total` count; its own log line says what was
     /// served. Every other request, and `HEAD` of the boot path, is
