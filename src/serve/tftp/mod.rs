@@ -7,6 +7,7 @@
 //! this module sees only [`TftpServer`] and [`FileProvider`].
 
 pub mod content;
+mod lockstep;
 pub mod packet;
 pub mod session;
 use crate::logsafe as shown;
@@ -413,13 +414,11 @@ async fn serve_one<P: FileProvider>(
     };
     let neg = session::negotiate(&request.options, file.size, limits);
     counters.tftp.sessions.inc();
-    let result = session::transfer(
-        &socket,
-        content::ChunkReader::new(file.content),
-        &neg,
-        limits,
-    )
-    .await;
+    let reader = content::ChunkReader::new(file.content);
+    let result = match lockstep::place_for(&neg) {
+        Some(place) => lockstep::transfer(socket, reader, &neg, limits, place).await,
+        None => session::transfer(&socket, reader, &neg, limits).await,
+    };
     counters.tftp.sessions.dec();
     match result {
         Ok(Outcome::Completed { bytes }) => {

@@ -125,6 +125,10 @@ pub enum TransferError {
     TimedOut(u32),
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
+    /// Its session was ended from outside: replaced by the client's new
+    /// request, or cut at shutdown.
+    #[error("session ended")]
+    Ended,
 }
 
 /// Runs the transfer on `socket`, which is connected to the client, so the
