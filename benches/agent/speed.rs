@@ -10,7 +10,7 @@
 use super::*;
 
 /// wrk's run per case and round.
-const WRK_SECONDS: u32 = 4;
+pub(crate) const WRK_SECONDS: u32 = 4;
 /// Interleaved rounds; the figures are their medians.
 const ROUNDS: usize = 3;
 
@@ -121,45 +121,8 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     // Online: a controller that knows the fleet and answers at once. It
     // gives a sync cursor, so boots are confirmed by its change feed.
     let controller = controller::FakeController::start();
-    for (i, mac) in macs.iter().enumerate() {
-        let state = states[i % states.len()].as_str();
-        controller.set_node(&mac.to_string(), state, None);
-    }
-    let central_env = |controller: &controller::FakeController, url: String| {
-        vec![
-            ("SITEBOOT_CENTRAL_URL", url),
-            (
-                "SITEBOOT_CENTRAL_TOKEN_FILE",
-                controller.token_file().display().to_string(),
-            ),
-            ("SITEBOOT_SITE_ID", "bench".to_string()),
-            ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "1s".to_string()),
-        ]
-    };
-    let online_agent = |name: &str, controller: &controller::FakeController| {
-        let online_dir = dir.join(name);
-        std::fs::create_dir_all(&online_dir).expect("mkdir");
-        populate(&online_dir, &macs, &states);
-        let (agent, addr, _) = start_agent_with(
-            &online_dir,
-            root,
-            &central_env(controller, controller.url()),
-        );
-        wait_for_mode(addr, "online", Duration::from_secs(60)).expect("agent online");
-        // Its first full sync done, which brings the cursor the change
-        // feed needs.
-        let started = Instant::now();
-        while agent_status(addr).is_none_or(|s| s["last_sync_at"].is_null()) {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{name}: no sync: {:?}",
-                agent_status(addr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (agent, addr)
-    };
-    let (_online, online) = online_agent("online", &controller);
+    let (_online, online) =
+        start_online_agent(&dir.join("online"), root, &controller, &macs, &states);
 
     // Offline: the fleet cached, the controller's address answers nothing.
     let offline_dir = dir.join("offline");
@@ -271,6 +234,52 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     println!("(p99 vs nginx: below 1.00x is better)\n");
 
     storm_benchmark(&dir, root);
+}
+
+/// The agent's settings for a controller at `url` (the fake's token).
+pub(crate) fn central_env(
+    controller: &controller::FakeController,
+    url: String,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("SITEBOOT_CENTRAL_URL", url),
+        (
+            "SITEBOOT_CENTRAL_TOKEN_FILE",
+            controller.token_file().display().to_string(),
+        ),
+        ("SITEBOOT_SITE_ID", "bench".to_string()),
+        ("SITEBOOT_CENTRAL_CHECK_INTERVAL", "1s".to_string()),
+    ]
+}
+
+/// An agent in `dir` online with `controller`, which is given the fleet
+/// (`macs`, cycling through `states`), the agent's store too; returned
+/// once its first full sync brought the cursor its change feed needs.
+pub(crate) fn start_online_agent(
+    dir: &Path,
+    root: &Path,
+    controller: &controller::FakeController,
+    macs: &[Mac],
+    states: &[NodeState],
+) -> (Proc, SocketAddr) {
+    for (i, mac) in macs.iter().enumerate() {
+        let state = states[i % states.len()].as_str();
+        controller.set_node(&mac.to_string(), state, None);
+    }
+    std::fs::create_dir_all(dir).expect("mkdir");
+    populate(dir, macs, states);
+    let (agent, addr, _) = start_agent_with(dir, root, &central_env(controller, controller.url()));
+    wait_for_mode(addr, "online", Duration::from_secs(60)).expect("agent online");
+    let started = Instant::now();
+    while agent_status(addr).is_none_or(|s| s["last_sync_at"].is_null()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no sync: {:?}",
+            agent_status(addr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (agent, addr)
 }
 
 /// Boot storms over TFTP: `clients` transfers of one file at once (curl's
