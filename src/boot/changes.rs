@@ -60,18 +60,30 @@ enum Outcome {
 
 #[derive(Debug, Clone)]
 struct Round {
-    number: u64,
+    /// The ticket of the call (see [`FeedOrder`]): it started after every
+    /// boot that saw a lower last ticket.
+    ticket: u64,
     outcome: Outcome,
 }
 
 #[derive(Default)]
 struct Rounds {
-    /// Number of the last round started.
-    started: u64,
-    running: bool,
-    /// A boot arrived during the running round and waits for the next.
+    /// Rounds under way (at most [`MAX_OVERLAP`]).
+    running: usize,
+    /// Rounds under way that have not taken their ticket yet: a boot
+    /// arriving now is answered by them.
+    starting: usize,
+    /// A boot arrived while [`MAX_OVERLAP`] rounds had their tickets and
+    /// waits for the next round, started when one of them ends.
     wanted: bool,
 }
+
+/// Feed calls under way at once, at most. A boot arriving while one call
+/// is under way starts a second rather than waiting for the first to end
+/// (which a boot storm would pay for with half a round trip per boot);
+/// a third waits, so a storm costs the controller at most two calls per
+/// round trip.
+pub const MAX_OVERLAP: usize = 2;
 
 /// "No cursor was stored at this store generation": until the store is
 /// written again, there is no feed to ask.
@@ -82,6 +94,7 @@ pub struct ChangeFeed {
     outbox: Arc<Outbox>,
     nodes: NodeCache,
     rounds: Mutex<Rounds>,
+    /// The latest round published: the one with the highest ticket.
     finished: watch::Sender<Round>,
     cursorless_at: AtomicU64,
     /// The round's two store reads as of the last round that wrote
@@ -101,10 +114,19 @@ struct KeptReads {
     queued: Arc<HashSet<Mac>>,
 }
 
+/// How a round's call ended.
+enum Called {
+    /// Its outcome is published.
+    Published,
+    /// A call that started later was applied first: this older page was
+    /// not applied (and nothing published).
+    Superseded(u64),
+}
+
 impl ChangeFeed {
     pub fn new(port: Arc<ControllerPort>, outbox: Arc<Outbox>, nodes: NodeCache) -> ChangeFeed {
         let (finished, _) = watch::channel(Round {
-            number: 0,
+            ticket: 0,
             outcome: Outcome::NoCursor,
         });
         ChangeFeed {
@@ -130,7 +152,7 @@ impl ChangeFeed {
         let mut finished = self.finished.subscribe();
         let needed = self.start_or_join();
         let waited =
-            tokio::time::timeout(deadline, finished.wait_for(|r| r.number >= needed)).await;
+            tokio::time::timeout(deadline, finished.wait_for(|r| r.ticket >= needed)).await;
         let outcome = match waited {
             Ok(Ok(round)) => round.outcome.clone(),
             _ => return Confirmation::Late,
@@ -143,66 +165,133 @@ impl ChangeFeed {
         }
     }
 
-    /// The number of the round that answers a boot arriving now: the next
-    /// one to start (a running round started before the boot arrived).
+    /// The lowest ticket of a round that answers a boot arriving now (any
+    /// call whose ticket is higher than the last one given started after
+    /// now); makes sure such a round comes.
     fn start_or_join(self: &Arc<Self>) -> u64 {
         let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
-        let needed = rounds.started + 1;
-        if rounds.running {
-            rounds.wanted = true;
-        } else {
-            rounds.running = true;
-            rounds.started = needed;
+        let needed = self.nodes.last_feed_ticket() + 1;
+        if rounds.starting > 0 {
+            // Its ticket is taken under this lock, after now.
+        } else if rounds.running < MAX_OVERLAP {
+            rounds.running += 1;
+            rounds.starting += 1;
             let feed = self.clone();
-            crate::tasks::spawn_until_shutdown(async move { feed.run_rounds(needed).await });
+            crate::tasks::spawn_until_shutdown(async move { feed.run_rounds().await });
+        } else {
+            rounds.wanted = true;
         }
         needed
     }
 
-    /// Runs round `number`, then the next while boots wait for one.
-    async fn run_rounds(self: Arc<Self>, mut number: u64) {
+    /// Runs a round, then another while boots wait for one.
+    async fn run_rounds(self: Arc<Self>) {
         let mut running = Running {
             feed: &self,
-            number,
+            ticketed: false,
             done: false,
         };
         loop {
-            let outcome = self.round().await;
-            self.finished.send_replace(Round { number, outcome });
+            self.round(&mut running).await;
             let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
             if !rounds.wanted {
-                rounds.running = false;
+                rounds.running -= 1;
                 running.done = true;
                 return;
             }
             rounds.wanted = false;
-            rounds.started += 1;
-            number = rounds.started;
-            running.number = number;
+            rounds.starting += 1;
+            running.ticketed = false;
         }
     }
 
-    /// One call to the feed, applied to the cache like an incremental sync.
-    async fn round(&self) -> Outcome {
-        let _feed = self.nodes.lock_feed().await;
+    /// One round: a call to the feed, applied to the cache like an
+    /// incremental sync, its outcome published; called again if a call
+    /// that started later was applied first and published nothing that
+    /// answers this one's boots (a sync's).
+    async fn round(&self, running: &mut Running<'_>) {
+        while let Called::Superseded(ticket) = self.call(running).await {
+            if self.finished.borrow().ticket >= ticket {
+                return;
+            }
+        }
+    }
+
+    /// Publishes a round's outcome unless one with a higher ticket was.
+    fn publish(&self, ticket: u64, outcome: Outcome) {
+        self.finished.send_if_modified(|latest| {
+            if ticket > latest.ticket {
+                *latest = Round { ticket, outcome };
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Takes a ticket and reads the cursor under the feed lock, calls the
+    /// feed outside it (so that a second round can call meanwhile), and
+    /// applies the page under it again.
+    async fn call(&self, running: &mut Running<'_>) -> Called {
         let store = self.nodes.store().clone();
-        let generation = store.generation();
-        let kept = self.kept_at(generation);
-        let cursor = match &kept {
-            Some(kept) => kept.cursor.clone(),
-            None => match store.call(|s| s.get_meta(META_CURSOR)).await {
-                Ok(Some(cursor)) => cursor,
-                Ok(None) => {
-                    self.cursorless_at.store(generation, Ordering::SeqCst);
-                    return Outcome::NoCursor;
+        let (ticket, generation, kept, cursor) = {
+            let _order = self.nodes.lock_feed().await;
+            let ticket = {
+                let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+                if !running.ticketed {
+                    rounds.starting -= 1;
+                    running.ticketed = true;
                 }
-                Err(e) => return Outcome::Failed(e.into()),
-            },
+                self.nodes.take_feed_ticket()
+            };
+            let generation = store.generation();
+            let kept = self.kept_at(generation);
+            let cursor = match &kept {
+                Some(kept) => kept.cursor.clone(),
+                None => match store.call(|s| s.get_meta(META_CURSOR)).await {
+                    Ok(Some(cursor)) => cursor,
+                    Ok(None) => {
+                        self.cursorless_at.store(generation, Ordering::SeqCst);
+                        self.publish(ticket, Outcome::NoCursor);
+                        return Called::Published;
+                    }
+                    Err(e) => {
+                        self.publish(ticket, Outcome::Failed(e.into()));
+                        return Called::Published;
+                    }
+                },
+            };
+            (ticket, generation, kept, cursor)
         };
         let page = match self.port.site_nodes(Some(&cursor)).await {
             Ok(page) => page,
-            Err(e) => return Outcome::Failed(e.into()),
+            Err(e) => {
+                self.publish(ticket, Outcome::Failed(e.into()));
+                return Called::Published;
+            }
         };
+        let mut order = self.nodes.lock_feed().await;
+        if !order.admit(ticket) {
+            return Called::Superseded(ticket);
+        }
+        let outcome = self.apply(page, cursor, generation, kept).await;
+        // Published before the lock is let go: rounds publish in the
+        // order they were applied.
+        self.publish(ticket, outcome);
+        drop(order);
+        Called::Published
+    }
+
+    /// A page applied to the cache like an incremental sync's, and the
+    /// new cursor stored; `generation` and `kept` as of the cursor's read.
+    async fn apply(
+        &self,
+        page: crate::central::api::NodePage,
+        cursor: String,
+        generation: u64,
+        kept: Option<KeptReads>,
+    ) -> Outcome {
+        let store = self.nodes.store().clone();
         // A page without a cursor cannot say what it covered.
         let Some(new_cursor) = page.cursor.clone() else {
             return Outcome::Failed(LookupError::Central(CentralError::Garbage(
@@ -300,7 +389,8 @@ impl ChangeFeed {
 /// rather than every later boot waiting for a round that never comes.
 struct Running<'a> {
     feed: &'a ChangeFeed,
-    number: u64,
+    /// This round took its ticket (it no longer counts as starting).
+    ticketed: bool,
     done: bool,
 }
 
@@ -310,15 +400,20 @@ impl Drop for Running<'_> {
             return;
         }
         let mut rounds = self.feed.rounds.lock().unwrap_or_else(|e| e.into_inner());
-        rounds.running = false;
+        rounds.running = rounds.running.saturating_sub(1);
+        if !self.ticketed {
+            rounds.starting = rounds.starting.saturating_sub(1);
+        }
         rounds.wanted = false;
         drop(rounds);
-        self.feed.finished.send_replace(Round {
-            number: self.number,
-            outcome: Outcome::Failed(LookupError::Local(
+        // A ticket above every boot's that waits now answers them all.
+        let ticket = self.feed.nodes.take_feed_ticket();
+        self.feed.publish(
+            ticket,
+            Outcome::Failed(LookupError::Local(
                 "the change feed call was cut short".into(),
             )),
-        });
+        );
     }
 }
 
@@ -328,34 +423,4 @@ fn changed_workflows(listed: Vec<Workflow>, stored: &[Workflow]) -> Vec<Workflow
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workflow(id: &str, cmdline: &str) -> Workflow {
-        Workflow {
-            id: id.into(),
-            name: id.into(),
-            method: crate::model::node::BootMethod::Kernel,
-            kernel: "vmlinuz".into(),
-            initrd: vec![],
-            cmdline: cmdline.into(),
-            url: None,
-            offline_safe: false,
-        }
-    }
-
-    #[test]
-    fn only_new_or_changed_workflows_are_written() {
-        let stored = vec![workflow("a", "quiet"), workflow("b", "quiet")];
-        let listed = vec![
-            workflow("a", "quiet"),
-            workflow("b", "console=ttyS0"),
-            workflow("c", ""),
-        ];
-        let ids: Vec<_> = changed_workflows(listed, &stored)
-            .into_iter()
-            .map(|w| w.id)
-            .collect();
-        assert_eq!(ids, ["b", "c"]);
-    }
-}
+mod tests;

@@ -71,7 +71,10 @@ pub async fn run(
     protected: &std::collections::HashSet<crate::model::mac::Mac>,
 ) -> Result<SyncReport, LookupError> {
     let store = nodes.store().clone();
-    let _feed = nodes.lock_feed().await;
+    // Held through the call: no round applies a page meanwhile, and this
+    // one's ticket is the newest when it is applied.
+    let mut order = nodes.lock_feed().await;
+    let ticket = nodes.take_feed_ticket();
     let cursor = if full {
         None
     } else {
@@ -81,6 +84,10 @@ pub async fn run(
     // central, or none received yet): only a full sync can tell.
     let full = full || cursor.is_none();
     let page = port.site_nodes(cursor.as_deref()).await?;
+    // Always admitted (the lock was held since the ticket): recorded, so
+    // that a round whose call started before this one's is not applied
+    // after it.
+    order.admit(ticket);
     let crate::central::api::ParsedPage {
         workflows,
         nodes: received,

@@ -6,6 +6,7 @@
 //! never disagree about which write came last.
 
 use crate::model::mac::MacMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::model::mac::Mac;
@@ -22,11 +23,35 @@ pub struct NodeCache {
     nodes: Arc<RwLock<NodeMap>>,
     /// Serialises write-then-publish, see the module comment.
     write_lock: Arc<Mutex<()>>,
-    /// Held by whoever reads the controller's change feed (a sync, a boot
-    /// confirmation round) from the stored cursor to the new cursor
-    /// written: two readers at once could store an older page after a
-    /// newer one.
-    feed: Arc<tokio::sync::Mutex<()>>,
+    /// Held by whoever reads the stored cursor or applies a page of the
+    /// controller's node listing (a sync, a change feed round); see
+    /// [`FeedOrder`].
+    feed: Arc<tokio::sync::Mutex<FeedOrder>>,
+    /// The last ticket given to a call of the node listing.
+    feed_tickets: Arc<AtomicU64>,
+}
+
+/// The order of the calls that read the controller's node listing. Each
+/// takes a ticket (under the feed lock) when its call starts; a page is
+/// applied only if no call that started later has been applied already,
+/// so an older page never overwrites a newer one, even when calls
+/// overlap (change feed rounds make their calls outside the lock).
+#[derive(Debug, Default)]
+pub struct FeedOrder {
+    applied: u64,
+}
+
+impl FeedOrder {
+    /// May the page of the call with `ticket` be applied? If so, it
+    /// counts as applied from now on (a later-started one only may follow).
+    pub fn admit(&mut self, ticket: u64) -> bool {
+        if ticket > self.applied {
+            self.applied = ticket;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl NodeCache {
@@ -41,13 +66,28 @@ impl NodeCache {
             store,
             nodes: Arc::new(RwLock::new(nodes)),
             write_lock: Arc::new(Mutex::new(())),
-            feed: Arc::new(tokio::sync::Mutex::new(())),
+            feed: Arc::new(tokio::sync::Mutex::new(FeedOrder::default())),
+            feed_tickets: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Taken while reading the controller's change feed (see `feed`).
-    pub async fn lock_feed(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    /// Taken while reading the cursor or applying a page (see `feed`).
+    pub async fn lock_feed(&self) -> tokio::sync::MutexGuard<'_, FeedOrder> {
         self.feed.lock().await
+    }
+
+    /// A ticket for a call of the node listing starting now, ordered
+    /// after every ticket given before (see [`FeedOrder`]). A call whose
+    /// page may be applied takes it under the feed lock, so that no page
+    /// is applied between the ticket and the cursor's read.
+    pub fn take_feed_ticket(&self) -> u64 {
+        self.feed_tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The last ticket given: a call whose ticket is above it starts after
+    /// now.
+    pub fn last_feed_ticket(&self) -> u64 {
+        self.feed_tickets.load(Ordering::SeqCst)
     }
 
     /// The store behind it.
