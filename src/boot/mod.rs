@@ -212,21 +212,21 @@ impl BootService {
         // banner's duration filled in per answer (`script_cache::Spliced`),
         // when nothing outside the node record decides it: no last script
         // to replay, no open conflict (installs are never kept: see below).
+        let keepable = outage.is_some()
+            && self.offline_default != OfflineDefault::LastKnown
+            && self.outbox.open_conflict(mac).is_none();
+        if let (true, Some((since, duration)), Some(node)) = (keepable, outage, &node)
+            && let Some(answer) = with_banner_text(duration, |text| {
+                self.scripts.get_offline(node, facts, base_url, since, text)
+            })
+        {
+            return answer;
+        }
         let banner = outage.map(|(since, duration)| {
             let duration = humantime::format_duration(banner_duration(duration)).to_string();
             (since, duration)
         });
-        let kept_for = banner.as_ref().filter(|_| {
-            self.offline_default != OfflineDefault::LastKnown
-                && self.outbox.open_conflict(mac).is_none()
-        });
-        if let (Some((since, duration)), Some(node)) = (kept_for, &node)
-            && let Some(answer) = self
-                .scripts
-                .get_offline(node, facts, base_url, *since, duration)
-        {
-            return answer;
-        }
+        let kept_for = banner.as_ref().filter(|_| keepable);
         let offline = banner.as_ref().map(|(since, duration)| OfflineView {
             since: rfc3339(*since),
             duration: duration.clone(),
@@ -534,9 +534,47 @@ pub fn banner_duration(outage: Duration) -> Duration {
     }
 }
 
+thread_local! {
+    /// The banner's duration as last written on this thread: it takes a
+    /// new value once a second, then once a minute, and a storm's boots
+    /// between two values share it instead of formatting it each.
+    static BANNER_TEXT: std::cell::RefCell<(Duration, String)> =
+        const { std::cell::RefCell::new((Duration::MAX, String::new())) };
+}
+
+/// `with` called with the banner's text for an outage of `outage`.
+fn with_banner_text<T>(outage: Duration, with: impl FnOnce(&str) -> T) -> T {
+    let shown = banner_duration(outage);
+    BANNER_TEXT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != shown {
+            use std::fmt::Write;
+            cell.1.clear();
+            let _ = write!(cell.1, "{}", humantime::format_duration(shown));
+            cell.0 = shown;
+        }
+        with(&cell.1)
+    })
+}
+
 #[cfg(test)]
 mod banner_tests {
     use super::*;
+
+    #[test]
+    fn the_kept_banner_text_follows_the_outage() {
+        for seconds in [
+            0.0, 0.5, 1.0, 59.9, 60.0, 61.0, 119.0, 120.0, 3600.0, 1.0, 0.0,
+        ] {
+            let outage = Duration::from_secs_f64(seconds);
+            let expected = humantime::format_duration(banner_duration(outage)).to_string();
+            assert_eq!(
+                with_banner_text(outage, str::to_string),
+                expected,
+                "{seconds}"
+            );
+        }
+    }
 
     #[test]
     fn the_banner_counts_seconds_then_minutes() {
