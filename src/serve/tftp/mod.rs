@@ -6,6 +6,7 @@
 //! behind one mutex and trails tftpd-hpa in throughput. Everything outside
 //! this module sees only [`TftpServer`] and [`FileProvider`].
 
+mod batch;
 pub mod content;
 mod lockstep;
 pub mod packet;

@@ -179,9 +179,8 @@ pub async fn transfer(
         }
         // Every wait below ends in a timeout or an ACK; either way, what is
         // left in the window was not received and goes (again) in full.
-        for (_, data) in &window {
-            socket.send(data).await?;
-        }
+        let packets: Vec<&[u8]> = window.iter().map(|(_, data)| data.as_slice()).collect();
+        super::batch::send_all(socket, &packets).await?;
 
         let round_deadline = Instant::now() + neg.timeout;
         loop {
