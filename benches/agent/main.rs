@@ -29,6 +29,8 @@
 //!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
 //!   storms vs tftpd-hpa and rs-tftpd; interleaved, medians (with `tftp`:
 //!   all of issue 24's figures).
+//! * online-ab (only when named): the online boot path of this build vs
+//!   `BENCH_BEFORE_BIN`, with change feed calls and agent CPU per boot.
 //! * profile (only when named): where the standalone agent's time goes
 //!   under the speed part's load, `perf record` top entries for
 //!   `/api/v1/boot` and `/health`.
@@ -85,6 +87,7 @@ mod events;
 mod firmware;
 mod hardening;
 mod http;
+mod online;
 mod page;
 mod policy;
 mod profile;
@@ -210,6 +213,10 @@ fn main() {
     // Not in the default run (it needs perf and says nothing by itself).
     if only.iter().any(|o| o == "profile") {
         profile_benchmark(work.path(), &root);
+    }
+    // `BENCH_BEFORE_BIN=<older siteboot> cargo bench --bench agent -- online-ab`
+    if only.iter().any(|o| o == "online-ab") {
+        online::online_before_after(work.path(), &root);
     }
     if wanted("secureboot") {
         secure_boot_benchmark(work.path());

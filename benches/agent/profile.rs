@@ -45,7 +45,8 @@ pub(crate) fn profile_benchmark(dir: &Path, root: &Path) {
     let (online, online_addr) =
         speed::start_online_agent(&dir.join("online"), root, &controller, &macs, &states);
     speed::wrk(online_addr, &boots);
-    let calls_before = feed_calls(online_addr);
+    let token = admin_token_in(&dir.join("online"));
+    let calls_before = feed_calls(online_addr, &token);
     let cpu_before = [cpu_seconds(online.0.id()), cpu_seconds(std::process::id())];
     let run = sample(
         &dir,
@@ -54,7 +55,7 @@ pub(crate) fn profile_benchmark(dir: &Path, root: &Path) {
         "/api/v1/boot online, change feed",
         &boots,
     );
-    let calls = feed_calls(online_addr) - calls_before;
+    let calls = feed_calls(online_addr, &token) - calls_before;
     let [agent_cpu, controller_cpu] = [
         cpu_seconds(online.0.id()) - cpu_before[0],
         cpu_seconds(std::process::id()) - cpu_before[1],
@@ -121,10 +122,15 @@ fn sample(
 }
 
 /// `siteboot_controller_calls_total{call="site_nodes"}`, summed over
-/// outcomes, from the agent's `/metrics`.
-fn feed_calls(http: SocketAddr) -> f64 {
+/// outcomes, from the agent's `/metrics` (with its admin token).
+pub(crate) fn feed_calls(http: SocketAddr, token: &str) -> f64 {
     let out = Command::new("curl")
-        .args(["-sS", &format!("http://{http}/metrics")])
+        .args([
+            "-sS",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{http}/metrics"),
+        ])
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout)
@@ -137,7 +143,7 @@ fn feed_calls(http: SocketAddr) -> f64 {
 }
 
 /// A process's user + system CPU time so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis; utime and stime are
     // the 14th and 15th of the line, the 12th and 13th after it.

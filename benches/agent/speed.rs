@@ -16,7 +16,7 @@ const ROUNDS: usize = 3;
 
 pub(crate) struct WrkResult {
     pub(crate) rate: f64,
-    p99_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// A wrk Lua script whose requests visit `paths` in rotation (each wrk
@@ -262,13 +262,31 @@ pub(crate) fn start_online_agent(
     macs: &[Mac],
     states: &[NodeState],
 ) -> (Proc, SocketAddr) {
+    let binary = Path::new(env!("CARGO_BIN_EXE_siteboot"));
+    start_online_binary(binary, dir, root, controller, macs, states)
+}
+
+/// [`start_online_agent`] for another build of the agent (a before/after).
+pub(crate) fn start_online_binary(
+    binary: &Path,
+    dir: &Path,
+    root: &Path,
+    controller: &controller::FakeController,
+    macs: &[Mac],
+    states: &[NodeState],
+) -> (Proc, SocketAddr) {
     for (i, mac) in macs.iter().enumerate() {
         let state = states[i % states.len()].as_str();
         controller.set_node(&mac.to_string(), state, None);
     }
     std::fs::create_dir_all(dir).expect("mkdir");
     populate(dir, macs, states);
-    let (agent, addr, _) = start_agent_with(dir, root, &central_env(controller, controller.url()));
+    let (agent, addr, _) = start_binary_with(
+        binary,
+        dir,
+        root,
+        &central_env(controller, controller.url()),
+    );
     wait_for_mode(addr, "online", Duration::from_secs(60)).expect("agent online");
     let started = Instant::now();
     while agent_status(addr).is_none_or(|s| s["last_sync_at"].is_null()) {

@@ -147,8 +147,9 @@ struct Setup {
     feed: Arc<ChangeFeed>,
 }
 
-/// The cache holds the controller's node X (active) and cursor `c0`.
-fn setup() -> Setup {
+/// The cache holds the controller's node X (active) and cursor `c0`; a
+/// second call may start beside one out for `overlap_after`.
+fn setup(overlap_after: Duration) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("store");
     let mac: Mac = X.parse().expect("mac");
@@ -180,7 +181,9 @@ fn setup() -> Setup {
         1000,
         Default::default(),
     ));
-    let feed = Arc::new(ChangeFeed::new(port.clone(), outbox, nodes.clone()));
+    let feed = Arc::new(
+        ChangeFeed::new(port.clone(), outbox, nodes.clone()).with_overlap_after(overlap_after),
+    );
     Setup {
         _dir: dir,
         controller,
@@ -195,6 +198,19 @@ fn boot(feed: &Arc<ChangeFeed>) -> tokio::task::JoinHandle<Confirmation> {
     let feed = feed.clone();
     let mac: Mac = X.parse().expect("mac");
     tokio::spawn(async move { feed.confirm(mac, Duration::from_secs(60)).await })
+}
+
+/// Waits until no round is under way (every answered call processed).
+async fn rounds_done(feed: &ChangeFeed) {
+    while feed
+        .rounds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        > 0
+    {
+        tokio::task::yield_now().await;
+    }
 }
 
 fn state_of_x(nodes: &NodeCache) -> NodeState {
@@ -219,7 +235,7 @@ async fn stored_cursor(nodes: &NodeCache) -> Option<String> {
 /// newer cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_calls_apply_only_the_newest_page() {
-    let s = setup();
+    let s = setup(Duration::ZERO);
     let first = boot(&s.feed);
     s.controller.calls_reach(1).await;
     let second = boot(&s.feed);
@@ -237,6 +253,7 @@ async fn overlapping_calls_apply_only_the_newest_page() {
     s.controller.answer(0, "active", "c1");
     s.controller.answer(2, "retired", "c2");
     assert!(matches!(third.await, Ok(Confirmation::Confirmed)));
+    rounds_done(&s.feed).await;
     assert_eq!(
         state_of_x(&s.nodes),
         NodeState::Retired,
@@ -251,7 +268,7 @@ async fn overlapping_calls_apply_only_the_newest_page() {
 /// by a call that started after it arrived and after the sync's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_overtaken_by_a_sync_calls_again() {
-    let s = setup();
+    let s = setup(Duration::ZERO);
     let waiting = boot(&s.feed);
     s.controller.calls_reach(1).await;
     let sync = {
@@ -301,4 +318,65 @@ fn only_new_or_changed_workflows_are_written() {
         .map(|w| w.id)
         .collect();
     assert_eq!(ids, ["b", "c"]);
+}
+
+/// A boot arriving while a call has been out for less than the overlap
+/// threshold waits for the call after it, which starts when it ends (from
+/// the cursor its page brought).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_during_a_young_call_waits_for_the_next() {
+    let s = setup(Duration::from_secs(3600));
+    let first = boot(&s.feed);
+    s.controller.calls_reach(1).await;
+    let second = boot(&s.feed);
+    // The second boot has registered when the feed's rounds say so; until
+    // then the first call is not answered.
+    while !s
+        .feed
+        .rounds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .wanted
+    {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.controller.made(), 1, "a second call beside a young one");
+    s.controller.answer(0, "active", "c1");
+    assert!(matches!(first.await, Ok(Confirmation::Confirmed)));
+    s.controller.calls_reach(2).await;
+    assert_eq!(s.controller.since(1).as_deref(), Some("c1"));
+    s.controller.answer(1, "active", "c1");
+    assert!(matches!(second.await, Ok(Confirmation::Confirmed)));
+    assert_eq!(s.controller.made(), 2);
+}
+
+/// When the call under way has been out past the threshold, the boots
+/// already waiting for the next get a second call at once, beside it,
+/// rather than when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_call_starts_a_second_for_the_boots_waiting() {
+    let s = setup(Duration::from_secs(3600));
+    let first = boot(&s.feed);
+    s.controller.calls_reach(1).await;
+    let second = boot(&s.feed);
+    while !s
+        .feed
+        .rounds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .wanted
+    {
+        tokio::task::yield_now().await;
+    }
+    // What the call's timer does when the threshold passes.
+    s.feed.overdue(s.nodes.last_feed_ticket());
+    s.controller.calls_reach(2).await;
+    assert_eq!(s.controller.since(1).as_deref(), Some("c0"));
+    s.controller.answer(1, "retired", "c2");
+    assert!(matches!(first.await, Ok(Confirmation::Confirmed)));
+    assert!(matches!(second.await, Ok(Confirmation::Confirmed)));
+    s.controller.answer(0, "active", "c1");
+    rounds_done(&s.feed).await;
+    assert_eq!(state_of_x(&s.nodes), NodeState::Retired);
+    assert_eq!(s.controller.made(), 2);
 }
