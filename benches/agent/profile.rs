@@ -89,7 +89,9 @@ fn sample(
         .spawn()
         .expect("perf (Debian package linux-perf)");
     std::thread::sleep(Duration::from_millis(300));
+    let cpu = cpu_seconds(agent.0.id());
     let run = speed::wrk(addr, script);
+    let cpu = cpu_seconds(agent.0.id()) - cpu;
     // SAFETY: SIGINT to our own child, which stops and writes its file.
     unsafe {
         libc::kill(perf.id() as libc::pid_t, libc::SIGINT);
@@ -110,8 +112,10 @@ fn sample(
         .expect("perf report");
     let text = String::from_utf8_lossy(&report.stdout);
     println!(
-        "{name}: {:.0} req/s while sampled; top {TOP} by self time",
-        run.rate
+        "{name}: {:.0} req/s while sampled, agent CPU {:.1} us per request (perf's own included); \
+         top {TOP} by self time",
+        run.rate,
+        cpu / (run.rate * f64::from(speed::WRK_SECONDS)) * 1e6
     );
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

@@ -15,6 +15,10 @@ const MAX_PER_CALL: usize = 64;
 
 /// Sends every packet, in order, on the connected `socket`.
 pub async fn send_all(socket: &UdpSocket, packets: &[&[u8]]) -> io::Result<()> {
+    // A lock-step window: a plain send.
+    if let [packet] = packets {
+        return socket.send(packet).await.map(|_| ());
+    }
     let mut sent = 0;
     while sent < packets.len() {
         socket.writable().await?;
