@@ -4,9 +4,8 @@
 //! folded, a bounded backlog sheds the excess (events are what DESIGN §7
 //! lets the agent drop), and only a few events go out directly at a time.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -15,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::central::api::NodeReport;
 use crate::model::boot::{BootAnswer, Source};
 use crate::model::decision::Action;
-use crate::model::mac::Mac;
+use crate::model::mac::{Mac, MacMap};
 use crate::model::node::NodeState;
 
 /// Boot events sent to the controller at once, at most; past this they
@@ -39,8 +38,9 @@ pub struct BootEvents {
     direct: Arc<Semaphore>,
     backlog: Arc<Semaphore>,
     shed: AtomicU64,
-    /// Last recorded boot outcome per MAC, and when.
-    last: Mutex<HashMap<Mac, (BootOutcome, Instant)>>,
+    /// Last recorded boot outcome per MAC, and when. Read-locked for the
+    /// common case (a repeat), written only when a boot is recorded.
+    last: RwLock<MacMap<(BootOutcome, Instant)>>,
 }
 
 impl Default for BootEvents {
@@ -49,7 +49,7 @@ impl Default for BootEvents {
             direct: Arc::new(Semaphore::new(DIRECT_EVENT_SENDS)),
             backlog: Arc::new(Semaphore::new(EVENT_BACKLOG)),
             shed: AtomicU64::new(0),
-            last: Mutex::new(HashMap::new()),
+            last: RwLock::new(MacMap::default()),
         }
     }
 }
@@ -87,14 +87,21 @@ impl BootEvents {
     fn repeated(&self, mac: Mac, answer: &BootAnswer) -> bool {
         let outcome = (answer.action, answer.source, answer.state);
         let now = Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match last.get(&mac) {
-            Some((previous, at)) if *previous == outcome && now - *at < BOOT_EVENT_REPEAT => true,
-            _ => {
-                last.insert(mac, (outcome, now));
-                false
-            }
+        let repeats = |last: &MacMap<(BootOutcome, Instant)>| {
+            last.get(&mac).is_some_and(|(previous, at)| {
+                *previous == outcome && now.saturating_duration_since(*at) < BOOT_EVENT_REPEAT
+            })
+        };
+        if repeats(&self.last.read().unwrap_or_else(|e| e.into_inner())) {
+            return true;
         }
+        let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
+        // Another boot of this MAC may have recorded it meanwhile.
+        if repeats(&last) {
+            return true;
+        }
+        last.insert(mac, (outcome, now));
+        false
     }
 }
 
