@@ -215,7 +215,10 @@ impl ChangeFeed {
             return;
         }
         rounds.newest_overdue = true;
-        if rounds.wanted && rounds.starting == 0 && rounds.running < MAX_OVERLAP {
+        if rounds.wanted && rounds.starting > 0 {
+            // A round about to take its ticket answers them.
+            rounds.wanted = false;
+        } else if rounds.wanted && rounds.running < MAX_OVERLAP {
             rounds.wanted = false;
             rounds.running += 1;
             rounds.starting += 1;
