@@ -1190,3 +1190,38 @@ fn boots_of_cached_nodes_share_one_change_feed_call_and_see_every_change() {
     );
     controller.set_mode(Mode::Healthy);
 }
+
+/// A rendered script is kept per node record; a workflow that arrives
+/// (or changes) while the node's record stays the same is still seen by
+/// the very next boot. (Failed before: a pending node answered before
+/// its workflow was known kept that answer after the sync brought it.)
+#[test]
+fn a_workflow_that_arrives_later_reaches_the_next_boot() {
+    let controller = FakeController::start();
+    let mac = "52:54:00:00:2e:01";
+    controller.set_node(mac, "pending", Some("late"));
+    let agent = AgentBuilder::new()
+        .env("SITEBOOT_SITE_ID", "fra1")
+        .config(&central_config(&controller))
+        .start();
+    wait_until(LONG, "online", || mode(&agent) == "online");
+    let token = admin_token(&agent);
+    post_sync(&agent, &token, true);
+    let (before, source) = boot(&agent, mac);
+    assert_eq!(source, "live");
+    assert!(!before.contains("action=install"), "{before}");
+    // Twice: the second answer may come from the kept script.
+    assert_eq!(boot(&agent, mac).0, before);
+
+    controller.add_workflow(json!({"id": "late", "name": "Late", "method": "kernel",
+        "kernel": "late/vmlinuz"}));
+    let report = post_sync(&agent, &token, false);
+    assert_eq!(
+        report["changed"], 0,
+        "the node itself did not change: {report}"
+    );
+    let (after, source) = boot(&agent, mac);
+    assert_eq!(source, "live");
+    assert!(after.contains("action=install"), "{after}");
+    assert!(after.contains("/late/vmlinuz"), "{after}");
+}

@@ -392,6 +392,7 @@ impl ChangeFeed {
             }
         };
         if !workflows.is_empty() || new_cursor != cursor {
+            let workflows_changed = !workflows.is_empty();
             let written = store
                 .call(move |s| {
                     if !workflows.is_empty() {
@@ -402,6 +403,10 @@ impl ChangeFeed {
                 .await;
             if let Err(e) = written {
                 return Outcome::Failed(e.into());
+            }
+            if workflows_changed {
+                // Scripts rendered with the old ones are not handed out again.
+                self.nodes.workflows_written();
             }
         }
         // An unreadable entry may be any node's: the page confirms none.
@@ -476,7 +481,7 @@ impl Drop for Running<'_> {
 }
 
 /// The page's workflows that differ from the stored ones.
-fn changed_workflows(listed: Vec<Workflow>, stored: &[Workflow]) -> Vec<Workflow> {
+pub fn changed_workflows(listed: Vec<Workflow>, stored: &[Workflow]) -> Vec<Workflow> {
     listed.into_iter().filter(|w| !stored.contains(w)).collect()
 }
 

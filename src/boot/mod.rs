@@ -89,11 +89,11 @@ impl BootService {
                 config.central.boot_lookup_deadline,
             )),
             renderer: Renderer::new(config.site_id.clone(), templates),
+            scripts: ScriptCache::new(nodes.workflows_epoch()),
             nodes,
             rows,
             port,
             outbox,
-            scripts: ScriptCache::default(),
             stats: Arc::new(BootStats::default()),
             counters: stats::BootCounters::default(),
             recorder,
@@ -243,6 +243,8 @@ impl BootService {
         } else {
             None
         };
+        // Read before the workflow is (see `answer`).
+        let epoch = self.scripts.epoch();
         let workflow = match &node {
             Some(n) => self.workflow_for(n).await,
             None => None,
@@ -299,7 +301,7 @@ impl BootService {
                 Spliced::cut(&marked.script, DURATION_MARK, duration, &answer.script)
             {
                 self.scripts
-                    .put_offline(node, facts, base_url, &answer, *since, spliced);
+                    .put_offline(node, facts, base_url, &answer, (*since, spliced), epoch);
             }
         }
         answer
@@ -332,6 +334,9 @@ impl BootService {
         {
             return answer;
         }
+        // Read before the workflow is: a workflow written meanwhile makes
+        // this rendering one that is not handed out again.
+        let epoch = self.scripts.epoch();
         let mut decision = self.decide_online(&node).await;
         if let Some(conflict) = conflict {
             decision = decision.held_for_conflict(conflict, false);
@@ -345,7 +350,7 @@ impl BootService {
             // installer's reports move the state there.
             self.mark_installing(mac).await;
         } else if answer.action != Action::Install && conflict.is_none() {
-            self.scripts.put(node, facts, base_url, &answer);
+            self.scripts.put(node, facts, base_url, &answer, epoch);
         }
         self.record(mac, &answer, &decision);
         answer

@@ -11,6 +11,7 @@
 //! node's script once, from the outage's first second on.
 
 use crate::model::mac::MacMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ struct Entry {
     offline: Option<(time::OffsetDateTime, Arc<Spliced>)>,
     answer: BootAnswer,
     rendered_at: Instant,
+    /// The workflows' epoch read before the answer was decided.
+    workflows: u64,
 }
 
 impl Entry {
@@ -136,9 +139,27 @@ impl Entries {
 #[derive(Default)]
 pub struct ScriptCache {
     entries: RwLock<Entries>,
+    /// Moved on when stored workflows change (`NodeCache::workflows_written`):
+    /// an entry rendered at another epoch is not handed out.
+    workflows: Arc<AtomicU64>,
 }
 
 impl ScriptCache {
+    /// A cache whose entries last while `workflows` stays where it was
+    /// when they were decided.
+    pub fn new(workflows: Arc<AtomicU64>) -> ScriptCache {
+        ScriptCache {
+            entries: RwLock::default(),
+            workflows,
+        }
+    }
+
+    /// The workflows' epoch now: read before deciding an answer, and given
+    /// to [`ScriptCache::put`] with it.
+    pub fn epoch(&self) -> u64 {
+        self.workflows.load(Ordering::SeqCst)
+    }
+
     /// The kept answer for this node record, facts and URL, online.
     pub fn get(
         &self,
@@ -185,6 +206,7 @@ impl ScriptCache {
                 .get(&node.mac)
                 .filter(|entry| {
                     Arc::ptr_eq(&entry.node, node)
+                        && entry.workflows == self.epoch()
                         && entry.arch == facts.arch
                         && entry.platform == facts.platform
                         && entry.answer.script.format() == facts.format
@@ -197,9 +219,16 @@ impl ScriptCache {
         found
     }
 
-    /// Keeps an online answer.
-    pub fn put(&self, node: Arc<Node>, facts: &BootFacts, base_url: &str, answer: &BootAnswer) {
-        self.insert(node, facts, base_url, answer, None);
+    /// Keeps an online answer decided at workflows' `epoch`.
+    pub fn put(
+        &self,
+        node: Arc<Node>,
+        facts: &BootFacts,
+        base_url: &str,
+        answer: &BootAnswer,
+        epoch: u64,
+    ) {
+        self.insert(node, facts, base_url, answer, None, epoch);
     }
 
     /// Keeps an offline answer for the rest of the outage that began at
@@ -210,11 +239,11 @@ impl ScriptCache {
         facts: &BootFacts,
         base_url: &str,
         answer: &BootAnswer,
-        since: time::OffsetDateTime,
-        spliced: Spliced,
+        (since, spliced): (time::OffsetDateTime, Spliced),
+        epoch: u64,
     ) {
         let offline = Some((since, Arc::new(spliced)));
-        self.insert(node, facts, base_url, answer, offline);
+        self.insert(node, facts, base_url, answer, offline, epoch);
     }
 
     fn insert(
@@ -224,8 +253,10 @@ impl ScriptCache {
         base_url: &str,
         answer: &BootAnswer,
         offline: Option<(time::OffsetDateTime, Arc<Spliced>)>,
+        workflows: u64,
     ) {
         let entry = Entry {
+            workflows,
             arch: facts.arch.clone(),
             platform: facts.platform.clone(),
             base_url: base_url.to_string(),
@@ -279,6 +310,27 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_decided_before_a_workflow_change_is_not_handed_out() {
+        let epoch = Arc::new(AtomicU64::new(0));
+        let cache = ScriptCache::new(epoch.clone());
+        let node = Arc::new(Node::new_local(
+            "52:54:00:00:00:02".parse().unwrap(),
+            NodeState::Pending,
+            time::OffsetDateTime::UNIX_EPOCH,
+        ));
+        let facts = BootFacts::default();
+        let s = Source::Standalone;
+        let decided_at = cache.epoch();
+        cache.put(node.clone(), &facts, "http://a", &answer("one"), decided_at);
+        assert!(cache.get(&node, &facts, "http://a", s).is_some());
+        epoch.fetch_add(1, Ordering::SeqCst);
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
+        // Decided before the change, kept after it: still not handed out.
+        cache.put(node.clone(), &facts, "http://a", &answer("one"), decided_at);
+        assert!(cache.get(&node, &facts, "http://a", s).is_none());
+    }
+
+    #[test]
     fn entries_follow_the_node_record_facts_and_url() {
         let cache = ScriptCache::default();
         let node = Arc::new(Node::new_local(
@@ -290,7 +342,7 @@ mod tests {
             arch: Some("x86_64".into()),
             ..BootFacts::default()
         };
-        cache.put(node.clone(), &facts, "http://a", &answer("one"));
+        cache.put(node.clone(), &facts, "http://a", &answer("one"), 0);
         let s = Source::Standalone;
         assert_eq!(
             cache
@@ -312,7 +364,7 @@ mod tests {
         assert!(cache.get(&rewritten, &facts, "http://a", s).is_none());
         cache.forget(node.mac);
         assert!(cache.get(&node, &facts, "http://a", s).is_none());
-        cache.put(node.clone(), &facts, "http://a", &answer("one"));
+        cache.put(node.clone(), &facts, "http://a", &answer("one"), 0);
         cache.clear();
         assert!(cache.get(&node, &facts, "http://a", s).is_none());
     }
@@ -336,7 +388,7 @@ mod tests {
             script: rendered,
             ..answer("")
         };
-        cache.put_offline(node.clone(), &facts, "http://a", &down, since, spliced);
+        cache.put_offline(node.clone(), &facts, "http://a", &down, (since, spliced), 0);
         let hit = cache.get_offline(&node, &facts, "http://a", since, "1m");
         assert_eq!(
             hit.unwrap().script.text(),

@@ -95,7 +95,13 @@ pub async fn run(
     } = page.parse();
     let workflow_count = workflows.len();
     if !workflows.is_empty() {
-        store.call(move |s| s.put_workflows(&workflows)).await?;
+        let stored = store.call(|s| s.list_workflows()).await?;
+        let changed = crate::boot::changes::changed_workflows(workflows, &stored);
+        if !changed.is_empty() {
+            store.call(move |s| s.put_workflows(&changed)).await?;
+            // Scripts rendered with the old ones are not handed out again.
+            nodes.workflows_written();
+        }
     }
     let count = received.len();
     // A full sync whose page had bad entries cannot tell "missing" from

@@ -29,6 +29,9 @@ pub struct NodeCache {
     feed: Arc<tokio::sync::Mutex<FeedOrder>>,
     /// The last ticket given to a call of the node listing.
     feed_tickets: Arc<AtomicU64>,
+    /// Moved on each time stored workflows change (see
+    /// [`NodeCache::workflows_written`]).
+    workflows_epoch: Arc<AtomicU64>,
 }
 
 /// The order of the calls that read the controller's node listing. Each
@@ -68,6 +71,7 @@ impl NodeCache {
             write_lock: Arc::new(Mutex::new(())),
             feed: Arc::new(tokio::sync::Mutex::new(FeedOrder::default())),
             feed_tickets: Arc::new(AtomicU64::new(0)),
+            workflows_epoch: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -82,6 +86,19 @@ impl NodeCache {
     /// is applied between the ticket and the cursor's read.
     pub fn take_feed_ticket(&self) -> u64 {
         self.feed_tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// To be called after stored workflows were changed (committed): a
+    /// script rendered before is not handed out again, since the cache
+    /// of rendered scripts is keyed by the node record, not by its
+    /// workflow.
+    pub fn workflows_written(&self) {
+        self.workflows_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The counter [`NodeCache::workflows_written`] moves, shared.
+    pub fn workflows_epoch(&self) -> Arc<AtomicU64> {
+        self.workflows_epoch.clone()
     }
 
     /// The last ticket given: a call whose ticket is above it starts after
