@@ -34,7 +34,7 @@ pub async fn send_all(socket: &UdpSocket, packets: &[&[u8]]) -> io::Result<()> {
 
 /// One `sendmmsg` of the first packets of `packets` (at most
 /// [`MAX_PER_CALL`]); how many the kernel took (at least one, or an error).
-fn send_some(fd: std::os::fd::RawFd, packets: &[&[u8]]) -> io::Result<usize> {
+pub(super) fn send_some(fd: std::os::fd::RawFd, packets: &[&[u8]]) -> io::Result<usize> {
     let count = packets.len().min(MAX_PER_CALL);
     let mut iovecs: Vec<libc::iovec> = packets[..count]
         .iter()

@@ -8,9 +8,9 @@
 
 mod batch;
 pub mod content;
-mod lockstep;
 pub mod packet;
 pub mod session;
+mod threaded;
 use crate::logsafe as shown;
 
 use std::collections::HashMap;
@@ -416,8 +416,8 @@ async fn serve_one<P: FileProvider>(
     let neg = session::negotiate(&request.options, file.size, limits);
     counters.tftp.sessions.inc();
     let reader = content::ChunkReader::new(file.content);
-    let result = match lockstep::place_for(&neg) {
-        Some(place) => lockstep::transfer(socket, reader, &neg, limits, place).await,
+    let result = match threaded::place_for(&neg) {
+        Some(place) => threaded::transfer(socket, reader, &neg, limits, place).await,
         None => session::transfer(&socket, reader, &neg, limits).await,
     };
     counters.tftp.sessions.dec();

@@ -1,20 +1,22 @@
-//! Lock-step transfers (windowsize 1, what firmware asks for) on a thread
-//! of their own, waiting for each ACK in a blocking `recv`, as tftpd-hpa's
-//! process per transfer does.
+//! Transfers on a thread of their own, waiting for each ACK in a
+//! blocking `recv`, as tftpd-hpa's process per transfer does: lock-step
+//! ones (windowsize 1, what firmware asks for) and windowed ones (a window
+//! by one `sendmmsg`, then the wait).
 //!
 //! On the async engine every ACK is a readiness wait (epoll, then
 //! `recvfrom`): a fifth of a lock-step transfer's CPU, and ~10 % of its
-//! rate at blksize 8192 (docs/benchmarks.md). Windowed transfers stay on
-//! the async engine (one wait per window), and so does every lock-step
-//! transfer past [`MAX_THREADS`]: a storm of hundreds of transfers must
-//! not queue behind a pool of threads.
+//! rate at blksize 8192 (docs/benchmarks.md). Every transfer past
+//! [`MAX_THREADS`] stays on the async engine: a storm of hundreds of
+//! transfers must not queue behind a pool of threads.
 //!
 //! A thread cannot be aborted as a task is; the task that waits for it
 //! sets a flag when it is dropped (its session replaced by the client's
 //! new request, or cut at shutdown), and the thread looks at the flag
 //! between receive slices of at most [`END_CHECK`].
 
+use std::collections::VecDeque;
 use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,12 +41,8 @@ impl Drop for Place {
     }
 }
 
-/// A place for a transfer of `neg` on a thread, if it is lock-step and
-/// one is free.
-pub fn place_for(neg: &Negotiated) -> Option<Place> {
-    if neg.windowsize != 1 {
-        return None;
-    }
+/// A place for a transfer of `neg` on a thread, if one is free.
+pub fn place_for(_neg: &Negotiated) -> Option<Place> {
     RUNNING
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
             (running < MAX_THREADS).then_some(running + 1)
@@ -107,6 +105,9 @@ fn transfer_blocking(
             return Ok(Outcome::ClientAborted { code });
         }
     }
+    if neg.windowsize > 1 {
+        return windowed(&mut wait, reader, runtime);
+    }
     let mut data = vec![0u8; 4 + neg.blksize];
     let mut block: u16 = 0;
     let mut bytes: u64 = 0;
@@ -127,6 +128,84 @@ fn transfer_blocking(
     }
 }
 
+/// A windowed transfer (RFC 7440): a window of blocks in one `sendmmsg`,
+/// then a blocking wait for the ACK; an ACK inside the window
+/// acknowledges it and every block before it, and the rest is sent again.
+fn windowed(
+    wait: &mut Wait<'_>,
+    mut reader: ChunkReader,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Outcome, TransferError> {
+    let neg = wait.neg;
+    // (absolute block number, DATA packet); buffers recycled via `spare`.
+    let mut window: VecDeque<(u64, Vec<u8>)> = VecDeque::with_capacity(neg.windowsize);
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(neg.windowsize);
+    let mut next_block: u64 = 1;
+    let mut reading_done = false;
+    let mut bytes: u64 = 0;
+    loop {
+        while window.len() < neg.windowsize && !reading_done {
+            let mut buf = spare.pop().unwrap_or_else(|| vec![0u8; 4 + neg.blksize]);
+            buf.resize(4 + neg.blksize, 0);
+            let len = runtime.block_on(reader.read(&mut buf[4..]))?;
+            buf.truncate(4 + len);
+            buf[..4].copy_from_slice(&packet::data_header(next_block as u16));
+            reading_done = len < neg.blksize;
+            bytes += len as u64;
+            window.push_back((next_block, buf));
+            next_block += 1;
+        }
+        if window.is_empty() {
+            return Ok(Outcome::Completed { bytes });
+        }
+        // Stale ACKs (not for a block of this window) are ignored, never
+        // answered, as on the async engine: the window goes again only
+        // when the timeout passes.
+        let packets: Vec<&[u8]> = window.iter().map(|(_, data)| data.as_slice()).collect();
+        let mut retries = 0u32;
+        let acked = 'window: loop {
+            send_window(wait.socket, &packets)?;
+            let deadline = Instant::now() + neg.timeout;
+            loop {
+                match wait.answer_by(deadline)? {
+                    Some(Answer::Ack(block)) => {
+                        if let Some(pos) = window.iter().position(|(abs, _)| *abs as u16 == block) {
+                            break 'window pos;
+                        }
+                    }
+                    Some(Answer::Error(code)) => return Ok(Outcome::ClientAborted { code }),
+                    None => {
+                        wait.count_retry(&mut retries)?;
+                        continue 'window;
+                    }
+                }
+            }
+        };
+        drop(packets);
+        spare.extend(window.drain(..=acked).map(|(_, buf)| buf));
+        wait.last_progress = Instant::now();
+    }
+}
+
+/// Every packet of a window on the blocking socket.
+fn send_window(socket: &UdpSocket, packets: &[&[u8]]) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < packets.len() {
+        match super::batch::send_some(socket.as_raw_fd(), &packets[sent..]) {
+            Ok(count) => sent += count,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What a client said to a window.
+enum Answer {
+    Ack(u16),
+    Error(u16),
+}
+
 struct Wait<'a> {
     socket: &'a UdpSocket,
     neg: &'a Negotiated,
@@ -137,6 +216,48 @@ struct Wait<'a> {
 }
 
 impl Wait<'_> {
+    /// The client's next ACK or ERROR before `deadline` (None: none came;
+    /// anything else it sends is ignored).
+    fn answer_by(&mut self, deadline: Instant) -> Result<Option<Answer>, TransferError> {
+        while Instant::now() < deadline {
+            match self.socket.recv(&mut self.buf) {
+                Ok(len) => match Packet::parse(&self.buf[..len]) {
+                    Ok(Packet::Ack { block }) => return Ok(Some(Answer::Ack(block))),
+                    Ok(Packet::Error { code, .. }) => return Ok(Some(Answer::Error(code))),
+                    _ => {}
+                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.ended.load(Ordering::SeqCst) {
+                return Err(TransferError::Ended);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One more retransmission; the transfer ends (with an ERROR sent)
+    /// past `max_retries` or `stall_timeout` without progress.
+    fn count_retry(&mut self, retries: &mut u32) -> Result<(), TransferError> {
+        *retries += 1;
+        crate::metrics::metrics().tftp.retransmissions.inc();
+        if *retries > self.limits.max_retries
+            || self.last_progress.elapsed() > self.limits.stall_timeout
+        {
+            let _ = self
+                .socket
+                .send(&packet::error(ErrorCode::NotDefined, "timed out"));
+            return Err(TransferError::TimedOut(self.limits.max_retries));
+        }
+        Ok(())
+    }
+
     /// Sends `packet` until the client acknowledges `block`; `Some(code)`
     /// if it answered with an ERROR instead. The same rules as the async
     /// engine: a stale ACK is ignored, never answered (the Sorcerer's
@@ -147,39 +268,18 @@ impl Wait<'_> {
         loop {
             self.socket.send(packet)?;
             let deadline = Instant::now() + self.neg.timeout;
-            while Instant::now() < deadline {
-                match self.socket.recv(&mut self.buf) {
-                    Ok(len) => match Packet::parse(&self.buf[..len]) {
-                        Ok(Packet::Ack { block: acked }) if acked == block => {
-                            self.last_progress = Instant::now();
-                            return Ok(None);
-                        }
-                        Ok(Packet::Error { code, .. }) => return Ok(Some(code)),
-                        _ => {}
-                    },
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock
-                                | std::io::ErrorKind::TimedOut
-                                | std::io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                if self.ended.load(Ordering::SeqCst) {
-                    return Err(TransferError::Ended);
+            loop {
+                match self.answer_by(deadline)? {
+                    Some(Answer::Ack(acked)) if acked == block => {
+                        self.last_progress = Instant::now();
+                        return Ok(None);
+                    }
+                    Some(Answer::Ack(_)) => {}
+                    Some(Answer::Error(code)) => return Ok(Some(code)),
+                    None => break,
                 }
             }
-            retries += 1;
-            crate::metrics::metrics().tftp.retransmissions.inc();
-            if retries > self.limits.max_retries
-                || self.last_progress.elapsed() > self.limits.stall_timeout
-            {
-                let _ = self
-                    .socket
-                    .send(&packet::error(ErrorCode::NotDefined, "timed out"));
-                return Err(TransferError::TimedOut(self.limits.max_retries));
-            }
+            self.count_retry(&mut retries)?;
         }
     }
 }
@@ -221,13 +321,65 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_lock_step_transfers_take_a_thread() {
-        let limits = Limits::default();
-        let windowed = negotiate(&opts(&[("windowsize", "4")]), 10, &limits);
-        assert!(place_for(&windowed).is_none());
-        let lockstep = negotiate(&[], 10, &limits);
-        assert!(place_for(&lockstep).is_some());
+    /// Windowed transfers take a thread too: a window of 4 whose third
+    /// block is lost is acknowledged up to its second (the rest goes
+    /// again), a stale ACK changes nothing, and the file arrives whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_windowed_transfer_sends_again_from_the_lost_block() {
+        let (server, client) = pair().await;
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let limits = quick();
+        let neg = negotiate(
+            &opts(&[("blksize", "512"), ("windowsize", "4")]),
+            data.len() as u64,
+            &limits,
+        );
+        let place = place_for(&neg).expect("a free place");
+        let body = data.clone();
+        let srv =
+            tokio::spawn(async move { transfer(server, reader(body), &neg, &limits, place).await });
+        let received = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            let mut dropped = false;
+            loop {
+                let n = client.recv(&mut buf).unwrap();
+                match Packet::parse(&buf[..n]).unwrap() {
+                    Packet::OptionAck { .. } => {
+                        client.send(&packet::ack(0)).unwrap();
+                    }
+                    Packet::Data { block, payload } => {
+                        if block == 3 && !dropped {
+                            // Lost: the client acknowledges what it has
+                            // (RFC 7440), then, stale, block 1 again.
+                            dropped = true;
+                            client.send(&packet::ack(2)).unwrap();
+                            client.send(&packet::ack(1)).unwrap();
+                            continue;
+                        }
+                        let expected = got.len() / 512 + 1;
+                        if block as usize == expected {
+                            got.extend_from_slice(&payload);
+                        }
+                        let last = payload.len() < 512;
+                        if last || block % 4 == 0 {
+                            client.send(&packet::ack(block)).unwrap();
+                        }
+                        if last {
+                            return got;
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(received, data);
+        assert_eq!(
+            srv.await.unwrap().unwrap(),
+            Outcome::Completed { bytes: 5000 }
+        );
     }
 
     /// Acks every block but drops the first copy of block 3 (sent again),
