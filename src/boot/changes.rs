@@ -7,9 +7,10 @@
 //! boots").
 //!
 //! Boots that arrive while a call is under way wait for the next one,
-//! which starts when the current one ends: in a boot storm one call
-//! answers every boot that arrived during the one before, instead of one
-//! lookup per boot. Only a controller that gives a cursor has a feed
+//! which starts when the current one ends (or beside it, once it has
+//! been out for [`OVERLAP_AFTER`]): in a boot storm one call answers
+//! every boot that arrived during the one before, instead of one lookup
+//! per boot. Only a controller that gives a cursor has a feed
 //! (PureBoot's central does not: its boots keep their lookups by MAC).
 
 use std::collections::HashSet;

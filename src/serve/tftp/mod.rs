@@ -11,6 +11,7 @@ pub mod content;
 pub mod packet;
 pub mod session;
 mod threaded;
+mod window;
 use crate::logsafe as shown;
 
 use std::collections::HashMap;

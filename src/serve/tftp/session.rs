@@ -1,7 +1,6 @@
 //! One read transfer: option negotiation (RFC 2347/2348/2349/7440), then
 //! DATA blocks in windows until the last short block is acknowledged.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -9,6 +8,7 @@ use tokio::time::Instant;
 
 use super::content::ChunkReader;
 use super::packet::{self, ErrorCode, Packet};
+use super::window::Window;
 
 /// Server-side bounds on what a client may negotiate.
 #[derive(Debug, Clone, Copy)]
@@ -147,14 +147,7 @@ pub async fn transfer(
         }
     }
 
-    // Blocks sent but not yet acknowledged, oldest first: (absolute block
-    // number, DATA packet). Block numbers on the wire wrap from 65535 to 0.
-    // Packet buffers are recycled through `spare`: no allocation per block.
-    let mut window: VecDeque<(u64, Vec<u8>)> = VecDeque::with_capacity(neg.windowsize);
-    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(neg.windowsize);
-    let mut next_block: u64 = 1;
-    let mut reading_done = false;
-    let mut bytes: u64 = 0;
+    let mut window = Window::new(neg.windowsize, neg.blksize);
     let mut retries = 0u32;
     let mut last_progress = Instant::now();
     // One timer for the whole transfer, re-armed only when it fires: each
@@ -163,24 +156,15 @@ pub async fn transfer(
     let timer = tokio::time::sleep(neg.timeout);
     tokio::pin!(timer);
     loop {
-        while window.len() < neg.windowsize && !reading_done {
-            let mut buf = spare.pop().unwrap_or_else(|| vec![0u8; 4 + neg.blksize]);
-            buf.resize(4 + neg.blksize, 0);
-            let len = reader.read(&mut buf[4..]).await?;
-            buf.truncate(4 + len);
-            buf[..4].copy_from_slice(&packet::data_header(next_block as u16));
-            reading_done = len < neg.blksize;
-            bytes += len as u64;
-            window.push_back((next_block, buf));
-            next_block += 1;
-        }
+        window.fill(&mut reader).await?;
         if window.is_empty() {
-            return Ok(Outcome::Completed { bytes });
+            return Ok(Outcome::Completed {
+                bytes: window.bytes(),
+            });
         }
         // Every wait below ends in a timeout or an ACK; either way, what is
         // left in the window was not received and goes (again) in full.
-        let packets: Vec<&[u8]> = window.iter().map(|(_, data)| data.as_slice()).collect();
-        super::batch::send_all(socket, &packets).await?;
+        super::batch::send_all(socket, &window.packets()).await?;
 
         let round_deadline = Instant::now() + neg.timeout;
         loop {
@@ -216,8 +200,8 @@ pub async fn transfer(
                     // everything before it; anything after it was lost and
                     // is sent again (RFC 7440). Stale ACKs are ignored, never
                     // answered, to avoid the Sorcerer's Apprentice bug.
-                    if let Some(pos) = window.iter().position(|(abs, _)| *abs as u16 == block) {
-                        spare.extend(window.drain(..=pos).map(|(_, buf)| buf));
+                    if let Some(pos) = window.position(block) {
+                        window.acknowledge(pos);
                         retries = 0;
                         last_progress = Instant::now();
                         expect_quiet(socket);

@@ -14,7 +14,6 @@
 //! new request, or cut at shutdown), and the thread looks at the flag
 //! between receive slices of at most [`END_CHECK`].
 
-use std::collections::VecDeque;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant};
 use super::content::ChunkReader;
 use super::packet::{self, ErrorCode, Packet};
 use super::session::{Limits, Negotiated, Outcome, TransferError};
+use super::window::Window;
 
 /// Lock-step transfers on threads of their own at once, at most.
 pub const MAX_THREADS: usize = 32;
@@ -137,31 +137,19 @@ fn windowed(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Outcome, TransferError> {
     let neg = wait.neg;
-    // (absolute block number, DATA packet); buffers recycled via `spare`.
-    let mut window: VecDeque<(u64, Vec<u8>)> = VecDeque::with_capacity(neg.windowsize);
-    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(neg.windowsize);
-    let mut next_block: u64 = 1;
-    let mut reading_done = false;
-    let mut bytes: u64 = 0;
+    let mut window = Window::new(neg.windowsize, neg.blksize);
     loop {
-        while window.len() < neg.windowsize && !reading_done {
-            let mut buf = spare.pop().unwrap_or_else(|| vec![0u8; 4 + neg.blksize]);
-            buf.resize(4 + neg.blksize, 0);
-            let len = runtime.block_on(reader.read(&mut buf[4..]))?;
-            buf.truncate(4 + len);
-            buf[..4].copy_from_slice(&packet::data_header(next_block as u16));
-            reading_done = len < neg.blksize;
-            bytes += len as u64;
-            window.push_back((next_block, buf));
-            next_block += 1;
-        }
+        // The reader only waits when the file is not in the page cache.
+        runtime.block_on(window.fill(&mut reader))?;
         if window.is_empty() {
-            return Ok(Outcome::Completed { bytes });
+            return Ok(Outcome::Completed {
+                bytes: window.bytes(),
+            });
         }
         // Stale ACKs (not for a block of this window) are ignored, never
         // answered, as on the async engine: the window goes again only
         // when the timeout passes.
-        let packets: Vec<&[u8]> = window.iter().map(|(_, data)| data.as_slice()).collect();
+        let packets = window.packets();
         let mut retries = 0u32;
         let acked = 'window: loop {
             send_window(wait.socket, &packets)?;
@@ -169,7 +157,7 @@ fn windowed(
             loop {
                 match wait.answer_by(deadline)? {
                     Some(Answer::Ack(block)) => {
-                        if let Some(pos) = window.iter().position(|(abs, _)| *abs as u16 == block) {
+                        if let Some(pos) = window.position(block) {
                             break 'window pos;
                         }
                     }
@@ -182,7 +170,7 @@ fn windowed(
             }
         };
         drop(packets);
-        spare.extend(window.drain(..=acked).map(|(_, buf)| buf));
+        window.acknowledge(acked);
         wait.last_progress = Instant::now();
     }
 }
