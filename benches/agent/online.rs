@@ -18,13 +18,7 @@ pub(crate) fn online_before_after(dir: &Path, root: &Path) {
     };
     let dir = dir.join("online-ab");
     let macs = fleet(0x25, NODES);
-    let states = [
-        NodeState::Active,
-        NodeState::Installed,
-        NodeState::Discovered,
-        NodeState::InstallFailed,
-        NodeState::Retired,
-    ];
+    let states = FLEET_STATES;
     let controller = controller::FakeController::start();
     let builds = [
         ("before", std::path::PathBuf::from(before_bin)),

@@ -17,13 +17,7 @@ pub(crate) fn profile_benchmark(dir: &Path, root: &Path) {
     let dir = dir.join("profile");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let macs = fleet(0x24, NODES);
-    let states = [
-        NodeState::Active,
-        NodeState::Installed,
-        NodeState::Discovered,
-        NodeState::InstallFailed,
-        NodeState::Retired,
-    ];
+    let states = FLEET_STATES;
     populate(&dir, &macs, &states);
     let (agent, addr, _) = start_agent(&dir, root);
     let boot_paths: Vec<String> = macs

@@ -9,6 +9,15 @@
 
 use super::*;
 
+/// The states the speed, profile and online-ab fleets cycle through.
+pub(crate) const FLEET_STATES: [NodeState; 5] = [
+    NodeState::Active,
+    NodeState::Installed,
+    NodeState::Discovered,
+    NodeState::InstallFailed,
+    NodeState::Retired,
+];
+
 /// wrk's run per case and round.
 pub(crate) const WRK_SECONDS: u32 = 4;
 /// Interleaved rounds; the figures are their medians.
@@ -100,13 +109,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     let dir = dir.join("speed");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let macs: Vec<Mac> = fleet(0x24, NODES);
-    let states = [
-        NodeState::Active,
-        NodeState::Installed,
-        NodeState::Discovered,
-        NodeState::InstallFailed,
-        NodeState::Retired,
-    ];
+    let states = FLEET_STATES;
     let boot_paths: Vec<String> = macs
         .iter()
         .map(|m| format!("/api/v1/boot?mac={m}&arch=x86_64&platform=efi"))
