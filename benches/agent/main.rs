@@ -29,8 +29,9 @@
 //!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
 //!   storms vs tftpd-hpa and rs-tftpd; interleaved, medians (with `tftp`:
 //!   all of issue 24's figures).
-//! * online-ab (only when named): the online boot path of this build vs
-//!   `BENCH_BEFORE_BIN`, with change feed calls and agent CPU per boot.
+//! * online-ab, standalone-ab, offline-ab (only when named): the boot
+//!   path of this build vs `BENCH_BEFORE_BIN` in that mode, with agent CPU
+//!   per boot (online: change feed calls per boot too).
 //! * profile (only when named): where the standalone agent's time goes
 //!   under the speed part's load, `perf record` top entries for
 //!   `/api/v1/boot` and `/health`.
@@ -215,8 +216,15 @@ fn main() {
         profile_benchmark(work.path(), &root);
     }
     // `BENCH_BEFORE_BIN=<older siteboot> cargo bench --bench agent -- online-ab`
-    if only.iter().any(|o| o == "online-ab") {
-        online::online_before_after(work.path(), &root);
+    // (or `standalone-ab`, `offline-ab`)
+    for (part, mode) in [
+        ("standalone-ab", online::BootMode::Standalone),
+        ("offline-ab", online::BootMode::Offline),
+        ("online-ab", online::BootMode::Online),
+    ] {
+        if only.iter().any(|o| o == part) {
+            online::boot_before_after(work.path(), &root, mode);
+        }
     }
     if wanted("secureboot") {
         secure_boot_benchmark(work.path());

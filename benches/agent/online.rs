@@ -1,10 +1,14 @@
-//! The bench's online-ab part (only when named): `/api/v1/boot` of an
-//! online agent whose boots the fake controller's change feed confirms,
-//! this build against an older one (`BENCH_BEFORE_BIN`), the same fleet
-//! and controller, runs interleaved: req/s and p99 under the speed part's
-//! wrk load, change feed calls per boot, and the agent's CPU per boot
-//! (which is what a change to the confirmation path changes; the rate
-//! is bound as much by wrk and the fake controller sharing the cores).
+//! The bench's before/after parts for the boot path (only when named):
+//! `/api/v1/boot` of this build against an older one (`BENCH_BEFORE_BIN`),
+//! the same fleet, runs interleaved: req/s and p99 under the speed part's
+//! wrk load, and the agent's CPU per boot (what a change to the boot path
+//! changes; the rate is bound as much by wrk sharing the cores).
+//!
+//! * `online-ab`: online, boots confirmed by the fake controller's change
+//!   feed (also: feed calls per boot);
+//! * `standalone-ab`: no controller, the store holds the fleet;
+//! * `offline-ab`: the fleet cached, the controller's address dead.
+//!
 //! `BENCH_BEFORE_BIN=<older siteboot> cargo bench --bench agent -- online-ab`
 
 use super::*;
@@ -12,13 +16,61 @@ use super::*;
 /// Interleaved runs per build; figures are medians.
 const RUNS: usize = 5;
 
-pub(crate) fn online_before_after(dir: &Path, root: &Path) {
+/// Which agent the boot A/B compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BootMode {
+    Standalone,
+    Offline,
+    Online,
+}
+
+impl BootMode {
+    fn name(self) -> &'static str {
+        match self {
+            BootMode::Standalone => "standalone",
+            BootMode::Offline => "offline",
+            BootMode::Online => "online (change feed)",
+        }
+    }
+}
+
+/// One build's agent in `mode`.
+fn start_in_mode(
+    mode: BootMode,
+    binary: &Path,
+    dir: &Path,
+    root: &Path,
+    controller: &controller::FakeController,
+    macs: &[Mac],
+) -> (Proc, SocketAddr) {
+    match mode {
+        BootMode::Online => {
+            speed::start_online_binary(binary, dir, root, controller, macs, &FLEET_STATES)
+        }
+        BootMode::Standalone | BootMode::Offline => {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            populate(dir, macs, &FLEET_STATES);
+            let env = if mode == BootMode::Offline {
+                let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+                speed::central_env(controller, dead)
+            } else {
+                Vec::new()
+            };
+            let (agent, addr, _) = start_binary_with(binary, dir, root, &env);
+            if mode == BootMode::Offline {
+                wait_for_mode(addr, "offline", Duration::from_secs(120)).expect("agent offline");
+            }
+            (agent, addr)
+        }
+    }
+}
+
+pub(crate) fn boot_before_after(dir: &Path, root: &Path, mode: BootMode) {
     let Some(before_bin) = std::env::var_os("BENCH_BEFORE_BIN") else {
-        panic!("online-ab needs BENCH_BEFORE_BIN, the path of the build to compare with");
+        panic!("the boot A/B parts need BENCH_BEFORE_BIN, the path of the build to compare with");
     };
-    let dir = dir.join("online-ab");
+    let dir = dir.join(format!("boot-ab-{}", mode as u8));
     let macs = fleet(0x25, NODES);
-    let states = FLEET_STATES;
     let controller = controller::FakeController::start();
     let builds = [
         ("before", std::path::PathBuf::from(before_bin)),
@@ -31,8 +83,7 @@ pub(crate) fn online_before_after(dir: &Path, root: &Path) {
         .iter()
         .map(|(name, binary)| {
             let agent_dir = dir.join(name);
-            let (agent, addr) =
-                speed::start_online_binary(binary, &agent_dir, root, &controller, &macs, &states);
+            let (agent, addr) = start_in_mode(mode, binary, &agent_dir, root, &controller, &macs);
             (agent, addr, admin_token_in(&agent_dir))
         })
         .collect();
@@ -48,11 +99,20 @@ pub(crate) fn online_before_after(dir: &Path, root: &Path) {
     let mut figures = vec![[Vec::new(), Vec::new(), Vec::new(), Vec::new()]; 2];
     for _ in 0..RUNS {
         for (i, (agent, addr, token)) in agents.iter().enumerate() {
-            let calls = profile::feed_calls(*addr, token);
+            let online = mode == BootMode::Online;
+            let calls = if online {
+                profile::feed_calls(*addr, token)
+            } else {
+                0.0
+            };
             let cpu = profile::cpu_seconds(agent.0.id());
             let run = speed::wrk(*addr, &script);
             let boots = run.rate * f64::from(speed::WRK_SECONDS);
-            let calls = profile::feed_calls(*addr, token) - calls;
+            let calls = if online {
+                profile::feed_calls(*addr, token) - calls
+            } else {
+                0.0
+            };
             let cpu = profile::cpu_seconds(agent.0.id()) - cpu;
             figures[i][0].push(run.rate);
             figures[i][1].push(run.p99_ms);
@@ -61,7 +121,8 @@ pub(crate) fn online_before_after(dir: &Path, root: &Path) {
         }
     }
     println!(
-        "/api/v1/boot online (change feed), {NODES} MACs, wrk -t2 -c64, medians of {RUNS} interleaved runs"
+        "/api/v1/boot {}, {NODES} MACs, wrk -t2 -c64, medians of {RUNS} interleaved runs",
+        mode.name()
     );
     println!(
         "{:<8} {:>10} {:>9} {:>15} {:>18}",
@@ -72,9 +133,15 @@ pub(crate) fn online_before_after(dir: &Path, root: &Path) {
         .map(|f| [0, 1, 2, 3].map(|k| median(f[k].clone())))
         .collect();
     for ((name, _), m) in builds.iter().zip(&medians) {
+        // Only an online agent makes feed calls.
+        let per_call = if mode == BootMode::Online {
+            format!("{:.1}", m[2])
+        } else {
+            "-".to_string()
+        };
         println!(
-            "{name:<8} {:>10.0} {:>9.2} {:>15.1} {:>18.2}",
-            m[0], m[1], m[2], m[3]
+            "{name:<8} {:>10.0} {:>9.2} {per_call:>15} {:>18.2}",
+            m[0], m[1], m[3]
         );
     }
     println!(
