@@ -399,15 +399,22 @@ impl Agent {
         }
     }
 
-    /// Asks the agent to stop (SIGTERM) and waits for it to exit (a guard
-    /// against a hang, not a speed assertion); keeps its directory.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, StoppedAgent) {
+    /// Sends SIGTERM without waiting (a test that must act between the
+    /// signal and the exit); `terminate` may follow, the agent ignores
+    /// a second SIGTERM.
+    pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Asks the agent to stop (SIGTERM) and waits for it to exit (a guard
+    /// against a hang, not a speed assertion); keeps its directory.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, StoppedAgent) {
+        self.signal_term();
         let started = std::time::Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait for the agent") {
