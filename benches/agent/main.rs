@@ -26,7 +26,8 @@
 //!   minimal, assigned and mirror (100 nodes, 5 workflows); what reading
 //!   the site policy adds to a registration.
 //! * speed: issue 24 in one run: `/api/v1/boot` standalone, offline and
-//!   online vs nginx under wrk, `/api/v1/status` and the page, TFTP boot
+//!   online vs nginx under wrk (and hyper alone serving the same bytes,
+//!   examples/hyper_reference.rs), `/api/v1/status` and the page, TFTP boot
 //!   storms vs tftpd-hpa and rs-tftpd; interleaved, medians (with `tftp`:
 //!   all of issue 24's figures).
 //! * online-ab, standalone-ab, offline-ab (only when named): the boot

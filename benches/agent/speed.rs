@@ -47,6 +47,27 @@ pub(crate) fn rotation_script(dir: &Path, name: &str, paths: &[String]) -> std::
     file
 }
 
+/// examples/hyper_reference serving `file`, and its address.
+fn hyper_reference(file: &Path) -> (Proc, SocketAddr) {
+    let mut child = Command::new(super::tftp::example_binary("hyper_reference"))
+        .arg(file)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start hyper_reference");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let addr = line
+        .strip_prefix("listening ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("hyper_reference did not start: {line:?}"));
+    (Proc(child), addr)
+}
+
 /// One wrk run; panics on socket errors or non-2xx answers (a figure
 /// from failed requests would be meaningless).
 pub(crate) fn wrk(addr: SocketAddr, script: &Path) -> WrkResult {
@@ -154,12 +175,24 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
         .map(|m| format!("/script.ipxe?mac={m}&arch=x86_64&platform=efi"))
         .collect();
 
+    // hyper alone (examples/hyper_reference.rs) answers the same bytes
+    // with a boot answer's headers: the agent's HTTP stack without the
+    // agent's work, the most `/api/v1/boot` could reach on it.
+    let (_hyper, hyper) = hyper_reference(&static_root.join("script.ipxe"));
+
     let boots = rotation_script(&dir, "boots", &boot_paths);
+    let static_script = rotation_script(&dir, "static", &static_paths);
     let cases = [
         HttpCase {
             name: "nginx, the script as a file",
             addr: nginx,
-            script: rotation_script(&dir, "static", &static_paths),
+            script: static_script.clone(),
+            versus_nginx: true,
+        },
+        HttpCase {
+            name: "hyper alone, the same bytes",
+            addr: hyper,
+            script: static_script,
             versus_nginx: true,
         },
         HttpCase {

@@ -84,19 +84,25 @@ pub(crate) fn atftp_get(
     }
 }
 
-pub(crate) fn async_tftp_reference(root: &Path) -> (Proc, u16) {
-    // Built next to this benchmark (target/release/examples).
+/// The release build of the example `name` (a reference server), built
+/// next to this benchmark (target/release/examples) if it is not there.
+pub(crate) fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("bench path");
     let release = exe.parent().and_then(Path::parent).expect("target dir");
-    let binary = release.join("examples").join("async_tftp_reference");
+    let binary = release.join("examples").join(name);
     if !binary.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = Command::new(cargo)
-            .args(["build", "--release", "--example", "async_tftp_reference"])
+            .args(["build", "--release", "--example", name])
             .status()
             .expect("cargo build");
-        assert!(built.success(), "cannot build the async-tftp reference");
+        assert!(built.success(), "cannot build the example {name}");
     }
+    binary
+}
+
+pub(crate) fn async_tftp_reference(root: &Path) -> (Proc, u16) {
+    let binary = example_binary("async_tftp_reference");
     let port = free_udp_port();
     let mut child = Command::new(&binary)
         .arg(root)
