@@ -14,7 +14,17 @@
 use super::*;
 
 /// Interleaved runs per build; figures are medians.
-const RUNS: usize = 5;
+/// Rounds of the A/B parts, unless `BENCH_AB_RUNS` says how many (the
+/// difference sought may be as small as the run-to-run spread).
+const RUNS: usize = 6;
+
+fn ab_runs() -> usize {
+    std::env::var("BENCH_AB_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(RUNS)
+}
 
 /// Which agent the boot A/B compares.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -97,8 +107,13 @@ pub(crate) fn boot_before_after(dir: &Path, root: &Path, mode: BootMode) {
         speed::wrk(*addr, &script);
     }
     let mut figures = vec![[Vec::new(), Vec::new(), Vec::new(), Vec::new()]; 2];
-    for _ in 0..RUNS {
-        for (i, (agent, addr, token)) in agents.iter().enumerate() {
+    let runs = ab_runs();
+    for round in 0..runs {
+        // Each build goes first in half of the rounds: whichever runs
+        // second meets a machine the first has warmed.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (agent, addr, token) = &agents[i];
             let online = mode == BootMode::Online;
             let calls = if online {
                 profile::feed_calls(*addr, token)
@@ -121,7 +136,8 @@ pub(crate) fn boot_before_after(dir: &Path, root: &Path, mode: BootMode) {
         }
     }
     println!(
-        "/api/v1/boot {}, {NODES} MACs, wrk -t2 -c64, medians of {RUNS} interleaved runs",
+        "/api/v1/boot {}, {NODES} MACs, wrk -t2 -c64, medians of {runs} interleaved runs, \
+         each build first in half of them",
         mode.name()
     );
     println!(
