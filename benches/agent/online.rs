@@ -13,7 +13,6 @@
 
 use super::*;
 
-/// Interleaved runs per build; figures are medians.
 /// Rounds of the A/B parts, unless `BENCH_AB_RUNS` says how many (the
 /// difference sought may be as small as the run-to-run spread).
 const RUNS: usize = 6;
