@@ -136,6 +136,25 @@ fn sigterm_during_a_boot_storm_and_a_tftp_transfer_exits_cleanly() {
         "{} answered boots left no node: {lost:?}",
         lost.len()
     );
+
+    // And every one was logged: the log's writer thread writes what it
+    // holds before the agent exits, the last answers' lines included.
+    let logged: BTreeSet<&str> = stopped
+        .log
+        .iter()
+        .filter(|l| l.contains("boot script served"))
+        .filter_map(|l| l.split("mac=").nth(1)?.split_whitespace().next())
+        .collect();
+    let unlogged: Vec<&String> = answered
+        .iter()
+        .filter(|m| !logged.contains(m.as_str()))
+        .collect();
+    assert!(
+        unlogged.is_empty(),
+        "{} answered boots have no log line: {:?}",
+        unlogged.len(),
+        unlogged.iter().take(5).collect::<Vec<_>>()
+    );
     println!(
         "{} boots answered before SIGTERM, all stored; the test had read {before} of the transfer's {} bytes at SIGTERM",
         answered.len(),

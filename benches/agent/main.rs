@@ -306,12 +306,24 @@ fn start_binary_with(
         .env("SITEBOOT_HTTP_LISTEN", "127.0.0.1:0")
         .env("SITEBOOT_TEMPLATES_DIR", dir.join("no-templates"))
         // Per-transfer and per-request log lines would measure the logger;
-        // errors still show.
-        .env("SITEBOOT_LOG", "error")
-        .stderr(Stdio::inherit())
+        // errors still show. BENCH_AGENT_LOG=info measures it: the level
+        // the Debian package runs at, lines down a pipe as to a journal.
+        .env(
+            "SITEBOOT_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stderr(match std::env::var_os("BENCH_AGENT_LOG") {
+            Some(_) => Stdio::piped(),
+            None => Stdio::inherit(),
+        })
         .stdout(Stdio::null())
         .spawn()
         .expect("start siteboot");
+    // With BENCH_AGENT_LOG, the lines go down a pipe, read and dropped
+    // here, as a journal would take them.
+    if let Some(mut lines) = child.stderr.take() {
+        std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    }
     let text = loop {
         if let Ok(text) = std::fs::read_to_string(&ready) {
             break text;

@@ -27,15 +27,20 @@ use command::{Cli, Command};
 /// runtime, and runs the subcommand; the exit code says whether it worked.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    let logging = init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
+            drop(logging);
             eprintln!("siteboot: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    // Every line logged is written before the last word (or the exit).
+    drop(logging);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("siteboot: {e:#}");
@@ -98,11 +103,21 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     Ok(Config::load(path.map(PathBuf::as_path))?)
 }
 
+/// Log lines waiting for the writer thread, at most; past it, whoever
+/// logs waits (a line is never dropped).
+const LOG_LINES_BUFFERED: usize = 16_384;
+
 /// Logs to stderr: lines for people, or with `log.format = "json"` one
 /// JSON object per line for a log shipper. The format is read from the
 /// agent's configuration (`serve`); a configuration that does not load
 /// is reported after logging starts, in the default format.
-fn init_logging(cli: &Cli) {
+///
+/// Lines are written by a thread of their own, buffered and written
+/// together when it has caught up: at the default level every boot logs a
+/// line, and a `write` of each on the runtime's threads was a quarter of
+/// a boot answer's CPU (docs/benchmarks.md, "the logger"). The returned
+/// guard writes what is left when dropped.
+fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SITEBOOT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = match &cli.command {
@@ -111,9 +126,14 @@ fn init_logging(cli: &Cli) {
         }
         _ => false,
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_LINES_BUFFERED)
+        .thread_name("siteboot-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         builder.json().with_current_span(false).init();
     } else {
@@ -121,4 +141,5 @@ fn init_logging(cli: &Cli) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    guard
 }
