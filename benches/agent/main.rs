@@ -290,6 +290,16 @@ fn start_binary_with(
 ) -> (Proc, SocketAddr, SocketAddr) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
+    // Per-transfer and per-request log lines would measure the logger;
+    // errors still show. A level from `env` or BENCH_AGENT_LOG (`info`,
+    // the Debian package's) measures it, the lines going down a pipe
+    // as to a journal.
+    let log_level = env
+        .iter()
+        .find(|(k, _)| *k == "SITEBOOT_LOG")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("BENCH_AGENT_LOG").ok())
+        .unwrap_or_else(|| "error".into());
     let mut child = Command::new(binary)
         .arg("serve")
         .arg("--ready-file")
@@ -305,22 +315,16 @@ fn start_binary_with(
         .env("SITEBOOT_TFTP_LISTEN", "127.0.0.1:0")
         .env("SITEBOOT_HTTP_LISTEN", "127.0.0.1:0")
         .env("SITEBOOT_TEMPLATES_DIR", dir.join("no-templates"))
-        // Per-transfer and per-request log lines would measure the logger;
-        // errors still show. BENCH_AGENT_LOG=info measures it: the level
-        // the Debian package runs at, lines down a pipe as to a journal.
-        .env(
-            "SITEBOOT_LOG",
-            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stderr(match std::env::var_os("BENCH_AGENT_LOG") {
-            Some(_) => Stdio::piped(),
-            None => Stdio::inherit(),
+        .env("SITEBOOT_LOG", &log_level)
+        .stderr(if log_level == "error" {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
         })
         .stdout(Stdio::null())
         .spawn()
         .expect("start siteboot");
-    // With BENCH_AGENT_LOG, the lines go down a pipe, read and dropped
-    // here, as a journal would take them.
+    // Below `error`, the lines go down a pipe, read and dropped here.
     if let Some(mut lines) = child.stderr.take() {
         std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
     }
