@@ -141,6 +141,32 @@ pub(crate) fn feed_calls(http: SocketAddr, token: &str) -> f64 {
 }
 
 /// A process's user + system CPU time so far, in seconds.
+/// CPU seconds of `pid` and of its children (nginx's workers), read from
+/// /proc: the children's own figures, which the parent's do not hold
+/// until they are reaped.
+pub(crate) fn cpu_seconds_with_children(pid: u32) -> f64 {
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent_of(*child) == Some(pid))
+        .map(cpu_seconds_with_children)
+        .sum();
+    cpu_seconds(pid) + children
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The parent is the 4th field, the 2nd after the command's ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis; utime and stime are

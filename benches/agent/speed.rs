@@ -125,6 +125,8 @@ fn wrk_ms(value: &str) -> f64 {
 struct HttpCase {
     name: &'static str,
     addr: SocketAddr,
+    /// The server's process (nginx's master: its workers are counted too).
+    pid: u32,
     script: std::path::PathBuf,
     /// Compared with nginx (a boot answer) or not (the status endpoints).
     versus_nginx: bool,
@@ -144,12 +146,12 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     let standalone_dir = dir.join("standalone");
     std::fs::create_dir_all(&standalone_dir).expect("mkdir");
     populate(&standalone_dir, &macs, &states);
-    let (_standalone, standalone, _) = start_agent(&standalone_dir, root);
+    let (standalone_proc, standalone, _) = start_agent(&standalone_dir, root);
 
     // Online: a controller that knows the fleet and answers at once. It
     // gives a sync cursor, so boots are confirmed by its change feed.
     let controller = controller::FakeController::start();
-    let (_online, online) =
+    let (online_proc, online) =
         start_online_agent(&dir.join("online"), root, &controller, &macs, &states);
 
     // Standalone again, logging at the Debian package's level (`info`: a
@@ -157,7 +159,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     let logging_dir = dir.join("standalone-info");
     std::fs::create_dir_all(&logging_dir).expect("mkdir");
     populate(&logging_dir, &macs, &states);
-    let (_logging, logging, _) =
+    let (logging_proc, logging, _) =
         start_agent_with(&logging_dir, root, &[("SITEBOOT_LOG", "info".to_string())]);
 
     // Offline: the fleet cached, the controller's address answers nothing.
@@ -165,7 +167,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     std::fs::create_dir_all(&offline_dir).expect("mkdir");
     populate(&offline_dir, &macs, &states);
     let dead = format!("http://127.0.0.1:{}", free_tcp_port());
-    let (_offline, offline, _) =
+    let (offline_proc, offline, _) =
         start_agent_with(&offline_dir, root, &central_env(&controller, dead));
     wait_for_mode(offline, "offline", Duration::from_secs(120)).expect("agent offline");
 
@@ -180,7 +182,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     let static_root = web.join("root");
     std::fs::create_dir_all(&static_root).expect("mkdir");
     std::fs::write(static_root.join("script.ipxe"), &script).expect("write");
-    let (_nginx, nginx_port) = start_nginx(&web, &static_root, "keepalive_requests 100000000;");
+    let (nginx_proc, nginx_port) = start_nginx(&web, &static_root, "keepalive_requests 100000000;");
     let nginx: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
     let static_paths: Vec<String> = macs
         .iter()
@@ -190,7 +192,7 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
     // hyper alone (examples/hyper_reference.rs) answers the same bytes
     // with a boot answer's headers: the agent's HTTP stack without the
     // agent's work, the most `/api/v1/boot` could reach on it.
-    let (_hyper, hyper) = hyper_reference(&static_root.join("script.ipxe"));
+    let (hyper_proc, hyper) = hyper_reference(&static_root.join("script.ipxe"));
 
     let boots = rotation_script(&dir, "boots", &boot_paths);
     let static_script = rotation_script(&dir, "static", &static_paths);
@@ -198,65 +200,78 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
         HttpCase {
             name: "nginx, the script as a file",
             addr: nginx,
+            pid: nginx_proc.0.id(),
             script: static_script.clone(),
             versus_nginx: true,
         },
         HttpCase {
             name: "hyper alone, the same bytes",
             addr: hyper,
+            pid: hyper_proc.0.id(),
             script: static_script,
             versus_nginx: true,
         },
         HttpCase {
             name: "/api/v1/boot standalone",
             addr: standalone,
+            pid: standalone_proc.0.id(),
             script: boots.clone(),
             versus_nginx: true,
         },
         HttpCase {
             name: "/api/v1/boot standalone, log at info",
             addr: logging,
+            pid: logging_proc.0.id(),
             script: boots.clone(),
             versus_nginx: true,
         },
         HttpCase {
             name: "/api/v1/boot offline",
             addr: offline,
+            pid: offline_proc.0.id(),
             script: boots.clone(),
             versus_nginx: true,
         },
         HttpCase {
             name: "/api/v1/boot online, change feed",
             addr: online,
+            pid: online_proc.0.id(),
             script: boots,
             versus_nginx: true,
         },
         HttpCase {
             name: "/health",
             addr: standalone,
+            pid: standalone_proc.0.id(),
             script: rotation_script(&dir, "health", &["/health".to_string()]),
             versus_nginx: true,
         },
         HttpCase {
             name: "/api/v1/status",
             addr: standalone,
+            pid: standalone_proc.0.id(),
             script: rotation_script(&dir, "status", &["/api/v1/status".to_string()]),
             versus_nginx: false,
         },
         HttpCase {
             name: "/ (status page, signed out)",
             addr: standalone,
+            pid: standalone_proc.0.id(),
             script: rotation_script(&dir, "page", &["/".to_string()]),
             versus_nginx: false,
         },
     ];
     let mut rates = vec![Vec::new(); cases.len()];
     let mut p99s = vec![Vec::new(); cases.len()];
+    let mut cpus = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (i, case) in cases.iter().enumerate() {
+            let before = profile::cpu_seconds_with_children(case.pid);
             let r = wrk(case.addr, &case.script);
+            let cpu = profile::cpu_seconds_with_children(case.pid) - before;
             rates[i].push(r.rate);
             p99s[i].push(r.p99_ms);
+            cpus[i].push(cpu / (r.rate * f64::from(WRK_SECONDS)) * 1e6);
         }
     }
     println!(
@@ -264,28 +279,35 @@ pub(crate) fn speed_benchmark(dir: &Path, root: &Path) {
          medians of {ROUNDS} interleaved rounds"
     );
     println!(
-        "{:<38} {:>10} {:>9} {:>11} {:>11}",
-        "case", "req/s", "p99 ms", "vs nginx", "p99 vs ng."
+        "{:<38} {:>10} {:>9} {:>11} {:>11} {:>9} {:>11}",
+        "case", "req/s", "p99 ms", "vs nginx", "p99 vs ng.", "CPU us", "CPU vs ng."
     );
     let nginx_rate = median(rates[0].clone());
     let nginx_p99 = median(p99s[0].clone());
+    let nginx_cpu = median(cpus[0].clone());
     for (i, case) in cases.iter().enumerate() {
         let rate = median(rates[i].clone());
         let p99 = median(p99s[i].clone());
-        let (vs, vs_p99) = if case.versus_nginx {
+        let cpu = median(cpus[i].clone());
+        let (vs, vs_p99, vs_cpu) = if case.versus_nginx {
             (
                 format!("{:.2}x", rate / nginx_rate),
                 format!("{:.2}x", p99 / nginx_p99),
+                format!("{:.2}x", cpu / nginx_cpu),
             )
         } else {
-            ("-".to_string(), "-".to_string())
+            ("-".to_string(), "-".to_string(), "-".to_string())
         };
         println!(
-            "{:<38} {rate:>10.0} {p99:>9.2} {vs:>11} {vs_p99:>11}",
+            "{:<38} {rate:>10.0} {p99:>9.2} {vs:>11} {vs_p99:>11} {cpu:>9.1} {vs_cpu:>11}",
             case.name
         );
     }
-    println!("(p99 vs nginx: below 1.00x is better)\n");
+    println!(
+        "(p99 and CPU vs nginx: below 1.00x is better; CPU: the server's, \
+         with its children, per request: nginx's rate swings run to run \
+         with where its workers and wrk's threads land, its CPU per request less)\n"
+    );
 
     storm_benchmark(&dir, root);
 }
