@@ -114,7 +114,7 @@ const LOG_LINES_BUFFERED: usize = 16_384;
 ///
 /// Lines are written by a thread of their own, buffered and written
 /// together when it has caught up: at the default level every boot logs a
-/// line, and a `write` of each on the runtime's threads was a quarter of
+/// line, and a `write` of each on the runtime's threads was a fifth of
 /// a boot answer's CPU (docs/benchmarks.md, "the logger"). The returned
 /// guard writes what is left when dropped.
 fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
