@@ -140,7 +140,6 @@ pub(crate) fn feed_calls(http: SocketAddr, token: &str) -> f64 {
         .sum()
 }
 
-/// A process's user + system CPU time so far, in seconds.
 /// CPU seconds of `pid` and of its children (nginx's workers), read from
 /// /proc: the children's own figures, which the parent's do not hold
 /// until they are reaped.
@@ -167,6 +166,7 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// A process's user + system CPU time so far, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis; utime and stime are
